@@ -1,0 +1,157 @@
+"""Surface statistics of every head (Clark et al. 2019, section 3).
+
+Per head, each statistic is computed per sequence (averaging over its query rows) and then averaged over
+sequences:
+
+- ``cls``, ``sep``, ``punct``: attention to a token class, ``sum_i sum_{j in S} A[i, j] / n``;
+- ``self``, ``next``, ``prev``: mean of the diagonals 0, +1 (``A[i, i+1]``) and -1;
+- ``entropy``: mean row entropy in nats; ``entropy_uniform``: the same for uniform rows (mean of
+  ``log(keys)``); ``cls_entropy``: entropy of the [CLS] row only;
+- ``sep_to_sep`` / ``other_to_sep``: attention of [SEP] rows / of all other rows to the [SEP] tokens;
+- ``confidence``: mean of each row's largest weight (Voita et al. 2019).
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from headscope.analyses.base import Analysis, AnalysisResult, head_frame, register
+
+#: Column order of the per-head table, and what each column means (figure titles, report).
+LABELS = {
+    "cls": "attention to [CLS]", "sep": "attention to [SEP]", "punct": "attention to . and ,",
+    "self": "attention to self", "prev": "attention to previous token", "next": "attention to next token",
+    "entropy": "row entropy (nats)", "entropy_uniform": "uniform-row entropy (nats)",
+    "cls_entropy": "[CLS] row entropy (nats)", "sep_to_sep": "[SEP] rows to [SEP]",
+    "other_to_sep": "other rows to [SEP]", "confidence": "max weight per row",
+}
+
+STATISTICS = ("cls", "sep", "punct", "self", "prev", "next", "entropy", "entropy_uniform", "cls_entropy",
+              "sep_to_sep", "other_to_sep", "confidence")
+
+
+def sequence_statistics(attn: torch.Tensor, lengths: torch.Tensor, is_cls: torch.Tensor,
+                        is_sep: torch.Tensor, is_punct: torch.Tensor, causal: bool = False
+                        ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Every surface statistic of every sequence of a batch.
+
+    Parameters
+    ----------
+    attn : Tensor of shape [batch, layer, head, query, key]
+        Padded rows and columns must be 0 (as :func:`headscope.engine.capture.capture_attention` gives).
+    lengths : Tensor of shape [batch]
+    is_cls, is_sep, is_punct : Tensor of shape [batch, seq], bool
+    causal : bool
+        Row i sees keys 0..i only (decoder LMs); changes the uniform-entropy baseline.
+
+    Returns
+    -------
+    dict of str to (values, valid)
+        ``values`` of shape [batch, layer, head]; ``valid`` of shape [batch], False where the statistic is
+        undefined for that sequence (no [SEP] token, a single token, ...).
+    """
+    b, _, _, n, _ = attn.shape
+    dev = attn.device
+    lengths_f = lengths.to(torch.float32)
+    real = torch.arange(n, device=dev)[None, :] < lengths[:, None]
+    all_valid = torch.ones(b, dtype=torch.bool, device=dev)
+    per_row = lengths_f[:, None, None]
+
+    col_sum = attn.sum(dim=-2)  # [batch, layer, head, key]: attention received, summed over queries
+    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for name, cls_mask in (("cls", is_cls), ("sep", is_sep), ("punct", is_punct)):
+        out[name] = ((col_sum * cls_mask[:, None, None, :]).sum(-1) / per_row, all_valid)
+
+    out["self"] = (torch.diagonal(attn, 0, dim1=-2, dim2=-1).sum(-1) / per_row, all_valid)
+    pairs = (lengths_f - 1).clamp_min(1.0)[:, None, None]
+    multi = lengths > 1
+    # Padded rows and columns are 0, so summing a whole diagonal sums just the real entries.
+    out["next"] = (torch.diagonal(attn, 1, dim1=-2, dim2=-1).sum(-1) / pairs, multi)
+    out["prev"] = (torch.diagonal(attn, -1, dim1=-2, dim2=-1).sum(-1) / pairs, multi)
+
+    row_entropy = -torch.special.xlogy(attn, attn).sum(-1)  # [batch, layer, head, query]
+    out["entropy"] = (row_entropy.sum(-1) / per_row, all_valid)
+    if causal:
+        keys = torch.arange(1, n + 1, device=dev, dtype=torch.float32)[None, :].expand(b, n)
+        uniform = (torch.log(keys) * real).sum(-1) / lengths_f
+    else:
+        uniform = torch.log(lengths_f)
+    out["entropy_uniform"] = (uniform[:, None, None].expand_as(out["entropy"][0]), all_valid)
+    out["cls_entropy"] = (row_entropy[..., 0], is_cls[:, 0])
+
+    sep_f = is_sep.to(attn.dtype)
+    other_f = (real & ~is_sep).to(attn.dtype)
+    to_sep = torch.einsum("blhij,bj->blhi", attn, sep_f)
+    n_sep = sep_f.sum(-1)
+    n_other = other_f.sum(-1)
+    out["sep_to_sep"] = ((to_sep * sep_f[:, None, None, :]).sum(-1) / n_sep.clamp_min(1)[:, None, None],
+                         n_sep > 0)
+    out["other_to_sep"] = ((to_sep * other_f[:, None, None, :]).sum(-1) / n_other.clamp_min(1)[:, None, None],
+                           (n_other > 0) & (n_sep > 0))
+    out["confidence"] = (attn.amax(dim=-1).sum(-1) / per_row, all_valid)
+    return out
+
+
+@register
+class SurfaceStatistics(Analysis):
+    """Clark et al.'s surface statistics, averaged over every sequence of the corpus."""
+
+    name = "surface"
+    description = "attention to [CLS]/[SEP]/punctuation, self/previous/next token, entropy (Clark et al. s3)"
+
+    def start(self, ctx: Any) -> None:
+        shape = (ctx.info.n_layers, ctx.info.n_heads)
+        self.causal_ = bool(ctx.info.is_causal)
+        self.sums_ = {k: torch.zeros(shape, dtype=torch.float64, device=ctx.device) for k in STATISTICS}
+        self.counts_ = {k: torch.zeros((), dtype=torch.float64, device=ctx.device) for k in STATISTICS}
+
+    def update(self, batch: Any, attn: torch.Tensor) -> None:
+        stats = sequence_statistics(attn, batch.lengths, batch.is_cls, batch.is_sep, batch.is_punct,
+                                    causal=self.causal_)
+        for key, (values, valid) in stats.items():
+            self.sums_[key] += (values * valid[:, None, None]).sum(0).to(torch.float64)
+            self.counts_[key] += valid.sum().to(torch.float64)
+
+    def merge(self, other: Analysis) -> SurfaceStatistics:
+        assert isinstance(other, SurfaceStatistics)
+        for key in STATISTICS:
+            self.sums_[key] += other.sums_[key].to(self.sums_[key].device)
+            self.counts_[key] += other.counts_[key].to(self.counts_[key].device)
+        return self
+
+    def means(self) -> dict[str, torch.Tensor]:
+        """Each statistic as a float64 tensor of shape (n_layers, n_heads); NaN where never defined."""
+        return {k: self.sums_[k] / self.counts_[k] if self.counts_[k] > 0
+                else torch.full_like(self.sums_[k], float("nan")) for k in STATISTICS}
+
+    def finalize(self, ctx: Any, results: dict[str, AnalysisResult]) -> AnalysisResult:
+        means = self.means()
+        n_layers, n_heads = means["cls"].shape
+        return AnalysisResult(
+            name=self.name,
+            heads=head_frame(means, n_layers, n_heads),
+            summary={"sequences": {k: int(v.item()) for k, v in self.counts_.items()}},
+        )
+
+    @staticmethod
+    def report(run: Any, figures: Path) -> Any:
+        from headscope.report.figures import head_grid, layer_head_heatmap, save_figure
+        from headscope.report.section import ReportSection
+
+        columns = [c for c in STATISTICS if c in run.heads.columns]
+        if not columns:
+            return None
+        names = []
+        for column in columns:
+            fig = layer_head_heatmap(head_grid(run.heads, column), LABELS[column], label=column)
+            save_figure(fig, figures, f"surface_{column}")
+            names.append(f"surface_{column}")
+        body = "<p>Per head, averaged over every sequence (Clark et al. 2019, section 3).</p>" + "".join(
+            f'<figure><img src="../figures/{n}.svg" alt="{html.escape(LABELS[c])}">'
+            f"<figcaption>{html.escape(LABELS[c])}</figcaption></figure>" for n, c in zip(names, columns,
+                                                                                           strict=True))
+        return ReportSection(key="surface", title="Surface statistics", html=body, figures=names, order=10)

@@ -1,0 +1,152 @@
+"""The ``headscope`` command. ``run`` options come from :class:`RunConfig` and each analysis's ``Options``.
+
+Subcommands are registered in :data:`COMMANDS` (name -> (help, add_arguments, main)), so a module adds its
+own command without touching the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import types
+import typing
+from collections.abc import Callable
+from typing import Any, Union
+
+from headscope.analyses import REGISTRY
+from headscope.config import RunConfig
+
+Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None]
+            ) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
+    """Register a subcommand: ``@command("view", "...", add_view_arguments)`` on its main function."""
+
+    def decorate(main: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        COMMANDS[name] = (help, add_arguments, main)
+        return main
+
+    return decorate
+
+
+def _base_type(tp: Any) -> tuple[Any, bool]:
+    """The scalar type behind ``X | None`` / ``list[X]``, and whether it is a list."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _base_type(args[0])
+    if origin is list:
+        return typing.get_args(tp)[0], True
+    return tp, False
+
+
+def add_dataclass_options(parser: argparse.ArgumentParser | Any, cls: type, seen: set[str]) -> None:
+    """Add one option per field of dataclass ``cls`` (help from ``metadata['help']``)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in seen or "help" not in f.metadata:
+            continue
+        seen.add(f.name)
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        tp, is_list = _base_type(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if tp is bool:
+            action = "store_false" if flag.startswith("--no-") else "store_true"
+            parser.add_argument(flag, dest=f.name, action=action, default=argparse.SUPPRESS,
+                                help=f.metadata["help"])
+        elif is_list:
+            parser.add_argument(flag, dest=f.name, action="append", type=tp, default=argparse.SUPPRESS,
+                                metavar=f.name.upper(), help=f.metadata["help"] + " (repeatable)")
+        else:
+            parser.add_argument(flag, dest=f.name, type=tp, default=argparse.SUPPRESS,
+                                metavar=f.name.upper(), help=f"{f.metadata['help']} (default: {default})")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    seen: set[str] = set()
+    add_dataclass_options(parser, RunConfig, seen)
+    for name, cls in sorted(REGISTRY.items()):
+        if cls.Options is not None:
+            group = parser.add_argument_group(f"{name} options", cls.description)
+            add_dataclass_options(group, cls.Options, seen)
+
+
+@command("run", "analyse every head of a model over a corpus (defaults: packaged MiniLM, Wikipedia)",
+         add_run_arguments)
+def main_run(args: argparse.Namespace) -> int:
+    from headscope.engine.runner import run
+
+    kwargs = {k: v for k, v in vars(args).items() if k not in ("command", "func", "verbose")}
+    result = run(**kwargs)
+    out = result.run["config"]["out"]
+    counts = result.run.get("counts", {})
+    print(f"analysed {counts.get('examples', 0)} sequences ({counts.get('tokens', 0)} tokens) with "
+          f"{result.run['model']['name']}: {result.run['model']['n_layers']} layers x "
+          f"{result.run['model']['n_heads']} heads; skipped {counts.get('skipped', 0)}, truncated "
+          f"{counts.get('truncated', 0)}, warnings {counts.get('warnings', 0)}")
+    if out:
+        print(f"wrote {out}/heads.csv, {out}/run.json" + (f", {out}/report/index.html"
+                                                         if result.run["config"].get("report") else ""))
+    return 0
+
+
+@command("list", "list the analyses and packaged models", lambda p: None)
+def main_list(args: argparse.Namespace) -> int:
+    from headscope.model.load import PACKAGED_MODELS
+
+    print("analyses:")
+    for name, cls in sorted(REGISTRY.items()):
+        print(f"  {name:12s} {cls.description}")
+    print("packaged models (--model):")
+    for name, pm in PACKAGED_MODELS.items():
+        print(f"  {name:18s} pip install {pm.pip_name}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="headscope", description=__doc__.splitlines()[0] if __doc__ else "")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every skipped or truncated input")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (help_text, add_arguments, main) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(p)
+        p.set_defaults(func=main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _load_commands()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="headscope: %(message)s")
+    for noisy in ("transformers", "httpx", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, ValueError, OSError, RuntimeError) as exc:
+        print(f"headscope: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _load_commands() -> None:
+    """Import the modules that register further subcommands (compare, view, report)."""
+    import importlib
+
+    for module in ("headscope.report.command", "headscope.compare", "headscope.viewer"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Run configuration: one typed dataclass shared by the Python API and the command line.
+
+Every field carries its help text in ``metadata["help"]``; :mod:`headscope.cli` builds the ``headscope run``
+options from these fields (and from each analysis's own options dataclass), so the API and the CLI cannot
+drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def option(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = None, **kwargs: Any) -> Any:
+    """A dataclass field that is also a command-line option.
+
+    Parameters
+    ----------
+    default : Any
+        The default value (use ``default_factory`` in ``kwargs`` for lists).
+    help : str
+        The help text, shown by ``headscope run --help`` and in the API docs.
+    flag : str, optional
+        The option's spelling on the command line when it differs from ``--field-name``.
+    """
+    metadata = {"help": help}
+    if flag is not None:
+        metadata["flag"] = flag
+    if default is dataclasses.MISSING:
+        return field(metadata=metadata, **kwargs)
+    return field(default=default, metadata=metadata, **kwargs)
+
+
+@dataclass
+class RunConfig:
+    """What to analyse and how: model, corpus, batching, seed and output.
+
+    Analysis-specific settings (``--tau``, ``--clusters``, ...) live in each analysis's ``Options``
+    dataclass; see :mod:`headscope.analyses`.
+    """
+
+    model: str = option("minilm", help="Hugging Face hub id, local model directory, or a packaged short "
+                        "name (minilm, minilm-finetuned, smollm2).")
+    revision: str | None = option(None, help="Model revision (branch, tag or commit) on the hub.")
+    gguf_file: str | None = option(None, help="GGUF file inside the model directory (decoder LMs as GGUF).")
+    trust_remote_code: bool = option(False, help="Allow model code from the hub (off unless asked).")
+    text: list[str] = option(help="Raw text file(s): one sentence per line, a blank line between "
+                             "documents. With no --text/--treebank/--coref the packaged Wikipedia sample "
+                             "is used.", default_factory=list)
+    treebank: list[str] = option(help="CoNLL-U treebank file(s). The first is the training/selection "
+                                 "treebank, the last the evaluation/held-out one.", default_factory=list)
+    coref: list[str] = option(help="Coreference file(s): CoNLL-U with Entity= annotations, or CoNLL-2012 "
+                              "*_conll.", default_factory=list)
+    analyses: list[str] = option(help="Comma-separated analyses to run (see `headscope list`).",
+                                 default_factory=lambda: ["surface"])
+    max_length: int = option(128, help="Maximum sequence length in model tokens (capped by the model).")
+    max_segments: int | None = option(None, help="Stop after this many raw-text segments (default: all; "
+                                      "1000 for the packaged Wikipedia sample, as in Clark et al.).")
+    max_sentences: int | None = option(None, help="Read at most this many sentences per treebank file.")
+    batch_size: int = option(16, help="Sequences per forward pass.")
+    device: str = option("auto", help="auto, cpu, cuda or cuda:N.")
+    dtype: str = option("float32", help="Model dtype: float32, float16 or bfloat16.")
+    seed: int = option(0, help="Seed for every random choice (A/B split, samples, clustering, probes).")
+    word_attention: str = option("mean", help="How a split word attends: mean over its pieces' rows (the "
+                                 "paper) or first (Clark et al.'s released code).")
+    punctuation: str = option("clark", help="Punctuation class for surface statistics: clark (tokens "
+                              "exactly '.' or ',') or all (every punctuation-only token).")
+    parse: str = option("none", help="Dependency parses for raw text: none or spacy (silver parses from "
+                        "en_core_web_sm).")
+    out: str | None = option("headscope-out", help="Output directory (files are overwritten).")
+    quiet: bool = option(False, help="No progress bar.")
+    report: bool = option(True, help="Write report/ and figures/ after the run (--no-report skips them).",
+                         flag="--no-report")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.analyses, str):
+            self.analyses = [a.strip() for a in self.analyses.split(",") if a.strip()]
+        else:
+            self.analyses = [a.strip() for item in self.analyses for a in item.split(",") if a.strip()]
+        if self.max_length < 4:
+            raise ValueError(f"max_length must be at least 4, got {self.max_length}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.word_attention not in ("mean", "first"):
+            raise ValueError(f"word_attention must be 'mean' or 'first', got {self.word_attention!r}")
+        if self.punctuation not in ("clark", "all"):
+            raise ValueError(f"punctuation must be 'clark' or 'all', got {self.punctuation!r}")
+        if self.parse not in ("none", "spacy"):
+            raise ValueError(f"parse must be 'none' or 'spacy', got {self.parse!r}")
+
+    @property
+    def uses_default_corpus(self) -> bool:
+        """True when no corpus file was given, so the packaged Wikipedia sample is used."""
+        return not (self.text or self.treebank or self.coref)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

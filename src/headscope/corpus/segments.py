@@ -1,0 +1,62 @@
+"""Packing documents into BERT pre-training style segments ``[CLS] A [SEP] B [SEP]``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+
+from headscope.corpus.types import Document, Sentence
+from headscope.manifest import Manifest
+from headscope.model.encode import Encoder, Example
+
+
+def _chunks(documents: Iterable[Document], encoder: Encoder, budget: int) -> Iterator[list[Sentence]]:
+    """Runs of consecutive sentences of one document that fit in ``budget`` pieces together."""
+    for doc in documents:
+        chunk: list[Sentence] = []
+        used = 0
+        for sentence in doc.sentences:
+            n = encoder.count_pieces(sentence.words)
+            if chunk and used + n > budget:
+                yield chunk
+                chunk, used = [], 0
+            chunk.append(sentence)
+            used += n
+        if chunk:
+            yield chunk
+
+
+def pack_segments(documents: Iterable[Document], encoder: Encoder, manifest: Manifest, seed: int,
+                  start_index: int = 0, limit: int | None = None) -> Iterator[Example]:
+    """Greedily fill segments with consecutive sentences of one document, then split them into A and B.
+
+    A segment holds as many whole sentences as fit in ``encoder.max_length`` tokens. With two or more
+    sentences the A/B split falls at a sentence boundary drawn with ``seed`` (B gets token type 1); a lone
+    sentence makes a single-segment input ``[CLS] A [SEP]``; a sentence longer than the limit on its own is
+    cut and counted as truncated.
+
+    Yields
+    ------
+    Example
+        ``kind == "segment"``, indices from ``start_index`` on.
+    """
+    if limit is not None and limit <= 0:
+        return
+    rng = np.random.default_rng(seed)
+    index = start_index
+    for chunk in _chunks(documents, encoder, encoder.max_length - encoder.n_special(pair=True)):
+        if len(chunk) >= 2:
+            split = int(rng.integers(1, len(chunk)))
+            part_a, part_b = chunk[:split], chunk[split:]
+        else:
+            part_a, part_b = chunk, None
+        ex = encoder.encode(index, "segment", part_a, part_b, manifest, truncate=True)
+        if ex is None:
+            continue
+        manifest.count("segments")
+        manifest.count("sentences_used", len(chunk))
+        yield ex
+        index += 1
+        if limit is not None and index - start_index >= limit:
+            return

@@ -1,0 +1,31 @@
+"""The forward pass that returns every layer's attention as one tensor."""
+
+from __future__ import annotations
+
+import torch
+
+from headscope.engine.batch import Batch
+from headscope.model.load import AttentionUnavailableError, LoadedModel
+
+
+def capture_attention(loaded: LoadedModel, batch: Batch) -> torch.Tensor:
+    """Run the model body on ``batch`` and return its attention.
+
+    Returns
+    -------
+    Tensor of shape [batch, layer, head, query, key]
+        float32 on the model's device. Rows of padded queries and columns of padded keys are exactly 0,
+        so sums over a padded batch equal sums over its examples one at a time.
+    """
+    with torch.inference_mode():
+        out = loaded.base(**batch.model_inputs(), output_attentions=True)
+    attentions = getattr(out, "attentions", None)
+    if not attentions or attentions[0] is None:
+        raise AttentionUnavailableError(f"{loaded.info.name}: no attention weights were returned")
+    attn = torch.stack(attentions, dim=1)
+    if attn.dtype != torch.float32:
+        attn = attn.float()
+    mask = batch.mask.to(attn.dtype)
+    # Padded query rows hold a softmax over the real keys; zero them so no statistic can see them.
+    attn.mul_(mask[:, None, None, :, None])
+    return attn

@@ -1,0 +1,41 @@
+"""What an analysis can see of the run: config, model, corpus and manifest."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from headscope.config import RunConfig
+from headscope.engine.batch import Batch, bucket_batches, collate
+from headscope.engine.inputs import Corpus
+from headscope.manifest import Manifest
+from headscope.model.encode import Encoder, Example
+from headscope.model.load import LoadedModel, ModelInfo
+
+
+@dataclass
+class RunContext:
+    """Handed to ``Analysis.start`` and ``Analysis.finalize``."""
+
+    config: RunConfig
+    loaded: LoadedModel
+    encoder: Encoder
+    corpus: Corpus
+    manifest: Manifest
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.loaded.info
+
+    @property
+    def device(self) -> torch.device:
+        return self.loaded.device
+
+    def batches(self, examples: Iterator[Example] | None = None) -> Iterator[Batch]:
+        """Length-bucketed batches on the model's device; by default a fresh pass over the corpus."""
+        stream = examples if examples is not None else self.corpus.examples()
+        pad_id = int(self.loaded.tokenizer.pad_token_id)
+        for group in bucket_batches(stream, self.config.batch_size):
+            yield collate(group, pad_id, self.device)

@@ -1,0 +1,90 @@
+"""The inputs of a run as one stream of encoded examples."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from itertools import chain
+from pathlib import Path
+
+from headscope.config import RunConfig
+from headscope.corpus.conllu import read_conllu
+from headscope.corpus.segments import pack_segments
+from headscope.corpus.text import read_text
+from headscope.corpus.types import Document
+from headscope.corpus.wiki import wikipedia_sample_text
+from headscope.manifest import Manifest
+from headscope.model.encode import Encoder, Example
+
+#: Segments taken from the packaged Wikipedia sample when --max-segments is not given (Clark et al.'s size).
+DEFAULT_SEGMENTS = 1000
+
+class Corpus:
+    """All inputs of a run, streamed as :class:`Example` objects in a fixed order.
+
+    Raw-text segments come first, then treebank sentences, then coreference windows; ``Example.index``
+    numbers them in that order. Iterating twice gives the same examples (re-runs such as ablation use it).
+    """
+
+    def __init__(self, config: RunConfig, encoder: Encoder, manifest: Manifest) -> None:
+        self.config = config
+        self.encoder = encoder
+        self.text_files = [str(p) for p in config.text]
+        self.segment_limit = config.max_segments
+        if config.uses_default_corpus:
+            self.text_files = [str(wikipedia_sample_text())]
+            self.segment_limit = config.max_segments or DEFAULT_SEGMENTS
+            manifest.notes["default_corpus"] = ("Wikipedia sample shipped in gensim's test data, markup "
+                                                "stripped by headscope.corpus.wiki")
+        for role, files in (("text", self.text_files), ("treebank", config.treebank), ("coref", config.coref)):
+            for f in files:
+                manifest.add_file(f, role)
+
+    def estimated_sentences(self) -> tuple[int, int]:
+        """Fast upper estimates of the sentences to process, (raw text, treebanks and coref)."""
+
+        def lines(files: list[str]) -> int:
+            total = 0
+            for f in files:
+                try:
+                    with open(f, "rb") as fh:
+                        total += sum(1 for line in fh if line.strip() and not line.startswith(b"#"))
+                except OSError:
+                    continue
+            return total
+
+        # CoNLL-U counts words, not sentences, per line: divide by a typical sentence length.
+        return lines(self.text_files), lines([*self.config.treebank, *self.config.coref]) // 15
+
+    def documents(self, manifest: Manifest) -> Iterator[Document]:
+        docs: Iterator[Document] = chain.from_iterable(read_text(f, manifest) for f in self.text_files)
+        if self.config.parse == "spacy":
+            from headscope.corpus.parse import parse_documents
+
+            docs = parse_documents(docs, manifest)
+        return docs
+
+    def examples(self, manifest: Manifest | None = None) -> Iterator[Example]:
+        """Stream every example. Pass the run's manifest on the main pass only (it counts)."""
+        manifest = manifest if manifest is not None else Manifest()
+        index = 0
+        for ex in pack_segments(self.documents(manifest), self.encoder, manifest, self.config.seed,
+                                start_index=index, limit=self.segment_limit):
+            index = ex.index + 1
+            yield ex
+        for path in self.config.treebank:
+            for sentence in read_conllu(path, manifest, limit=self.config.max_sentences):
+                ex = self.encoder.encode(index, "sentence", [sentence], None, manifest, truncate=False)
+                if ex is not None:
+                    manifest.count("sentences_used")
+                    index += 1
+                    yield ex
+        if self.config.coref:
+            from headscope.corpus.coref import iter_coref_examples
+
+            yield from iter_coref_examples(self.config.coref, self.encoder, manifest, start_index=index)
+
+    @staticmethod
+    def role_of(path: str | Path, files: list[str]) -> int:
+        """Index of ``path`` among ``files`` (for the treebank split roles), -1 if absent."""
+        p = str(path)
+        return files.index(p) if p in files else -1

@@ -1,0 +1,112 @@
+"""A finished run: tables in memory, written to and read back from an output directory."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from dataclasses import dataclass, field
+from functools import reduce
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from headscope.analyses.base import AnalysisResult
+
+logger = logging.getLogger("headscope")
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def write_table(out: Path, name: str, table: pd.DataFrame) -> None:
+    """``name.csv``, plus ``name.parquet`` when pyarrow is installed."""
+    table.to_csv(out / f"{name}.csv", index=False, float_format="%.6g")
+    with contextlib.suppress(ImportError):
+        table.to_parquet(out / f"{name}.parquet", index=False)
+
+
+@dataclass
+class RunResult:
+    """The results of :func:`headscope.run`: tidy DataFrames plus the run manifest.
+
+    Attributes
+    ----------
+    heads : DataFrame
+        One row per head (``layer``, ``head``, every per-head column of every analysis).
+    tables : dict of str to DataFrame
+        Every other table by file stem (``syntax``, ``roles``, ...).
+    documents : dict of str to object
+        JSON outputs by file stem (``probe``, ...).
+    run : dict
+        The content of ``run.json``.
+    """
+
+    heads: pd.DataFrame
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    documents: dict[str, Any] = field(default_factory=dict)
+    run: dict[str, Any] = field(default_factory=dict)
+    results: dict[str, AnalysisResult] = field(default_factory=dict)
+
+    @classmethod
+    def from_results(cls, results: dict[str, AnalysisResult], run: dict[str, Any]) -> RunResult:
+        frames = [r.heads for r in results.values() if r.heads is not None]
+        if frames:
+            heads = reduce(lambda a, b: a.merge(b, on=["layer", "head"], how="outer"), frames)
+            heads = heads.sort_values(["layer", "head"]).reset_index(drop=True)
+        else:
+            heads = pd.DataFrame(columns=["layer", "head"])
+        tables: dict[str, pd.DataFrame] = {}
+        documents: dict[str, Any] = {}
+        for r in results.values():
+            tables.update(r.tables)
+            documents.update(r.documents)
+        return cls(heads=heads, tables=tables, documents=documents, run=run, results=results)
+
+    def __getitem__(self, name: str) -> pd.DataFrame:
+        return self.heads if name == "heads" else self.tables[name]
+
+    def save(self, out: str | Path) -> Path:
+        """Write ``heads.csv``, every table and document, and ``run.json`` into ``out``."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_table(out, "heads", self.heads)
+        for name, table in self.tables.items():
+            write_table(out, name, table)
+        for name, doc in self.documents.items():
+            write_json(out / f"{name}.json", doc)
+        write_json(out / "run.json", self.run)
+        return out
+
+    @classmethod
+    def load(cls, out: str | Path) -> RunResult:
+        """Read a finished run back from its directory (no model needed)."""
+        out = Path(out)
+        run_file = out / "run.json"
+        if not run_file.is_file():
+            raise FileNotFoundError(f"{out} is not a headscope run directory (no run.json)")
+        run = json.loads(run_file.read_text(encoding="utf-8"))
+        heads = pd.read_csv(out / "heads.csv")
+        tables = {p.stem: pd.read_csv(p) for p in sorted(out.glob("*.csv")) if p.stem != "heads"}
+        documents = {p.stem: json.loads(p.read_text(encoding="utf-8"))
+                     for p in sorted(out.glob("*.json")) if p.stem != "run"}
+        return cls(heads=heads, tables=tables, documents=documents, run=run)

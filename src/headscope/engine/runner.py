@@ -1,0 +1,212 @@
+"""The run loop: one pass of the corpus through the model, every analysis fed from it."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import platform
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from headscope.analyses import REGISTRY, Analysis, AnalysisResult
+from headscope.config import RunConfig
+from headscope.engine.batch import Batch
+from headscope.engine.capture import capture_attention
+from headscope.engine.context import RunContext
+from headscope.engine.inputs import Corpus
+from headscope.engine.results import RunResult, write_json
+from headscope.manifest import Manifest
+from headscope.model.encode import Encoder
+from headscope.model.load import load_model
+
+logger = logging.getLogger("headscope")
+
+
+class NoUsableInputError(ValueError):
+    """Nothing in the corpus could be used; the manifest's messages say why."""
+
+
+def split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Route keyword arguments to :class:`RunConfig` or to the ``Options`` of the analysis that owns them."""
+    config_fields = {f.name for f in dataclasses.fields(RunConfig)}
+    config_kwargs = {k: v for k, v in kwargs.items() if k in config_fields}
+    per_analysis: dict[str, dict[str, Any]] = {}
+    unknown = set(kwargs) - config_fields
+    for name, cls in REGISTRY.items():
+        if cls.Options is None:
+            continue
+        owned = {f.name for f in dataclasses.fields(cls.Options)} & set(kwargs)
+        if owned:
+            per_analysis[name] = {k: kwargs[k] for k in owned}
+            unknown -= owned
+    if unknown:
+        raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    return config_kwargs, per_analysis
+
+
+def resolve_analyses(names: list[str], options: dict[str, dict[str, Any]]) -> list[Analysis]:
+    """Instantiate the requested analyses and those they run ``after``, dependencies first."""
+    order: list[str] = []
+
+    def visit(name: str, chain: tuple[str, ...] = ()) -> None:
+        if name not in REGISTRY:
+            raise ValueError(f"unknown analysis {name!r}; available: {', '.join(sorted(REGISTRY))}")
+        if name in chain:
+            raise ValueError(f"analyses depend on each other in a cycle: {' -> '.join((*chain, name))}")
+        for dep in REGISTRY[name].after:
+            visit(dep, (*chain, name))
+        if name not in order:
+            order.append(name)
+
+    for name in names:
+        visit(name)
+    analyses = []
+    for name in order:
+        cls = REGISTRY[name]
+        opts = cls.Options(**options.get(name, {})) if cls.Options is not None else None
+        analyses.append(cls(opts))
+    return analyses
+
+
+def _versions() -> dict[str, str]:
+    import pandas
+    import transformers
+
+    from headscope import __version__
+
+    return {"headscope": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
+            "transformers": transformers.__version__, "numpy": np.__version__, "pandas": pandas.__version__,
+            "platform": platform.platform()}
+
+
+def _progress(batches: Iterator[Batch], corpus: Corpus, quiet: bool) -> Iterator[Batch]:
+    """Wrap the batch stream in a progress bar (sentences, with rate and ETA) on a terminal."""
+    if quiet or not sys.stderr.isatty():
+        yield from batches
+        return
+    from tqdm.auto import tqdm
+
+    text_estimate, other_estimate = corpus.estimated_sentences()
+    bar = tqdm(total=(text_estimate + other_estimate) or None, unit="sent", desc="headscope",
+               dynamic_ncols=True)
+    segments = segment_sentences = 0
+    try:
+        for batch in batches:
+            n = sum(len(ex.sentences) for ex in batch.examples)
+            if corpus.segment_limit is not None:
+                seen = [ex for ex in batch.examples if ex.kind == "segment"]
+                segments += len(seen)
+                segment_sentences += sum(len(ex.sentences) for ex in seen)
+                if segments:
+                    # Text stops after a number of segments: re-estimate the total from what was seen.
+                    text_total = min(text_estimate, segment_sentences / segments * corpus.segment_limit)
+                    bar.total = max(bar.n + n, int(text_total) + other_estimate)
+            bar.update(n)
+            yield batch
+    finally:
+        bar.close()
+
+
+def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
+    """Analyse every attention head of a model over a corpus, in one pass.
+
+    Parameters
+    ----------
+    config : RunConfig, optional
+        The run's settings; keyword arguments override its fields.
+    **kwargs
+        Fields of :class:`RunConfig` (``model``, ``text``, ``treebank``, ``analyses``, ``out`` ...) and
+        of any analysis's ``Options`` (for example ``tau`` for ``roles``).
+
+    Returns
+    -------
+    RunResult
+        ``.heads`` (DataFrame, one row per head), ``.tables``, ``.documents`` and ``.run`` (the manifest).
+        When ``out`` is set (default ``headscope-out``; pass ``out=None`` to keep everything in memory),
+        the files are written there too.
+    """
+    config_kwargs, analysis_kwargs = split_options(kwargs)
+    config = dataclasses.replace(config, **config_kwargs) if config is not None else RunConfig(**config_kwargs)
+    analyses = resolve_analyses(config.analyses, analysis_kwargs)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+
+    loaded = load_model(config.model, revision=config.revision, device=config.device, dtype=config.dtype,
+                        trust_remote_code=config.trust_remote_code, gguf_file=config.gguf_file)
+    timings["load_model"] = time.perf_counter() - t0
+    info = loaded.info
+    if config.max_length > info.max_length:
+        logger.warning("--max-length %d is more than %s allows; using %d", config.max_length, info.name,
+                       info.max_length)
+    type_vocab = getattr(loaded.model.config, "type_vocab_size", 0) or 0
+    encoder = Encoder(loaded.tokenizer, min(config.max_length, info.max_length), config.punctuation,
+                      use_token_types=type_vocab > 1)
+    manifest = Manifest()
+    corpus = Corpus(config, encoder, manifest)
+    ctx = RunContext(config=config, loaded=loaded, encoder=encoder, corpus=corpus, manifest=manifest)
+    for analysis in analyses:
+        analysis.start(ctx)
+
+    t1 = time.perf_counter()
+    forward_s = 0.0
+    n_examples = n_tokens = 0
+    for batch in _progress(ctx.batches(corpus.examples(manifest)), corpus, config.quiet):
+        tf = time.perf_counter()
+        attn = capture_attention(loaded, batch)
+        forward_s += time.perf_counter() - tf
+        n_examples += batch.size
+        n_tokens += int(batch.lengths.sum())
+        for analysis in analyses:
+            rows = [k for k, ex in enumerate(batch.examples) if analysis.wants(ex)]
+            if len(rows) == batch.size:
+                analysis.update(batch, attn)
+            elif rows:
+                analysis.update(batch.select(rows), attn[rows])
+        del attn
+    timings["pass"] = time.perf_counter() - t1
+    timings["forward"] = forward_s
+    if n_examples == 0:
+        problems = "; ".join(str(e) for e in manifest.events[:5]) or "no input"
+        raise NoUsableInputError(f"no usable input in the corpus ({problems})")
+    manifest.count("examples", n_examples)
+    manifest.count("tokens", n_tokens)
+
+    t2 = time.perf_counter()
+    results: dict[str, AnalysisResult] = {}
+    for analysis in analyses:
+        ta = time.perf_counter()
+        results[analysis.name] = analysis.finalize(ctx, results)
+        timings[f"finalize_{analysis.name}"] = time.perf_counter() - ta
+    timings["finalize"] = time.perf_counter() - t2
+    timings["total"] = time.perf_counter() - t0
+
+    run_info = {
+        "model": info.to_dict(),
+        "config": config.to_dict(),
+        "analysis_options": {a.name: dataclasses.asdict(a.options) for a in analyses
+                             if a.options is not None},
+        "analyses": {name: r.summary for name, r in results.items()},
+        "seed": config.seed,
+        **manifest.to_dict(),
+        "versions": _versions(),
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+    }
+    result = RunResult.from_results(results, run_info)
+    if config.out:
+        tw = time.perf_counter()
+        result.save(config.out)
+        if config.report:
+            from headscope.report import build_report
+
+            build_report(config.out)
+        result.run["timings_s"]["write"] = round(time.perf_counter() - tw, 3)
+        write_json(Path(config.out) / "run.json", result.run)
+    return result

