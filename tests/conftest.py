@@ -12,7 +12,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
-WORDS = ("the a an of to in and is was it he she they that this for on with as at by from his her their "
+WORDS = ("the a an of to in and is was it he she they that this for on with as at by from his her their "  # noqa: SIM905
          "dog cat man woman house city river king queen saw ate ran said book car red big old new").split()
 
 
@@ -30,7 +30,7 @@ def make_tiny_bert(directory: Path, *, layers: int = 2, heads: int = 4, lm_head:
     directory.mkdir(parents=True, exist_ok=True)
     vocab = _vocab()
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True,
+    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True,
                                   model_max_length=64)
     tokenizer.save_pretrained(directory)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=layers,
@@ -40,6 +40,32 @@ def make_tiny_bert(directory: Path, *, layers: int = 2, heads: int = 4, lm_head:
     model = BertForMaskedLM(config) if lm_head else BertModel(config)
     model.save_pretrained(directory)
     return directory
+
+
+def make_tiny_roberta(directory: Path, seed: int = 0) -> Path:
+    """A RoBERTa with random weights and a byte-level BPE trained here: ``<s>``/``</s>`` special tokens."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaConfig, RobertaModel, RobertaTokenizerFast
+
+    directory.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([" ".join(WORDS) + " . , ! ?"] * 5, vocab_size=400, min_frequency=1,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    tokenizer = RobertaTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>",
+                                     sep_token="</s>", cls_token="<s>", pad_token="<pad>", unk_token="<unk>",
+                                     mask_token="<mask>", add_prefix_space=True, model_max_length=64)
+    tokenizer.save_pretrained(directory)
+    config = RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=64, max_position_embeddings=66, type_vocab_size=1, pad_token_id=1)
+    torch.manual_seed(seed)
+    RobertaModel(config).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Directory of a 2-layer x 4-head random RoBERTa (``<s>``/``</s>``, no token types)."""
+    return make_tiny_roberta(tmp_path_factory.mktemp("tiny-roberta"))
 
 
 @pytest.fixture(scope="session")

@@ -143,9 +143,11 @@ class Encoder:
         if not words_a and not words_b:
             manifest.skip(first.file, first.line, "no words")
             return None
+        all_words = words_a + words_b
+        boundary = len(words_a)  # first word of segment B
         pair = bool(words_b) and self.supports_pairs
         if words_b and not pair:
-            words_a, words_b = words_a + words_b, []
+            words_a, words_b = all_words, []
         tok = self.tokenizer
         args: tuple[Any, ...] = (words_a, words_b) if pair else (words_a,)
         enc = tok(*args, is_split_into_words=True, truncation=False)
@@ -162,14 +164,14 @@ class Encoder:
         ids = np.asarray(enc["input_ids"], dtype=np.int64)
         word_ids = enc.word_ids()
         seq_ids = enc.sequence_ids() if pair else [None if w is None else 0 for w in word_ids]
-        n_words_a = len(words_a)
+        n_words_a = len(words_a)  # words of the first tokenizer input (all words for decoder LMs)
         n = len(ids)
         unit_of_piece = np.empty(n, dtype=np.int64)
         is_cls = np.zeros(n, dtype=bool)
         is_sep = np.zeros(n, dtype=bool)
         is_punct = np.zeros(n, dtype=bool)
         segment = np.zeros(n, dtype=np.int8)
-        word_units = np.full(n_words_a + len(words_b), -1, dtype=np.int64)
+        word_units = np.full(len(all_words), -1, dtype=np.int64)
         units: list[str] = []
         current_seg = 0
         last_word: int | None = None
@@ -185,18 +187,16 @@ class Encoder:
                 last_word = None
                 continue
             flat = w + (n_words_a if s == 1 else 0)
-            if pair and s == 1:
-                current_seg = 1
-            if not pair and flat >= n_words_a:
+            if flat >= boundary:
                 current_seg = 1
             segment[p] = current_seg
             if flat != last_word:
-                units.append(words_b[w] if (pair and s == 1) else (words_a + words_b)[flat])
+                units.append(all_words[flat])
                 word_units[flat] = len(units) - 1
                 last_word = flat
             unit_of_piece[p] = word_units[flat]
             is_punct[p] = self._is_punct(token_id)
-        if pair or words_b:
+        if boundary < len(all_words):
             # The final separator belongs to segment B, as BERT's token types say.
             last_sep = np.flatnonzero(is_sep)
             if len(last_sep):

@@ -138,7 +138,6 @@ def load_model(
         AutoModelForCausalLM,
         AutoModelForMaskedLM,
     )
-
     from transformers.utils import logging as hf_logging
 
     # Our own progress bar and manifest speak for the run; transformers' per-load bars are noise here.

@@ -1,0 +1,58 @@
+"""Word-level attention on hand-made alignments (sum over attended pieces, mean or first over attending)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from headscope.engine.wordlevel import word_attention, word_attention_reference
+from reference import random_attention
+
+
+def test_hand_made_alignment() -> None:
+    # [CLS] un ##believ ##able dog [SEP] -> units: [CLS], unbelievable, dog, [SEP]
+    A = np.array([
+        [0.1, 0.2, 0.3, 0.1, 0.2, 0.1],
+        [0.0, 0.5, 0.1, 0.1, 0.2, 0.1],
+        [0.2, 0.2, 0.2, 0.2, 0.1, 0.1],
+        [0.3, 0.0, 0.0, 0.3, 0.3, 0.1],
+        [0.1, 0.1, 0.1, 0.1, 0.5, 0.1],
+        [0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
+    ])
+    unit_of_piece = torch.tensor([[0, 1, 1, 1, 2, 3]])
+    W = word_attention(torch.tensor(A, dtype=torch.float32)[None, None, None], unit_of_piece)[0, 0, 0].numpy()
+    # From the split word: mean of rows 1-3; to it: sum of columns 1-3.
+    assert W[1, 1] == pytest.approx(np.mean([0.5 + 0.1 + 0.1, 0.2 + 0.2 + 0.2, 0.0 + 0.0 + 0.3]))
+    assert W[1, 0] == pytest.approx(np.mean([0.0, 0.2, 0.3]))
+    assert W[0, 1] == pytest.approx(0.2 + 0.3 + 0.1)
+    assert W[2, 2] == pytest.approx(0.5)
+    np.testing.assert_allclose(W.sum(-1), 1.0, atol=1e-6)
+    first = word_attention(torch.tensor(A, dtype=torch.float32)[None, None, None], unit_of_piece,
+                           mode="first")[0, 0, 0].numpy()
+    np.testing.assert_allclose(first[1], [0.0, 0.7, 0.2, 0.1], atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["mean", "first"])
+def test_batched_equals_reference_with_padding(mode: str) -> None:
+    rng = np.random.default_rng(0)
+    alignments = [[0, 1, 1, 2, 3], [0, 1, 2, 2, 2, 3, 4, 4, 5], [0, 1, 2]]
+    n = max(len(a) for a in alignments)
+    attn = torch.zeros(len(alignments), 2, 3, n, n)
+    unit = torch.full((len(alignments), n), -1)
+    maps = []
+    for k, a in enumerate(alignments):
+        size = len(a)
+        per_head = [[random_attention(rng, size) for _ in range(3)] for _ in range(2)]
+        maps.append(per_head)
+        attn[k, :, :, :size, :size] = torch.tensor(np.array(per_head), dtype=torch.float32)
+        unit[k, :size] = torch.tensor(a)
+    W = word_attention(attn, unit, mode=mode)
+    for k, a in enumerate(alignments):
+        groups = [[p for p, u in enumerate(a) if u == g] for g in range(max(a) + 1)]
+        for layer in range(2):
+            for head in range(3):
+                ref = word_attention_reference(maps[k][layer][head], groups, mode)
+                m = len(groups)
+                np.testing.assert_allclose(W[k, layer, head, :m, :m].numpy(), ref, atol=1e-6)
+                assert torch.all(W[k, layer, head, m:, :] == 0) and torch.all(W[k, layer, head, :, m:] == 0)
