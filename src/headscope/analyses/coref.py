@@ -1,0 +1,287 @@
+"""Coreference heads: which heads find a mention's antecedent (Clark et al. 2019, section 4.3).
+
+For every evaluated mention (a mention with at least one earlier mention of the same entity in its window,
+see :mod:`headscope.corpus.coref`), a head is right when the mention's head word attends most, in
+word-level attention, to the head word of one of those antecedents. The candidates of the arg-max are all
+other words of the window (special tokens and the word itself excluded), or with
+``--coref-candidates preceding`` only the words before the mention's head word.
+
+Three baselines pick an antecedent among the earlier mentions of the window (they see the gold mentions,
+as in the paper) and are right under the same rule:
+
+- ``nearest``: the nearest earlier mention;
+- ``head_match``: the nearest earlier mention with the same head word (lowercased); none is a miss;
+- ``rule_based``: sieves in order, the first that finds a mention wins, nearest first within a sieve:
+  (1) same full text, (2) same head word, (3) agreement in number, gender and person (from the head
+  words' morphological features; unknown agrees with anything), (4) any earlier mention.
+
+``coref.csv`` has one row per head and mention type (``method = head``) and one row per baseline and
+mention type (``layer``/``head`` empty): ``method, layer, head, mention_type, accuracy, n``. Mention types
+are ``pronoun``, ``proper``, ``nominal``, ``other`` (from the head word's part of speech) and ``all``.
+``coref_best.csv`` has, per mention type, the best head (chosen on the same data it is scored on, as in the
+paper) next to every baseline.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from headscope.analyses.base import Analysis, AnalysisResult, head_frame, register
+from headscope.config import option
+from headscope.corpus.coref import MENTION_TYPES, WindowMention, window_mentions
+from headscope.engine.wordlevel import unit_maps
+
+#: Baselines, in table order.
+BASELINES = ("nearest", "head_match", "rule_based")
+#: Mention types of the table, ``all`` last.
+TYPES = (*MENTION_TYPES, "all")
+
+
+def _agrees(a: WindowMention, b: WindowMention) -> bool:
+    return all(x is None or y is None or x == y for x, y in (
+        (a.number, b.number), (a.gender, b.gender), (a.person, b.person)))
+
+
+def baseline_predictions(mentions: list[WindowMention], i: int) -> dict[str, int]:
+    """Each baseline's antecedent for mention ``i`` of a window.
+
+    Parameters
+    ----------
+    mentions : list of WindowMention
+        The window's mentions, ordered by head word (as :func:`window_mentions` gives them).
+    i : int
+        The mention to resolve.
+
+    Returns
+    -------
+    dict of str to int
+        Per baseline, the index in ``mentions`` of the chosen mention, -1 when it chooses none.
+    """
+    m = mentions[i]
+    # Nearest first: earlier head words the model can see, from right to left.
+    candidates = [j for j in range(i - 1, -1, -1) if mentions[j].word < m.word and mentions[j].unit >= 0]
+
+    def first(test: Any) -> int:
+        return next((j for j in candidates if test(mentions[j])), -1)
+
+    nearest = candidates[0] if candidates else -1
+    head_match = first(lambda c: c.head_text == m.head_text)
+    rule = first(lambda c: c.text == m.text)
+    if rule < 0:
+        rule = head_match
+    if rule < 0:
+        rule = first(lambda c: _agrees(c, m))
+    if rule < 0:
+        rule = nearest
+    return {"nearest": nearest, "head_match": head_match, "rule_based": rule}
+
+
+@dataclass
+class CorefOptions:
+    """Options of the ``coref`` analysis."""
+
+    coref_candidates: str = option("all", help="Words a head's arg-max may pick for a mention: all (every "
+                                   "other word of the window, special tokens excluded; the paper's reading) "
+                                   "or preceding (only words before the mention's head).")
+
+    def __post_init__(self) -> None:
+        if self.coref_candidates not in ("all", "preceding"):
+            raise ValueError(f"coref_candidates must be 'all' or 'preceding', got {self.coref_candidates!r}")
+
+
+@register
+class CorefHeads(Analysis):
+    """Antecedent-selection accuracy of every head per mention type, next to three baselines."""
+
+    name = "coref"
+    description = "heads whose mention head word attends most to an antecedent's head word (Clark et al. s4.3)"
+    Options = CorefOptions
+
+    def wants(self, example: Any) -> bool:
+        return example.kind == "window"
+
+    def start(self, ctx: Any) -> None:
+        shape = (len(MENTION_TYPES), ctx.info.n_layers, ctx.info.n_heads)
+        self.mode_ = ctx.config.word_attention
+        self.correct_ = torch.zeros(shape, dtype=torch.float64, device=ctx.device)
+        self.n_ = torch.zeros(len(MENTION_TYPES), dtype=torch.float64)
+        self.baseline_correct_ = torch.zeros(len(BASELINES), len(MENTION_TYPES), dtype=torch.float64)
+
+    def update(self, batch: Any, attn: torch.Tensor) -> None:
+        rows, slots, queries, types, targets = [], [], [], [], []
+        for b, example in enumerate(batch.examples):
+            mentions = window_mentions(example)
+            first = len(rows)
+            for i, m in enumerate(mentions):
+                if not m.evaluated:
+                    continue
+                slots.append(len(rows) - first)
+                antecedent_words = {mentions[a].word for a in m.antecedents}
+                t = MENTION_TYPES.index(m.mention_type)
+                rows.append(b)
+                queries.append(m.unit)
+                types.append(t)
+                targets.append([mentions[a].unit for a in m.antecedents])
+                self.n_[t] += 1
+                for k, j in enumerate(baseline_predictions(mentions, i).values()):
+                    if j >= 0 and mentions[j].word in antecedent_words:
+                        self.baseline_correct_[k, t] += 1
+        if not rows:
+            return
+        dev = attn.device
+        n_units = int(batch.n_units.max())
+        row = torch.tensor(rows, device=dev)
+        query = torch.tensor(queries, device=dev)
+        # Only the mentions' rows of word-level attention are needed: pool those queries, not every word
+        # (the same sums as word_attention, a fraction of the work).
+        slot = torch.tensor(slots, device=dev)  # position of each mention among its example's mentions
+        from_map, to_map = unit_maps(batch.unit_of_piece, n_units, self.mode_)  # [batch, unit, seq]
+        query_slots = torch.zeros(batch.size, int(slot.max()) + 1, dtype=torch.int64, device=dev)
+        query_slots[row, slot] = query
+        from_rows = from_map.gather(1, query_slots[..., None].expand(-1, -1, from_map.shape[-1]))
+        pooled = torch.einsum("bqs,blhst->blhqt", from_rows, attn.float())
+        words = torch.einsum("blhqt,but->blhqu", pooled, to_map)  # [batch, layer, head, slot, unit]
+        special_piece = ((batch.is_cls | batch.is_sep) & (batch.unit_of_piece >= 0)).float()
+        # Summed, not assigned: padding positions share index 0 with [CLS], and scatter_ keeps any one of them.
+        special = torch.zeros(batch.size, n_units, device=dev).scatter_add_(
+            1, batch.unit_of_piece.clamp_min(0), special_piece) > 0  # [batch, unit]
+        unit_ids = torch.arange(n_units, device=dev)
+        allowed = ((unit_ids[None, :] < batch.n_units[row][:, None]) & ~special[row]
+                   & (unit_ids[None, :] != query[:, None]))  # [mention, unit]
+        if self.options.coref_candidates == "preceding":
+            allowed &= unit_ids[None, :] < query[:, None]
+        target = torch.zeros(len(rows), n_units, dtype=torch.bool, device=dev)
+        for k, units in enumerate(targets):
+            target[k, units] = True
+        scores = words[row, :, :, slot]  # [mention, layer, head, unit]
+        scores = scores.masked_fill(~allowed[:, None, None, :], float("-inf"))
+        picked = scores.argmax(-1)  # [mention, layer, head]
+        hit = target.gather(1, picked.flatten(1)).view_as(picked)
+        self.correct_.index_add_(0, torch.tensor(types, device=dev), hit.to(torch.float64))
+
+    def merge(self, other: Analysis) -> CorefHeads:
+        assert isinstance(other, CorefHeads)
+        self.correct_ += other.correct_.to(self.correct_.device)
+        self.n_ += other.n_
+        self.baseline_correct_ += other.baseline_correct_
+        return self
+
+    def accuracy(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Accuracies with ``all`` appended as the last mention type.
+
+        Returns
+        -------
+        heads : Tensor of shape (n_types + 1, n_layers, n_heads)
+            NaN for a type without mentions.
+        baselines : Tensor of shape (n_baselines, n_types + 1)
+        n : Tensor of shape (n_types + 1,)
+        """
+        correct = torch.cat([self.correct_.cpu(), self.correct_.cpu().sum(0, keepdim=True)])
+        base = torch.cat([self.baseline_correct_, self.baseline_correct_.sum(1, keepdim=True)], dim=1)
+        n = torch.cat([self.n_, self.n_.sum(0, keepdim=True)])
+        denominator = torch.where(n > 0, n, torch.nan)
+        return correct / denominator[:, None, None], base / denominator[None, :], n
+
+    def finalize(self, ctx: Any, results: dict[str, AnalysisResult]) -> AnalysisResult:
+        heads_acc, base_acc, n = self.accuracy()
+        _, n_layers, n_heads = heads_acc.shape
+        frames = []
+        for t, mention_type in enumerate(TYPES):
+            frame = head_frame({"accuracy": heads_acc[t]}, n_layers, n_heads)
+            frame.insert(0, "method", "head")
+            frame.insert(3, "mention_type", mention_type)
+            frame["n"] = int(n[t])
+            frames.append(frame)
+        baseline_rows = [{"method": method, "layer": None, "head": None, "mention_type": mention_type,
+                          "accuracy": float(base_acc[k, t]), "n": int(n[t])}
+                         for k, method in enumerate(BASELINES) for t, mention_type in enumerate(TYPES)]
+        table = pd.concat([*frames, pd.DataFrame(baseline_rows)], ignore_index=True)
+        table["layer"] = table["layer"].astype("Int64")
+        table["head"] = table["head"].astype("Int64")
+        best = best_heads(table)
+        per_head = head_frame({"coref_accuracy": heads_acc[-1]}, n_layers, n_heads)
+        summary = {
+            "mentions": {t: int(n[k]) for k, t in enumerate(TYPES)},
+            "candidates": self.options.coref_candidates,
+            "best": {r.mention_type: {"head": r.best_head, "accuracy": _finite(r.accuracy),
+                                      **{b: _finite(getattr(r, b)) for b in BASELINES}}
+                     for r in best.itertuples()},
+        }
+        return AnalysisResult(name=self.name, heads=per_head, tables={"coref": table, "coref_best": best},
+                              summary=summary)
+
+    @staticmethod
+    def report(run: Any, figures: Path) -> Any:
+        from headscope.report.figures import head_grid, layer_head_heatmap, save_figure
+        from headscope.report.section import ReportSection
+
+        table = run.tables.get("coref")
+        if table is None or table.empty:
+            return None
+        best = best_heads(table)
+        heads = table[(table["method"] == "head") & (table["mention_type"] == "all")]
+        fig = layer_head_heatmap(head_grid(heads, "accuracy"), "antecedent accuracy, all mentions",
+                                 label="accuracy", vmin=0)
+        save_figure(fig, figures, "coref_accuracy")
+
+        def pct(x: float) -> str:
+            return "" if pd.isna(x) else f"{100 * x:.1f}"
+
+        header = "".join(f"<th>{h}</th>" for h in ("mention type", "n", "best head", "accuracy", *BASELINES))
+        body = "".join(
+            f"<tr><td>{html.escape(str(r.mention_type))}</td><td>{int(r.n)}</td>"
+            f"<td>{html.escape(str(r.best_head))}</td><td>{pct(r.accuracy)}</td>"
+            + "".join(f"<td>{pct(getattr(r, b))}</td>" for b in BASELINES) + "</tr>" for r in best.itertuples())
+        top = heads.sort_values(["accuracy", "layer", "head"], ascending=[False, True, True]).head(5)
+        top_list = ", ".join(f"L{int(r.layer)}H{int(r.head)} {pct(r.accuracy)}" for r in top.itertuples())
+        text = (f"<p>Share of mentions whose head word attends most to the head word of an earlier mention of "
+                f"the same entity (Clark et al. 2019, section 4.3), in %. The best head is chosen on the same "
+                f"data it is scored on, as in the paper. Top heads over all mentions: {html.escape(top_list)}."
+                f"</p><table><tr>{header}</tr>{body}</table>"
+                '<figure><img src="../figures/coref_accuracy.svg" alt="antecedent accuracy per head">'
+                "<figcaption>Antecedent-selection accuracy per head, all mention types</figcaption></figure>")
+        return ReportSection(key="coref", title="Coreference heads", html=text, figures=["coref_accuracy"],
+                             order=40)
+
+
+def _finite(x: float) -> float | None:
+    return None if pd.isna(x) else float(x)
+
+
+def best_heads(table: pd.DataFrame) -> pd.DataFrame:
+    """Per mention type, the best head of a ``coref.csv`` table next to the baselines.
+
+    Returns
+    -------
+    DataFrame
+        Columns ``mention_type, n, best_head`` (``L{layer}H{head}``), ``layer, head, accuracy`` and one
+        accuracy column per baseline; ties go to the lowest layer, then head.
+    """
+    rows = []
+    heads = table[table["method"] == "head"]
+    for mention_type in TYPES:
+        part = heads[heads["mention_type"] == mention_type].dropna(subset=["accuracy"])
+        base = table[(table["method"] != "head") & (table["mention_type"] == mention_type)]
+        row: dict[str, Any] = {"mention_type": mention_type,
+                               "n": int(heads.loc[heads["mention_type"] == mention_type, "n"].max())
+                               if (heads["mention_type"] == mention_type).any() else 0}
+        if part.empty:
+            row.update(best_head="", layer=None, head=None, accuracy=float("nan"))
+        else:
+            top = part.sort_values(["accuracy", "layer", "head"], ascending=[False, True, True]).iloc[0]
+            row.update(best_head=f"L{int(top['layer'])}H{int(top['head'])}", layer=int(top["layer"]),
+                       head=int(top["head"]), accuracy=float(top["accuracy"]))
+        for method in BASELINES:
+            value = base.loc[base["method"] == method, "accuracy"]
+            row[method] = float(value.iloc[0]) if len(value) else float("nan")
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    out["layer"] = out["layer"].astype("Int64")
+    out["head"] = out["head"].astype("Int64")
+    return out

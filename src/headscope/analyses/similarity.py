@@ -1,0 +1,256 @@
+"""Head-by-head similarity of attention and a 2-D map of the heads (Clark et al. 2019, section 6).
+
+The distance between heads a and b is the Jensen-Shannon divergence of their attention rows, summed over
+every query token of the corpus::
+
+    D[a, b] = sum_tokens JS(P_a(token), P_b(token)),   JS(P, Q) = H((P + Q) / 2) - (H(P) + H(Q)) / 2
+
+in nats (so each term lies in [0, log 2]), with every row smoothed as ``0.999 * A + 0.001 / n`` over the
+sequence's ``n`` real keys. The heads are then embedded in 2-D by metric MDS on ``D / tokens``.
+
+The cost grows as heads^2 x tokens x length, so by default a seeded sample of query tokens is used
+(``--similarity-sample``, the share of query tokens kept; 1 keeps all, as in the paper). The draw for a
+sequence depends only on the seed and the sequence's corpus index, so it does not depend on batching;
+``run.json`` records how many tokens were used.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from headscope.analyses.base import Analysis, AnalysisResult, register
+from headscope.config import option
+
+#: Smoothing of attention rows before the JS divergence (Clark et al.): ``(1 - EPS) * A + EPS / n``.
+SMOOTHING = 0.001
+
+
+def smooth_rows(rows: torch.Tensor, n_keys: torch.Tensor) -> torch.Tensor:
+    """Smooth attention rows over their real keys.
+
+    Parameters
+    ----------
+    rows : Tensor of shape [token, head, key]
+        Attention rows; keys at or beyond ``n_keys`` (padding) must be 0.
+    n_keys : Tensor of shape [token]
+        Real keys of each row's sequence.
+
+    Returns
+    -------
+    Tensor of shape [token, head, key]
+        ``(1 - SMOOTHING) * rows + SMOOTHING / n`` on real keys, 0 on padding; rows still sum to 1.
+    """
+    real = torch.arange(rows.shape[-1], device=rows.device)[None, :] < n_keys[:, None]
+    uniform = real.to(rows.dtype) / n_keys.to(rows.dtype)[:, None]
+    return (1.0 - SMOOTHING) * rows + SMOOTHING * uniform[:, None, :]
+
+
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy in nats over the last dimension (0 log 0 = 0)."""
+    return -torch.special.xlogy(p, p).sum(-1)
+
+
+def js_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Jensen-Shannon divergence in nats of distributions along the last dimension (broadcasts)."""
+    return (entropy((p + q) / 2) - (entropy(p) + entropy(q)) / 2).clamp_min(0.0)
+
+
+def pairwise_js_sum(rows: torch.Tensor, n_keys: torch.Tensor | None = None, block: int = 8,
+                    budget: int = 1 << 23) -> torch.Tensor:
+    """Sum over tokens of the JS divergence between every pair of heads.
+
+    Parameters
+    ----------
+    rows : Tensor of shape [token, head, key]
+        One (smoothed) attention row per token and head; keys at or beyond ``n_keys`` are ignored.
+    n_keys : Tensor of shape [token], optional
+        Real keys of each row (default: all).
+    block : int
+        Heads compared at once against all later heads.
+    budget : int
+        Largest intermediate tensor, in elements (``token x block x head x key``); tokens are chunked to fit.
+
+    Returns
+    -------
+    Tensor of shape [head, head], float64
+        Symmetric, zero diagonal.
+    """
+    t, k, n = rows.shape
+    out = torch.zeros(k, k, dtype=torch.float64, device=rows.device)
+    if t == 0:
+        return out
+    if n_keys is None:
+        n_keys = torch.full((t,), n, device=rows.device)
+    pad = torch.arange(n, device=rows.device)[None, :] >= n_keys[:, None]
+    h = entropy(rows.masked_fill(pad[:, None, :], 0.0))  # [token, head]
+    # Padded keys set to 1/2: s = a + b is then 1 there and s log s = 0, so they drop out of every sum without
+    # a mask. Exact zeros on real keys (unsmoothed rows) become 1e-30 so that 0 log 0 is 0, not NaN.
+    rows = rows.clamp_min(1e-30).masked_fill(pad[:, None, :], 0.5)
+    chunk = max(1, budget // (block * k * max(n, 1)))
+    s_buf = torch.empty(min(chunk, t) * block * k * n, dtype=rows.dtype, device=rows.device)
+    log_buf = torch.empty_like(s_buf)
+    for t0 in range(0, t, chunk):
+        part, hp = rows[t0:t0 + chunk], h[t0:t0 + chunk]
+        for a0 in range(0, k, block):
+            a1 = min(k, a0 + block)
+            # Only pairs (a, b) with b >= a0 are computed; the lower triangle is filled by symmetry below.
+            shape = (part.shape[0], a1 - a0, k - a0, n)
+            s = s_buf[:math.prod(shape)].view(shape)
+            log_s = log_buf[:math.prod(shape)].view(shape)
+            torch.add(part[:, a0:a1, None, :], part[:, None, a0:, :], out=s)
+            torch.log(s, out=log_s)
+            # H(M) with M = s / 2 and sum(s) = 2:  H(M) = log 2 - sum(s log s) / 2.
+            h_mix = math.log(2.0) - log_s.mul_(s).sum(-1) / 2
+            js = (h_mix - (hp[:, a0:a1, None] + hp[:, None, a0:]) / 2).clamp_min(0.0)
+            out[a0:a1, a0:] += js.sum(0).to(torch.float64)
+    upper = torch.triu(out, diagonal=1)
+    return upper + upper.T
+
+
+def sample_queries(batch: Any, rate: float, seed: int) -> torch.Tensor:
+    """The query tokens kept for the similarity, drawn per sequence from (seed, corpus index).
+
+    Returns
+    -------
+    Tensor of shape [batch, seq], bool
+        True at kept real positions.
+    """
+    b, n = batch.input_ids.shape
+    if rate >= 1.0:
+        return batch.mask.clone()
+    keep = np.zeros((b, n), dtype=bool)
+    for row, ex in enumerate(batch.examples):
+        length = int(batch.lengths[row])
+        keep[row, :length] = np.random.default_rng([seed, ex.index]).random(length) < rate
+    return torch.from_numpy(keep).to(batch.input_ids.device)
+
+
+def mds_coordinates(distance: np.ndarray, seed: int) -> np.ndarray:
+    """2-D metric MDS of a precomputed symmetric distance matrix of shape (n, n); returns (n, 2)."""
+    from sklearn.manifold import MDS
+
+    if distance.shape[0] < 3:
+        return np.zeros((distance.shape[0], 2))
+    # Classical MDS as the start makes SMACOF deterministic and avoids poor random starts.
+    mds = MDS(n_components=2, metric_mds=True, metric="precomputed", init="classical_mds", n_init=1,
+              max_iter=1000, eps=1e-9, random_state=seed, normalized_stress="auto")
+    return mds.fit_transform(distance)
+
+
+@dataclass
+class SimilarityOptions:
+    """Options of the ``similarity`` analysis."""
+
+    similarity_sample: float = option(0.1, help="Share of query tokens used for the head x head JS distance "
+                                      "(seeded per sequence; 1 = every token, as in Clark et al.).")
+
+
+@register
+class HeadSimilarity(Analysis):
+    """Jensen-Shannon distance between every pair of heads, summed over tokens, and its 2-D MDS map."""
+
+    name = "similarity"
+    description = "head x head Jensen-Shannon distance over tokens, and 2-D MDS of the heads (Clark et al. s6)"
+    Options = SimilarityOptions
+
+    def start(self, ctx: Any) -> None:
+        if not 0.0 < self.options.similarity_sample <= 1.0:
+            raise ValueError(f"similarity_sample must be in (0, 1], got {self.options.similarity_sample}")
+        k = ctx.info.n_layers * ctx.info.n_heads
+        self.shape_ = (ctx.info.n_layers, ctx.info.n_heads)
+        self.seed_ = int(ctx.config.seed)
+        self.js_sum_ = torch.zeros(k, k, dtype=torch.float64, device=ctx.device)
+        self.tokens_ = 0
+        self.tokens_seen_ = 0
+
+    def update(self, batch: Any, attn: torch.Tensor) -> None:
+        b, n_layers, n_heads, n, _ = attn.shape
+        keep = sample_queries(batch, self.options.similarity_sample, self.seed_)
+        rows = attn.reshape(b, n_layers * n_heads, n, n).permute(0, 2, 1, 3)[keep]  # [token, head, key]
+        n_keys = batch.lengths[:, None].expand(b, n)[keep]
+        self.js_sum_ += pairwise_js_sum(smooth_rows(rows, n_keys), n_keys)
+        self.tokens_ += int(keep.sum())
+        self.tokens_seen_ += int(batch.lengths.sum())
+
+    def merge(self, other: Analysis) -> HeadSimilarity:
+        assert isinstance(other, HeadSimilarity)
+        self.js_sum_ += other.js_sum_.to(self.js_sum_.device)
+        self.tokens_ += other.tokens_
+        self.tokens_seen_ += other.tokens_seen_
+        return self
+
+    def finalize(self, ctx: Any, results: dict[str, AnalysisResult]) -> AnalysisResult:
+        n_layers, n_heads = self.shape_
+        js = self.js_sum_.cpu().numpy()
+        mean = js / max(self.tokens_, 1)
+        layer = np.repeat(np.arange(n_layers), n_heads)
+        head = np.tile(np.arange(n_heads), n_layers)
+        k = n_layers * n_heads
+        pairs = pd.DataFrame({
+            "layer_a": np.repeat(layer, k), "head_a": np.repeat(head, k),
+            "layer_b": np.tile(layer, k), "head_b": np.tile(head, k),
+            "js": js.reshape(-1), "js_mean": mean.reshape(-1),
+        })
+        xy = mds_coordinates(mean, self.seed_) if self.tokens_ else np.full((k, 2), np.nan)
+        mds = pd.DataFrame({"layer": layer, "head": head, "x": xy[:, 0], "y": xy[:, 1]})
+        return AnalysisResult(
+            name=self.name, tables={"similarity": pairs, "mds": mds},
+            summary={"tokens_used": self.tokens_, "tokens_seen": self.tokens_seen_,
+                     "sample": self.options.similarity_sample, "units": "nats",
+                     "mds_input": "js_mean (JS summed over tokens / tokens used)"})
+
+    @staticmethod
+    def report(run: Any, figures: Path) -> Any:
+        from headscope.report.section import ReportSection
+
+        if "mds" not in run.tables:
+            return None
+        mds = run.tables["mds"]
+        names = [_mds_figure(mds, mds["layer"].to_numpy(int), "layer", figures, "similarity_mds_layer")]
+        for column, what in (("pattern", "cluster pattern"), ("head_pattern", "own pattern")):
+            if column in run.heads.columns:
+                colour = mds.merge(run.heads[["layer", "head", column]], on=["layer", "head"], how="left")[column]
+                names.append(_mds_figure(mds, colour.fillna("?").to_numpy(str), what, figures,
+                                         f"similarity_mds_{column}"))
+        used = run.run.get("analyses", {}).get("similarity", {})
+        body = (f"<p>Heads placed by 2-D metric MDS of the mean Jensen-Shannon divergence between their attention "
+                f"rows (Clark et al. 2019, section 6), over {html.escape(str(used.get('tokens_used', '?')))} query "
+                f"tokens of {html.escape(str(used.get('tokens_seen', '?')))} (seeded sample).</p>"
+                + "".join(f'<figure><img src="../figures/{n}.svg" alt="{n}"><figcaption>MDS of the heads, '
+                          f'coloured by {w}</figcaption></figure>'
+                          for n, w in zip(names, ("layer", "cluster pattern", "own pattern"), strict=False)))
+        return ReportSection(key="similarity", title="Head similarity", html=body, figures=names, order=60)
+
+
+def _mds_figure(mds: pd.DataFrame, colour: np.ndarray, what: str, figures: Path, name: str) -> str:
+    import matplotlib.pyplot as plt
+
+    from headscope.report.figures import COLUMN_WIDTH, save_figure
+
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, COLUMN_WIDTH), layout="constrained")
+    x, y = mds["x"].to_numpy(float), mds["y"].to_numpy(float)
+    if what == "layer":
+        sc = ax.scatter(x, y, c=colour, cmap="viridis", s=14)
+        fig.colorbar(sc, ax=ax, label="layer", shrink=0.8)
+    else:
+        from headscope.analyses.distance import PATTERNS, pattern_colour
+
+        for value in sorted(set(colour), key=lambda v: (PATTERNS.index(v) if v in PATTERNS else len(PATTERNS), v)):
+            sel = colour == value
+            ax.scatter(x[sel], y[sel], s=14, color=pattern_colour(value), label=value)
+        ax.legend(fontsize=5, loc="best", markerscale=0.8)
+    for xi, yi, layer, head in zip(x, y, mds["layer"], mds["head"], strict=True):
+        ax.annotate(f"{layer}-{head}", (xi, yi), fontsize=3, alpha=0.6)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(f"Heads by JS distance (MDS), by {what}")
+    save_figure(fig, figures, name)
+    return name

