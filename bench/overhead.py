@@ -16,9 +16,7 @@ import json
 import resource
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 
@@ -29,6 +27,7 @@ def timing(args: argparse.Namespace) -> None:
     from headscope.engine.capture import capture_attention
     from headscope.engine.context import RunContext
     from headscope.engine.inputs import Corpus
+    from headscope.engine.scratch import Scratch
     from headscope.manifest import Manifest
     from headscope.model.encode import Encoder
     from headscope.model.load import load_model
@@ -52,8 +51,9 @@ def timing(args: argparse.Namespace) -> None:
     def full() -> None:
         acc = SurfaceStatistics()
         acc.start(ctx)
+        scratch = Scratch()  # as the run loop does
         for b in batches:
-            acc.update(b, capture_attention(loaded, b))
+            acc.update(b, capture_attention(loaded, b, scratch))
         acc.finalize(ctx, {})
 
     bare()  # warm-up
@@ -68,38 +68,26 @@ def timing(args: argparse.Namespace) -> None:
           f"ratio b/a = {b / a:.3f}   (goal <= 1.25)")
 
 
-def peak_rss_child(text: str, model: str, batch_size: int) -> None:
+def peak_rss_child(segments: int, model: str, batch_size: int) -> None:
     import headscope
 
     t = time.perf_counter()
-    result = headscope.run(model=model, text=[text], out=None, quiet=True, batch_size=batch_size, device="cpu")
+    result = headscope.run(model=model, max_segments=segments, out=None, quiet=True, batch_size=batch_size,
+                           device="cpu", analyses=["surface"])
     print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "segments": result.run["counts"]["segments"], "seconds": time.perf_counter() - t}))
 
 
 def memory(args: argparse.Namespace) -> None:
-    from headscope.corpus.wiki import wikipedia_sample_text
-
-    lines = wikipedia_sample_text().read_text(encoding="utf-8").split("\n\n")
-    # About 1000 segments' worth of documents (the sample averages ~6.5 sentences a segment).
-    one: list[str] = []
-    sentences = 0
-    for doc in lines:
-        if sentences >= args.segments * 6.5:
-            break
-        one.append(doc)
-        sentences += doc.count("\n") + 1
+    """A whole run over N and 4N segments of the packaged Wikipedia sample, each in a fresh process."""
     peaks = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for factor in (1, 4):
-            path = Path(tmp) / f"corpus{factor}.txt"
-            path.write_text("\n\n".join(one * factor) + "\n", encoding="utf-8")
-            out = subprocess.run([sys.executable, __file__, "--child", str(path), "--model", args.model,
-                                  "--batch-size", str(args.batch_size)], capture_output=True, text=True,
-                                 check=True)
-            peaks[factor] = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"{factor}x corpus: {peaks[factor]['segments']} segments, peak RSS "
-                  f"{peaks[factor]['peak_rss_mb']:.0f} MB, {peaks[factor]['seconds']:.1f} s")
+    for factor in (1, 4):
+        out = subprocess.run([sys.executable, __file__, "--child", str(args.segments * factor), "--model",
+                              args.model, "--batch-size", str(args.batch_size)], capture_output=True, text=True,
+                             check=True)
+        peaks[factor] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{factor}x corpus: {peaks[factor]['segments']} segments, peak RSS "
+              f"{peaks[factor]['peak_rss_mb']:.0f} MB, {peaks[factor]['seconds']:.1f} s")
     ratio = peaks[4]["peak_rss_mb"] / peaks[1]["peak_rss_mb"]
     print(f"peak memory 4x / 1x = {ratio:.3f}   (goal <= 1.15)")
 
@@ -111,7 +99,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-memory", action="store_true")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         peak_rss_child(args.child, args.model, args.batch_size)

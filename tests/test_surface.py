@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from headscope.analyses.surface import STATISTICS, SurfaceStatistics, sequence_statistics
+from headscope.engine.scratch import Scratch
 from reference import random_attention, surface_reference
 
 
@@ -70,7 +71,8 @@ def test_hand_computed_sep_row_sums() -> None:
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_vectorised_equals_plain_loop(causal: bool) -> None:
+@pytest.mark.parametrize("reuse_buffers", [False, True])
+def test_vectorised_equals_plain_loop(causal: bool, reuse_buffers: bool) -> None:
     rng = np.random.default_rng(0)
     maps, masks = [], []
     for n in (3, 7, 12, 5):
@@ -81,7 +83,10 @@ def test_vectorised_equals_plain_loop(causal: bool) -> None:
             sep[n // 2] = True
         masks.append({"is_cls": np.eye(n, dtype=bool)[0], "is_sep": sep, "is_punct": rng.random(n) < 0.3})
     attn, lengths, flags = _pad_batch(maps, masks)
-    fast = sequence_statistics(attn, lengths, **flags, causal=causal)
+    scratch = Scratch() if reuse_buffers else None
+    if scratch is not None:  # a buffer left dirty by a larger earlier batch must not leak into the result
+        scratch.get("entropy", (2, *attn.shape[1:]), attn.dtype, attn.device).fill_(7.0)
+    fast = sequence_statistics(attn, lengths, **flags, causal=causal, scratch=scratch)
     for k, (A, mk) in enumerate(zip(maps, masks, strict=True)):
         ref = surface_reference(A, mk["is_cls"], mk["is_sep"], mk["is_punct"], causal=causal)
         for key in STATISTICS:

@@ -81,7 +81,10 @@ class Analysis(ABC):
 
     @abstractmethod
     def update(self, batch: Batch, attn: torch.Tensor) -> None:
-        """Add one batch; ``attn`` has shape [batch, layer, head, query, key]."""
+        """Add one batch; ``attn`` has shape [batch, layer, head, query, key].
+
+        ``attn`` lives in a buffer the next batch overwrites: copy whatever must outlive this call.
+        """
 
     @abstractmethod
     def merge(self, other: Analysis) -> Analysis:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame, register
+from headscope.engine.scratch import Scratch
 
 #: Column order of the per-head table, and what each column means (figure titles, report).
 LABELS = {
@@ -35,8 +36,8 @@ STATISTICS = ("cls", "sep", "punct", "self", "prev", "next", "entropy", "entropy
 
 
 def sequence_statistics(attn: torch.Tensor, lengths: torch.Tensor, is_cls: torch.Tensor,
-                        is_sep: torch.Tensor, is_punct: torch.Tensor, causal: bool = False
-                        ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+                        is_sep: torch.Tensor, is_punct: torch.Tensor, causal: bool = False,
+                        scratch: Scratch | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Every surface statistic of every sequence of a batch.
 
     Parameters
@@ -47,6 +48,8 @@ def sequence_statistics(attn: torch.Tensor, lengths: torch.Tensor, is_cls: torch
     is_cls, is_sep, is_punct : Tensor of shape [batch, seq], bool
     causal : bool
         Row i sees keys 0..i only (decoder LMs); changes the uniform-entropy baseline.
+    scratch : Scratch, optional
+        Work buffers reused across batches (the entropy needs one as large as ``attn``).
 
     Returns
     -------
@@ -73,7 +76,7 @@ def sequence_statistics(attn: torch.Tensor, lengths: torch.Tensor, is_cls: torch
     out["next"] = (torch.diagonal(attn, 1, dim1=-2, dim2=-1).sum(-1) / pairs, multi)
     out["prev"] = (torch.diagonal(attn, -1, dim1=-2, dim2=-1).sum(-1) / pairs, multi)
 
-    row_entropy = -torch.special.xlogy(attn, attn).sum(-1)  # [batch, layer, head, query]
+    row_entropy = _row_entropy(attn, scratch)  # [batch, layer, head, query]
     out["entropy"] = (row_entropy.sum(-1) / per_row, all_valid)
     if causal:
         keys = torch.arange(1, n + 1, device=dev, dtype=torch.float32)[None, :].expand(b, n)
@@ -83,17 +86,30 @@ def sequence_statistics(attn: torch.Tensor, lengths: torch.Tensor, is_cls: torch
     out["entropy_uniform"] = (uniform[:, None, None].expand_as(out["entropy"][0]), all_valid)
     out["cls_entropy"] = (row_entropy[..., 0], is_cls[:, 0])
 
-    sep_f = is_sep.to(attn.dtype)
-    other_f = (real & ~is_sep).to(attn.dtype)
-    to_sep = torch.einsum("blhij,bj->blhi", attn, sep_f)
-    n_sep = sep_f.sum(-1)
-    n_other = other_f.sum(-1)
-    out["sep_to_sep"] = ((to_sep * sep_f[:, None, None, :]).sum(-1) / n_sep.clamp_min(1)[:, None, None],
-                         n_sep > 0)
-    out["other_to_sep"] = ((to_sep * other_f[:, None, None, :]).sum(-1) / n_other.clamp_min(1)[:, None, None],
+    # [SEP] rows are a handful per sequence: gather just those rows instead of a pass over the whole map.
+    seq, pos = torch.nonzero(is_sep, as_tuple=True)
+    sep_rows_to_sep = (attn[seq, :, :, pos, :] * is_sep[seq][:, None, None, :]).sum(-1)  # [n_sep, layer, head]
+    sep_to_sep = torch.zeros_like(out["sep"][0]).index_add_(0, seq, sep_rows_to_sep)
+    all_to_sep = (col_sum * is_sep[:, None, None, :]).sum(-1)
+    n_sep = is_sep.sum(-1).to(attn.dtype)
+    n_other = lengths_f - n_sep
+    out["sep_to_sep"] = (sep_to_sep / n_sep.clamp_min(1)[:, None, None], n_sep > 0)
+    out["other_to_sep"] = ((all_to_sep - sep_to_sep) / n_other.clamp_min(1)[:, None, None],
                            (n_other > 0) & (n_sep > 0))
     out["confidence"] = (attn.amax(dim=-1).sum(-1) / per_row, all_valid)
     return out
+
+
+def _row_entropy(attn: torch.Tensor, scratch: Scratch | None) -> torch.Tensor:
+    """``-sum_j A[i, j] log A[i, j]`` per row, shape [batch, layer, head, query]; 0 log 0 = 0."""
+    if scratch is None:
+        return -torch.special.xlogy(attn, attn).sum(-1)
+    # In a reused buffer, without temporaries: 3x faster than xlogy on CPU. Clamping first makes 0 * log(tiny)
+    # an exact 0 for padding and causal masks.
+    buf = scratch.get("entropy", tuple(attn.shape), attn.dtype, attn.device)
+    torch.clamp(attn, min=torch.finfo(attn.dtype).tiny, out=buf)
+    buf.log_().mul_(attn)
+    return -buf.sum(-1)
 
 
 @register
@@ -106,12 +122,13 @@ class SurfaceStatistics(Analysis):
     def start(self, ctx: Any) -> None:
         shape = (ctx.info.n_layers, ctx.info.n_heads)
         self.causal_ = bool(ctx.info.is_causal)
+        self._scratch = Scratch()
         self.sums_ = {k: torch.zeros(shape, dtype=torch.float64, device=ctx.device) for k in STATISTICS}
         self.counts_ = {k: torch.zeros((), dtype=torch.float64, device=ctx.device) for k in STATISTICS}
 
     def update(self, batch: Any, attn: torch.Tensor) -> None:
         stats = sequence_statistics(attn, batch.lengths, batch.is_cls, batch.is_sep, batch.is_punct,
-                                    causal=self.causal_)
+                                    causal=self.causal_, scratch=self._scratch)
         for key, (values, valid) in stats.items():
             self.sums_[key] += (values * valid[:, None, None]).sum(0).to(torch.float64)
             self.counts_[key] += valid.sum().to(torch.float64)

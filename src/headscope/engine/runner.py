@@ -21,6 +21,7 @@ from headscope.engine.capture import capture_attention
 from headscope.engine.context import RunContext
 from headscope.engine.inputs import Corpus
 from headscope.engine.results import RunResult, write_json
+from headscope.engine.scratch import Scratch
 from headscope.manifest import Manifest
 from headscope.model.encode import Encoder
 from headscope.model.load import load_model
@@ -156,11 +157,12 @@ def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
         analysis.start(ctx)
 
     t1 = time.perf_counter()
+    scratch = Scratch()
     forward_s = 0.0
     n_examples = n_tokens = 0
     for batch in _progress(ctx.batches(corpus.examples(manifest)), corpus, config.quiet):
         tf = time.perf_counter()
-        attn = capture_attention(loaded, batch)
+        attn = capture_attention(loaded, batch, scratch)
         forward_s += time.perf_counter() - tf
         n_examples += batch.size
         n_tokens += int(batch.lengths.sum())
