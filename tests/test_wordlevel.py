@@ -56,3 +56,25 @@ def test_batched_equals_reference_with_padding(mode: str) -> None:
                 m = len(groups)
                 np.testing.assert_allclose(W[k, layer, head, :m, :m].numpy(), ref, atol=1e-6)
                 assert torch.all(W[k, layer, head, m:, :] == 0) and torch.all(W[k, layer, head, :, m:] == 0)
+
+
+def test_batch_computes_word_attention_once_per_mode(tiny_bert) -> None:
+    from transformers import AutoTokenizer
+
+    from headscope.corpus.types import Sentence
+    from headscope.engine.batch import collate
+    from headscope.manifest import Manifest
+    from headscope.model.encode import Encoder
+
+    enc = Encoder(AutoTokenizer.from_pretrained(tiny_bert), 32)
+    examples = [enc.encode(i, "sentence", [Sentence(t.split(), "f", i + 1)], None, Manifest(), truncate=False)
+                for i, t in enumerate(["the dogs saw", "a big old house ."])]
+    batch = collate(examples, 0)
+    n = batch.input_ids.shape[1]
+    attn = torch.softmax(torch.randn(2, 2, 4, n, n), -1) * batch.attention_mask[:, None, None, :, None]
+    first = batch.word_attention(attn)
+    assert batch.word_attention(attn) is first  # shared by the analyses of one batch, not recomputed
+    torch.testing.assert_close(first, word_attention(attn, batch.unit_of_piece))
+    torch.testing.assert_close(batch.word_attention(attn, "first"), word_attention(attn, batch.unit_of_piece,
+                                                                                   mode="first"))
+    assert batch.select([1]).word_cache == {}

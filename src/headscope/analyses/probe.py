@@ -40,7 +40,6 @@ from torch import nn
 from headscope.analyses.base import Analysis, AnalysisResult, register
 from headscope.analyses.syntax import split_description, split_of
 from headscope.config import option
-from headscope.engine.wordlevel import word_attention
 from headscope.model.encode import Example
 
 VARIANTS = ("right_branching", "distances_glove", "attn", "attn_glove")
@@ -397,8 +396,7 @@ class AttentionProbe(Analysis):
 
     def update(self, batch: Any, attn: torch.Tensor) -> None:
         t0 = time.perf_counter()
-        n_units = int(batch.n_units.max())
-        word_attn = word_attention(attn, batch.unit_of_piece, n_units, self.mode_)
+        word_attn = batch.word_attention(attn, self.mode_)  # shared with the other word-level analyses
         for r, ex in enumerate(batch.examples):
             split = split_of(ex, self.treebanks_, self.seed_, self.options.probe_eval_fraction)
             cls_units = np.unique(ex.unit_of_piece[ex.is_cls])

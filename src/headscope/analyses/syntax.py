@@ -35,7 +35,6 @@ import torch
 from headscope.analyses.base import Analysis, AnalysisResult, register
 from headscope.config import option
 from headscope.corpus.conllu import collapse_relation
-from headscope.engine.wordlevel import word_attention
 from headscope.model.encode import Example
 
 #: Directions, in the order of the ``direction`` axis of the counts.
@@ -231,7 +230,7 @@ class SyntaxHeads(Analysis):
         np.add.at(self.offset_correct_.reshape(-1, len(OFFSETS)), flat, hits.astype(np.int64))
 
         n_units = int(batch.n_units.max())
-        word_attn = word_attention(attn, batch.unit_of_piece, n_units, self.mode_)
+        word_attn = batch.word_attention(attn, self.mode_)  # shared with the other word-level analyses
         predicted = most_attended_words(word_attn, word_unit_mask(examples, n_units, attn.device))
         dev = attn.device
         row = torch.from_numpy(arcs.row).to(dev)

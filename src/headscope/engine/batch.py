@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -36,6 +36,8 @@ class Batch:
     n_units: torch.Tensor
     """int64 [batch]: units (words + special tokens) per example."""
     examples: list[Example]
+    word_cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    """Word-level attention of this batch by mode, shared by the analyses that need it."""
 
     @property
     def mask(self) -> torch.Tensor:
@@ -45,6 +47,20 @@ class Batch:
     @property
     def size(self) -> int:
         return len(self.examples)
+
+    def word_attention(self, attn: torch.Tensor, mode: str = "mean") -> torch.Tensor:
+        """:func:`headscope.engine.wordlevel.word_attention` of this batch, computed once per mode.
+
+        Returns
+        -------
+        Tensor of shape [batch, layer, head, unit, unit]
+            Valid for this batch's ``update`` calls only (``attn`` is overwritten by the next batch).
+        """
+        from headscope.engine.wordlevel import word_attention
+
+        if mode not in self.word_cache:
+            self.word_cache[mode] = word_attention(attn, self.unit_of_piece, int(self.n_units.max()), mode)
+        return self.word_cache[mode]
 
     def select(self, rows: list[int]) -> Batch:
         """The sub-batch of the given rows (same padding width)."""
