@@ -108,3 +108,13 @@ def test_model_without_attention_weights_fails_clearly(tiny_bert: Path) -> None:
                              device=torch.device("cpu"))
     with pytest.raises(AttentionUnavailableError, match=r"fake-sdpa-model.*no attention weights"):
         check_attention(loaded)
+
+
+def test_analysis_without_usable_input_is_reported(tiny_bert: Path, text_file: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    result = headscope.run(model=str(tiny_bert), text=[str(text_file)], analyses="surface,syntax", out=None,
+                           quiet=True, max_length=24)
+    assert result.run["analyses"]["syntax"]["examples_used"] == 0  # raw text without --parse has no trees
+    assert result.run["analyses"]["surface"]["examples_used"] == result.run["counts"]["examples"]
+    assert "syntax" in result.run["notes"]["analyses_without_input"][0]
+    assert any("no usable input" in r.message for r in caplog.records)

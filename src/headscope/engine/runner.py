@@ -160,6 +160,7 @@ def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
     scratch = Scratch()
     forward_s = 0.0
     n_examples = n_tokens = 0
+    used = {analysis.name: 0 for analysis in analyses}
     for batch in _progress(ctx.batches(corpus.examples(manifest)), corpus, config.quiet):
         tf = time.perf_counter()
         attn = capture_attention(loaded, batch, scratch)
@@ -168,6 +169,7 @@ def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
         n_tokens += int(batch.lengths.sum())
         for analysis in analyses:
             rows = [k for k, ex in enumerate(batch.examples) if analysis.wants(ex)]
+            used[analysis.name] += len(rows)
             if len(rows) == batch.size:
                 analysis.update(batch, attn)
             elif rows:
@@ -179,6 +181,13 @@ def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
         problems = "; ".join(str(e) for e in manifest.events[:5]) or "no input"
         raise NoUsableInputError(f"no usable input in the corpus ({problems})")
     manifest.count("examples", n_examples)
+    for analysis in analyses:
+        if used[analysis.name] == 0:
+            # Say so instead of writing empty tables that look like a result.
+            message = (f"analysis {analysis.name!r} found no usable input in this corpus "
+                       f"({analysis.description}); check its input (--treebank, --coref, --parse spacy)")
+            logger.warning(message)
+            manifest.notes.setdefault("analyses_without_input", []).append(message)
     manifest.count("tokens", n_tokens)
 
     t2 = time.perf_counter()
@@ -195,7 +204,7 @@ def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
         "config": config.to_dict(),
         "analysis_options": {a.name: dataclasses.asdict(a.options) for a in analyses
                              if a.options is not None},
-        "analyses": {name: r.summary for name, r in results.items()},
+        "analyses": {name: {"examples_used": used.get(name, 0), **r.summary} for name, r in results.items()},
         "seed": config.seed,
         **manifest.to_dict(),
         "versions": _versions(),
