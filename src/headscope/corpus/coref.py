@@ -395,21 +395,15 @@ def read_conll2012(path: str | Path, manifest: Manifest) -> Iterator[Document]:
         return Document(list(sentences), path, sentences[0].line, doc_id)
 
     for number, line in read_lines(path, manifest):
-        if line.startswith("#begin document"):
+        if line.startswith(("#begin document", "#end document")):
             doc = end_document()
             if doc is not None:
                 yield doc
             sentences.clear()
             brackets = _Brackets(path, manifest)
-            m = _BEGIN.match(line)
-            doc_id = f"{m.group(1)}:{m.group(2) or '0'}" if m else f"{Path(path).name}:{number}"
-            continue
-        if line.startswith("#end document"):
-            doc = end_document()
-            if doc is not None:
-                yield doc
-            sentences.clear()
-            brackets = _Brackets(path, manifest)
+            if line.startswith("#begin document"):
+                m = _BEGIN.match(line)
+                doc_id = f"{m.group(1)}:{m.group(2) or '0'}" if m else f"{Path(path).name}:{number}"
             continue
         if not line.strip():
             end_sentence()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from itertools import chain
-from pathlib import Path
 
 from headscope.config import RunConfig
 from headscope.corpus.conllu import read_conllu
@@ -82,9 +81,3 @@ class Corpus:
             from headscope.corpus.coref import iter_coref_examples
 
             yield from iter_coref_examples(self.config.coref, self.encoder, manifest, start_index=index)
-
-    @staticmethod
-    def role_of(path: str | Path, files: list[str]) -> int:
-        """Index of ``path`` among ``files`` (for the treebank split roles), -1 if absent."""
-        p = str(path)
-        return files.index(p) if p in files else -1
