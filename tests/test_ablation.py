@@ -152,3 +152,22 @@ def test_minilm_similarity_distance_ablation(minilm: str, text_file: Path, tmp_p
         assert (out / "figures" / f"{name}.png").is_file() and (out / "figures" / f"{name}.svg").is_file()
     page = (out / "report" / "index.html").read_text(encoding="utf-8")
     assert "reconstructed from the paper's title and abstract" in page
+
+
+def test_gates_on_a_decoder_lm() -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    model = LlamaForCausalLM(config).eval()
+    ids = torch.randint(0, 64, (2, 9))
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+        with HeadGates(model, 2, 4) as gates:
+            open_gates = model(input_ids=ids).logits
+            gates.set([(0, 3)])
+            closed = model(input_ids=ids).logits
+    assert len(find_output_projections(model)) == 2  # self_attn.o_proj, grouped-query attention
+    assert torch.equal(open_gates, plain)
+    assert not torch.allclose(closed, plain, atol=1e-4)
