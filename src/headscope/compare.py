@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from headscope.analyses.base import head_name
 from headscope.analyses.roles import adjust_pvalues
 from headscope.cli import command
 from headscope.engine.results import RunResult, write_json, write_table
@@ -309,7 +310,7 @@ def write_page(comparison: Comparison, out: Path) -> Path:
         blocks.append("".join(figs))
         moved = roles[roles["change"].isin(["gained", "lost"])]
         if len(moved):
-            listing = moved.assign(head_id=[f"L{r.layer}H{r.head}" for r in moved.itertuples()])
+            listing = moved.assign(head_id=[head_name(r.layer, r.head) for r in moved.itertuples()])
             blocks.append("<h3>Roles gained and lost</h3>" + listing[
                 ["head_id", "role", "change", "mean_a", "mean_b", "p_adjusted"]].to_html(
                 index=False, border=0, float_format="%.3g"))

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from headscope.analyses.base import Analysis, AnalysisResult, register
+from headscope.analyses.base import Analysis, AnalysisResult, head_name, register
 from headscope.config import option
 from headscope.model.gates import HeadGates
 
@@ -166,7 +166,7 @@ def measure_ablations(loaded: Any, batches: Any, conditions: list[Condition], se
         rows.append({
             "kind": cond.kind, "cluster": cond.cluster, "pattern": cond.pattern, "n_heads": len(cond.heads),
             "layer": single[0], "head": single[1],
-            "heads": " ".join(f"L{la}H{he}" for la, he in cond.heads),
+            "heads": " ".join(head_name(la, he) for la, he in cond.heads),
             "loss": value, "loss_increase": value - base_loss,
             "drift": drift[k] / max(tokens, 1),
         })
@@ -230,7 +230,7 @@ class PatternAblation(Analysis):
 
     @staticmethod
     def report(run: Any, figures: Path) -> Any:
-        from headscope.report.section import ReportSection
+        from headscope.report.section import ReportSection, figure_html
 
         if "ablation" not in run.tables:
             return None
@@ -246,8 +246,7 @@ class PatternAblation(Analysis):
                 f"the corpus; effect = {what}"
                 f" ({html.escape(metric)}). Grey: the same number of random heads from outside the cluster.</p>"
                 f"<table><tr><th>cluster</th><th>pattern</th><th>heads</th><th>effect</th></tr>{rows}</table>"
-                f'<figure><img src="../figures/{name}.svg" alt="ablation"><figcaption>Ablation effect per '
-                f"cluster</figcaption></figure>")
+                + figure_html(name, "Ablation effect per cluster"))
         return ReportSection(key="ablation", title="Ablation of head clusters", html=body, figures=[name], order=64)
 
 

@@ -106,6 +106,11 @@ def register(cls: type[Analysis]) -> type[Analysis]:
     return cls
 
 
+def head_name(layer: int, head: int) -> str:
+    """A head as written everywhere in headscope's outputs: ``L{layer}H{head}``, 0-based."""
+    return f"L{int(layer)}H{int(head)}"
+
+
 def head_frame(values: dict[str, Any], n_layers: int, n_heads: int) -> pd.DataFrame:
     """A per-head table from arrays of shape (n_layers, n_heads), with 0-based ``layer`` and ``head``."""
     layer, head = torch.meshgrid(torch.arange(n_layers), torch.arange(n_heads), indexing="ij")

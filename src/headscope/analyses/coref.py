@@ -32,7 +32,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from headscope.analyses.base import Analysis, AnalysisResult, head_frame, register
+from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name, register
 from headscope.config import option
 from headscope.corpus.coref import MENTION_TYPES, WindowMention, window_mentions
 from headscope.engine.wordlevel import unit_maps
@@ -219,7 +219,7 @@ class CorefHeads(Analysis):
     @staticmethod
     def report(run: Any, figures: Path) -> Any:
         from headscope.report.figures import head_grid, layer_head_heatmap, save_figure
-        from headscope.report.section import ReportSection
+        from headscope.report.section import ReportSection, figure_html, percent
 
         table = run.tables.get("coref")
         if table is None or table.empty:
@@ -230,22 +230,18 @@ class CorefHeads(Analysis):
                                  label="accuracy", vmin=0)
         save_figure(fig, figures, "coref_accuracy")
 
-        def pct(x: float) -> str:
-            return "" if pd.isna(x) else f"{100 * x:.1f}"
-
         header = "".join(f"<th>{h}</th>" for h in ("mention type", "n", "best head", "accuracy", *BASELINES))
         body = "".join(
             f"<tr><td>{html.escape(str(r.mention_type))}</td><td>{int(r.n)}</td>"
-            f"<td>{html.escape(str(r.best_head))}</td><td>{pct(r.accuracy)}</td>"
-            + "".join(f"<td>{pct(getattr(r, b))}</td>" for b in BASELINES) + "</tr>" for r in best.itertuples())
+            f"<td>{html.escape(str(r.best_head))}</td><td>{percent(r.accuracy)}</td>"
+            + "".join(f"<td>{percent(getattr(r, b))}</td>" for b in BASELINES) + "</tr>" for r in best.itertuples())
         top = heads.sort_values(["accuracy", "layer", "head"], ascending=[False, True, True]).head(5)
-        top_list = ", ".join(f"L{int(r.layer)}H{int(r.head)} {pct(r.accuracy)}" for r in top.itertuples())
+        top_list = ", ".join(f"{head_name(r.layer, r.head)} {percent(r.accuracy)}" for r in top.itertuples())
         text = (f"<p>Share of mentions whose head word attends most to the head word of an earlier mention of "
                 f"the same entity (Clark et al. 2019, section 4.3), in %. The best head is chosen on the same "
                 f"data it is scored on, as in the paper. Top heads over all mentions: {html.escape(top_list)}."
                 f"</p><table><tr>{header}</tr>{body}</table>"
-                '<figure><img src="../figures/coref_accuracy.svg" alt="antecedent accuracy per head">'
-                "<figcaption>Antecedent-selection accuracy per head, all mention types</figcaption></figure>")
+                + figure_html("coref_accuracy", "Antecedent-selection accuracy per head, all mention types"))
         return ReportSection(key="coref", title="Coreference heads", html=text, figures=["coref_accuracy"],
                              order=40)
 
@@ -275,7 +271,7 @@ def best_heads(table: pd.DataFrame) -> pd.DataFrame:
             row.update(best_head="", layer=None, head=None, accuracy=float("nan"))
         else:
             top = part.sort_values(["accuracy", "layer", "head"], ascending=[False, True, True]).iloc[0]
-            row.update(best_head=f"L{int(top['layer'])}H{int(top['head'])}", layer=int(top["layer"]),
+            row.update(best_head=head_name(top["layer"], top["head"]), layer=int(top["layer"]),
                        head=int(top["head"]), accuracy=float(top["accuracy"]))
         for method in BASELINES:
             value = base.loc[base["method"] == method, "accuracy"]

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from headscope.analyses.base import Analysis, AnalysisResult, head_frame, register
+from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name, register
 from headscope.config import option
 
 #: Signed-distance bins ``(name, lowest j - i, highest j - i)``, inclusive.
@@ -271,7 +271,7 @@ def cluster_table(heads: pd.DataFrame, fit: ClusterFit) -> pd.DataFrame:
         members = heads[fit.labels == c]
         centroid = {f: float(members[f].mean()) for f in FEATURES if f in members}
         rows.append({"cluster": c, "pattern": name_pattern(centroid), "n_heads": len(members),
-                     "heads": " ".join(f"L{la}H{he}" for la, he in zip(members["layer"], members["head"],
+                     "heads": " ".join(head_name(la, he) for la, he in zip(members["layer"], members["head"],
                                                                         strict=True)),
                      **centroid})
     return pd.DataFrame(rows)
@@ -364,7 +364,7 @@ class DistancePatterns(Analysis):
 
     @staticmethod
     def report(run: Any, figures: Path) -> Any:
-        from headscope.report.section import ReportSection
+        from headscope.report.section import ReportSection, figure_html
 
         if "clusters" not in run.tables or "pattern" not in run.heads.columns:
             return None
@@ -380,9 +380,9 @@ class DistancePatterns(Analysis):
                 "from its centroid by the rules in <code>docs/patterns.md</code>. Guan et al. (2020)'s exact "
                 "feature set is reconstructed from the paper's title and abstract (the full text was not "
                 "available).</p>" + table
-                + "".join(f'<figure><img src="../figures/{n}.svg" alt="{n}"><figcaption>{c}</figcaption></figure>'
-                          for n, c in zip(names, ("pattern of each head", "feature profile of each cluster "
-                                                  "(standardised centroid)"), strict=True)))
+                + "".join(figure_html(n, c) for n, c in zip(
+                    names, ("pattern of each head", "feature profile of each cluster (standardised centroid)"),
+                    strict=True)))
         return ReportSection(key="distance", title="Distance-based patterns", html=body, figures=names, order=62)
 
 

@@ -375,7 +375,7 @@ class AttentionProbe(Analysis):
     Options = ProbeOptions
 
     def wants(self, example: Example) -> bool:
-        return any(s.has_tree for s in example.sentences)
+        return example.has_tree
 
     def start(self, ctx: Any) -> None:
         unknown = set(self.variants()) - set(VARIANTS)

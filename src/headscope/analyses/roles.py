@@ -424,7 +424,7 @@ class HeadRoles(Analysis):
     def report(run: Any, figures: Path) -> Any:
         if "roles" not in run.tables:
             return None
-        from headscope.report.section import ReportSection
+        from headscope.report.section import ReportSection, figure_html
 
         table = run.tables["roles"]
         opts = run.run.get("analysis_options", {}).get("roles", {})
@@ -452,8 +452,7 @@ class HeadRoles(Analysis):
             + (f"<p>Not tested (fewer than two sentences): {html.escape(', '.join(untested))}. Syntactic roles "
                "need dependency trees (--treebank or --parse spacy); block needs segment pairs.</p>"
                if untested else "")
-            + "".join(f'<figure><img src="../figures/{n}.svg" alt="{html.escape(c)}"><figcaption>'
-                      f"{html.escape(c)}</figcaption></figure>" for n, c in zip(names, captions, strict=True))
+            + "".join(figure_html(n, c) for n, c in zip(names, captions, strict=True))
             + "<h3>Heads per layer holding each role</h3>" + counts.to_html(border=0)
             + "<h3>Co-location</h3>" + colocation(roles).to_html(border=0)
         )

@@ -209,7 +209,7 @@ class HeadSimilarity(Analysis):
 
     @staticmethod
     def report(run: Any, figures: Path) -> Any:
-        from headscope.report.section import ReportSection
+        from headscope.report.section import ReportSection, figure_html
 
         if "mds" not in run.tables:
             return None
@@ -224,8 +224,7 @@ class HeadSimilarity(Analysis):
         body = (f"<p>Heads placed by 2-D metric MDS of the mean Jensen-Shannon divergence between their attention "
                 f"rows (Clark et al. 2019, section 6), over {html.escape(str(used.get('tokens_used', '?')))} query "
                 f"tokens of {html.escape(str(used.get('tokens_seen', '?')))} (seeded sample).</p>"
-                + "".join(f'<figure><img src="../figures/{n}.svg" alt="{n}"><figcaption>MDS of the heads, '
-                          f'coloured by {w}</figcaption></figure>'
+                + "".join(figure_html(n, f"MDS of the heads, coloured by {w}")
                           for n, w in zip(names, ("layer", "cluster pattern", "own pattern"), strict=False)))
         return ReportSection(key="similarity", title="Head similarity", html=body, figures=names, order=60)
 

@@ -13,7 +13,6 @@ sequences:
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +156,7 @@ class SurfaceStatistics(Analysis):
     @staticmethod
     def report(run: Any, figures: Path) -> Any:
         from headscope.report.figures import head_grid, layer_head_heatmap, save_figure
-        from headscope.report.section import ReportSection
+        from headscope.report.section import ReportSection, figure_html
 
         columns = [c for c in STATISTICS if c in run.heads.columns]
         if not columns:
@@ -168,7 +167,5 @@ class SurfaceStatistics(Analysis):
             save_figure(fig, figures, f"surface_{column}")
             names.append(f"surface_{column}")
         body = "<p>Per head, averaged over every sequence (Clark et al. 2019, section 3).</p>" + "".join(
-            f'<figure><img src="../figures/{n}.svg" alt="{html.escape(LABELS[c])}">'
-            f"<figcaption>{html.escape(LABELS[c])}</figcaption></figure>" for n, c in zip(names, columns,
-                                                                                           strict=True))
+            figure_html(n, LABELS[c]) for n, c in zip(names, columns, strict=True))
         return ReportSection(key="surface", title="Surface statistics", html=body, figures=names, order=10)

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from headscope.analyses.base import Analysis, AnalysisResult, register
+from headscope.analyses.base import Analysis, AnalysisResult, head_name, register
 from headscope.config import option
 from headscope.corpus.conllu import collapse_relation
 from headscope.model.encode import Example
@@ -175,7 +175,7 @@ class SyntaxHeads(Analysis):
     Options = SyntaxOptions
 
     def wants(self, example: Example) -> bool:
-        return any(s.has_tree for s in example.sentences)
+        return example.has_tree
 
     def start(self, ctx: Any) -> None:
         self.n_layers_ = int(ctx.info.n_layers)
@@ -338,14 +338,14 @@ def best_heads(relations: list[str], correct: np.ndarray, total: np.ndarray,
         if n_sel and n_held:
             d, layer, head, acc_sel = _pick(correct[sel, :, r], n_sel)
             o = int(np.argmax(offset_correct[sel, r]))
-            row.update(direction=DIRECTIONS[d], layer=layer, head=head, head_name=f"L{layer}H{head}",
+            row.update(direction=DIRECTIONS[d], layer=layer, head=head, head_name=head_name(layer, head),
                        selection_accuracy=acc_sel, accuracy=correct[held, d, r, layer, head] / n_held,
                        baseline_offset=OFFSETS[o], baseline_accuracy=offset_correct[held, r, o] / n_held)
         if n_held:
             d, layer, head, acc = _pick(correct[held, :, r], n_held)
             o = int(np.argmax(offset_correct[held, r]))
             row.update(same_data_direction=DIRECTIONS[d], same_data_layer=layer, same_data_head=head,
-                       same_data_head_name=f"L{layer}H{head}", same_data_accuracy=acc,
+                       same_data_head_name=head_name(layer, head), same_data_accuracy=acc,
                        same_data_baseline_offset=OFFSETS[o],
                        same_data_baseline_accuracy=offset_correct[held, r, o] / n_held)
         rows.append(row)
@@ -363,16 +363,13 @@ def best_heads(relations: list[str], correct: np.ndarray, total: np.ndarray,
 def syntax_report(run: Any, figures: Path) -> Any:
     """The report section: the best-head table and one layer x head heat map per frequent relation."""
     from headscope.report.figures import head_grid, layer_head_heatmap, save_figure
-    from headscope.report.section import ReportSection
+    from headscope.report.section import ReportSection, figure_html, percent
 
     best = run.tables["syntax_best"]
     table = run.tables["syntax"]
     summary = run.run.get("analyses", {}).get("syntax", {})
     ordered = best.sort_values("n_held_out", ascending=False)
     ordered = pd.concat([ordered[ordered.relation == "all"], ordered[ordered.relation != "all"]])
-
-    def pct(x: Any) -> str:
-        return "" if pd.isna(x) else f"{100 * float(x):.1f}"
 
     def cell(x: Any) -> str:
         return "" if pd.isna(x) else html.escape(str(x))
@@ -382,9 +379,9 @@ def syntax_report(run: Any, figures: Path) -> Any:
 
     rows = "".join(
         f"<tr><td>{html.escape(str(b.relation))}</td><td>{b.n_held_out}</td><td>{cell(b.head_name)}</td>"
-        f"<td>{cell(b.direction)}</td><td>{pct(b.accuracy)}</td><td>{signed(b.baseline_offset)}</td>"
-        f"<td>{pct(b.baseline_accuracy)}</td><td>{cell(b.same_data_head_name)}</td>"
-        f"<td>{pct(b.same_data_accuracy)}</td></tr>" for b in ordered.itertuples())
+        f"<td>{cell(b.direction)}</td><td>{percent(b.accuracy)}</td><td>{signed(b.baseline_offset)}</td>"
+        f"<td>{percent(b.baseline_accuracy)}</td><td>{cell(b.same_data_head_name)}</td>"
+        f"<td>{percent(b.same_data_accuracy)}</td></tr>" for b in ordered.itertuples())
     notes = [f"Split: {html.escape(str(summary.get('split', '?')))}."]
     if summary.get("silver"):
         notes.append("<b>Parses are silver</b> (spaCy en_core_web_sm), not gold annotation.")
@@ -416,7 +413,5 @@ def syntax_report(run: Any, figures: Path) -> Any:
         captions.append(f"{b.relation}, {b.direction}, n = {b.n_held_out}")
     body += (f"<p>Held-out accuracy of every head, for relations with at least {REPORT_MIN_DEPENDENTS} held-out "
              "dependents, in the direction of the best head.</p>")
-    body += "".join(f'<figure><img src="../figures/{n}.svg" alt="{html.escape(c)}">'
-                    f"<figcaption>{html.escape(c)}</figcaption></figure>" for n, c in zip(names, captions,
-                                                                                        strict=True))
+    body += "".join(figure_html(n, c) for n, c in zip(names, captions, strict=True))
     return ReportSection(key="syntax", title="Syntax heads", html=body, figures=names, order=30)

@@ -56,6 +56,11 @@ class Example:
         return int(self.input_ids.shape[0])
 
     @property
+    def has_tree(self) -> bool:
+        """True when any of the example's sentences has a dependency tree (gold or silver)."""
+        return any(s.has_tree for s in self.sentences)
+
+    @property
     def n_units(self) -> int:
         return len(self.units)
 

@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+
+def figure_html(name: str, caption: str) -> str:
+    """A figure of ``DIR/figures/{name}.svg`` with its caption, for a section's ``html`` (caption escaped)."""
+    text = html.escape(caption)
+    src = f"../figures/{html.escape(name)}.svg"
+    return f'<figure><img src="{src}" alt="{text}"><figcaption>{text}</figcaption></figure>'
+
+
+def percent(x: Any) -> str:
+    """A share as a percentage with one decimal; empty for a missing value."""
+    return "" if pd.isna(x) else f"{100 * float(x):.1f}"
 
 
 @dataclass
