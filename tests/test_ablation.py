@@ -114,6 +114,9 @@ def test_ablation_run_end_to_end(tiny_bert_mlm: Path, tiny_bert: Path, text_file
     table = tables[0]
     summary = result.run["analyses"]["ablation"]
     assert summary["metric"] == ("mlm_loss" if lm_head else "hidden_drift")
+    # Its own pass is driven by the runner and counted: no "found no usable input" for it.
+    assert summary["examples_used"] == summary["sequences"] == result.run["counts"]["examples"]
+    assert not any("ablation" in note for note in result.run["notes"].get("analyses_without_input", []))
     base = table[table["kind"] == "baseline"].iloc[0]
     assert base["drift"] == pytest.approx(0.0, abs=1e-6)
     clusters = table[table["kind"] == "cluster"]

@@ -24,6 +24,7 @@ from headscope.corpus.coref import (
 )
 from headscope.corpus.types import Sentence
 from headscope.engine.batch import collate
+from headscope.engine.feed import feed_attention
 from headscope.engine.wordlevel import word_attention_reference
 from headscope.manifest import Manifest
 from headscope.model.encode import Encoder
@@ -139,7 +140,7 @@ def test_hand_computed_head_accuracy(tokenizer, candidates: str, expected: list[
                                                                    (4, "B", False), (6, "B", True)]
     analysis = CorefHeads(CorefOptions(coref_candidates=candidates))
     analysis.start(_ctx(1, 4))
-    analysis.update(collate([ex], pad_id=0), attn)
+    feed_attention([analysis], collate([ex], pad_id=0), attn)
     heads, baselines, n = analysis.accuracy()
     pronoun, everything = MENTION_TYPES.index("pronoun"), TYPES.index("all")
     assert n[pronoun] == 2 and n[everything] == 2 and n.sum() == 4
@@ -266,15 +267,49 @@ def test_fast_path_matches_reference_and_is_padding_invariant(windows, mode: str
         expected_n += count
     whole = CorefHeads()
     whole.start(_ctx(2, 3, mode))
-    whole.update(collate(examples, pad_id=0), _padded(maps))  # one padded batch
+    feed_attention([whole], collate(examples, pad_id=0), _padded(maps), word_mode=mode)  # one padded batch
     one_by_one = CorefHeads()
     one_by_one.start(_ctx(2, 3, mode))
     for ex, A in zip(examples, maps, strict=True):
-        one_by_one.update(collate([ex], pad_id=0), _padded([A]))
+        feed_attention([one_by_one], collate([ex], pad_id=0), _padded([A]), word_mode=mode)
     for analysis in (whole, one_by_one):
         np.testing.assert_array_equal(analysis.correct_.numpy(), expected)
         np.testing.assert_array_equal(analysis.n_.numpy(), expected_n)
     np.testing.assert_array_equal(whole.baseline_correct_.numpy(), one_by_one.baseline_correct_.numpy())
+
+
+@pytest.mark.parametrize("block_rows", [1, 3])
+def test_blocks_of_query_rows_and_other_examples_change_no_count(tokenizer, windows, block_rows: int) -> None:
+    ex, attn = _king_and_queen(tokenizer)
+    for candidates in ("all", "preceding"):
+        runs = []
+        for rows in (None, block_rows):
+            analysis = CorefHeads(CorefOptions(coref_candidates=candidates))
+            analysis.start(_ctx(1, 4))
+            feed_attention([analysis], collate([ex], pad_id=0), attn, block_rows=rows)
+            runs.append(analysis)
+        for a, b in zip(runs[0].accuracy(), runs[1].accuracy(), strict=True):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+    examples, _ = windows
+    maps = _random_maps(np.random.default_rng(4), examples)
+    # A sentence (not a window) in the batch: coref does not want it, so it must change nothing.
+    sentence = Encoder(tokenizer, 24).encode(99, "sentence", [Sentence(["a", "dog", "ran"], "s.txt", 1)], None,
+                                             Manifest(), truncate=False)
+    mixed = [examples[0], sentence, *examples[1:]]
+    mixed_maps = [maps[0], *_random_maps(np.random.default_rng(5), [sentence]), *maps[1:]]
+    for mode in ("mean", "first"):
+        whole, blocks = CorefHeads(), CorefHeads()
+        whole.start(_ctx(2, 3, mode))
+        blocks.start(_ctx(2, 3, mode))
+        used = feed_attention([whole], collate(examples, pad_id=0), _padded(maps), word_mode=mode)
+        used_mixed = feed_attention([blocks], collate(mixed, pad_id=0), _padded(mixed_maps), word_mode=mode,
+                                    block_rows=block_rows)
+        assert used == used_mixed == {"coref": len(examples)}
+        np.testing.assert_array_equal(blocks.correct_.numpy(), whole.correct_.numpy())
+        np.testing.assert_array_equal(blocks.n_.numpy(), whole.n_.numpy())
+        np.testing.assert_array_equal(blocks.baseline_correct_.numpy(), whole.baseline_correct_.numpy())
+    assert whole.n_.sum() > 10
 
 
 def test_merge_of_halves_equals_one_run(windows) -> None:
@@ -285,7 +320,7 @@ def test_merge_of_halves_equals_one_run(windows) -> None:
     for chunk in (slice(None), slice(None, half), slice(half, None)):
         analysis = CorefHeads()
         analysis.start(_ctx(2, 3))
-        analysis.update(collate(examples[chunk], pad_id=0), _padded(maps[chunk]))
+        feed_attention([analysis], collate(examples[chunk], pad_id=0), _padded(maps[chunk]))
         parts.append(analysis)
     whole, first, second = parts
     merged = first.merge(second)

@@ -19,7 +19,9 @@ from headscope.analyses.distance import (
     cluster_heads,
     distance_sums,
     name_pattern,
+    offset_weights,
 )
+from headscope.engine.feed import feed_attention
 
 
 def _reference(A: np.ndarray, special: np.ndarray, punct: np.ndarray, segment: np.ndarray) -> dict[str, list]:
@@ -74,7 +76,8 @@ def _batch(seqs: list[dict[str, np.ndarray]]) -> tuple[SimpleNamespace, torch.Te
         fields["is_punct"][k, :m] = torch.as_tensor(s["punct"])
         segment[k, :m] = torch.as_tensor(s["segment"])
     lengths = torch.tensor([s["attn"].shape[-1] for s in seqs])
-    return SimpleNamespace(lengths=lengths, segment=segment, **fields), attn
+    examples = [SimpleNamespace(index=k) for k in range(len(seqs))]
+    return SimpleNamespace(lengths=lengths, segment=segment, examples=examples, size=len(seqs), **fields), attn
 
 
 def _ctx(n_layers: int, n_heads: int, seed: int = 0) -> SimpleNamespace:
@@ -82,13 +85,13 @@ def _ctx(n_layers: int, n_heads: int, seed: int = 0) -> SimpleNamespace:
                            config=SimpleNamespace(seed=seed), device=torch.device("cpu"))
 
 
-def _accumulate(seqs: list[dict[str, np.ndarray]], batch_size: int, options: DistanceOptions | None = None
-                ) -> DistancePatterns:
+def _accumulate(seqs: list[dict[str, np.ndarray]], batch_size: int, options: DistanceOptions | None = None,
+                block_rows: int | None = None) -> DistancePatterns:
     n_layers, n_heads = seqs[0]["attn"].shape[:2]
     acc = DistancePatterns(options)
     acc.start(_ctx(n_layers, n_heads))
     for start in range(0, len(seqs), batch_size):
-        acc.update(*_batch(seqs[start:start + batch_size]))
+        feed_attention([acc], *_batch(seqs[start:start + batch_size]), block_rows=block_rows)
     return acc
 
 
@@ -135,6 +138,33 @@ def test_fast_path_matches_reference_loop_and_ignores_padding() -> None:
             else:
                 want = np.array([[np.mean(per_row[f][(la, he)]) for he in range(3)] for la in range(2)])
             np.testing.assert_allclose(means[f].numpy(), want, rtol=1e-5, atol=1e-5, err_msg=f)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_blocks_of_query_rows_equal_whole_layers(causal: bool) -> None:
+    seqs = _sequences([9, 4, 7, 2], n_layers=2, n_heads=3, seed=5)
+    results = []
+    for block_rows in (None, 1, 3, 4):
+        acc = DistancePatterns()
+        acc.start(SimpleNamespace(info=SimpleNamespace(n_layers=2, n_heads=3, is_causal=causal),
+                                  config=SimpleNamespace(seed=0), device=torch.device("cpu")))
+        for start in (0, 2):
+            feed_attention([acc], *_batch(seqs[start:start + 2]), block_rows=block_rows)
+        results.append(acc)
+    whole = results[0]
+    assert whole.rows_["all"] == 22 and whole.rows_["pair"] == 9 + 7
+    for acc in results[1:]:
+        assert acc.rows_ == whole.rows_
+        for key in whole.sums_:
+            np.testing.assert_allclose(acc.sums_[key].numpy(), whole.sums_[key].numpy(), rtol=1e-6, atol=1e-6,
+                                       err_msg=key)
+
+
+def test_offset_weights_of_a_block_are_rows_of_the_whole() -> None:
+    whole = offset_weights(6).reshape(6, 6, -1)
+    block = offset_weights(6, query_start=2, rows=3).reshape(3, 6, -1)
+    assert torch.equal(block, whole[2:5])
+    assert torch.equal(offset_weights(6, query_start=4).reshape(2, 6, -1), whole[4:])
 
 
 def test_merge_of_two_halves_equals_one_run() -> None:

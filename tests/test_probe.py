@@ -27,6 +27,8 @@ from headscope.config import RunConfig
 from headscope.corpus.types import Sentence
 from headscope.corpus.vectors import WordVectors
 from headscope.engine.batch import collate
+from headscope.engine.feed import feed_attention
+from headscope.engine.wordlevel import word_attention_reference
 from headscope.model.encode import Example
 
 SMALL_TREEBANK = """# sent_id = a
@@ -200,7 +202,7 @@ def test_features_do_not_depend_on_batching_or_padding() -> None:
             attn = torch.zeros(len(exs), 1, 2, n, n)
             for r, ex in enumerate(exs):
                 attn[r, :, :, :ex.length, :ex.length] = torch.tensor(maps[ex.index], dtype=torch.float32)
-            probe.update(collate(exs, 0), attn)
+            feed_attention([probe], collate(exs, 0), attn)
         return probe
 
     one = collect(1).data_[0]
@@ -216,6 +218,49 @@ def test_features_do_not_depend_on_batching_or_padding() -> None:
             assert np.array_equal(one.heads[one.order()[i]], other.heads[other.order()[i]])
         # A word's row holds its attention to ROOT ([CLS]) and the words: at most 1 ([SEP] gets the rest).
         assert (a[:, 1:].sum(-1) <= 1.001).all()
+
+
+def test_features_of_every_layer_whatever_the_blocks_of_query_rows() -> None:
+    # Two layers x two heads: feature layer * 2 + head is that head's word-level map at ROOT ([CLS]) and the
+    # words, the same whether the layers come whole or in blocks of 1 or 3 query rows.
+    rng = np.random.default_rng(1)
+    examples = [make_example(i, int(n), list(rng.integers(1, 3, size=int(n)))) for i, n in
+                enumerate(rng.integers(2, 6, size=5))]
+    maps = []
+    for ex in examples:
+        a = np.exp(rng.normal(size=(2, 2, ex.length, ex.length)) * 2)
+        maps.append(a / a.sum(-1, keepdims=True))
+
+    def collect(block_rows: int | None, batch_size: int) -> ProbeSentences:
+        probe = AttentionProbe(ProbeOptions(probe_eval_fraction=0.0))
+        probe.start(SimpleNamespace(info=SimpleNamespace(n_layers=2, n_heads=2), config=RunConfig(out=None)))
+        for s in range(0, len(examples), batch_size):
+            exs = examples[s:s + batch_size]
+            n = max(ex.length for ex in exs)
+            attn = torch.zeros(len(exs), 2, 2, n, n)
+            for r, ex in enumerate(exs):
+                attn[r, :, :, :ex.length, :ex.length] = torch.tensor(maps[ex.index], dtype=torch.float32)
+            feed_attention([probe], collate(exs, 0), attn, block_rows=block_rows)
+        return probe.data_[0]
+
+    whole = collect(None, 3)
+    assert [k for k, _ in whole.keys] == [0, 1, 2, 3, 4]  # sentences stored in batch order
+    for i, ex in enumerate(examples):
+        groups = [list(np.flatnonzero(ex.unit_of_piece == u)) for u in range(ex.n_units)]
+        candidates = [0, *ex.word_units.tolist()]  # ROOT is the [CLS] unit
+        f = np.asarray(whole.features[i], np.float32)
+        assert f.shape == (4, len(candidates), len(candidates))
+        for layer in range(2):
+            for head in range(2):
+                ref = word_attention_reference(maps[i][layer, head], groups)[np.ix_(candidates, candidates)]
+                assert np.allclose(f[layer * 2 + head], ref, atol=1e-3)
+    for block_rows in (1, 3):
+        for batch_size in (1, 3):
+            blocked = collect(block_rows, batch_size)
+            assert blocked.keys == whole.keys
+            for i in range(len(examples)):
+                a, b = np.asarray(whole.features[i], np.float32), np.asarray(blocked.features[i], np.float32)
+                assert np.allclose(a, b, atol=1e-3, rtol=0), (block_rows, batch_size)
 
 
 def test_run_on_a_tiny_model_writes_probe_json(tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

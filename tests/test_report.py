@@ -18,6 +18,7 @@ from headscope.cli import main
 from headscope.corpus.text import split_words
 from headscope.corpus.types import Sentence
 from headscope.engine.batch import collate
+from headscope.engine.feed import feed_attention
 from headscope.engine.results import RunResult
 from headscope.manifest import Manifest
 from headscope.model.encode import Encoder
@@ -96,7 +97,7 @@ def fake_attention(ex, layers: int = 2, heads: int = 4) -> torch.Tensor:
     return torch.softmax(torch.randn(layers, heads, ex.length, ex.length, generator=g), dim=-1)
 
 
-def feed(acc: ExampleMaps, examples: list, batch_size: int) -> None:
+def feed(acc: ExampleMaps, examples: list, batch_size: int, block_rows: int | None = None) -> None:
     for start in range(0, len(examples), batch_size):
         group = examples[start:start + batch_size]
         batch = collate(group, 0)
@@ -104,7 +105,7 @@ def feed(acc: ExampleMaps, examples: list, batch_size: int) -> None:
         attn = torch.zeros(len(group), 2, 4, n, n)
         for row, ex in enumerate(group):
             attn[row, :, :, :ex.length, :ex.length] = fake_attention(ex)
-        acc.update(batch, attn)
+        feed_attention([acc], batch, attn, block_rows=block_rows)
 
 
 def test_example_maps_keep_longest_short_sequences_whatever_the_batching(tiny_bert: Path) -> None:
@@ -115,10 +116,11 @@ def test_example_maps_keep_longest_short_sequences_whatever_the_batching(tiny_be
     assert lengths[expected[0]] <= limit and max(lengths) > limit
 
     docs = []
-    for batch_size, order in ((1, examples), (3, examples[::-1]), (len(examples), examples)):
+    for batch_size, order, block_rows in ((1, examples, None), (3, examples[::-1], None),
+                                          (len(examples), examples, None), (3, examples, 1), (2, examples[::-1], 3)):
         acc = ExampleMaps(ExampleMapsOptions(example_maps=2, example_max_tokens=limit))
         acc.start(None)
-        feed(acc, order, batch_size)
+        feed(acc, order, batch_size, block_rows)
         docs.append(acc.finalize(None, {}).documents["examples"])
     halves = [ExampleMaps(ExampleMapsOptions(example_maps=2, example_max_tokens=limit)) for _ in range(2)]
     for part, acc in zip((examples[:4], examples[4:]), halves, strict=True):

@@ -23,6 +23,7 @@ from headscope.analyses.roles import (
 )
 from headscope.corpus.types import Sentence
 from headscope.engine.batch import collate
+from headscope.engine.feed import feed_attention
 from headscope.engine.wordlevel import word_attention_reference
 from headscope.manifest import Manifest
 from headscope.model.encode import Encoder
@@ -81,12 +82,13 @@ def fake_ctx() -> SimpleNamespace:
                            config=SimpleNamespace(word_attention="mean"))
 
 
-def accumulate(examples: list, maps: list[torch.Tensor], batch_size: int, **options) -> HeadRoles:
+def accumulate(examples: list, maps: list[torch.Tensor], batch_size: int, block_rows: int | None = None,
+               **options) -> HeadRoles:
     analysis = HeadRoles(RolesOptions(**options))
     analysis.start(fake_ctx())
     for start in range(0, len(examples), batch_size):
         batch = collate(examples[start:start + batch_size], pad_id=0)
-        analysis.update(batch, padded(maps[start:start + batch_size]))
+        feed_attention([analysis], batch, padded(maps[start:start + batch_size]), block_rows=block_rows)
     return analysis
 
 
@@ -174,6 +176,22 @@ def test_scores_match_reference_loops_and_ignore_batching(examples: list) -> Non
         sq = np.sum(np.square(scores), axis=0) if scores else 0
         np.testing.assert_allclose(whole.sumsq_[r].numpy(), sq, rtol=1e-5, atol=1e-6, err_msg=role)
     assert whole.count_[whole.roles_.index("block")].item() == 1  # the one segment pair
+
+
+@pytest.mark.parametrize("block_rows", [1, 3, 7])
+def test_blocks_of_query_rows_give_the_same_sums(examples: list, block_rows: int) -> None:
+    maps = random_attention(examples, seed=7)
+    # Hand-made rows at the block edges: all attention on the next token, and rows that stay on [CLS].
+    maps[4][0, 0] = torch.roll(torch.eye(examples[4].length), 1, dims=1)
+    maps[2][1, 2] = 0.0
+    maps[2][1, 2, :, 0] = 1.0
+    for batch_size in (2, len(examples)):
+        whole = accumulate(examples, maps, batch_size=batch_size)
+        blocks = accumulate(examples, maps, batch_size=batch_size, block_rows=block_rows)
+        np.testing.assert_array_equal(blocks.count_.numpy(), whole.count_.numpy())
+        np.testing.assert_allclose(blocks.sum_.numpy(), whole.sum_.numpy(), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(blocks.sumsq_.numpy(), whole.sumsq_.numpy(), rtol=1e-6, atol=1e-7)
+    assert whole.count_.min() > 0  # every role, block and syntactic ones included, was exercised
 
 
 def test_repeated_word_aligned_by_position(examples: list) -> None:

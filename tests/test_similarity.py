@@ -20,6 +20,7 @@ from headscope.analyses.similarity import (
     pairwise_js_sum,
     smooth_rows,
 )
+from headscope.engine.feed import feed_attention
 
 N_LAYERS, N_HEADS = 2, 3
 
@@ -44,7 +45,7 @@ def _batch(maps: list[np.ndarray], indices: list[int]) -> tuple[SimpleNamespace,
     lengths = torch.tensor([m.shape[-1] for m in maps])
     mask = torch.arange(n)[None, :] < lengths[:, None]
     batch = SimpleNamespace(input_ids=torch.zeros(len(maps), n, dtype=torch.int64), mask=mask, lengths=lengths,
-                            examples=[SimpleNamespace(index=i) for i in indices])
+                            examples=[SimpleNamespace(index=i) for i in indices], size=len(maps))
     return batch, attn
 
 
@@ -53,12 +54,13 @@ def _ctx(seed: int = 0) -> SimpleNamespace:
                            device=torch.device("cpu"))
 
 
-def _run(maps: list[np.ndarray], batch_size: int, sample: float = 1.0, seed: int = 0) -> HeadSimilarity:
+def _run(maps: list[np.ndarray], batch_size: int, sample: float = 1.0, seed: int = 0,
+         block_rows: int | None = None) -> HeadSimilarity:
     sim = HeadSimilarity(SimilarityOptions(similarity_sample=sample))
     sim.start(_ctx(seed))
     for start in range(0, len(maps), batch_size):
         part = maps[start:start + batch_size]
-        sim.update(*_batch(part, list(range(start, start + len(part)))))
+        feed_attention([sim], *_batch(part, list(range(start, start + len(part)))), block_rows=block_rows)
     return sim
 
 
@@ -119,13 +121,24 @@ def test_accumulated_matrix_equals_reference_and_ignores_batching() -> None:
         assert sim.tokens_ == sum(m.shape[-1] for m in maps)
 
 
+@pytest.mark.parametrize("sample", [1.0, 0.4])
+def test_blocks_of_query_rows_equal_whole_layers(sample: float) -> None:
+    maps = _random_maps([9, 4, 7, 2, 8], seed=6)
+    whole = _run(maps, 3, sample=sample, seed=1)
+    assert whole.tokens_ > 0
+    for block_rows in (1, 3, 4):
+        blocks = _run(maps, 3, sample=sample, seed=1, block_rows=block_rows)
+        assert (blocks.tokens_, blocks.tokens_seen_) == (whole.tokens_, whole.tokens_seen_)
+        np.testing.assert_allclose(blocks.js_sum_.numpy(), whole.js_sum_.numpy(), rtol=1e-6, atol=1e-6)
+
+
 def test_merge_of_two_halves_equals_one_run() -> None:
     maps = _random_maps([5, 3, 6, 4], seed=3)
     whole = _run(maps, 2)
     first = _run(maps[:2], 2)
     second = HeadSimilarity(SimilarityOptions(similarity_sample=1.0))
     second.start(_ctx())
-    second.update(*_batch(maps[2:], [2, 3]))
+    feed_attention([second], *_batch(maps[2:], [2, 3]))
     merged = first.merge(second)
     np.testing.assert_allclose(merged.js_sum_.numpy(), whole.js_sum_.numpy(), atol=1e-9)
     assert merged.tokens_ == whole.tokens_

@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from headscope.analyses.surface import STATISTICS, SurfaceStatistics, sequence_statistics
+from headscope.engine.capture import LayerAttention
 from headscope.engine.scratch import Scratch
 from reference import random_attention, surface_reference
 
 
 def _pad_batch(maps: list[np.ndarray], masks: list[dict[str, np.ndarray]], n_layers: int = 1, n_heads: int = 1):
-    """Stack (n_i, n_i) maps into [batch, layer, head, n, n] with zero padding, as capture_attention does."""
+    """Stack (n_i, n_i) maps into [batch, layer, head, n, n] with zero padding, as the capture gives."""
     n = max(m.shape[-1] for m in maps)
     b = len(maps)
     attn = torch.zeros(b, n_layers, n_heads, n, n)
@@ -111,12 +112,14 @@ class _Batch:
         self.is_cls, self.is_sep, self.is_punct = flags["is_cls"], flags["is_sep"], flags["is_punct"]
 
 
-def _accumulate(maps, masks, groups):
+def _accumulate(maps, masks, groups, block_rows=None):
     acc = SurfaceStatistics()
     acc.start(_Ctx())
     for group in groups:
         attn, lengths, flags = _pad_batch([maps[i] for i in group], [masks[i] for i in group])
-        acc.update(_Batch(attn, lengths, flags), attn)
+        rows = block_rows or attn.shape[-1]
+        for q0 in range(0, attn.shape[-1], rows):
+            acc.update(_Batch(attn, lengths, flags), LayerAttention(0, attn[:, 0, :, q0:q0 + rows], q0))
     return acc
 
 
@@ -129,11 +132,15 @@ def test_batching_and_merge_do_not_change_the_result() -> None:
     one_by_one = _accumulate(maps, masks, [[i] for i in range(6)]).means()
     together = _accumulate(maps, masks, [list(range(6))]).means()
     halves = _accumulate(maps, masks, [[0], [1], [2]]).merge(_accumulate(maps, masks, [[3], [4], [5]])).means()
+    blocks = {k: _accumulate(maps, masks, [list(range(6))], block_rows=k).means() for k in (1, 3, 5)}
     for key in STATISTICS:
         # Another batch composition changes float32 summation order only.
         torch.testing.assert_close(one_by_one[key], together[key], atol=1e-6, rtol=0)
         # Merging shards adds the same float64 sums: equal to one run.
         torch.testing.assert_close(one_by_one[key], halves[key], atol=1e-12, rtol=0)
+        # Blocks of query rows add up to the whole layer.
+        for k, by_block in blocks.items():
+            torch.testing.assert_close(by_block[key], together[key], atol=1e-6, rtol=0, msg=f"{key}, {k} rows")
     # The corpus value is the mean of per-sequence values.
     ref = np.mean([surface_reference(A, **mk)["sep"]
                    for A, mk in zip(maps, masks, strict=True)])

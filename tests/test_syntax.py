@@ -23,6 +23,7 @@ from headscope.analyses.syntax import (
 from headscope.config import RunConfig
 from headscope.corpus.types import Sentence
 from headscope.engine.batch import collate
+from headscope.engine.feed import feed_attention
 from headscope.manifest import Manifest
 from headscope.model.encode import Example
 
@@ -93,7 +94,7 @@ def test_hand_built_accuracies_and_baseline() -> None:
     attn = piece_attention(ex, [dep_to_head_map(seq), next_word_map(seq)])
     analysis = SyntaxHeads(SyntaxOptions(held_out_fraction=0.0))
     analysis.start(context())
-    analysis.update(collate([ex], 0), attn)
+    feed_attention([analysis], collate([ex], 0), attn)
     relations, correct, total, offsets = analysis.counts()
     assert relations == ["det", "nmod:poss", "obj", "all"]  # root arcs are not scored
     sel = 0
@@ -162,20 +163,23 @@ def random_examples(seed: int, count: int) -> tuple[list[Example], list[np.ndarr
 
 
 def padded_attention(examples: list[Example], maps: list[np.ndarray]) -> torch.Tensor:
+    """[batch, layer, head, seq, seq] from per-example maps of shape (head, seq, seq) or (layer, head, seq, seq)."""
     n = max(ex.length for ex in examples)
-    out = torch.zeros(len(examples), 1, maps[0].shape[0], n, n)
+    maps = [m[None] if m.ndim == 3 else m for m in maps]
+    out = torch.zeros(len(examples), *maps[0].shape[:2], n, n)
     for r, m in enumerate(maps):
-        out[r, 0, :, :m.shape[1], :m.shape[2]] = torch.tensor(m, dtype=torch.float32)
+        out[r, :, :, :m.shape[2], :m.shape[3]] = torch.tensor(m, dtype=torch.float32)
     return out
 
 
-def run_batches(examples: list[Example], maps: list[np.ndarray], batch_size: int, held_out: float = 0.0
-                ) -> SyntaxHeads:
+def run_batches(examples: list[Example], maps: list[np.ndarray], batch_size: int, held_out: float = 0.0,
+                block_rows: int | None = None) -> SyntaxHeads:
+    n_layers = maps[0].shape[0] if maps[0].ndim == 4 else 1
     analysis = SyntaxHeads(SyntaxOptions(held_out_fraction=held_out))
-    analysis.start(context(n_heads=3))
+    analysis.start(context(n_layers=n_layers, n_heads=3))
     for start in range(0, len(examples), batch_size):
         exs, ms = examples[start:start + batch_size], maps[start:start + batch_size]
-        analysis.update(collate(exs, 0), padded_attention(exs, ms))
+        feed_attention([analysis], collate(exs, 0), padded_attention(exs, ms), block_rows=block_rows)
     return analysis
 
 
@@ -187,6 +191,28 @@ def test_vectorised_counts_match_plain_loop_and_ignore_batching() -> None:
         for (rel, direction, h), hits in reference.items():
             r, d = relations.index(rel), DIRECTIONS.index(direction)
             assert correct[:, d, r, 0, h].sum() == hits, (batch_size, rel, direction, h)
+
+
+def test_blocks_of_query_rows_and_layers_give_the_counts_of_whole_layers() -> None:
+    # Two layers with different maps: each layer's counts are those of a one-layer run on its maps, whatever
+    # the block size (split words straddle block boundaries) and however the padded batches are cut.
+    examples, first = random_examples(3, 9)
+    rng = np.random.default_rng(4)
+    second = [np.exp(rng.normal(size=(3, ex.length, ex.length)) * 3) for ex in examples]
+    second = [m / m.sum(-1, keepdims=True) for m in second]
+    both = [np.stack([a, b]) for a, b in zip(first, second, strict=True)]
+    _, c0, t0, o0 = run_batches(examples, first, 4, held_out=0.5).counts()
+    _, c1, _, _ = run_batches(examples, second, 4, held_out=0.5).counts()
+    whole = run_batches(examples, both, 4, held_out=0.5).counts()
+    relations, correct, total, offsets = whole
+    assert np.array_equal(correct[..., 0, :], c0[..., 0, :]) and np.array_equal(correct[..., 1, :], c1[..., 0, :])
+    assert np.array_equal(total, t0) and np.array_equal(offsets, o0)  # arcs counted once, not per layer
+    for block_rows in (1, 3, 7):
+        for batch_size in (1, 4):
+            blocked = run_batches(examples, both, batch_size, held_out=0.5, block_rows=block_rows).counts()
+            assert blocked[0] == relations
+            for a, b in zip(whole[1:], blocked[1:], strict=True):
+                assert np.array_equal(a, b), (block_rows, batch_size)
 
 
 def test_merge_of_two_halves_equals_one_run() -> None:
@@ -243,7 +269,7 @@ def test_best_head_picked_on_selection_and_scored_on_held_out() -> None:
     maps = [np.stack([dep_to_head_map(seq), wrong]), np.stack([wrong, dep_to_head_map(seq)])]
     analysis = SyntaxHeads(SyntaxOptions())
     analysis.start(context(treebank=["sel.conllu", "held.conllu"]))
-    analysis.update(collate(exs, 0), padded_attention(exs, maps))
+    feed_attention([analysis], collate(exs, 0), padded_attention(exs, maps))
     best = analysis.finalize(context(treebank=["sel.conllu", "held.conllu"]), {}).tables["syntax_best"]
     row = best.set_index("relation").loc["all"]
     assert (row["layer"], row["head"], row["direction"]) == (0, 0, "dep->head")

@@ -10,7 +10,7 @@ import pytest
 
 from headscope.cli import main
 from headscope.engine.batch import collate
-from headscope.engine.capture import capture_attention
+from headscope.engine.capture import capture_stacked
 from headscope.engine.wordlevel import word_attention_reference
 from headscope.manifest import Manifest
 from headscope.model.encode import Encoder
@@ -65,7 +65,7 @@ def test_view_page_holds_the_models_attention_at_both_levels(tiny_bert: Path, tm
     loaded = load_model(str(tiny_bert), device="cpu")
     (sentence,) = input_sentences(text)
     example = Encoder(loaded.tokenizer, 64).encode(0, "sentence", [sentence], None, Manifest(), True)
-    attn = capture_attention(loaded, collate([example], 0))[0].numpy()
+    attn = capture_stacked(loaded, collate([example], 0))[0].numpy()
     n = example.length
 
     piece = data["levels"]["piece"]

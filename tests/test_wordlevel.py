@@ -58,23 +58,30 @@ def test_batched_equals_reference_with_padding(mode: str) -> None:
                 assert torch.all(W[k, layer, head, m:, :] == 0) and torch.all(W[k, layer, head, :, m:] == 0)
 
 
-def test_batch_computes_word_attention_once_per_mode(tiny_bert) -> None:
+def test_layer_by_layer_word_attention_from_blocks_equals_the_dense_pooling(tiny_bert) -> None:
     from transformers import AutoTokenizer
 
     from headscope.corpus.types import Sentence
     from headscope.engine.batch import collate
+    from headscope.engine.wordlevel import WordAttention
     from headscope.manifest import Manifest
     from headscope.model.encode import Encoder
 
     enc = Encoder(AutoTokenizer.from_pretrained(tiny_bert), 32)
     examples = [enc.encode(i, "sentence", [Sentence(t.split(), "f", i + 1)], None, Manifest(), truncate=False)
-                for i, t in enumerate(["the dogs saw", "a big old house ."])]
+                for i, t in enumerate(["the dogs saw", "a big old house .", "zzyzx qwv"])]
     batch = collate(examples, 0)
     n = batch.input_ids.shape[1]
-    attn = torch.softmax(torch.randn(2, 2, 4, n, n), -1) * batch.attention_mask[:, None, None, :, None]
-    first = batch.word_attention(attn)
-    assert batch.word_attention(attn) is first  # shared by the analyses of one batch, not recomputed
-    torch.testing.assert_close(first, word_attention(attn, batch.unit_of_piece))
-    torch.testing.assert_close(batch.word_attention(attn, "first"), word_attention(attn, batch.unit_of_piece,
-                                                                                   mode="first"))
-    assert batch.select([1]).word_cache == {}
+    mask = batch.mask
+    attn = torch.softmax(torch.randn(3, 2, 4, n, n), -1) * mask[:, None, None, :, None] * mask[:, None, None, None, :]
+    for mode in ("mean", "first"):
+        dense = word_attention(attn, batch.unit_of_piece, int(batch.n_units.max()), mode)
+        for rows in (1, 3, n):
+            builder = WordAttention(batch.unit_of_piece, int(batch.n_units.max()), mode)
+            for layer in range(2):
+                done = None
+                for q0 in range(0, n, rows):
+                    assert done is None  # the map is handed out only after the layer's last block
+                    done = builder.add(attn[:, layer, :, q0:q0 + rows], q0)
+                assert done is not None
+                torch.testing.assert_close(done, dense[:, layer], atol=1e-6, rtol=0, msg=f"{mode}, {rows} rows")

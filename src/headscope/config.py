@@ -54,13 +54,23 @@ class RunConfig:
                               "*_conll.", default_factory=list)
     analyses: list[str] = option(help="Comma-separated analyses to run (see `headscope list`).",
                                  default_factory=lambda: ["surface", "examples"])
-    max_length: int = option(128, help="Maximum sequence length in model tokens (capped by the model).")
+    max_length: int | None = option(None, help="Maximum sequence length in model tokens, capped by the model "
+                                    "(default: 128 for encoders, as in Clark et al.; the model's own limit for "
+                                    "decoder LMs, whose raw text is packed into windows of this length).")
     max_segments: int | None = option(None, help="Stop after this many raw-text segments (default: all; "
                                       "1000 for the packaged Wikipedia sample, as in Clark et al.).")
     max_sentences: int | None = option(None, help="Read at most this many sentences per treebank file.")
     batch_size: int = option(16, help="Sequences per forward pass.")
     device: str = option("auto", help="auto, cpu, cuda or cuda:N.")
-    dtype: str = option("float32", help="Model dtype: float32, float16 or bfloat16.")
+    dtype: str = option("float32", help="Model dtype: float32, float16 or bfloat16 (statistics are always "
+                        "computed in float32).")
+    attention_memory: str = option("1GiB", help="Memory budget for one layer's attention: batches are cut and "
+                                   "layers computed in blocks of query rows to stay under it (e.g. 512MiB, 4GiB).")
+    capture: str = option("auto", help="How attention weights are captured: auto (transformers' attention "
+                          "interface where the model uses it, else hooks), interface, hooks, or stacked (0.1's "
+                          "eager path holding every layer: a reference, not for long inputs).")
+    padding_side: str = option("right", help="Padding side of the forward pass: right or left (results do not "
+                               "depend on it).")
     seed: int = option(0, help="Seed for every random choice (A/B split, samples, clustering, probes).")
     word_attention: str = option("mean", help="How a split word attends: mean over its pieces' rows (the "
                                  "paper) or first (Clark et al.'s released code).")
@@ -78,7 +88,7 @@ class RunConfig:
             self.analyses = [a.strip() for a in self.analyses.split(",") if a.strip()]
         else:
             self.analyses = [a.strip() for item in self.analyses for a in item.split(",") if a.strip()]
-        if self.max_length < 4:
+        if self.max_length is not None and self.max_length < 4:
             raise ValueError(f"max_length must be at least 4, got {self.max_length}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
@@ -88,6 +98,24 @@ class RunConfig:
             raise ValueError(f"punctuation must be 'clark' or 'all', got {self.punctuation!r}")
         if self.parse not in ("none", "spacy"):
             raise ValueError(f"parse must be 'none' or 'spacy', got {self.parse!r}")
+        if self.capture not in ("auto", "interface", "hooks", "stacked"):
+            raise ValueError(f"capture must be auto, interface, hooks or stacked, got {self.capture!r}")
+        if self.padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left', got {self.padding_side!r}")
+        if self.dtype not in ("float32", "float16", "bfloat16"):
+            raise ValueError(f"dtype must be float32, float16 or bfloat16, got {self.dtype!r}")
+        self.attention_bytes()  # fail now on a malformed size
+
+    def attention_bytes(self) -> int:
+        """``attention_memory`` in bytes."""
+        from headscope.engine.capture import parse_bytes
+
+        return parse_bytes(self.attention_memory)
+
+    def resolved_max_length(self, model_limit: int, is_causal: bool) -> int:
+        """The sequence length used: ``max_length`` or its default, capped by the model's limit."""
+        wanted = self.max_length if self.max_length is not None else (model_limit if is_causal else 128)
+        return min(wanted, model_limit)
 
     @property
     def uses_default_corpus(self) -> bool:

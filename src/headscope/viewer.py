@@ -166,7 +166,7 @@ def view(text: str | None = None, *, model: str = "minilm", file: str | Path | N
         How a split word's rows become one (see :func:`headscope.engine.wordlevel.word_attention`).
     """
     from headscope.engine.batch import collate
-    from headscope.engine.capture import capture_attention
+    from headscope.engine.capture import capture_stacked
     from headscope.engine.wordlevel import word_attention as to_words
     from headscope.model.encode import Encoder
     from headscope.model.load import load_model
@@ -181,7 +181,7 @@ def view(text: str | None = None, *, model: str = "minilm", file: str | Path | N
     if example is None:
         raise ValueError("; ".join(str(e) for e in manifest.events) or "the input could not be encoded")
     batch = collate([example], int(loaded.tokenizer.pad_token_id), loaded.device)
-    attn = capture_attention(loaded, batch)
+    attn = capture_stacked(loaded, batch)  # one short input: every layer is shown
     words = to_words(attn, batch.unit_of_piece, example.n_units, word_attention)
     shown = text if text is not None else " ".join(w for s in sentences for w in s.words)
     data = view_data(example, attn[0].cpu().numpy(), words[0].cpu().numpy(),

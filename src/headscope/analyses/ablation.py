@@ -22,9 +22,10 @@ Measured against the ungated model on the same inputs:
 from __future__ import annotations
 
 import html
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -33,6 +34,11 @@ import torch
 from headscope.analyses.base import Analysis, AnalysisResult, head_name, register
 from headscope.config import option
 from headscope.model.gates import HeadGates
+
+if TYPE_CHECKING:
+    from headscope.engine.batch import Batch
+    from headscope.engine.context import RunContext
+    from headscope.model.encode import Example
 
 #: Share of the non-special tokens masked for the masked-LM loss.
 MASK_RATE = 0.15
@@ -116,6 +122,78 @@ def _forward(loaded: Any, inputs: dict[str, torch.Tensor], labels: torch.Tensor 
     return out.hidden_states[-1], float(loss), int((labels != -100).sum())
 
 
+class AblationSums:
+    """Running sums of every condition's loss and drift over the batches of the ablation pass.
+
+    Parameters
+    ----------
+    loaded : LoadedModel
+    conditions : list of Condition
+        The ablations; the ungated baseline is added first.
+    seed : int
+        Seed of the masked-LM masks.
+    """
+
+    def __init__(self, loaded: Any, conditions: list[Condition], seed: int) -> None:
+        info = loaded.info
+        self.loaded = loaded
+        self.seed = seed
+        self.use_loss = bool(info.has_lm_head) and (info.is_causal or loaded.tokenizer.mask_token_id is not None)
+        self.conditions = [Condition("baseline", -1, "", []), *conditions]
+        k = len(self.conditions)
+        self.loss_ = np.zeros(k)
+        self.loss_tokens_ = np.zeros(k)
+        self.drift_ = np.zeros(k)
+        self.tokens_ = 0
+
+    def add(self, batch: Any) -> None:
+        """Run every condition on ``batch`` (gates attached for the duration)."""
+        info = self.loaded.info
+        labels = None
+        inputs = batch.model_inputs()
+        if self.use_loss and info.is_causal:
+            labels = batch.input_ids.masked_fill(~batch.mask, -100)
+        elif self.use_loss:
+            inputs, labels = mask_for_mlm(batch, int(self.loaded.tokenizer.mask_token_id), self.seed)
+        real = batch.mask
+        self.tokens_ += int(real.sum())
+        reference = None
+        with HeadGates(self.loaded.model, info.n_layers, info.n_heads) as gates, torch.inference_mode():
+            for k, cond in enumerate(self.conditions):
+                gates.set(cond.heads)
+                hidden, loss_sum, n = _forward(self.loaded, inputs, labels, info.is_causal)
+                if reference is None:
+                    reference = hidden.float()
+                cos = torch.nn.functional.cosine_similarity(hidden.float(), reference, dim=-1)
+                self.drift_[k] += float(((1 - cos) * real).sum())
+                self.loss_[k] += loss_sum
+                self.loss_tokens_[k] += n
+
+    def table(self) -> pd.DataFrame:
+        """One row per condition (the baseline first)."""
+        info = self.loaded.info
+        use_loss = self.use_loss
+        loss, loss_tokens = self.loss_, self.loss_tokens_
+        rows = []
+        base_loss = loss[0] / loss_tokens[0] if use_loss and loss_tokens[0] else np.nan
+        for k, cond in enumerate(self.conditions):
+            value = loss[k] / loss_tokens[k] if use_loss and loss_tokens[k] else np.nan
+            single = cond.heads[0] if cond.kind == "head" else (pd.NA, pd.NA)
+            rows.append({
+                "kind": cond.kind, "cluster": cond.cluster, "pattern": cond.pattern, "n_heads": len(cond.heads),
+                "layer": single[0], "head": single[1],
+                "heads": " ".join(head_name(la, he) for la, he in cond.heads),
+                "loss": value, "loss_increase": value - base_loss,
+                "drift": self.drift_[k] / max(self.tokens_, 1),
+            })
+        table = pd.DataFrame(rows).astype({"layer": "Int64", "head": "Int64"})  # empty unless a single head
+        table["effect"] = table["loss_increase"] if use_loss else table["drift"]
+        table.attrs["metric"] = ("lm_loss" if info.is_causal else "mlm_loss") if use_loss else "hidden_drift"
+        table.attrs["tokens"] = self.tokens_
+        table.attrs["loss_tokens"] = int(loss_tokens[0])
+        return table
+
+
 def measure_ablations(loaded: Any, batches: Any, conditions: list[Condition], seed: int) -> pd.DataFrame:
     """Run every condition on every batch; one row per condition (the baseline first).
 
@@ -127,55 +205,10 @@ def measure_ablations(loaded: Any, batches: Any, conditions: list[Condition], se
     seed : int
         Seed of the masked-LM masks.
     """
-    info = loaded.info
-    use_loss = bool(info.has_lm_head)
-    mask_id = loaded.tokenizer.mask_token_id
-    if use_loss and not info.is_causal and mask_id is None:
-        use_loss = False
-    everything = [Condition("baseline", -1, "", []), *conditions]
-    loss = np.zeros(len(everything))
-    loss_tokens = np.zeros(len(everything))
-    drift = np.zeros(len(everything))
-    tokens = 0
-    gates = HeadGates(loaded.model, info.n_layers, info.n_heads)
-    with gates, torch.inference_mode():
-        for batch in batches:
-            labels = None
-            inputs = batch.model_inputs()
-            if use_loss and info.is_causal:
-                labels = batch.input_ids.masked_fill(~batch.mask, -100)
-            elif use_loss:
-                inputs, labels = mask_for_mlm(batch, int(mask_id), seed)
-            real = batch.mask
-            tokens += int(real.sum())
-            reference = None
-            for k, cond in enumerate(everything):
-                gates.set(cond.heads)
-                hidden, loss_sum, n = _forward(loaded, inputs, labels, info.is_causal)
-                if reference is None:
-                    reference = hidden.float()
-                cos = torch.nn.functional.cosine_similarity(hidden.float(), reference, dim=-1)
-                drift[k] += float(((1 - cos) * real).sum())
-                loss[k] += loss_sum
-                loss_tokens[k] += n
-    rows = []
-    base_loss = loss[0] / loss_tokens[0] if use_loss and loss_tokens[0] else np.nan
-    for k, cond in enumerate(everything):
-        value = loss[k] / loss_tokens[k] if use_loss and loss_tokens[k] else np.nan
-        single = cond.heads[0] if cond.kind == "head" else (pd.NA, pd.NA)
-        rows.append({
-            "kind": cond.kind, "cluster": cond.cluster, "pattern": cond.pattern, "n_heads": len(cond.heads),
-            "layer": single[0], "head": single[1],
-            "heads": " ".join(head_name(la, he) for la, he in cond.heads),
-            "loss": value, "loss_increase": value - base_loss,
-            "drift": drift[k] / max(tokens, 1),
-        })
-    table = pd.DataFrame(rows).astype({"layer": "Int64", "head": "Int64"})  # empty unless a single head
-    table["effect"] = table["loss_increase"] if use_loss else table["drift"]
-    table.attrs["metric"] = ("lm_loss" if info.is_causal else "mlm_loss") if use_loss else "hidden_drift"
-    table.attrs["tokens"] = tokens
-    table.attrs["loss_tokens"] = int(loss_tokens[0])
-    return table
+    sums = AblationSums(loaded, conditions, seed)
+    for batch in batches:
+        sums.add(batch)
+    return sums.table()
 
 
 @dataclass
@@ -196,34 +229,49 @@ class PatternAblation(Analysis):
     Options = AblationOptions
     after = ("distance",)
 
-    def wants(self, example: Any) -> bool:
-        return False  # works on its own second pass in finalize
+    second_pass = True
 
-    def start(self, ctx: Any) -> None:
+    def start(self, ctx: RunContext) -> None:
         if self.options.ablation_sequences < 1:
             raise ValueError(f"ablation_sequences must be at least 1, got {self.options.ablation_sequences}")
         if self.options.ablation_top < 0:
             raise ValueError(f"ablation_top must be >= 0, got {self.options.ablation_top}")
+        self.sums_: AblationSums | None = None
+        self.sequences_ = 0
 
-    def update(self, batch: Any, attn: torch.Tensor) -> None:
-        return None
-
-    def merge(self, other: Analysis) -> PatternAblation:
-        assert isinstance(other, PatternAblation)
-        return self  # no state: everything happens in finalize
-
-    def finalize(self, ctx: Any, results: dict[str, AnalysisResult]) -> AnalysisResult:
+    def second_pass_examples(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> Iterator[Example]:
+        """A seeded sample of the corpus, drawn once the main pass has counted it."""
         seed = int(ctx.config.seed)
-        heads = results["distance"].heads
-        conditions = conditions_from_clusters(heads, self.options.ablation_top, seed)
-        # The main pass counted the corpus, so the sample is drawn first and the corpus streamed once more,
-        # keeping only the drawn examples (memory stays bounded by the sample).
+        conditions = conditions_from_clusters(results["distance"].heads, self.options.ablation_top, seed)
+        self.sums_ = AblationSums(ctx.loaded, conditions, seed)
         total = int(ctx.manifest.counts.get("examples", 0))
         n = min(self.options.ablation_sequences, total)
         picked = set(np.random.default_rng(seed).choice(total, size=n, replace=False).tolist())
-        chosen = (ex for k, ex in enumerate(ctx.corpus.examples()) if k in picked)
-        table = measure_ablations(ctx.loaded, ctx.batches(chosen), conditions, seed)
-        summary = {"metric": table.attrs["metric"], "sequences": n, "tokens": table.attrs["tokens"],
+        # The corpus is streamed once more, keeping only the drawn examples (memory bounded by the sample).
+        return (ex for k, ex in enumerate(ctx.corpus.examples()) if k in picked)
+
+    def update_second_pass(self, ctx: RunContext, batch: Batch) -> None:
+        assert self.sums_ is not None, "second_pass_examples comes first"
+        self.sums_.add(batch)
+        self.sequences_ += batch.size
+
+    def merge(self, other: Analysis) -> PatternAblation:
+        assert isinstance(other, PatternAblation)
+        if other.sums_ is not None:
+            if self.sums_ is None:
+                self.sums_ = other.sums_
+            else:
+                for name in ("loss_", "loss_tokens_", "drift_"):
+                    setattr(self.sums_, name, getattr(self.sums_, name) + getattr(other.sums_, name))
+                self.sums_.tokens_ += other.sums_.tokens_
+        self.sequences_ += other.sequences_
+        return self
+
+    def finalize(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
+        if self.sums_ is None:
+            raise RuntimeError("the ablation pass did not run (the runner drives it before finalize)")
+        table = self.sums_.table()
+        summary = {"metric": table.attrs["metric"], "sequences": self.sequences_, "tokens": table.attrs["tokens"],
                    "loss_tokens": table.attrs["loss_tokens"], "conditions": len(table) - 1,
                    "mask_rate": MASK_RATE if table.attrs["metric"] == "mlm_loss" else None}
         return AnalysisResult(name=self.name, tables={"ablation": table}, summary=summary)

@@ -1,9 +1,20 @@
 """The accumulator protocol every analysis implements, its result type, and the registry of analyses.
 
-An analysis consumes the corpus one batch at a time and keeps only running sums:
+An analysis consumes the corpus one batch at a time, and each batch one layer at a time, keeping only
+running sums. Attention is never held for every layer at once (:mod:`headscope.engine.capture`):
 
 - ``start(ctx)`` allocates the state (attributes ending in ``_``) for the model in ``ctx``;
-- ``update(batch, attn)`` adds one batch, vectorised on the model's device;
+- ``begin_batch(batch)`` is called before a batch's first layer;
+- ``update(batch, block)`` adds one :class:`~headscope.engine.capture.LayerAttention`: one layer's
+  piece-level weights of shape [batch, head, query, key], or one block of its query rows when a layer is
+  larger than the memory budget (``block.query_start``; blocks of a layer come in order). Vectorised on
+  the model's device;
+- ``update_words(batch, layer, words)`` (when ``uses_words``) adds one layer's word-level attention, of
+  shape [batch, head, unit, unit], computed once per layer and shared by every analysis that asks;
+- ``end_batch(batch)`` is called after the batch's last layer (analyses that need several layers at the
+  same positions keep just those and finish them here);
+- an analysis with ``second_pass`` gets, after its dependencies have finalized, its own pass over the
+  examples it names in ``second_pass_examples``, one batch at a time in ``update_second_pass``;
 - ``merge(other)`` adds another accumulator of the same kind (shards, resumed runs): the result equals one
   run over both parts;
 - ``finalize(ctx, results)`` returns an :class:`AnalysisResult` of tidy DataFrames. ``results`` holds the
@@ -22,9 +33,11 @@ import pandas as pd
 import torch
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
     from headscope.engine.batch import Batch
+    from headscope.engine.capture import LayerAttention
     from headscope.engine.context import RunContext
     from headscope.engine.results import RunResult
     from headscope.model.encode import Example
@@ -71,20 +84,46 @@ class Analysis(ABC):
         """
         return None
 
+    uses_words: ClassVar[bool] = False
+    """True when :meth:`update_words` is to be fed word-level attention."""
+    second_pass: ClassVar[bool] = False
+    """True when the analysis needs a pass of its own after the main one (see :meth:`second_pass_examples`)."""
+
     def wants(self, example: Example) -> bool:
-        """Whether this analysis uses ``example``; others are masked out of its ``update``."""
+        """Whether this analysis uses ``example``; others are masked out of its updates."""
         return True
+
+    def wants_words(self, example: Example) -> bool:
+        """Whether :meth:`update_words` needs ``example`` (word-level attention is built only when some
+        analysis wants it for some example of the batch)."""
+        return self.uses_words
 
     @abstractmethod
     def start(self, ctx: RunContext) -> None:
         """Allocate the running state for the model described by ``ctx.info``."""
 
-    @abstractmethod
-    def update(self, batch: Batch, attn: torch.Tensor) -> None:
-        """Add one batch; ``attn`` has shape [batch, layer, head, query, key].
+    def begin_batch(self, batch: Batch) -> None:  # noqa: B027 (optional hook)
+        """Called before the first layer of ``batch``."""
 
-        ``attn`` lives in a buffer the next batch overwrites: copy whatever must outlive this call.
+    def update(self, batch: Batch, block: LayerAttention) -> None:  # noqa: B027
+        """Add one layer (or one block of a layer's query rows) of piece-level attention.
+
+        ``block.weights`` has shape [batch, head, query, key] and is dropped after this call: copy whatever
+        must outlive it.
         """
+
+    def update_words(self, batch: Batch, layer: int, words: torch.Tensor) -> None:  # noqa: B027
+        """Add one layer of word-level attention, shape [batch, head, unit, unit] (only if ``uses_words``)."""
+
+    def end_batch(self, batch: Batch) -> None:  # noqa: B027
+        """Called after the last layer of ``batch``."""
+
+    def second_pass_examples(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> Iterator[Example]:
+        """The examples of this analysis's own pass (``second_pass`` analyses), given its dependencies' results."""
+        raise NotImplementedError
+
+    def update_second_pass(self, ctx: RunContext, batch: Batch) -> None:  # noqa: B027
+        """Add one batch of the second pass (the analysis runs the model itself, e.g. with gates)."""
 
     @abstractmethod
     def merge(self, other: Analysis) -> Analysis:

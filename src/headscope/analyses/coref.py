@@ -27,7 +27,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -35,7 +35,10 @@ import torch
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name, register
 from headscope.config import option
 from headscope.corpus.coref import MENTION_TYPES, WindowMention, window_mentions
-from headscope.engine.wordlevel import unit_maps
+
+if TYPE_CHECKING:
+    from headscope.engine.batch import Batch
+    from headscope.model.encode import Example
 
 #: Baselines, in table order.
 BASELINES = ("nearest", "head_match", "rule_based")
@@ -83,6 +86,72 @@ def baseline_predictions(mentions: list[WindowMention], i: int) -> dict[str, int
 
 
 @dataclass
+class MentionQueries:
+    """The evaluated mentions of one batch: which word-level rows to read and which picks are right."""
+
+    row: torch.Tensor
+    """int64 [mention]: batch row of the mention's window."""
+    query: torch.Tensor
+    """int64 [mention]: unit of the mention's head word."""
+    types: torch.Tensor
+    """int64 [mention]: index of its type in :data:`MENTION_TYPES`."""
+    target: torch.Tensor
+    """bool [mention, unit]: the head words of its antecedents in the window."""
+    allowed: torch.Tensor
+    """bool [mention, unit]: the words a head's arg-max may pick."""
+    baseline_correct: torch.Tensor
+    """float64 [baseline, type]: the baselines' right answers for these mentions (CPU)."""
+
+
+def mention_queries(batch: Batch, candidates: str = "all") -> MentionQueries | None:
+    """The :class:`MentionQueries` of a batch of windows; None when no mention of it is evaluated.
+
+    Parameters
+    ----------
+    batch : Batch
+        Windows (``Example.kind == "window"``).
+    candidates : {"all", "preceding"}
+        As the ``coref_candidates`` option.
+    """
+    rows, queries, types, targets = [], [], [], []
+    baseline_correct = torch.zeros(len(BASELINES), len(MENTION_TYPES), dtype=torch.float64)
+    for b, example in enumerate(batch.examples):
+        mentions = window_mentions(example)
+        for i, m in enumerate(mentions):
+            if not m.evaluated:
+                continue
+            antecedent_words = {mentions[a].word for a in m.antecedents}
+            t = MENTION_TYPES.index(m.mention_type)
+            rows.append(b)
+            queries.append(m.unit)
+            types.append(t)
+            targets.append([mentions[a].unit for a in m.antecedents])
+            for k, j in enumerate(baseline_predictions(mentions, i).values()):
+                if j >= 0 and mentions[j].word in antecedent_words:
+                    baseline_correct[k, t] += 1
+    if not rows:
+        return None
+    dev = batch.input_ids.device
+    n_units = int(batch.n_units.max())
+    row = torch.tensor(rows, dtype=torch.int64, device=dev)
+    query = torch.tensor(queries, dtype=torch.int64, device=dev)
+    special_piece = ((batch.is_cls | batch.is_sep) & (batch.unit_of_piece >= 0)).float()
+    # Summed, not assigned: padding positions share index 0 with [CLS], and scatter_ keeps any one of them.
+    special = torch.zeros(batch.size, n_units, device=dev).scatter_add_(
+        1, batch.unit_of_piece.clamp_min(0), special_piece) > 0  # [batch, unit]
+    unit_ids = torch.arange(n_units, device=dev)
+    allowed = ((unit_ids[None, :] < batch.n_units[row][:, None]) & ~special[row]
+               & (unit_ids[None, :] != query[:, None]))  # [mention, unit]
+    if candidates == "preceding":
+        allowed &= unit_ids[None, :] < query[:, None]
+    target = torch.zeros(len(rows), n_units, dtype=torch.bool, device=dev)
+    for k, units in enumerate(targets):
+        target[k, units] = True
+    return MentionQueries(row, query, torch.tensor(types, dtype=torch.int64, device=dev), target, allowed,
+                          baseline_correct)
+
+
+@dataclass
 class CorefOptions:
     """Options of the ``coref`` analysis."""
 
@@ -103,67 +172,40 @@ class CorefHeads(Analysis):
     description = "heads whose mention head word attends most to an antecedent's head word (Clark et al. s4.3)"
     Options = CorefOptions
 
-    def wants(self, example: Any) -> bool:
+    uses_words = True
+
+    def wants(self, example: Example) -> bool:
         return example.kind == "window"
 
     def start(self, ctx: Any) -> None:
         shape = (len(MENTION_TYPES), ctx.info.n_layers, ctx.info.n_heads)
-        self.mode_ = ctx.config.word_attention
         self.correct_ = torch.zeros(shape, dtype=torch.float64, device=ctx.device)
         self.n_ = torch.zeros(len(MENTION_TYPES), dtype=torch.float64)
         self.baseline_correct_ = torch.zeros(len(BASELINES), len(MENTION_TYPES), dtype=torch.float64)
+        self._queries: MentionQueries | None = None
 
-    def update(self, batch: Any, attn: torch.Tensor) -> None:
-        rows, slots, queries, types, targets = [], [], [], [], []
-        for b, example in enumerate(batch.examples):
-            mentions = window_mentions(example)
-            first = len(rows)
-            for i, m in enumerate(mentions):
-                if not m.evaluated:
-                    continue
-                slots.append(len(rows) - first)
-                antecedent_words = {mentions[a].word for a in m.antecedents}
-                t = MENTION_TYPES.index(m.mention_type)
-                rows.append(b)
-                queries.append(m.unit)
-                types.append(t)
-                targets.append([mentions[a].unit for a in m.antecedents])
-                self.n_[t] += 1
-                for k, j in enumerate(baseline_predictions(mentions, i).values()):
-                    if j >= 0 and mentions[j].word in antecedent_words:
-                        self.baseline_correct_[k, t] += 1
-        if not rows:
+    def begin_batch(self, batch: Batch) -> None:
+        self._queries = mention_queries(batch, self.options.coref_candidates)
+        if self._queries is None:
             return
-        dev = attn.device
-        n_units = int(batch.n_units.max())
-        row = torch.tensor(rows, device=dev)
-        query = torch.tensor(queries, device=dev)
-        # Only the mentions' rows of word-level attention are needed: pool those queries, not every word
-        # (the same sums as word_attention, a fraction of the work).
-        slot = torch.tensor(slots, device=dev)  # position of each mention among its example's mentions
-        from_map, to_map = unit_maps(batch.unit_of_piece, n_units, self.mode_)  # [batch, unit, seq]
-        query_slots = torch.zeros(batch.size, int(slot.max()) + 1, dtype=torch.int64, device=dev)
-        query_slots[row, slot] = query
-        from_rows = from_map.gather(1, query_slots[..., None].expand(-1, -1, from_map.shape[-1]))
-        pooled = torch.einsum("bqs,blhst->blhqt", from_rows, attn.float())
-        words = torch.einsum("blhqt,but->blhqu", pooled, to_map)  # [batch, layer, head, slot, unit]
-        special_piece = ((batch.is_cls | batch.is_sep) & (batch.unit_of_piece >= 0)).float()
-        # Summed, not assigned: padding positions share index 0 with [CLS], and scatter_ keeps any one of them.
-        special = torch.zeros(batch.size, n_units, device=dev).scatter_add_(
-            1, batch.unit_of_piece.clamp_min(0), special_piece) > 0  # [batch, unit]
-        unit_ids = torch.arange(n_units, device=dev)
-        allowed = ((unit_ids[None, :] < batch.n_units[row][:, None]) & ~special[row]
-                   & (unit_ids[None, :] != query[:, None]))  # [mention, unit]
-        if self.options.coref_candidates == "preceding":
-            allowed &= unit_ids[None, :] < query[:, None]
-        target = torch.zeros(len(rows), n_units, dtype=torch.bool, device=dev)
-        for k, units in enumerate(targets):
-            target[k, units] = True
-        scores = words[row, :, :, slot]  # [mention, layer, head, unit]
-        scores = scores.masked_fill(~allowed[:, None, None, :], float("-inf"))
-        picked = scores.argmax(-1)  # [mention, layer, head]
-        hit = target.gather(1, picked.flatten(1)).view_as(picked)
-        self.correct_.index_add_(0, torch.tensor(types, device=dev), hit.to(torch.float64))
+        # Mentions and baselines do not depend on attention: counted once per batch, not per layer.
+        self.n_ += torch.bincount(self._queries.types.cpu(), minlength=len(MENTION_TYPES)).double()
+        self.baseline_correct_ += self._queries.baseline_correct
+
+    def update_words(self, batch: Batch, layer: int, words: torch.Tensor) -> None:
+        q = self._queries
+        if q is None:
+            return
+        n_units = q.allowed.shape[-1]
+        # Mention k's row of its window's word map; unit slots past the batch's longest window are padding.
+        scores = words[q.row, :, q.query, :n_units]  # [mention, head, unit]
+        scores = scores.masked_fill(~q.allowed[:, None, :], float("-inf"))
+        picked = scores.argmax(-1)  # [mention, head]; ties go to the first unit
+        hit = q.target.gather(1, picked)
+        self.correct_[:, layer].index_add_(0, q.types, hit.to(torch.float64))
+
+    def end_batch(self, batch: Batch) -> None:
+        self._queries = None
 
     def merge(self, other: Analysis) -> CorefHeads:
         assert isinstance(other, CorefHeads)

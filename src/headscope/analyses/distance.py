@@ -25,7 +25,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -33,6 +33,10 @@ import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name, register
 from headscope.config import option
+
+if TYPE_CHECKING:
+    from headscope.engine.batch import Batch
+    from headscope.engine.capture import LayerAttention
 
 #: Signed-distance bins ``(name, lowest j - i, highest j - i)``, inclusive.
 BINS: tuple[tuple[str, float, float], ...] = (
@@ -94,35 +98,90 @@ def name_pattern(centroid: Mapping[str, float]) -> str:
     return "mixed"
 
 
-def offset_weights(n: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def offset_weights(n: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                   query_start: int = 0, rows: int | None = None) -> torch.Tensor:
     """Weights of every (query, key) cell for the histogram bins, ``|j - i|`` and ``(j - i)^2``.
+
+    Parameters
+    ----------
+    n : int
+        Keys (the whole sequence).
+    device, dtype
+        Of the result.
+    query_start : int
+        Position of the first query row (a block of a layer's rows).
+    rows : int, optional
+        Query rows (default: ``n - query_start``, every row from ``query_start`` on).
 
     Returns
     -------
-    Tensor of shape [query * key, n_bins + 2]
-        Columns: one indicator per bin of :data:`BINS`, then ``|j - i|``, then ``(j - i)^2``.
+    Tensor of shape [rows * key, n_bins + 2]
+        Columns: one indicator per bin of :data:`BINS`, then ``|j - i|``, then ``(j - i)^2``, with ``i`` the
+        position ``query_start + r`` of row ``r``.
     """
-    pos = torch.arange(n, device=device)
-    offset = (pos[None, :] - pos[:, None]).to(dtype)  # [query, key]: j - i
+    rows = n - query_start if rows is None else rows
+    query = torch.arange(query_start, query_start + rows, device=device)
+    key = torch.arange(n, device=device)
+    offset = (key[None, :] - query[:, None]).to(dtype)  # [query, key]: j - i
     columns = [((offset >= lo) & (offset <= hi)).to(dtype) for _, lo, hi in BINS]
     columns += [offset.abs(), offset * offset]
-    return torch.stack(columns, dim=-1).reshape(n * n, -1)
+    return torch.stack(columns, dim=-1).reshape(rows * n, -1)
+
+
+def _row_masks(lengths: torch.Tensor, segment: torch.Tensor, causal: bool, query_start: int, rows: int
+               ) -> dict[str, torch.Tensor]:
+    """Which query rows count for each denominator, and the keys each row sees.
+
+    Returns
+    -------
+    dict of str to Tensor of shape [batch, rows]
+        ``all`` (real rows), ``entropy`` (real rows seeing > 1 key), ``pair`` (real rows of pair sequences),
+        bool; ``keys``, int64, the keys each row sees.
+    """
+    dev = lengths.device
+    n = segment.shape[-1]
+    pos = torch.arange(query_start, query_start + rows, device=dev)
+    real = pos[None, :] < lengths[:, None]  # [batch, rows]
+    b = lengths.shape[0]
+    keys = (pos + 1)[None, :].expand(b, rows) if causal else lengths[:, None].expand(b, rows)
+    in_b = (segment != 0) & (torch.arange(n, device=dev)[None, :] < lengths[:, None])
+    is_pair = in_b.any(-1)  # [batch]: a pair is a sequence with any real position in B
+    return {"all": real, "entropy": real & (keys > 1), "pair": real & is_pair[:, None], "keys": keys}
+
+
+def row_counts(lengths: torch.Tensor, segment: torch.Tensor, causal: bool = False) -> dict[str, int]:
+    """Rows of a batch that count for each denominator (see :func:`distance_sums`), over all its rows.
+
+    Parameters
+    ----------
+    lengths : Tensor of shape [batch]
+    segment : Tensor of shape [batch, seq]
+    causal : bool
+    """
+    masks = _row_masks(lengths, segment, causal, 0, int(segment.shape[-1]))
+    return {key: int(masks[key].sum()) for key in ("all", "entropy", "pair")}
 
 
 def distance_sums(attn: torch.Tensor, lengths: torch.Tensor, is_special: torch.Tensor, is_punct: torch.Tensor,
-                  segment: torch.Tensor, causal: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
-    """Sums over the query rows of a batch of every distance feature.
+                  segment: torch.Tensor, causal: bool = False, query_start: int = 0
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """Sums over the query rows of a batch, or of one block of its rows, of every distance feature.
+
+    Every feature is a sum over rows, so the sums of a layer's blocks add up to those of the whole layer.
 
     Parameters
     ----------
     attn : Tensor of shape [batch, layer, head, query, key]
-        Padded rows and columns exactly 0.
+        Padded rows and columns exactly 0. ``query`` may be a block of rows starting at ``query_start``;
+        ``key`` is always the whole sequence.
     lengths : Tensor of shape [batch]
     is_special, is_punct : Tensor of shape [batch, seq], bool
     segment : Tensor of shape [batch, seq]
         0 for segment A, 1 for B; a sequence is a pair when any real position is 1.
     causal : bool
         Row i sees keys 0..i (sets the keys of ``entropy_ratio``).
+    query_start : int
+        Position of ``attn``'s first query row.
 
     Returns
     -------
@@ -130,43 +189,42 @@ def distance_sums(attn: torch.Tensor, lengths: torch.Tensor, is_special: torch.T
         Per feature, the sum over the rows that count for it; ``abs_dist_sq`` holds the sum of ``(j - i)^2``
         (``abs_dist_std`` is derived from it and ``abs_dist_mean`` by :meth:`DistancePatterns.means`).
     rows : dict of str to int
-        Rows counted: ``all`` (real rows), ``entropy`` (rows seeing > 1 key), ``pair`` (rows of pair sequences).
+        Rows of ``attn`` counted: ``all`` (real rows), ``entropy`` (rows seeing > 1 key), ``pair`` (rows of
+        pair sequences).
     """
-    b, n_layers, n_heads, n, _ = attn.shape
+    b, n_layers, n_heads, q, n = attn.shape
+    q0 = query_start
     dev, dt = attn.device, attn.dtype
-    pos = torch.arange(n, device=dev)
-    real = pos[None, :] < lengths[:, None]  # [batch, seq]
+    masks = _row_masks(lengths, segment, causal, q0, q)
+    real, sees_many, pair_rows = masks["all"], masks["entropy"], masks["pair"]  # [batch, query]
     sums: dict[str, torch.Tensor] = {}
 
     def total(values: torch.Tensor) -> torch.Tensor:
         return values.reshape(b, n_layers, n_heads, -1).sum(dim=(0, 3)).to(torch.float64)
 
     # Bins, |j - i| and (j - i)^2 summed over rows and keys: one matrix product over the flattened maps.
-    cells = attn.reshape(b * n_layers * n_heads, n * n) @ offset_weights(n, dev, dt)
+    cells = attn.reshape(b * n_layers * n_heads, q * n) @ offset_weights(n, dev, dt, q0, q)
     cells = cells.reshape(b, n_layers, n_heads, -1).sum(0).to(torch.float64)  # [layer, head, bins + 2]
     for k, (name, _, _) in enumerate(BINS):
         sums[name] = cells[..., k]
     sums["abs_dist_mean"] = cells[..., len(BINS)]
     sums["abs_dist_sq"] = cells[..., len(BINS) + 1]
 
-    received = attn.sum(dim=-2)  # [batch, layer, head, key]: attention each key gets from all rows
+    received = attn.sum(dim=-2)  # [batch, layer, head, key]: attention each key gets from the block's rows
     sums["special_share"] = total(received * is_special[:, None, None, :])
     sums["punct_share"] = total(received * is_punct[:, None, None, :])
 
     row_entropy = torch.special.entr(attn).sum(-1)  # [batch, layer, head, query]
     sums["row_entropy"] = total(row_entropy)
-    keys = (pos + 1)[None, :].expand(b, n) if causal else lengths[:, None].expand(b, n)
-    sees_many = real & (keys > 1)
-    inv_log = torch.where(sees_many, 1.0 / keys.clamp_min(2).to(dt).log(), 0.0)
+    inv_log = torch.where(sees_many, 1.0 / masks["keys"].clamp_min(2).to(dt).log(), 0.0)
     sums["entropy_ratio"] = total(row_entropy * inv_log[:, None, None, :])
 
-    in_b = (segment != 0) & real
-    is_pair = in_b.any(-1)  # [batch]
+    in_b = (segment != 0) & (torch.arange(n, device=dev)[None, :] < lengths[:, None])
     to_b = attn @ in_b.to(dt)[:, None, None, :, None]  # [batch, layer, head, query, 1]
     row_mass = attn.sum(-1, keepdim=True)
     # Inside the own segment: the part on B for rows in B, the rest of the row for rows in A.
-    within = torch.where(in_b[:, None, None, :, None], to_b, row_mass - to_b)
-    pair_rows = real & is_pair[:, None]
+    row_in_b = in_b[:, q0:q0 + q]
+    within = torch.where(row_in_b[:, None, None, :, None], to_b, row_mass - to_b)
     sums["within_segment"] = total(within[..., 0] * pair_rows[:, None, None, :])
     rows = {"all": int(real.sum()), "entropy": int(sees_many.sum()), "pair": int(pair_rows.sum())}
     return sums, rows
@@ -177,6 +235,9 @@ _DENOMINATOR = {name: "all" for name in FEATURES} | {"entropy_ratio": "entropy",
 
 #: Running sums kept per head: every feature except the spread, which comes from the mean square.
 _SUMS = (*(f for f in FEATURES if f != "abs_dist_std"), "abs_dist_sq")
+
+#: Relative spread across heads below which a feature is left out of the clustering as constant.
+NEGLIGIBLE_SPREAD = 1e-4
 
 
 @dataclass
@@ -231,7 +292,10 @@ def cluster_heads(features: pd.DataFrame, k: int | None = None, method: str = "k
         raise ValueError(f"cluster method must be 'kmeans' or 'agglomerative', got {method!r}")
     values = features.to_numpy(float)
     std = values.std(axis=0)
-    keep = np.isfinite(values).all(axis=0) & (np.nan_to_num(std) > 1e-12)
+    # A spread below 1e-4 of a feature's size is float32 noise, not a difference between heads (it happens
+    # on random small models); standardising it would blow that noise up to one unit and let it decide.
+    floor = np.maximum(1e-12, NEGLIGIBLE_SPREAD * np.abs(np.nan_to_num(values.mean(axis=0))))
+    keep = np.isfinite(values).all(axis=0) & (np.nan_to_num(std) > floor)
     columns = [c for c, kept in zip(features.columns, keep, strict=True) if kept]
     z = (values[:, keep] - values[:, keep].mean(axis=0)) / std[keep]
     n = len(features)
@@ -305,13 +369,16 @@ class DistancePatterns(Analysis):
         self.sums_ = {k: torch.zeros(shape, dtype=torch.float64, device=ctx.device) for k in _SUMS}
         self.rows_ = {"all": 0, "entropy": 0, "pair": 0}
 
-    def update(self, batch: Any, attn: torch.Tensor) -> None:
-        sums, rows = distance_sums(attn, batch.lengths, batch.is_cls | batch.is_sep, batch.is_punct,
-                                   batch.segment, causal=self.causal_)
-        for key, value in sums.items():
-            self.sums_[key] += value
-        for key, value in rows.items():
+    def begin_batch(self, batch: Batch) -> None:
+        # Rows are counted once per batch here; update adds every layer's (and block's) sums.
+        for key, value in row_counts(batch.lengths, batch.segment, self.causal_).items():
             self.rows_[key] += value
+
+    def update(self, batch: Batch, block: LayerAttention) -> None:
+        sums, _ = distance_sums(block.weights[:, None], batch.lengths, batch.is_cls | batch.is_sep, batch.is_punct,
+                                batch.segment, causal=self.causal_, query_start=block.query_start)
+        for key, value in sums.items():
+            self.sums_[key][block.layer] += value[0]
 
     def merge(self, other: Analysis) -> DistancePatterns:
         assert isinstance(other, DistancePatterns)

@@ -16,7 +16,7 @@ import base64
 import html
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +24,10 @@ import torch
 from headscope.analyses.base import Analysis, AnalysisResult, register
 from headscope.config import option
 from headscope.model.encode import Example
+
+if TYPE_CHECKING:
+    from headscope.engine.batch import Batch
+    from headscope.engine.capture import LayerAttention
 
 
 @dataclass
@@ -96,23 +100,45 @@ class ExampleMaps(Analysis):
         if self.options.example_maps < 0 or self.options.example_max_tokens < 1:
             raise ValueError("example_maps must be >= 0 and example_max_tokens >= 1")
         self.kept_: list[KeptMap] = []
+        self._rows: list[int] = []
+        self._layers: list[torch.Tensor] = []
 
     def _keep(self, candidates: list[KeptMap]) -> None:
         self.kept_ = sorted([*self.kept_, *candidates], key=lambda k: k.key)[:self.options.example_maps]
 
-    def update(self, batch: Any, attn: torch.Tensor) -> None:
-        limit = self.options.example_max_tokens
-        worst = self.kept_[-1].key if len(self.kept_) >= self.options.example_maps else None
-        candidates = []
-        # A Python loop over the batch's sequences (not tokens): at most a handful are copied to the CPU.
-        for row, ex in enumerate(batch.examples):
-            key = (-ex.length, ex.index)
-            if ex.length > limit or (worst is not None and key >= worst):
-                continue
-            n = ex.length
-            candidates.append(KeptMap(ex.index, ex, attn[row, :, :, :n, :n].to(torch.float16).cpu()))
-        if candidates:
+    def begin_batch(self, batch: Batch) -> None:
+        limit, wanted = self.options.example_max_tokens, self.options.example_maps
+        worst = self.kept_[-1].key if self.kept_ and len(self.kept_) >= wanted else None
+        # Only sequences that could still enter the kept set are copied; whether they do is decided in
+        # end_batch, once every layer is in. A loop over the batch's sequences, not over tokens.
+        self._rows = [row for row, ex in enumerate(batch.examples)
+                      if wanted and ex.length <= limit and (worst is None or (-ex.length, ex.index) < worst)]
+        self._index = torch.tensor(self._rows, dtype=torch.int64, device=batch.lengths.device)
+        self._width = max((batch.examples[row].length for row in self._rows), default=0)
+        self._layers = []
+
+    def update(self, batch: Batch, block: LayerAttention) -> None:
+        if not self._rows or block.query_start >= self._width:
+            return
+        if block.is_first:
+            # One float16 CPU buffer [candidate, head, query, key] per layer, cropped to the longest candidate.
+            b, h = len(self._rows), int(block.weights.shape[1])
+            self._layers.append(torch.zeros(b, h, self._width, self._width, dtype=torch.float16))
+        m = self._width
+        q0, q1 = block.query_start, min(block.query_stop, m)
+        part = block.weights[:, :, :q1 - q0, :m].index_select(0, self._index)
+        self._layers[-1][:, :, q0:q1] = part.to(torch.float16).cpu()
+
+    def end_batch(self, batch: Batch) -> None:
+        if self._rows and self._layers:
+            candidates = []
+            for c, row in enumerate(self._rows):
+                ex = batch.examples[row]
+                n = ex.length
+                maps = torch.stack([layer[c, :, :n, :n] for layer in self._layers])  # [layer, head, n, n]
+                candidates.append(KeptMap(ex.index, ex, maps))
             self._keep(candidates)
+        self._rows, self._layers = [], []
 
     def merge(self, other: Analysis) -> ExampleMaps:
         assert isinstance(other, ExampleMaps)

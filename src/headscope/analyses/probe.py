@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -41,6 +41,9 @@ from headscope.analyses.base import Analysis, AnalysisResult, register
 from headscope.analyses.syntax import split_description, split_of
 from headscope.config import option
 from headscope.model.encode import Example
+
+if TYPE_CHECKING:
+    from headscope.engine.batch import Batch
 
 VARIANTS = ("right_branching", "distances_glove", "attn", "attn_glove")
 #: Signed distances beyond this share a bucket in ``distances_glove``.
@@ -158,7 +161,7 @@ def sentence_features(word_attn: torch.Tensor, units: torch.Tensor) -> torch.Ten
     Parameters
     ----------
     word_attn : Tensor of shape [layer, head, unit, unit]
-        Word-level attention of the sentence's example.
+        Word-level attention of the sentence's example (any number of layers, one included).
     units : Tensor of shape [1 + n], int64
         The ROOT stand-in unit (-1 for none) followed by the units of the sentence's words.
 
@@ -168,12 +171,35 @@ def sentence_features(word_attn: torch.Tensor, units: torch.Tensor) -> torch.Ten
         ``out[k, a, b]`` = attention of candidate ``a`` to candidate ``b`` in head ``k``; zero for a
         ROOT without a stand-in unit.
     """
-    L, H = word_attn.shape[:2]
+    L, H, m = word_attn.shape[0], word_attn.shape[1], word_attn.shape[-1]
+    rows = torch.zeros(1, dtype=torch.int64, device=word_attn.device)
+    return batch_sentence_features(word_attn.reshape(1, L * H, m, m), rows, units[None])[0]
+
+
+def batch_sentence_features(word_attn: torch.Tensor, rows: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+    """:func:`sentence_features` of many sentences of a batch at once.
+
+    Parameters
+    ----------
+    word_attn : Tensor of shape [batch, feature, unit, unit]
+        Word-level attention of the batch (one layer's heads, or every layer's flattened).
+    rows : Tensor of shape [sentence], int64
+        Batch row of each sentence's example.
+    units : Tensor of shape [sentence, 1 + n], int64
+        Per sentence, the ROOT stand-in unit (-1 for none) and its words' units, padded with -1 to the
+        longest sentence.
+
+    Returns
+    -------
+    Tensor of shape [sentence, feature, 1 + n, 1 + n]
+        ``out[s, k, a, b]`` = attention of candidate ``a`` to candidate ``b`` of sentence ``s`` in feature
+        ``k``; zero where ``a`` or ``b`` is -1 (ROOT without a stand-in, padding).
+    """
     present = units >= 0
     idx = units.clamp_min(0)
-    sub = word_attn[:, :, idx][:, :, :, idx].reshape(L * H, len(units), len(units))
-    keep = (present[:, None] & present[None, :]).to(sub.dtype)
-    return sub * keep
+    sub = word_attn[rows[:, None, None], :, idx[:, :, None], idx[:, None, :]].permute(0, 3, 1, 2)
+    keep = (present[:, :, None] & present[:, None, :]).to(sub.dtype)
+    return sub * keep[:, None]
 
 
 def pad_batch(data: ProbeSentences, indices: np.ndarray, vectors: Any | None, use_features: bool
@@ -373,6 +399,7 @@ class AttentionProbe(Analysis):
     name = "probe"
     description = "attention-based probing classifiers for dependency parsing, UAS (Clark et al. s5)"
     Options = ProbeOptions
+    uses_words = True
 
     def wants(self, example: Example) -> bool:
         return example.has_tree
@@ -390,13 +417,21 @@ class AttentionProbe(Analysis):
         self.n_unaligned_ = 0
         self.n_silver_ = 0
         self.seconds_features_ = 0.0
+        # The current batch's sentences (split, words, heads, punct, key), their batch rows and units, and
+        # their features [sentence, layer * head, 1 + n, 1 + n] (None when the batch has none).
+        self._pending: list[tuple[int, list[str], np.ndarray, np.ndarray, tuple[int, int]]] = []
+        self._rows: torch.Tensor | None = None
+        self._units: torch.Tensor | None = None
+        self._features: torch.Tensor | None = None
 
     def variants(self) -> list[str]:
         return [v.strip() for v in self.options.probe_variants.split(",") if v.strip()]
 
-    def update(self, batch: Any, attn: torch.Tensor) -> None:
+    def begin_batch(self, batch: Batch) -> None:
+        """Pick the batch's probe sentences and allocate their features, filled one layer at a time."""
         t0 = time.perf_counter()
-        word_attn = batch.word_attention(attn, self.mode_)  # shared with the other word-level analyses
+        self._pending = []
+        rows, units = [], []
         for r, ex in enumerate(batch.examples):
             split = split_of(ex, self.treebanks_, self.seed_, self.options.probe_eval_fraction)
             cls_units = np.unique(ex.unit_of_piece[ex.is_cls])
@@ -404,17 +439,50 @@ class AttentionProbe(Analysis):
             for k, sentence in enumerate(ex.sentences):
                 if not sentence.has_tree:
                     continue
-                units = ex.sentence_units(k)
-                if (units < 0).any():
+                word_units = ex.sentence_units(k)
+                if (word_units < 0).any():
                     self.n_unaligned_ += 1
                     continue
                 self.n_silver_ += int(sentence.silver)
-                idx = torch.from_numpy(np.concatenate([[root], units])).to(attn.device)
-                feats = sentence_features(word_attn[r], idx)
                 heads = np.asarray(sentence.heads, dtype=np.int64)
                 punct = np.asarray([u == "PUNCT" for u in (sentence.upos or [""] * len(heads))])
-                self.data_[split].add(feats.to(torch.float16).cpu().numpy(), list(sentence.words), heads, punct,
-                                      (ex.index, k))
+                self._pending.append((split, list(sentence.words), heads, punct, (ex.index, k)))
+                rows.append(r)
+                units.append(np.concatenate([[root], word_units]))
+        self._features = None
+        if self._pending:
+            dev = batch.input_ids.device
+            m = max(len(u) for u in units)
+            padded = np.full((len(units), m), -1, dtype=np.int64)
+            for s, u in enumerate(units):
+                padded[s, :len(u)] = u
+            self._rows = torch.tensor(rows, dtype=torch.int64, device=dev)
+            self._units = torch.from_numpy(padded).to(dev)
+            # float16 as stored: every layer of every sentence is kept until the batch ends.
+            self._features = torch.zeros(len(units), self.n_features_, m, m, dtype=torch.float16, device=dev)
+        self.seconds_features_ += time.perf_counter() - t0
+
+    def update_words(self, batch: Batch, layer: int, words: torch.Tensor) -> None:
+        """Copy one layer's heads into the batch's sentence features; ``words`` [batch, head, unit, unit]."""
+        if self._features is None:
+            return
+        t0 = time.perf_counter()
+        h = int(words.shape[1])
+        # Feature k = layer * n_heads + head, the order of a [layer, head] map flattened.
+        self._features[:, layer * h:(layer + 1) * h] = batch_sentence_features(words, self._rows, self._units)
+        self.seconds_features_ += time.perf_counter() - t0
+
+    def end_batch(self, batch: Batch) -> None:
+        """Store the batch's finished sentences, in batch order."""
+        if self._features is None:
+            return
+        t0 = time.perf_counter()
+        features = self._features.cpu().numpy()
+        for s, (split, words, heads, punct, key) in enumerate(self._pending):
+            # The ROOT column counts even without a stand-in unit (-1): a sentence is 1 + its words.
+            m = len(heads) + 1
+            self.data_[split].add(features[s, :, :m, :m], words, heads, punct, key)
+        self._pending, self._features = [], None
         self.seconds_features_ += time.perf_counter() - t0
 
     def merge(self, other: Analysis) -> AttentionProbe:

@@ -17,8 +17,8 @@ Roles and the choices made here:
 - ``delimiter``: ``T(i)`` = the [CLS] and [SEP] tokens; sub-roles ``delimiter_cls`` (the [CLS] token only)
   and ``delimiter_sep`` (the [SEP] tokens only). Special tokens are found by role (``Batch.is_cls/is_sep``).
 - ``block``: ``T(i)`` = the tokens of i's own segment (A or B); only sequences that hold a segment pair.
-- ``syntactic_<rel>``: word level (the pooling of :func:`headscope.engine.wordlevel.word_attention`, the
-  run's ``--word-attention`` mode, computed for the dependents' rows only); the queries are the dependents
+- ``syntactic_<rel>``: word level (the engine's shared word-level attention, :mod:`headscope.engine.wordlevel`,
+  in the run's ``--word-attention`` mode); the queries are the dependents
   of relation ``rel`` and ``T(i)`` is the unit of i's head word, found through the tokenizer alignment
   (``Example.sentence_units``), never by the word's string; ``n`` = number of units (words and special
   tokens); only sequences that contain the relation.
@@ -29,7 +29,8 @@ Roles and the choices made here:
 The observation unit of the test is one model input ("sentence" in the paper; a segment of the default
 corpus may hold several sentences). Only the sufficient statistics of the per-sequence scores are kept:
 count, sum and sum of squares per role and head, so memory does not grow with the corpus and shards merge
-exactly (up to float64 summation order).
+exactly (up to float64 summation order). A score needs all of a sequence's query rows, so the token-level
+roles add up each block's row sums and turn them into scores after the layer's last block.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -47,7 +48,11 @@ from scipy import stats
 from headscope.analyses.base import Analysis, AnalysisResult, register
 from headscope.config import option
 from headscope.corpus.conllu import collapse_relation
-from headscope.engine.wordlevel import unit_maps
+
+if TYPE_CHECKING:
+    from headscope.engine.batch import Batch
+    from headscope.engine.capture import LayerAttention
+    from headscope.model.encode import Example
 
 #: The roles computed on token-level attention, in table order.
 SURFACE_ROLES = ("local", "delimiter", "delimiter_cls", "delimiter_sep", "block")
@@ -90,6 +95,52 @@ class RolesOptions:
         self.relations = [r.strip() for item in self.relations for r in item.split(",") if r.strip()]
 
 
+def sieve_row_sums(on_targets: torch.Tensor, size: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """The sum over counted queries of each query's mean attention on its targets, for some query rows.
+
+    Sums of blocks of query rows add up to the sum of the whole sequence; :func:`sieve_norms` turns it into
+    the score.
+
+    Parameters
+    ----------
+    on_targets : Tensor of shape [batch, layer, head, query]
+        ``sum_{j in T(i)} A[i, j]``.
+    size : Tensor of shape [batch, query]
+        ``|T(i)|``; queries with no target are left out.
+    queries : Tensor of shape [batch, query], bool
+        The query positions that count (real positions).
+
+    Returns
+    -------
+    Tensor of shape [batch, layer, head], float64
+        ``sum_i on_targets[i] / size[i]`` over counted queries.
+    """
+    rows = queries & (size > 0)
+    row_mean = on_targets.double() / size.clamp_min(1).double()[:, None, None, :]
+    return (row_mean * rows[:, None, None, :]).sum(-1)
+
+
+def sieve_norms(size: torch.Tensor, queries: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What turns a sequence's :func:`sieve_row_sums` into its score: ``n`` over the counted queries.
+
+    Parameters
+    ----------
+    size, queries : Tensor of shape [batch, query]
+        As in :func:`sieve_row_sums`, for every query of the sequence.
+    n : Tensor of shape [batch]
+        Size of the uniform baseline (real positions or units).
+
+    Returns
+    -------
+    factor : Tensor of shape [batch], float64
+        ``n / (number of counted queries)``.
+    valid : Tensor of shape [batch], bool
+        True when the sequence has at least one query with a target.
+    """
+    n_rows = (queries & (size > 0)).sum(-1)
+    return n.double() / n_rows.clamp_min(1).double(), n_rows > 0
+
+
 def sieve_from_sums(on_targets: torch.Tensor, size: torch.Tensor, queries: torch.Tensor, n: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sieve bias scores from each query's attention on its targets.
@@ -112,12 +163,8 @@ def sieve_from_sums(on_targets: torch.Tensor, size: torch.Tensor, queries: torch
     valid : Tensor of shape [batch], bool
         True when the sequence has at least one query with a target.
     """
-    rows = queries & (size > 0)
-    row_mean = on_targets.double() / size.clamp_min(1).double()[:, None, None, :]
-    n_rows = rows.sum(-1)
-    total = (row_mean * rows[:, None, None, :]).sum(-1)
-    scores = total * (n.double() / n_rows.clamp_min(1).double())[:, None, None]
-    return scores, n_rows > 0
+    factor, valid = sieve_norms(size, queries, n)
+    return sieve_row_sums(on_targets, size, queries) * factor[:, None, None], valid
 
 
 def sieve_scores(attn: torch.Tensor, targets: torch.Tensor, queries: torch.Tensor, n: torch.Tensor
@@ -146,56 +193,112 @@ def sieve_scores(attn: torch.Tensor, targets: torch.Tensor, queries: torch.Tenso
     return sieve_from_sums(on_targets, targets.sum(-1), queries, n)
 
 
-def surface_scores(batch: Any, attn: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Scores of the token-level roles for one batch.
+@dataclass
+class SurfaceTargets:
+    """The target sets of the token-level roles for one batch, which do not depend on attention."""
+
+    size: dict[str, torch.Tensor]
+    """Per role, ``|T(i)|`` of shape [batch, seq]."""
+    queries: torch.Tensor
+    """bool [batch, seq]: real positions."""
+    columns: torch.Tensor
+    """[batch, seq, 4]: keys that are [CLS], [SEP], in segment A, in segment B."""
+    in_b: torch.Tensor
+    """bool [batch, seq]: positions of segment B."""
+    factor: dict[str, torch.Tensor]
+    """Per role, float64 [batch]: ``n`` over the counted queries (:func:`sieve_norms`)."""
+    valid: dict[str, torch.Tensor]
+    """Per role, bool [batch]: False where the role is not defined for the sequence."""
+
+
+def surface_targets(batch: Batch, dtype: torch.dtype = torch.float32) -> SurfaceTargets:
+    """The token-level roles' target sets of ``batch``: sizes, key columns, score factors and validity."""
+    mask = batch.mask
+    b, s = mask.shape
+    mask_f = mask.to(dtype)
+    size_local = torch.zeros(b, s, dtype=dtype, device=mask.device)
+    for o in range(-WINDOW, WINDOW + 1):
+        if abs(o) >= s:
+            continue
+        if o >= 0:
+            size_local[:, : s - o] += mask_f[:, o:]
+        else:
+            size_local[:, -o:] += mask_f[:, : s + o]
+    seg = batch.segment
+    columns = torch.stack([batch.is_cls, batch.is_sep, mask & (seg == 0), mask & (seg == 1)], -1).to(dtype)
+    n_cls, n_sep, n_a, n_b = columns.sum(1).unbind(-1)  # [batch] each
+    in_b = seg == 1
+    size = {
+        "local": size_local * mask_f,
+        "delimiter": (n_cls + n_sep)[:, None].expand(b, s),
+        "delimiter_cls": n_cls[:, None].expand(b, s),
+        "delimiter_sep": n_sep[:, None].expand(b, s),
+        "block": torch.where(in_b, n_b[:, None], n_a[:, None]),
+    }
+    factor, valid = {}, {}
+    for role, role_size in size.items():
+        factor[role], valid[role] = sieve_norms(role_size, mask, batch.lengths)
+    valid["block"] = valid["block"] & (n_a > 0) & (n_b > 0)
+    return SurfaceTargets(size, mask, columns, in_b, factor, valid)
+
+
+def surface_row_sums(attn: torch.Tensor, targets: SurfaceTargets, query_start: int = 0) -> dict[str, torch.Tensor]:
+    """:func:`sieve_row_sums` of the token-level roles for a block of query rows.
 
     The target sets are a band (local) or a set of keys per sequence or per segment (delimiter, block),
     so their sums come from diagonals and one matrix product instead of a [query, key] mask per role.
 
+    Parameters
+    ----------
+    attn : Tensor of shape [batch, layer, head, query, key]
+        Rows ``query_start ...`` (padding 0); ``key`` is the whole sequence.
+    targets : SurfaceTargets
+        Of the same batch.
+    query_start : int
+        Position of ``attn``'s first query row.
+
+    Returns
+    -------
+    dict of role to Tensor of shape [batch, layer, head], float64
+        The blocks of a layer add up to the whole layer's sums.
+    """
+    q0, q1 = query_start, query_start + attn.shape[-2]
+    queries = targets.queries[:, q0:q1]
+    out: dict[str, torch.Tensor] = {}
+    # local: A[i, i+o] for |o| <= WINDOW. Row r is position q0 + r, so that is diagonal q0 + o of the block;
+    # it starts at row max(0, -(q0 + o)). Padding is 0, so whole diagonals can be summed.
+    on_local = torch.zeros(attn.shape[:-1], dtype=attn.dtype, device=attn.device)
+    for o in range(-WINDOW, WINDOW + 1):
+        diag = torch.diagonal(attn, q0 + o, dim1=-2, dim2=-1)
+        start = max(0, -(q0 + o))
+        on_local[..., start:start + diag.shape[-1]] += diag
+    out["local"] = sieve_row_sums(on_local, targets.size["local"][:, q0:q1], queries)
+
+    sums = torch.matmul(attn, targets.columns[:, None, None].to(attn.dtype))  # [batch, layer, head, query, 4]
+    on_cls, on_sep, on_a, on_b = sums.unbind(-1)
+    on = {"delimiter": on_cls + on_sep, "delimiter_cls": on_cls, "delimiter_sep": on_sep,
+          "block": torch.where(targets.in_b[:, None, None, q0:q1], on_b, on_a)}
+    for role, on_role in on.items():
+        out[role] = sieve_row_sums(on_role, targets.size[role][:, q0:q1], queries)
+    return out
+
+
+def surface_scores(batch: Batch, attn: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Scores of the token-level roles for one batch, from whole maps.
+
+    Parameters
+    ----------
+    attn : Tensor of shape [batch, layer, head, query, key]
+
     Returns
     -------
     dict of role to (scores, valid)
-        ``scores`` of shape [batch, layer, head]; ``valid`` of shape [batch], False where the role is not
-        defined (no [SEP] for ``delimiter_sep``, no segment pair for ``block``).
+        ``scores`` of shape [batch, layer, head], float64; ``valid`` of shape [batch], False where the role
+        is not defined (no [SEP] for ``delimiter_sep``, no segment pair for ``block``).
     """
-    mask = batch.mask
-    b, s = mask.shape
-    f = attn.dtype
-    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    # local: A[i, i+o] for |o| <= WINDOW; diagonal o starts at row max(0, -o). Padding is 0, so whole
-    # diagonals can be summed.
-    on_local = torch.zeros(attn.shape[:-1], dtype=f, device=attn.device)
-    size_local = torch.zeros(b, s, dtype=f, device=attn.device)
-    mask_f = mask.to(f)
-    for o in range(-WINDOW, WINDOW + 1):
-        if abs(o) >= s:
-            continue
-        diag = torch.diagonal(attn, o, dim1=-2, dim2=-1)
-        keys = mask_f[:, o:] if o >= 0 else mask_f[:, : s + o]
-        if o >= 0:
-            on_local[..., : s - o] += diag
-            size_local[:, : s - o] += keys
-        else:
-            on_local[..., -o:] += diag
-            size_local[:, -o:] += keys
-    out["local"] = sieve_from_sums(on_local, size_local * mask_f, mask, batch.lengths)
-
-    seg = batch.segment
-    columns = torch.stack([batch.is_cls, batch.is_sep, mask & (seg == 0), mask & (seg == 1)], -1).to(f)
-    sums = torch.matmul(attn, columns[:, None, None])  # [batch, layer, head, query, 4]
-    counts = columns.sum(1)  # [batch, 4]
-    on_cls, on_sep, on_a, on_b = sums.unbind(-1)
-    n_cls, n_sep, n_a, n_b = counts.unbind(-1)
-    for role, on, size in (("delimiter", on_cls + on_sep, n_cls + n_sep), ("delimiter_cls", on_cls, n_cls),
-                           ("delimiter_sep", on_sep, n_sep)):
-        scores, valid = sieve_from_sums(on, size[:, None].expand(b, s), mask, batch.lengths)
-        out[role] = (scores, valid)
-    in_b = seg == 1
-    on_block = torch.where(in_b[:, None, None, :], on_b, on_a)
-    size_block = torch.where(in_b, n_b[:, None], n_a[:, None])
-    scores, valid = sieve_from_sums(on_block, size_block, mask, batch.lengths)
-    out["block"] = (scores, valid & (n_a > 0) & (n_b > 0))
-    return out
+    targets = surface_targets(batch, attn.dtype)
+    return {role: (total * targets.factor[role][:, None, None], targets.valid[role])
+            for role, total in surface_row_sums(attn, targets).items()}
 
 
 def relation_matches(relation: str, deprel: str) -> bool:
@@ -231,6 +334,62 @@ def syntactic_arcs(examples: list[Any], relations: list[str]) -> list[tuple[int,
                     if relation_matches(relation, deprel):
                         arcs.append((row, r, int(units[d]), int(units[h - 1])))
     return arcs
+
+
+@dataclass
+class DependentSlots:
+    """The syntactic roles' dependents of one batch: the queries of word-level attention they read.
+
+    Each batch row with an arc gets one slot per distinct dependent unit (a word can be the dependent of
+    one arc only, but of several matching relations).
+    """
+
+    roles: list[str]
+    """``syntactic`` (the union of the default relations), then ``syntactic_<rel>`` per relation."""
+    index: torch.Tensor
+    """int64 [rows]: the batch rows with at least one arc."""
+    dependent: torch.Tensor
+    """int64 [rows, slot]: unit of the slot's dependent (0 in unused slots)."""
+    head_word: torch.Tensor
+    """int64 [rows, slot]: unit of its head word."""
+    in_relation: torch.Tensor
+    """float32 [rows, role, slot]: 1 where the slot's arc has the role's relation (``|T(i)|`` of the query)."""
+    queries: torch.Tensor
+    """bool [rows, slot]: every slot may count (``in_relation`` leaves out the others)."""
+    factor: list[torch.Tensor]
+    """Per role, float64 [rows]: ``n`` (units) over the role's dependents (:func:`sieve_norms`)."""
+    valid: list[torch.Tensor]
+    """Per role, bool [rows]: True when the row holds the relation."""
+
+
+def dependent_slots(batch: Batch, relations: list[str]) -> DependentSlots | None:
+    """The :class:`DependentSlots` of ``batch`` for ``relations``; None when it has no arc of them."""
+    arcs = syntactic_arcs(batch.examples, relations)
+    if not arcs:
+        return None
+    roles = ["syntactic", *(f"syntactic_{r}" for r in relations)]
+    rows = sorted({row for row, *_ in arcs})
+    local = {row: k for k, row in enumerate(rows)}
+    slots: list[dict[int, int]] = [{} for _ in rows]
+    for row, _, d, _ in arcs:
+        slots[local[row]].setdefault(d, len(slots[local[row]]))
+    m = max(len(s) for s in slots)
+    dev = batch.input_ids.device
+    dependent = torch.zeros(len(rows), m, dtype=torch.int64, device=dev)
+    head_word = torch.zeros(len(rows), m, dtype=torch.int64, device=dev)
+    in_relation = torch.zeros(len(rows), len(roles), m, dtype=torch.float32, device=dev)
+    for row, r, d, h in arcs:
+        k, slot = local[row], slots[local[row]][d]
+        dependent[k, slot], head_word[k, slot] = d, h
+        in_relation[k, r + 1, slot] = 1.0
+        # Role 0 is the union: every arc of a default relation counts for it as well.
+        if relations[r] in DEFAULT_RELATIONS:
+            in_relation[k, 0, slot] = 1.0
+    index = torch.tensor(rows, dtype=torch.int64, device=dev)
+    queries = torch.ones(len(rows), m, dtype=torch.bool, device=dev)
+    norms = [sieve_norms(in_relation[:, r], queries, batch.n_units[index]) for r in range(len(roles))]
+    return DependentSlots(roles, index, dependent, head_word, in_relation, queries,
+                          [f for f, _ in norms], [v for _, v in norms])
 
 
 def one_sided_tests(n: np.ndarray, total: np.ndarray, total_sq: np.ndarray, tau: float
@@ -310,64 +469,64 @@ class HeadRoles(Analysis):
     description = "heads hypothesis: local/delimiter/block/syntactic roles with t-tests (Pande et al. 2021)"
     Options = RolesOptions
 
+    uses_words = True
+
+    def wants_words(self, example: Example) -> bool:
+        return example.has_tree  # syntactic roles only; raw text without parses needs no word map
+
     def start(self, ctx: Any) -> None:
         opts: RolesOptions = self.options
         self.relations_ = list(dict.fromkeys([*DEFAULT_RELATIONS, *opts.relations]))
         self.roles_ = [*SURFACE_ROLES, "syntactic", *(f"syntactic_{r}" for r in self.relations_)]
-        self.mode_ = ctx.config.word_attention
         shape = (len(self.roles_), ctx.info.n_layers, ctx.info.n_heads)
         self.count_ = torch.zeros(len(self.roles_), dtype=torch.float64, device=ctx.device)
         self.sum_ = torch.zeros(shape, dtype=torch.float64, device=ctx.device)
         self.sumsq_ = torch.zeros(shape, dtype=torch.float64, device=ctx.device)
+        self._targets: SurfaceTargets | None = None
+        self._rows: dict[str, torch.Tensor] = {}
+        self._dependents: DependentSlots | None = None
 
-    def _add(self, role: str, scores: torch.Tensor, valid: torch.Tensor) -> None:
+    def _add(self, role: str, layer: int, scores: torch.Tensor, valid: torch.Tensor) -> None:
+        """Add one layer's scores [batch, head] of the sequences where ``valid`` [batch] holds."""
         r = self.roles_.index(role)
-        kept = scores * valid[:, None, None]
-        self.count_[r] += valid.sum()
-        self.sum_[r] += kept.sum(0)
-        self.sumsq_[r] += (kept * kept).sum(0)
+        kept = scores * valid[:, None]
+        self.sum_[r, layer] += kept.sum(0)
+        self.sumsq_[r, layer] += (kept * kept).sum(0)
 
-    def update(self, batch: Any, attn: torch.Tensor) -> None:
-        for role, (scores, valid) in surface_scores(batch, attn).items():
-            self._add(role, scores, valid)
-        self._update_syntactic(batch, attn)
+    def begin_batch(self, batch: Batch) -> None:
+        self._targets = surface_targets(batch)
+        self._dependents = dependent_slots(batch, self.relations_)
+        # Which sequences a role is defined for does not depend on attention: count them once per batch.
+        for role, valid in self._targets.valid.items():
+            self.count_[self.roles_.index(role)] += valid.sum()
+        if self._dependents is not None:
+            for role, valid in zip(self._dependents.roles, self._dependents.valid, strict=True):
+                self.count_[self.roles_.index(role)] += valid.sum()
 
-    def _update_syntactic(self, batch: Any, attn: torch.Tensor) -> None:
-        # Role 0 is the union: every arc of a default relation counts for it as well.
-        relations = ["syntactic", *self.relations_]
-        arcs = syntactic_arcs(batch.examples, self.relations_)
-        if not arcs:
+    def update(self, batch: Batch, block: LayerAttention) -> None:
+        assert self._targets is not None
+        totals = surface_row_sums(block.weights[:, None], self._targets, block.query_start)
+        for role, total in totals.items():
+            self._rows[role] = total[:, 0] if block.is_first else self._rows[role] + total[:, 0]
+        # The score is squared into sumsq, so it must be whole: finish it after the layer's last block.
+        if block.is_last:
+            for role, total in self._rows.items():
+                self._add(role, block.layer, total * self._targets.factor[role][:, None],
+                          self._targets.valid[role])
+            self._rows = {}
+
+    def update_words(self, batch: Batch, layer: int, words: torch.Tensor) -> None:
+        dep = self._dependents
+        if dep is None:
             return
-        # A dependent has one head word, so T(i) is one unit: only the dependents' rows of the word-level map
-        # are needed, W[d, h] = sum_i from[d, i] sum_j to[h, j] A[i, j], not the whole [unit, unit] map.
-        rows = sorted({row for row, *_ in arcs})
-        local = {row: k for k, row in enumerate(rows)}
-        slots: list[dict[int, int]] = [{} for _ in rows]
-        for row, _, d, _ in arcs:
-            slots[local[row]].setdefault(d, len(slots[local[row]]))
-        m = max(len(s) for s in slots)
-        dev = attn.device
-        dependent = torch.zeros(len(rows), m, dtype=torch.int64, device=dev)
-        head_word = torch.zeros(len(rows), m, dtype=torch.int64, device=dev)
-        in_relation = torch.zeros(len(rows), len(relations), m, dtype=attn.dtype, device=dev)
-        for row, r, d, h in arcs:
-            k, slot = local[row], slots[local[row]][d]
-            dependent[k, slot], head_word[k, slot] = d, h
-            in_relation[k, r + 1, slot] = 1.0
-            if self.relations_[r] in DEFAULT_RELATIONS:
-                in_relation[k, 0, slot] = 1.0
-        index = torch.tensor(rows, dtype=torch.int64, device=dev)
-        n_units = int(batch.n_units[index].max())
-        from_map, to_map = unit_maps(batch.unit_of_piece[index], n_units, self.mode_)  # [rows, unit, seq]
-        seq = from_map.shape[-1]
-        from_rows = from_map.gather(1, dependent[..., None].expand(-1, -1, seq))  # [rows, slot, seq]
-        to_rows = to_map.gather(1, head_word[..., None].expand(-1, -1, seq))
-        from_words = torch.matmul(from_rows[:, None, None], attn.index_select(0, index).float())
-        on_head = (from_words * to_rows[:, None, None]).sum(-1)  # [rows, layer, head, slot]
-        queries = torch.ones(len(rows), m, dtype=torch.bool, device=dev)
-        for r, relation in enumerate(relations):
-            scores, valid = sieve_from_sums(on_head, in_relation[:, r], queries, batch.n_units[index])
-            self._add(relation if r == 0 else f"syntactic_{relation}", scores, valid)
+        # A dependent has one head word, so T(i) is one unit: W[dependent, head word] is all that is needed.
+        on_head = words[dep.index[:, None], :, dep.dependent, dep.head_word].transpose(1, 2)  # [rows, head, slot]
+        for r, role in enumerate(dep.roles):
+            total = sieve_row_sums(on_head[:, None], dep.in_relation[:, r], dep.queries)[:, 0]
+            self._add(role, layer, total * dep.factor[r][:, None], dep.valid[r])
+
+    def end_batch(self, batch: Batch) -> None:
+        self._targets, self._rows, self._dependents = None, {}, None
 
     def merge(self, other: Analysis) -> HeadRoles:
         assert isinstance(other, HeadRoles) and other.roles_ == self.roles_

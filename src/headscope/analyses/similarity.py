@@ -20,14 +20,18 @@ import html
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from headscope.analyses.base import Analysis, AnalysisResult, register
+from headscope.analyses.base import Analysis, AnalysisResult, head_name, register
 from headscope.config import option
+
+if TYPE_CHECKING:
+    from headscope.engine.batch import Batch
+    from headscope.engine.capture import LayerAttention
 
 #: Smoothing of attention rows before the JS divergence (Clark et al.): ``(1 - EPS) * A + EPS / n``.
 SMOOTHING = 0.001
@@ -171,14 +175,31 @@ class HeadSimilarity(Analysis):
         self.tokens_ = 0
         self.tokens_seen_ = 0
 
-    def update(self, batch: Any, attn: torch.Tensor) -> None:
-        b, n_layers, n_heads, n, _ = attn.shape
-        keep = sample_queries(batch, self.options.similarity_sample, self.seed_)
-        rows = attn.reshape(b, n_layers * n_heads, n, n).permute(0, 2, 1, 3)[keep]  # [token, head, key]
-        n_keys = batch.lengths[:, None].expand(b, n)[keep]
-        self.js_sum_ += pairwise_js_sum(smooth_rows(rows, n_keys), n_keys)
-        self.tokens_ += int(keep.sum())
+    def begin_batch(self, batch: Batch) -> None:
+        b, n = batch.input_ids.shape
+        keep = sample_queries(batch, self.options.similarity_sample, self.seed_)  # [batch, seq]
+        # Token t of the buffer is the t-th kept (sequence, position) in row-major order, as keep's nonzero.
+        self._keep = keep
+        self._slot = keep.reshape(-1).cumsum(0).reshape(b, n) - 1
+        self._n_keys = batch.lengths[:, None].expand(b, n)[keep]
+        n_layers, n_heads = self.shape_
+        t = int(keep.sum())
+        # Every layer's rows at the sampled positions, since JS compares heads across layers.
+        self._rows = torch.zeros(t, n_layers, n_heads, n, dtype=torch.float32, device=keep.device)
+        self.tokens_ += t
         self.tokens_seen_ += int(batch.lengths.sum())
+
+    def update(self, batch: Batch, block: LayerAttention) -> None:
+        q0, q1 = block.query_start, block.query_stop
+        keep = self._keep[:, q0:q1]  # [batch, query]
+        slots = self._slot[:, q0:q1][keep]
+        self._rows[slots, block.layer] = block.weights.permute(0, 2, 1, 3)[keep]  # [token, head, key]
+
+    def end_batch(self, batch: Batch) -> None:
+        t, n_layers, n_heads, n = self._rows.shape
+        rows = self._rows.reshape(t, n_layers * n_heads, n)  # [token, layer * head, key]
+        self.js_sum_ += pairwise_js_sum(smooth_rows(rows, self._n_keys), self._n_keys)
+        del self._rows, self._keep, self._slot, self._n_keys
 
     def merge(self, other: Analysis) -> HeadSimilarity:
         assert isinstance(other, HeadSimilarity)
@@ -247,7 +268,7 @@ def _mds_figure(mds: pd.DataFrame, colour: np.ndarray, what: str, figures: Path,
             ax.scatter(x[sel], y[sel], s=14, color=pattern_colour(value), label=value)
         ax.legend(fontsize=5, loc="best", markerscale=0.8)
     for xi, yi, layer, head in zip(x, y, mds["layer"], mds["head"], strict=True):
-        ax.annotate(f"{layer}-{head}", (xi, yi), fontsize=3, alpha=0.6)
+        ax.annotate(head_name(layer, head), (xi, yi), fontsize=3, alpha=0.6)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(f"Heads by JS distance (MDS), by {what}")

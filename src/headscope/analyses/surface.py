@@ -14,12 +14,16 @@ sequences:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame, register
 from headscope.engine.scratch import Scratch
+
+if TYPE_CHECKING:
+    from headscope.engine.batch import Batch
+    from headscope.engine.capture import LayerAttention
 
 #: Column order of the per-head table, and what each column means (figure titles, report).
 LABELS = {
@@ -36,19 +40,26 @@ STATISTICS = ("cls", "sep", "punct", "self", "prev", "next", "entropy", "entropy
 
 def sequence_statistics(attn: torch.Tensor, lengths: torch.Tensor, is_cls: torch.Tensor,
                         is_sep: torch.Tensor, is_punct: torch.Tensor, causal: bool = False,
-                        scratch: Scratch | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Every surface statistic of every sequence of a batch.
+                        scratch: Scratch | None = None, query_start: int = 0
+                        ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Every surface statistic of every sequence of a batch, or the part of it one block of query rows holds.
+
+    Every statistic is a sum over query rows divided by a per-sequence count, so the values of a layer's
+    blocks add up to the values of the whole layer.
 
     Parameters
     ----------
     attn : Tensor of shape [batch, layer, head, query, key]
-        Padded rows and columns must be 0 (as :func:`headscope.engine.capture.capture_attention` gives).
+        Padded rows and columns must be 0 (as :mod:`headscope.engine.capture` gives). ``query`` may be a
+        block of rows starting at ``query_start``; ``key`` is always the whole sequence.
     lengths : Tensor of shape [batch]
     is_cls, is_sep, is_punct : Tensor of shape [batch, seq], bool
     causal : bool
         Row i sees keys 0..i only (decoder LMs); changes the uniform-entropy baseline.
     scratch : Scratch, optional
         Work buffers reused across batches (the entropy needs one as large as ``attn``).
+    query_start : int
+        Position of ``attn``'s first query row.
 
     Returns
     -------
@@ -56,7 +67,9 @@ def sequence_statistics(attn: torch.Tensor, lengths: torch.Tensor, is_cls: torch
         ``values`` of shape [batch, layer, head]; ``valid`` of shape [batch], False where the statistic is
         undefined for that sequence (no [SEP] token, a single token, ...).
     """
-    b, _, _, n, _ = attn.shape
+    b, n = attn.shape[0], attn.shape[-1]
+    q0, q1 = query_start, query_start + attn.shape[-2]
+    first = q0 == 0
     dev = attn.device
     lengths_f = lengths.to(torch.float32)
     real = torch.arange(n, device=dev)[None, :] < lengths[:, None]
@@ -68,12 +81,13 @@ def sequence_statistics(attn: torch.Tensor, lengths: torch.Tensor, is_cls: torch
     for name, cls_mask in (("cls", is_cls), ("sep", is_sep), ("punct", is_punct)):
         out[name] = ((col_sum * cls_mask[:, None, None, :]).sum(-1) / per_row, all_valid)
 
-    out["self"] = (torch.diagonal(attn, 0, dim1=-2, dim2=-1).sum(-1) / per_row, all_valid)
+    # Row r of the block is position q0 + r, so diagonal d of the whole map is offset q0 + d of the block.
+    out["self"] = (torch.diagonal(attn, q0, dim1=-2, dim2=-1).sum(-1) / per_row, all_valid)
     pairs = (lengths_f - 1).clamp_min(1.0)[:, None, None]
     multi = lengths > 1
     # Padded rows and columns are 0, so summing a whole diagonal sums just the real entries.
-    out["next"] = (torch.diagonal(attn, 1, dim1=-2, dim2=-1).sum(-1) / pairs, multi)
-    out["prev"] = (torch.diagonal(attn, -1, dim1=-2, dim2=-1).sum(-1) / pairs, multi)
+    out["next"] = (torch.diagonal(attn, q0 + 1, dim1=-2, dim2=-1).sum(-1) / pairs, multi)
+    out["prev"] = (torch.diagonal(attn, q0 - 1, dim1=-2, dim2=-1).sum(-1) / pairs, multi)
 
     row_entropy = _row_entropy(attn, scratch)  # [batch, layer, head, query]
     out["entropy"] = (row_entropy.sum(-1) / per_row, all_valid)
@@ -82,11 +96,14 @@ def sequence_statistics(attn: torch.Tensor, lengths: torch.Tensor, is_cls: torch
         uniform = (torch.log(keys) * real).sum(-1) / lengths_f
     else:
         uniform = torch.log(lengths_f)
+    # Counted with the block that holds row 0, so a layer's blocks add up to it once.
+    uniform = uniform if first else torch.zeros_like(uniform)
     out["entropy_uniform"] = (uniform[:, None, None].expand_as(out["entropy"][0]), all_valid)
-    out["cls_entropy"] = (row_entropy[..., 0], is_cls[:, 0])
+    cls_row = row_entropy[..., 0] if first else torch.zeros_like(row_entropy[..., 0])
+    out["cls_entropy"] = (cls_row, is_cls[:, 0])
 
     # [SEP] rows are a handful per sequence: gather just those rows instead of a pass over the whole map.
-    seq, pos = torch.nonzero(is_sep, as_tuple=True)
+    seq, pos = torch.nonzero(is_sep[:, q0:q1], as_tuple=True)
     sep_rows_to_sep = (attn[seq, :, :, pos, :] * is_sep[seq][:, None, None, :]).sum(-1)  # [n_sep, layer, head]
     sep_to_sep = torch.zeros_like(out["sep"][0]).index_add_(0, seq, sep_rows_to_sep)
     all_to_sep = (col_sum * is_sep[:, None, None, :]).sum(-1)
@@ -125,12 +142,15 @@ class SurfaceStatistics(Analysis):
         self.sums_ = {k: torch.zeros(shape, dtype=torch.float64, device=ctx.device) for k in STATISTICS}
         self.counts_ = {k: torch.zeros((), dtype=torch.float64, device=ctx.device) for k in STATISTICS}
 
-    def update(self, batch: Any, attn: torch.Tensor) -> None:
-        stats = sequence_statistics(attn, batch.lengths, batch.is_cls, batch.is_sep, batch.is_punct,
-                                    causal=self.causal_, scratch=self._scratch)
+    def update(self, batch: Batch, block: LayerAttention) -> None:
+        stats = sequence_statistics(block.weights[:, None], batch.lengths, batch.is_cls, batch.is_sep,
+                                    batch.is_punct, causal=self.causal_, scratch=self._scratch,
+                                    query_start=block.query_start)
+        once = block.layer == 0 and block.is_first  # sequences are counted once, not per layer or block
         for key, (values, valid) in stats.items():
-            self.sums_[key] += (values * valid[:, None, None]).sum(0).to(torch.float64)
-            self.counts_[key] += valid.sum().to(torch.float64)
+            self.sums_[key][block.layer] += (values[:, 0] * valid[:, None]).sum(0).to(torch.float64)
+            if once:
+                self.counts_[key] += valid.sum().to(torch.float64)
 
     def merge(self, other: Analysis) -> SurfaceStatistics:
         assert isinstance(other, SurfaceStatistics)

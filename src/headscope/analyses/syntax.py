@@ -26,7 +26,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -36,6 +36,9 @@ from headscope.analyses.base import Analysis, AnalysisResult, head_name, registe
 from headscope.config import option
 from headscope.corpus.conllu import collapse_relation
 from headscope.model.encode import Example
+
+if TYPE_CHECKING:
+    from headscope.engine.batch import Batch
 
 #: Directions, in the order of the ``direction`` axis of the counts.
 DIRECTIONS = ("dep->head", "head->dep")
@@ -125,6 +128,22 @@ def batch_arcs(examples: list[Example], collapse: bool) -> tuple[Arcs, int, int]
     return Arcs(cat(rows), cat(deps), cat(heads), cat(offsets), relations), n_root, n_unaligned
 
 
+@dataclass
+class _BatchArcs:
+    """One batch's scorable arcs on the model's device, kept from ``begin_batch`` for every layer."""
+
+    row: torch.Tensor
+    """int64 [arc]: batch row of the arc's example."""
+    dep: torch.Tensor
+    """int64 [arc]: unit of the dependent."""
+    head: torch.Tensor
+    """int64 [arc]: unit of the gold head."""
+    index: torch.Tensor
+    """int64 [arc]: split * n_relations + relation, the arc's row in the flattened counts."""
+    is_word: torch.Tensor
+    """bool [batch, unit]: units that are words."""
+
+
 def word_unit_mask(examples: list[Example], n_units: int, device: torch.device | str) -> torch.Tensor:
     """bool Tensor of shape [batch, unit], True at units that are words (not special tokens, not padding)."""
     mask = np.zeros((len(examples), n_units), dtype=bool)
@@ -173,6 +192,7 @@ class SyntaxHeads(Analysis):
     name = "syntax"
     description = "heads that track dependency relations, vs. fixed-offset baselines (Clark et al. s4)"
     Options = SyntaxOptions
+    uses_words = True
 
     def wants(self, example: Example) -> bool:
         return example.has_tree
@@ -194,6 +214,7 @@ class SyntaxHeads(Analysis):
         self.n_unaligned_ = 0
         self.n_silver_ = 0
         self.n_examples_ = np.zeros(len(SPLITS), dtype=np.int64)
+        self._batch_arcs: _BatchArcs | None = None
 
     def _relation_ids(self, relations: list[str]) -> np.ndarray:
         """Indices of ``relations``, growing the count arrays for relations not seen before."""
@@ -210,8 +231,10 @@ class SyntaxHeads(Analysis):
             known = {r: i for i, r in enumerate(self.relations_)}
         return np.asarray([known[r] for r in relations], dtype=np.int64)
 
-    def update(self, batch: Any, attn: torch.Tensor) -> None:
+    def begin_batch(self, batch: Batch) -> None:
+        """Count the batch's examples, arcs and baselines, and keep the arcs for every layer's predictions."""
         examples = batch.examples
+        self._batch_arcs = None
         arcs, n_root, n_unaligned = batch_arcs(examples, self.options.relation_collapse)
         self.n_root_ += n_root
         self.n_unaligned_ += n_unaligned
@@ -228,18 +251,28 @@ class SyntaxHeads(Analysis):
         np.add.at(self.total_.reshape(-1), flat, 1)
         hits = arcs.offset[:, None] == np.asarray(OFFSETS)[None, :]
         np.add.at(self.offset_correct_.reshape(-1, len(OFFSETS)), flat, hits.astype(np.int64))
-
+        dev = batch.input_ids.device
         n_units = int(batch.n_units.max())
-        word_attn = batch.word_attention(attn, self.mode_)  # shared with the other word-level analyses
-        predicted = most_attended_words(word_attn, word_unit_mask(examples, n_units, attn.device))
-        dev = attn.device
-        row = torch.from_numpy(arcs.row).to(dev)
-        dep = torch.from_numpy(arcs.dep_unit).to(dev)
-        head = torch.from_numpy(arcs.head_unit).to(dev)
-        index = torch.from_numpy(flat).to(dev)
+        self._batch_arcs = _BatchArcs(
+            row=torch.from_numpy(arcs.row).to(dev), dep=torch.from_numpy(arcs.dep_unit).to(dev),
+            head=torch.from_numpy(arcs.head_unit).to(dev), index=torch.from_numpy(flat).to(dev),
+            is_word=word_unit_mask(examples, n_units, dev))
+
+    def update_words(self, batch: Batch, layer: int, words: torch.Tensor) -> None:
+        """Score one layer's heads on the batch's arcs; ``words`` of shape [batch, head, unit, unit]."""
+        arcs = self._batch_arcs
+        if arcs is None:
+            return
+        # The engine sizes the map for the whole batch; units past this sub-batch's are empty slots.
+        n = int(arcs.is_word.shape[1])
+        predicted = most_attended_words(words[:, None, :, :n, :n], arcs.is_word)  # [dir, batch, 1, head, unit]
         for d in range(len(DIRECTIONS)):
-            correct = (predicted[d][row, :, :, dep] == head[:, None, None]).to(torch.int64)  # [arc, layer, head]
-            self.correct_[d].view(-1, self.n_layers_, self.n_heads_).index_add_(0, index, correct)
+            correct = (predicted[d, :, 0][arcs.row, :, arcs.dep] == arcs.head[:, None]).to(torch.int64)
+            # [arc, head] into this layer's counts; the strided view writes through to correct_.
+            self.correct_[d].view(-1, self.n_layers_, self.n_heads_)[:, layer].index_add_(0, arcs.index, correct)
+
+    def end_batch(self, batch: Batch) -> None:
+        self._batch_arcs = None
 
     def merge(self, other: Analysis) -> SyntaxHeads:
         assert isinstance(other, SyntaxHeads)

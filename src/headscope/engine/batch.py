@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -36,8 +36,6 @@ class Batch:
     n_units: torch.Tensor
     """int64 [batch]: units (words + special tokens) per example."""
     examples: list[Example]
-    word_cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
-    """Word-level attention of this batch by mode, shared by the analyses that need it."""
 
     @property
     def mask(self) -> torch.Tensor:
@@ -47,20 +45,6 @@ class Batch:
     @property
     def size(self) -> int:
         return len(self.examples)
-
-    def word_attention(self, attn: torch.Tensor, mode: str = "mean") -> torch.Tensor:
-        """:func:`headscope.engine.wordlevel.word_attention` of this batch, computed once per mode.
-
-        Returns
-        -------
-        Tensor of shape [batch, layer, head, unit, unit]
-            Valid for this batch's ``update`` calls only (``attn`` is overwritten by the next batch).
-        """
-        from headscope.engine.wordlevel import word_attention
-
-        if mode not in self.word_cache:
-            self.word_cache[mode] = word_attention(attn, self.unit_of_piece, int(self.n_units.max()), mode)
-        return self.word_cache[mode]
 
     def select(self, rows: list[int]) -> Batch:
         """The sub-batch of the given rows (same padding width)."""
@@ -105,6 +89,29 @@ def collate(examples: list[Example], pad_id: int, device: torch.device | str = "
         n_units=torch.tensor([ex.n_units for ex in examples], dtype=torch.int64, device=device),
         examples=examples,
     )
+
+
+def probe_batch(input_ids: np.ndarray, device: torch.device | str = "cpu") -> Batch:
+    """A one-sequence batch of bare token ids, for the checks made when a model is loaded."""
+    n = int(input_ids.shape[0])
+    ids = torch.as_tensor(input_ids, dtype=torch.int64, device=device)[None, :]
+    zeros = torch.zeros(1, n, dtype=torch.int64, device=device)
+    no = torch.zeros(1, n, dtype=torch.bool, device=device)
+    return Batch(input_ids=ids, attention_mask=torch.ones_like(ids), token_type_ids=None, segment=zeros,
+                 is_cls=no, is_sep=no, is_punct=no, unit_of_piece=torch.arange(n, device=device)[None, :],
+                 lengths=torch.tensor([n], device=device), n_units=torch.tensor([n], device=device), examples=[])
+
+
+def split_for_memory(examples: list[Example], n_heads: int, budget_bytes: int) -> list[list[Example]]:
+    """Cut a length-bucketed group so that one layer's attention of each part fits in ``budget_bytes``.
+
+    Results do not depend on how sequences are batched, so this changes speed and memory only.
+    """
+    from headscope.engine.capture import sequences_per_batch
+
+    longest = max(ex.length for ex in examples)
+    size = sequences_per_batch(n_heads, longest, budget_bytes)
+    return [examples[k:k + size] for k in range(0, len(examples), size)]
 
 
 def bucket_batches(examples: Iterable[Example], batch_size: int, pool_batches: int = 32

@@ -1,41 +1,513 @@
-"""The forward pass that returns every layer's attention as one tensor."""
+"""Attention weights handed over one layer at a time, in query chunks, as the model computes them.
+
+Three routes, chosen per model when it is loaded (:func:`choose_route`):
+
+``interface``
+    Models whose attention goes through transformers' attention interface (BERT, RoBERTa, Llama, Qwen2,
+    Mistral, Gemma, ...). headscope registers its own attention function: the layer's output comes from
+    SDPA, as without headscope, and the weights are recomputed in float32 from the query and key the model
+    passes in (after rotary embeddings, grouped-query heads expanded) with the model's own mask (causal,
+    padding, sliding window), one block of query rows at a time. Each block goes to the consumer and is
+    dropped, so no more than one block of one layer exists at any time.
+``hooks``
+    Models that compute attention in their own code (MPNet today): a forward hook on each attention module
+    takes the layer's weights out of its output, hands them over and drops them, so the model never holds
+    every layer's weights at once (one layer is computed whole by the model itself).
+``stacked``
+    headscope 0.1's path, kept as the reference that tests compare against: eager attention with
+    ``output_attentions=True``, every layer stacked, then handed over layer by layer.
+
+Whatever the route, the consumer sees float32 weights of shape [batch, head, query, key], right-aligned
+(position 0 is each sequence's first real token, whatever the padding side of the forward pass), with padded
+query rows and padded key columns exactly 0.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import math
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
 import torch
 
-from headscope.engine.batch import Batch
-from headscope.engine.scratch import Scratch
-from headscope.model.load import AttentionUnavailableError, LoadedModel
+if TYPE_CHECKING:
+    from headscope.engine.batch import Batch
+    from headscope.model.load import LoadedModel
+
+#: Name under which headscope's attention function and mask are registered in transformers.
+IMPLEMENTATION = "headscope"
+
+Route = Literal["interface", "hooks", "stacked"]
+
+#: Bytes of work per attention weight while a block is computed and consumed: the scores, the softmax and
+#: one analysis temporary of the same size (the entropy's), all float32.
+BYTES_PER_WEIGHT = 3 * 4
 
 
-def capture_attention(loaded: LoadedModel, batch: Batch, scratch: Scratch | None = None) -> torch.Tensor:
-    """Run the model body on ``batch`` and return its attention.
+@dataclass(frozen=True)
+class LayerAttention:
+    """One layer's attention for a batch, or one block of its query rows.
+
+    Attributes
+    ----------
+    layer : int
+        0-based layer index.
+    weights : Tensor of shape [batch, head, query, key]
+        float32; row ``r`` is query position ``query_start + r``; key positions are the whole sequence.
+        Padded rows and columns are exactly 0. Valid only during the call it is handed to.
+    query_start : int
+        Position of the first row of ``weights``.
+    """
+
+    layer: int
+    weights: torch.Tensor
+    query_start: int = 0
+
+    @property
+    def query_stop(self) -> int:
+        return self.query_start + int(self.weights.shape[-2])
+
+    @property
+    def is_first(self) -> bool:
+        """True for the block that holds query 0 (count per-sequence things once per layer here)."""
+        return self.query_start == 0
+
+    @property
+    def is_last(self) -> bool:
+        """True for the layer's last block of query rows."""
+        return self.query_stop >= int(self.weights.shape[-1])
+
+    @property
+    def is_whole(self) -> bool:
+        return self.is_first and self.is_last
+
+    def positions(self) -> torch.Tensor:
+        """int64 [query]: the query positions of the rows."""
+        return torch.arange(self.query_start, self.query_stop, device=self.weights.device)
+
+    def select(self, rows: torch.Tensor) -> LayerAttention:
+        """The same block for a subset of the batch's sequences (``rows``: int64 indices)."""
+        return LayerAttention(self.layer, self.weights.index_select(0, rows), self.query_start)
+
+
+Consumer = Callable[[LayerAttention], None]
+
+
+def query_block_rows(batch_size: int, n_heads: int, seq: int, budget_bytes: int) -> int:
+    """Query rows per block so that one block of one layer stays within ``budget_bytes``."""
+    per_row = batch_size * n_heads * seq * BYTES_PER_WEIGHT
+    return max(1, min(seq, budget_bytes // max(per_row, 1)))
+
+
+def sequences_per_batch(n_heads: int, seq: int, budget_bytes: int) -> int:
+    """Sequences of length ``seq`` whose whole layer of attention fits in ``budget_bytes`` (at least 1)."""
+    return max(1, budget_bytes // max(n_heads * seq * seq * BYTES_PER_WEIGHT, 1))
+
+
+# --- the stream a forward pass hands its layers to --------------------------------------------------------
+
+class _Stream:
+    """What the attention function and hooks need while one batch goes through the model."""
+
+    def __init__(self, consume: Consumer, layer_of: dict[int, int], budget_bytes: int,
+                 align: torch.Tensor | None, real: torch.Tensor) -> None:
+        self.consume = consume
+        self.layer_of = layer_of
+        self.budget_bytes = budget_bytes
+        self.align = align
+        self.real = real
+        self.seen: list[int] = []
+
+    def layer(self, module: torch.nn.Module) -> int:
+        """The layer index of ``module``; modules met first in a probe pass are numbered in call order."""
+        key = id(module)
+        if key not in self.layer_of:
+            self.layer_of[key] = len(self.layer_of)
+        layer = self.layer_of[key]
+        self.seen.append(layer)
+        return layer
+
+
+_local = threading.local()
+
+
+def _active() -> _Stream | None:
+    return getattr(_local, "stream", None)
+
+
+@contextlib.contextmanager
+def _streaming(stream: _Stream) -> Iterator[_Stream]:
+    previous = _active()
+    _local.stream = stream
+    try:
+        yield stream
+    finally:
+        _local.stream = previous
+
+
+def _gather_positions(x: torch.Tensor, align: torch.Tensor, dim: int) -> torch.Tensor:
+    """Reorder dimension ``dim`` (the sequence) of ``x`` [batch, ...] by ``align`` [batch, seq] per sequence."""
+    shape = [1] * x.dim()
+    shape[0], shape[dim] = align.shape
+    return x.gather(dim, align.view(shape).expand(x.shape))
+
+
+def _emit_blocks(stream: _Stream, layer: int, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None,
+                 scaling: float, softcap: float | None, bias: torch.Tensor | None, causal: bool) -> None:
+    """Compute float32 weights from ``query`` [batch, head, seq, dim] and ``key`` block by block."""
+    b, h, n, _ = query.shape
+    q = query.float()
+    k = key.float()
+    if mask is None and causal:
+        mask = torch.ones(n, key.shape[2], dtype=torch.bool, device=query.device).tril()[None, None]
+    if mask is not None:
+        mask = mask.expand(b, -1, n, key.shape[2])
+    if bias is not None:
+        bias = bias.float().expand(b, h, n, key.shape[2])
+    if stream.align is not None:
+        q = _gather_positions(q, stream.align, 2)
+        k = _gather_positions(k, stream.align, 2)
+        if mask is not None:
+            mask = _gather_positions(_gather_positions(mask, stream.align, 2), stream.align, 3)
+        if bias is not None:
+            bias = _gather_positions(_gather_positions(bias, stream.align, 2), stream.align, 3)
+    k_t = k.transpose(-1, -2)
+    real = stream.real  # [batch, seq] after alignment
+    rows = query_block_rows(b, h, n, stream.budget_bytes)
+    for q0 in range(0, n, rows):
+        q1 = min(n, q0 + rows)
+        scores = torch.matmul(q[:, :, q0:q1], k_t).mul_(scaling)
+        if bias is not None:
+            scores += bias[:, :, q0:q1]
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap).mul_(softcap)
+        if mask is not None:
+            block_mask = mask[:, :, q0:q1]
+            if block_mask.dtype == torch.bool:
+                scores.masked_fill_(~block_mask, float("-inf"))
+            else:
+                scores += block_mask.float()
+        scores.masked_fill_(~real[:, None, None, :], float("-inf"))
+        weights = torch.softmax(scores, dim=-1)
+        del scores
+        # Padded query rows (all keys masked under left-padded causal masks) would hold NaN or a softmax
+        # over real keys: zero them, so no statistic can see them.
+        weights.nan_to_num_(0.0).mul_(real[:, None, q0:q1, None])
+        stream.consume(LayerAttention(layer, weights, q0))
+        del weights
+
+
+def headscope_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                        attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                        **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """transformers attention function: SDPA for the output, and the weights streamed to headscope.
+
+    Registered as ``attn_implementation="headscope"``. Outside a headscope capture (for example in the
+    ablation pass) it is plain SDPA.
+    """
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+    if kwargs.get("s_aux") is not None or kwargs.get("sinks") is not None:
+        raise NotImplementedError(f"{type(module).__name__}: learned attention sinks are not supported yet")
+    softcap = kwargs.pop("softcap", None)
+    scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
+    n_rep = query.shape[1] // key.shape[1]
+    if softcap is None:
+        output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                           scaling=scaling, **kwargs)
+    else:  # SDPA has no soft-capping: the eager formula, in the model's dtype
+        scores = torch.matmul(query, repeat_kv(key, n_rep).transpose(2, 3)) * scale
+        scores = torch.tanh(scores / softcap) * softcap
+        if attention_mask is not None:
+            scores = (scores.masked_fill(~attention_mask, float("-inf")) if attention_mask.dtype == torch.bool
+                      else scores + attention_mask)
+        probs = torch.softmax(scores.float(), dim=-1).to(query.dtype)
+        output = torch.matmul(probs, repeat_kv(value, n_rep)).transpose(1, 2).contiguous()
+    stream = _active()
+    if stream is not None:
+        with torch.no_grad():
+            causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", False)))
+            _emit_blocks(stream, stream.layer(module), query, repeat_kv(key, n_rep), attention_mask, scale,
+                         softcap, kwargs.get("position_bias"), causal)
+    return output, None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(IMPLEMENTATION, headscope_attention)
+    AttentionMaskInterface.register(IMPLEMENTATION, _explicit_mask)
+
+
+def _explicit_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
+    """SDPA's boolean mask, never skipped in favour of ``is_causal``: the weights need it written out.
+
+    (The mask functions are called with their skip flags set, so a ``functools.partial`` would not hold.)
+    """
+    from transformers.masking_utils import sdpa_mask
+
+    kwargs["allow_is_causal_skip"] = False
+    kwargs["allow_is_bidirectional_skip"] = False
+    return sdpa_mask(*args, **kwargs)
+
+
+# --- driving one batch through the model ---------------------------------------------------------------
+
+PaddingSide = Literal["right", "left"]
+
+
+def _shift(batch: Batch, sign: int) -> torch.Tensor:
+    """[batch, seq] positions: ``sign=1`` maps right-aligned to left-padded positions, ``-1`` the reverse."""
+    n = batch.input_ids.shape[1]
+    pad = (n - batch.lengths)[:, None]
+    return (torch.arange(n, device=batch.input_ids.device)[None, :] + sign * pad) % n
+
+
+def model_inputs(loaded: LoadedModel, batch: Batch, padding_side: PaddingSide = "right") -> dict[str, torch.Tensor]:
+    """The forward pass's inputs, padded on ``padding_side`` (a :class:`Batch` is always right-padded).
+
+    With left padding, models that number positions from 0 get ``position_ids`` counted from each
+    sequence's first real token, so a sequence's result does not depend on its padding; RoBERTa- and
+    MPNet-style embeddings count positions from the input ids themselves.
+    """
+    inputs = batch.model_inputs()
+    if padding_side == "right":
+        return inputs
+    source = _shift(batch, -1)
+    inputs = {name: t.gather(1, source) for name, t in inputs.items()}
+    if _takes_positions(loaded):
+        inputs["position_ids"] = (inputs["attention_mask"].cumsum(-1) - 1).clamp_min(0)
+    return inputs
+
+
+def _takes_positions(loaded: LoadedModel) -> bool:
+    import inspect
+
+    embeddings = getattr(loaded.base, "embeddings", None)
+    if embeddings is not None and hasattr(embeddings, "padding_idx"):
+        return False
+    return "position_ids" in inspect.signature(loaded.base.forward).parameters
+
+
+def capture(loaded: LoadedModel, batch: Batch, consume: Consumer, budget_bytes: int,
+            route: Route | None = None, padding_side: PaddingSide = "right") -> None:
+    """Run the model body on ``batch`` and hand every layer's attention to ``consume``, block by block.
 
     Parameters
     ----------
-    scratch : Scratch, optional
-        Reuse its buffer for the result (the tensor is then overwritten by the next capture: analyses must
-        copy what they keep beyond ``update``).
+    loaded : LoadedModel
+    batch : Batch
+    consume : callable
+        Called with a :class:`LayerAttention` for each block of query rows of each layer, layers in order,
+        blocks in order within a layer.
+    budget_bytes : int
+        The most memory one block may take (see :data:`BYTES_PER_WEIGHT`).
+    route : {"interface", "hooks", "stacked"}, optional
+        Default: the model's own route (``loaded.route``).
+    padding_side : {"right", "left"}
+        Padding of the forward pass; the blocks are right-aligned either way.
+    """
+    from headscope.model.load import AttentionUnavailableError
+
+    route = route or loaded.route
+    align = _shift(batch, 1) if padding_side == "left" else None
+    stream = _Stream(consume, loaded.capture_state.setdefault("layer_of", {}), budget_bytes, align, batch.mask)
+    inputs = model_inputs(loaded, batch, padding_side)
+    with torch.inference_mode():
+        if route == "interface":
+            with _streaming(stream):
+                loaded.base(**inputs)
+        elif route == "hooks":
+            with _hooks(loaded, stream):
+                loaded.base(**inputs, output_attentions=True)
+        else:
+            with _eager(loaded):
+                out = loaded.base(**inputs, output_attentions=True)
+            attentions = getattr(out, "attentions", None)
+            if not attentions or attentions[0] is None:
+                raise AttentionUnavailableError(f"{loaded.info.name}: no attention weights were returned")
+            for layer, weights in enumerate(attentions):
+                _emit_whole(stream, layer, weights)
+            del out, attentions
+    if not stream.seen:
+        raise AttentionUnavailableError(
+            f"{loaded.info.name}: the {route!r} capture route saw no attention layer; try another "
+            "--capture route")
+
+
+def _emit_whole(stream: _Stream, layer: int, weights: torch.Tensor) -> None:
+    """Hand over a layer the model computed whole: align, zero padding, then in blocks of query rows."""
+    stream.seen.append(layer)
+    w = weights.float()
+    if stream.align is not None:
+        w = _gather_positions(_gather_positions(w, stream.align, 2), stream.align, 3)
+    real = stream.real
+    w = w * real[:, None, :, None] * real[:, None, None, :]
+    b, h, n, _ = w.shape
+    rows = query_block_rows(b, h, n, stream.budget_bytes)
+    for q0 in range(0, n, rows):
+        stream.consume(LayerAttention(layer, w[:, :, q0:q0 + rows], q0))
+
+
+@contextlib.contextmanager
+def _eager(loaded: LoadedModel) -> Iterator[None]:
+    """Eager attention for the duration (the stacked reference route on an interface model)."""
+    model = loaded.model
+    current = model.config._attn_implementation
+    if current == "eager" or loaded.route == "hooks":
+        yield
+        return
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(current)
+
+
+def attention_modules(loaded: LoadedModel) -> list[torch.nn.Module]:
+    """For the hooks route: the innermost module of each layer whose output carries its attention weights.
+
+    Found once with a probe pass (children finish before their parents, so the first module to return a
+    given weights tensor is the one that computed it).
+    """
+    cached = loaded.capture_state.get("hook_modules")
+    if cached is not None:
+        return cached
+    producers: dict[int, torch.nn.Module] = {}
+    handles = []
+
+    def record(module: torch.nn.Module, args: Any, output: Any) -> None:
+        if isinstance(output, tuple) and len(output) > 1 and isinstance(output[1], torch.Tensor) \
+                and output[1].dim() == 4:
+            producers.setdefault(id(output[1]), module)
+
+    for module in loaded.base.modules():
+        handles.append(module.register_forward_hook(record))
+    try:
+        enc = loaded.tokenizer(["attention", "check"], is_split_into_words=True, return_tensors="pt")
+        with torch.inference_mode():
+            loaded.base(input_ids=enc["input_ids"].to(loaded.device),
+                        attention_mask=enc["attention_mask"].to(loaded.device), output_attentions=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    modules = list(dict.fromkeys(producers.values()))
+    loaded.capture_state["hook_modules"] = modules
+    return modules
+
+
+@contextlib.contextmanager
+def _hooks(loaded: LoadedModel, stream: _Stream) -> Iterator[None]:
+    modules = attention_modules(loaded)
+
+    def take(layer: int) -> Callable[..., Any]:
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
+            _emit_whole(stream, layer, output[1])
+            return (output[0], None, *output[2:])  # the model keeps no layer's weights
+
+        return hook
+
+    handles = [m.register_forward_hook(take(layer)) for layer, m in enumerate(modules)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def choose_route(loaded: LoadedModel, requested: str = "auto") -> Route:
+    """The capture route for a loaded model: ``interface`` where it works, else ``hooks``, else an error.
+
+    ``requested`` is ``auto`` or a route name; ``auto`` tries the attention interface first and checks with a
+    probe pass that every layer's attention comes through it.
+    """
+    from headscope.model.load import AttentionUnavailableError
+
+    n_layers = loaded.info.n_layers
+    enc = loaded.tokenizer(["attention", "check"], is_split_into_words=True, return_tensors="pt")
+    from headscope.engine.batch import probe_batch
+
+    batch = probe_batch(enc["input_ids"][0].numpy(), loaded.device)
+    tried: list[str] = []
+    candidates = ["interface", "hooks"] if requested == "auto" else [requested]
+    for route in candidates:
+        if route == "interface":
+            model = loaded.model
+            if not model._can_set_attn_implementation():
+                tried.append("interface: the model does not use transformers' attention interface")
+                continue
+            _register()
+            model.set_attn_implementation(IMPLEMENTATION)
+        elif route == "hooks" and loaded.model.config._attn_implementation != "eager":
+            loaded.model.set_attn_implementation("eager")
+        loaded.route = route  # type: ignore[assignment]
+        loaded.capture_state.clear()
+        layers: list[int] = []
+        heads: set[int] = set()
+
+        def count(block: LayerAttention, layers: list[int] = layers, heads: set[int] = heads) -> None:
+            if block.is_first:
+                layers.append(block.layer)
+            heads.add(int(block.weights.shape[1]))
+
+        try:
+            capture(loaded, batch, count, budget_bytes=1 << 30, route=route)  # type: ignore[arg-type]
+        except AttentionUnavailableError as exc:
+            tried.append(f"{route}: {exc}")
+            continue
+        if len(layers) == n_layers and heads == {loaded.info.n_heads}:
+            return route  # type: ignore[return-value]
+        tried.append(f"{route}: saw {len(layers)} layers x {sorted(heads)} heads, the config says "
+                     f"{n_layers} x {loaded.info.n_heads}")
+    if requested == "auto" and loaded.model.config._attn_implementation != "eager":
+        loaded.model.set_attn_implementation("eager")
+    raise AttentionUnavailableError(
+        f"{loaded.info.name}: headscope cannot get attention weights from this model by any route "
+        f"(--capture {requested}): " + "; ".join(tried))
+
+
+def capture_stacked(loaded: LoadedModel, batch: Batch, route: Route | None = None,
+                    padding_side: PaddingSide = "right") -> torch.Tensor:
+    """Every layer of one (small) batch as one tensor, for the viewer and tests.
 
     Returns
     -------
     Tensor of shape [batch, layer, head, query, key]
-        float32 on the model's device. Rows of padded queries and columns of padded keys are exactly 0,
-        so sums over a padded batch equal sums over its examples one at a time.
+        float32, right-aligned, padding exactly 0. Holds every layer: only for short inputs.
     """
-    with torch.inference_mode():
-        out = loaded.base(**batch.model_inputs(), output_attentions=True)
-    attentions = getattr(out, "attentions", None)
-    if not attentions or attentions[0] is None:
-        raise AttentionUnavailableError(f"{loaded.info.name}: no attention weights were returned")
-    first = attentions[0]
-    shape = (first.shape[0], len(attentions), *first.shape[1:])
-    if scratch is not None and first.dtype == torch.float32:
-        attn = torch.stack(attentions, dim=1, out=scratch.get("attention", shape, torch.float32, first.device))
-    else:
-        attn = torch.stack(attentions, dim=1).float()
-    mask = batch.mask.to(attn.dtype)
-    # Padded query rows hold a softmax over the real keys; zero them so no statistic can see them.
-    attn.mul_(mask[:, None, None, :, None])
-    return attn
+    layers: list[list[torch.Tensor]] = []
+
+    def keep(block: LayerAttention) -> None:
+        if block.is_first:
+            layers.append([])
+        layers[-1].append(block.weights)
+
+    capture(loaded, batch, keep, budget_bytes=1 << 62, route=route, padding_side=padding_side)
+    return torch.stack([torch.cat(blocks, dim=2) for blocks in layers], dim=1)
+
+
+def attention_bytes(n_heads: int, seq: int, batch: int = 1) -> int:
+    """Bytes of one layer's float32 attention for ``batch`` sequences of length ``seq``."""
+    return int(batch * n_heads * seq * seq * 4)
+
+
+def parse_bytes(text: str | int) -> int:
+    """``"1GiB"``, ``"512MiB"``, ``"2GB"``, ``"800M"`` or a plain number of bytes."""
+    if isinstance(text, int):
+        return text
+    s = str(text).strip().replace(" ", "")
+    units = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+             "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4, "tb": 1000**4, "tib": 1024**4}
+    number = s.rstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    unit = s[len(number):].lower()
+    try:
+        value = float(number)
+    except ValueError:
+        value = math.nan
+    if unit not in units or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"not a memory size: {text!r} (use e.g. 1GiB, 512MiB, 2GB)")
+    return int(value * units[unit])

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from headscope.config import RunConfig
-from headscope.engine.batch import Batch, bucket_batches, collate
+from headscope.engine.batch import Batch, bucket_batches, collate, split_for_memory
 from headscope.engine.inputs import Corpus
 from headscope.manifest import Manifest
 from headscope.model.encode import Encoder, Example
@@ -37,5 +37,8 @@ class RunContext:
         """Length-bucketed batches on the model's device; by default a fresh pass over the corpus."""
         stream = examples if examples is not None else self.corpus.examples()
         pad_id = int(self.loaded.tokenizer.pad_token_id)
+        budget = self.config.attention_bytes()
         for group in bucket_batches(stream, self.config.batch_size):
-            yield collate(group, pad_id, self.device)
+            # Batches of long sequences are cut so that one layer's attention stays within the budget.
+            for part in split_for_memory(group, self.info.n_heads, budget):
+                yield collate(part, pad_id, self.device)

@@ -17,11 +17,10 @@ import torch
 from headscope.analyses import REGISTRY, Analysis, AnalysisResult
 from headscope.config import RunConfig
 from headscope.engine.batch import Batch
-from headscope.engine.capture import capture_attention
 from headscope.engine.context import RunContext
+from headscope.engine.feed import feed_batch
 from headscope.engine.inputs import Corpus
 from headscope.engine.results import RunResult, write_json
-from headscope.engine.scratch import Scratch
 from headscope.manifest import Manifest
 from headscope.model.encode import Encoder
 from headscope.model.load import load_model
@@ -141,46 +140,55 @@ def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
     np.random.seed(config.seed)
 
     loaded = load_model(config.model, revision=config.revision, device=config.device, dtype=config.dtype,
-                        trust_remote_code=config.trust_remote_code, gguf_file=config.gguf_file)
+                        trust_remote_code=config.trust_remote_code, gguf_file=config.gguf_file,
+                        capture=config.capture)
     timings["load_model"] = time.perf_counter() - t0
     info = loaded.info
-    if config.max_length > info.max_length:
+    max_length = config.resolved_max_length(info.max_length, info.is_causal)
+    if config.max_length is not None and config.max_length > info.max_length:
         logger.warning("--max-length %d is more than %s allows; using %d", config.max_length, info.name,
                        info.max_length)
     type_vocab = getattr(loaded.model.config, "type_vocab_size", 0) or 0
-    encoder = Encoder(loaded.tokenizer, min(config.max_length, info.max_length), config.punctuation,
-                      use_token_types=type_vocab > 1)
+    encoder = Encoder(loaded.tokenizer, max_length, config.punctuation, use_token_types=type_vocab > 1)
     manifest = Manifest()
+    manifest.notes["capture"] = {"route": loaded.route, "max_length": max_length,
+                                 "attention_memory_bytes": config.attention_bytes(),
+                                 "padding_side": config.padding_side}
     corpus = Corpus(config, encoder, manifest)
     ctx = RunContext(config=config, loaded=loaded, encoder=encoder, corpus=corpus, manifest=manifest)
     for analysis in analyses:
         analysis.start(ctx)
 
     t1 = time.perf_counter()
-    scratch = Scratch()
-    forward_s = 0.0
     n_examples = n_tokens = 0
     used = {analysis.name: 0 for analysis in analyses}
     for batch in _progress(ctx.batches(corpus.examples(manifest)), corpus, config.quiet):
-        tf = time.perf_counter()
-        attn = capture_attention(loaded, batch, scratch)
-        forward_s += time.perf_counter() - tf
         n_examples += batch.size
         n_tokens += int(batch.lengths.sum())
-        for analysis in analyses:
-            rows = [k for k, ex in enumerate(batch.examples) if analysis.wants(ex)]
-            used[analysis.name] += len(rows)
-            if len(rows) == batch.size:
-                analysis.update(batch, attn)
-            elif rows:
-                analysis.update(batch.select(rows), attn[rows])
-        del attn
+        for name, rows in feed_batch(ctx, analyses, batch).items():
+            used[name] += rows
     timings["pass"] = time.perf_counter() - t1
-    timings["forward"] = forward_s
     if n_examples == 0:
         problems = "; ".join(str(e) for e in manifest.events[:5]) or "no input"
         raise NoUsableInputError(f"no usable input in the corpus ({problems})")
     manifest.count("examples", n_examples)
+    manifest.count("tokens", n_tokens)
+
+    t2 = time.perf_counter()
+    results: dict[str, AnalysisResult] = {}
+    for analysis in analyses:
+        ta = time.perf_counter()
+        if analysis.second_pass:
+            # The analysis's own pass, driven here like the main one, once its dependencies are final.
+            used[analysis.name] = 0
+            with torch.inference_mode():
+                for batch in ctx.batches(analysis.second_pass_examples(ctx, results)):
+                    analysis.update_second_pass(ctx, batch)
+                    used[analysis.name] += batch.size
+            timings[f"second_pass_{analysis.name}"] = time.perf_counter() - ta
+        results[analysis.name] = analysis.finalize(ctx, results)
+        timings[f"finalize_{analysis.name}"] = time.perf_counter() - ta
+    timings["finalize"] = time.perf_counter() - t2
     for analysis in analyses:
         if used[analysis.name] == 0:
             # Say so instead of writing empty tables that look like a result.
@@ -188,15 +196,6 @@ def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
                        f"({analysis.description}); check its input (--treebank, --coref, --parse spacy)")
             logger.warning(message)
             manifest.notes.setdefault("analyses_without_input", []).append(message)
-    manifest.count("tokens", n_tokens)
-
-    t2 = time.perf_counter()
-    results: dict[str, AnalysisResult] = {}
-    for analysis in analyses:
-        ta = time.perf_counter()
-        results[analysis.name] = analysis.finalize(ctx, results)
-        timings[f"finalize_{analysis.name}"] = time.perf_counter() - ta
-    timings["finalize"] = time.perf_counter() - t2
     timings["total"] = time.perf_counter() - t0
 
     run_info = {

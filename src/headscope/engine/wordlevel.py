@@ -68,6 +68,62 @@ def word_attention(attn: torch.Tensor, unit_of_piece: torch.Tensor, n_units: int
     return torch.einsum("bwi,blhij,bvj->blhwv", from_map, attn.float(), to_map)
 
 
+class WordAttention:
+    """Word-level attention of one batch, built layer by layer from blocks of piece-level query rows.
+
+    The same sums as :func:`word_attention`, with scatter-adds instead of dense pooling matrices, so the cost
+    is that of reading the piece map once (it stays O(seq^2) however many words a long window holds), and
+    query blocks add up: a word whose pieces fall in two blocks gets both parts.
+
+    Parameters
+    ----------
+    unit_of_piece : Tensor of shape [batch, seq]
+        Unit of each position, -1 on padding.
+    n_units : int
+        Unit slots (at least the largest unit count in the batch).
+    mode : {"mean", "first"}
+    """
+
+    def __init__(self, unit_of_piece: torch.Tensor, n_units: int, mode: str = "mean") -> None:
+        if mode not in ("mean", "first"):
+            raise ValueError(f"mode must be 'mean' or 'first', got {mode!r}")
+        self.n_units = n_units
+        valid = unit_of_piece >= 0
+        self.unit = unit_of_piece.clamp_min(0)  # padding columns are 0, so slot 0 gets nothing from them
+        counts = torch.zeros(unit_of_piece.shape[0], n_units, device=unit_of_piece.device)
+        counts.scatter_add_(1, self.unit, valid.float())
+        if mode == "mean":
+            self.from_weight = valid.float() / counts.gather(1, self.unit).clamp_min(1.0)
+        else:
+            previous = torch.cat([torch.full_like(self.unit[:, :1], -1), self.unit[:, :-1]], dim=1)
+            self.from_weight = (valid & (self.unit != previous)).float()
+        self._sum: torch.Tensor | None = None
+
+    def add(self, weights: torch.Tensor, query_start: int) -> torch.Tensor | None:
+        """Add a block of rows of one layer; returns the layer's word map after its last block, else None.
+
+        Parameters
+        ----------
+        weights : Tensor of shape [batch, head, query, key]
+            Rows ``query_start ...`` of the layer.
+
+        Returns
+        -------
+        Tensor of shape [batch, head, unit, unit] or None
+            Rows of real units sum to 1; valid until the next layer's first block.
+        """
+        b, h, q, n = weights.shape
+        q1 = query_start + q
+        if query_start == 0 or self._sum is None:
+            self._sum = weights.new_zeros(b, h, self.n_units, self.n_units)
+        to_units = weights.new_zeros(b, h, q, self.n_units)
+        to_units.scatter_add_(3, self.unit[:, None, None, :].expand(b, h, q, n), weights)
+        to_units.mul_(self.from_weight[:, None, query_start:q1, None])
+        rows = self.unit[:, None, query_start:q1, None].expand(b, h, q, self.n_units)
+        self._sum.scatter_add_(2, rows, to_units)
+        return self._sum if q1 >= n else None
+
+
 def word_attention_reference(attn: np.ndarray, groups: list[list[int]], mode: str = "mean") -> np.ndarray:
     """Plain-loop version of :func:`word_attention` for one map, for tests and checks.
 

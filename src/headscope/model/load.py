@@ -93,6 +93,11 @@ class LoadedModel:
     tokenizer: Any
     info: ModelInfo
     device: torch.device
+    route: str = "stacked"
+    """How attention weights are captured: ``interface``, ``hooks`` or ``stacked`` (see
+    :mod:`headscope.engine.capture`)."""
+    capture_state: dict[str, Any] = field(default_factory=dict, repr=False)
+    """What the capture learned about the model (attention module of each layer), filled on first use."""
 
 
 def resolve_device(device: str) -> torch.device:
@@ -112,8 +117,9 @@ def load_model(
     dtype: str = "float32",
     trust_remote_code: bool = False,
     gguf_file: str | None = None,
+    capture: str = "auto",
 ) -> LoadedModel:
-    """Load a model with eager attention so that attention weights come back.
+    """Load a model and choose how its attention weights are captured.
 
     Parameters
     ----------
@@ -129,6 +135,9 @@ def load_model(
         Passed to ``transformers``; off unless asked.
     gguf_file : str, optional
         A GGUF file inside the model directory.
+    capture : {"auto", "interface", "hooks", "stacked"}
+        The capture route (:func:`headscope.engine.capture.choose_route`); ``auto`` picks the attention
+        interface where the model uses it.
 
     Returns
     -------
@@ -154,7 +163,8 @@ def load_model(
         kwargs["gguf_file"] = gguf_file
     config = AutoConfig.from_pretrained(path, **kwargs)
     archs = list(getattr(config, "architectures", None) or [])
-    is_causal = bool(getattr(config, "is_decoder", False)) or any(a.endswith("ForCausalLM") for a in archs)
+    is_causal = bool(getattr(config, "is_decoder", False)) or any(
+        a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
     has_lm_head = any(a.endswith(_LM_SUFFIXES) for a in archs)
     if gguf_file and not archs:
         # GGUF configs carry no architectures list; every GGUF checkpoint transformers reads is a causal LM.
@@ -194,7 +204,13 @@ def load_model(
     )
     base = getattr(model, "base_model", model)
     loaded = LoadedModel(model=model, base=base, tokenizer=tokenizer, info=info, device=torch_device)
-    check_attention(loaded)
+    if capture == "stacked":
+        check_attention(loaded)
+        loaded.route = "stacked"
+    else:
+        from headscope.engine.capture import choose_route
+
+        loaded.route = choose_route(loaded, capture)
     return loaded
 
 
@@ -231,7 +247,7 @@ def _model_max_length(config: Any, tokenizer: Any) -> int:
 
 
 def check_attention(loaded: LoadedModel) -> None:
-    """Run one tiny forward pass and fail clearly if no attention weights come back."""
+    """Run one tiny forward pass with ``output_attentions`` and fail clearly if no weights come back."""
     tok = loaded.tokenizer
     enc = tok(["attention", "check"], is_split_into_words=True, return_tensors="pt")
     with torch.no_grad():
