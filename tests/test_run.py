@@ -52,6 +52,7 @@ def test_run_writes_the_output_contract(tiny_bert: Path, text_file: Path, tmp_pa
     assert run["counts"]["skipped"] == 1  # the sentence whose head is out of range
     skipped = run["events"]["skipped"]["listed"][0]
     assert skipped["file"] == str(tb) and skipped["line"] == 13 and "out of range" in skipped["reason"]
+    assert isinstance(skipped["batch"], int)  # the shard of the pass it was read for
     assert {"transformers", "torch", "headscope"} <= set(run["versions"])
     assert (out / "report" / "index.html").is_file()
     assert (out / "figures" / "surface_sep.png").is_file() and (out / "figures" / "surface_sep.svg").is_file()

@@ -131,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt as exc:  # RunInterrupted says where the checkpoint is
+        print(f"headscope: {exc or 'interrupted'}", file=sys.stderr)
+        return 130
     except (FileNotFoundError, ValueError, OSError, RuntimeError) as exc:
         print(f"headscope: error: {exc}", file=sys.stderr)
         return 1

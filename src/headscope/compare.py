@@ -14,6 +14,10 @@ Works from the run directories alone (no model). For every head:
   correlation between the two models' scores on one sentence). Roles gained and lost compare the runs'
   own ``has_role`` columns.
 
+Runs made under different ``--conventions`` are refused (the same column would hold two definitions, so its
+change would mix the models' difference with the definitions'), unless ``--allow-mixed-conventions``; the
+conventions of each run are recorded in ``compare.json`` and on the page.
+
 Outputs in ``DIR``: ``compare_heads.csv``, ``compare_roles.csv``, ``compare_layers.csv``,
 ``compare_{table}.csv`` for other per-head tables, ``compare.json``, ``figures/*.png|svg`` and a
 self-contained ``index.html`` (figures inlined).
@@ -42,6 +46,27 @@ logger = logging.getLogger("headscope")
 
 #: Columns of a per-head table that identify a row rather than measure something.
 ID_COLUMNS = ("layer", "head")
+
+
+class MixedConventionsError(ValueError):
+    """The two runs define some statistic differently (``--conventions``)."""
+
+
+def run_conventions(run: RunResult) -> dict[str, str]:
+    """The conventions that produced each analysis's tables, from its ``run.json`` summary.
+
+    An analysis that does not record them has a single definition (it does not read ``--conventions``), and
+    runs from before ``--conventions`` existed used headscope's: both count as ``headscope``.
+    """
+    return {name: str(summary.get("conventions", "headscope")) if isinstance(summary, dict) else "headscope"
+            for name, summary in run.run.get("analyses", {}).items()}
+
+
+def conventions_check(a: RunResult, b: RunResult) -> list[str]:
+    """The analyses both runs have whose tables were produced under different conventions, described."""
+    conv_a, conv_b = run_conventions(a), run_conventions(b)
+    return [f"{name}: {conv_a[name]} in A, {conv_b[name]} in B" for name in conv_a
+            if name in conv_b and conv_a[name] != conv_b[name]]
 
 
 @dataclass
@@ -184,7 +209,7 @@ def layer_summary(heads: pd.DataFrame, roles: pd.DataFrame | None) -> pd.DataFra
 
 
 def compare(run_a: str | Path | RunResult, run_b: str | Path | RunResult, alpha: float = 0.05,
-            correction: str = "bh") -> Comparison:
+            correction: str = "bh", allow_mixed_conventions: bool = False) -> Comparison:
     """Compare two finished runs of models with the same number of layers and heads.
 
     Parameters
@@ -195,10 +220,17 @@ def compare(run_a: str | Path | RunResult, run_b: str | Path | RunResult, alpha:
         Significance level of the role-change tests.
     correction : {"bh", "none"}
         Multiple-testing correction over all head x role tests.
+    allow_mixed_conventions : bool
+        Compare runs whose analyses used different ``--conventions`` (refused otherwise).
 
     Returns
     -------
     Comparison
+
+    Raises
+    ------
+    MixedConventionsError
+        When the runs' conventions differ and ``allow_mixed_conventions`` is False.
     """
     if correction not in ("bh", "none"):
         raise ValueError(f"correction must be 'bh' or 'none', got {correction!r}")
@@ -208,6 +240,15 @@ def compare(run_a: str | Path | RunResult, run_b: str | Path | RunResult, alpha:
     if shape_a != shape_b:
         raise ValueError(f"the models differ in shape ({shape_a[0]}x{shape_a[1]} vs {shape_b[0]}x{shape_b[1]} "
                          "layers x heads); heads can only be compared one to one")
+    mixed = conventions_check(a, b)
+    if mixed and not allow_mixed_conventions:
+        raise MixedConventionsError(
+            "the runs were made under different --conventions (" + "; ".join(mixed) + "): the same column is "
+            "defined differently in each (e.g. prev/next over n - 1 or n, entropies of raw or smoothed maps), so "
+            "its change would mix the models' difference with the definitions'. Re-run one of them with the "
+            "other's --conventions, or pass --allow-mixed-conventions to compare them anyway")
+    for problem in mixed:
+        logger.warning("compare: different conventions: %s", problem)
     problems = _corpus_check(a, b)
     for problem in problems:
         logger.warning("compare: %s", problem)
@@ -222,6 +263,9 @@ def compare(run_a: str | Path | RunResult, run_b: str | Path | RunResult, alpha:
         "a": {"model": a.run.get("model", {}).get("name"), "out": a.run.get("config", {}).get("out")},
         "b": {"model": b.run.get("model", {}).get("name"), "out": b.run.get("config", {}).get("out")},
         "shape": list(shape_a), "corpus_differences": problems, "alpha": alpha, "correction": correction,
+        "conventions": {"a": run_conventions(a), "b": run_conventions(b)}, "mixed_conventions": mixed,
+        "run_conventions": {key: run.run.get("config", {}).get("conventions", "headscope")
+                            for key, run in (("a", a), ("b", b))},
         "test": "Welch two-sided t-test from per-sentence count/mean/variance of roles.csv",
         "statistics": sorted(heads["statistic"].unique().tolist()), "tables": sorted(tables),
     }
@@ -289,6 +333,12 @@ def write_page(comparison: Comparison, out: Path) -> Path:
     blocks.append(f"<p>A = <b>{name_a}</b>, B = <b>{name_b}</b>; changes are B - A.</p>"
                   + (f'<p class="warn">The inputs differ:</p><ul>{warn}</ul>' if warn else
                      "<p>Both runs read the same corpus files and used the same number of sequences.</p>"))
+    conventions = s.get("conventions", {})
+    used = sorted(set(conventions.get("a", {}).values()) | set(conventions.get("b", {}).values())) or ["headscope"]
+    mixed = "".join(f"<li>{html.escape(m)}</li>" for m in s.get("mixed_conventions", []))
+    blocks.append(f'<p class="warn">Compared across different conventions (--allow-mixed-conventions): the '
+                  f"changes below mix the models' difference with the definitions'.</p><ul>{mixed}</ul>" if mixed
+                  else f"<p>Conventions: {html.escape(', '.join(used))} (both runs).</p>")
     roles = comparison.roles
     figs: list[str] = []
     if roles is not None:
@@ -352,12 +402,16 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level (default: %(default)s)")
     parser.add_argument("--correction", choices=("bh", "none"), default="bh",
                         help="multiple-testing correction of the role-change tests (default: %(default)s)")
+    parser.add_argument("--allow-mixed-conventions", action="store_true",
+                        help="compare runs made under different --conventions (refused otherwise: the same "
+                             "statistic would be defined differently in A and B)")
 
 
 @command("compare", "set two runs side by side: per-head changes, tested role changes, a report page",
          add_compare_arguments)
 def main_compare(args: argparse.Namespace) -> int:
-    comparison = compare(args.run_a, args.run_b, alpha=args.alpha, correction=args.correction)
+    comparison = compare(args.run_a, args.run_b, alpha=args.alpha, correction=args.correction,
+                         allow_mixed_conventions=args.allow_mixed_conventions)
     out = comparison.save(args.out)
     s = comparison.summary
     if comparison.roles is not None:

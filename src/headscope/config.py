@@ -64,21 +64,37 @@ class RunConfig:
     device: str = option("auto", help="auto, cpu, cuda or cuda:N.")
     dtype: str = option("float32", help="Model dtype: float32, float16 or bfloat16 (statistics are always "
                         "computed in float32).")
-    attention_memory: str = option("1GiB", help="Memory budget for one layer's attention: batches are cut and "
+    attention_memory: str = option("256MiB", help="Memory budget for one layer's attention: batches are cut and "
                                    "layers computed in blocks of query rows to stay under it (e.g. 512MiB, 4GiB).")
     capture: str = option("auto", help="How attention weights are captured: auto (transformers' attention "
                           "interface where the model uses it, else hooks), interface, hooks, or stacked (0.1's "
                           "eager path holding every layer: a reference, not for long inputs).")
     padding_side: str = option("right", help="Padding side of the forward pass: right or left (results do not "
                                "depend on it).")
+    engine: str = option("local", help="local (this process) or ray (Ray Data: an actor pool of --workers "
+                         "model copies; needs `pip install \"headscope[ray]\"`).")
+    ray_address: str | None = option(None, help="Address of a running Ray cluster (default: start a local "
+                                     "Ray instance on this machine).")
+    workers: int = option(2, help="Ray workers, each holding one copy of the model (--engine ray).")
+    gpus_per_worker: float = option(0.0, help="GPUs per Ray worker (--engine ray; 0 = CPU).")
+    checkpoint_every: int = option(50, help="Write OUT/checkpoint/ every this many batches (0: only on "
+                                   "Ctrl-C/SIGTERM); removed when the run completes.")
+    resume: str | None = option(None, help="Continue the interrupted run in this output directory from its "
+                                "checkpoint (the other options default to the checkpoint's).")
+    overwrite: bool = option(False, help="Replace a previous run in --out whole (without it, a folder that "
+                             "holds a run is refused).")
     seed: int = option(0, help="Seed for every random choice (A/B split, samples, clustering, probes).")
     word_attention: str = option("mean", help="How a split word attends: mean over its pieces' rows (the "
                                  "paper) or first (Clark et al.'s released code).")
     punctuation: str = option("clark", help="Punctuation class for surface statistics: clark (tokens "
                               "exactly '.' or ',') or all (every punctuation-only token).")
+    conventions: str = option("headscope", help="Definitions of the statistics: headscope (ours, "
+                              "docs/conventions.md), clark (as Clark et al.'s released code: surface, syntax, "
+                              "similarity) or pande (as the heads-hypothesis notebooks: roles).")
     parse: str = option("none", help="Dependency parses for raw text: none or spacy (silver parses from "
                         "en_core_web_sm).")
-    out: str | None = option("headscope-out", help="Output directory (files are overwritten).")
+    out: str | None = option("headscope-out", help="Output directory (a folder holding another run is refused "
+                             "unless --overwrite).")
     quiet: bool = option(False, help="No progress bar.")
     report: bool = option(True, help="Write report/ and figures/ after the run (--no-report skips them).",
                          flag="--no-report")
@@ -96,6 +112,11 @@ class RunConfig:
             raise ValueError(f"word_attention must be 'mean' or 'first', got {self.word_attention!r}")
         if self.punctuation not in ("clark", "all"):
             raise ValueError(f"punctuation must be 'clark' or 'all', got {self.punctuation!r}")
+        if self.conventions not in ("headscope", "clark", "pande"):
+            raise ValueError(f"conventions must be headscope, clark or pande, got {self.conventions!r}")
+        if self.conventions == "clark" and self.punctuation != "clark":
+            raise ValueError("--conventions clark counts the tokens '.' and ',' as punctuation, as Clark et al.'s "
+                             "code does; it cannot be combined with --punctuation all")
         if self.parse not in ("none", "spacy"):
             raise ValueError(f"parse must be 'none' or 'spacy', got {self.parse!r}")
         if self.capture not in ("auto", "interface", "hooks", "stacked"):
@@ -104,6 +125,12 @@ class RunConfig:
             raise ValueError(f"padding_side must be 'right' or 'left', got {self.padding_side!r}")
         if self.dtype not in ("float32", "float16", "bfloat16"):
             raise ValueError(f"dtype must be float32, float16 or bfloat16, got {self.dtype!r}")
+        if self.engine not in ("local", "ray"):
+            raise ValueError(f"engine must be 'local' or 'ray', got {self.engine!r}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         self.attention_bytes()  # fail now on a malformed size
 
     def attention_bytes(self) -> int:

@@ -32,6 +32,9 @@ class Event:
     """1-based line in ``file`` where the item starts, when known."""
     reason: str
     """What was wrong, in words a user can act on."""
+    batch: int | None = None
+    """The batch (shard of the pass, as numbered in checkpoints and sent to Ray workers) being read when
+    this came up; None outside the main pass."""
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line is not None else self.file
@@ -47,6 +50,8 @@ class Manifest:
     event_counts: Counter = field(default_factory=Counter)
     files: list[dict[str, Any]] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
+    batch: int | None = None
+    """The batch being read (set by :meth:`headscope.engine.context.RunContext.groups`)."""
 
     def add_file(self, path: str | Path, role: str) -> None:
         """Record an input file with its sha256 and role (text, treebank, coref, ...)."""
@@ -61,7 +66,7 @@ class Manifest:
         self.counts[key] += n
 
     def _event(self, kind: str, file: str | Path, line: int | None, reason: str, level: int) -> None:
-        event = Event(kind, str(file), line, reason)
+        event = Event(kind, str(file), line, reason, self.batch)
         self.event_counts[kind] += 1
         if self.event_counts[kind] <= MAX_LISTED_EVENTS:
             self.events.append(event)
@@ -85,7 +90,10 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         by_kind: dict[str, list[dict[str, Any]]] = {}
         for e in self.events:
-            by_kind.setdefault(e.kind, []).append({"file": e.file, "line": e.line, "reason": e.reason})
+            entry = {"file": e.file, "line": e.line, "reason": e.reason}
+            if e.batch is not None:
+                entry["batch"] = e.batch
+            by_kind.setdefault(e.kind, []).append(entry)
         return {
             "counts": dict(sorted(self.counts.items())),
             "events": {k: {"total": self.event_counts[k], "listed": v} for k, v in by_kind.items()},

@@ -3,9 +3,11 @@
 from headscope.analyses.ablation import PatternAblation
 from headscope.analyses.base import REGISTRY, Analysis, AnalysisResult, head_frame, register
 from headscope.analyses.coref import CorefHeads
+from headscope.analyses.decoder_heads import DecoderHeads
 from headscope.analyses.distance import DistancePatterns
 from headscope.analyses.examples import ExampleMaps
 from headscope.analyses.probe import AttentionProbe
+from headscope.analyses.retrieval import RetrievalHeads
 from headscope.analyses.roles import HeadRoles
 from headscope.analyses.similarity import HeadSimilarity
 from headscope.analyses.surface import SurfaceStatistics
@@ -17,11 +19,13 @@ __all__ = [
     "AnalysisResult",
     "AttentionProbe",
     "CorefHeads",
+    "DecoderHeads",
     "DistancePatterns",
     "ExampleMaps",
     "HeadRoles",
     "HeadSimilarity",
     "PatternAblation",
+    "RetrievalHeads",
     "SurfaceStatistics",
     "SyntaxHeads",
     "head_frame",

@@ -125,6 +125,22 @@ class Analysis(ABC):
     def update_second_pass(self, ctx: RunContext, batch: Batch) -> None:  # noqa: B027
         """Add one batch of the second pass (the analysis runs the model itself, e.g. with gates)."""
 
+    def state_dict(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The running state as (numpy arrays by name, JSON-able dict): checkpoints and distributed merges.
+
+        The default saves every attribute ending in ``_`` (:func:`headscope.engine.state.generic_state`);
+        override both this and :meth:`load_state_dict` when the state holds other objects.
+        """
+        from headscope.engine.state import generic_state
+
+        return generic_state(self)
+
+    def load_state_dict(self, arrays: dict[str, Any], meta: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` into this analysis, already started on the same model."""
+        from headscope.engine.state import load_generic_state
+
+        load_generic_state(self, arrays, meta)
+
     @abstractmethod
     def merge(self, other: Analysis) -> Analysis:
         """Add the state of ``other`` (same kind, same model) into this one and return self."""

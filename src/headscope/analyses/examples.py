@@ -48,15 +48,25 @@ class KeptMap:
 
     index: int
     """``Example.index`` (corpus order)."""
-    example: Example
-    """The encoded input (tokens, units, source sentences)."""
+    length: int
+    """Tokens of the sequence."""
+    source: dict[str, Any]
+    """What the report shows of the input (file, line, text, pieces, units): JSON, as in ``examples.json``."""
     attention: torch.Tensor
     """float16 on the CPU, of shape [layer, head, query, key]."""
 
     @property
     def key(self) -> tuple[int, int]:
         """Sort key: longer first, then earlier in the corpus."""
-        return (-self.example.length, self.index)
+        return (-self.length, self.index)
+
+
+def describe(ex: Example) -> dict[str, Any]:
+    """The JSON description of an input kept for the report."""
+    words = [w for s in ex.sentences for w in s.words]
+    return {"index": ex.index, "kind": ex.kind, "file": ex.file, "line": ex.line, "text": " ".join(words),
+            "pieces": list(ex.pieces), "units": list(ex.units),
+            "unit_of_piece": ex.unit_of_piece.astype(int).tolist()}
 
 
 def encode_float16(array: np.ndarray) -> str:
@@ -71,21 +81,8 @@ def decode_float16(data: str, shape: tuple[int, ...]) -> np.ndarray:
 
 def example_document(kept: KeptMap) -> dict[str, Any]:
     """The JSON record of one kept sequence (see the module docstring for the encoding)."""
-    ex = kept.example
-    words = [w for s in ex.sentences for w in s.words]
-    return {
-        "index": kept.index,
-        "kind": ex.kind,
-        "file": ex.file,
-        "line": ex.line,
-        "text": " ".join(words),
-        "pieces": list(ex.pieces),
-        "units": list(ex.units),
-        "unit_of_piece": ex.unit_of_piece.astype(int).tolist(),
-        "shape": list(kept.attention.shape),
-        "dtype": "float16",
-        "attention": encode_float16(kept.attention.numpy()),
-    }
+    return {**kept.source, "shape": list(kept.attention.shape), "dtype": "float16",
+            "attention": encode_float16(kept.attention.numpy())}
 
 
 @register
@@ -136,9 +133,18 @@ class ExampleMaps(Analysis):
                 ex = batch.examples[row]
                 n = ex.length
                 maps = torch.stack([layer[c, :, :n, :n] for layer in self._layers])  # [layer, head, n, n]
-                candidates.append(KeptMap(ex.index, ex, maps))
+                candidates.append(KeptMap(ex.index, n, describe(ex), maps))
             self._keep(candidates)
         self._rows, self._layers = [], []
+
+    def state_dict(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        arrays = {f"attention.{k}": kept.attention.numpy() for k, kept in enumerate(self.kept_)}
+        return arrays, {"kept": [{"index": k.index, "length": k.length, "source": k.source} for k in self.kept_]}
+
+    def load_state_dict(self, arrays: dict[str, Any], meta: dict[str, Any]) -> None:
+        self.kept_ = [KeptMap(int(entry["index"]), int(entry["length"]), dict(entry["source"]),
+                              torch.from_numpy(np.array(arrays[f"attention.{k}"], dtype=np.float16)))
+                      for k, entry in enumerate(meta["kept"])]
 
     def merge(self, other: Analysis) -> ExampleMaps:
         assert isinstance(other, ExampleMaps)

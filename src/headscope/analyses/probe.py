@@ -485,6 +485,41 @@ class AttentionProbe(Analysis):
         self._pending, self._features = [], None
         self.seconds_features_ += time.perf_counter() - t0
 
+    def state_dict(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        from headscope.engine.state import generic_state
+
+        arrays, meta = generic_state(self, skip=("data_",))
+        meta["words"] = []
+        for split, data in enumerate(self.data_):
+            store = data.features
+            arrays[f"data.{split}.features"] = np.asarray(store._flat()[:store.nbytes // 2])
+            arrays[f"data.{split}.sizes"] = np.asarray(store.sizes, dtype=np.int64)
+            arrays[f"data.{split}.lengths"] = np.asarray([len(h) for h in data.heads], dtype=np.int64)
+            arrays[f"data.{split}.heads"] = np.concatenate([np.zeros(0, np.int64), *data.heads]).astype(np.int64)
+            arrays[f"data.{split}.punct"] = np.concatenate([np.zeros(0, bool), *data.punct]).astype(bool)
+            arrays[f"data.{split}.keys"] = np.asarray(data.keys, dtype=np.int64).reshape(-1, 2)
+            meta["words"].append(data.words)
+        return arrays, meta
+
+    def load_state_dict(self, arrays: dict[str, Any], meta: dict[str, Any]) -> None:
+        from headscope.engine.state import load_generic_state
+
+        words = meta.pop("words")
+        load_generic_state(self, {k: v for k, v in arrays.items() if not k.startswith("data.")}, meta)
+        for split, data in enumerate(self.data_):
+            flat = arrays[f"data.{split}.features"]
+            sizes = arrays[f"data.{split}.sizes"].tolist()
+            lengths = arrays[f"data.{split}.lengths"].tolist()
+            bounds = np.cumsum([0, *lengths])
+            start = 0
+            for k, m in enumerate(sizes):
+                count = self.n_features_ * m * m
+                data.add(flat[start:start + count].reshape(self.n_features_, m, m), list(words[split][k]),
+                         arrays[f"data.{split}.heads"][bounds[k]:bounds[k + 1]].copy(),
+                         arrays[f"data.{split}.punct"][bounds[k]:bounds[k + 1]].copy(),
+                         tuple(int(v) for v in arrays[f"data.{split}.keys"][k]))
+                start += count
+
     def merge(self, other: Analysis) -> AttentionProbe:
         assert isinstance(other, AttentionProbe)
         for mine, theirs in zip(self.data_, other.data_, strict=True):

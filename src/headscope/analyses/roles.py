@@ -31,6 +31,25 @@ corpus may hold several sentences). Only the sufficient statistics of the per-se
 count, sum and sum of squares per role and head, so memory does not grow with the corpus and shards merge
 exactly (up to float64 summation order). A score needs all of a sequence's query rows, so the token-level
 roles add up each block's row sums and turn them into scores after the layer's last block.
+
+With ``--conventions pande`` the roles are scored as the heads-hypothesis notebooks (iitmnlp/heads-hypothesis)
+score them:
+
+- every role: each query's target mean is divided by the row's mean attention (``sum(A[i, :]) / n``);
+- ``local``: the band i-2..i+2 clipped to the sequence, i included, but its size is counted as
+  ``min(i + 2, n) + 1 - max(0, i - 2)``, one more than the keys summed for the last two tokens;
+- ``delimiter``: [CLS] and the [SEP] tokens, as here;
+- ``block``: the queries before the first [SEP] ([CLS] and A) target A's tokens without [CLS]; the first
+  [SEP] and every later query target B's tokens without the [SEP]s; each query's term is multiplied by the
+  entropy of its row (``scipy.stats.entropy``, nats);
+- ``syntactic_<rel>``: piece level, not word level: the mean over the dependent's pieces and the head's
+  pieces of ``A[piece, piece]``, over the dependent rows' mean attention; each piece is found as the first
+  piece of the same id in its segment (their ``list.index``, so a repeated piece points at its first
+  occurrence); ``n`` = pieces, not words; labels matched exactly (``nsubj`` does not match ``nsubj:pass``;
+  ``obj`` and ``dobj`` are one relation);
+- the test: ``t = (mean - tau) / (sd / sqrt(n))`` with the population standard deviation (``np.std``), the
+  p-value ``1 - cdf`` of Student's t with n - 1 degrees of freedom, and no multiple-testing correction
+  (``--correction`` is not used).
 """
 
 from __future__ import annotations
@@ -46,6 +65,7 @@ import torch
 from scipy import stats
 
 from headscope.analyses.base import Analysis, AnalysisResult, register
+from headscope.analyses.surface import conventions_html, effective_conventions
 from headscope.config import option
 from headscope.corpus.conllu import collapse_relation
 
@@ -64,6 +84,13 @@ DEFAULT_RELATIONS = ("nsubj", "obj", "amod", "advmod")
 ALIASES = {"obj": ("obj", "dobj"), "dobj": ("obj", "dobj")}
 #: Local window: positions i-WINDOW..i+WINDOW, i included.
 WINDOW = 2
+#: What each ``--conventions`` value means here (``run.json`` and the report).
+CONVENTIONS = {
+    "headscope": "headscope's definitions (docs/conventions.md)",
+    "pande": "as the heads-hypothesis notebooks: scores over the row's mean attention, their local band size, "
+             "block on segment words times row entropy, syntactic on pieces (first occurrence, n = pieces, exact "
+             "labels), t from the population sd, no correction",
+}
 #: Short labels of roles in the layer x head grid.
 ABBREVIATIONS = {"local": "L", "delimiter": "D", "delimiter_cls": "C", "delimiter_sep": "S", "block": "B",
                  "syntactic": "Y"}
@@ -209,25 +236,45 @@ class SurfaceTargets:
     """Per role, float64 [batch]: ``n`` over the counted queries (:func:`sieve_norms`)."""
     valid: dict[str, torch.Tensor]
     """Per role, bool [batch]: False where the role is not defined for the sequence."""
+    pande: bool = False
+    """Pande et al.'s definitions (module docstring): rows normalised by their sum, block times row entropy."""
 
 
-def surface_targets(batch: Batch, dtype: torch.dtype = torch.float32) -> SurfaceTargets:
-    """The token-level roles' target sets of ``batch``: sizes, key columns, score factors and validity."""
+def surface_targets(batch: Batch, dtype: torch.dtype = torch.float32, conventions: str = "headscope"
+                    ) -> SurfaceTargets:
+    """The token-level roles' target sets of ``batch``: sizes, key columns, score factors and validity.
+
+    ``conventions="pande"``: the local band's size and the block targets of Pande et al.'s notebooks.
+    """
     mask = batch.mask
     b, s = mask.shape
     mask_f = mask.to(dtype)
-    size_local = torch.zeros(b, s, dtype=dtype, device=mask.device)
-    for o in range(-WINDOW, WINDOW + 1):
-        if abs(o) >= s:
-            continue
-        if o >= 0:
-            size_local[:, : s - o] += mask_f[:, o:]
-        else:
-            size_local[:, -o:] += mask_f[:, : s + o]
+    pande = conventions == "pande"
     seg = batch.segment
-    columns = torch.stack([batch.is_cls, batch.is_sep, mask & (seg == 0), mask & (seg == 1)], -1).to(dtype)
+    if pande:
+        pos = torch.arange(s, device=mask.device)[None, :]
+        n = batch.lengths[:, None]
+        # Their band_size: (min(i + 2, n) + 1) - max(0, i - 2), clipped at n rather than n - 1.
+        size_local = ((torch.minimum(pos + WINDOW, n) + 1 - (pos - WINDOW).clamp_min(0)) * mask).to(dtype)
+        first_sep = torch.where(batch.is_sep, pos, s).amin(-1, keepdim=True)
+        words_a = mask & (pos >= 1) & (pos < first_sep)  # 1 .. sep1 - 1
+        words_b = mask & (pos > first_sep) & (pos < n - 1)  # sep1 + 1 .. sep2 - 1, sep2 the last position
+        in_b = pos >= first_sep
+        paired = (mask & (seg == 1)).any(-1)
+    else:
+        size_local = torch.zeros(b, s, dtype=dtype, device=mask.device)
+        for o in range(-WINDOW, WINDOW + 1):
+            if abs(o) >= s:
+                continue
+            if o >= 0:
+                size_local[:, : s - o] += mask_f[:, o:]
+            else:
+                size_local[:, -o:] += mask_f[:, : s + o]
+        words_a, words_b = mask & (seg == 0), mask & (seg == 1)
+        in_b = seg == 1
+        paired = torch.ones(b, dtype=torch.bool, device=mask.device)
+    columns = torch.stack([batch.is_cls, batch.is_sep, words_a, words_b], -1).to(dtype)
     n_cls, n_sep, n_a, n_b = columns.sum(1).unbind(-1)  # [batch] each
-    in_b = seg == 1
     size = {
         "local": size_local * mask_f,
         "delimiter": (n_cls + n_sep)[:, None].expand(b, s),
@@ -238,8 +285,8 @@ def surface_targets(batch: Batch, dtype: torch.dtype = torch.float32) -> Surface
     factor, valid = {}, {}
     for role, role_size in size.items():
         factor[role], valid[role] = sieve_norms(role_size, mask, batch.lengths)
-    valid["block"] = valid["block"] & (n_a > 0) & (n_b > 0)
-    return SurfaceTargets(size, mask, columns, in_b, factor, valid)
+    valid["block"] = valid["block"] & (n_a > 0) & (n_b > 0) & paired
+    return SurfaceTargets(size, mask, columns, in_b, factor, valid, pande=pande)
 
 
 def surface_row_sums(attn: torch.Tensor, targets: SurfaceTargets, query_start: int = 0) -> dict[str, torch.Tensor]:
@@ -272,12 +319,20 @@ def surface_row_sums(attn: torch.Tensor, targets: SurfaceTargets, query_start: i
         diag = torch.diagonal(attn, q0 + o, dim1=-2, dim2=-1)
         start = max(0, -(q0 + o))
         on_local[..., start:start + diag.shape[-1]] += diag
-    out["local"] = sieve_row_sums(on_local, targets.size["local"][:, q0:q1], queries)
 
     sums = torch.matmul(attn, targets.columns[:, None, None].to(attn.dtype))  # [batch, layer, head, query, 4]
     on_cls, on_sep, on_a, on_b = sums.unbind(-1)
-    on = {"delimiter": on_cls + on_sep, "delimiter_cls": on_cls, "delimiter_sep": on_sep,
-          "block": torch.where(targets.in_b[:, None, None, q0:q1], on_b, on_a)}
+    on_block = torch.where(targets.in_b[:, None, None, q0:q1], on_b, on_a)
+    if targets.pande:
+        # Each query's term over the row's mean attention sum(A[i, :]) / n (the n is in the score's factor),
+        # and block's times the row's entropy (scipy.stats.entropy normalises the row).
+        total = attn.sum(-1)
+        norm = total.clamp_min(torch.finfo(attn.dtype).tiny)
+        entropy = torch.log(norm) - torch.special.xlogy(attn, attn).sum(-1) / norm
+        on_local, on_cls, on_sep = on_local / norm, on_cls / norm, on_sep / norm
+        on_block = on_block / norm * entropy
+    on = {"local": on_local, "delimiter": on_cls + on_sep, "delimiter_cls": on_cls, "delimiter_sep": on_sep,
+          "block": on_block}
     for role, on_role in on.items():
         out[role] = sieve_row_sums(on_role, targets.size[role][:, q0:q1], queries)
     return out
@@ -301,13 +356,17 @@ def surface_scores(batch: Batch, attn: torch.Tensor) -> dict[str, tuple[torch.Te
             for role, total in surface_row_sums(attn, targets).items()}
 
 
-def relation_matches(relation: str, deprel: str) -> bool:
-    """Whether dependency label ``deprel`` counts as ``relation`` (exact, alias, or universal part)."""
+def relation_matches(relation: str, deprel: str, exact: bool = False) -> bool:
+    """Whether dependency label ``deprel`` counts as ``relation`` (exact, alias, or universal part).
+
+    ``exact``: the label or an alias only (Pande et al. compare spaCy's labels with ``==``).
+    """
     names = ALIASES.get(relation, (relation,))
-    return deprel in names or collapse_relation(deprel) in names
+    return deprel in names or (not exact and collapse_relation(deprel) in names)
 
 
-def syntactic_arcs(examples: list[Any], relations: list[str]) -> list[tuple[int, int, int, int]]:
+def syntactic_arcs(examples: list[Any], relations: list[str], exact: bool = False
+                   ) -> list[tuple[int, int, int, int]]:
     """Dependent -> head arcs of the given relations, as unit indices.
 
     Parameters
@@ -315,6 +374,8 @@ def syntactic_arcs(examples: list[Any], relations: list[str]) -> list[tuple[int,
     examples : list of Example
     relations : list of str
         Relation ``r`` gets role index ``r``'s position in this list.
+    exact : bool
+        Match labels exactly (:func:`relation_matches`).
 
     Returns
     -------
@@ -331,7 +392,7 @@ def syntactic_arcs(examples: list[Any], relations: list[str]) -> list[tuple[int,
                 if h == 0 or units[d] < 0 or units[h - 1] < 0:
                     continue
                 for r, relation in enumerate(relations):
-                    if relation_matches(relation, deprel):
+                    if relation_matches(relation, deprel, exact):
                         arcs.append((row, r, int(units[d]), int(units[h - 1])))
     return arcs
 
@@ -362,9 +423,9 @@ class DependentSlots:
     """Per role, bool [rows]: True when the row holds the relation."""
 
 
-def dependent_slots(batch: Batch, relations: list[str]) -> DependentSlots | None:
+def dependent_slots(batch: Batch, relations: list[str], exact: bool = False) -> DependentSlots | None:
     """The :class:`DependentSlots` of ``batch`` for ``relations``; None when it has no arc of them."""
-    arcs = syntactic_arcs(batch.examples, relations)
+    arcs = syntactic_arcs(batch.examples, relations, exact)
     if not arcs:
         return None
     roles = ["syntactic", *(f"syntactic_{r}" for r in relations)]
@@ -392,8 +453,63 @@ def dependent_slots(batch: Batch, relations: list[str]) -> DependentSlots | None
                           [f for f, _ in norms], [v for _, v in norms])
 
 
-def one_sided_tests(n: np.ndarray, total: np.ndarray, total_sq: np.ndarray, tau: float
-                    ) -> dict[str, np.ndarray]:
+@dataclass
+class PieceSlots:
+    """The dependents' and head words' pieces of :class:`DependentSlots`, as Pande et al. find them.
+
+    Each word's pieces are looked up by id in the word's segment, first occurrence first (their
+    ``final_sent.index(piece)``), so a piece that occurs earlier in the segment points there.
+    """
+
+    from_weight: torch.Tensor
+    """float32 [rows, slot, seq]: weight of each position in the mean over the dependent's pieces."""
+    to_weight: torch.Tensor
+    """float32 [rows, slot, seq]: weight of each position in the mean over the head word's pieces."""
+    n: torch.Tensor
+    """float64 [rows]: pieces of the sequence (Pande et al.'s ``sent_len``)."""
+
+
+def first_occurrences(unit_of_piece: np.ndarray, ids: np.ndarray, segment: np.ndarray, unit: int) -> list[int]:
+    """Where Pande et al. look a word's pieces up: for each piece, the first position of its id in the segment.
+
+    Parameters
+    ----------
+    unit_of_piece, ids, segment : ndarray of shape (seq,)
+        One sequence's alignment, token ids and segments.
+    unit : int
+        The word's unit.
+    """
+    pieces = np.flatnonzero(unit_of_piece == unit)
+    in_b = np.flatnonzero(segment == 1)
+    start = int(in_b[0]) if len(in_b) and len(pieces) and pieces[0] >= in_b[0] else 0
+    return [start + int(np.flatnonzero(ids[start:] == ids[p])[0]) for p in pieces]
+
+
+def piece_slots(batch: Batch, dep: DependentSlots) -> PieceSlots:
+    """The :class:`PieceSlots` of ``dep``'s slots in ``batch``."""
+    rows, slots = dep.dependent.shape
+    seq = batch.input_ids.shape[1]
+    from_w = np.zeros((rows, slots, seq), dtype=np.float32)
+    to_w = np.zeros((rows, slots, seq), dtype=np.float32)
+    unit_of_piece = batch.unit_of_piece.cpu().numpy()
+    ids = batch.input_ids.cpu().numpy()
+    segment = batch.segment.cpu().numpy()
+    used = dep.in_relation.sum(1).cpu().numpy() > 0  # [rows, slot]
+    for k, row in enumerate(dep.index.tolist()):
+        for slot in range(slots):
+            if not used[k, slot]:
+                continue
+            for weights, unit in ((from_w, dep.dependent[k, slot]), (to_w, dep.head_word[k, slot])):
+                found = first_occurrences(unit_of_piece[row], ids[row], segment[row], int(unit))
+                for position in found:
+                    weights[k, slot, position] += 1.0 / len(found)
+    dev = batch.input_ids.device
+    return PieceSlots(torch.from_numpy(from_w).to(dev), torch.from_numpy(to_w).to(dev),
+                      batch.lengths.index_select(0, dep.index).to(torch.float64))
+
+
+def one_sided_tests(n: np.ndarray, total: np.ndarray, total_sq: np.ndarray, tau: float,
+                    conventions: str = "headscope") -> dict[str, np.ndarray]:
     """One-sample t-tests of H0 mean <= tau against H1 mean > tau from sufficient statistics.
 
     Parameters
@@ -401,6 +517,9 @@ def one_sided_tests(n: np.ndarray, total: np.ndarray, total_sq: np.ndarray, tau:
     n, total, total_sq : ndarray of the same shape
         Count, sum and sum of squares of the scores of each test.
     tau : float
+    conventions : {"headscope", "pande"}
+        ``pande``: Pande et al.'s ``ztest_own``: the population standard deviation in ``t`` and ``p = 1 -
+        cdf(t)``. ``var`` is the unbiased variance either way.
 
     Returns
     -------
@@ -414,8 +533,12 @@ def one_sided_tests(n: np.ndarray, total: np.ndarray, total_sq: np.ndarray, tau:
         # Clamp: rounding can make the difference of two nearly equal sums slightly negative.
         var = np.maximum(total_sq - n * mean**2, 0.0) / (n - 1)
         var = np.where(var <= 1e-12 * np.maximum(mean**2, 1e-300), 0.0, var)
-        t = (mean - tau) / np.sqrt(var / n)
-        p = stats.t.sf(t, np.maximum(n - 1, 1))
+        if conventions == "pande":
+            t = (mean - tau) / np.sqrt(var * (n - 1) / n / n)
+            p = 1 - stats.t.cdf(t, np.maximum(n - 1, 1))
+        else:
+            t = (mean - tau) / np.sqrt(var / n)
+            p = stats.t.sf(t, np.maximum(n - 1, 1))
     few = n < 2
     t = np.where(few, np.nan, t)
     p = np.where(few | np.isnan(t), np.nan, p)
@@ -472,10 +595,13 @@ class HeadRoles(Analysis):
     uses_words = True
 
     def wants_words(self, example: Example) -> bool:
-        return example.has_tree  # syntactic roles only; raw text without parses needs no word map
+        # Syntactic roles only (raw text without parses needs no word map); Pande et al.'s are piece level.
+        return example.has_tree and self.conventions_ != "pande"
 
     def start(self, ctx: Any) -> None:
         opts: RolesOptions = self.options
+        self.conventions_ = effective_conventions(ctx, tuple(CONVENTIONS))
+        self.correction_ = "none" if self.conventions_ == "pande" else opts.correction
         self.relations_ = list(dict.fromkeys([*DEFAULT_RELATIONS, *opts.relations]))
         self.roles_ = [*SURFACE_ROLES, "syntactic", *(f"syntactic_{r}" for r in self.relations_)]
         shape = (len(self.roles_), ctx.info.n_layers, ctx.info.n_heads)
@@ -485,6 +611,8 @@ class HeadRoles(Analysis):
         self._targets: SurfaceTargets | None = None
         self._rows: dict[str, torch.Tensor] = {}
         self._dependents: DependentSlots | None = None
+        self._pieces: PieceSlots | None = None
+        self._on_head: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _add(self, role: str, layer: int, scores: torch.Tensor, valid: torch.Tensor) -> None:
         """Add one layer's scores [batch, head] of the sequences where ``valid`` [batch] holds."""
@@ -494,8 +622,10 @@ class HeadRoles(Analysis):
         self.sumsq_[r, layer] += (kept * kept).sum(0)
 
     def begin_batch(self, batch: Batch) -> None:
-        self._targets = surface_targets(batch)
-        self._dependents = dependent_slots(batch, self.relations_)
+        pande = self.conventions_ == "pande"
+        self._targets = surface_targets(batch, conventions=self.conventions_)
+        self._dependents = dependent_slots(batch, self.relations_, exact=pande)
+        self._pieces = piece_slots(batch, self._dependents) if pande and self._dependents is not None else None
         # Which sequences a role is defined for does not depend on attention: count them once per batch.
         for role, valid in self._targets.valid.items():
             self.count_[self.roles_.index(role)] += valid.sum()
@@ -514,6 +644,31 @@ class HeadRoles(Analysis):
                 self._add(role, block.layer, total * self._targets.factor[role][:, None],
                           self._targets.valid[role])
             self._rows = {}
+        if self._pieces is not None:
+            self._update_pieces(block)
+
+    def _update_pieces(self, block: LayerAttention) -> None:
+        """Pande et al.'s syntactic scores: piece-level attention from the dependents' to the heads' pieces."""
+        dep, pieces = self._dependents, self._pieces
+        assert dep is not None and pieces is not None
+        q0, q1 = block.query_start, block.query_stop
+        attn = block.weights.index_select(0, dep.index)  # [rows, head, query, key]
+        from_w = pieces.from_weight[:, :, q0:q1]
+        to_heads = torch.einsum("rhqk,rsk->rhqs", attn, pieces.to_weight)
+        on = torch.einsum("rhqs,rsq->rhs", to_heads, from_w).double()  # mean over both words' pieces
+        row_mass = torch.einsum("rhq,rsq->rhs", attn.sum(-1), from_w).double()  # mean row sum of the dependent
+        if not block.is_first and self._on_head is not None:
+            on, row_mass = on + self._on_head[0], row_mass + self._on_head[1]
+        self._on_head = (on, row_mass)
+        if not block.is_last:
+            return
+        # Their token_score: (mean attention to the head's pieces) / (mean row sum / sent_len), per arc.
+        score = on * pieces.n[:, None, None] / row_mass.clamp_min(torch.finfo(torch.float64).tiny)
+        for r, role in enumerate(dep.roles):
+            arcs = dep.in_relation[:, r].double()  # [rows, slot]
+            mean = (score * arcs[:, None, :]).sum(-1) / arcs.sum(-1).clamp_min(1)[:, None]
+            self._add(role, block.layer, mean, dep.valid[r])
+        self._on_head = None
 
     def update_words(self, batch: Batch, layer: int, words: torch.Tensor) -> None:
         dep = self._dependents
@@ -527,6 +682,7 @@ class HeadRoles(Analysis):
 
     def end_batch(self, batch: Batch) -> None:
         self._targets, self._rows, self._dependents = None, {}, None
+        self._pieces, self._on_head = None, None
 
     def merge(self, other: Analysis) -> HeadRoles:
         assert isinstance(other, HeadRoles) and other.roles_ == self.roles_
@@ -540,7 +696,8 @@ class HeadRoles(Analysis):
         opts: RolesOptions = self.options
         n_roles, n_layers, n_heads = self.sum_.shape
         count = self.count_.cpu().numpy()[:, None, None].repeat(n_layers, 1).repeat(n_heads, 2)
-        tests = one_sided_tests(count, self.sum_.cpu().numpy(), self.sumsq_.cpu().numpy(), opts.tau)
+        tests = one_sided_tests(count, self.sum_.cpu().numpy(), self.sumsq_.cpu().numpy(), opts.tau,
+                                self.conventions_)
         role, layer, head = np.meshgrid(np.arange(n_roles), np.arange(n_layers), np.arange(n_heads),
                                         indexing="ij")
         frame = pd.DataFrame({
@@ -549,7 +706,7 @@ class HeadRoles(Analysis):
             "score_var": tests["var"].ravel(), "score_sum": self.sum_.cpu().numpy().ravel(),
             "score_sumsq": self.sumsq_.cpu().numpy().ravel(), "t": tests["t"].ravel(), "p": tests["p"].ravel(),
         })
-        frame["p_adjusted"] = adjust_pvalues(frame["p"].to_numpy(), opts.correction)
+        frame["p_adjusted"] = adjust_pvalues(frame["p"].to_numpy(), self.correction_)
         frame["significant"] = (frame["p_adjusted"] < opts.alpha).to_numpy()
         frame["above_tau"] = (frame["score_mean"] > opts.tau).to_numpy()
         frame["has_role"] = frame["significant" if opts.role_rule == "ttest" else "above_tau"]
@@ -567,8 +724,11 @@ class HeadRoles(Analysis):
             name=self.name,
             tables={"roles": frame},
             summary={
-                "tau": opts.tau, "alpha": opts.alpha, "correction": opts.correction, "role_rule": opts.role_rule,
-                "local_window": f"i-{WINDOW}..i+{WINDOW}, i included", "sentences": sentences,
+                "conventions": self.conventions_, "definitions": CONVENTIONS[self.conventions_],
+                "tau": opts.tau, "alpha": opts.alpha, "correction": self.correction_, "role_rule": opts.role_rule,
+                "local_window": f"i-{WINDOW}..i+{WINDOW}, i included" + (
+                    "; size min(i+2, n)+1-max(0, i-2) (Pande et al.)" if self.conventions_ == "pande" else ""),
+                "sentences": sentences,
                 "heads_with_role": {r: int((held["role"] == r).sum()) for r in self.roles_},
                 "multi_role_heads": int((main.groupby(["layer", "head"]).size() > 1).sum()),
                 "local_and_syntactic_heads": int((main.groupby(["layer", "head"])["role"].agg(
@@ -586,7 +746,8 @@ class HeadRoles(Analysis):
         from headscope.report.section import ReportSection, figure_html
 
         table = run.tables["roles"]
-        opts = run.run.get("analysis_options", {}).get("roles", {})
+        opts = {**run.run.get("analysis_options", {}).get("roles", {}),
+                **{k: v for k, v in run.run.get("analyses", {}).get("roles", {}).items() if k == "correction"}}
         untested = [r for r, n in table.groupby("role", sort=False)["n"].max().items() if n < 2]
         roles = table[~table["role"].isin(untested)]
         if roles.empty:
@@ -608,6 +769,7 @@ class HeadRoles(Analysis):
             f"{both} of {len(roles)} head x role pairs. Grid letters: "
             + ", ".join(f"{v} = {html.escape(k)}" for k, v in ABBREVIATIONS.items())
             + "; +k = k single-relation syntactic roles.</p>"
+            + conventions_html(run, "roles", CONVENTIONS)
             + (f"<p>Not tested (fewer than two sentences): {html.escape(', '.join(untested))}. Syntactic roles "
                "need dependency trees (--treebank or --parse spacy); block needs segment pairs.</p>"
                if untested else "")

@@ -12,6 +12,12 @@ The cost grows as heads^2 x tokens x length, so by default a seeded sample of qu
 (``--similarity-sample``, the share of query tokens kept; 1 keeps all, as in the paper). The draw for a
 sequence depends only on the seed and the sequence's corpus index, so it does not depend on batching;
 ``run.json`` records how many tokens were used.
+
+With ``--conventions clark`` the distance is computed as Clark et al.'s ``head_distances.py`` does: over every
+query token (``--similarity-sample`` is not used), on float16 maps and in float16 arithmetic, as NumPy
+evaluates the script's lines on them (each operation rounded to float16, the sum over keys and then over a
+sequence's queries each rounded to float16), smoothing ``0.001 / n + 0.999 A`` and
+``JS = (sum -p log(m / p) + sum -q log(m / q)) / 2``. See ``docs/conventions.md``.
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ import pandas as pd
 import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_name, register
+from headscope.analyses.surface import as_float16, conventions_html, effective_conventions, float16_constant
 from headscope.config import option
+from headscope.engine.scratch import Scratch
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
@@ -35,6 +43,11 @@ if TYPE_CHECKING:
 
 #: Smoothing of attention rows before the JS divergence (Clark et al.): ``(1 - EPS) * A + EPS / n``.
 SMOOTHING = 0.001
+#: What each ``--conventions`` value means here (``run.json`` and the report).
+CONVENTIONS = {
+    "headscope": "headscope's definitions (docs/conventions.md)",
+    "clark": "as Clark et al.'s head_distances.py: every token, float16 maps and float16 arithmetic",
+}
 
 
 def smooth_rows(rows: torch.Tensor, n_keys: torch.Tensor) -> torch.Tensor:
@@ -119,6 +132,67 @@ def pairwise_js_sum(rows: torch.Tensor, n_keys: torch.Tensor | None = None, bloc
     return upper + upper.T
 
 
+def clark_js_sum(maps: torch.Tensor, budget: int = 1 << 23, block: int = 8, scratch: Scratch | None = None
+                 ) -> torch.Tensor:
+    """JS divergence between every pair of heads on one sequence, as Clark et al.'s ``head_distances.py``.
+
+    Their loop, on a float16 array ``attns_flat`` of shape [head, query, key] and for each ``head``::
+
+        p = 0.001 / n + attns_flat[head] * 0.999;  q = 0.001 / n + attns_flat * 0.999;  m = (p + q) / 2
+        js = (-p * log(m / p) - q * log(m / q)) / 2;  js_distances[head] += js.sum(-1).sum(-1)
+
+    NumPy casts the constants to float16 and rounds each operation to float16; the two sums add in float32 and
+    are rounded to float16. Here the same operations on float16 values held in float32, each rounded to
+    float16 in place. The result is symmetric, so only pairs ``a <= b`` are computed.
+
+    Parameters
+    ----------
+    maps : Tensor of shape [head, query, key]
+        One sequence's rows (float16 values), no padding.
+    budget : int
+        Largest intermediate tensor, in elements.
+    block : int
+        Heads compared at once against all later heads (at most).
+    scratch : Scratch, optional
+        Work buffers reused across calls.
+
+    Returns
+    -------
+    Tensor of shape [head, head], float64
+    """
+    k, q, n = maps.shape
+    scratch = scratch or Scratch()
+    out = torch.zeros(k, k, dtype=torch.float64, device=maps.device)
+    scale = float(np.float16(1.0 - SMOOTHING))
+    shift = float16_constant(SMOOTHING / n, maps.device)
+    smoothed = as_float16(shift + as_float16(maps * scale))
+    step = max(1, min(block, budget // max(k * q * n, 1)))
+    size = step * k * q * n
+    half = scratch.get("clark_half", (size,), torch.float16, maps.device)
+
+    def rounded(x: torch.Tensor) -> torch.Tensor:
+        h = half[:x.numel()].view(x.shape)
+        h.copy_(x)
+        return x.copy_(h)
+
+    for a0 in range(0, k, step):
+        a1 = min(k, a0 + step)
+        p = smoothed[a0:a1, None]  # [a, 1, query, key]
+        other = smoothed[None, a0:]  # [1, b >= a0, query, key]
+        shape = (a1 - a0, k - a0, q, n)
+        m = rounded(torch.add(p, other, out=scratch.get("clark_m", shape, maps.dtype, maps.device)))
+        m = rounded(m.div_(2))
+        js = rounded(torch.div(m, p, out=scratch.get("clark_js", shape, maps.dtype, maps.device)))
+        js = rounded(rounded(js.log_()).mul_(p).neg_())  # -p * log(m / p)
+        m = rounded(rounded(rounded(m.div_(other)).log_()).mul_(other).neg_())  # -q * log(m / q)
+        js = rounded(rounded(js.add_(m)).div_(2))
+        # Sums of float16 values are exact in float64; each is then rounded as NumPy's float32 sum is.
+        sums = as_float16(js.sum(-1, dtype=torch.float64).to(torch.float32))
+        out[a0:a1, a0:] = as_float16(sums.sum(-1, dtype=torch.float64).to(torch.float32)).to(torch.float64)
+    upper = torch.triu(out, diagonal=1)
+    return upper + upper.T
+
+
 def sample_queries(batch: Any, rate: float, seed: int) -> torch.Tensor:
     """The query tokens kept for the similarity, drawn per sequence from (seed, corpus index).
 
@@ -171,13 +245,17 @@ class HeadSimilarity(Analysis):
         k = ctx.info.n_layers * ctx.info.n_heads
         self.shape_ = (ctx.info.n_layers, ctx.info.n_heads)
         self.seed_ = int(ctx.config.seed)
+        self.conventions_ = effective_conventions(ctx, tuple(CONVENTIONS))
+        # Clark et al. sum over every token.
+        self.sample_ = 1.0 if self.conventions_ == "clark" else float(self.options.similarity_sample)
+        self._scratch = Scratch()
         self.js_sum_ = torch.zeros(k, k, dtype=torch.float64, device=ctx.device)
         self.tokens_ = 0
         self.tokens_seen_ = 0
 
     def begin_batch(self, batch: Batch) -> None:
         b, n = batch.input_ids.shape
-        keep = sample_queries(batch, self.options.similarity_sample, self.seed_)  # [batch, seq]
+        keep = sample_queries(batch, self.sample_, self.seed_)  # [batch, seq]
         # Token t of the buffer is the t-th kept (sequence, position) in row-major order, as keep's nonzero.
         self._keep = keep
         self._slot = keep.reshape(-1).cumsum(0).reshape(b, n) - 1
@@ -198,7 +276,15 @@ class HeadSimilarity(Analysis):
     def end_batch(self, batch: Batch) -> None:
         t, n_layers, n_heads, n = self._rows.shape
         rows = self._rows.reshape(t, n_layers * n_heads, n)  # [token, layer * head, key]
-        self.js_sum_ += pairwise_js_sum(smooth_rows(rows, self._n_keys), self._n_keys)
+        if self.conventions_ == "clark":
+            # Every token is kept, sequence by sequence in order: sequence r's rows are one run of tokens.
+            start = 0
+            for length in batch.lengths.tolist():
+                one = rows[start:start + length, :, :length].transpose(0, 1)  # [head, query, key]
+                self.js_sum_ += clark_js_sum(as_float16(one), scratch=self._scratch)
+                start += length
+        else:
+            self.js_sum_ += pairwise_js_sum(smooth_rows(rows, self._n_keys), self._n_keys)
         del self._rows, self._keep, self._slot, self._n_keys
 
     def merge(self, other: Analysis) -> HeadSimilarity:
@@ -225,7 +311,8 @@ class HeadSimilarity(Analysis):
         return AnalysisResult(
             name=self.name, tables={"similarity": pairs, "mds": mds},
             summary={"tokens_used": self.tokens_, "tokens_seen": self.tokens_seen_,
-                     "sample": self.options.similarity_sample, "units": "nats",
+                     "sample": self.sample_, "units": "nats", "conventions": self.conventions_,
+                     "definitions": CONVENTIONS[self.conventions_],
                      "mds_input": "js_mean (JS summed over tokens / tokens used)"})
 
     @staticmethod
@@ -245,6 +332,7 @@ class HeadSimilarity(Analysis):
         body = (f"<p>Heads placed by 2-D metric MDS of the mean Jensen-Shannon divergence between their attention "
                 f"rows (Clark et al. 2019, section 6), over {html.escape(str(used.get('tokens_used', '?')))} query "
                 f"tokens of {html.escape(str(used.get('tokens_seen', '?')))} (seeded sample).</p>"
+                + conventions_html(run, "similarity", CONVENTIONS)
                 + "".join(figure_html(n, f"MDS of the heads, coloured by {w}")
                           for n, w in zip(names, ("layer", "cluster pattern", "own pattern"), strict=False)))
         return ReportSection(key="similarity", title="Head similarity", html=body, figures=names, order=60)

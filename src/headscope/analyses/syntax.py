@@ -19,6 +19,17 @@ split (any in between count as selection); with one treebank, or silver parses o
 split at random with the run's seed (``--held-out-fraction``). ``syntax_best.csv`` gives, per relation, the
 head and offset picked on the selection split with their held-out accuracy, and, labelled ``same_data_``,
 Clark et al.'s way: picked and scored on the held-out split itself.
+
+With ``--conventions clark`` the heads are scored as Clark et al.'s released code (``Syntax_Analysis.ipynb``,
+``bpe_utils.py``) scores them: word-level maps from float16 piece maps, the first piece's row for a split word
+(``--word-attention first``, whatever the option says) and each entry rounded to float16; the diagonal set to 0
+rather than excluded (a row whose other words all have weight 0 then predicts the word itself); arcs to ROOT
+scored (never right for a head, so they lower ``all``); the possessive rule of their section 4.2 keyed on
+``poss`` and UD's ``nmod:poss``: for such a dependent followed by the word ``'s`` (or ``s'``), when its own
+prediction is not the sentence's last word, the prediction made for that ``'s`` is scored instead (for the
+offsets too); offsets -3..2, 0 included, clipped into the sentence (clipping below the first word predicts
+ROOT); and ties between heads going to the highest layer, then head, then ``head->dep`` (their
+``sorted(...)[-1]``), between offsets to the largest. See ``docs/conventions.md``.
 """
 
 from __future__ import annotations
@@ -33,12 +44,14 @@ import pandas as pd
 import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_name, register
+from headscope.analyses.surface import as_float16, conventions_html, effective_conventions
 from headscope.config import option
 from headscope.corpus.conllu import collapse_relation
 from headscope.model.encode import Example
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
+    from headscope.engine.capture import LayerAttention
 
 #: Directions, in the order of the ``direction`` axis of the counts.
 DIRECTIONS = ("dep->head", "head->dep")
@@ -46,6 +59,18 @@ DIRECTIONS = ("dep->head", "head->dep")
 SPLITS = ("selection", "held_out")
 #: Offsets of the fixed-offset baseline (head position minus dependent position).
 OFFSETS = (-3, -2, -1, 1, 2, 3)
+#: Clark et al.'s offsets (``range(-3, 3)``), predictions clipped into the sentence.
+CLARK_OFFSETS = (-3, -2, -1, 0, 1, 2)
+#: Labels of Clark et al.'s possessive rule: Stanford's ``poss`` (their key) and UD's ``nmod:poss``.
+POSSESSIVE_RELATIONS = ("poss", "nmod:poss")
+#: The next word's forms that make the rule fire.
+POSSESSIVE_MARKERS = ("'s", "s'")
+#: What each ``--conventions`` value means here (``run.json`` and the report).
+CONVENTIONS = {
+    "headscope": "headscope's definitions (docs/conventions.md)",
+    "clark": "as Clark et al.'s released code: float16 word maps from the first piece's row, diagonal set to 0, "
+             "arcs to ROOT scored, possessive rule on nmod:poss, offsets -3..2 clipped, their tie-breaking",
+}
 #: Relations with at least this many held-out dependents get a heat map in the report.
 REPORT_MIN_DEPENDENTS = 100
 
@@ -86,20 +111,57 @@ class Arcs:
     """Head position minus dependent position, in words of the sentence."""
     relation: list[str]
     """Relation label of each arc."""
+    hits: np.ndarray | None = None
+    """bool of shape (n_arcs, n_offsets): the fixed-offset baseline is right (offsets of the conventions)."""
+    possessive_unit: np.ndarray | None = None
+    """Unit of the ``'s`` whose prediction is scored instead of the dependent's (Clark et al.'s possessive
+    rule), -1 where the rule does not apply; None under headscope conventions."""
+    last_unit: np.ndarray | None = None
+    """Unit of the sentence's last word: the rule applies only when the dependent's prediction is not it."""
 
 
-def batch_arcs(examples: list[Example], collapse: bool) -> tuple[Arcs, int, int]:
+def _offset_hits(position: np.ndarray, head: np.ndarray, n_words: int, possessive: np.ndarray,
+                 conventions: str) -> np.ndarray:
+    """Whether each offset predicts each word's head; bool of shape (n_words, n_offsets).
+
+    headscope: head = position + offset, wrong outside the sentence, root arcs never right. clark: Clark et
+    al.'s ``max(0, min(i + offset + 1, len(words)))`` (1-based, 0 = ROOT) and their possessive rule.
+    """
+    if conventions != "clark":
+        return (head - 1 - position)[:, None] == np.asarray(OFFSETS)[None, :]
+    offsets = np.asarray(CLARK_OFFSETS)[None, :]
+    own = np.clip(position[:, None] + offsets + 1, 0, n_words)
+    following = np.clip(position[:, None] + 1 + offsets + 1, 0, n_words)
+    scored = np.where(possessive[:, None] & (own < n_words), following, own)
+    return scored == head[:, None]
+
+
+def _possessive(sentence: Any) -> np.ndarray:
+    """Per word: Clark et al.'s possessive rule may apply (a poss/nmod:poss dependent followed by 's or s')."""
+    words, rels = sentence.words, sentence.deprels
+    return np.asarray([rels[i] in POSSESSIVE_RELATIONS and i + 1 < len(words) and words[i + 1] in POSSESSIVE_MARKERS
+                       for i in range(len(words))], dtype=bool)
+
+
+def batch_arcs(examples: list[Example], collapse: bool, conventions: str = "headscope") -> tuple[Arcs, int, int]:
     """Every arc between two aligned words of the examples' trees.
+
+    Parameters
+    ----------
+    conventions : {"headscope", "clark"}
+        ``clark``: arcs to ROOT are kept (head unit -1, never predicted), and the possessive rule's units are
+        filled in (see the module docstring).
 
     Returns
     -------
     arcs : Arcs
     n_root : int
-        Arcs to ROOT, left out.
+        Arcs to ROOT (left out under headscope conventions, scored under clark).
     n_unaligned : int
         Arcs left out because the dependent or the head got no piece from the tokenizer.
     """
-    rows, deps, heads, offsets, relations = [], [], [], [], []
+    clark = conventions == "clark"
+    rows, deps, heads, offsets, relations, hits, poss_units, last_units = [], [], [], [], [], [], [], []
     n_root = n_unaligned = 0
     for r, ex in enumerate(examples):
         for k, sentence in enumerate(ex.sentences):
@@ -112,20 +174,32 @@ def batch_arcs(examples: list[Example], collapse: bool) -> tuple[Arcs, int, int]
             n_root += int((~attached).sum())
             dep_u = units
             head_u = np.where(attached, units[np.clip(head - 1, 0, None)], -1)
-            keep = attached & (dep_u >= 0) & (head_u >= 0)
-            n_unaligned += int((attached & ~keep).sum())
+            scored = attached | clark  # arcs to ROOT are scored under clark conventions
+            keep = scored & (dep_u >= 0) & (~attached | (head_u >= 0))
+            n_unaligned += int((scored & ~keep).sum())
             idx = np.flatnonzero(keep)
             rows.append(np.full(len(idx), r, dtype=np.int64))
             deps.append(dep_u[idx])
             heads.append(head_u[idx])
             offsets.append(head[idx] - 1 - position[idx])
+            possessive = _possessive(sentence) if clark else np.zeros(len(head), dtype=bool)
+            hits.append(_offset_hits(position, head, len(head), possessive, conventions)[idx])
+            if clark:
+                following = np.append(units[1:], -1)
+                poss_units.append(np.where(possessive & (following >= 0), following, -1)[idx])
+                aligned_words = units[units >= 0]
+                last_units.append(np.full(len(idx), aligned_words[-1] if len(aligned_words) else -1, np.int64))
             rels = sentence.deprels
             relations.extend(collapse_relation(rels[i]) if collapse else rels[i] for i in idx)
 
     def cat(parts: list[np.ndarray]) -> np.ndarray:
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
-    return Arcs(cat(rows), cat(deps), cat(heads), cat(offsets), relations), n_root, n_unaligned
+    n_offsets = len(CLARK_OFFSETS if clark else OFFSETS)
+    arcs = Arcs(cat(rows), cat(deps), cat(heads), cat(offsets), relations,
+                hits=np.concatenate(hits) if hits else np.zeros((0, n_offsets), dtype=bool),
+                possessive_unit=cat(poss_units) if clark else None, last_unit=cat(last_units) if clark else None)
+    return arcs, n_root, n_unaligned
 
 
 @dataclass
@@ -142,6 +216,11 @@ class _BatchArcs:
     """int64 [arc]: split * n_relations + relation, the arc's row in the flattened counts."""
     is_word: torch.Tensor
     """bool [batch, unit]: units that are words."""
+    possessive: torch.Tensor | None = None
+    """int64 [arc]: unit of the ``'s`` scored instead (Clark et al.'s possessive rule), -1 where it does not
+    apply; None under headscope conventions."""
+    last: torch.Tensor | None = None
+    """int64 [arc]: unit of the sentence's last word (the rule's guard)."""
 
 
 def word_unit_mask(examples: list[Example], n_units: int, device: torch.device | str) -> torch.Tensor:
@@ -153,26 +232,95 @@ def word_unit_mask(examples: list[Example], n_units: int, device: torch.device |
     return torch.from_numpy(mask).to(device)
 
 
-def most_attended_words(word_attn: torch.Tensor, is_word: torch.Tensor) -> torch.Tensor:
+class ClarkWordAttention:
+    """Word-level attention as Clark et al.'s ``bpe_utils.get_word_word_attention`` makes it from float16 maps.
+
+    A split word's row is its first piece's row (their ``mode="first"``). Attention to a split word is the sum
+    of its pieces' columns, which NumPy computes there on a float16 array laid out column-major by the fancy
+    index (``attn[:, word].sum(axis=-1)``): one float16 addition per piece, from the first, each result rounded
+    to float16. Built layer by layer from blocks of query rows, like :class:`~headscope.engine.wordlevel.WordAttention`.
+
+    Parameters
+    ----------
+    unit_of_piece : Tensor of shape [batch, seq]
+        Unit of each position, -1 on padding; a unit's pieces are consecutive.
+    n_units : int
+        Unit slots.
+    """
+
+    def __init__(self, unit_of_piece: torch.Tensor, n_units: int) -> None:
+        b, n = unit_of_piece.shape
+        dev = unit_of_piece.device
+        units = unit_of_piece.clamp_min(0)
+        valid = unit_of_piece >= 0
+        positions = torch.arange(n, device=dev).expand(b, n)
+        first = torch.full((b, n_units), n, dtype=torch.int64, device=dev)
+        first.scatter_reduce_(1, units, torch.where(valid, positions, n), reduce="amin")
+        count = torch.zeros(b, n_units, dtype=torch.int64, device=dev).scatter_add_(1, units, valid.long())
+        self.first = first  # n where a unit slot is empty
+        self.count = count
+        self.n_units = n_units
+        self._map: torch.Tensor | None = None
+
+    def add(self, weights: torch.Tensor, query_start: int) -> torch.Tensor | None:
+        """Add a block of rows (float16 values) of one layer; the layer's word map after its last block, else None.
+
+        Parameters
+        ----------
+        weights : Tensor of shape [batch, head, query, key]
+
+        Returns
+        -------
+        Tensor of shape [batch, head, unit, unit] or None
+            float16 values, as float32; 0 in empty unit slots.
+        """
+        b, h, q, n = weights.shape
+        q1 = query_start + q
+        if query_start == 0 or self._map is None:
+            self._map = weights.new_zeros(b, h, self.n_units, self.n_units)
+        here = (self.first >= query_start) & (self.first < q1)  # [batch, unit]: units whose row is in the block
+        if bool(here.any()):
+            rows = (self.first - query_start).clamp(0, q - 1)
+            rows = weights.gather(2, rows[:, None, :, None].expand(b, h, self.n_units, n))  # [b, h, unit, key]
+            columns = weights.new_zeros(b, h, self.n_units, self.n_units)
+            for k in range(int(self.count.max())):
+                has = (self.count > k)[:, None, None, :]  # [b, 1, 1, unit]: the unit has a k-th piece
+                at = (self.first + k).clamp(max=n - 1)[:, None, None, :].expand(b, h, self.n_units, self.n_units)
+                piece = rows.gather(3, at)
+                columns = torch.where(has, piece if k == 0 else as_float16(columns + piece), columns)
+            self._map = torch.where(here[:, None, :, None], columns, self._map)
+        return self._map if q1 >= n else None
+
+
+def most_attended_words(word_attn: torch.Tensor, is_word: torch.Tensor, self_weight: float | None = None
+                        ) -> torch.Tensor:
     """The word each word attends to most, in both directions.
 
     Parameters
     ----------
     word_attn : Tensor of shape [batch, layer, head, unit, unit]
     is_word : Tensor of shape [batch, unit], bool
+    self_weight : float, optional
+        None: a word never predicts itself. A number: the diagonal is set to it instead (Clark et al. set it
+        to 0, so a row whose other words all have weight 0 predicts the word itself).
 
     Returns
     -------
     Tensor of shape [direction, batch, layer, head, unit], int64
         Direction 0 (``dep->head``): argmax over the row of ``A``; direction 1 (``head->dep``): argmax over
-        the row of ``A`` transposed. Self and non-word units are never chosen; ties go to the lowest unit.
+        the row of ``A`` transposed. Non-word units are never chosen; ties go to the lowest unit.
     """
     n = word_attn.shape[-1]
     eye = torch.eye(n, dtype=torch.bool, device=word_attn.device)
-    blocked = ~is_word[:, None, None, None, :] | eye
-    forward = word_attn.masked_fill(blocked, float("-inf")).argmax(-1)
-    backward = word_attn.transpose(-1, -2).masked_fill(blocked, float("-inf")).argmax(-1)
-    return torch.stack((forward, backward))
+    not_word = ~is_word[:, None, None, None, :]
+    out = []
+    for attn in (word_attn, word_attn.transpose(-1, -2)):
+        if self_weight is None:
+            attn = attn.masked_fill(not_word | eye, float("-inf"))
+        else:
+            attn = attn.masked_fill(eye, self_weight).masked_fill(not_word, float("-inf"))
+        out.append(attn.argmax(-1))
+    return torch.stack(out)
 
 
 @dataclass
@@ -198,10 +346,17 @@ class SyntaxHeads(Analysis):
         return example.has_tree
 
     def start(self, ctx: Any) -> None:
+        self.conventions_ = effective_conventions(ctx, tuple(CONVENTIONS))
+        # Under clark conventions the word maps are built here from float16 piece maps, so the analysis takes
+        # piece-level blocks; the class that does so is used only then, because the engine hands blocks to
+        # every analysis that defines ``update``.
+        if type(self) in (SyntaxHeads, _ClarkSyntaxHeads):
+            self.__class__ = _ClarkSyntaxHeads if self.conventions_ == "clark" else SyntaxHeads
+        self.offsets_ = list(CLARK_OFFSETS if self.conventions_ == "clark" else OFFSETS)
         self.n_layers_ = int(ctx.info.n_layers)
         self.n_heads_ = int(ctx.info.n_heads)
         self.device_ = ctx.device
-        self.mode_ = ctx.config.word_attention
+        self.mode_ = "first" if self.conventions_ == "clark" else ctx.config.word_attention
         self.treebanks_ = [str(t) for t in ctx.config.treebank]
         self.seed_ = int(ctx.config.seed)
         self.relations_: list[str] = []
@@ -214,7 +369,9 @@ class SyntaxHeads(Analysis):
         self.n_unaligned_ = 0
         self.n_silver_ = 0
         self.n_examples_ = np.zeros(len(SPLITS), dtype=np.int64)
+        self.n_possessive_ = 0
         self._batch_arcs: _BatchArcs | None = None
+        self._words: ClarkWordAttention | None = None
 
     def _relation_ids(self, relations: list[str]) -> np.ndarray:
         """Indices of ``relations``, growing the count arrays for relations not seen before."""
@@ -235,7 +392,7 @@ class SyntaxHeads(Analysis):
         """Count the batch's examples, arcs and baselines, and keep the arcs for every layer's predictions."""
         examples = batch.examples
         self._batch_arcs = None
-        arcs, n_root, n_unaligned = batch_arcs(examples, self.options.relation_collapse)
+        arcs, n_root, n_unaligned = batch_arcs(examples, self.options.relation_collapse, self.conventions_)
         self.n_root_ += n_root
         self.n_unaligned_ += n_unaligned
         splits = np.asarray([split_of(ex, self.treebanks_, self.seed_, self.options.held_out_fraction)
@@ -249,14 +406,22 @@ class SyntaxHeads(Analysis):
         n_rel = len(self.relations_)
         flat = arc_split * n_rel + rel
         np.add.at(self.total_.reshape(-1), flat, 1)
-        hits = arcs.offset[:, None] == np.asarray(OFFSETS)[None, :]
-        np.add.at(self.offset_correct_.reshape(-1, len(OFFSETS)), flat, hits.astype(np.int64))
+        np.add.at(self.offset_correct_.reshape(-1, len(self.offsets_)), flat, arcs.hits.astype(np.int64))
         dev = batch.input_ids.device
         n_units = int(batch.n_units.max())
+
+        def on_device(a: np.ndarray | None) -> torch.Tensor | None:
+            return None if a is None else torch.from_numpy(a).to(dev)
+
+        if arcs.possessive_unit is not None:
+            self.n_possessive_ += int((arcs.possessive_unit >= 0).sum())
         self._batch_arcs = _BatchArcs(
             row=torch.from_numpy(arcs.row).to(dev), dep=torch.from_numpy(arcs.dep_unit).to(dev),
             head=torch.from_numpy(arcs.head_unit).to(dev), index=torch.from_numpy(flat).to(dev),
-            is_word=word_unit_mask(examples, n_units, dev))
+            is_word=word_unit_mask(examples, n_units, dev), possessive=on_device(arcs.possessive_unit),
+            last=on_device(arcs.last_unit))
+        if self.conventions_ == "clark":
+            self._words = ClarkWordAttention(batch.unit_of_piece, n_units)
 
     def update_words(self, batch: Batch, layer: int, words: torch.Tensor) -> None:
         """Score one layer's heads on the batch's arcs; ``words`` of shape [batch, head, unit, unit]."""
@@ -265,14 +430,25 @@ class SyntaxHeads(Analysis):
             return
         # The engine sizes the map for the whole batch; units past this sub-batch's are empty slots.
         n = int(arcs.is_word.shape[1])
-        predicted = most_attended_words(words[:, None, :, :n, :n], arcs.is_word)  # [dir, batch, 1, head, unit]
+        clark = self.conventions_ == "clark"
+        predicted = most_attended_words(words[:, None, :, :n, :n], arcs.is_word,
+                                        self_weight=0.0 if clark else None)  # [dir, batch, 1, head, unit]
         for d in range(len(DIRECTIONS)):
-            correct = (predicted[d, :, 0][arcs.row, :, arcs.dep] == arcs.head[:, None]).to(torch.int64)
+            pred = predicted[d, :, 0]  # [batch, head, unit]
+            own = pred[arcs.row, :, arcs.dep]  # [arc, head]
+            if arcs.possessive is not None:
+                # Clark et al.'s possessive rule: score the 's's prediction instead, unless the dependent's own
+                # prediction is the sentence's last word (their ``p < len(words)``).
+                instead = pred[arcs.row, :, arcs.possessive.clamp_min(0)]
+                fires = (arcs.possessive >= 0)[:, None] & (own != arcs.last[:, None])
+                own = torch.where(fires, instead, own)
+            correct = (own == arcs.head[:, None]).to(torch.int64)
             # [arc, head] into this layer's counts; the strided view writes through to correct_.
             self.correct_[d].view(-1, self.n_layers_, self.n_heads_)[:, layer].index_add_(0, arcs.index, correct)
 
     def end_batch(self, batch: Batch) -> None:
         self._batch_arcs = None
+        self._words = None
 
     def merge(self, other: Analysis) -> SyntaxHeads:
         assert isinstance(other, SyntaxHeads)
@@ -285,6 +461,7 @@ class SyntaxHeads(Analysis):
         self.n_unaligned_ += other.n_unaligned_
         self.n_silver_ += other.n_silver_
         self.n_examples_ += other.n_examples_
+        self.n_possessive_ += other.n_possessive_
         return self
 
     def counts(self) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
@@ -308,14 +485,22 @@ class SyntaxHeads(Analysis):
 
     def finalize(self, ctx: Any, results: dict[str, AnalysisResult]) -> AnalysisResult:
         relations, correct, total, offset_correct = self.counts()
+        clark = self.conventions_ == "clark"
         table = accuracy_table(relations, correct, total)
-        best = best_heads(relations, correct, total, offset_correct)
+        best = best_heads(relations, correct, total, offset_correct, offsets=tuple(self.offsets_),
+                          clark_ties=clark)
         silver = self.n_silver_ > 0
         summary = {
+            "conventions": self.conventions_,
+            "definitions": CONVENTIONS[self.conventions_],
+            "word_attention": "first (float16 maps)" if clark else self.mode_,
+            "offsets": list(self.offsets_),
             "relations": len(relations) - 1,
             "arcs": {s: int(total[i, -1]) for i, s in enumerate(SPLITS)},
             "examples": {s: int(self.n_examples_[i]) for i, s in enumerate(SPLITS)},
-            "root_arcs_excluded": self.n_root_,
+            "root_arcs_excluded": 0 if clark else self.n_root_,
+            "root_arcs_scored": self.n_root_ if clark else 0,
+            "possessive_rule_arcs": self.n_possessive_,
             "unaligned_arcs_excluded": self.n_unaligned_,
             "silver_examples": self.n_silver_,
             "silver": silver,
@@ -352,34 +537,53 @@ def accuracy_table(relations: list[str], correct: np.ndarray, total: np.ndarray)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
-def _pick(correct: np.ndarray, n: int) -> tuple[int, int, int, float]:
-    """(direction, layer, head, accuracy) of the best head; ``correct`` of shape (n_directions, L, H)."""
-    flat = int(np.argmax(correct.reshape(-1)))
-    d, layer, head = np.unravel_index(flat, correct.shape)
+def _pick(correct: np.ndarray, n: int, clark_ties: bool = False) -> tuple[int, int, int, float]:
+    """(direction, layer, head, accuracy) of the best head; ``correct`` of shape (n_directions, L, H).
+
+    Ties go to the first direction, layer and head; with ``clark_ties`` to the highest layer, then head, then
+    ``head->dep``, as Clark et al.'s ``sorted((score, layer, head, direction))[-1]`` (``"dep->head"`` sorts
+    before ``"head<-dep"``).
+    """
+    if clark_ties:
+        by_layer = correct.transpose(1, 2, 0).reshape(-1)  # (layer, head, direction) order
+        flat = len(by_layer) - 1 - int(np.argmax(by_layer[::-1]))
+        layer, head, d = np.unravel_index(flat, correct.transpose(1, 2, 0).shape)
+    else:
+        d, layer, head = np.unravel_index(int(np.argmax(correct.reshape(-1))), correct.shape)
     return int(d), int(layer), int(head), float(correct[d, layer, head] / n)
 
 
-def best_heads(relations: list[str], correct: np.ndarray, total: np.ndarray,
-               offset_correct: np.ndarray) -> pd.DataFrame:
+def _pick_offset(offset_correct: np.ndarray, clark_ties: bool = False) -> int:
+    """Index of the best offset; ties to the first, or with ``clark_ties`` to the largest (their ``max``)."""
+    if clark_ties:
+        return len(offset_correct) - 1 - int(np.argmax(offset_correct[::-1]))
+    return int(np.argmax(offset_correct))
+
+
+def best_heads(relations: list[str], correct: np.ndarray, total: np.ndarray, offset_correct: np.ndarray,
+               offsets: tuple[int, ...] = OFFSETS, clark_ties: bool = False) -> pd.DataFrame:
     """``syntax_best.csv``: per relation, the best head and offset picked on the selection split and scored
-    on the held-out split, and (``same_data_*``) picked and scored on the held-out split (Clark et al.)."""
+    on the held-out split, and (``same_data_*``) picked and scored on the held-out split (Clark et al.).
+
+    ``offsets`` label the last axis of ``offset_correct``; ``clark_ties`` breaks ties as Clark et al.'s code.
+    """
     sel, held = SPLITS.index("selection"), SPLITS.index("held_out")
     rows = []
     for r, relation in enumerate(relations):
         n_sel, n_held = int(total[sel, r]), int(total[held, r])
         row: dict[str, Any] = {"relation": relation, "n_selection": n_sel, "n_held_out": n_held}
         if n_sel and n_held:
-            d, layer, head, acc_sel = _pick(correct[sel, :, r], n_sel)
-            o = int(np.argmax(offset_correct[sel, r]))
+            d, layer, head, acc_sel = _pick(correct[sel, :, r], n_sel, clark_ties)
+            o = _pick_offset(offset_correct[sel, r], clark_ties)
             row.update(direction=DIRECTIONS[d], layer=layer, head=head, head_name=head_name(layer, head),
                        selection_accuracy=acc_sel, accuracy=correct[held, d, r, layer, head] / n_held,
-                       baseline_offset=OFFSETS[o], baseline_accuracy=offset_correct[held, r, o] / n_held)
+                       baseline_offset=offsets[o], baseline_accuracy=offset_correct[held, r, o] / n_held)
         if n_held:
-            d, layer, head, acc = _pick(correct[held, :, r], n_held)
-            o = int(np.argmax(offset_correct[held, r]))
+            d, layer, head, acc = _pick(correct[held, :, r], n_held, clark_ties)
+            o = _pick_offset(offset_correct[held, r], clark_ties)
             row.update(same_data_direction=DIRECTIONS[d], same_data_layer=layer, same_data_head=head,
                        same_data_head_name=head_name(layer, head), same_data_accuracy=acc,
-                       same_data_baseline_offset=OFFSETS[o],
+                       same_data_baseline_offset=offsets[o],
                        same_data_baseline_accuracy=offset_correct[held, r, o] / n_held)
         rows.append(row)
     columns = ["relation", "n_selection", "n_held_out", "direction", "layer", "head", "head_name",
@@ -420,14 +624,20 @@ def syntax_report(run: Any, figures: Path) -> Any:
         notes.append("<b>Parses are silver</b> (spaCy en_core_web_sm), not gold annotation.")
     if summary.get("relation_collapse"):
         notes.append("Relation subtypes are collapsed (obl:tmod counts as obl).")
-    notes.append(f"Arcs to ROOT are left out ({summary.get('root_arcs_excluded', '?')}).")
+    clark = summary.get("conventions") == "clark"
+    if clark:
+        notes.append(f"Arcs to ROOT are scored, as in Clark et al.'s code ({summary.get('root_arcs_scored', '?')}"
+                     "; never right for a head).")
+    else:
+        notes.append(f"Arcs to ROOT are left out ({summary.get('root_arcs_excluded', '?')}).")
+    offsets = "-3..+2, 0 included, clipped into the sentence" if clark else "-3..+3"
     body = (
         "<p>Per relation, the head whose most-attended word (self and special tokens excluded) is most often "
         "the dependent's gold head, picked on the selection split and scored on the held-out split, against "
-        "the best fixed offset (-3..+3) picked the same way. The last two columns are Clark et al.'s way: "
+        f"the best fixed offset ({offsets}) picked the same way. The last two columns are Clark et al.'s way: "
         "picked and scored on the same held-out data (optimistic). Accuracies in %.</p>"
-        f"<p>{' '.join(notes)}</p>"
-        "<table><tr><th>relation</th><th>n</th><th>head</th><th>direction</th><th>accuracy</th>"
+        f"<p>{' '.join(notes)}</p>" + conventions_html(run, "syntax", CONVENTIONS)
+        + "<table><tr><th>relation</th><th>n</th><th>head</th><th>direction</th><th>accuracy</th>"
         "<th>offset</th><th>baseline</th><th>same-data head</th><th>same-data accuracy</th></tr>"
         f"{rows}</table>")
     held = table[table["split"] == "held_out"]
@@ -448,3 +658,18 @@ def syntax_report(run: Any, figures: Path) -> Any:
              "dependents, in the direction of the best head.</p>")
     body += "".join(figure_html(n, c) for n, c in zip(names, captions, strict=True))
     return ReportSection(key="syntax", title="Syntax heads", html=body, figures=names, order=30)
+
+
+class _ClarkSyntaxHeads(SyntaxHeads):
+    """:class:`SyntaxHeads` under clark conventions (``start`` picks it): word maps built from float16 pieces."""
+
+    def wants_words(self, example: Example) -> bool:
+        return False  # the engine's word maps are not Clark et al.'s: they are built in update
+
+    def update(self, batch: Batch, block: LayerAttention) -> None:
+        """Build Clark et al.'s word map of the layer (float16 pieces, first piece's row, float16 entries)."""
+        if self._batch_arcs is None or self._words is None:
+            return
+        words = self._words.add(as_float16(block.weights), block.query_start)
+        if words is not None:
+            self.update_words(batch, block.layer, words)

@@ -116,24 +116,23 @@ def read_conllu(path: str | Path, manifest: Manifest, limit: int | None = None) 
         try:
             _validate(block)
             tokenlist = conllu.parse("\n".join(text for _, text in block) + "\n\n")[0]
+            words = [t for t in tokenlist if isinstance(t["id"], int)]
+            fields = {"words": [t["form"] for t in words], "heads": [int(t["head"]) for t in words],
+                      "deprels": [t["deprel"] for t in words], "upos": [t["upos"] for t in words],
+                      "feats": [dict(t["feats"] or {}) for t in words],
+                      "misc": [dict(t["misc"] or {}) for t in words]}
         except ConlluError as exc:
             manifest.skip(path, exc.line, f"malformed CoNLL-U sentence: {exc}")
             continue
-        except Exception as exc:  # the conllu package's own parse errors
-            manifest.skip(path, first_line, f"malformed CoNLL-U sentence: {exc}")
+        except Exception as exc:  # the conllu package's own parse errors, and columns it could not parse
+            manifest.skip(path, first_line, f"malformed CoNLL-U sentence: {type(exc).__name__}: {exc}")
             continue
-        words = [t for t in tokenlist if isinstance(t["id"], int)]
         yield Sentence(
-            words=[t["form"] for t in words],
             file=str(path),
             line=first_line,
             doc_id=doc_id,
             sent_id=tokenlist.metadata.get("sent_id"),
-            heads=[int(t["head"]) for t in words],
-            deprels=[t["deprel"] for t in words],
-            upos=[t["upos"] for t in words],
-            feats=[dict(t["feats"] or {}) for t in words],
-            misc=[dict(t["misc"] or {}) for t in words],
+            **fields,
             # Readers of per-word annotations (coreference brackets) report errors at the word's own line.
             annotations={"word_lines": [n for n, text in block if text.split("\t", 1)[0].isdigit()]},
         )

@@ -33,12 +33,27 @@ class RunContext:
     def device(self) -> torch.device:
         return self.loaded.device
 
+    def groups(self, examples: Iterator[Example] | None = None) -> Iterator[list[Example]]:
+        """The examples of each batch, in the run's deterministic batch order; by default the whole corpus."""
+        stream = examples if examples is not None else self.corpus.examples()
+        budget = self.config.attention_bytes()
+        count = 0
+        self.manifest.batch = 0  # what the reader skips or cuts is recorded with the batch read next
+        try:
+            for group in bucket_batches(stream, self.config.batch_size):
+                # Batches of long sequences are cut so that one layer's attention stays within the budget.
+                for part in split_for_memory(group, self.info.n_heads, budget):
+                    yield part
+                    count += 1
+                    self.manifest.batch = count
+        finally:
+            self.manifest.batch = None
+
+    def collate(self, examples: list[Example]) -> Batch:
+        """One batch of ``examples`` on the model's device."""
+        return collate(examples, int(self.loaded.tokenizer.pad_token_id), self.device)
+
     def batches(self, examples: Iterator[Example] | None = None) -> Iterator[Batch]:
         """Length-bucketed batches on the model's device; by default a fresh pass over the corpus."""
-        stream = examples if examples is not None else self.corpus.examples()
-        pad_id = int(self.loaded.tokenizer.pad_token_id)
-        budget = self.config.attention_bytes()
-        for group in bucket_batches(stream, self.config.batch_size):
-            # Batches of long sequences are cut so that one layer's attention stays within the budget.
-            for part in split_for_memory(group, self.info.n_heads, budget):
-                yield collate(part, pad_id, self.device)
+        for group in self.groups(examples):
+            yield self.collate(group)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import reduce
 from pathlib import Path
@@ -34,15 +36,38 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary name beside ``path``, renamed to ``path`` when the block ends without error.
+
+    A reader (or a run killed mid-write) never sees a half-written file: only the old one or the new one.
+    """
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
 def write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    write_text(path, json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n")
 
 
-def write_table(out: Path, name: str, table: pd.DataFrame) -> None:
-    """``name.csv``, plus ``name.parquet`` when pyarrow is installed."""
-    table.to_csv(out / f"{name}.csv", index=False, float_format="%.6g")
-    with contextlib.suppress(ImportError):
-        table.to_parquet(out / f"{name}.parquet", index=False)
+def write_table(out: Path, name: str, table: pd.DataFrame) -> list[str]:
+    """``name.csv``, plus ``name.parquet`` when pyarrow is installed; returns the file names written."""
+    with atomic_path(out / f"{name}.csv") as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+    written = [f"{name}.csv"]
+    with contextlib.suppress(ImportError), atomic_path(out / f"{name}.parquet") as tmp:
+        table.to_parquet(tmp, index=False)
+        written.append(f"{name}.parquet")
+    return written
 
 
 @dataclass
@@ -89,11 +114,14 @@ class RunResult:
         """Write ``heads.csv``, every table and document, and ``run.json`` into ``out``."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        write_table(out, "heads", self.heads)
+        written = write_table(out, "heads", self.heads)
         for name, table in self.tables.items():
-            write_table(out, name, table)
+            written += write_table(out, name, table)
         for name, doc in self.documents.items():
             write_json(out / f"{name}.json", doc)
+            written.append(f"{name}.json")
+        # run.json names this run's files, so readers never pick up another run's leftovers.
+        self.run["outputs"] = sorted(written)
         write_json(out / "run.json", self.run)
         return out
 
@@ -106,7 +134,10 @@ class RunResult:
             raise FileNotFoundError(f"{out} is not a headscope run directory (no run.json)")
         run = json.loads(run_file.read_text(encoding="utf-8"))
         heads = pd.read_csv(out / "heads.csv")
-        tables = {p.stem: pd.read_csv(p) for p in sorted(out.glob("*.csv")) if p.stem != "heads"}
-        documents = {p.stem: json.loads(p.read_text(encoding="utf-8"))
-                     for p in sorted(out.glob("*.json")) if p.stem != "run"}
+        listed = run.get("outputs")
+        csvs = [out / n for n in listed if n.endswith(".csv")] if listed is not None else sorted(out.glob("*.csv"))
+        jsons = ([out / n for n in listed if n.endswith(".json")] if listed is not None
+                 else sorted(out.glob("*.json")))
+        tables = {p.stem: pd.read_csv(p) for p in csvs if p.stem != "heads"}
+        documents = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in jsons if p.stem != "run"}
         return cls(heads=heads, tables=tables, documents=documents, run=run)

@@ -7,7 +7,6 @@ import logging
 import platform
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +15,13 @@ import torch
 
 from headscope.analyses import REGISTRY, Analysis, AnalysisResult
 from headscope.config import RunConfig
-from headscope.engine.batch import Batch
+from headscope.engine.checkpoint import CheckpointError, Progress, differences, fingerprint, restore
+from headscope.engine.checkpoint import read as read_checkpoint
+from headscope.engine.checkpoint import remove as remove_checkpoint
 from headscope.engine.context import RunContext
-from headscope.engine.feed import feed_batch
 from headscope.engine.inputs import Corpus
+from headscope.engine.outdir import prepare as prepare_output
+from headscope.engine.passes import local_pass, ray_pass
 from headscope.engine.results import RunResult, write_json
 from headscope.manifest import Manifest
 from headscope.model.encode import Encoder
@@ -85,32 +87,24 @@ def _versions() -> dict[str, str]:
             "platform": platform.platform()}
 
 
-def _progress(batches: Iterator[Batch], corpus: Corpus, quiet: bool) -> Iterator[Batch]:
-    """Wrap the batch stream in a progress bar (sentences, with rate and ETA) on a terminal."""
-    if quiet or not sys.stderr.isatty():
-        yield from batches
-        return
-    from tqdm.auto import tqdm
-
-    text_estimate, other_estimate = corpus.estimated_sentences()
-    bar = tqdm(total=(text_estimate + other_estimate) or None, unit="sent", desc="headscope",
-               dynamic_ncols=True)
-    segments = segment_sentences = 0
-    try:
-        for batch in batches:
-            n = sum(len(ex.sentences) for ex in batch.examples)
-            if corpus.segment_limit is not None:
-                seen = [ex for ex in batch.examples if ex.kind == "segment"]
-                segments += len(seen)
-                segment_sentences += sum(len(ex.sentences) for ex in seen)
-                if segments:
-                    # Text stops after a number of segments: re-estimate the total from what was seen.
-                    text_total = min(text_estimate, segment_sentences / segments * corpus.segment_limit)
-                    bar.total = max(bar.n + n, int(text_total) + other_estimate)
-            bar.update(n)
-            yield batch
-    finally:
-        bar.close()
+def open_context(config: RunConfig) -> RunContext:
+    """Load the model and open the corpus of ``config``: everything a pass needs (also on Ray workers)."""
+    loaded = load_model(config.model, revision=config.revision, device=config.device, dtype=config.dtype,
+                        trust_remote_code=config.trust_remote_code, gguf_file=config.gguf_file,
+                        capture=config.capture)
+    info = loaded.info
+    max_length = config.resolved_max_length(info.max_length, info.is_causal)
+    if config.max_length is not None and config.max_length > info.max_length:
+        logger.warning("--max-length %d is more than %s allows; using %d", config.max_length, info.name,
+                       info.max_length)
+    type_vocab = getattr(loaded.model.config, "type_vocab_size", 0) or 0
+    encoder = Encoder(loaded.tokenizer, max_length, config.punctuation, use_token_types=type_vocab > 1)
+    manifest = Manifest()
+    manifest.notes["capture"] = {"route": loaded.route, "max_length": max_length,
+                                 "attention_memory_bytes": config.attention_bytes(),
+                                 "padding_side": config.padding_side}
+    corpus = Corpus(config, encoder, manifest)
+    return RunContext(config=config, loaded=loaded, encoder=encoder, corpus=corpus, manifest=manifest)
 
 
 def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
@@ -133,40 +127,36 @@ def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
     """
     config_kwargs, analysis_kwargs = split_options(kwargs)
     config = dataclasses.replace(config, **config_kwargs) if config is not None else RunConfig(**config_kwargs)
+    if config.resume:
+        config, analysis_kwargs = _resumed_config(config, config_kwargs, analysis_kwargs)
     analyses = resolve_analyses(config.analyses, analysis_kwargs)
+    if config.out:
+        prepare_output(config.out, config.overwrite, resuming=bool(config.resume))
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
 
-    loaded = load_model(config.model, revision=config.revision, device=config.device, dtype=config.dtype,
-                        trust_remote_code=config.trust_remote_code, gguf_file=config.gguf_file,
-                        capture=config.capture)
+    ctx = open_context(config)
     timings["load_model"] = time.perf_counter() - t0
-    info = loaded.info
-    max_length = config.resolved_max_length(info.max_length, info.is_causal)
-    if config.max_length is not None and config.max_length > info.max_length:
-        logger.warning("--max-length %d is more than %s allows; using %d", config.max_length, info.name,
-                       info.max_length)
-    type_vocab = getattr(loaded.model.config, "type_vocab_size", 0) or 0
-    encoder = Encoder(loaded.tokenizer, max_length, config.punctuation, use_token_types=type_vocab > 1)
-    manifest = Manifest()
-    manifest.notes["capture"] = {"route": loaded.route, "max_length": max_length,
-                                 "attention_memory_bytes": config.attention_bytes(),
-                                 "padding_side": config.padding_side}
-    corpus = Corpus(config, encoder, manifest)
-    ctx = RunContext(config=config, loaded=loaded, encoder=encoder, corpus=corpus, manifest=manifest)
+    info, manifest = ctx.info, ctx.manifest
     for analysis in analyses:
         analysis.start(ctx)
 
+    fp = fingerprint(config, info, analyses, manifest)
+    progress = Progress(used={analysis.name: 0 for analysis in analyses})
+    if config.resume:
+        saved, progress, states = read_checkpoint(config.resume)
+        diffs = differences(saved, fp)
+        if diffs:
+            raise CheckpointError(f"the checkpoint in {config.resume} is from another run: " + "; ".join(diffs))
+        restore(analyses, states)
+        logger.info("resuming %s: %d batches already counted", config.resume, len(progress.done))
+
     t1 = time.perf_counter()
-    n_examples = n_tokens = 0
-    used = {analysis.name: 0 for analysis in analyses}
-    for batch in _progress(ctx.batches(corpus.examples(manifest)), corpus, config.quiet):
-        n_examples += batch.size
-        n_tokens += int(batch.lengths.sum())
-        for name, rows in feed_batch(ctx, analyses, batch).items():
-            used[name] += rows
+    pass_ = ray_pass if config.engine == "ray" else local_pass
+    n_examples, n_tokens = pass_(ctx, analyses, progress, fp)
+    used = dict(progress.used)
     timings["pass"] = time.perf_counter() - t1
     if n_examples == 0:
         problems = "; ".join(str(e) for e in manifest.events[:5]) or "no input"
@@ -205,6 +195,8 @@ def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
                              if a.options is not None},
         "analyses": {name: {"examples_used": used.get(name, 0), **r.summary} for name, r in results.items()},
         "seed": config.seed,
+        "engine": {"name": config.engine, "workers": config.workers if config.engine == "ray" else 1},
+        "segments": progress.segments,
         **manifest.to_dict(),
         "versions": _versions(),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
@@ -219,4 +211,27 @@ def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
             build_report(config.out)
         result.run["timings_s"]["write"] = round(time.perf_counter() - tw, 3)
         write_json(Path(config.out) / "run.json", result.run)
+        remove_checkpoint(config.out)  # the run is complete: run.json and the tables are its record
     return result
+
+
+def _resumed_config(config: RunConfig, explicit: dict[str, Any], analysis_kwargs: dict[str, dict[str, Any]]
+                    ) -> tuple[RunConfig, dict[str, dict[str, Any]]]:
+    """The configuration of the run to resume: the checkpoint's, refusing any explicit option that differs."""
+    from headscope.engine.checkpoint import FREE_SETTINGS
+
+    saved, _, _ = read_checkpoint(config.resume)  # type: ignore[arg-type]
+    free = {k: v for k, v in explicit.items() if k in FREE_SETTINGS}
+    resumed = RunConfig(**{**saved["config"], **free, "out": config.resume, "resume": config.resume})
+    asked = RunConfig(**{**saved["config"], **explicit, "out": config.resume, "resume": config.resume})
+    diffs = differences({"config": saved["config"]}, {"config": {k: v for k, v in asked.to_dict().items()
+                                                                 if k not in FREE_SETTINGS}})
+    options = {name: dict(values) for name, values in saved["analysis_options"].items() if values is not None}
+    for name, values in analysis_kwargs.items():
+        for key, value in values.items():
+            if options.get(name, {}).get(key) != value:
+                diffs.append(f"{name} option {key}: checkpoint {options.get(name, {}).get(key)!r}, this run "
+                             f"{value!r}")
+    if diffs:
+        raise CheckpointError(f"cannot resume {config.resume} with other settings: " + "; ".join(diffs))
+    return resumed, options

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from headscope.analyses import REGISTRY
-from headscope.engine.results import RunResult
+from headscope.engine.results import RunResult, write_text
 from headscope.report.page import b64_array, render_page
 from headscope.report.section import ReportSection
 
@@ -149,6 +149,14 @@ def _rows(pairs: list[tuple[Any, Any]]) -> str:
     return "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in pairs)
 
 
+def _conventions(info: dict[str, Any]) -> str:
+    """``--conventions`` and, per analysis that records them, the conventions its tables were made under."""
+    used = {name: summary["conventions"] for name, summary in info.get("analyses", {}).items()
+            if isinstance(summary, dict) and "conventions" in summary}
+    per_analysis = "; ".join(f"{name}: {conventions}" for name, conventions in used.items())
+    return str(info.get("config", {}).get("conventions", "headscope")) + (f" ({per_analysis})" if per_analysis else "")
+
+
 def summary_html(run: RunResult) -> str:
     """The run summary: model, corpus files, counts, skipped/truncated/warned inputs, timings."""
     info = run.run
@@ -156,7 +164,7 @@ def summary_html(run: RunResult) -> str:
     model_rows = [("model", model.get("name", "?")), ("type", model.get("model_type", "?")),
                   ("layers x heads", f"{model.get('n_layers', '?')} x {model.get('n_heads', '?')}"),
                   ("decoder (causal)", model.get("is_causal", "?")), ("seed", info.get("seed", "?")),
-                  ("analyses", ", ".join(info.get("analyses", {}))),
+                  ("analyses", ", ".join(info.get("analyses", {}))), ("conventions", _conventions(info)),
                   ("headscope", info.get("versions", {}).get("headscope", "?"))]
     files = "".join(f"<tr><td>{html.escape(str(f.get('role', '')))}</td><td>{html.escape(str(f.get('path', '')))}"
                     f"</td><td>{html.escape(str(f.get('sha256', ''))[:12])}</td></tr>"
@@ -231,5 +239,5 @@ Run configuration: <code>{html.escape(json.dumps(run.run.get('config', {}), sort
     report_dir = out / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     index = report_dir / "index.html"
-    index.write_text(render_page(title, page, page_data(run), ["report.js"]), encoding="utf-8")
+    write_text(index, render_page(title, page, page_data(run), ["report.js"]))
     return index

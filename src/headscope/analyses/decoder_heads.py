@@ -1,0 +1,469 @@
+"""Head types of decoder language models, scored over the whole corpus in the one pass (issue 15).
+
+Per head, every score is computed per sequence and then averaged over sequences (a sequence where a score is
+undefined is left out of that head's mean), so results depend neither on batching, padding nor on the size
+of the blocks of query rows the engine hands over:
+
+- ``previous_token``, ``duplicate_token``, ``induction``: TransformerLens's ``"mul"`` score of a detection
+  pattern ``P`` (``transformer_lens/head_detector.py``), ``sum(A * P) / sum(A)`` over a sequence's rows,
+  with
+
+  - previous token: ``P[i, i-1] = 1``;
+  - duplicate token: ``P[i, j] = 1`` for ``j < i`` where token ``j`` is token ``i``;
+  - induction: ``P[i, j] = 1`` for ``1 <= j <= i`` where token ``j - 1`` is token ``i`` (the duplicate
+    pattern shifted one key to the right: the position just after an earlier occurrence of the query's token).
+
+  ``exclude_bos`` sets column 0 of ``A`` to 0 and ``exclude_current_token`` its diagonal, before both sums,
+  as TransformerLens does (its column 0 is always the BOS it prepends; here it is the first position, BOS
+  where the tokenizer adds one).
+- ``prefix_matching`` (Olsson et al. 2022): on ``induction_probe`` sequences of ``induction_length`` = L
+  random tokens repeated twice (BOS first when the tokenizer adds one), the same ``mul`` score with
+  ``P[i, i-L+1] = 1`` on the rows of the second repeat only. Without exclusions it is the mean of
+  ``A[i, i-L+1]`` over those rows. These sequences go through the model in a pass of their own.
+- ``sink_first``: the mean over rows of ``A[i, 0]``; ``sink_bos``: the mean over rows of the attention to
+  the BOS token the tokenizer adds (NaN when it adds none; where it does, BOS is position 0 and the two
+  agree). ``sink`` is ``sink_first > sink_epsilon`` and the model's sink rate is the share of heads with
+  ``sink`` (Gu et al. 2025). The exclusions do not apply to the sink scores.
+
+See ``docs/decoder_heads.md`` for the definitions and their sources.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name, register
+from headscope.config import option
+from headscope.model.encode import Example
+
+if TYPE_CHECKING:
+    from headscope.engine.batch import Batch
+    from headscope.engine.capture import LayerAttention
+    from headscope.engine.context import RunContext
+
+#: The scores of the main pass, computed as TransformerLens ``mul`` scores of a detection pattern.
+PATTERN_SCORES = ("previous_token", "duplicate_token", "induction")
+#: The attention-sink scores of the main pass.
+SINK_SCORES = ("sink_first", "sink_bos")
+#: Every per-head score, in column order.
+SCORES = ("previous_token", "duplicate_token", "induction", "prefix_matching", "sink_first", "sink_bos")
+
+#: What each column means (figure titles, report).
+LABELS = {
+    "previous_token": "previous-token score",
+    "duplicate_token": "duplicate-token score",
+    "induction": "induction score (corpus)",
+    "prefix_matching": "prefix-matching score (repeated random tokens)",
+    "sink_first": "attention to the first position",
+    "sink_bos": "attention to BOS",
+}
+
+#: Kept attention per row below which a score is undefined: the exclusions subtract float32 sums, so a row with
+#: nothing left keeps a rounding residue of this order rather than an exact 0.
+ROUNDING = 1e-6
+
+#: Mixed into the probe's seed so its draw is independent of the other seeded choices of a run.
+PROBE_STREAM = 15
+
+
+@dataclass
+class DecoderHeadsOptions:
+    """Options of the ``decoder_heads`` analysis."""
+
+    induction_probe: int = option(20, help="Sequences of random tokens repeated twice for the prefix-matching "
+                                  "(induction) score, run in a pass of their own.")
+    induction_length: int = option(50, help="Random tokens in each repeat of an induction-probe sequence.")
+    sink_epsilon: float = option(0.3, help="A head is an attention sink when its mean attention to the first "
+                                 "position exceeds this (Gu et al. 2025).")
+    exclude_bos: bool = option(False, help="Leave attention to the first position (BOS) out of the "
+                               "previous-token, duplicate, induction and prefix-matching scores (TransformerLens).")
+    exclude_current_token: bool = option(False, help="Leave attention of each token to itself out of the "
+                                         "previous-token, duplicate, induction and prefix-matching scores "
+                                         "(TransformerLens).")
+
+
+# --- the scores of one block of query rows ------------------------------------------------------------------
+
+def kept_row_mass(weights: torch.Tensor, query_start: int, exclude_bos: bool, exclude_current_token: bool
+                  ) -> torch.Tensor:
+    """Each row's attention left once the exclusions have zeroed column 0 and/or the diagonal.
+
+    Parameters
+    ----------
+    weights : Tensor of shape [batch, head, query, key]
+        One block of query rows, the first at position ``query_start``; padding exactly 0.
+    query_start : int
+    exclude_bos, exclude_current_token : bool
+
+    Returns
+    -------
+    Tensor of shape [batch, head, query]
+        float64: the denominator of TransformerLens's ``mul`` score, row by row.
+    """
+    # In float64 (rows are few next to the block): the subtractions then add no rounding of their own.
+    mass = weights.sum(-1).double()
+    if exclude_bos:
+        mass -= weights[..., 0].double()
+    if exclude_current_token:
+        mass -= torch.diagonal(weights, query_start, dim1=-2, dim2=-1).double()
+        if exclude_bos and query_start == 0:
+            mass[..., 0] += weights[..., 0, 0].double()  # A[0, 0] is both column 0 and the diagonal: out once
+    return mass
+
+
+def token_patterns(input_ids: torch.Tensor, query_start: int, query_stop: int, exclude_bos: bool,
+                   exclude_current_token: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The duplicate-token and induction detection patterns of a block of query rows.
+
+    Parameters
+    ----------
+    input_ids : Tensor of shape [batch, seq]
+        int64 ids (right padding; padded positions may hold any id: their weights are 0).
+    query_start, query_stop : int
+        The block's query positions.
+    exclude_bos, exclude_current_token : bool
+        Zero column 0 / the diagonal, as zeroing them in the attention would.
+
+    Returns
+    -------
+    duplicate, induction : Tensor of shape [batch, query, seq], bool
+        ``duplicate[b, r, j]``: ``j < i`` and ``ids[j] == ids[i]`` for ``i = query_start + r``;
+        ``induction[b, r, j]``: ``1 <= j <= i`` and ``ids[j - 1] == ids[i]``.
+    """
+    n = input_ids.shape[1]
+    dev = input_ids.device
+    pos = torch.arange(query_start, query_stop, device=dev)[:, None]
+    keys = torch.arange(n, device=dev)[None, :]
+    query_ids = input_ids[:, query_start:query_stop, None]
+    duplicate = (query_ids == input_ids[:, None, :]) & (keys < pos)
+    # The token just before each key; -1 before key 0 matches no id, so key 0 is never an induction target.
+    before = torch.nn.functional.pad(input_ids[:, :-1], (1, 0), value=-1)
+    induction = (query_ids == before[:, None, :]) & (keys <= pos)
+    if exclude_bos:
+        duplicate[..., 0] = False
+        induction[..., 0] = False
+    if exclude_current_token:  # the duplicate pattern is 0 on its diagonal already
+        induction &= keys != pos
+    return duplicate, induction
+
+
+def pattern_sums(weights: torch.Tensor, input_ids: torch.Tensor, query_start: int, exclude_bos: bool = False,
+                 exclude_current_token: bool = False) -> dict[str, torch.Tensor]:
+    """Numerators and denominator of the main-pass scores for one block of query rows.
+
+    Every quantity is a sum over the block's rows, so a layer's blocks add up to the whole layer.
+
+    Parameters
+    ----------
+    weights : Tensor of shape [batch, head, query, key]
+        One block, first row at ``query_start``; padded rows and columns exactly 0.
+    input_ids : Tensor of shape [batch, seq]
+    query_start : int
+    exclude_bos, exclude_current_token : bool
+
+    Returns
+    -------
+    dict of str to Tensor of shape [batch, head]
+        ``previous_token``, ``duplicate_token``, ``induction``: ``sum(A * P)``; ``mass``: ``sum(A)`` after
+        the exclusions (their common denominator); ``sink_first``: ``sum_i A[i, 0]`` (no exclusions).
+    """
+    q0 = query_start
+    q1 = q0 + weights.shape[-2]
+    # Row r is position q0 + r, so the previous-token entries A[i, i-1] are the block's diagonal q0 - 1.
+    previous = torch.diagonal(weights, q0 - 1, dim1=-2, dim2=-1).sum(-1)
+    if exclude_bos and q0 <= 1 < q1:
+        previous = previous - weights[:, :, 1 - q0, 0]  # A[1, 0] lies in column 0
+    duplicate, induction = token_patterns(input_ids, q0, q1, exclude_bos, exclude_current_token)
+    # einsum contracts query and key in one matrix product: no temporary as large as the block.
+    dtype = weights.dtype
+    return {
+        "previous_token": previous,
+        "duplicate_token": torch.einsum("bhqk,bqk->bh", weights, duplicate.to(dtype)),
+        "induction": torch.einsum("bhqk,bqk->bh", weights, induction.to(dtype)),
+        "mass": kept_row_mass(weights, q0, exclude_bos, exclude_current_token).sum(-1),
+        "sink_first": weights[..., 0].sum(-1),
+    }
+
+
+def prefix_matching_sums(weights: torch.Tensor, query_start: int, length: int, offset: int,
+                         exclude_bos: bool = False, exclude_current_token: bool = False
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Numerator and denominator of the prefix-matching score for one block of an induction-probe sequence.
+
+    The sequence is ``offset`` leading tokens (1 for a BOS, else 0) and then ``length`` random tokens twice;
+    the rows of the second repeat are positions ``offset + length .. offset + 2 * length - 1``, and row ``i``
+    is scored on key ``i - length + 1``, the token after the earlier copy of token ``i``.
+
+    Parameters
+    ----------
+    weights : Tensor of shape [batch, head, query, key]
+        One block of query rows, the first at ``query_start``.
+    query_start, length, offset : int
+    exclude_bos, exclude_current_token : bool
+        Only change the denominator: the scored key is never position 0 nor the query itself (length >= 2).
+
+    Returns
+    -------
+    numerator, denominator : Tensor of shape [batch, head]
+        ``sum_i A[i, i - length + 1]`` and ``sum_i sum_j A[i, j]`` (after exclusions) over the block's rows
+        of the second repeat.
+    """
+    b, h, rows, _ = weights.shape
+    pos = torch.arange(query_start, query_start + rows, device=weights.device)
+    second = ((pos >= offset + length) & (pos < offset + 2 * length)).to(weights.dtype)
+    target = (pos - length + 1).clamp_min(0)
+    picked = weights.gather(-1, target.view(1, 1, rows, 1).expand(b, h, rows, 1)).squeeze(-1)
+    numerator = (picked * second).sum(-1)
+    denominator = (kept_row_mass(weights, query_start, exclude_bos, exclude_current_token) * second.double()).sum(-1)
+    return numerator, denominator
+
+
+# --- the induction probe -------------------------------------------------------------------------------------
+
+def adds_bos(tokenizer: Any) -> bool:
+    """Whether ``tokenizer`` puts its BOS token first in an encoded input."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False
+    ids = tokenizer(["probe"], is_split_into_words=True)["input_ids"]
+    return len(ids) > 0 and int(ids[0]) == int(bos)
+
+
+def probe_candidates(tokenizer: Any, vocab_size: int | None = None) -> np.ndarray:
+    """int64 ids a probe token may be drawn from: the vocabulary (capped by the model's) without special tokens."""
+    size = len(tokenizer) if vocab_size is None else min(len(tokenizer), int(vocab_size))
+    keep = np.ones(size, dtype=bool)
+    special = np.asarray([i for i in tokenizer.all_special_ids if 0 <= i < size], dtype=np.int64)
+    keep[special] = False
+    return np.flatnonzero(keep).astype(np.int64)
+
+
+def probe_sequences(candidates: np.ndarray, n: int, length: int, seed: int, bos: int | None = None
+                    ) -> list[np.ndarray]:
+    """``n`` sequences of ``length`` distinct random tokens repeated twice, BOS first when ``bos`` is given.
+
+    Sequence ``k`` depends only on ``seed`` and ``k``. Tokens are distinct within a repeat so that each query
+    of the second repeat has exactly one earlier copy (and so one prefix-matching target).
+
+    Returns
+    -------
+    list of ndarray of shape (offset + 2 * length,)
+        int64 ids, ``offset`` = 1 with a BOS, else 0.
+    """
+    if length > len(candidates):
+        raise ValueError(f"induction_length {length} is more than the {len(candidates)} ordinary tokens of the "
+                         "vocabulary")
+    head = np.asarray([] if bos is None else [bos], dtype=np.int64)
+    out = []
+    for k in range(n):
+        tokens = np.random.default_rng([seed, PROBE_STREAM, k]).choice(candidates, size=length, replace=False)
+        out.append(np.concatenate([head, tokens, tokens]).astype(np.int64))
+    return out
+
+
+def probe_example(index: int, ids: np.ndarray, has_bos: bool, tokenizer: Any) -> Example:
+    """An :class:`Example` of bare token ids (each token its own unit), for the induction-probe pass."""
+    n = int(ids.shape[0])
+    is_cls = np.zeros(n, dtype=bool)
+    is_cls[0] = has_bos
+    pieces = tokenizer.convert_ids_to_tokens(ids.tolist())
+    return Example(index=index, kind="induction_probe", input_ids=ids, token_type_ids=None,
+                   segment=np.zeros(n, dtype=np.int8), is_cls=is_cls, is_sep=np.zeros(n, dtype=bool),
+                   is_punct=np.zeros(n, dtype=bool), unit_of_piece=np.arange(n, dtype=np.int64),
+                   units=[str(p) for p in pieces], word_units=np.arange(n, dtype=np.int64), sentences=[],
+                   word_offsets=[], pieces=pieces)
+
+
+# --- the analysis --------------------------------------------------------------------------------------------
+
+@register
+class DecoderHeads(Analysis):
+    """Previous-token, duplicate-token, induction, prefix-matching and attention-sink heads of a causal LM."""
+
+    name = "decoder_heads"
+    description = ("decoder LMs: previous-token, duplicate-token, induction, prefix-matching and attention-sink "
+                   "heads (TransformerLens, Olsson et al. 2022, Gu et al. 2025)")
+    Options = DecoderHeadsOptions
+    second_pass = True
+
+    def start(self, ctx: Any) -> None:
+        o = self.options
+        if not ctx.info.is_causal:
+            raise ValueError(
+                f"{ctx.info.name} is not a causal language model (its attention is bidirectional): the "
+                f"{self.name} analysis scores heads of decoder LMs (previous-token, induction, attention sinks) "
+                "and its numbers would mean nothing here; run it on a decoder LM, or use surface/distance for "
+                "an encoder")
+        if o.induction_probe < 1:
+            raise ValueError(f"induction_probe must be at least 1, got {o.induction_probe}")
+        if o.induction_length < 2:
+            raise ValueError(f"induction_length must be at least 2, got {o.induction_length}")
+        if not 0 <= o.sink_epsilon <= 1:
+            raise ValueError(f"sink_epsilon must be between 0 and 1, got {o.sink_epsilon}")
+        shape = (ctx.info.n_layers, ctx.info.n_heads)
+        self.n_layers_, self.n_heads_ = shape
+        self.sums_ = {k: torch.zeros(shape, dtype=torch.float64, device=ctx.device) for k in SCORES}
+        self.counts_ = {k: torch.zeros(shape, dtype=torch.float64, device=ctx.device) for k in SCORES}
+        self.sequences_ = 0
+        self.probe_sequences_ = 0
+        self.adds_bos_: bool | None = None
+        loaded = getattr(ctx, "loaded", None)
+        if loaded is not None:  # (tests that feed hand-made maps have no model)
+            self.adds_bos_ = adds_bos(loaded.tokenizer)
+            longest = 2 * o.induction_length + int(self.adds_bos_)
+            limit = int(ctx.encoder.max_length)
+            if longest > limit:
+                raise ValueError(f"an induction-probe sequence takes {longest} tokens (2 x --induction-length "
+                                 f"{o.induction_length}{' + BOS' if self.adds_bos_ else ''}), more than the "
+                                 f"{limit} allowed here; lower --induction-length")
+        self._batch: dict[str, torch.Tensor] = {}
+
+    # main pass: per-sequence sums of the current batch, turned into per-sequence scores at its end
+
+    def begin_batch(self, batch: Batch) -> None:
+        shape = (batch.size, self.n_layers_, self.n_heads_)
+        dev = batch.input_ids.device
+        self._batch = {k: torch.zeros(shape, dtype=torch.float64, device=dev)
+                       for k in (*PATTERN_SCORES, *SINK_SCORES, "mass")}
+
+    def update(self, batch: Batch, block: LayerAttention) -> None:
+        o = self.options
+        sums = pattern_sums(block.weights, batch.input_ids, block.query_start, o.exclude_bos,
+                            o.exclude_current_token)
+        for key, value in sums.items():
+            self._batch[key][:, block.layer] += value.to(torch.float64)
+        # Attention to the BOS the tokenizer added (the encoder marks it as is_cls, at position 0 only).
+        bos = batch.is_cls.to(block.weights.dtype)
+        self._batch["sink_bos"][:, block.layer] += torch.einsum("bhqk,bk->bh", block.weights, bos).double()
+
+    def end_batch(self, batch: Batch) -> None:
+        acc = self._batch
+        lengths = batch.lengths.to(torch.float64)[:, None, None]
+        multi = (batch.lengths > 1)[:, None, None]
+        mass = acc["mass"]
+        # TransformerLens asserts a sequence longer than 1; with every weight excluded its score is 0/0.
+        defined = multi & (mass > ROUNDING * lengths)
+        for key in PATTERN_SCORES:
+            self._add(key, acc[key] / mass.clamp_min(1e-300), defined)
+        self._add("sink_first", acc["sink_first"] / lengths.clamp_min(1), (batch.lengths > 0)[:, None, None])
+        self._add("sink_bos", acc["sink_bos"] / lengths.clamp_min(1), batch.is_cls.any(-1)[:, None, None])
+        self.sequences_ += batch.size
+        self._batch = {}
+
+    def _add(self, key: str, values: torch.Tensor, valid: torch.Tensor) -> None:
+        """Add per-sequence ``values`` [batch, layer, head] where ``valid`` (broadcastable) holds."""
+        valid = valid.expand_as(values)
+        self.sums_[key] += torch.where(valid, values, 0.0).sum(0).to(self.sums_[key].device)
+        self.counts_[key] += valid.sum(0).to(torch.float64).to(self.counts_[key].device)
+
+    # the induction probe: random tokens repeated twice, through the model in a pass of their own
+
+    def second_pass_examples(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> Iterator[Example]:
+        o = self.options
+        tokenizer = ctx.loaded.tokenizer
+        has_bos = adds_bos(tokenizer) if self.adds_bos_ is None else self.adds_bos_
+        bos = int(tokenizer.bos_token_id) if has_bos else None
+        candidates = probe_candidates(tokenizer, getattr(ctx.loaded.model.config, "vocab_size", None))
+        sequences = probe_sequences(candidates, o.induction_probe, o.induction_length, int(ctx.config.seed), bos)
+        return (probe_example(k, ids, has_bos, tokenizer) for k, ids in enumerate(sequences))
+
+    def update_second_pass(self, ctx: RunContext, batch: Batch) -> None:
+        from headscope.engine.capture import capture
+
+        o = self.options
+        length = o.induction_length
+        shape = (batch.size, self.n_layers_, self.n_heads_)
+        numerator = torch.zeros(shape, dtype=torch.float64, device=batch.input_ids.device)
+        denominator = torch.zeros_like(numerator)
+        # Every probe sequence has the same layout; its BOS, if any, is the one leading token.
+        offset = int(batch.lengths[0]) - 2 * length
+
+        def consume(block: LayerAttention) -> None:
+            num, den = prefix_matching_sums(block.weights, block.query_start, length, offset, o.exclude_bos,
+                                            o.exclude_current_token)
+            numerator[:, block.layer] += num.double()
+            denominator[:, block.layer] += den.double()
+
+        capture(ctx.loaded, batch, consume, ctx.config.attention_bytes(), padding_side=ctx.config.padding_side)
+        self._add("prefix_matching", numerator / denominator.clamp_min(1e-300), denominator > ROUNDING * length)
+        self.probe_sequences_ += batch.size
+
+    def merge(self, other: Analysis) -> DecoderHeads:
+        assert isinstance(other, DecoderHeads)
+        for key in SCORES:
+            self.sums_[key] += other.sums_[key].to(self.sums_[key].device)
+            self.counts_[key] += other.counts_[key].to(self.counts_[key].device)
+        self.sequences_ += other.sequences_
+        self.probe_sequences_ += other.probe_sequences_
+        return self
+
+    def means(self) -> dict[str, torch.Tensor]:
+        """Each score as a float64 tensor of shape (n_layers, n_heads); NaN where never defined."""
+        return {k: torch.where(self.counts_[k] > 0, self.sums_[k] / self.counts_[k].clamp_min(1),
+                               torch.full_like(self.sums_[k], float("nan"))) for k in SCORES}
+
+    def finalize(self, ctx: Any, results: dict[str, AnalysisResult]) -> AnalysisResult:
+        o = self.options
+        means = self.means()
+        table = head_frame(means, self.n_layers_, self.n_heads_)
+        table["sink"] = table["sink_first"] > o.sink_epsilon
+        sink_rate = float(table["sink"].mean())
+        summary = {
+            "sequences": self.sequences_,
+            "probe_sequences": self.probe_sequences_,
+            "probe_length": o.induction_length,
+            "tokenizer_adds_bos": self.adds_bos_,
+            "sink_epsilon": o.sink_epsilon,
+            "sink_rate": sink_rate,
+            "sink_heads": int(table["sink"].sum()),
+            "exclude_bos": o.exclude_bos,
+            "exclude_current_token": o.exclude_current_token,
+            "top": {k: top_heads(table, k, 5) for k in SCORES if table[k].notna().any()},
+        }
+        return AnalysisResult(name=self.name, heads=table.copy(), tables={"decoder_heads": table}, summary=summary)
+
+    @staticmethod
+    def report(run: Any, figures: Path) -> Any:
+        from headscope.report.figures import head_grid, layer_head_heatmap, save_figure
+        from headscope.report.section import ReportSection, figure_html
+
+        table = run.tables.get("decoder_heads")
+        if table is None or table.empty:
+            return None
+        options = run.run.get("analysis_options", {}).get("decoder_heads", {})
+        epsilon = float(options.get("sink_epsilon", DecoderHeadsOptions.sink_epsilon))
+        shown = [c for c in ("previous_token", "duplicate_token", "induction", "prefix_matching", "sink_first")
+                 if c in table.columns and table[c].notna().any()]
+        names = []
+        for column in shown:
+            # One colour scale for every score (all are shares of attention), so the maps compare at a glance.
+            fig = layer_head_heatmap(head_grid(table, column), LABELS[column], label=column, vmin=0.0, vmax=1.0)
+            save_figure(fig, figures, f"decoder_heads_{column}")
+            names.append(f"decoder_heads_{column}")
+        sink_rate = float((table["sink_first"] > epsilon).mean()) if "sink_first" in table.columns else float("nan")
+        rows = "".join(
+            f"<tr><td>{html.escape(LABELS[c])}</td><td>"
+            + ", ".join(f"{html.escape(t['head'])} ({t['score']:.3f})" for t in top_heads(table, c, 5))
+            + "</td></tr>" for c in shown)
+        body = (f"<p>Per head, averaged over the corpus's sequences (prefix matching: over sequences of random "
+                f"tokens repeated twice). Sink rate (share of heads whose mean attention to the first position "
+                f"exceeds {epsilon:g}, Gu et al. 2025): <b>{100 * sink_rate:.1f}%</b>.</p>"
+                f"<table><tr><th>score</th><th>top 5 heads</th></tr>{rows}</table>"
+                + "".join(figure_html(n, LABELS[c]) for n, c in zip(names, shown, strict=True)))
+        return ReportSection(key="decoder_heads", title="Decoder-LM heads", html=body, figures=names, order=15)
+
+
+def top_heads(table: pd.DataFrame, column: str, k: int) -> list[dict[str, Any]]:
+    """The ``k`` heads with the largest ``column`` (ties: earlier layer, then head), as ``{"head", "score"}``."""
+    best = table.dropna(subset=[column]).sort_values([column, "layer", "head"], ascending=[False, True, True],
+                                                     kind="stable").head(k)
+    return [{"head": head_name(la, he), "score": float(s)}
+            for la, he, s in zip(best["layer"], best["head"], best[column], strict=True)]

@@ -1,0 +1,147 @@
+"""The main pass on Ray Data: an actor pool of model copies, partial states merged on the driver.
+
+The driver reads and batches the corpus exactly as a local run does (so the manifest, with every skipped
+input, is the same) and hands the numbered batches to Ray Data. Each actor of the pool
+(``map_batches`` with a callable class) loads the model once; for each batch it starts fresh accumulators,
+feeds the batch, and returns their state (:mod:`headscope.engine.state`: fixed-size arrays + JSON, never
+attention maps). The driver merges each state into its own accumulators as it arrives and finalizes.
+
+Every batch's state is a function of that batch alone, so a worker that dies and whose task Ray retries
+gives the same state again; the driver counts each batch number once, so nothing is counted twice or
+lost, whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from headscope.analyses.base import Analysis
+from headscope.config import RunConfig
+from headscope.engine.checkpoint import Progress
+from headscope.engine.context import RunContext
+from headscope.engine.interrupt import RunInterrupted
+from headscope.engine.state import pack, unpack
+
+logger = logging.getLogger("headscope")
+
+#: Fault injection for tests: ``"<batch number>:<marker file>"`` makes the worker that gets that batch exit
+#: abruptly once (the marker records that it did), as a killed process would.
+FAIL_ONCE_ENV = "HEADSCOPE_RAY_FAIL_ONCE"
+
+
+def _fresh(analyses: list[Analysis], ctx: RunContext) -> list[Analysis]:
+    fresh = [type(a)(a.options) for a in analyses]
+    for analysis in fresh:
+        analysis.start(ctx)
+    return fresh
+
+
+class BatchWorker:
+    """A Ray Data actor: one model copy; turns numbered batches of examples into packed partial states."""
+
+    def __init__(self, config: dict[str, Any], options: dict[str, dict[str, Any] | None]) -> None:
+        import torch
+
+        from headscope.engine.runner import open_context, resolve_analyses
+
+        cpus = max(1, int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
+        torch.set_num_threads(cpus)
+        run_config = RunConfig(**{**config, "engine": "local", "out": None, "quiet": True, "resume": None})
+        self.ctx = open_context(run_config)
+        self.analyses = resolve_analyses(run_config.analyses, {k: v for k, v in options.items() if v is not None})
+
+    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from headscope.engine.feed import feed_batch
+
+        ids, states = [], []
+        for batch_id, examples in zip(rows["id"], rows["examples"], strict=True):
+            _maybe_fail(int(batch_id))
+            analyses = _fresh(self.analyses, self.ctx)
+            used = feed_batch(self.ctx, analyses, self.ctx.collate(list(examples)))
+            states.append(pack({a.name: a.state_dict() for a in analyses}, extra={"used": used}))
+            ids.append(int(batch_id))
+        return {"id": np.asarray(ids, dtype=np.int64), "state": np.asarray(states, dtype=object)}
+
+
+def _maybe_fail(batch_id: int) -> None:
+    spec = os.environ.get(FAIL_ONCE_ENV)
+    if not spec:
+        return
+    target, marker = spec.split(":", 1)
+    if int(target) == batch_id and not Path(marker).exists():
+        Path(marker).write_text(str(os.getpid()), encoding="utf-8")
+        os._exit(1)
+
+
+def _init_ray(config: RunConfig) -> bool:
+    """Connect to ``--ray-address`` or start a local instance; True when this call started it."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise ImportError('--engine ray needs Ray: pip install "headscope[ray]"') from exc
+    import ray.data
+
+    # Our own progress bar and manifest speak for the run; Ray Data's per-operator logs are noise here.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if ray.is_initialized():
+        return False
+    env = {"env_vars": {k: v for k, v in os.environ.items() if k == FAIL_ONCE_ENV}}
+    if config.ray_address:
+        ray.init(address=config.ray_address, runtime_env=env, log_to_driver=False)
+    else:
+        ray.init(include_dashboard=False, runtime_env=env, log_to_driver=False)
+    return True
+
+
+def run_on_ray(ctx: RunContext, analyses: list[Analysis], progress: Progress, on_counted: Callable[[], Any],
+               stop: Callable[[], str | None], interrupted: Callable[[str], RunInterrupted]) -> tuple[int, int]:
+    """Count every batch not in ``progress.done`` on the Ray cluster. Returns (examples, tokens)."""
+    import ray
+    import ray.data
+
+    config = ctx.config
+    started = _init_ray(config)
+    try:
+        items, n_examples, n_tokens = [], 0, 0
+        for k, group in enumerate(ctx.groups(ctx.corpus.examples(ctx.manifest))):
+            n_examples += len(group)
+            n_tokens += sum(ex.length for ex in group)
+            if k not in progress.done:
+                items.append({"id": k, "examples": group})
+        if not items:
+            return n_examples, n_tokens
+        options = {a.name: dataclasses.asdict(a.options) if a.options is not None else None for a in analyses}
+        worker_config = {**config.to_dict(), "device": "auto" if config.gpus_per_worker else "cpu"}
+        dataset = ray.data.from_items(items, override_num_blocks=len(items))
+        results = dataset.map_batches(
+            BatchWorker, fn_constructor_kwargs={"config": worker_config, "options": options}, batch_size=1,
+            concurrency=config.workers, num_gpus=config.gpus_per_worker or None, num_cpus=1)
+        # Ray Data restarts a dead actor and retries its task (max_restarts / max_task_retries default to -1).
+        for row in results.iter_rows():
+            batch_id = int(row["id"])
+            if batch_id in progress.done:
+                continue  # a retried task delivered twice: count it once
+            states, extra = unpack(row["state"])
+            for mine in analyses:
+                part = _fresh([mine], ctx)[0]
+                part.load_state_dict(*states[mine.name])
+                mine.merge(part)
+            for name, rows in extra["used"].items():
+                progress.used[name] = progress.used.get(name, 0) + int(rows)
+            progress.done.add(batch_id)
+            on_counted()
+            if stop():
+                raise interrupted(stop() or "SIGINT")
+        return n_examples, n_tokens
+    finally:
+        if started:
+            ray.shutdown()
