@@ -7,6 +7,7 @@ installs the browser; without it these tests skip.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -83,6 +84,11 @@ def run_dir(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     pd.DataFrame({"layer": [1, 1, 0], "head": [2, 2, 0], "role": ["local", "delimiter", "block"],
                   "score_mean": [0.4, 0.9, 0.5], "significant": [True, True, False]}).to_csv(
         out / "my_roles.csv", index=False)
+    # The report reads only the files run.json lists as the run's own, so the table is listed there.
+    run_file = out / "run.json"
+    run = json.loads(run_file.read_text(encoding="utf-8"))
+    run["outputs"] = sorted([*run["outputs"], "my_roles.csv"])
+    run_file.write_text(json.dumps(run), encoding="utf-8")
     build_report(out)
     return out
 
