@@ -80,14 +80,6 @@ class LayerAttention:
         """True for the layer's last block of query rows."""
         return self.query_stop >= int(self.weights.shape[-1])
 
-    @property
-    def is_whole(self) -> bool:
-        return self.is_first and self.is_last
-
-    def positions(self) -> torch.Tensor:
-        """int64 [query]: the query positions of the rows."""
-        return torch.arange(self.query_start, self.query_stop, device=self.weights.device)
-
     def select(self, rows: torch.Tensor) -> LayerAttention:
         """The same block for a subset of the batch's sequences (``rows``: int64 indices)."""
         return LayerAttention(self.layer, self.weights.index_select(0, rows), self.query_start)
@@ -409,10 +401,8 @@ def attention_modules(loaded: LoadedModel) -> list[torch.nn.Module]:
     for module in loaded.base.modules():
         handles.append(module.register_forward_hook(record))
     try:
-        enc = loaded.tokenizer(["attention", "check"], is_split_into_words=True, return_tensors="pt")
         with torch.inference_mode():
-            loaded.base(input_ids=enc["input_ids"].to(loaded.device),
-                        attention_mask=enc["attention_mask"].to(loaded.device), output_attentions=True)
+            loaded.base(**_probe_batch(loaded).model_inputs(), output_attentions=True)
     finally:
         for handle in handles:
             handle.remove()
@@ -440,6 +430,14 @@ def _hooks(loaded: LoadedModel, stream: _Stream) -> Iterator[None]:
             handle.remove()
 
 
+def _probe_batch(loaded: LoadedModel) -> Batch:
+    """Two words through the tokenizer: the input of the probe passes made when a model is loaded."""
+    from headscope.engine.batch import probe_batch
+
+    enc = loaded.tokenizer(["attention", "check"], is_split_into_words=True, return_tensors="np")
+    return probe_batch(enc["input_ids"][0], loaded.device)
+
+
 def choose_route(loaded: LoadedModel, requested: str = "auto") -> Route:
     """The capture route for a loaded model: ``interface`` where it works, else ``hooks``, else an error.
 
@@ -449,10 +447,7 @@ def choose_route(loaded: LoadedModel, requested: str = "auto") -> Route:
     from headscope.model.load import AttentionUnavailableError
 
     n_layers = loaded.info.n_layers
-    enc = loaded.tokenizer(["attention", "check"], is_split_into_words=True, return_tensors="pt")
-    from headscope.engine.batch import probe_batch
-
-    batch = probe_batch(enc["input_ids"][0].numpy(), loaded.device)
+    batch = _probe_batch(loaded)
     tried: list[str] = []
     candidates = ["interface", "hooks"] if requested == "auto" else [requested]
     for route in candidates:
@@ -509,11 +504,6 @@ def capture_stacked(loaded: LoadedModel, batch: Batch, route: Route | None = Non
 
     capture(loaded, batch, keep, budget_bytes=1 << 62, route=route, padding_side=padding_side)
     return torch.stack([torch.cat(blocks, dim=2) for blocks in layers], dim=1)
-
-
-def attention_bytes(n_heads: int, seq: int, batch: int = 1) -> int:
-    """Bytes of one layer's float32 attention for ``batch`` sequences of length ``seq``."""
-    return int(batch * n_heads * seq * seq * 4)
 
 
 def parse_bytes(text: str | int) -> int:

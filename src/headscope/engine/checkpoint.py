@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from headscope.engine.results import atomic_path
 from headscope.engine.state import StateError, pack, unpack
 
 if TYPE_CHECKING:
@@ -91,12 +92,10 @@ def _sha256(data: bytes) -> str:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+        os.fsync(fh.fileno())  # on disk before the rename that makes it the checkpoint
 
 
 def save(out: str | Path, fp: dict[str, Any], progress: Progress, analyses: list[Analysis]) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -71,6 +72,20 @@ def _consumer(feeds: list[_Feed], batch: Batch, word_mode: str) -> Consumer:
     return consume
 
 
+def _drive(analyses: list[Analysis], batch: Batch, word_mode: str, source: Callable[[Consumer], None]
+           ) -> dict[str, int]:
+    """begin_batch, every block from ``source`` (handed a consumer), end_batch; examples used per analysis."""
+    feeds, used = _feeds(analyses, batch)
+    if not feeds:
+        return used
+    for feed in feeds:
+        feed.analysis.begin_batch(feed.batch)
+    source(_consumer(feeds, batch, word_mode))
+    for feed in feeds:
+        feed.analysis.end_batch(feed.batch)
+    return used
+
+
 def feed_batch(ctx: RunContext, analyses: list[Analysis], batch: Batch) -> dict[str, int]:
     """Run the model on ``batch`` once and hand every layer to every analysis that wants some of its rows.
 
@@ -81,16 +96,8 @@ def feed_batch(ctx: RunContext, analyses: list[Analysis], batch: Batch) -> dict[
     dict of str to int
         Examples of the batch each analysis used.
     """
-    feeds, used = _feeds(analyses, batch)
-    if not feeds:
-        return used
-    consume = _consumer(feeds, batch, ctx.config.word_attention)
-    for feed in feeds:
-        feed.analysis.begin_batch(feed.batch)
-    capture(ctx.loaded, batch, consume, ctx.config.attention_bytes(), padding_side=ctx.config.padding_side)
-    for feed in feeds:
-        feed.analysis.end_batch(feed.batch)
-    return used
+    return _drive(analyses, batch, ctx.config.word_attention, lambda consume: capture(
+        ctx.loaded, batch, consume, ctx.config.attention_bytes(), padding_side=ctx.config.padding_side))
 
 
 def feed_attention(analyses: list[Analysis], batch: Batch, attention: torch.Tensor, word_mode: str = "mean",
@@ -117,18 +124,13 @@ def feed_attention(analyses: list[Analysis], batch: Batch, attention: torch.Tens
     dict of str to int
         Examples of the batch each analysis used.
     """
-    feeds, used = _feeds(analyses, batch)
-    if not feeds:
-        return used
-    consume = _consumer(feeds, batch, word_mode)
     attention = attention.float()
     n = attention.shape[-1]
     rows = block_rows or n
-    for feed in feeds:
-        feed.analysis.begin_batch(feed.batch)
-    for layer in range(attention.shape[1]):
-        for q0 in range(0, n, rows):
-            consume(LayerAttention(layer, attention[:, layer, :, q0:q0 + rows], q0))
-    for feed in feeds:
-        feed.analysis.end_batch(feed.batch)
-    return used
+
+    def blocks(consume: Consumer) -> None:
+        for layer in range(attention.shape[1]):
+            for q0 in range(0, n, rows):
+                consume(LayerAttention(layer, attention[:, layer, :, q0:q0 + rows], q0))
+
+    return _drive(analyses, batch, word_mode, blocks)

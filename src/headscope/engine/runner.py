@@ -127,8 +127,11 @@ def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
     """
     config_kwargs, analysis_kwargs = split_options(kwargs)
     config = dataclasses.replace(config, **config_kwargs) if config is not None else RunConfig(**config_kwargs)
+    checkpoint = None
     if config.resume:
-        config, analysis_kwargs = _resumed_config(config, config_kwargs, analysis_kwargs)
+        # Read once: state.npz can be large, and its settings decide the run's configuration.
+        checkpoint = read_checkpoint(config.resume)
+        config, analysis_kwargs = _resumed_config(config, checkpoint[0], config_kwargs, analysis_kwargs)
     analyses = resolve_analyses(config.analyses, analysis_kwargs)
     if config.out:
         prepare_output(config.out, config.overwrite, resuming=bool(config.resume))
@@ -145,8 +148,8 @@ def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
 
     fp = fingerprint(config, info, analyses, manifest)
     progress = Progress(used={analysis.name: 0 for analysis in analyses})
-    if config.resume:
-        saved, progress, states = read_checkpoint(config.resume)
+    if checkpoint is not None:
+        saved, progress, states = checkpoint
         diffs = differences(saved, fp)
         if diffs:
             raise CheckpointError(f"the checkpoint in {config.resume} is from another run: " + "; ".join(diffs))
@@ -215,12 +218,11 @@ def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
     return result
 
 
-def _resumed_config(config: RunConfig, explicit: dict[str, Any], analysis_kwargs: dict[str, dict[str, Any]]
-                    ) -> tuple[RunConfig, dict[str, dict[str, Any]]]:
+def _resumed_config(config: RunConfig, saved: dict[str, Any], explicit: dict[str, Any],
+                    analysis_kwargs: dict[str, dict[str, Any]]) -> tuple[RunConfig, dict[str, dict[str, Any]]]:
     """The configuration of the run to resume: the checkpoint's, refusing any explicit option that differs."""
     from headscope.engine.checkpoint import FREE_SETTINGS
 
-    saved, _, _ = read_checkpoint(config.resume)  # type: ignore[arg-type]
     free = {k: v for k, v in explicit.items() if k in FREE_SETTINGS}
     resumed = RunConfig(**{**saved["config"], **free, "out": config.resume, "resume": config.resume})
     asked = RunConfig(**{**saved["config"], **explicit, "out": config.resume, "resume": config.resume})
