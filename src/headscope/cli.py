@@ -109,6 +109,9 @@ def main_list(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="headscope", description=__doc__.splitlines()[0] if __doc__ else "")
+    from headscope import __version__
+
+    parser.add_argument("--version", action="version", version=f"headscope {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every skipped or truncated input")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, add_arguments, main) in COMMANDS.items():

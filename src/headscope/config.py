@@ -52,7 +52,9 @@ class RunConfig:
                                  "treebank, the last the evaluation/held-out one.", default_factory=list)
     coref: list[str] = option(help="Coreference file(s): CoNLL-U with Entity= annotations, or CoNLL-2012 "
                               "*_conll.", default_factory=list)
-    analyses: list[str] = option(help="Comma-separated analyses to run (see `headscope list`).",
+    analyses: list[str] = option(help="Comma-separated analyses to run (see `headscope list`), or `all` for "
+                                 "every analysis that applies to the model and the data given (default: "
+                                 "surface,examples).",
                                  default_factory=lambda: ["surface", "examples"])
     max_length: int | None = option(None, help="Maximum sequence length in model tokens, capped by the model "
                                     "(default: 128 for encoders, as in Clark et al.; the model's own limit for "
@@ -69,6 +71,10 @@ class RunConfig:
     capture: str = option("auto", help="How attention weights are captured: auto (transformers' attention "
                           "interface where the model uses it, else hooks), interface, hooks, or stacked (0.1's "
                           "eager path holding every layer: a reference, not for long inputs).")
+    weights: str = option("attention", help="What the analyses read as a head's weights: attention (the "
+                          "softmax weights, default), norm (Kobayashi et al. 2020: A[i,j]*||v_j W_O^h||, rows "
+                          "renormalised; --capture interface only) or rollout (Abnar & Zuidema 2020, per head; "
+                          "analyses surface, distance, syntax, examples). See docs/weights.md.")
     padding_side: str = option("right", help="Padding side of the forward pass: right or left (results do not "
                                "depend on it).")
     engine: str = option("local", help="local (this process) or ray (Ray Data: an actor pool of --workers "
@@ -106,6 +112,11 @@ class RunConfig:
             self.analyses = [a.strip() for item in self.analyses for a in item.split(",") if a.strip()]
         if self.max_length is not None and self.max_length < 4:
             raise ValueError(f"max_length must be at least 4, got {self.max_length}")
+        # 0 would otherwise fall through to "no limit" in the readers, silently analysing everything.
+        for name in ("max_segments", "max_sentences"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.word_attention not in ("mean", "first"):
@@ -121,6 +132,16 @@ class RunConfig:
             raise ValueError(f"parse must be 'none' or 'spacy', got {self.parse!r}")
         if self.capture not in ("auto", "interface", "hooks", "stacked"):
             raise ValueError(f"capture must be auto, interface, hooks or stacked, got {self.capture!r}")
+        if self.weights not in ("attention", "norm", "rollout"):
+            raise ValueError(f"weights must be attention, norm or rollout, got {self.weights!r}")
+        if self.weights == "rollout":
+            from headscope.engine.rollout import ROLLOUT_ANALYSES
+
+            other = [a for a in self.analyses if a != "all" and a not in ROLLOUT_ANALYSES]
+            if other:
+                raise ValueError(f"--weights rollout gives maps that mix every layer below; the analyses "
+                                 f"{', '.join(other)} do not accept them (rollout works with "
+                                 f"{', '.join(ROLLOUT_ANALYSES)})")
         if self.padding_side not in ("right", "left"):
             raise ValueError(f"padding_side must be 'right' or 'left', got {self.padding_side!r}")
         if self.dtype not in ("float32", "float16", "bfloat16"):

@@ -6,7 +6,9 @@ from headscope.analyses.coref import CorefHeads
 from headscope.analyses.decoder_heads import DecoderHeads
 from headscope.analyses.distance import DistancePatterns
 from headscope.analyses.examples import ExampleMaps
+from headscope.analyses.importance import HeadImportance
 from headscope.analyses.probe import AttentionProbe
+from headscope.analyses.pruning import HeadPruning
 from headscope.analyses.retrieval import RetrievalHeads
 from headscope.analyses.roles import HeadRoles
 from headscope.analyses.similarity import HeadSimilarity
@@ -22,6 +24,8 @@ __all__ = [
     "DecoderHeads",
     "DistancePatterns",
     "ExampleMaps",
+    "HeadImportance",
+    "HeadPruning",
     "HeadRoles",
     "HeadSimilarity",
     "PatternAblation",

@@ -34,15 +34,12 @@ import torch
 from headscope.analyses.base import Analysis, AnalysisResult, head_name, register
 from headscope.config import option
 from headscope.model.gates import HeadGates
+from headscope.model.losses import MASK_RATE, lm_forward, mask_for_mlm
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
     from headscope.engine.context import RunContext
     from headscope.model.encode import Example
-
-#: Share of the non-special tokens masked for the masked-LM loss.
-MASK_RATE = 0.15
-
 
 @dataclass
 class Condition:
@@ -75,51 +72,6 @@ def conditions_from_clusters(heads: pd.DataFrame, top: int, seed: int) -> list[C
         out.extend(Condition("head", int(c), pattern, [(int(la), int(he))])
                    for la, he in zip(typical["layer"], typical["head"], strict=True))
     return out
-
-
-def mask_for_mlm(batch: Any, mask_id: int, seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Replace a seeded ``MASK_RATE`` of each sequence's non-special tokens by the mask token.
-
-    The draw depends only on the seed and each example's corpus index (not on batching).
-
-    Returns
-    -------
-    inputs : dict of str to Tensor
-        Model inputs with the masked ``input_ids``.
-    labels : Tensor of shape [batch, seq]
-        The original id at masked positions, -100 elsewhere.
-    """
-    ids = batch.input_ids.clone()
-    labels = torch.full_like(ids, -100)
-    candidates = (batch.mask & ~batch.is_cls & ~batch.is_sep).cpu().numpy()
-    for row, ex in enumerate(batch.examples):
-        where = np.flatnonzero(candidates[row])
-        if where.size == 0:
-            continue
-        rng = np.random.default_rng([seed, ex.index, 1])
-        chosen = where[rng.random(where.size) < MASK_RATE]
-        if chosen.size == 0:
-            chosen = where[rng.integers(where.size, size=1)]
-        idx = torch.as_tensor(chosen, device=ids.device)
-        labels[row, idx] = ids[row, idx]
-        ids[row, idx] = mask_id
-    inputs = batch.model_inputs()
-    inputs["input_ids"] = ids
-    return inputs, labels
-
-
-def _forward(loaded: Any, inputs: dict[str, torch.Tensor], labels: torch.Tensor | None, causal: bool
-             ) -> tuple[torch.Tensor, float, int]:
-    """Final hidden states [batch, seq, hidden], and the summed token loss and its token count."""
-    if labels is None:
-        return loaded.base(**inputs).last_hidden_state, 0.0, 0
-    out = loaded.model(**inputs, output_hidden_states=True)
-    logits = out.logits.float()
-    if causal:
-        logits, labels = logits[:, :-1], labels[:, 1:]
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                             ignore_index=-100, reduction="sum")
-    return out.hidden_states[-1], float(loss), int((labels != -100).sum())
 
 
 class AblationSums:
@@ -161,7 +113,8 @@ class AblationSums:
         with HeadGates(self.loaded.model, info.n_layers, info.n_heads) as gates, torch.inference_mode():
             for k, cond in enumerate(self.conditions):
                 gates.set(cond.heads)
-                hidden, loss_sum, n = _forward(self.loaded, inputs, labels, info.is_causal)
+                hidden, loss_t, n = lm_forward(self.loaded, inputs, labels, info.is_causal)
+                loss_sum = 0.0 if loss_t is None else float(loss_t)
                 if reference is None:
                     reference = hidden.float()
                 cos = torch.nn.functional.cosine_similarity(hidden.float(), reference, dim=-1)

@@ -71,6 +71,9 @@ class Analysis(ABC):
     """Dataclass of the analysis's own options (become ``headscope run`` flags), or None."""
     after: ClassVar[tuple[str, ...]] = ()
     """Analyses whose results ``finalize`` reads; they are run too."""
+    needs: ClassVar[tuple[str, ...]] = ()
+    """What the run must offer for ``--analyses all`` to include this analysis: ``treebank``,
+    ``coreference``, ``causal`` (a decoder LM) or ``encoder``."""
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None or self.Options is None else self.Options()

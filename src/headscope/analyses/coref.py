@@ -169,6 +169,7 @@ class CorefHeads(Analysis):
     """Antecedent-selection accuracy of every head per mention type, next to three baselines."""
 
     name = "coref"
+    needs = ("coreference",)
     description = "heads whose mention head word attends most to an antecedent's head word (Clark et al. s4.3)"
     Options = CorefOptions
 

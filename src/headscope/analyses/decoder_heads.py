@@ -289,6 +289,7 @@ class DecoderHeads(Analysis):
     """Previous-token, duplicate-token, induction, prefix-matching and attention-sink heads of a causal LM."""
 
     name = "decoder_heads"
+    needs = ("causal",)
     description = ("decoder LMs: previous-token, duplicate-token, induction, prefix-matching and attention-sink "
                    "heads (TransformerLens, Olsson et al. 2022, Gu et al. 2025)")
     Options = DecoderHeadsOptions

@@ -397,6 +397,7 @@ class AttentionProbe(Analysis):
     """Clark et al.'s attention-based probing classifiers and baselines, scored as UAS."""
 
     name = "probe"
+    needs = ("treebank",)
     description = "attention-based probing classifiers for dependency parsing, UAS (Clark et al. s5)"
     Options = ProbeOptions
     uses_words = True

@@ -254,6 +254,7 @@ class RetrievalHeads(Analysis):
     """Heads that copy the needle while a causal LM answers needle-in-a-haystack questions (Wu et al. 2024)."""
 
     name = "retrieval"
+    needs = ("causal",)
     description = "decoder LMs: retrieval heads, which copy a needle from a long context (Wu et al. 2024)"
     Options = RetrievalOptions
     second_pass = True

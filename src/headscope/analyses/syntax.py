@@ -338,6 +338,7 @@ class SyntaxHeads(Analysis):
     """Accuracy of every head at finding each dependent's head word, per relation and direction."""
 
     name = "syntax"
+    needs = ("treebank",)
     description = "heads that track dependency relations, vs. fixed-offset baselines (Clark et al. s4)"
     Options = SyntaxOptions
     uses_words = True

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 IMPLEMENTATION = "headscope"
 
 Route = Literal["interface", "hooks", "stacked"]
+WeightsKind = Literal["attention", "norm", "rollout"]
 
 #: Bytes of work per attention weight while a block is computed and consumed: the scores, the softmax and
 #: one analysis temporary of the same size (the entropy's), all float32.
@@ -105,13 +106,21 @@ class _Stream:
     """What the attention function and hooks need while one batch goes through the model."""
 
     def __init__(self, consume: Consumer, layer_of: dict[int, int], budget_bytes: int,
-                 align: torch.Tensor | None, real: torch.Tensor) -> None:
+                 align: torch.Tensor | None, real: torch.Tensor, weights: WeightsKind = "attention",
+                 projections: list[torch.nn.Module] | None = None) -> None:
         self.consume = consume
         self.layer_of = layer_of
         self.budget_bytes = budget_bytes
         self.align = align
         self.real = real
         self.seen: list[int] = []
+        self.weights = weights
+        self.projections = projections
+        self.rollout = None
+        if weights == "rollout":
+            from headscope.engine.rollout import Rollout
+
+            self.rollout = Rollout(real)
 
     def layer(self, module: torch.nn.Module) -> int:
         """The layer index of ``module``; modules met first in a probe pass are numbered in call order."""
@@ -149,12 +158,15 @@ def _gather_positions(x: torch.Tensor, align: torch.Tensor, dim: int) -> torch.T
 
 def _emit_blocks(stream: _Stream, layer: int, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None,
                  scaling: float, softcap: float | None, bias: torch.Tensor | None, causal: bool,
-                 value: torch.Tensor | None = None) -> torch.Tensor | None:
+                 value: torch.Tensor | None = None, norms: torch.Tensor | None = None) -> torch.Tensor | None:
     """Compute float32 weights from ``query`` [batch, head, seq, dim] and ``key`` block by block.
 
     With ``value`` (a float32 model whose layer fits in one block, right padding), also return the layer's
     output ``weights @ value`` [batch, seq, head, dim]: the weights exist anyway, so a second attention
-    kernel would only compute them again.
+    kernel would only compute them again. With ``norms`` [batch, head, key] (right-aligned), the blocks
+    handed over are norm-based weights (:mod:`headscope.engine.norm_weights`); with ``--weights rollout``
+    the layer is one block and is handed over as its rollout (:mod:`headscope.engine.rollout`). The layer's
+    output is always computed from the plain weights.
     """
     b, h, n, _ = query.shape
     q = query.float()
@@ -175,7 +187,8 @@ def _emit_blocks(stream: _Stream, layer: int, query: torch.Tensor, key: torch.Te
     k_t = k.transpose(-1, -2)
     real = stream.real  # [batch, seq] after alignment
     padded = bool((~real).any())
-    rows = query_block_rows(b, h, n, stream.budget_bytes)
+    # Rollout multiplies whole layers, so it takes the layer in one block whatever the budget.
+    rows = n if stream.rollout is not None else query_block_rows(b, h, n, stream.budget_bytes)
     output = None
     for q0 in range(0, n, rows):
         q1 = min(n, q0 + rows)
@@ -201,9 +214,35 @@ def _emit_blocks(stream: _Stream, layer: int, query: torch.Tensor, key: torch.Te
             weights.nan_to_num_(0.0).mul_(real[:, None, q0:q1, None])
         if value is not None and rows >= n:
             output = torch.matmul(weights, value).transpose(1, 2).contiguous()
+        weights = _transform(stream, weights, norms)
         stream.consume(LayerAttention(layer, weights, q0))
         del weights
     return output
+
+
+def _transform(stream: _Stream, weights: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
+    """The weights as ``--weights`` asks: plain, norm-based (given ``norms``) or the layer's rollout."""
+    if norms is not None:
+        from headscope.engine.norm_weights import norm_based
+
+        return norm_based(weights, norms)
+    if stream.rollout is not None:
+        return stream.rollout.step(weights)
+    return weights
+
+
+def _value_norms(stream: _Stream, layer: int, value: torch.Tensor) -> torch.Tensor:
+    """``||v_j W_O^h||`` [batch, head, key] of ``layer``, right-aligned; ``value`` has its heads expanded."""
+    from headscope.engine.norm_weights import head_output_matrix, value_norms
+
+    assert stream.projections is not None
+    if layer >= len(stream.projections):
+        raise RuntimeError(f"--weights norm: attention layer {layer} has no output projection (found "
+                           f"{len(stream.projections)})")
+    norms = value_norms(value, head_output_matrix(stream.projections[layer], int(value.shape[1])))
+    if stream.align is not None:
+        norms = _gather_positions(norms, stream.align, 2)
+    return norms
 
 
 def headscope_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -229,9 +268,12 @@ def headscope_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
                  and query_block_rows(b, h, n, stream.budget_bytes) >= n)
         with torch.no_grad():
             causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", False)))
-            output = _emit_blocks(stream, stream.layer(module), query, repeat_kv(key, n_rep), attention_mask,
+            layer = stream.layer(module)
+            norms = (_value_norms(stream, layer, repeat_kv(value, n_rep)) if stream.weights == "norm"
+                     else None)
+            output = _emit_blocks(stream, layer, query, repeat_kv(key, n_rep), attention_mask,
                                   scale, softcap, kwargs.get("position_bias"), causal,
-                                  repeat_kv(value, n_rep) if reuse else None)
+                                  repeat_kv(value, n_rep) if reuse else None, norms)
         if output is not None:
             return output, None
     if softcap is None:
@@ -307,7 +349,8 @@ def _takes_positions(loaded: LoadedModel) -> bool:
 
 
 def capture(loaded: LoadedModel, batch: Batch, consume: Consumer, budget_bytes: int,
-            route: Route | None = None, padding_side: PaddingSide = "right") -> None:
+            route: Route | None = None, padding_side: PaddingSide = "right",
+            weights: WeightsKind = "attention") -> None:
     """Run the model body on ``batch`` and hand every layer's attention to ``consume``, block by block.
 
     Parameters
@@ -323,12 +366,35 @@ def capture(loaded: LoadedModel, batch: Batch, consume: Consumer, budget_bytes: 
         Default: the model's own route (``loaded.route``).
     padding_side : {"right", "left"}
         Padding of the forward pass; the blocks are right-aligned either way.
+    weights : {"attention", "norm", "rollout"}
+        What is handed over (``--weights``, docs/weights.md): the attention weights, norm-based weights
+        (Kobayashi et al. 2020; ``interface`` route only) or per-head attention rollout (Abnar & Zuidema
+        2020; each layer in one block).
     """
     from headscope.model.load import AttentionUnavailableError
 
     route = route or loaded.route
+    projections = None
+    if weights == "norm":
+        if route != "interface":
+            raise ValueError(f"--weights norm needs the value vectors, which only the 'interface' capture route "
+                             f"sees; {loaded.info.name} is captured by the {route!r} route (--capture {route}). "
+                             "Use --weights attention or rollout, or --capture interface where the model "
+                             "supports it.")
+        projections = loaded.capture_state.get("output_projections")
+        if projections is None:
+            from headscope.model.gates import find_output_projections
+
+            try:
+                projections = find_output_projections(loaded.base)
+            except ValueError as exc:
+                raise ValueError(f"--weights norm: {exc}") from exc
+            loaded.capture_state["output_projections"] = projections
+    elif weights not in ("attention", "rollout"):
+        raise ValueError(f"weights must be attention, norm or rollout, got {weights!r}")
     align = _shift(batch, 1) if padding_side == "left" else None
-    stream = _Stream(consume, loaded.capture_state.setdefault("layer_of", {}), budget_bytes, align, batch.mask)
+    stream = _Stream(consume, loaded.capture_state.setdefault("layer_of", {}), budget_bytes, align, batch.mask,
+                     weights, projections)
     inputs = model_inputs(loaded, batch, padding_side)
     with torch.inference_mode():
         if route == "interface":
@@ -359,7 +425,7 @@ def _emit_whole(stream: _Stream, layer: int, weights: torch.Tensor) -> None:
     if stream.align is not None:
         w = _gather_positions(_gather_positions(w, stream.align, 2), stream.align, 3)
     real = stream.real
-    w = w * real[:, None, :, None] * real[:, None, None, :]
+    w = _transform(stream, w * real[:, None, :, None] * real[:, None, None, :])
     b, h, n, _ = w.shape
     rows = query_block_rows(b, h, n, stream.budget_bytes)
     for q0 in range(0, n, rows):
@@ -487,7 +553,7 @@ def choose_route(loaded: LoadedModel, requested: str = "auto") -> Route:
 
 
 def capture_stacked(loaded: LoadedModel, batch: Batch, route: Route | None = None,
-                    padding_side: PaddingSide = "right") -> torch.Tensor:
+                    padding_side: PaddingSide = "right", weights: WeightsKind = "attention") -> torch.Tensor:
     """Every layer of one (small) batch as one tensor, for the viewer and tests.
 
     Returns
@@ -502,7 +568,7 @@ def capture_stacked(loaded: LoadedModel, batch: Batch, route: Route | None = Non
             layers.append([])
         layers[-1].append(block.weights)
 
-    capture(loaded, batch, keep, budget_bytes=1 << 62, route=route, padding_side=padding_side)
+    capture(loaded, batch, keep, budget_bytes=1 << 62, route=route, padding_side=padding_side, weights=weights)
     return torch.stack([torch.cat(blocks, dim=2) for blocks in layers], dim=1)
 
 

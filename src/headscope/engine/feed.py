@@ -97,7 +97,8 @@ def feed_batch(ctx: RunContext, analyses: list[Analysis], batch: Batch) -> dict[
         Examples of the batch each analysis used.
     """
     return _drive(analyses, batch, ctx.config.word_attention, lambda consume: capture(
-        ctx.loaded, batch, consume, ctx.config.attention_bytes(), padding_side=ctx.config.padding_side))
+        ctx.loaded, batch, consume, ctx.config.attention_bytes(), padding_side=ctx.config.padding_side,
+        weights=ctx.config.weights))
 
 
 def feed_attention(analyses: list[Analysis], batch: Batch, attention: torch.Tensor, word_mode: str = "mean",

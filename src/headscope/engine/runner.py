@@ -23,6 +23,7 @@ from headscope.engine.inputs import Corpus
 from headscope.engine.outdir import prepare as prepare_output
 from headscope.engine.passes import local_pass, ray_pass
 from headscope.engine.results import RunResult, write_json
+from headscope.engine.rollout import ROLLOUT_ANALYSES
 from headscope.manifest import Manifest
 from headscope.model.encode import Encoder
 from headscope.model.load import load_model
@@ -74,6 +75,43 @@ def resolve_analyses(names: list[str], options: dict[str, dict[str, Any]]) -> li
         opts = cls.Options(**options.get(name, {})) if cls.Options is not None else None
         analyses.append(cls(opts))
     return analyses
+
+
+#: The name that asks for every analysis that applies to the model and the corpus given.
+ALL = "all"
+
+
+def applicable_analyses(config: RunConfig, is_causal: bool) -> tuple[list[str], dict[str, str]]:
+    """What ``--analyses all`` means for this model and corpus: the names to run, and why others are not.
+
+    An analysis declares what it needs in ``needs`` (``treebank``, ``coreference``, ``causal``,
+    ``encoder``); one whose need is not met is left out with the reason, rather than run to an empty table.
+    """
+    have = {"treebank": bool(config.treebank) or config.parse != "none", "coreference": bool(config.coref),
+            "causal": is_causal, "encoder": not is_causal}
+    hints = {"treebank": "needs --treebank or --parse spacy", "coreference": "needs --coref",
+             "causal": "needs a causal (decoder) LM", "encoder": "needs an encoder model"}
+    names: list[str] = []
+    skipped: dict[str, str] = {}
+    for name, cls in sorted(REGISTRY.items(), key=lambda item: item[0]):
+        missing = [need for need in cls.needs if not have.get(need, True)]
+        if missing:
+            skipped[name] = "; ".join(hints.get(need, f"needs {need}") for need in missing)
+        elif config.weights == "rollout" and name not in ROLLOUT_ANALYSES:
+            skipped[name] = "does not accept --weights rollout"
+        else:
+            names.append(name)
+    return names, skipped
+
+
+def _expand_all(config: RunConfig, is_causal: bool) -> tuple[RunConfig, dict[str, str]]:
+    """``config`` with ``all`` in its analyses replaced by the analyses that apply (others kept as named)."""
+    if ALL not in config.analyses:
+        return config, {}
+    names, skipped = applicable_analyses(config, is_causal)
+    explicit = [name for name in config.analyses if name != ALL]
+    expanded = explicit + [name for name in names if name not in explicit]
+    return dataclasses.replace(config, analyses=expanded), {k: v for k, v in skipped.items() if k not in explicit}
 
 
 def _versions() -> dict[str, str]:
@@ -132,7 +170,8 @@ def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
         # Read once: state.npz can be large, and its settings decide the run's configuration.
         checkpoint = read_checkpoint(config.resume)
         config, analysis_kwargs = _resumed_config(config, checkpoint[0], config_kwargs, analysis_kwargs)
-    analyses = resolve_analyses(config.analyses, analysis_kwargs)
+    # Check the names now (before the model loads); ``all`` is expanded once the model is known.
+    analyses = resolve_analyses([name for name in config.analyses if name != ALL], analysis_kwargs)
     if config.out:
         prepare_output(config.out, config.overwrite, resuming=bool(config.resume))
     timings: dict[str, float] = {}
@@ -143,6 +182,13 @@ def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
     ctx = open_context(config)
     timings["load_model"] = time.perf_counter() - t0
     info, manifest = ctx.info, ctx.manifest
+    if ALL in config.analyses:
+        config, skipped = _expand_all(config, info.is_causal)
+        ctx.config = config
+        analyses = resolve_analyses(config.analyses, analysis_kwargs)
+        manifest.notes["analyses_all"] = {"ran": list(config.analyses), "skipped": skipped}
+        for name, reason in skipped.items():
+            logger.info("--analyses all: %s left out (%s)", name, reason)
     for analysis in analyses:
         analysis.start(ctx)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,12 @@ class LoadedModel:
     """What the capture learned about the model (attention module of each layer), filled on first use."""
 
 
+def _looks_like_path(name: str) -> bool:
+    """True when ``name`` is written as a filesystem path rather than a hub id (``org/model``)."""
+    return (name.startswith((".", "/", "~")) or name.endswith(("/", os.sep))
+            or name.count("/") > 1 or (os.sep != "/" and os.sep in name))
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -158,6 +165,9 @@ def load_model(
         packaged = PACKAGED_MODELS[name]
         path = str(packaged.path())
         gguf_file = gguf_file or packaged.gguf_file
+    elif _looks_like_path(name) and not Path(name).expanduser().exists():
+        # Otherwise the hub client rejects it as a malformed repo id, which sends the user the wrong way.
+        raise FileNotFoundError(f"no such model directory: {name}")
     kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file

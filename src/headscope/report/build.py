@@ -24,6 +24,7 @@ import pandas as pd
 
 from headscope.analyses import REGISTRY
 from headscope.engine.results import RunResult, write_text
+from headscope.report.figures import parallel_figures
 from headscope.report.page import b64_array, render_page
 from headscope.report.section import ReportSection
 
@@ -219,7 +220,8 @@ def build_report(out: str | Path) -> Path:
     out = Path(out)
     run = RunResult.load(out)
     figures = out / "figures"
-    sections = collect_sections(run, figures)
+    with parallel_figures():
+        sections = collect_sections(run, figures)
     model = run.run.get("model", {})
     body = "".join(f'<section class="analysis" id="{html.escape(s.key)}"><h2>{html.escape(s.title)}</h2>'
                    f"{s.html}</section>" for s in sections)
