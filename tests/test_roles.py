@@ -304,6 +304,11 @@ def test_run_writes_roles_table_and_report(tiny_bert: Path, text_file: Path, tmp
     det = roles[roles["role"] == "syntactic_det"]
     assert (det["n"] == 1).all()  # only the treebank sentence has det arcs
     assert result.run["analysis_options"]["roles"]["tau"] == 1.5
+    # Each role's score is a per-head column too, so the report's grid can be coloured by it.
+    local = roles[roles["role"] == "local"].set_index(["layer", "head"])["score_mean"]
+    column = result.heads.set_index(["layer", "head"])["role_local"]
+    assert np.allclose(column.loc[local.index].to_numpy(), local.to_numpy(), equal_nan=True)
+    assert {f"role_{r}" for r in result.run["analyses"]["roles"]["sentences"]} <= set(result.heads.columns)
     for name in ("roles_grid", "roles_colocation", "roles_per_layer", "roles_pvalues"):
         assert (out / "figures" / f"{name}.png").is_file() and (out / "figures" / f"{name}.svg").is_file()
     page = (out / "report" / "index.html").read_text(encoding="utf-8")

@@ -316,3 +316,10 @@ def test_silver_parses_of_raw_text_feed_the_syntax_heads(tiny_bert: Path, text_f
                  for s in d.sentences)
     assert best.loc["all", "n_selection"] + best.loc["all", "n_held_out"] + summary["root_arcs_excluded"] == tokens
     assert "silver" in (tmp_path / "report" / "index.html").read_text()
+    # Per head, the best relation over the whole corpus and its accuracy, for the report's grid.
+    table = result.tables["syntax"]
+    rows = table[(table["split"] == "all") & (table["relation"] != "all")
+                 & (table["layer"] == 1) & (table["head"] == 0)]
+    head = result.heads.set_index(["layer", "head"]).loc[(1, 0)]
+    assert head["syntax_best_accuracy"] == rows["accuracy"].max()
+    assert head["syntax_best_relation"] in set(rows.loc[rows["accuracy"] == rows["accuracy"].max(), "relation"])

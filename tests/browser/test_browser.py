@@ -85,6 +85,10 @@ def run_dir(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
                   "score_mean": [0.4, 0.9, 0.5], "significant": [True, True, False]}).to_csv(
         out / "my_roles.csv", index=False)
     # The report reads only the files run.json lists as the run's own, so the table is listed there.
+    # A statistic equal for every head, which the explorer must show but neither rank nor map.
+    heads = pd.read_csv(out / "heads.csv")
+    heads["flat"] = 0.5
+    heads.to_csv(out / "heads.csv", index=False)
     run_file = out / "run.json"
     run = json.loads(run_file.read_text(encoding="utf-8"))
     run["outputs"] = sorted([*run["outputs"], "my_roles.csv"])
@@ -179,4 +183,26 @@ def test_viewer_draws_512_tokens_and_144_heads(browser: Any, tmp_path: Path) -> 
           f"first draw {render_ms:.0f} ms, piece level + head switch {switch_s:.1f} s")
     # Generous bounds for a shared CI machine; a DOM element per cell would take minutes here.
     assert render_ms < 20000 and switch_s < 30
+    w.close()
+
+
+def test_report_explorer_sorts_heads_and_does_not_rank_a_constant(browser: Any, run_dir: Path) -> None:
+    w = Watched(browser)
+    page = w.open(run_dir / "report" / "index.html")
+    n_heads = len(pd.read_csv(run_dir / "heads.csv"))
+    page.select_option("#stat", "sep")
+    highest = page.locator("#top-heads button").all_inner_texts()
+    assert len(highest) == min(8, n_heads)
+    page.select_option("#sort-order", "lowest")
+    lowest = page.locator("#top-heads button").all_inner_texts()
+    value = lambda text: float(text.split()[-1])  # noqa: E731
+    assert value(lowest[0]) <= value(highest[-1]) and value(lowest[0]) <= value(lowest[-1])
+    page.check("#sort-all")
+    assert page.locator("#top-heads button").count() == n_heads
+
+    page.select_option("#stat", "flat")
+    assert "for every head" in page.locator("#legend").inner_text()
+    assert page.locator("#top-heads button").count() == 0
+    flat = page.locator("#profile tr", has=page.locator("td", has_text="flat")).inner_text()
+    assert "same for all heads" in flat
     w.close()

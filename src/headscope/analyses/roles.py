@@ -720,8 +720,13 @@ class HeadRoles(Analysis):
         main = held[held["role"].isin(MAIN_ROLES)]
         n_heads = frame[["layer", "head"]].drop_duplicates().shape[0]
         p = frame["p"].dropna()
+        # The grid and the head profiles colour by any per-head column: one sieve-bias score per role.
+        heads = frame.pivot(index=["layer", "head"], columns="role", values="score_mean")
+        heads = heads[list(self.roles_)].add_prefix("role_").reset_index()
+        heads.columns.name = None
         return AnalysisResult(
             name=self.name,
+            heads=heads,
             tables={"roles": frame},
             summary={
                 "conventions": self.conventions_, "definitions": CONVENTIONS[self.conventions_],

@@ -509,13 +509,30 @@ class SyntaxHeads(Analysis):
             "split": split_description(self.treebanks_, self.options.held_out_fraction,
                                        ("selection", "held-out")),
         }
-        return AnalysisResult(name=self.name, tables={"syntax": table, "syntax_best": best}, summary=summary)
+        return AnalysisResult(name=self.name, heads=best_relation_per_head(table),
+                              tables={"syntax": table, "syntax_best": best}, summary=summary)
 
     @staticmethod
     def report(run: Any, figures: Path) -> Any:
         if "syntax_best" not in run.tables or "syntax" not in run.tables:
             return None
         return syntax_report(run, figures)
+
+
+def best_relation_per_head(table: pd.DataFrame) -> pd.DataFrame | None:
+    """Per head, the relation it predicts best over the whole corpus and that accuracy (either direction).
+
+    Returns None when no relation was scored. The columns ``syntax_best_accuracy`` and
+    ``syntax_best_relation`` go into ``heads.csv`` so the grid can be coloured by syntax.
+    """
+    rows = table[(table["split"] == "all") & (table["relation"] != "all")]
+    if rows.empty:
+        return None
+    top = rows.sort_values("accuracy", ascending=False, kind="stable").drop_duplicates(["layer", "head"])
+    top = top.sort_values(["layer", "head"], kind="stable")
+    return pd.DataFrame({"layer": top["layer"].to_numpy(int), "head": top["head"].to_numpy(int),
+                         "syntax_best_accuracy": top["accuracy"].to_numpy(float),
+                         "syntax_best_relation": top["relation"].to_numpy(str)})
 
 
 def accuracy_table(relations: list[str], correct: np.ndarray, total: np.ndarray) -> pd.DataFrame:

@@ -193,8 +193,10 @@ EXPLORER = """<h2>Heads</h2>
 <div>
 <div class="controls"><label>Colour by <select id="stat"></select></label><span id="legend" class="note"></span></div>
 <canvas id="grid" tabindex="0" aria-label="layer by head grid; click a head to see its profile"></canvas>
-<p class="note">Rows are layers, columns heads (0-based). Click a head, or use the arrow keys.
-Highest heads for this statistic:</p>
+<p class="note">Rows are layers, columns heads (0-based). Click a head, or use the arrow keys.</p>
+<div class="controls"><label>Heads by this statistic, <select id="sort-order"><option value="highest">highest
+first</option><option value="lowest">lowest first</option></select></label>
+<label><input type="checkbox" id="sort-all"> all heads</label></div>
 <div id="top-heads"></div>
 </div>
 <aside id="profile" aria-live="polite"></aside>

@@ -14,6 +14,7 @@
   const profile = document.getElementById("profile");
   let current = byName[D.default_column] ? D.default_column : (columns[0] || {}).name;
   let selected = {layer: 0, head: 0};
+  let sortLowest = false, showAll = false;
 
   // Ranks per statistic, 1 = largest value; NaN heads get no rank.
   for (const c of columns) {
@@ -21,15 +22,20 @@
       .sort((a, b) => c.values[b] - c.values[a]);
     c.rank = new Int32Array(c.values.length);
     order.forEach((i, r) => { c.rank[i] = r + 1; });
-    c.ranked = order.length;
     c.min = order.length ? c.values[order[order.length - 1]] : 0;
     c.max = order.length ? c.values[order[0]] : 1;
+    // A statistic with one value for every head says nothing about any head: shown, never ranked or mapped.
+    c.constant = order.length > 0 && c.max === c.min;
+    if (c.constant) c.rank.fill(0);
+    c.ranked = c.constant ? 0 : order.length;
   }
 
   for (const c of columns) select.append(HS.el("option", {value: c.name}, c.label ? `${c.name} – ${c.label}` : c.name));
   if (current) select.value = current;
 
-  const cell = Math.max(10, Math.min(40, Math.floor(520 / H)));
+  // Models with many heads (30 x 9, 32 x 32): cells shrink so the whole grid fits on a screen.
+  const cell = Math.max(6, Math.min(40, Math.floor(520 / H), Math.floor(640 / L)));
+  const layerStep = Math.ceil(12 / cell), group = L > 16 ? 4 : 0;
   const left = 44, top = 22;
   const dpr = window.devicePixelRatio || 1;
   const width = left + H * cell + 2, height = top + L * cell + 2;
@@ -47,29 +53,37 @@
     const step = Math.ceil(16 / cell);
     for (let h = 0; h < H; h += step) ctx.fillText(String(h), left + h * cell + cell / 2, top - 4);
     ctx.textAlign = "right"; ctx.textBaseline = "middle";
-    for (let l = 0; l < L; l++) ctx.fillText(`L${l}`, left - 6, top + l * cell + cell / 2);
+    for (let l = 0; l < L; l += layerStep) ctx.fillText(`L${l}`, left - 6, top + l * cell + cell / 2);
     const c = byName[current];
     const span = c && c.max > c.min ? c.max - c.min : 1;
     for (let l = 0; l < L; l++) {
       for (let h = 0; h < H; h++) {
         const v = c ? c.values[l * H + h] : NaN;
-        ctx.fillStyle = HS.colour(c ? (v - c.min) / span : NaN);
+        ctx.fillStyle = HS.colour(c && !c.constant ? (v - c.min) / span : NaN);
         ctx.fillRect(left + h * cell, top + l * cell, cell - 1, cell - 1);
       }
+    }
+    // Groups of four layers, so a head of a deep model can be found by eye.
+    ctx.strokeStyle = "#fff"; ctx.lineWidth = 2;
+    for (let l = group; group && l < L; l += group) {
+      ctx.beginPath(); ctx.moveTo(left, top + l * cell - 0.5); ctx.lineTo(left + H * cell, top + l * cell - 0.5); ctx.stroke();
     }
     ctx.strokeStyle = "#e4002b"; ctx.lineWidth = 2.5;
     ctx.strokeRect(left + selected.head * cell - 1, top + selected.layer * cell - 1, cell + 1, cell + 1);
     const legend = document.getElementById("legend");
-    legend.textContent = c ? `${c.name}: ${HS.fmt(c.min)} (dark) to ${HS.fmt(c.max)} (yellow)` : "no per-head statistic";
+    legend.textContent = !c ? "no per-head statistic"
+      : c.constant ? `${c.name} is ${HS.fmt(c.min)} for every head (not mapped)`
+      : `${c.name}: ${HS.fmt(c.min)} (dark) to ${HS.fmt(c.max)} (yellow)`;
     drawTop(c);
   }
 
   function drawTop(c) {
     const list = document.getElementById("top-heads");
     list.replaceChildren();
-    if (!c) return;
+    if (!c || c.constant) return;
     const order = [...c.values.keys()].filter(i => Number.isFinite(c.values[i])).sort((a, b) => c.rank[a] - c.rank[b]);
-    for (const i of order.slice(0, 8)) {
+    if (sortLowest) order.reverse();
+    for (const i of order.slice(0, showAll ? order.length : 8)) {
       const b = HS.el("button", {type: "button", "data-layer": Math.floor(i / H), "data-head": i % H},
         `L${Math.floor(i / H)}H${i % H} ${HS.fmt(c.values[i])}`);
       b.addEventListener("click", () => choose(Math.floor(i / H), i % H));
@@ -98,6 +112,10 @@
     choose(Math.min(L - 1, Math.max(0, selected.layer + moves[0])), Math.min(H - 1, Math.max(0, selected.head + moves[1])));
   });
   select.addEventListener("change", () => { current = select.value; drawGrid(); });
+  // The head list below the grid sorts every head by the chosen statistic, either way.
+  const sortOrder = document.getElementById("sort-order"), sortAll = document.getElementById("sort-all");
+  if (sortOrder) sortOrder.addEventListener("change", () => { sortLowest = sortOrder.value === "lowest"; drawTop(byName[current]); });
+  if (sortAll) sortAll.addEventListener("change", () => { showAll = sortAll.checked; drawTop(byName[current]); });
 
   function choose(layer, head) {
     selected = {layer, head};
@@ -128,7 +146,7 @@
     parts.push(HS.el("h4", {}, "Statistics (rank 1 = highest of all heads)"));
     const stats = HS.el("div", {class: "stats"});
     stats.append(table(["statistic", "value", "rank"], columns.map(c =>
-      [c.name, c.values[i], c.rank[i] ? `${c.rank[i]} / ${c.ranked}` : "–"])));
+      [c.name, c.values[i], c.constant ? "same for all heads" : c.rank[i] ? `${c.rank[i]} / ${c.ranked}` : "–"])));
     parts.push(stats);
     for (const t of D.tables || []) {
       parts.push(HS.el("h4", {}, t.title));
