@@ -11,6 +11,7 @@ from headscope.analyses.probe import AttentionProbe
 from headscope.analyses.pruning import HeadPruning
 from headscope.analyses.retrieval import RetrievalHeads
 from headscope.analyses.roles import HeadRoles
+from headscope.analyses.sep_gradient import SepGradient
 from headscope.analyses.similarity import HeadSimilarity
 from headscope.analyses.surface import SurfaceStatistics
 from headscope.analyses.syntax import SyntaxHeads
@@ -30,6 +31,7 @@ __all__ = [
     "HeadSimilarity",
     "PatternAblation",
     "RetrievalHeads",
+    "SepGradient",
     "SurfaceStatistics",
     "SyntaxHeads",
     "head_frame",
