@@ -42,6 +42,7 @@ import torch
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame, register
 from headscope.analyses.importance import frame_ids, loss_kind, plain_batch, sample_examples, split_halves
 from headscope.config import option
+from headscope.engine.capture import eager_attention
 from headscope.model.losses import CONTRASTIVE_TEMPERATURE, contrastive_loss, lm_labels
 
 if TYPE_CHECKING:
@@ -53,21 +54,6 @@ if TYPE_CHECKING:
 def separator_id(tok: Any) -> int | None:
     """The separator: ``sep_token_id``, else ``eos_token_id`` (None when the tokenizer has neither)."""
     return tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
-
-
-@contextlib.contextmanager
-def eager_attention(loaded: Any) -> Iterator[None]:
-    """Eager attention (weights in the autograd graph) for the duration; the model's own one restored after."""
-    model = loaded.model
-    current = getattr(model.config, "_attn_implementation", None)
-    if current in (None, "eager") or not hasattr(model, "set_attn_implementation"):
-        yield
-        return
-    model.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(current)
 
 
 @contextlib.contextmanager

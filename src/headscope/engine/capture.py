@@ -404,7 +404,7 @@ def capture(loaded: LoadedModel, batch: Batch, consume: Consumer, budget_bytes: 
             with _hooks(loaded, stream):
                 loaded.base(**inputs, output_attentions=True)
         else:
-            with _eager(loaded):
+            with eager_attention(loaded):
                 out = loaded.base(**inputs, output_attentions=True)
             attentions = getattr(out, "attentions", None)
             if not attentions or attentions[0] is None:
@@ -433,11 +433,12 @@ def _emit_whole(stream: _Stream, layer: int, weights: torch.Tensor) -> None:
 
 
 @contextlib.contextmanager
-def _eager(loaded: LoadedModel) -> Iterator[None]:
-    """Eager attention for the duration (the stacked reference route on an interface model)."""
+def eager_attention(loaded: LoadedModel) -> Iterator[None]:
+    """Eager attention for the duration, the model's own restored after: the weights as the model's own
+    output (the stacked reference route) and in the autograd graph (gradient analyses)."""
     model = loaded.model
-    current = model.config._attn_implementation
-    if current == "eager" or loaded.route == "hooks":
+    current = getattr(model.config, "_attn_implementation", None)
+    if current in (None, "eager") or loaded.route == "hooks" or not hasattr(model, "set_attn_implementation"):
         yield
         return
     model.set_attn_implementation("eager")
