@@ -12,7 +12,13 @@ import torch
 import headscope
 from headscope.analyses.base import AnalysisResult
 from headscope.analyses.importance import batch_loss
-from headscope.analyses.pruning import HeadPruning, behaviour_heads, fractions, held_out_loss
+from headscope.analyses.pruning import (
+    HeadPruning,
+    analysis_rankings,
+    behaviour_heads,
+    fractions,
+    held_out_loss,
+)
 from headscope.config import RunConfig
 from headscope.engine.batch import collate
 from headscope.engine.inputs import Corpus
@@ -56,8 +62,38 @@ def test_behaviour_heads_and_fisher_claim() -> None:
     # survivors: heads 0 (L0H0, flagged) and 3 (L1H1, flagged); pruned: L0H1 (no), L1H0 (flagged).
     assert (claim["survivors_with_behaviour"], claim["pruned_with_behaviour"]) == (2, 1)
     assert claim["share_survivors"] == 1.0 and claim["share_all"] == 0.75
-    assert claim["p"] == pytest.approx(fisher_exact([[2, 0], [1, 1]])[1])
+    assert claim["p"] == pytest.approx(fisher_exact([[2, 0], [1, 1]], alternative="greater")[1])
+    assert claim["p_two_sided"] == pytest.approx(fisher_exact([[2, 0], [1, 1]])[1])
+    # Alone, roles flags L0H0 and L1H1: both survivors, none of the pruned.
+    alone = claim["by_analysis"]["roles"]
+    assert (alone["survivors_with_behaviour"], alone["pruned_with_behaviour"]) == (2, 0)
+    assert alone["p"] == pytest.approx(1 / 6)  # hypergeometric: both flagged heads among the 2 survivors of 4
+    assert claim["by_analysis"]["distance"]["survivors_with_behaviour"] == 0
+    assert "note" not in claim
     assert HeadPruning._claim({}, [0], 2, 4)["analyses"] == []
+
+
+def test_seed_claim_says_when_the_union_covers_every_head() -> None:
+    import pandas as pd
+
+    roles = pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1], "role": "a", "has_role": True})
+    claim = HeadPruning._claim({"roles": AnalysisResult("roles", tables={"roles": roles})}, [0, 1], 2, 4)
+    assert claim["share_all"] == 1.0 and claim["p"] == 1.0 and claim["odds_ratio"] is None
+    assert "every head" in claim["note"]
+
+
+def test_analysis_rankings() -> None:
+    import pandas as pd
+
+    roles = pd.DataFrame({"layer": [0, 0, 0, 1, 1], "head": [0, 0, 1, 0, 1], "role": ["a", "b", "a", "a", "a"],
+                          "t": [1.0, 5.0, -2.0, np.nan, 3.0]})
+    syntax = pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1],
+                           "syntax_best_accuracy": [0.5, 0.9, np.nan, 0.1]})
+    rankings = analysis_rankings({"roles": AnalysisResult("roles", tables={"roles": roles}),
+                                  "syntax": AnalysisResult("syntax", heads=syntax)}, 2, 2)
+    np.testing.assert_array_equal(rankings["roles"], [5.0, -2.0, -np.inf, 3.0])  # max t; a NaN-only head last
+    np.testing.assert_array_equal(rankings["syntax"], [0.5, 0.9, -np.inf, 0.1])
+    assert list(np.argsort(rankings["syntax"], kind="stable")) == [2, 3, 0, 1]  # pruned first: weakest
 
 
 def test_pruning_run_end_to_end(tiny_bert_mlm: Path, text_file: Path) -> None:
@@ -79,3 +115,14 @@ def test_pruning_run_end_to_end(tiny_bert_mlm: Path, text_file: Path) -> None:
     raw = imp.pivot(index="layer", columns="head", values="importance_raw").to_numpy()
     assert summary["seed_claim"]["analyses"] == []
     assert np.isfinite(raw).all()
+
+
+def test_pruning_in_an_analysis_ranking(tiny_bert_mlm: Path, text_file: Path) -> None:
+    result = headscope.run(model=str(tiny_bert_mlm), text=[str(text_file)], analyses=["roles", "pruning"],
+                           out=None, quiet=True, max_length=64, pruning_step=0.5, pruning_seeds=0,
+                           pruning_sequences=2)
+    table = result.tables["pruning"]
+    ranked = table[table["order"] == "roles"]
+    assert list(ranked["n_pruned"]) == [0, 4, 8]
+    assert ranked["loss"].iloc[0] == table[table["order"] == "importance"]["loss"].iloc[0]
+    assert set(result.run["analyses"]["pruning"]["seed_claim"]["by_analysis"]) == {"roles"}

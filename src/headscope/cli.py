@@ -18,6 +18,9 @@ from typing import Any, Union
 from headscope.analyses import REGISTRY
 from headscope.config import RunConfig
 
+#: What ``headscope --help`` says first (the module docstring is for developers).
+DESCRIPTION = "headscope: what every attention head of a Transformer does, over a whole corpus."
+
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 COMMANDS: dict[str, Command] = {}
 
@@ -44,8 +47,13 @@ def _base_type(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+def _with_default(help_text: str, default: str) -> str:
+    """``help_text`` ending with its default, unless it already states one."""
+    return help_text if "(default" in help_text else f"{help_text} (default: {default})"
+
+
 def add_dataclass_options(parser: argparse.ArgumentParser | Any, cls: type, seen: set[str]) -> None:
-    """Add one option per field of dataclass ``cls`` (help from ``metadata['help']``)."""
+    """Add one option per field of dataclass ``cls`` (help from ``metadata['help']``, ending with the default)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in seen or "help" not in f.metadata:
@@ -53,17 +61,38 @@ def add_dataclass_options(parser: argparse.ArgumentParser | Any, cls: type, seen
         seen.add(f.name)
         flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
         tp, is_list = _base_type(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else None
-        if tp is bool:
-            action = "store_false" if flag.startswith("--no-") else "store_true"
-            parser.add_argument(flag, dest=f.name, action=action, default=argparse.SUPPRESS,
-                                help=f.metadata["help"])
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        help_text = f.metadata["help"]
+        if tp is bool and flag.startswith("--no-"):
+            parser.add_argument(flag, dest=f.name, action="store_false", default=argparse.SUPPRESS, help=help_text)
+        elif tp is bool and default:
+            # A switch that is on by default needs its --no- form, or it could never be turned off.
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=_with_default(help_text, "on"))
+        elif tp is bool:
+            parser.add_argument(flag, dest=f.name, action="store_true", default=argparse.SUPPRESS,
+                                help=_with_default(help_text, "off"))
         elif is_list:
+            shown = ",".join(map(str, default)) if default else "none"
             parser.add_argument(flag, dest=f.name, action="append", type=tp, default=argparse.SUPPRESS,
-                                metavar=f.name.upper(), help=f.metadata["help"] + " (repeatable)")
+                                metavar=f.name.upper(), help=_with_default(help_text + " Repeatable.", shown))
         else:
             parser.add_argument(flag, dest=f.name, type=tp, default=argparse.SUPPRESS,
-                                metavar=f.name.upper(), help=f"{f.metadata['help']} (default: {default})")
+                                metavar=f.name.upper(), help=_with_default(help_text, str(default)))
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, default: Any = argparse.SUPPRESS) -> None:
+    """``-v/--verbose`` and ``--quiet``, accepted before and after the subcommand."""
+    parser.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="log every skipped or truncated input (default: off)")
+    if not any("--quiet" in a.option_strings for a in parser._actions):
+        parser.add_argument("-q", "--quiet", action="store_true", default=default,
+                            help="no progress bar (default: off)")
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,6 +110,8 @@ def main_run(args: argparse.Namespace) -> int:
     from headscope.engine.runner import run
 
     kwargs = {k: v for k, v in vars(args).items() if k not in ("command", "func", "verbose")}
+    if not kwargs.get("quiet"):
+        kwargs.pop("quiet", None)
     result = run(**kwargs)
     out = result.run["config"]["out"]
     counts = result.run.get("counts", {})
@@ -94,29 +125,38 @@ def main_run(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("list", "list the analyses and packaged models", lambda p: None)
+@command("list", "list the analyses (with what each needs) and the packaged models (installed or not)",
+         lambda p: None)
 def main_list(args: argparse.Namespace) -> int:
     from headscope.model.load import PACKAGED_MODELS
 
-    print("analyses:")
+    print("analyses (--analyses):")
     for name, cls in sorted(REGISTRY.items()):
-        print(f"  {name:12s} {cls.description}")
+        needs = f"  [needs: {', '.join(cls.needs)}]" if cls.needs else ""
+        print(f"  {name:14s} {cls.description}{needs}")
+    print("needs: treebank = --treebank or --parse spacy; coreference = --coref; causal = a decoder LM; "
+          "encoder = an encoder model")
     print("packaged models (--model):")
     for name, pm in PACKAGED_MODELS.items():
-        print(f"  {name:18s} {pm.install}")
+        state = "installed" if pm.installed else f"not installed: {pm.install}"
+        print(f"  {name:18s} {state}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="headscope", description=__doc__.splitlines()[0] if __doc__ else "")
+    parser = argparse.ArgumentParser(
+        prog="headscope", description=DESCRIPTION,
+        epilog="`headscope COMMAND --help` lists a command's options; `headscope run` alone analyses the packaged "
+               "MiniLM on the packaged Wikipedia sample.")
     from headscope import __version__
 
     parser.add_argument("--version", action="version", version=f"headscope {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every skipped or truncated input")
+    add_common_arguments(parser, default=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, add_arguments, main) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_arguments(p)
+        add_common_arguments(p)
         p.set_defaults(func=main)
     return parser
 

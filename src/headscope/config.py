@@ -32,6 +32,13 @@ def option(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = 
     return field(default=default, metadata=metadata, **kwargs)
 
 
+#: Default ``max_length`` of an encoder (Clark et al. use 128 tokens).
+ENCODER_DEFAULT_LENGTH = 128
+#: Default ``max_length`` of a decoder LM: long enough for induction and sinks, short enough that the default
+#: run ends in minutes (a decoder's own limit, often 8k tokens or more, makes each window a long pass on CPU).
+DECODER_DEFAULT_LENGTH = 1024
+
+
 @dataclass
 class RunConfig:
     """What to analyse and how: model, corpus, batching, seed and output.
@@ -52,13 +59,15 @@ class RunConfig:
                                  "treebank, the last the evaluation/held-out one.", default_factory=list)
     coref: list[str] = option(help="Coreference file(s): CoNLL-U with Entity= annotations, or CoNLL-2012 "
                               "*_conll.", default_factory=list)
+    skip_missing: bool = option(False, help="Run without a --text/--treebank/--coref file that does not exist "
+                                "(recorded in run.json) instead of stopping with an error.")
     analyses: list[str] = option(help="Comma-separated analyses to run (see `headscope list`), or `all` for "
                                  "every analysis that applies to the model and the data given (default: "
                                  "surface,examples).",
                                  default_factory=lambda: ["surface", "examples"])
     max_length: int | None = option(None, help="Maximum sequence length in model tokens, capped by the model "
-                                    "(default: 128 for encoders, as in Clark et al.; the model's own limit for "
-                                    "decoder LMs, whose raw text is packed into windows of this length).")
+                                    "(default: 128 for encoders, as in Clark et al.; 1024 for decoder LMs, whose "
+                                    "raw text is packed into windows of this length: pass more for long context).")
     max_segments: int | None = option(None, help="Stop after this many raw-text segments (default: all; "
                                       "1000 for the packaged Wikipedia sample, as in Clark et al.).")
     max_sentences: int | None = option(None, help="Read at most this many sentences per treebank file.")
@@ -102,8 +111,8 @@ class RunConfig:
     out: str | None = option("headscope-out", help="Output directory (a folder holding another run is refused "
                              "unless --overwrite).")
     quiet: bool = option(False, help="No progress bar.")
-    report: bool = option(True, help="Write report/ and figures/ after the run (--no-report skips them).",
-                         flag="--no-report")
+    report: bool = option(True, help="Skip writing report/ and figures/ after the run (default: they are "
+                          "written).", flag="--no-report")
 
     def __post_init__(self) -> None:
         if isinstance(self.analyses, str):
@@ -162,8 +171,15 @@ class RunConfig:
 
     def resolved_max_length(self, model_limit: int, is_causal: bool) -> int:
         """The sequence length used: ``max_length`` or its default, capped by the model's limit."""
-        wanted = self.max_length if self.max_length is not None else (model_limit if is_causal else 128)
-        return min(wanted, model_limit)
+        default = DECODER_DEFAULT_LENGTH if is_causal else ENCODER_DEFAULT_LENGTH
+        return min(self.max_length if self.max_length is not None else default, model_limit)
+
+    def missing_files(self) -> list[str]:
+        """The corpus files named in ``text``, ``treebank`` and ``coref`` that are not regular files."""
+        from pathlib import Path
+
+        return [f"--{flag} {name}" for flag in ("text", "treebank", "coref") for name in getattr(self, flag)
+                if not Path(name).expanduser().is_file()]
 
     @property
     def uses_default_corpus(self) -> bool:

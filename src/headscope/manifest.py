@@ -27,7 +27,7 @@ class Event:
     kind: str
     """``skipped``, ``truncated`` or ``warning``."""
     file: str
-    """The input file (or ``<packaged:...>`` for packaged data)."""
+    """The input file (or ``<packaged:...>`` for packaged data); empty for a warning about the whole run."""
     line: int | None
     """1-based line in ``file`` where the item starts, when known."""
     reason: str
@@ -37,6 +37,8 @@ class Event:
     this came up; None outside the main pass."""
 
     def __str__(self) -> str:
+        if not self.file:
+            return self.reason
         where = f"{self.file}:{self.line}" if self.line is not None else self.file
         return f"{where}: {self.reason}"
 
@@ -86,6 +88,11 @@ class Manifest:
         """An input item was used with a caveat (for example a word the tokenizer dropped)."""
         self.counts["warnings"] += 1
         self._event("warning", file, line, reason, logging.WARNING)
+
+    def warn_run(self, reason: str) -> None:
+        """A caveat about the whole run (an option capped, an analysis without input), counted like the rest."""
+        self.counts["warnings"] += 1
+        self._event("warning", "", None, reason, logging.WARNING)
 
     def to_dict(self) -> dict[str, Any]:
         by_kind: dict[str, list[dict[str, Any]]] = {}

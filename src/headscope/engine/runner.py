@@ -132,12 +132,15 @@ def open_context(config: RunConfig) -> RunContext:
                         capture=config.capture)
     info = loaded.info
     max_length = config.resolved_max_length(info.max_length, info.is_causal)
-    if config.max_length is not None and config.max_length > info.max_length:
-        logger.warning("--max-length %d is more than %s allows; using %d", config.max_length, info.name,
-                       info.max_length)
     type_vocab = getattr(loaded.model.config, "type_vocab_size", 0) or 0
     encoder = Encoder(loaded.tokenizer, max_length, config.punctuation, use_token_types=type_vocab > 1)
     manifest = Manifest()
+    if config.max_length is not None and config.max_length > info.max_length:
+        manifest.warn_run(f"--max-length {config.max_length} is more than {info.name} allows; using "
+                          f"{info.max_length}")
+    elif config.max_length is None and info.is_causal and max_length < info.max_length:
+        logger.info("decoder LM: windows of %d tokens (the default; %s allows %d, pass --max-length for more)",
+                    max_length, info.name, info.max_length)
     manifest.notes["capture"] = {"route": loaded.route, "max_length": max_length,
                                  "attention_memory_bytes": config.attention_bytes(),
                                  "padding_side": config.padding_side}
@@ -172,6 +175,10 @@ def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
         config, analysis_kwargs = _resumed_config(config, checkpoint[0], config_kwargs, analysis_kwargs)
     # Check the names now (before the model loads); ``all`` is expanded once the model is known.
     analyses = resolve_analyses([name for name in config.analyses if name != ALL], analysis_kwargs)
+    missing = config.missing_files()
+    if missing and not config.skip_missing:
+        raise FileNotFoundError(f"input file not found: {'; '.join(missing)} (check the name, or pass "
+                                "--skip-missing to run without it)")
     if config.out:
         prepare_output(config.out, config.overwrite, resuming=bool(config.resume))
     timings: dict[str, float] = {}
@@ -233,7 +240,7 @@ def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
             # Say so instead of writing empty tables that look like a result.
             message = (f"analysis {analysis.name!r} found no usable input in this corpus "
                        f"({analysis.description}); check its input (--treebank, --coref, --parse spacy)")
-            logger.warning(message)
+            manifest.warn_run(message)
             manifest.notes.setdefault("analyses_without_input", []).append(message)
     timings["total"] = time.perf_counter() - t0
 

@@ -18,6 +18,10 @@ class AttentionUnavailableError(RuntimeError):
     """The model cannot return attention weights (no eager attention, or no ``output_attentions``)."""
 
 
+class ModelNotFoundError(FileNotFoundError):
+    """``--model`` names no packaged model, local directory, cached or reachable hub model."""
+
+
 def _package_dir(package: str) -> Path | None:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
@@ -37,6 +41,11 @@ class PackagedModel:
     """The model folder inside the package."""
     gguf_file: str | None = None
     """For GGUF checkpoints, the file name inside ``subdir``."""
+
+    @property
+    def installed(self) -> bool:
+        """True when the package holding the weights is importable."""
+        return _package_dir(self.package) is not None
 
     def path(self) -> Path:
         root = _package_dir(self.package)
@@ -107,6 +116,57 @@ def _looks_like_path(name: str) -> bool:
             or name.count("/") > 1 or (os.sep != "/" and os.sep in name))
 
 
+def _packaged_names() -> str:
+    return ", ".join(f"{n} ({'installed' if m.installed else m.install})" for n, m in PACKAGED_MODELS.items())
+
+
+def check_hub_model(name: str, revision: str | None, gguf_file: str | None) -> dict[str, Any]:
+    """Fail at once, with the packaged names, when hub id ``name`` cannot be loaded.
+
+    One metadata request (no retries) decides: the model exists, does not exist, or the hub cannot be reached.
+    Without the hub (``HF_HUB_OFFLINE`` or no network) a model already in the local cache still loads.
+
+    Returns
+    -------
+    dict
+        Extra ``from_pretrained`` keyword arguments (``local_files_only`` when only the cache is usable).
+    """
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HFValidationError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    hint = f"packaged models (--model): {_packaged_names()}"
+    try:
+        cached = isinstance(try_to_load_from_cache(name, gguf_file or "config.json", revision=revision), str)
+    except HFValidationError:
+        raise ModelNotFoundError(f"{name}: not a packaged model, a local directory or a valid hub id "
+                                 f"(org/name); {hint}") from None
+    if constants.HF_HUB_OFFLINE:
+        if cached:
+            return {"local_files_only": True}
+        raise ModelNotFoundError(f"{name}: not a packaged model, a local directory or a model in the Hugging Face "
+                                 f"cache, and the hub is offline (HF_HUB_OFFLINE); {hint}")
+    try:
+        HfApi().model_info(name, revision=revision, timeout=10)
+    except GatedRepoError:
+        return {}  # it exists; the download says what access is missing
+    except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
+        what = f"revision {revision!r} of {name}" if isinstance(exc, RevisionNotFoundError) else name
+        raise ModelNotFoundError(f"{what}: not found on the Hugging Face hub (nor a packaged model or a local "
+                                 f"directory); {hint}") from None
+    except Exception as exc:  # any transport failure means "the hub cannot be reached" here
+        if cached:
+            logger.warning("%s: the hub cannot be reached (%s); using the cached copy", name, exc)
+            return {"local_files_only": True}
+        raise ModelNotFoundError(f"{name}: the Hugging Face hub cannot be reached ({exc}) and the model is not in "
+                                 f"the local cache; {hint}") from None
+    return {}
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -167,8 +227,10 @@ def load_model(
         gguf_file = gguf_file or packaged.gguf_file
     elif _looks_like_path(name) and not Path(name).expanduser().exists():
         # Otherwise the hub client rejects it as a malformed repo id, which sends the user the wrong way.
-        raise FileNotFoundError(f"no such model directory: {name}")
+        raise ModelNotFoundError(f"no such model directory: {name}")
     kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
+    if name not in PACKAGED_MODELS and not Path(name).expanduser().exists():
+        kwargs.update(check_hub_model(name, revision, gguf_file))
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     config = AutoConfig.from_pretrained(path, **kwargs)

@@ -1,0 +1,177 @@
+"""What a new user trips over on the command line: model names, missing files, counts, flags, help, progress."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+import headscope
+from headscope.cli import build_parser, main
+from headscope.config import DECODER_DEFAULT_LENGTH, RunConfig
+from headscope.model.load import PACKAGED_MODELS, ModelNotFoundError, load_model
+
+
+def test_hub_id_offline_fails_at_once_with_the_packaged_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    t = time.perf_counter()
+    with pytest.raises(ModelNotFoundError, match="hub is offline") as info:
+        load_model("someone/no-such-model-here", device="cpu")
+    assert time.perf_counter() - t < 5
+    assert all(name in str(info.value) for name in PACKAGED_MODELS)
+
+
+def test_unreachable_hub_is_one_fast_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    calls = []
+
+    def no_network(self: object, *args: object, **kwargs: object) -> None:
+        calls.append(args)
+        raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", no_network)
+    with pytest.raises(ModelNotFoundError, match=r"cannot be reached.*not in the local cache.*minilm"):
+        load_model("someone/no-such-model-here", device="cpu")
+    assert len(calls) == 1  # one request, no retries
+
+
+def test_unknown_hub_id_says_not_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx
+    import huggingface_hub
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    def not_found(self: object, *args: object, **kwargs: object) -> None:
+        request = httpx.Request("GET", "https://huggingface.co/api/models/someone/x")
+        raise RepositoryNotFoundError("404", response=httpx.Response(404, request=request))
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", not_found)
+    with pytest.raises(ModelNotFoundError, match=r"not found on the Hugging Face hub.*packaged models"):
+        load_model("someone/x", device="cpu")
+
+
+def test_path_like_model_and_malformed_id(capsys: pytest.CaptureFixture) -> None:
+    assert main(["run", "--model", "./no/such/dir", "--out", "", "--quiet"]) == 1
+    assert "no such model directory: ./no/such/dir" in capsys.readouterr().err
+    with pytest.raises(ModelNotFoundError, match="not a packaged model, a local directory or a valid hub id"):
+        load_model("bad name!", device="cpu")
+
+
+def test_missing_text_file_is_an_error_unless_skip_missing(tiny_bert: Path, text_file: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    typo = tmp_path / "typo.txt"
+    args = ["run", "--model", str(tiny_bert), "--text", str(text_file), "--text", str(typo), "--max-length", "32",
+            "--no-report", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 1
+    err = capsys.readouterr().err
+    assert f"input file not found: --text {typo}" in err and "--skip-missing" in err
+    assert not (tmp_path / "a").exists()  # refused before anything was written
+    assert main([*args, "--out", str(tmp_path / "b"), "--skip-missing"]) == 0
+    run = json.loads((tmp_path / "b" / "run.json").read_text())
+    assert run["counts"]["skipped"] == 1
+    event = run["events"]["skipped"]["listed"][0]
+    assert (event["file"], event["line"], event["reason"]) == (str(typo), None, "file not found")
+
+
+def test_run_level_warnings_are_counted(tiny_bert: Path, text_file: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture) -> None:
+    assert main(["run", "--model", str(tiny_bert), "--text", str(text_file), "--analyses", "surface,syntax",
+                 "--max-length", "200", "--out", str(tmp_path / "o"), "--no-report", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    # Two: --max-length above the model's 64, and syntax without trees.
+    assert run["counts"]["warnings"] == 2
+    assert "warnings 2" in out
+    reasons = [e["reason"] for e in run["events"]["warning"]["listed"]]
+    assert any("--max-length 200" in r for r in reasons) and any("'syntax'" in r for r in reasons)
+
+
+def test_verbose_and_quiet_before_or_after_the_subcommand() -> None:
+    parser = build_parser()
+    for argv in (["-v", "-q", "run"], ["run", "-v", "--quiet"], ["-v", "run", "--quiet"]):
+        args = parser.parse_args(argv)
+        assert args.verbose is True and args.quiet is True, argv
+    args = parser.parse_args(["run"])
+    assert args.verbose is False and args.quiet is False
+    assert parser.parse_args(["list", "-v"]).verbose is True
+
+
+def test_help_is_plain_and_states_every_default(capsys: pytest.CaptureFixture) -> None:
+    markup = re.compile(r"``|:(class|func|mod|meth|data):")
+    for argv in ([], ["run"], ["list"], ["compare"], ["view"], ["report"]):
+        with pytest.raises(SystemExit):
+            main([*argv, "--help"])
+        text = capsys.readouterr().out
+        assert not markup.search(text), argv
+    parser = build_parser()
+    run_parser = parser._subparsers._group_actions[0].choices["run"]  # type: ignore[union-attr]
+    for action in run_parser._actions:
+        if action.option_strings and action.dest not in ("help",):
+            assert "default" in (action.help or ""), action.option_strings
+
+
+def test_switches_on_by_default_can_be_turned_off() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["run", "--no-importance-normalize-layers", "--no-report"])
+    assert args.importance_normalize_layers is False and args.report is False
+    assert "importance_normalize_layers" not in parser.parse_args(["run"])
+
+
+def test_list_says_what_is_installed_and_what_each_analysis_needs(capsys: pytest.CaptureFixture) -> None:
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"syntax .*\[needs: treebank\]", out)
+    assert re.search(r"decoder_heads .*\[needs: causal\]", out)
+    for name, pm in PACKAGED_MODELS.items():
+        state = "installed" if pm.installed else "not installed"
+        assert re.search(rf"^  {re.escape(name)} +{state}", out, re.M), name
+
+
+def test_decoder_default_length_is_capped() -> None:
+    config = RunConfig()
+    assert config.resolved_max_length(8192, is_causal=True) == DECODER_DEFAULT_LENGTH
+    assert config.resolved_max_length(512, is_causal=True) == 512
+    assert config.resolved_max_length(512, is_causal=False) == 128
+    assert RunConfig(max_length=4096).resolved_max_length(8192, is_causal=True) == 4096
+
+
+def test_progress_bar_counts_segments_and_writes_warnings_through_tqdm(
+        tiny_bert: Path, text_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tqdm
+
+    from headscope.engine import passes
+    from headscope.engine.runner import open_context
+
+    written: list[str] = []
+    monkeypatch.setattr(tqdm.tqdm, "write", classmethod(lambda cls, s, *a, **k: written.append(s)))
+    units: list[str] = []
+    real = tqdm.auto.tqdm
+
+    def recording(*args: object, **kwargs: object) -> object:
+        units.append(str(kwargs.get("unit")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", recording)
+    ctx = open_context(RunConfig(model=str(tiny_bert), text=[str(text_file)], max_segments=3, max_length=24,
+                                 out=None))
+    handler = logging.StreamHandler()  # a console handler, as the command line installs
+    logging.root.addHandler(handler)
+    try:
+        batches = passes.progress_bar(ctx.batches(ctx.corpus.examples(ctx.manifest)), ctx, force=True)
+        for _ in batches:
+            logging.getLogger("headscope").warning("a warning during the pass")
+    finally:
+        logging.root.removeHandler(handler)
+    assert units == [" segments"]
+    assert any("a warning during the pass" in line for line in written)
+
+
+def test_api_run_without_cli_still_takes_quiet(tiny_bert: Path, text_file: Path) -> None:
+    result = headscope.run(model=str(tiny_bert), text=[str(text_file)], out=None, quiet=True, max_length=24)
+    assert result.run["config"]["quiet"] is True
