@@ -14,7 +14,13 @@ import torch
 
 import headscope
 from headscope.analyses.importance import loss_kind
-from headscope.analyses.sep_gradient import SepGradient, eager_attention, sep_gradient_batch, separator_id
+from headscope.analyses.sep_gradient import (
+    SepGradient,
+    eager_attention,
+    sep_gradient_batch,
+    separator_id,
+    with_eos,
+)
 from headscope.config import RunConfig
 from headscope.engine.batch import collate
 from headscope.engine.inputs import Corpus
@@ -137,6 +143,45 @@ def test_decoder_uses_earlier_separators_only(tiny_llama: Path, text_file: Path)
     np.testing.assert_allclose(stats["gradient"], sum(r["gradient"] for r in refs), rtol=1e-6, atol=1e-12)
 
 
+def test_with_eos_inserts_a_document_end_at_the_start(tiny_llama: Path, text_file: Path) -> None:
+    loaded, examples = _setup(tiny_llama, text_file, n=3)
+    batch = collate(examples, _pad(loaded))
+    eos, seq = int(loaded.tokenizer.eos_token_id), batch.input_ids.shape[1]
+    lengths = batch.lengths.tolist()
+    for bos in (None, int(batch.input_ids[0, 0])):
+        at = 0 if bos is None or not bool((batch.input_ids[:, 0] == bos).all()) else 1
+        longer = with_eos(batch, eos, limit=1000, bos_id=bos)
+        assert longer.input_ids.shape[1] == seq + 1
+        assert bool((longer.input_ids[:, at] == eos).all()) and bool(longer.is_sep[:, at].all())
+        for r, n in enumerate(lengths):
+            assert torch.equal(longer.input_ids[r, :at], batch.input_ids[r, :at])
+            assert torch.equal(longer.input_ids[r, at + 1:n + 1], batch.input_ids[r, at:n])
+            assert int(longer.attention_mask[r].sum()) == n + 1 == int(longer.lengths[r])
+            assert int(longer.unit_of_piece[r, at]) == -1
+    assert not bool(((batch.input_ids == eos) & batch.mask).any())  # the input batch is left as it was
+    # At the model's limit the last column is dropped.
+    full = with_eos(batch, eos, limit=seq)
+    longest = lengths.index(seq)
+    assert full.input_ids.shape == batch.input_ids.shape and int(full.lengths[longest]) == seq
+    assert torch.equal(full.input_ids[longest, 1:], batch.input_ids[longest, :-1])
+
+
+def test_inserted_eos_gets_a_gradient(tiny_llama: Path, text_file: Path) -> None:
+    loaded, examples = _setup(tiny_llama, text_file, n=3)
+    batch = collate(examples, _pad(loaded))
+    stats, _, _ = sep_gradient_batch(loaded, batch, "lm_loss", seed=0, append_eos=True)
+    bos = loaded.tokenizer.bos_token_id
+    at = int(bos is not None and bool((batch.input_ids[:, 0] == bos).all()))
+    # Every row from the EOS on attends to it: all but the BOS row.
+    assert stats["skipped"] == 0 and stats["rows"] == int(batch.lengths.sum()) + batch.size - at * batch.size
+    assert (stats["gradient"] > 0).all()
+    # The same as putting the EOS in by hand and running without it.
+    manual = with_eos(batch, int(loaded.tokenizer.eos_token_id), int(loaded.info.max_length),
+                      loaded.tokenizer.bos_token_id)
+    plain, _, _ = sep_gradient_batch(loaded, manual, "lm_loss", seed=0)
+    np.testing.assert_allclose(stats["gradient"], plain["gradient"], rtol=1e-12)
+
+
 @pytest.mark.parametrize("which", ["tiny_bert", "tiny_llama"])
 def test_sep_gradient_run_end_to_end(which: str, request: pytest.FixtureRequest, text_file: Path,
                                      tmp_path: Path) -> None:
@@ -158,9 +203,16 @@ def test_sep_gradient_run_end_to_end(which: str, request: pytest.FixtureRequest,
         assert np.isfinite(table["sep_gradient"]).all() and (table["sep_gradient"] > 0).all()
         assert ((table["sep_attention"] > 0) & (table["sep_attention"] < 1)).all()
         assert summary["skipped_sequences"] == 0
-    else:  # a decoder's plain text has no EOS: every sequence is skipped and counted
+    else:  # a decoder's packed text has no EOS: one is appended to each sequence (auto)
         assert summary["loss"] == "lm_loss" and summary["separator_token"] == "</s>"
-        assert summary["skipped_sequences"] == n and table["sep_gradient"].isna().all()
+        assert summary["appended_eos"] is True and summary["skipped_sequences"] == 0
+        assert np.isfinite(table["sep_gradient"]).all() and (table["sep_gradient"] > 0).all()
+        assert ((table["sep_attention"] > 0) & (table["sep_attention"] < 1)).all()
+        off = headscope.run(model=str(request.getfixturevalue(which)), analyses=["sep_gradient"],
+                            text=[str(text_file)], out=None, quiet=True, sep_gradient_sequences=4,
+                            sep_gradient_append_eos="no")
+        off_summary = off.run["analyses"]["sep_gradient"]
+        assert off_summary["skipped_sequences"] == n and off.tables["sep_gradient"]["sep_gradient"].isna().all()
     assert "sep_gradient" in result.tables
     again = headscope.run(model=str(request.getfixturevalue(which)), analyses=["sep_gradient"],
                           text=[str(text_file)], out=None, quiet=True, sep_gradient_sequences=4)

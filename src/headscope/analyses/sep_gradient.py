@@ -22,6 +22,11 @@ a decoder, only rows at or after a separator, and only pairs ``j <= i``, as late
 - ``sep_gradient`` = mean over pairs ``(i, j)``, ``i`` in ``Q``, ``j`` in ``S``, of ``|dL/dA[i, j]|``, pooled
   over all pairs of all sequences.
 
+Raw text given to a decoder LM is packed into windows without any EOS, so every sequence would be skipped.
+For a decoder, ``sep_gradient_append_eos`` (``auto``: on for decoders, off for encoders) inserts the EOS token
+at the start of each sequence (after its BOS), where packed training data has the end of the previous
+document (:func:`with_eos`); ``summary["appended_eos"]`` records it.
+
 Sums are float64. Writes ``sep_gradient.csv`` (per layer and head, with the row and pair counts) and the heads
 columns ``sep_attention`` and ``sep_gradient``; the report plots both per layer, as Clark et al.'s Figure 3.
 """
@@ -29,6 +34,7 @@ columns ``sep_attention`` and ``sep_gradient``; the report plots both per layer,
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import html
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -144,14 +150,42 @@ def sep_statistics(atts: tuple[torch.Tensor, ...], ids: torch.Tensor, mask: torc
             "skipped": np.array(float((~has).sum()))}
 
 
-def sep_gradient_batch(loaded: Any, batch: Batch, kind: str, seed: int) -> tuple[dict[str, np.ndarray], float, int]:
-    """One batch of the pass: the summed statistics of :func:`sep_statistics`, the summed loss and its terms."""
+def with_eos(batch: Batch, eos_id: int, limit: int, bos_id: int | None = None) -> Batch:
+    """``batch`` with ``eos_id`` inserted at the start of every sequence (after its BOS, when all have one).
+
+    In a decoder's packed training data a window begins where an earlier document ended; the EOS placed there
+    is attended to by every later row. (An EOS after the last token would be attended to only by its own row,
+    whose prediction has no target, so its gradient would be exactly zero.) Every tensor of shape
+    [batch, seq] shifts right by one; when the batch is already ``limit`` wide its last column is dropped.
+    """
+    seq = batch.input_ids.shape[1]
+    at = int(bos_id is not None and bool((batch.input_ids[:, 0] == bos_id).all()))
+    width = min(seq + 1, limit)
+    fills = {"input_ids": eos_id, "attention_mask": 1, "is_sep": True, "unit_of_piece": -1}
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(batch):
+        value = getattr(batch, f.name)
+        if isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape[1] == seq:
+            column = torch.full_like(value[:, :1], fills.get(f.name, 0))
+            changes[f.name] = torch.cat([value[:, :at], column, value[:, at:]], dim=1)[:, :width]
+    changes["lengths"] = torch.clamp(batch.lengths + 1, max=width)
+    return dataclasses.replace(batch, **changes)
+
+
+def sep_gradient_batch(loaded: Any, batch: Batch, kind: str, seed: int, append_eos: bool = False
+                       ) -> tuple[dict[str, np.ndarray], float, int]:
+    """One batch of the pass: the summed statistics of :func:`sep_statistics`, the summed loss and its terms.
+
+    With ``append_eos`` the EOS token is appended to each sequence first (:func:`with_eos`).
+    """
     sep_id = separator_id(loaded.tokenizer)
     if sep_id is None:
         raise ValueError(f"{loaded.info.name}: the tokenizer has neither a SEP nor an EOS token")
     total: dict[str, np.ndarray] = {}
     with torch.inference_mode(False), torch.enable_grad(), eager_attention(loaded), differentiable_inputs(loaded):
         batch = plain_batch(batch)
+        if append_eos:
+            batch = with_eos(batch, int(sep_id), int(loaded.info.max_length), loaded.tokenizer.bos_token_id)
         objective, loss, terms, seen = forward_with_attention(loaded, batch, kind, seed)
         objective.backward()
         causal = bool(loaded.info.is_causal) and kind != "contrastive_loss"
@@ -169,6 +203,9 @@ class SepGradientOptions:
 
     sep_gradient_sequences: int = option(256, help="Sequences of the corpus (seeded sample) for the attention "
                                          "gradients at [SEP] (default 256).")
+    sep_gradient_append_eos: str = option("auto", help="Insert EOS at the start of each sequence, as the end of a "
+                                          "previous document in packed training data: auto (for decoder LMs, whose "
+                                          "packed raw text has none), yes or no (default: auto).")
 
 
 @register
@@ -184,7 +221,14 @@ class SepGradient(Analysis):
     def start(self, ctx: RunContext) -> None:
         if self.options.sep_gradient_sequences < 1:
             raise ValueError(f"sep_gradient_sequences must be at least 1, got {self.options.sep_gradient_sequences}")
+        if self.options.sep_gradient_append_eos not in ("auto", "yes", "no"):
+            raise ValueError(f"sep_gradient_append_eos must be auto, yes or no, got "
+                             f"{self.options.sep_gradient_append_eos!r}")
         self.kind = loss_kind(ctx.loaded)
+        self.append_eos = (self.options.sep_gradient_append_eos == "yes"
+                           or (self.options.sep_gradient_append_eos == "auto" and ctx.info.is_causal))
+        if self.append_eos and ctx.loaded.tokenizer.eos_token_id is None:
+            raise ValueError(f"{ctx.info.name}: sep_gradient_append_eos needs an EOS token and the tokenizer has none")
         if separator_id(ctx.loaded.tokenizer) is None:
             raise ValueError(f"{ctx.info.name}: sep_gradient needs a SEP or EOS token and the tokenizer has none")
         info = ctx.info
@@ -203,7 +247,8 @@ class SepGradient(Analysis):
         return sample_examples(ctx, self.options.sep_gradient_sequences, salt=19)
 
     def update_second_pass(self, ctx: RunContext, batch: Batch) -> None:
-        stats, loss, terms = sep_gradient_batch(ctx.loaded, batch, self.kind, int(ctx.config.seed))
+        stats, loss, terms = sep_gradient_batch(ctx.loaded, batch, self.kind, int(ctx.config.seed),
+                                                self.append_eos)
         self.add(stats, loss, terms)
 
     def add(self, stats: dict[str, np.ndarray], loss: float = 0.0, terms: int = 0) -> None:
@@ -247,7 +292,7 @@ class SepGradient(Analysis):
                    "batches": int(self.batches_[0]), "terms": int(self.terms_[0]),
                    "sequences": int(self.examples_[0]),
                    "encoded_with_separator": int(self.sequences_[0]), "skipped_sequences": int(self.skipped_[0]),
-                   "rows": int(self.rows_[0]), "pairs": int(self.pairs_[0]),
+                   "rows": int(self.rows_[0]), "pairs": int(self.pairs_[0]), "appended_eos": self.append_eos,
                    "separator_token": tok.convert_ids_to_tokens(int(sep_id)), "separator_id": int(sep_id),
                    "sep_attention": "mean over real query rows of the summed attention to the separator columns",
                    "sep_gradient": "mean over (query row, separator) pairs of |dL/dA[i, sep]|; L the mean loss "
