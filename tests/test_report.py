@@ -242,3 +242,28 @@ def test_report_command_names_a_directory_that_is_not_a_run(tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", str(tmp_path)]) == 1
     assert "not a headscope run directory" in capsys.readouterr().err
+
+
+def test_examples_are_named_by_file_name_and_line_not_by_their_directory(xss_run_dir: Path) -> None:
+    index = xss_run_dir / "report" / "index.html"
+    section = re.search(r'<section class="analysis" id="examples">(.*?)</section>',
+                        index.read_text(encoding="utf-8"), re.S)
+    assert section is not None
+    doc = json.loads((xss_run_dir / "examples.json").read_text())
+    directory = str(Path(doc["examples"][0]["file"]).parent)
+    assert directory == str(xss_run_dir.parent)  # the run keeps the full path; the report shows its name
+    items = re.findall(r"<li>(.*?)</li>", section.group(1), re.S)
+    assert [i.split(" (")[0] for i in items] == [f"xss.conllu, line {e['line']}" for e in doc["examples"]]
+    assert directory not in section.group(1)
+    # The profiles' thumbnails are captioned from the page data: file name and line, no directory.
+    data = page_data(index)
+    assert [(e["name"], e["line"]) for e in data["examples"]] == [("xss.conllu", e["line"]) for e in doc["examples"]]
+    assert directory not in json.dumps(data["examples"])
+
+
+def test_source_name_drops_posix_and_windows_directories() -> None:
+    from headscope.analyses.examples import source_name
+
+    assert source_name("/home/u/.cache/headscope/data/en_ewt-ud-train.conllu") == "en_ewt-ud-train.conllu"
+    assert source_name("C:\\Users\\u\\corpus\\wiki.txt") == "wiki.txt"
+    assert source_name("<text>") == "<text>" and source_name("plain.txt") == "plain.txt"

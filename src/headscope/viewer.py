@@ -10,13 +10,15 @@ Weights are stored as one byte each, ``round(255 * sqrt(weight))`` (base64 of an
 uniform row over 512 keys is code 11, not 0) and the error of a decoded weight is below 0.004.
 
 >>> from headscope.viewer import view
->>> view("The cat sat on the mat.", model="minilm", out="cat.html")  # doctest: +SKIP
+>>> page = view("The cat sat on the mat.", model="minilm", out="cat.html")  # doctest: +SKIP
+>>> page  # in Jupyter, the page itself, inline  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import argparse
 import html
+import os
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,66 @@ from headscope.manifest import Manifest
 
 #: Longest input the viewer takes by default, in model tokens (capped by the model).
 DEFAULT_MAX_LENGTH = 512
+
+#: Largest page embedded in a notebook's output; a bigger one (long inputs of big models) is linked instead,
+#: since the page would be stored in the notebook file and sent to the browser in one piece.
+INLINE_MAX_BYTES = 20_000_000
+
+
+class ViewPage(os.PathLike):
+    """The page written by :func:`view`: its path, shown inline by Jupyter.
+
+    :func:`view` returned a plain ``Path`` before; this object still behaves as one for callers (``str``,
+    ``os.fspath``, ``open``, ``==`` with a path, and every ``Path`` attribute such as ``read_text`` or
+    ``resolve``), and a notebook shows the page itself in an iframe.
+
+    Parameters
+    ----------
+    path : path
+        The HTML file.
+    height : int
+        Height of the notebook's iframe, in CSS pixels.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], height: int = 760) -> None:
+        self.path = Path(path)
+        self.height = height
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"ViewPage({str(self.path)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (os.PathLike, str)):
+            return self.path == Path(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names ViewPage lacks: the rest of the old return value's interface (a Path).
+        if name == "path":  # not set yet (while unpickling): no recursion through self.path
+            raise AttributeError(name)
+        return getattr(self.path, name)
+
+    def _repr_html_(self) -> str:
+        """The page in a sandboxed iframe (``srcdoc``), or a link when it is larger than INLINE_MAX_BYTES."""
+        size = self.path.stat().st_size
+        if size > INLINE_MAX_BYTES:
+            return (f"<p>headscope view: {html.escape(str(self.path))} ({size / 1e6:.0f} MB, too large to show "
+                    f"inline; <a href='{html.escape(self.path.resolve().as_uri())}' target='_blank'>open it</a>)"
+                    "</p>")
+        page = self.path.read_text(encoding="utf-8")
+        # allow-scripts without allow-same-origin: the page's script runs but cannot reach the notebook.
+        return (f"<iframe srcdoc=\"{html.escape(page, quote=True)}\" sandbox=\"allow-scripts\" "
+                f"style=\"width: 100%; height: {int(self.height)}px; border: 1px solid #ddd\" "
+                f"title=\"headscope view: {html.escape(self.path.name)}\"></iframe>")
 
 
 def quantize_sqrt(weights: np.ndarray) -> np.ndarray:
@@ -130,7 +192,9 @@ BODY = """<header><h1>{title}</h1>
 <canvas id="thumbs" tabindex="0" aria-label="every head's attention map; click to choose a head"></canvas></div>
 <div><h4 id="big-title">Chosen head</h4>
 <div class="big">
-<div><canvas id="heatmap" aria-label="attention map of the chosen head"></canvas>
+<div><canvas id="heatmap" aria-label="attention map of the chosen head, query tokens down the left, key tokens
+along the bottom"></canvas>
+<p class="note" id="heat-caption"></p>
 <p class="cellinfo" id="cellinfo">hover the map: query → key: weight</p></div>
 <div class="scroll"><canvas id="lines" aria-label="lines from each token to the tokens it attends to"></canvas></div>
 </div></div></div>
@@ -149,8 +213,8 @@ def render_view(data: dict[str, Any]) -> str:
 
 def view(text: str | None = None, *, model: str = "minilm", file: str | Path | None = None,
          treebank: str | Path | None = None, sentence: str = "1", out: str | Path = "headscope-view.html",
-         max_length: int = DEFAULT_MAX_LENGTH, word_attention: str = "mean", device: str = "auto") -> Path:
-    """Write a self-contained HTML page of every head's attention on one input; return its path.
+         max_length: int = DEFAULT_MAX_LENGTH, word_attention: str = "mean", device: str = "auto") -> ViewPage:
+    """Write a self-contained HTML page of every head's attention on one input; return it.
 
     Parameters
     ----------
@@ -164,6 +228,11 @@ def view(text: str | None = None, *, model: str = "minilm", file: str | Path | N
         Longer inputs are cut to this many tokens (capped by the model), and the page says so.
     word_attention : {"mean", "first"}
         How a split word's rows become one (see :func:`headscope.engine.wordlevel.word_attention`).
+
+    Returns
+    -------
+    ViewPage
+        The page's path (``.path``; it also acts as a ``Path``), shown inline in a Jupyter notebook.
     """
     from headscope.engine.batch import collate
     from headscope.engine.capture import capture_stacked
@@ -190,7 +259,7 @@ def view(text: str | None = None, *, model: str = "minilm", file: str | Path | N
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_view(data), encoding="utf-8")
-    return out
+    return ViewPage(out)
 
 
 def add_view_arguments(parser: argparse.ArgumentParser) -> None:
@@ -217,4 +286,4 @@ def main_view(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["dequantize_sqrt", "input_sentences", "quantize_sqrt", "render_view", "view", "view_data"]
+__all__ = ["ViewPage", "dequantize_sqrt", "input_sentences", "quantize_sqrt", "render_view", "view", "view_data"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -143,11 +144,71 @@ def test_viewer_page_switches_heads_and_levels(browser: Any, tiny_bert: Path, tm
     assert "L1H3" in page.locator("#big-title").inner_text()
     page.check("input[value=piece]")
     assert page.locator("#selected").inner_text() == "L1H3 · pieces"
-    page.locator("#heatmap").hover(position={"x": 1, "y": 1})
+    heat = page.locator("#heatmap")
+    left, top = (float(heat.get_attribute(f"data-{k}")) for k in ("left", "top"))
+    heat.hover(position={"x": left + 1, "y": top + 1})
     assert page.locator("#cellinfo").inner_text().startswith("[CLS] → [CLS]: ")
     page.locator("#lines").hover(position={"x": 100, "y": 12})
     assert page.locator("#input-text").inner_text() == text
     assert page.locator('img[src="x"]').count() == 0
+    w.close()
+
+
+#: Records every canvas fillText call with the device-pixel point it lands on and whether it is rotated.
+RECORD_TEXT = """
+window.drawnText = [];
+const fillText = CanvasRenderingContext2D.prototype.fillText;
+CanvasRenderingContext2D.prototype.fillText = function (text, x, y, ...rest) {
+  const m = this.getTransform(), p = m.transformPoint(new DOMPoint(x, y));
+  window.drawnText.push({canvas: this.canvas.id, text: String(text), x: p.x, y: p.y, rotated: Math.abs(m.b) > 1e-6});
+  return fillText.call(this, text, x, y, ...rest);
+};
+"""
+
+
+def drawn_labels(page: Any, canvas: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The text drawn on ``canvas`` since the last call: (upright texts, rotated texts)."""
+    drawn = page.evaluate(f"window.drawnText.splice(0).filter(t => t.canvas === {json.dumps(canvas)})")
+    return [t for t in drawn if not t["rotated"]], [t for t in drawn if t["rotated"]]
+
+
+def short_label(token: str) -> str:
+    return token if len(token) <= 12 else f"{token[:11]}…"
+
+
+def test_viewer_labels_the_chosen_heads_map_with_its_tokens(browser: Any, tiny_bert: Path, tmp_path: Path) -> None:
+    from headscope.viewer import view
+
+    out = view("The dog ate extraordinarily red books.", model=str(tiny_bert), out=tmp_path / "v.html",
+               device="cpu")
+    levels = json.loads(re.search(r'<script id="headscope-data" type="application/json">(.*?)</script>',
+                                  out.read_text(encoding="utf-8"), re.S).group(1))["levels"]
+    w = Watched(browser)
+    w.page.add_init_script(RECORD_TEXT)
+    page = w.open(out)
+    dpr = page.evaluate("window.devicePixelRatio")
+    heat = page.locator("#heatmap")
+    queries = {}
+    for level in ("word", "piece"):
+        if level == "piece":
+            page.evaluate("window.drawnText = []")
+            page.check("input[value=piece]")
+        tokens = levels[level]["tokens"]
+        left, top, size, cell = (float(heat.get_attribute(f"data-{k}")) for k in ("left", "top", "size", "cell"))
+        assert cell == pytest.approx(size / len(tokens)) and cell >= 10  # few tokens: cells tall enough to read
+        upright, rotated = drawn_labels(page, "heatmap")
+        # Query tokens down the left, one per row, centred on it; key tokens below the map, one per column.
+        queries[level] = [t["text"] for t in upright]
+        assert queries[level] == [short_label(t) for t in tokens]
+        for i, t in enumerate(upright):
+            assert t["x"] <= left * dpr and t["y"] == pytest.approx((top + (i + 0.5) * cell) * dpr, abs=0.5)
+        assert [t["text"] for t in rotated] == [short_label(t) for t in tokens]
+        for k, t in enumerate(rotated):
+            assert t["y"] >= (top + size) * dpr and t["x"] == pytest.approx((left + (k + 0.5) * cell) * dpr, abs=0.5)
+        caption = page.locator("#heat-caption").inner_text()
+        assert f"all {len(tokens)} {level}s labelled" in caption and "query" in caption and "key" in caption
+    assert len(levels["piece"]["tokens"]) > len(levels["word"]["tokens"])  # the two levels were both checked
+    assert "extraordina…" in queries["word"] and "##x" in queries["piece"]  # long tokens are cut short
     w.close()
 
 
@@ -179,6 +240,9 @@ def test_viewer_draws_512_tokens_and_144_heads(browser: Any, tmp_path: Path) -> 
     click_cell(page, "#thumbs", 11, 11)
     assert page.locator("#thumbs").get_attribute("data-head") == "L11H11"
     switch_s = time.perf_counter() - t1
+    # Too many tokens to label each: every step-th one is, and the caption says so.
+    step = int(page.locator("#heatmap").get_attribute("data-label-step"))
+    assert step > 1 and f"one label every {step} pieces" in page.locator("#heat-caption").inner_text()
     print(f"512 tokens x 144 heads: {page_file.stat().st_size / 1e6:.1f} MB page, load {loaded_s:.1f} s, "
           f"first draw {render_ms:.0f} ms, piece level + head switch {switch_s:.1f} s")
     # Generous bounds for a shared CI machine; a DOM element per cell would take minutes here.
@@ -205,4 +269,63 @@ def test_report_explorer_sorts_heads_and_does_not_rank_a_constant(browser: Any, 
     assert page.locator("#top-heads button").count() == 0
     flat = page.locator("#profile tr", has=page.locator("td", has_text="flat")).inner_text()
     assert "same for all heads" in flat
+    w.close()
+
+
+def test_report_example_maps_are_scaled_per_map_and_named_by_file_name(browser: Any, tmp_path: Path) -> None:
+    from headscope.analyses.examples import encode_float16
+    from headscope.engine.results import RunResult
+
+    # One kept 48-token sequence: head 0 spreads its attention evenly (every weight 1/48), head 1 attends to
+    # itself only. On a fixed 0..1 colour scale the first would be all but white.
+    n, directory = 48, "/home/user/.cache/headscope/corpora/ud/English-EWT"
+    maps = np.stack([np.full((n, n), 1 / n), np.eye(n)])[None].astype(np.float16)
+    example = {"index": 0, "kind": "sentence", "file": f"{directory}/en_ewt-ud-dev.conllu", "line": 7,
+               "text": "w " * n, "pieces": [f"p{i}" for i in range(n)], "units": [f"p{i}" for i in range(n)],
+               "unit_of_piece": list(range(n)), "shape": list(maps.shape), "dtype": "float16",
+               "attention": encode_float16(maps)}
+    out = RunResult(heads=pd.DataFrame({"layer": [0, 0], "head": [0, 1], "sep": [0.1, 0.2]}),
+                    documents={"examples": {"examples": [example]}},
+                    run={"model": {"name": "synthetic", "n_layers": 1, "n_heads": 2}}).save(tmp_path / "run")
+    w = Watched(browser)
+    page = w.open(build_report(out))
+
+    def pixel(row: int, col: int) -> list[int]:
+        """The colour the example map of the chosen head shows for query ``row``, key ``col``."""
+        return page.evaluate("""([row, col, n]) => {
+            const c = document.querySelector("#profile figure.example canvas");
+            const x = Math.floor((col + 0.5) * c.width / n), y = Math.floor((row + 0.5) * c.height / n);
+            return [...c.getContext("2d").getImageData(x, y, 1, 1).data.slice(0, 3)];
+        }""", [row, col, n])
+
+    darkest = [8, 48, 107]  # the top of the blues scale
+    assert page.locator("#profile").get_attribute("data-head") == "L0H0"
+    for row, col in ((0, 0), (10, 30), (47, 3)):
+        assert pixel(row, col) == darkest  # a diffuse head is drawn up to its own largest weight
+    caption = page.locator("#profile figure.example .where").inner_text()
+    assert caption.startswith("en_ewt-ud-dev.conllu, line 7 · 48 tokens") and "this map's largest" in caption
+    assert directory not in page.locator("#profile").inner_text()
+    assert directory not in page.locator("section#examples").inner_text()
+    assert "en_ewt-ud-dev.conllu, line 7" in page.locator("section#examples").inner_text()
+
+    click_cell(page, "#grid", 0, 1)
+    assert pixel(5, 5) == darkest and pixel(5, 6) == [255, 255, 255] and pixel(0, 47) == [255, 255, 255]
+    w.close()
+
+
+def test_viewer_page_works_inside_its_notebook_iframe(browser: Any, tiny_bert: Path, tmp_path: Path) -> None:
+    from headscope.viewer import view
+
+    text = f"She said {XSS[0]} twice."
+    shown = view(text, model=str(tiny_bert), out=tmp_path / "view.html", device="cpu")
+    w = Watched(browser)
+    # What Jupyter does with _repr_html_: the markup placed into the notebook's own page.
+    w.page.set_content(f"<!doctype html><body><p>notebook</p>{shown._repr_html_()}</body>")
+    frame = w.page.frame_locator("iframe")
+    assert frame.locator("#thumbs").get_attribute("data-head") == "L0H0"
+    assert frame.locator("#input-text").inner_text() == text
+    assert "all" in frame.locator("#heat-caption").inner_text()
+    # Sandboxed without allow-same-origin: the page's script cannot reach the notebook's document.
+    assert w.page.evaluate("document.querySelector('iframe').contentDocument") is None
+    assert w.page.locator('img[src="x"]').count() == 0
     w.close()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import html
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -67,6 +67,16 @@ def describe(ex: Example) -> dict[str, Any]:
     return {"index": ex.index, "kind": ex.kind, "file": ex.file, "line": ex.line, "text": " ".join(words),
             "pieces": list(ex.pieces), "units": list(ex.units),
             "unit_of_piece": ex.unit_of_piece.astype(int).tolist()}
+
+
+def source_name(file: str) -> str:
+    """The file name of an input's source, without its directory (``<text>`` stays as it is).
+
+    Corpora often live in long cache paths; the report names a kept sequence by file name and line, and the
+    full paths stay in the run summary's list of corpus files. ``PureWindowsPath`` splits at ``/`` and
+    ``\\`` alike, so a run made on either system reads the same.
+    """
+    return PureWindowsPath(str(file)).name or str(file)
 
 
 def encode_float16(array: np.ndarray) -> str:
@@ -169,7 +179,7 @@ class ExampleMaps(Analysis):
         if doc is None:
             return None
         items = "".join(
-            f"<li>{html.escape(str(e['file']))}:{int(e['line'])} ({len(e['pieces'])} tokens): "
+            f"<li>{html.escape(source_name(e['file']))}, line {int(e['line'])} ({len(e['pieces'])} tokens): "
             f"<q>{html.escape(e['text'])}</q></li>" for e in doc["examples"])
         body = ("<p>Full attention maps of these sequences are kept (float16) and shown in each head's "
                 "profile above.</p>" + (f"<ol>{items}</ol>" if items else

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import logging
 import os
@@ -70,6 +71,11 @@ def write_table(out: Path, name: str, table: pd.DataFrame) -> list[str]:
     return written
 
 
+#: Rows and columns of the heads table in a notebook's summary of a run (``RunResult._repr_html_``).
+HTML_HEAD_ROWS = 8
+HTML_HEAD_COLUMNS = 12
+
+
 @dataclass
 class RunResult:
     """The results of :func:`headscope.run`: tidy DataFrames plus the run manifest.
@@ -84,6 +90,8 @@ class RunResult:
         JSON outputs by file stem (``probe``, ...).
     run : dict
         The content of ``run.json``.
+    directory : Path or None
+        The output directory the run was saved to or loaded from (None for a run kept in memory only).
     """
 
     heads: pd.DataFrame
@@ -91,6 +99,7 @@ class RunResult:
     documents: dict[str, Any] = field(default_factory=dict)
     run: dict[str, Any] = field(default_factory=dict)
     results: dict[str, AnalysisResult] = field(default_factory=dict)
+    directory: Path | None = field(default=None, compare=False)
 
     @classmethod
     def from_results(cls, results: dict[str, AnalysisResult], run: dict[str, Any]) -> RunResult:
@@ -123,6 +132,7 @@ class RunResult:
         # run.json names this run's files, so readers never pick up another run's leftovers.
         self.run["outputs"] = sorted(written)
         write_json(out / "run.json", self.run)
+        self.directory = out
         return out
 
     @classmethod
@@ -140,4 +150,46 @@ class RunResult:
                  else sorted(out.glob("*.json")))
         tables = {p.stem: pd.read_csv(p) for p in csvs if p.stem != "heads"}
         documents = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in jsons if p.stem != "run"}
-        return cls(heads=heads, tables=tables, documents=documents, run=run)
+        return cls(heads=heads, tables=tables, documents=documents, run=run, directory=out)
+
+    @property
+    def report_path(self) -> Path | None:
+        """``report/index.html`` of the run's directory, when it has been written."""
+        if self.directory is None:
+            return None
+        index = self.directory / "report" / "index.html"
+        return index if index.is_file() else None
+
+    def _repr_html_(self, rows: int = HTML_HEAD_ROWS, columns: int = HTML_HEAD_COLUMNS) -> str:
+        """A compact summary for Jupyter: model, layers x heads, counts, analyses, the heads table's top.
+
+        Parameters
+        ----------
+        rows, columns : int
+            How much of the heads table is shown (the whole table is ``self.heads``).
+        """
+        model = self.run.get("model", {})
+        n_layers = model.get("n_layers", int(self.heads["layer"].max()) + 1 if len(self.heads) else 0)
+        n_heads = model.get("n_heads", int(self.heads["head"].max()) + 1 if len(self.heads) else 0)
+        counts = ", ".join(f"{k} {v}" for k, v in self.run.get("counts", {}).items())
+        analyses = ", ".join(self.run.get("analyses", {})) or ", ".join(self.results)
+        pairs = [("model", model.get("name", "?")), ("layers x heads", f"{n_layers} x {n_heads}"),
+                 ("counts", counts or "–"), ("analyses", analyses or "–"),
+                 ("tables", ", ".join(sorted(self.tables)) or "–")]
+        report = self.report_path
+        if self.directory is not None:
+            pairs.append(("directory", str(self.directory)))
+        summary = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>"
+                          f"{html.escape(str(v))}</td></tr>" for k, v in pairs)
+        if report is not None:
+            # Browsers refuse file: links from a notebook served over http, so the path is the link's text.
+            summary += (f"<tr><th style='text-align:left'>report</th><td style='text-align:left'>"
+                        f"<a href='{html.escape(report.resolve().as_uri())}' target='_blank'>"
+                        f"{html.escape(str(report))}</a></td></tr>")
+        shown = self.heads.head(rows)
+        table = shown.to_html(index=False, max_cols=columns, float_format=lambda v: f"{v:.3g}",
+                              na_rep="–", border=0, classes="headscope-heads")
+        more = (f"<p>first {len(shown)} of {len(self.heads)} heads; all of them in <code>.heads</code></p>"
+                if len(self.heads) > len(shown) else "")
+        return (f"<div class='headscope-run'><strong>headscope RunResult</strong><table>{summary}</table>"
+                f"{table}{more}</div>")

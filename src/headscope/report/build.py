@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from headscope.analyses import REGISTRY
+from headscope.analyses.examples import source_name
 from headscope.engine.results import RunResult, write_text
 from headscope.report.figures import parallel_figures
 from headscope.report.page import b64_array, render_page
@@ -36,6 +37,9 @@ LABEL_COLUMNS = ("cluster", "pattern")
 
 #: Rows of each per-head table shown in a head's profile.
 ROWS_PER_HEAD = 6
+
+#: What the explorer reads of each sequence kept by the ``examples`` analysis (besides its file name).
+EXAMPLE_KEYS = ("line", "text", "pieces", "shape", "attention")
 
 #: Events of each kind (skipped, truncated, warning) listed in the summary.
 LISTED_EVENTS = 50
@@ -142,7 +146,8 @@ def page_data(run: RunResult) -> dict[str, Any]:
         "n_layers": int(heads["layer"].max()) + 1, "n_heads": n_heads,
         "columns": numeric, "text_columns": text, "default_column": default,
         "tables": head_tables(run, n_heads),
-        "examples": [{k: e[k] for k in ("file", "line", "text", "pieces", "shape", "attention")} for e in examples],
+        # Kept sequences are named by file name, not by their (often long, cache) path: see source_name.
+        "examples": [{"name": source_name(e["file"]), **{k: e[k] for k in EXAMPLE_KEYS}} for e in examples],
     }
 
 

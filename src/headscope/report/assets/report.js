@@ -8,6 +8,8 @@
   const columns = D.columns.map(c => ({...c, values: HS.float32(c.values)}));
   const byName = Object.fromEntries(columns.map(c => [c.name, c]));
   const examples = (D.examples || []).map(e => ({...e, values: HS.float16(e.attention)}));
+  // Example maps: colour by sqrt(weight / the map's own largest weight), see exampleFigure.
+  const EXAMPLE_SCALE = {vmax: null, sqrt: true};
   const grid = document.getElementById("grid");
   const select = document.getElementById("stat");
   const tooltip = document.getElementById("tooltip");
@@ -168,14 +170,17 @@
     const canvas = HS.el("canvas", {width: size * dpr, height: size * dpr, "aria-label": `attention of ${`L${layer}H${head}`}`});
     canvas.style.width = `${size}px`; canvas.style.height = `${size}px`;
     const off = (layer * ex.shape[1] + head) * n * n;
-    const src = HS.matrixCanvas(ex.values, off, n, size * dpr, {vmax: 1, sqrt: true});
+    // Each thumbnail is scaled to its own largest weight: on a fixed 0..1 scale a broad head (every weight
+    // near 1/n) would be near white, so the caption says what "darkest" is for this map.
+    const vmax = HS.blockMax(ex.values, off, n * n);
+    const src = HS.matrixCanvas(ex.values, off, n, size * dpr, EXAMPLE_SCALE);
     const ctx = canvas.getContext("2d");
     ctx.imageSmoothingEnabled = false;
     ctx.drawImage(src, 0, 0, size * dpr, size * dpr);
     const cap = HS.el("figcaption");
-    const vmax = HS.blockMax(ex.values, off, n * n);
     cap.append(HS.el("span", {class: "where"},
-      `${ex.file}:${ex.line} · ${n} tokens · rows attend to columns · colour ∝ √weight (white 0, darkest 1), largest ${HS.fmt(vmax)}`));
+      `${ex.name}, line ${ex.line} · ${n} tokens · rows attend to columns · colour ∝ √weight, scaled to ` +
+      `this map's largest weight (white 0, darkest ${HS.fmt(vmax)})`));
     cap.append(HS.el("span", {class: "text"}, ex.text));
     const info = HS.el("span", {class: "cellinfo"}, "hover the map");
     cap.append(info);

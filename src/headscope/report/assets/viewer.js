@@ -66,23 +66,56 @@
   });
 
   // ---- the chosen head ----
-  const heat = document.getElementById("heatmap"), S = 300;
-  heat.width = S * dpr; heat.height = S * dpr;
-  heat.style.width = `${S}px`; heat.style.height = `${S}px`;
+  // The map sits in a margin of token labels: queries down the left (rows), keys along the bottom
+  // (columns). Up to LABEL_ALL tokens each cell is at least MIN_CELL px, so every label is legible; longer
+  // inputs keep the map at most MAX_MAP px and label every step-th token (the caption says which).
   const cellinfo = document.getElementById("cellinfo");
+  const heat = document.getElementById("heatmap"), heatCaption = document.getElementById("heat-caption");
+  const LABEL_ALL = 64, MIN_CELL = 10, MAX_MAP = 640, LABEL_CHARS = 12, PAD = 4;
+  let S = 300, ML = 0, MT = PAD;
+  const short = t => (t.length > LABEL_CHARS ? `${t.slice(0, LABEL_CHARS - 1)}…` : t);
 
   function offset() { return (selected.layer * H + selected.head) * current().n ** 2; }
 
   function drawHeat() {
-    const lv = current(), ctx = heat.getContext("2d");
+    const lv = current(), n = lv.n, ctx = heat.getContext("2d");
+    S = Math.min(MAX_MAP, Math.max(300, n * MIN_CELL));
+    const cell = S / n, step = n <= LABEL_ALL ? 1 : Math.ceil(MIN_CELL / cell);
+    const font = `${Math.min(12, Math.max(9, Math.floor(cell * step) - 1))}px system-ui, sans-serif`;
+    const shown = [];
+    for (let i = 0; i < n; i += step) shown.push([i, short(lv.tokens[i])]);
+    // The margins fit the longest label: queries on the left, keys (rotated) below.
+    ctx.font = font;
+    const longest = Math.ceil(Math.max(0, ...shown.map(([, t]) => ctx.measureText(t).width)));
+    ML = longest + 2 * PAD;
+    const w = ML + S + PAD, h = MT + S + longest + 2 * PAD;
+    heat.width = Math.round(w * dpr); heat.height = Math.round(h * dpr);  // also clears the canvas
+    heat.style.width = `${w}px`; heat.style.height = `${h}px`;
+    Object.assign(heat.dataset, {left: ML, top: MT, size: S, cell, labelStep: step});
     ctx.imageSmoothingEnabled = false;
-    ctx.clearRect(0, 0, heat.width, heat.height);
-    ctx.drawImage(HS.matrixCanvas(lv.codes, offset(), lv.n, S * dpr, {vmax: 255}), 0, 0, S * dpr, S * dpr);
+    ctx.drawImage(HS.matrixCanvas(lv.codes, offset(), n, S * dpr, {vmax: 255}),
+      Math.round(ML * dpr), Math.round(MT * dpr), Math.round(S * dpr), Math.round(S * dpr));
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.font = font; ctx.fillStyle = "#111"; ctx.textBaseline = "middle"; ctx.textAlign = "right";
+    for (const [q, t] of shown) ctx.fillText(t, ML - PAD, MT + (q + 0.5) * cell);
+    // Key labels read upwards, ending just below the map.
+    for (const [k, t] of shown) {
+      ctx.save();
+      ctx.translate(ML + (k + 0.5) * cell, MT + S + PAD);
+      ctx.rotate(-Math.PI / 2);
+      ctx.fillText(t, 0, 0);
+      ctx.restore();
+    }
+    heatCaption.textContent = step === 1
+      ? `Rows: query tokens (left); columns: key tokens (below); all ${n} ${level}s labelled.`
+      : `Rows: query tokens (left); columns: key tokens (below); ${n} ${level}s, too many to label all: ` +
+        `one label every ${step} ${level}s (hover the map for the others).`;
   }
 
   heat.addEventListener("mousemove", ev => {
-    const lv = current(), n = lv.n;
-    const q = Math.min(n - 1, Math.floor(ev.offsetY / S * n)), k = Math.min(n - 1, Math.floor(ev.offsetX / S * n));
+    const lv = current(), n = lv.n, x = ev.offsetX - ML, y = ev.offsetY - MT;
+    if (x < 0 || y < 0 || x >= S || y >= S) return;
+    const q = Math.min(n - 1, Math.floor(y / S * n)), k = Math.min(n - 1, Math.floor(x / S * n));
     cellinfo.textContent = `${lv.tokens[q]} → ${lv.tokens[k]}: ${HS.fmt(WEIGHT[lv.codes[offset() + q * n + k]])}`;
   });
 
