@@ -47,7 +47,7 @@ def tiny_run(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_run_compared_with_itself_shows_no_change(tiny_run: Path, tmp_path: Path) -> None:
-    result = compare(tiny_run, tiny_run)
+    result = compare(tiny_run, tiny_run, min_n=2)
     assert len(result.heads) and (result.heads["delta"].dropna() == 0).all()
     assert set(result.heads["statistic"]) >= {"cls", "sep", "entropy"}
     roles = result.roles
@@ -64,26 +64,77 @@ def test_welch_test_equals_scipy_on_the_raw_scores() -> None:
     rng = np.random.default_rng(1)
     raw_a = {(0, 0, "local"): rng.normal(3.0, 1.0, 40), (0, 1, "local"): rng.normal(2.0, 0.3, 25)}
     raw_b = {(0, 0, "local"): rng.normal(3.8, 2.0, 40), (0, 1, "local"): rng.normal(2.05, 0.3, 25)}
-    got = role_changes(roles_table(raw_a, set()), roles_table(raw_b, set()), correction="none")
+    got = role_changes(roles_table(raw_a, set()), roles_table(raw_b, set()), correction="none", min_n=25)
     for key in raw_a:
         want = stats.ttest_ind(raw_b[key], raw_a[key], equal_var=False)
         row = got[(got["layer"] == key[0]) & (got["head"] == key[1])].iloc[0]
         assert row["t"] == pytest.approx(want.statistic, rel=1e-9)
         assert row["p"] == pytest.approx(want.pvalue, rel=1e-9)
         assert row["delta"] == pytest.approx(raw_b[key].mean() - raw_a[key].mean())
-    bh = role_changes(roles_table(raw_a, set()), roles_table(raw_b, set()), correction="bh")
+    bh = role_changes(roles_table(raw_a, set()), roles_table(raw_b, set()), correction="bh", min_n=25)
     np.testing.assert_allclose(bh["p_adjusted"], stats.false_discovery_control(got["p"]))
 
 
-def test_roles_gained_and_lost() -> None:
-    rng = np.random.default_rng(2)
-    keys = [(0, 0, "local"), (0, 0, "syntactic"), (0, 1, "local"), (0, 1, "syntactic")]
-    raw = {k: rng.normal(3, 1, 10) for k in keys}
-    a = roles_table(raw, {(0, 0, "local"), (0, 1, "syntactic")})
-    b = roles_table(raw, {(0, 0, "syntactic"), (0, 1, "syntactic")})
-    got = role_changes(a, b).set_index(["layer", "head", "role"])["change"]
-    assert got[(0, 0, "local")] == "lost" and got[(0, 0, "syntactic")] == "gained"
-    assert got[(0, 1, "local")] == "none" and got[(0, 1, "syntactic")] == "kept"
+def stats_table(rows: list[tuple[int, int, str, int, float, float, bool]]) -> pd.DataFrame:
+    """A roles.csv from (layer, head, role, n, mean, var, has_role) rows."""
+    return pd.DataFrame(rows, columns=["layer", "head", "role", "n", "score_mean", "score_var", "has_role"])
+
+
+def flips() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """L0H0 local flips with no real change, L0H1 local changes a lot, L0H0 syntactic has 10 scores."""
+    a = stats_table([(0, 0, "local", 100, 3.2, 1.0, True), (0, 1, "local", 100, 2.0, 1.0, False),
+                     (0, 0, "syntactic", 10, 5.0, 1.0, True), (0, 1, "syntactic", 100, 4.0, 1.0, True)])
+    b = stats_table([(0, 0, "local", 100, 3.1, 1.0, False), (0, 1, "local", 100, 4.0, 1.0, True),
+                     (0, 0, "syntactic", 10, 1.0, 1.0, False), (0, 1, "syntactic", 100, 4.0, 1.0, True)])
+    return a, b
+
+
+def test_gained_and_lost_need_a_significant_change() -> None:
+    got = role_changes(*flips(), correction="none").set_index(["layer", "head", "role"])
+    # L0H0 local: t = (3.1 - 3.2) / sqrt(1/100 + 1/100) = -1/sqrt(2), Welch df = 198: p = 0.48, a mere flip.
+    row = got.loc[(0, 0, "local")]
+    assert row["t"] == pytest.approx(-1 / np.sqrt(2)) and row["p"] == pytest.approx(2 * stats.t.sf(1 / np.sqrt(2), 198))
+    assert row["tested"] and not row["significant"] and row["change"] == "crossed_down"
+    # L0H1 local: t = 2 / sqrt(0.02) = 14.1, significant, and has_role went False -> True: gained.
+    row = got.loc[(0, 1, "local")]
+    assert row["t"] == pytest.approx(2 / np.sqrt(0.02)) and row["significant"] and row["change"] == "gained"
+    # L0H0 syntactic: a large drop, but 10 < min_n = 30 scores: not tested, so the flip is not "lost".
+    row = got.loc[(0, 0, "syntactic")]
+    assert not row["tested"] and np.isnan(row["t"]) and np.isnan(row["p"]) and not row["significant"]
+    assert row["change"] == "crossed_down"
+    assert got.loc[(0, 1, "syntactic"), "change"] == "kept"
+    # With min_n = 10 the drop is tested: t = -4 / sqrt(0.2), significant, lost.
+    low = role_changes(*flips(), correction="none", min_n=10).set_index(["layer", "head", "role"])
+    assert low.loc[(0, 0, "syntactic"), "t"] == pytest.approx(-4 / np.sqrt(0.2))
+    assert low.loc[(0, 0, "syntactic"), "change"] == "lost"
+    # BH runs over the three tested p-values only.
+    bh = role_changes(*flips(), correction="bh").set_index(["layer", "head", "role"])
+    tested = got[got["tested"]]
+    np.testing.assert_allclose(bh.loc[tested.index, "p_adjusted"], stats.false_discovery_control(tested["p"]))
+    # A has_role flip the other way than the significant change is not a gain either.
+    a, b = flips()
+    b.loc[1, "has_role"], a.loc[1, "has_role"] = False, True  # L0H1 local: True -> False while the mean rises
+    assert role_changes(a, b).set_index(["layer", "head", "role"]).loc[(0, 1, "local"), "change"] == "crossed_down"
+    with pytest.raises(ValueError, match="min_n"):
+        role_changes(a, b, min_n=1)
+
+
+def test_page_lists_significant_changes_apart_from_mere_crossings(tmp_path: Path) -> None:
+    heads = pd.DataFrame({"layer": [0, 0], "head": [0, 1], "cls": [0.1, 0.2]})
+    a, b = flips()
+    result = compare(fake_run(heads, a), fake_run(heads, b))
+    s = result.summary
+    assert s["roles_gained"] == {"local": 1} and s["roles_lost"] == {}
+    assert s["roles_crossed_not_significant"] == {"crossed_up": {}, "crossed_down": {"local": 1, "syntactic": 1}}
+    assert s["role_changes_not_tested"] == 1 and s["min_n"] == 30
+    layer = result.layers.iloc[0]
+    assert (layer["roles_gained"], layer["roles_lost"], layer["roles_crossed_not_significant"]) == (1, 0, 2)
+    page = (result.save(tmp_path / "cmp") / "index.html").read_text(encoding="utf-8")
+    gained, crossed = page.split("<h3>Roles gained and lost (significant change)</h3>")[1].split(
+        "<h3>Crossed the threshold, change not significant</h3>")
+    assert "L0H1" in gained and "L0H0" not in gained
+    assert "L0H0" in crossed.split("<h3>")[0] and "L0H1" not in crossed.split("<h3>")[0]
+    assert "Roles gained: 1, lost: 0" in page and "Not tested: 1 of 4 head x role changes" in page
 
 
 def test_long_deltas_keep_text_keys_and_skip_rows_of_one_run() -> None:
@@ -109,7 +160,8 @@ def test_different_shapes_are_refused_and_corpus_differences_reported() -> None:
 
 def test_cli_writes_tables_and_a_self_contained_page(tiny_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "cmp"
-    assert main(["compare", str(tiny_run), str(tiny_run), "--out", str(out), "--correction", "none"]) == 0
+    assert main(["compare", str(tiny_run), str(tiny_run), "--out", str(out), "--correction", "none",
+                 "--min-n", "2"]) == 0
     for name in ("compare_heads.csv", "compare_roles.csv", "compare_layers.csv", "compare.json",
                  "figures/compare_layers.png", "figures/compare_layers.svg"):
         assert (out / name).is_file(), name
@@ -118,6 +170,8 @@ def test_cli_writes_tables_and_a_self_contained_page(tiny_run: Path, tmp_path: P
     assert 'src="http' not in page and 'src="../' not in page and 'src="figures' not in page
     roles = pd.read_csv(out / "compare_roles.csv")
     assert not roles["significant"].any()
+    assert roles.loc[roles["tested"], "p"].eq(1).all() and roles["tested"].any()
+    assert (roles.loc[~roles["tested"], "n_a"] < 2).all()
 
 
 @pytest.mark.integration

@@ -19,6 +19,7 @@ from headscope.analyses.roles import (
     one_sided_tests,
     per_layer_counts,
     relation_matches,
+    sentence_of_piece,
     sieve_scores,
 )
 from headscope.corpus.types import Sentence
@@ -83,8 +84,9 @@ def fake_ctx() -> SimpleNamespace:
 
 
 def accumulate(examples: list, maps: list[torch.Tensor], batch_size: int, block_rows: int | None = None,
-               **options) -> HeadRoles:
-    analysis = HeadRoles(RolesOptions(**options))
+               roles_unit: str = "input", **options) -> HeadRoles:
+    # Whole inputs by default: reference_scores scores each input once.
+    analysis = HeadRoles(RolesOptions(roles_unit=roles_unit, **options))
     analysis.start(fake_ctx())
     for start in range(0, len(examples), batch_size):
         batch = collate(examples[start:start + batch_size], pad_id=0)
@@ -178,16 +180,17 @@ def test_scores_match_reference_loops_and_ignore_batching(examples: list) -> Non
     assert whole.count_[whole.roles_.index("block")].item() == 1  # the one segment pair
 
 
+@pytest.mark.parametrize("roles_unit", ["input", "sentence"])
 @pytest.mark.parametrize("block_rows", [1, 3, 7])
-def test_blocks_of_query_rows_give_the_same_sums(examples: list, block_rows: int) -> None:
+def test_blocks_of_query_rows_give_the_same_sums(examples: list, block_rows: int, roles_unit: str) -> None:
     maps = random_attention(examples, seed=7)
     # Hand-made rows at the block edges: all attention on the next token, and rows that stay on [CLS].
     maps[4][0, 0] = torch.roll(torch.eye(examples[4].length), 1, dims=1)
     maps[2][1, 2] = 0.0
     maps[2][1, 2, :, 0] = 1.0
     for batch_size in (2, len(examples)):
-        whole = accumulate(examples, maps, batch_size=batch_size)
-        blocks = accumulate(examples, maps, batch_size=batch_size, block_rows=block_rows)
+        whole = accumulate(examples, maps, batch_size=batch_size, roles_unit=roles_unit)
+        blocks = accumulate(examples, maps, batch_size=batch_size, block_rows=block_rows, roles_unit=roles_unit)
         np.testing.assert_array_equal(blocks.count_.numpy(), whole.count_.numpy())
         np.testing.assert_allclose(blocks.sum_.numpy(), whole.sum_.numpy(), rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(blocks.sumsq_.numpy(), whole.sumsq_.numpy(), rtol=1e-6, atol=1e-7)
@@ -211,15 +214,18 @@ def test_repeated_word_aligned_by_position(examples: list) -> None:
     assert analysis.sum_[union].numpy() == pytest.approx(np.full((LAYERS, HEADS), 3.5))
 
 
-def test_merge_of_halves_equals_whole(examples: list) -> None:
+@pytest.mark.parametrize("roles_unit", ["input", "sentence"])
+def test_merge_of_halves_equals_whole(examples: list, roles_unit: str) -> None:
     maps = random_attention(examples, seed=3)
-    whole = accumulate(examples, maps, batch_size=2)
-    first = accumulate(examples[:2], maps[:2], batch_size=2)
-    second = accumulate(examples[2:], maps[2:], batch_size=3)
+    whole = accumulate(examples, maps, batch_size=2, roles_unit=roles_unit)
+    first = accumulate(examples[:2], maps[:2], batch_size=2, roles_unit=roles_unit)
+    second = accumulate(examples[2:], maps[2:], batch_size=3, roles_unit=roles_unit)
     merged = first.merge(second)
     torch.testing.assert_close(merged.count_, whole.count_)
     torch.testing.assert_close(merged.sum_, whole.sum_, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(merged.sumsq_, whole.sumsq_, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(merged.inputs_, whole.inputs_)
+    torch.testing.assert_close(merged.input_sentences_, whole.input_sentences_)
     pd.testing.assert_frame_equal(merged.table(), whole.table(), rtol=1e-10)
 
 
@@ -235,7 +241,7 @@ def test_t_test_equals_scipy_on_the_same_scores() -> None:
 
 def test_t_test_from_run_matches_scipy(examples: list) -> None:
     maps = random_attention(examples, seed=5)
-    analysis = accumulate(examples, maps, batch_size=3, tau=1.0, correction="none")
+    analysis = accumulate(examples, maps, batch_size=3, tau=1.0, correction="none", roles_min_n=2)
     table = analysis.table().set_index(["role", "layer", "head"])
     per_example = [reference_scores(ex, m) for ex, m in zip(examples, maps, strict=True)]
     for role in ("local", "delimiter_cls", "syntactic"):
@@ -295,7 +301,7 @@ def test_run_writes_roles_table_and_report(tiny_bert: Path, text_file: Path, tmp
         "5\tcat\tcat\tNOUN\t_\t_\t3\tobj\t_\t_\n\n", encoding="utf-8")
     out = tmp_path / "out"
     result = run(model=str(tiny_bert), text=[str(text_file)], treebank=[str(conllu)], analyses=["roles"],
-                 out=str(out), quiet=True, tau=1.5, relations=["det"])
+                 out=str(out), quiet=True, tau=1.5, relations=["det"], roles_min_n=2)
     roles = pd.read_csv(out / "roles.csv")
     assert list(roles.columns[:9]) == ["layer", "head", "role", "n", "score_mean", "score_var", "score_sum",
                                        "score_sumsq", "t"]
@@ -313,3 +319,128 @@ def test_run_writes_roles_table_and_report(tiny_bert: Path, text_file: Path, tmp
         assert (out / "figures" / f"{name}.png").is_file() and (out / "figures" / f"{name}.svg").is_file()
     page = (out / "report" / "index.html").read_text(encoding="utf-8")
     assert "Benjamini-Hochberg" in page and "Co-location" in page
+
+
+def finalized(analysis: HeadRoles) -> tuple[dict, Manifest]:
+    """``analysis.finalize`` with a manifest to warn into: (summary, manifest)."""
+    manifest = Manifest()
+    ctx = SimpleNamespace(**vars(fake_ctx()), manifest=manifest)
+    return analysis.finalize(ctx, {}).summary, manifest
+
+
+def test_roles_below_min_n_are_not_tested_and_warned(examples: list) -> None:
+    # Four treebank sentences and one segment of two sentences: 6 sentence units, 5 inputs.
+    maps = random_attention(examples, seed=11)
+    analysis = accumulate(examples, maps, batch_size=2, roles_unit="sentence", roles_min_n=6, role_rule="mean",
+                          tau=0.0)
+    table = analysis.table()
+    local = table[table["role"] == "local"]
+    assert (local["n"] == 6).all() and local["tested"].all() and local["p"].notna().all()
+    assert local["has_role"].all()  # every score is above tau = 0
+    block = table[table["role"] == "block"]
+    assert (block["n"] == 2).all()  # the segment pair's two sentences
+    assert not block["tested"].any() and block[["t", "p", "p_adjusted"]].isna().all().all()
+    assert block["above_tau"].all() and not block["has_role"].any() and not block["significant"].any()
+    # The untested rows are not in the correction's family: BH over the tested p-values alone.
+    tested = table[table["tested"]]
+    np.testing.assert_allclose(tested["p_adjusted"], adjust_pvalues(tested["p"].to_numpy(), "bh"))
+
+    summary, manifest = finalized(analysis)
+    untested = {role: n for role, n in summary["sentences"].items() if n < 6}
+    assert "block" in untested and "local" not in untested
+    assert summary["min_n"] == 6 and summary["not_tested"]["roles"] == untested
+    assert summary["not_tested"]["rows"] == int((~table["tested"]).sum()) == len(untested) * LAYERS * HEADS
+    assert "block (n = 2)" in summary["not_tested_note"]
+    assert manifest.counts["warnings"] == len(untested)
+    reasons = [e.reason for e in manifest.events]
+    assert any("block not tested" in r and "has 2 units" in r and "roles_min_n = 6" in r for r in reasons)
+
+    # By input the same corpus has 5 units: local is no longer tested at roles_min_n = 6.
+    by_input = accumulate(examples, maps, batch_size=2, roles_unit="input", roles_min_n=6).table()
+    assert (by_input.loc[by_input["role"] == "local", "n"] == 5).all()
+    assert not by_input["tested"].any() and by_input["p"].isna().all()
+    # The default (30) tests nothing on five inputs.
+    assert not accumulate(examples, maps, batch_size=5, roles_unit="sentence").table()["tested"].any()
+    with pytest.raises(ValueError, match="roles_min_n"):
+        RolesOptions(roles_min_n=1)
+    with pytest.raises(ValueError, match="roles_unit"):
+        RolesOptions(roles_unit="segment")
+
+
+def test_sentence_unit_scores_each_sentence_of_a_segment_on_its_own_rows(encoder: Encoder) -> None:
+    manifest = Manifest()
+    first = tree("she saw it", [2, 0, 2], "nsubj root obj", line=1)
+    second = tree("a dog ran", [2, 3, 0], "det nsubj root", line=2)
+    pair = encoder.encode(0, "segment", [first], [second], manifest, truncate=True)
+    # [CLS] she saw it [SEP] a dog ran [SEP], one piece per word: the first [SEP] goes with sentence 0.
+    assert pair.units == ["[CLS]", "she", "saw", "it", "[SEP]", "a", "dog", "ran", "[SEP]"]
+    n = pair.length
+    assert n == 9 and sentence_of_piece(pair).tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 1]
+    # Every row puts all its attention on [CLS] (position 0).
+    on_cls = torch.zeros(LAYERS, HEADS, n, n)
+    on_cls[..., 0] = 1.0
+    by_sentence = accumulate([pair], [on_cls], batch_size=1, roles_unit="sentence")
+    by_input = accumulate([pair], [on_cls], batch_size=1, roles_unit="input")
+
+    def sums(analysis: HeadRoles, role: str) -> tuple[float, float, float]:
+        r = analysis.roles_.index(role)
+        return (analysis.count_[r].item(), analysis.sum_[r, 0, 0].item(), analysis.sumsq_[r, 0, 0].item())
+
+    # delimiter_cls: every query's target is [CLS] alone, so each unit scores n = 9.
+    assert sums(by_sentence, "delimiter_cls") == pytest.approx((2, 2 * 9, 2 * 81))
+    assert sums(by_input, "delimiter_cls") == pytest.approx((1, 9, 81))
+    # local: only rows 0, 1, 2 have [CLS] in their band, of 3, 4 and 5 positions; all are in sentence 0,
+    # so sentence 0 (5 rows) scores 9 * (1/3 + 1/4 + 1/5) / 5, sentence 1 scores 0; the input, over 9 rows,
+    # 9 * (1/3 + 1/4 + 1/5) / 9.
+    head = 1 / 3 + 1 / 4 + 1 / 5
+    assert sums(by_sentence, "local") == pytest.approx((2, 9 * head / 5, (9 * head / 5) ** 2))
+    assert sums(by_input, "local") == pytest.approx((1, head, head**2))
+    # nsubj: one arc per sentence (she -> saw, dog -> ran), none of them on [CLS]: two zero scores vs one.
+    assert sums(by_sentence, "syntactic_nsubj") == pytest.approx((2, 0, 0))
+    assert sums(by_input, "syntactic_nsubj") == pytest.approx((1, 0, 0))
+    # obj exists in sentence 0 only: one unit either way.
+    assert sums(by_sentence, "syntactic_obj")[0] == 1 == sums(by_input, "syntactic_obj")[0]
+    # block: A = [CLS] she saw it [SEP] (5 keys), B = a dog ran [SEP] (4): sentence 0's rows put 1 on their
+    # block of 5 keys, sentence 1's put 0 on theirs.
+    assert sums(by_sentence, "block") == pytest.approx((2, 9 / 5, (9 / 5) ** 2))
+    summary, _ = finalized(by_sentence)
+    assert summary["unit"] == "sentence" and summary["units"] == {"segment": {"inputs": 1, "sentences": 2}}
+    assert "2 sentences from 1 packed segments" in summary["unit_note"]
+    summary, _ = finalized(by_input)
+    assert summary["unit"] == "packed raw-text segment" and "not each sentence" in summary["unit_note"]
+
+
+def test_single_sentence_inputs_score_the_same_by_sentence_and_by_input(examples: list) -> None:
+    sentences = [ex for ex in examples if len(ex.sentences) == 1]
+    maps = random_attention(sentences, seed=4)
+    by_sentence = accumulate(sentences, maps, batch_size=3, roles_unit="sentence")
+    by_input = accumulate(sentences, maps, batch_size=3, roles_unit="input")
+    torch.testing.assert_close(by_sentence.count_, by_input.count_)
+    torch.testing.assert_close(by_sentence.sum_, by_input.sum_)
+    torch.testing.assert_close(by_sentence.sumsq_, by_input.sumsq_)
+
+
+def test_raw_text_run_warns_about_untested_roles_and_reports_them(tiny_bert: Path, text_file: Path,
+                                                                  tmp_path: Path) -> None:
+    import json
+
+    from headscope import run
+
+    out = tmp_path / "out"
+    run(model=str(tiny_bert), text=[str(text_file)], analyses=["roles"], out=str(out), quiet=True, roles_min_n=5)
+    record = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    summary = record["analyses"]["roles"]
+    # 7 sentences in 2 documents: scored by sentence (the default), not by packed segment.
+    assert summary["unit"] == "sentence" and summary["sentences"]["local"] == 7
+    assert summary["units"]["segment"]["sentences"] == 7
+    # No parses: every syntactic role has n = 0 and is not tested; block (segment pairs) has fewer than 5.
+    untested = summary["not_tested"]["roles"]
+    assert {"syntactic", "syntactic_nsubj", "syntactic_obj"} <= set(untested) and "local" not in untested
+    reasons = [e["reason"] for e in record["events"]["warning"]["listed"]]
+    assert sum("roles:" in r and "not tested" in r for r in reasons) == len(untested)
+    assert record["counts"]["warnings"] >= len(untested)
+    roles = pd.read_csv(out / "roles.csv")
+    assert (roles.loc[~roles["tested"], "p"].isna()).all() and not roles.loc[~roles["tested"], "has_role"].any()
+    page = (out / "report" / "index.html").read_text(encoding="utf-8")
+    assert f"{summary['not_tested']['rows']} of {len(roles)}</b> head x role rows" in page
+    assert "Unit of the t-tests: <b>sentence</b>" in page

@@ -11,8 +11,13 @@ Works from the run directories alone (no model). For every head:
   t-test from count, mean and variance, then Benjamini-Hochberg corrected (or not) over all head x role
   tests. With both runs on the same sentences the scores are paired; a paired test would need per-sentence
   differences, which no run keeps, so Welch's test is the conservative choice (it ignores the positive
-  correlation between the two models' scores on one sentence). Roles gained and lost compare the runs'
-  own ``has_role`` columns.
+  correlation between the two models' scores on one sentence). A change is tested only when both runs
+  have at least ``min_n`` scores of the role (default 30, as ``roles_min_n``); otherwise ``tested`` is
+  False, ``t`` and ``p`` are NaN and it is not significant. A role is *gained* (*lost*) only when the runs'
+  own ``has_role`` flips to True (False) **and** the change of the mean score is significant by that test
+  (``p_adjusted < alpha``) in the same direction; a flip without a significant change is listed apart as
+  ``crossed_up`` / ``crossed_down`` ("crossed the threshold, change not significant"): one run's test
+  passing and the other's failing is no evidence that the two differ.
 
 Runs made under different ``--conventions`` are refused (the same column would hold two definitions, so its
 change would mix the models' difference with the definitions'), unless ``--allow-mixed-conventions``; the
@@ -77,8 +82,9 @@ class Comparison:
     """One row per head and ``heads.csv`` statistic: ``layer, head, statistic, a, b, delta``."""
     roles: pd.DataFrame | None
     """One row per head and role: ``layer, head, role, n_a, mean_a, var_a, n_b, mean_b, var_b, delta, t, p,
-    p_adjusted, significant, has_role_a, has_role_b, change`` (gained, lost, kept or none); None when a run
-    has no ``roles.csv``."""
+    p_adjusted, tested, significant, has_role_a, has_role_b, change``; ``change`` is gained or lost (has_role
+    flipped with a significant change of the score in that direction), crossed_up or crossed_down (has_role
+    flipped, change not significant), kept or none. None when a run has no ``roles.csv``."""
     layers: pd.DataFrame
     """One row per layer: mean absolute change of every compared statistic and role counts."""
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
@@ -150,8 +156,14 @@ def long_deltas(table_a: pd.DataFrame, table_b: pd.DataFrame) -> pd.DataFrame:
     return merged.sort_values(["statistic", *keys], kind="stable").reset_index(drop=True)
 
 
-def role_changes(roles_a: pd.DataFrame, roles_b: pd.DataFrame, alpha: float = 0.05, correction: str = "bh"
-                 ) -> pd.DataFrame:
+#: Fewest scores on each side for a role-change test (the roles analysis's ``roles_min_n`` default).
+MIN_N = 30
+#: The values of ``change`` that mean a flip of ``has_role`` with no significant change of the score.
+CROSSED = ("crossed_up", "crossed_down")
+
+
+def role_changes(roles_a: pd.DataFrame, roles_b: pd.DataFrame, alpha: float = 0.05, correction: str = "bh",
+                 min_n: int = MIN_N) -> pd.DataFrame:
     """Welch's t-test of the change of every head's mean sieve-bias score, role by role.
 
     Parameters
@@ -160,12 +172,17 @@ def role_changes(roles_a: pd.DataFrame, roles_b: pd.DataFrame, alpha: float = 0.
         ``roles.csv`` of the two runs (``n``, ``score_mean``, ``score_var``, ``has_role``).
     alpha : float
     correction : {"bh", "none"}
+        Over the tested rows only.
+    min_n : int
+        Fewest scores in each run for a row to be tested.
 
     Returns
     -------
     DataFrame
         See :attr:`Comparison.roles`; ``t`` is positive when B scores higher.
     """
+    if min_n < 2:
+        raise ValueError(f"min_n must be at least 2, got {min_n}")
     cols = ["layer", "head", "role", "n", "score_mean", "score_var", "has_role"]
     merged = roles_a[cols].merge(roles_b[cols], on=["layer", "head", "role"], suffixes=("_a", "_b"))
     merged = merged.rename(columns={"score_mean_a": "mean_a", "score_mean_b": "mean_b",
@@ -179,13 +196,18 @@ def role_changes(roles_a: pd.DataFrame, roles_b: pd.DataFrame, alpha: float = 0.
     # Identical scores (zero variance on both sides, same mean) are no change rather than 0/0.
     same = (merged["delta"] == 0).to_numpy() & (merged[["n_a", "n_b"]].min(axis=1) > 1).to_numpy()
     t[same], p[same] = 0.0, 1.0
-    merged["t"], merged["p"] = t, p
+    tested = (merged[["n_a", "n_b"]].min(axis=1) >= min_n).to_numpy()
+    t[~tested], p[~tested] = np.nan, np.nan
+    merged["t"], merged["p"], merged["tested"] = t, p, tested
     merged["p_adjusted"] = adjust_pvalues(p, correction)
     merged["significant"] = merged["p_adjusted"] < alpha
     a, b = merged["has_role_a"].astype(bool), merged["has_role_b"].astype(bool)
-    merged["change"] = np.select([~a & b, a & ~b, a & b], ["gained", "lost", "kept"], default="none")
+    sig, delta = merged["significant"], merged["delta"]
+    merged["change"] = np.select(
+        [~a & b & sig & (delta > 0), a & ~b & sig & (delta < 0), ~a & b, a & ~b, a & b],
+        ["gained", "lost", "crossed_up", "crossed_down", "kept"], default="none")
     order = ["layer", "head", "role", "n_a", "mean_a", "var_a", "n_b", "mean_b", "var_b", "delta", "t", "p",
-             "p_adjusted", "significant", "has_role_a", "has_role_b", "change"]
+             "p_adjusted", "tested", "significant", "has_role_a", "has_role_b", "change"]
     return merged[order].sort_values(["layer", "head"], kind="stable").reset_index(drop=True)
 
 
@@ -202,6 +224,7 @@ def layer_summary(heads: pd.DataFrame, roles: pd.DataFrame | None) -> pd.DataFra
             "role_changes_significant": grouped["significant"].sum(),
             "roles_gained": grouped["change"].apply(lambda c: int((c == "gained").sum())),
             "roles_lost": grouped["change"].apply(lambda c: int((c == "lost").sum())),
+            "roles_crossed_not_significant": grouped["change"].apply(lambda c: int(c.isin(CROSSED).sum())),
         }))
     if not parts:
         return pd.DataFrame(columns=["layer"])
@@ -209,7 +232,7 @@ def layer_summary(heads: pd.DataFrame, roles: pd.DataFrame | None) -> pd.DataFra
 
 
 def compare(run_a: str | Path | RunResult, run_b: str | Path | RunResult, alpha: float = 0.05,
-            correction: str = "bh", allow_mixed_conventions: bool = False) -> Comparison:
+            correction: str = "bh", allow_mixed_conventions: bool = False, min_n: int = MIN_N) -> Comparison:
     """Compare two finished runs of models with the same number of layers and heads.
 
     Parameters
@@ -222,6 +245,8 @@ def compare(run_a: str | Path | RunResult, run_b: str | Path | RunResult, alpha:
         Multiple-testing correction over all head x role tests.
     allow_mixed_conventions : bool
         Compare runs whose analyses used different ``--conventions`` (refused otherwise).
+    min_n : int
+        Fewest scores of a role in each run for its change to be tested (:func:`role_changes`).
 
     Returns
     -------
@@ -255,7 +280,7 @@ def compare(run_a: str | Path | RunResult, run_b: str | Path | RunResult, alpha:
     heads = long_deltas(a.heads, b.heads)
     roles = None
     if "roles" in a.tables and "roles" in b.tables:
-        roles = role_changes(a.tables["roles"], b.tables["roles"], alpha, correction)
+        roles = role_changes(a.tables["roles"], b.tables["roles"], alpha, correction, min_n)
     tables = {stem: long_deltas(a.tables[stem], b.tables[stem]) for stem in sorted(set(a.tables) & set(b.tables))
               if stem != "roles" and set(ID_COLUMNS) <= set(a.tables[stem].columns) & set(b.tables[stem].columns)}
     layers = layer_summary(heads, roles)
@@ -266,13 +291,21 @@ def compare(run_a: str | Path | RunResult, run_b: str | Path | RunResult, alpha:
         "conventions": {"a": run_conventions(a), "b": run_conventions(b)}, "mixed_conventions": mixed,
         "run_conventions": {key: run.run.get("config", {}).get("conventions", "headscope")
                             for key, run in (("a", a), ("b", b))},
-        "test": "Welch two-sided t-test from per-sentence count/mean/variance of roles.csv",
+        "test": "Welch two-sided t-test from per-unit count/mean/variance of roles.csv", "min_n": min_n,
+        "roles_gained_lost": "has_role flipped and the change is significant (p_adjusted < alpha) in that "
+                             "direction; other flips are roles_crossed_not_significant",
         "statistics": sorted(heads["statistic"].unique().tolist()), "tables": sorted(tables),
     }
     if roles is not None:
         summary["role_changes_significant"] = int(roles["significant"].sum())
         summary["roles_gained"] = roles.loc[roles["change"] == "gained"].groupby("role").size().to_dict()
         summary["roles_lost"] = roles.loc[roles["change"] == "lost"].groupby("role").size().to_dict()
+        summary["roles_crossed_not_significant"] = {
+            kind: roles.loc[roles["change"] == kind].groupby("role").size().to_dict() for kind in CROSSED}
+        summary["role_changes_not_tested"] = int((~roles["tested"]).sum())
+        if summary["role_changes_not_tested"]:
+            logger.warning("compare: %d of %d head x role changes not tested (fewer than min_n = %d scores in a "
+                           "run)", summary["role_changes_not_tested"], len(roles), min_n)
         opts = [r.run.get("analysis_options", {}).get("roles", {}) for r in (a, b)]
         if opts[0] != opts[1]:
             summary["roles_options_differ"] = opts
@@ -343,11 +376,17 @@ def write_page(comparison: Comparison, out: Path) -> Path:
     figs: list[str] = []
     if roles is not None:
         correction = "Benjamini-Hochberg" if s["correction"] == "bh" else "no correction"
+        tested = roles["tested"] if "tested" in roles.columns else roles["p"].notna()
+        crossed = roles[roles["change"].isin(CROSSED)]
         blocks.append(
             f"<h2>Roles</h2><p>{int(roles['significant'].sum())} of {int(roles['p'].notna().sum())} head x role "
             f"mean scores changed significantly (Welch two-sided t-test, alpha = {s['alpha']}, {correction}). "
             f"Roles gained: {int((roles['change'] == 'gained').sum())}, lost: "
-            f"{int((roles['change'] == 'lost').sum())}.</p>")
+            f"{int((roles['change'] == 'lost').sum())} (has_role flipped <i>and</i> the change is significant "
+            f"by this test). Crossed the threshold without a significant change: {len(crossed)}.</p>"
+            + (f'<p class="warn">Not tested: {int((~tested).sum())} of {len(roles)} head x role changes '
+               f"(fewer than min_n = {html.escape(str(s.get('min_n', MIN_N)))} scores in a run).</p>"
+               if (~tested).any() else ""))
         name = layer_figure(comparison.layers, figures)
         if name:
             figs.append(_inline(figures, name, "Where the models differ, by layer"))
@@ -361,9 +400,16 @@ def write_page(comparison: Comparison, out: Path) -> Path:
         moved = roles[roles["change"].isin(["gained", "lost"])]
         if len(moved):
             listing = moved.assign(head_id=[head_name(r.layer, r.head) for r in moved.itertuples()])
-            blocks.append("<h3>Roles gained and lost</h3>" + listing[
+            blocks.append("<h3>Roles gained and lost (significant change)</h3>" + listing[
                 ["head_id", "role", "change", "mean_a", "mean_b", "p_adjusted"]].to_html(
                 index=False, border=0, float_format="%.3g"))
+        if len(crossed):
+            listing = crossed.assign(head_id=[head_name(r.layer, r.head) for r in crossed.itertuples()])
+            blocks.append("<h3>Crossed the threshold, change not significant</h3><p>has_role differs between the "
+                          "runs, but the change of the mean score is not significant (or not tested): not a "
+                          "role gained or lost.</p>" + listing[
+                              ["head_id", "role", "change", "mean_a", "mean_b", "p_adjusted"]].to_html(
+                              index=False, border=0, float_format="%.3g", na_rep="not tested"))
         top = roles[roles["significant"]].reindex(roles.loc[roles["significant"], "t"].abs()
                                                    .sort_values(ascending=False).index).head(20)
         if len(top):
@@ -402,6 +448,9 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level (default: %(default)s)")
     parser.add_argument("--correction", choices=("bh", "none"), default="bh",
                         help="multiple-testing correction of the role-change tests (default: %(default)s)")
+    parser.add_argument("--min-n", type=int, default=MIN_N,
+                        help="fewest scores of a role in each run for its change to be tested (default: "
+                             "%(default)s)")
     parser.add_argument("--allow-mixed-conventions", action="store_true",
                         help="compare runs made under different --conventions (refused otherwise: the same "
                              "statistic would be defined differently in A and B)")
@@ -411,11 +460,13 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
          add_compare_arguments)
 def main_compare(args: argparse.Namespace) -> int:
     comparison = compare(args.run_a, args.run_b, alpha=args.alpha, correction=args.correction,
-                         allow_mixed_conventions=args.allow_mixed_conventions)
+                         allow_mixed_conventions=args.allow_mixed_conventions, min_n=args.min_n)
     out = comparison.save(args.out)
     s = comparison.summary
     if comparison.roles is not None:
         print(f"{s['role_changes_significant']} significant role-score changes; gained {s['roles_gained']}, "
-              f"lost {s['roles_lost']}")
+              f"lost {s['roles_lost']}; crossed the threshold without a significant change "
+              f"{sum(sum(c.values()) for c in s['roles_crossed_not_significant'].values())}; not tested "
+              f"{s['role_changes_not_tested']}")
     print(f"wrote {out}/compare_heads.csv, {out}/compare_layers.csv, {out}/index.html")
     return 0

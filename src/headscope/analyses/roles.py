@@ -26,11 +26,26 @@ Roles and the choices made here:
   union. A relation matches a dependency label when the label equals it or its universal part does
   (``nsubj`` matches ``nsubj:pass``).
 
-The observation unit of the test is one model input ("sentence" in the paper; a segment of the default
-corpus may hold several sentences). Only the sufficient statistics of the per-sequence scores are kept:
-count, sum and sum of squares per role and head, so memory does not grow with the corpus and shards merge
-exactly (up to float64 summation order). A score needs all of a sequence's query rows, so the token-level
-roles add up each block's row sums and turn them into scores after the layer's last block.
+The observation unit of the tests (``roles_unit``) is by default the **sentence**, as in Pande et al.: each
+source sentence of an input gives one score, from its own query rows (a word's pieces belong to its
+sentence, a special token to the sentence before it, [CLS] to the first), over attention to the whole input
+(``n`` stays the input's length or units). A treebank sentence is one input and one unit; raw text is packed
+into segments of as many whole sentences as fit (:func:`headscope.corpus.segments.pack_segments`), and
+each of their sentences is a unit of its own, so ten sentences in two packed segments are ten scores, not
+two (they share their segment's context, so they are not independent either). ``roles_unit="input"`` scores
+each model input once (segment, treebank sentence or coreference window), as ``--conventions pande`` always
+does (the notebooks score a sentence pair once). The summary (``unit``, ``units``,
+``unit_note``) and the report say which it was and how many sentences and inputs the run had.
+
+A test needs at least ``roles_min_n`` units (default 30); below that the row is not tested (``tested`` False;
+``t``, ``p``, ``p_adjusted`` NaN; ``significant`` and ``has_role`` False; left out of the multiple-testing
+family), the run's manifest gets one warning per such role, and the summary (``not_tested``) and the report
+count the rows. ``above_tau`` and the mean scores stay, as descriptions.
+
+Only the sufficient statistics of the per-unit scores are kept: count, sum and sum of squares per role and
+head, so memory does not grow with the corpus and shards merge exactly (up to float64 summation order). A
+score needs all of a unit's query rows, so the token-level roles add up each block's row sums and turn them
+into scores after the layer's last block.
 
 With ``--conventions pande`` the roles are scored as the heads-hypothesis notebooks (iitmnlp/heads-hypothesis)
 score them:
@@ -89,8 +104,11 @@ CONVENTIONS = {
     "headscope": "headscope's definitions (docs/conventions.md)",
     "pande": "as the heads-hypothesis notebooks: scores over the row's mean attention, their local band size, "
              "block on segment words times row entropy, syntactic on pieces (first occurrence, n = pieces, exact "
-             "labels), t from the population sd, no correction",
+             "labels), t from the population sd, no correction, one score per model input",
 }
+#: The kinds of model input (``Example.kind``), each one observation of the t-tests, and what they are.
+INPUT_KINDS = {"segment": "packed raw-text segment", "sentence": "treebank sentence",
+               "window": "coreference window"}
 #: Short labels of roles in the layer x head grid.
 ABBREVIATIONS = {"local": "L", "delimiter": "D", "delimiter_cls": "C", "delimiter_sep": "S", "block": "B",
                  "syntactic": "Y"}
@@ -109,20 +127,33 @@ class RolesOptions:
                                   "nmod:poss (roles; comma-separated or repeated).", default_factory=list)
     role_rule: str = option("ttest", help="What `has_role` means in roles.csv and the report: ttest "
                             "(significant) or mean (the plain mean-above-tau rule) (roles).")
+    roles_unit: str = option("sentence", help="What one score of the t-tests is: sentence (each source "
+                             "sentence of an input, as Pande et al.; a packed raw-text segment gives one score "
+                             "per sentence, from its own query rows) or input (one per model input: segment, "
+                             "treebank sentence, coreference window) (roles).")
+    roles_min_n: int = option(30, help="Fewest units (sentences, segments, windows) a role's t-test needs: "
+                              "below it the role is not tested (tested False, p NaN, has_role False) and the "
+                              "run warns (roles).")
 
     def __post_init__(self) -> None:
         if self.correction not in ("none", "bh"):
             raise ValueError(f"correction must be 'none' or 'bh', got {self.correction!r}")
+        if self.roles_unit not in ("sentence", "input"):
+            raise ValueError(f"roles_unit must be 'sentence' or 'input', got {self.roles_unit!r}")
         if self.role_rule not in ("ttest", "mean"):
             raise ValueError(f"role_rule must be 'ttest' or 'mean', got {self.role_rule!r}")
         if not 0 < self.alpha < 1:
             raise ValueError(f"alpha must be between 0 and 1, got {self.alpha}")
+        # A t-test needs two scores for a variance; fewer would test nothing while claiming to.
+        if self.roles_min_n < 2:
+            raise ValueError(f"roles_min_n must be at least 2, got {self.roles_min_n}")
         if isinstance(self.relations, str):
             self.relations = [self.relations]
         self.relations = [r.strip() for item in self.relations for r in item.split(",") if r.strip()]
 
 
-def sieve_row_sums(on_targets: torch.Tensor, size: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+def sieve_row_sums(on_targets: torch.Tensor, size: torch.Tensor, queries: torch.Tensor,
+                   units: torch.Tensor | None = None) -> torch.Tensor:
     """The sum over counted queries of each query's mean attention on its targets, for some query rows.
 
     Sums of blocks of query rows add up to the sum of the whole sequence; :func:`sieve_norms` turns it into
@@ -136,18 +167,24 @@ def sieve_row_sums(on_targets: torch.Tensor, size: torch.Tensor, queries: torch.
         ``|T(i)|``; queries with no target are left out.
     queries : Tensor of shape [batch, query], bool
         The query positions that count (real positions).
+    units : Tensor of shape [batch, query, unit], optional
+        1 where the query belongs to the unit of observation (a sentence of the sequence); the sums are
+        then taken per unit.
 
     Returns
     -------
-    Tensor of shape [batch, layer, head], float64
-        ``sum_i on_targets[i] / size[i]`` over counted queries.
+    Tensor of shape [batch, layer, head], or [batch, layer, head, unit] with ``units``, float64
+        ``sum_i on_targets[i] / size[i]`` over counted queries (of each unit).
     """
     rows = queries & (size > 0)
     row_mean = on_targets.double() / size.clamp_min(1).double()[:, None, None, :]
-    return (row_mean * rows[:, None, None, :]).sum(-1)
+    if units is None:
+        return (row_mean * rows[:, None, None, :]).sum(-1)
+    return torch.einsum("blhq,bqu->blhu", row_mean * rows[:, None, None, :], units.double())
 
 
-def sieve_norms(size: torch.Tensor, queries: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def sieve_norms(size: torch.Tensor, queries: torch.Tensor, n: torch.Tensor, units: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """What turns a sequence's :func:`sieve_row_sums` into its score: ``n`` over the counted queries.
 
     Parameters
@@ -156,16 +193,23 @@ def sieve_norms(size: torch.Tensor, queries: torch.Tensor, n: torch.Tensor) -> t
         As in :func:`sieve_row_sums`, for every query of the sequence.
     n : Tensor of shape [batch]
         Size of the uniform baseline (real positions or units).
+    units : Tensor of shape [batch, query, unit], optional
+        As in :func:`sieve_row_sums`: the queries are counted per unit.
 
     Returns
     -------
-    factor : Tensor of shape [batch], float64
+    factor : Tensor of shape [batch] (or [batch, unit]), float64
         ``n / (number of counted queries)``.
-    valid : Tensor of shape [batch], bool
-        True when the sequence has at least one query with a target.
+    valid : Tensor of shape [batch] (or [batch, unit]), bool
+        True when the sequence (unit) has at least one query with a target.
     """
-    n_rows = (queries & (size > 0)).sum(-1)
-    return n.double() / n_rows.clamp_min(1).double(), n_rows > 0
+    rows = queries & (size > 0)
+    if units is None:
+        n_rows = rows.sum(-1)
+        return n.double() / n_rows.clamp_min(1).double(), n_rows > 0
+    # The baseline stays the whole sequence's n: a unit's queries attend over every position of the input.
+    n_rows = torch.einsum("bq,bqu->bu", rows.double(), units.double())
+    return n.double()[:, None] / n_rows.clamp_min(1), n_rows > 0
 
 
 def sieve_from_sums(on_targets: torch.Tensor, size: torch.Tensor, queries: torch.Tensor, n: torch.Tensor
@@ -232,19 +276,67 @@ class SurfaceTargets:
     """[batch, seq, 4]: keys that are [CLS], [SEP], in segment A, in segment B."""
     in_b: torch.Tensor
     """bool [batch, seq]: positions of segment B."""
+    units: torch.Tensor
+    """float [batch, seq, unit]: the unit of observation of each position (:func:`unit_membership`)."""
     factor: dict[str, torch.Tensor]
-    """Per role, float64 [batch]: ``n`` over the counted queries (:func:`sieve_norms`)."""
+    """Per role, float64 [batch, unit]: ``n`` over the unit's counted queries (:func:`sieve_norms`)."""
     valid: dict[str, torch.Tensor]
-    """Per role, bool [batch]: False where the role is not defined for the sequence."""
+    """Per role, bool [batch, unit]: False where the role is not defined for the unit."""
     pande: bool = False
     """Pande et al.'s definitions (module docstring): rows normalised by their sum, block times row entropy."""
 
 
-def surface_targets(batch: Batch, dtype: torch.dtype = torch.float32, conventions: str = "headscope"
-                    ) -> SurfaceTargets:
+def sentence_of_piece(ex: Example) -> np.ndarray:
+    """The source sentence (index into ``ex.sentences``) each position of ``ex`` belongs to.
+
+    A word's pieces belong to its sentence; a special token to the sentence before it, [CLS] to the first,
+    so the sentences of an input split all of its query rows between them.
+
+    Returns
+    -------
+    ndarray of shape (ex.length,), int64
+    """
+    of_unit = np.full(ex.n_units, -1, dtype=np.int64)
+    for k in range(len(ex.sentences)):
+        units = ex.sentence_units(k)
+        of_unit[units[units >= 0]] = k
+    of_piece = of_unit[ex.unit_of_piece]
+    known = np.flatnonzero(of_piece >= 0)
+    if not len(known):
+        return np.zeros(ex.length, dtype=np.int64)
+    last = np.maximum.accumulate(np.where(of_piece >= 0, np.arange(ex.length), -1))
+    return np.where(last >= 0, of_piece[np.maximum(last, 0)], of_piece[known[0]])
+
+
+def unit_membership(batch: Batch, unit: str = "input") -> torch.Tensor:
+    """The unit of observation of each position of ``batch``, one-hot.
+
+    Parameters
+    ----------
+    unit : {"input", "sentence"}
+        ``input``: the whole sequence is one unit; ``sentence``: each source sentence is one
+        (:func:`sentence_of_piece`).
+
+    Returns
+    -------
+    Tensor of shape [batch, seq, unit], float32
+        Padding positions belong to no unit.
+    """
+    mask = batch.mask
+    if unit == "input":
+        return mask[..., None].to(torch.float32)
+    units = np.zeros((*mask.shape, max(len(ex.sentences) for ex in batch.examples)), dtype=np.float32)
+    for row, ex in enumerate(batch.examples):
+        units[row, np.arange(ex.length), sentence_of_piece(ex)] = 1.0
+    return torch.from_numpy(units).to(mask.device) * mask[..., None]
+
+
+def surface_targets(batch: Batch, dtype: torch.dtype = torch.float32, conventions: str = "headscope",
+                    unit: str = "input") -> SurfaceTargets:
     """The token-level roles' target sets of ``batch``: sizes, key columns, score factors and validity.
 
     ``conventions="pande"``: the local band's size and the block targets of Pande et al.'s notebooks.
+    ``unit``: what one score is (:func:`unit_membership`).
     """
     mask = batch.mask
     b, s = mask.shape
@@ -282,11 +374,12 @@ def surface_targets(batch: Batch, dtype: torch.dtype = torch.float32, convention
         "delimiter_sep": n_sep[:, None].expand(b, s),
         "block": torch.where(in_b, n_b[:, None], n_a[:, None]),
     }
+    units = unit_membership(batch, unit)
     factor, valid = {}, {}
     for role, role_size in size.items():
-        factor[role], valid[role] = sieve_norms(role_size, mask, batch.lengths)
-    valid["block"] = valid["block"] & (n_a > 0) & (n_b > 0) & paired
-    return SurfaceTargets(size, mask, columns, in_b, factor, valid, pande=pande)
+        factor[role], valid[role] = sieve_norms(role_size, mask, batch.lengths, units)
+    valid["block"] = valid["block"] & ((n_a > 0) & (n_b > 0) & paired)[:, None]
+    return SurfaceTargets(size, mask, columns, in_b, units, factor, valid, pande=pande)
 
 
 def surface_row_sums(attn: torch.Tensor, targets: SurfaceTargets, query_start: int = 0) -> dict[str, torch.Tensor]:
@@ -306,7 +399,7 @@ def surface_row_sums(attn: torch.Tensor, targets: SurfaceTargets, query_start: i
 
     Returns
     -------
-    dict of role to Tensor of shape [batch, layer, head], float64
+    dict of role to Tensor of shape [batch, layer, head, unit], float64
         The blocks of a layer add up to the whole layer's sums.
     """
     q0, q1 = query_start, query_start + attn.shape[-2]
@@ -334,7 +427,7 @@ def surface_row_sums(attn: torch.Tensor, targets: SurfaceTargets, query_start: i
     on = {"local": on_local, "delimiter": on_cls + on_sep, "delimiter_cls": on_cls, "delimiter_sep": on_sep,
           "block": on_block}
     for role, on_role in on.items():
-        out[role] = sieve_row_sums(on_role, targets.size[role][:, q0:q1], queries)
+        out[role] = sieve_row_sums(on_role, targets.size[role][:, q0:q1], queries, targets.units[:, q0:q1])
     return out
 
 
@@ -352,7 +445,7 @@ def surface_scores(batch: Batch, attn: torch.Tensor) -> dict[str, tuple[torch.Te
         is not defined (no [SEP] for ``delimiter_sep``, no segment pair for ``block``).
     """
     targets = surface_targets(batch, attn.dtype)
-    return {role: (total * targets.factor[role][:, None, None], targets.valid[role])
+    return {role: (total[..., 0] * targets.factor[role][:, None, None, 0], targets.valid[role][:, 0])
             for role, total in surface_row_sums(attn, targets).items()}
 
 
@@ -366,7 +459,7 @@ def relation_matches(relation: str, deprel: str, exact: bool = False) -> bool:
 
 
 def syntactic_arcs(examples: list[Any], relations: list[str], exact: bool = False
-                   ) -> list[tuple[int, int, int, int]]:
+                   ) -> list[tuple[int, int, int, int, int]]:
     """Dependent -> head arcs of the given relations, as unit indices.
 
     Parameters
@@ -379,7 +472,7 @@ def syntactic_arcs(examples: list[Any], relations: list[str], exact: bool = Fals
 
     Returns
     -------
-    list of (example row, relation index, dependent unit, head unit)
+    list of (example row, relation index, dependent unit, head unit, sentence index in the example)
         Arcs whose dependent or head word got no piece (or was cut) are left out; the root is never a head.
     """
     arcs = []
@@ -393,7 +486,7 @@ def syntactic_arcs(examples: list[Any], relations: list[str], exact: bool = Fals
                     continue
                 for r, relation in enumerate(relations):
                     if relation_matches(relation, deprel, exact):
-                        arcs.append((row, r, int(units[d]), int(units[h - 1])))
+                        arcs.append((row, r, int(units[d]), int(units[h - 1]), k))
     return arcs
 
 
@@ -417,14 +510,20 @@ class DependentSlots:
     """float32 [rows, role, slot]: 1 where the slot's arc has the role's relation (``|T(i)|`` of the query)."""
     queries: torch.Tensor
     """bool [rows, slot]: every slot may count (``in_relation`` leaves out the others)."""
+    units: torch.Tensor
+    """float32 [rows, slot, unit]: the unit of observation of each slot (its dependent's sentence, or the row)."""
     factor: list[torch.Tensor]
-    """Per role, float64 [rows]: ``n`` (units) over the role's dependents (:func:`sieve_norms`)."""
+    """Per role, float64 [rows, unit]: ``n`` (units) over the role's dependents (:func:`sieve_norms`)."""
     valid: list[torch.Tensor]
-    """Per role, bool [rows]: True when the row holds the relation."""
+    """Per role, bool [rows, unit]: True when the row's unit holds the relation."""
 
 
-def dependent_slots(batch: Batch, relations: list[str], exact: bool = False) -> DependentSlots | None:
-    """The :class:`DependentSlots` of ``batch`` for ``relations``; None when it has no arc of them."""
+def dependent_slots(batch: Batch, relations: list[str], exact: bool = False, unit: str = "input"
+                    ) -> DependentSlots | None:
+    """The :class:`DependentSlots` of ``batch`` for ``relations``; None when it has no arc of them.
+
+    ``unit``: ``input`` scores each row once, ``sentence`` each sentence of a row (:func:`unit_membership`).
+    """
     arcs = syntactic_arcs(batch.examples, relations, exact)
     if not arcs:
         return None
@@ -432,24 +531,27 @@ def dependent_slots(batch: Batch, relations: list[str], exact: bool = False) -> 
     rows = sorted({row for row, *_ in arcs})
     local = {row: k for k, row in enumerate(rows)}
     slots: list[dict[int, int]] = [{} for _ in rows]
-    for row, _, d, _ in arcs:
+    for row, _, d, _, _ in arcs:
         slots[local[row]].setdefault(d, len(slots[local[row]]))
     m = max(len(s) for s in slots)
     dev = batch.input_ids.device
     dependent = torch.zeros(len(rows), m, dtype=torch.int64, device=dev)
     head_word = torch.zeros(len(rows), m, dtype=torch.int64, device=dev)
     in_relation = torch.zeros(len(rows), len(roles), m, dtype=torch.float32, device=dev)
-    for row, r, d, h in arcs:
+    n_units = max(len(batch.examples[row].sentences) for row in rows) if unit == "sentence" else 1
+    units = torch.zeros(len(rows), m, n_units, dtype=torch.float32, device=dev)
+    for row, r, d, h, sentence in arcs:
         k, slot = local[row], slots[local[row]][d]
         dependent[k, slot], head_word[k, slot] = d, h
+        units[k, slot, sentence if unit == "sentence" else 0] = 1.0
         in_relation[k, r + 1, slot] = 1.0
         # Role 0 is the union: every arc of a default relation counts for it as well.
         if relations[r] in DEFAULT_RELATIONS:
             in_relation[k, 0, slot] = 1.0
     index = torch.tensor(rows, dtype=torch.int64, device=dev)
     queries = torch.ones(len(rows), m, dtype=torch.bool, device=dev)
-    norms = [sieve_norms(in_relation[:, r], queries, batch.n_units[index]) for r in range(len(roles))]
-    return DependentSlots(roles, index, dependent, head_word, in_relation, queries,
+    norms = [sieve_norms(in_relation[:, r], queries, batch.n_units[index], units) for r in range(len(roles))]
+    return DependentSlots(roles, index, dependent, head_word, in_relation, queries, units,
                           [f for f, _ in norms], [v for _, v in norms])
 
 
@@ -557,6 +659,53 @@ def adjust_pvalues(p: np.ndarray, correction: str) -> np.ndarray:
     return out
 
 
+def untested_reason(role: str, n: int, min_n: int) -> str:
+    """The manifest warning for a role whose t-tests were not run: how many units it had and what it needs."""
+    need = ""
+    if n == 0 and role.startswith("syntactic"):
+        need = " (syntactic roles need dependency trees: --treebank, or --parse spacy on raw text)"
+    elif n == 0 and role == "block":
+        need = " (block needs segment pairs [CLS] A [SEP] B [SEP])"
+    return (f"roles: {role} not tested in any head: it has {n} unit{'s' if n != 1 else ''} (scores), fewer "
+            f"than roles_min_n = {min_n}{need}; its rows have tested False, p NaN, has_role False")
+
+
+def units_summary(inputs: np.ndarray, sentences: np.ndarray, unit: str = "sentence") -> dict[str, Any]:
+    """What one observation of the t-tests was in a run, for its summary.
+
+    Parameters
+    ----------
+    inputs, sentences : ndarray of shape (len(INPUT_KINDS),)
+        Model inputs of each kind of :data:`INPUT_KINDS` and the source sentences they hold.
+    unit : {"sentence", "input"}
+        The ``roles_unit`` option.
+
+    Returns
+    -------
+    dict
+        ``unit`` (what one score is, in words), ``units`` (inputs and sentences per kind) and ``unit_note``
+        (whether that is the sentence, as in Pande et al.).
+    """
+    units = {kind: {"inputs": int(n), "sentences": int(k)}
+             for kind, n, k in zip(INPUT_KINDS, inputs, sentences, strict=True) if n > 0}
+    segments = units.get("segment")
+    if unit == "sentence":
+        text = "sentence"
+        note = "one score per source sentence, as in Pande et al."
+        if segments:
+            note += (f"; raw text: {segments['sentences']} sentences from {segments['inputs']} packed segments, "
+                     "each scored on its own query rows (attention over the whole segment, n = the segment's "
+                     "length), so sentences of one segment share their context")
+    else:
+        text = " + ".join(INPUT_KINDS[kind] for kind in units) or "none"
+        note = "one score per model input"
+        if segments:
+            note += (f"; raw text: each packed segment is one observation ({segments['inputs']} segments holding "
+                     f"{segments['sentences']} sentences), not each sentence as in Pande et al. "
+                     "(roles_unit sentence)")
+    return {"unit": text, "units": units, "unit_note": note}
+
+
 def colocation(roles: pd.DataFrame, column: str = "has_role") -> pd.DataFrame:
     """How many heads hold each pair of roles (the diagonal: how many hold the role).
 
@@ -602,12 +751,17 @@ class HeadRoles(Analysis):
         opts: RolesOptions = self.options
         self.conventions_ = effective_conventions(ctx, tuple(CONVENTIONS))
         self.correction_ = "none" if self.conventions_ == "pande" else opts.correction
+        # The notebooks score each model input once (a sentence pair is one observation).
+        self.unit_ = "input" if self.conventions_ == "pande" else opts.roles_unit
         self.relations_ = list(dict.fromkeys([*DEFAULT_RELATIONS, *opts.relations]))
         self.roles_ = [*SURFACE_ROLES, "syntactic", *(f"syntactic_{r}" for r in self.relations_)]
         shape = (len(self.roles_), ctx.info.n_layers, ctx.info.n_heads)
         self.count_ = torch.zeros(len(self.roles_), dtype=torch.float64, device=ctx.device)
         self.sum_ = torch.zeros(shape, dtype=torch.float64, device=ctx.device)
         self.sumsq_ = torch.zeros(shape, dtype=torch.float64, device=ctx.device)
+        # Which units the tests ran over: inputs of each kind, and the source sentences they hold.
+        self.inputs_ = torch.zeros(len(INPUT_KINDS), dtype=torch.float64, device=ctx.device)
+        self.input_sentences_ = torch.zeros(len(INPUT_KINDS), dtype=torch.float64, device=ctx.device)
         self._targets: SurfaceTargets | None = None
         self._rows: dict[str, torch.Tensor] = {}
         self._dependents: DependentSlots | None = None
@@ -615,16 +769,17 @@ class HeadRoles(Analysis):
         self._on_head: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _add(self, role: str, layer: int, scores: torch.Tensor, valid: torch.Tensor) -> None:
-        """Add one layer's scores [batch, head] of the sequences where ``valid`` [batch] holds."""
+        """Add one layer's scores [batch, head, unit] of the units where ``valid`` [batch, unit] holds."""
         r = self.roles_.index(role)
-        kept = scores * valid[:, None]
-        self.sum_[r, layer] += kept.sum(0)
-        self.sumsq_[r, layer] += (kept * kept).sum(0)
+        kept = scores * valid[:, None, :]
+        self.sum_[r, layer] += kept.sum((0, 2))
+        self.sumsq_[r, layer] += (kept * kept).sum((0, 2))
 
     def begin_batch(self, batch: Batch) -> None:
         pande = self.conventions_ == "pande"
-        self._targets = surface_targets(batch, conventions=self.conventions_)
-        self._dependents = dependent_slots(batch, self.relations_, exact=pande)
+        unit = self.unit_
+        self._targets = surface_targets(batch, conventions=self.conventions_, unit=unit)
+        self._dependents = dependent_slots(batch, self.relations_, exact=pande, unit=unit)
         self._pieces = piece_slots(batch, self._dependents) if pande and self._dependents is not None else None
         # Which sequences a role is defined for does not depend on attention: count them once per batch.
         for role, valid in self._targets.valid.items():
@@ -632,6 +787,11 @@ class HeadRoles(Analysis):
         if self._dependents is not None:
             for role, valid in zip(self._dependents.roles, self._dependents.valid, strict=True):
                 self.count_[self.roles_.index(role)] += valid.sum()
+        kinds = list(INPUT_KINDS)
+        for ex in batch.examples:
+            if ex.kind in INPUT_KINDS:
+                self.inputs_[kinds.index(ex.kind)] += 1
+                self.input_sentences_[kinds.index(ex.kind)] += len(ex.sentences)
 
     def update(self, batch: Batch, block: LayerAttention) -> None:
         assert self._targets is not None
@@ -641,7 +801,7 @@ class HeadRoles(Analysis):
         # The score is squared into sumsq, so it must be whole: finish it after the layer's last block.
         if block.is_last:
             for role, total in self._rows.items():
-                self._add(role, block.layer, total * self._targets.factor[role][:, None],
+                self._add(role, block.layer, total * self._targets.factor[role][:, None, :],
                           self._targets.valid[role])
             self._rows = {}
         if self._pieces is not None:
@@ -664,9 +824,11 @@ class HeadRoles(Analysis):
             return
         # Their token_score: (mean attention to the head's pieces) / (mean row sum / sent_len), per arc.
         score = on * pieces.n[:, None, None] / row_mass.clamp_min(torch.finfo(torch.float64).tiny)
+        units = dep.units.double()  # [rows, slot, unit]
         for r, role in enumerate(dep.roles):
             arcs = dep.in_relation[:, r].double()  # [rows, slot]
-            mean = (score * arcs[:, None, :]).sum(-1) / arcs.sum(-1).clamp_min(1)[:, None]
+            mean = (torch.einsum("rhs,rsu->rhu", score * arcs[:, None, :], units)
+                    / torch.einsum("rs,rsu->ru", arcs, units).clamp_min(1)[:, None, :])
             self._add(role, block.layer, mean, dep.valid[r])
         self._on_head = None
 
@@ -677,8 +839,8 @@ class HeadRoles(Analysis):
         # A dependent has one head word, so T(i) is one unit: W[dependent, head word] is all that is needed.
         on_head = words[dep.index[:, None], :, dep.dependent, dep.head_word].transpose(1, 2)  # [rows, head, slot]
         for r, role in enumerate(dep.roles):
-            total = sieve_row_sums(on_head[:, None], dep.in_relation[:, r], dep.queries)[:, 0]
-            self._add(role, layer, total * dep.factor[r][:, None], dep.valid[r])
+            total = sieve_row_sums(on_head[:, None], dep.in_relation[:, r], dep.queries, dep.units)[:, 0]
+            self._add(role, layer, total * dep.factor[r][:, None, :], dep.valid[r])
 
     def end_batch(self, batch: Batch) -> None:
         self._targets, self._rows, self._dependents = None, {}, None
@@ -689,10 +851,16 @@ class HeadRoles(Analysis):
         self.count_ += other.count_.to(self.count_.device)
         self.sum_ += other.sum_.to(self.sum_.device)
         self.sumsq_ += other.sumsq_.to(self.sumsq_.device)
+        self.inputs_ += other.inputs_.to(self.inputs_.device)
+        self.input_sentences_ += other.input_sentences_.to(self.input_sentences_.device)
         return self
 
     def table(self) -> pd.DataFrame:
-        """``roles.csv``: one row per head and role, roles in the order of ``roles_``."""
+        """``roles.csv``: one row per head and role, roles in the order of ``roles_``.
+
+        Rows with fewer than ``roles_min_n`` scores have ``tested`` False: no ``t``, ``p`` or ``p_adjusted``
+        (so they are not in the correction's family), ``significant`` and ``has_role`` False.
+        """
         opts: RolesOptions = self.options
         n_roles, n_layers, n_heads = self.sum_.shape
         count = self.count_.cpu().numpy()[:, None, None].repeat(n_layers, 1).repeat(n_heads, 2)
@@ -706,16 +874,27 @@ class HeadRoles(Analysis):
             "score_var": tests["var"].ravel(), "score_sum": self.sum_.cpu().numpy().ravel(),
             "score_sumsq": self.sumsq_.cpu().numpy().ravel(), "t": tests["t"].ravel(), "p": tests["p"].ravel(),
         })
+        tested = (frame["n"] >= opts.roles_min_n).to_numpy()
+        # A t of +-380,000 from two scores is no evidence: untested rows get no statistic at all.
+        frame.loc[~tested, ["t", "p"]] = np.nan
+        frame["tested"] = tested
         frame["p_adjusted"] = adjust_pvalues(frame["p"].to_numpy(), self.correction_)
         frame["significant"] = (frame["p_adjusted"] < opts.alpha).to_numpy()
         frame["above_tau"] = (frame["score_mean"] > opts.tau).to_numpy()
-        frame["has_role"] = frame["significant" if opts.role_rule == "ttest" else "above_tau"]
+        frame["has_role"] = frame["significant" if opts.role_rule == "ttest" else "above_tau"] & tested
         return frame.sort_values(["layer", "head"], kind="stable").reset_index(drop=True)
 
     def finalize(self, ctx: Any, results: dict[str, AnalysisResult]) -> AnalysisResult:
         opts: RolesOptions = self.options
         frame = self.table()
         sentences = dict(zip(self.roles_, self.count_.cpu().numpy().astype(int).tolist(), strict=True))
+        untested = {role: n for role, n in sentences.items() if n < opts.roles_min_n}
+        # A context built by hand (API use, tests) may have no manifest; the summary still says it.
+        manifest = getattr(ctx, "manifest", None)
+        for role, n in untested.items():
+            if manifest is not None:
+                manifest.warn_run(untested_reason(role, n, opts.roles_min_n))
+        unit = units_summary(self.inputs_.cpu().numpy(), self.input_sentences_.cpu().numpy(), self.unit_)
         held = frame[frame["has_role"]]
         main = held[held["role"].isin(MAIN_ROLES)]
         n_heads = frame[["layer", "head"]].drop_duplicates().shape[0]
@@ -734,6 +913,14 @@ class HeadRoles(Analysis):
                 "local_window": f"i-{WINDOW}..i+{WINDOW}, i included" + (
                     "; size min(i+2, n)+1-max(0, i-2) (Pande et al.)" if self.conventions_ == "pande" else ""),
                 "sentences": sentences,
+                **unit,
+                "min_n": opts.roles_min_n,
+                "not_tested": {"rows": int((~frame["tested"]).sum()), "rows_total": len(frame), "roles": untested},
+                "not_tested_note": (
+                    f"{int((~frame['tested']).sum())} of {len(frame)} head x role rows not tested: fewer than "
+                    f"roles_min_n = {opts.roles_min_n} units for " + ", ".join(f"{r} (n = {n})" for r, n in
+                                                                                untested.items())
+                    if untested else f"every role had at least roles_min_n = {opts.roles_min_n} units"),
                 "heads_with_role": {r: int((held["role"] == r).sum()) for r in self.roles_},
                 "multi_role_heads": int((main.groupby(["layer", "head"]).size() > 1).sum()),
                 "local_and_syntactic_heads": int((main.groupby(["layer", "head"])["role"].agg(
@@ -753,10 +940,24 @@ class HeadRoles(Analysis):
         table = run.tables["roles"]
         opts = {**run.run.get("analysis_options", {}).get("roles", {}),
                 **{k: v for k, v in run.run.get("analyses", {}).get("roles", {}).items() if k == "correction"}}
-        untested = [r for r, n in table.groupby("role", sort=False)["n"].max().items() if n < 2]
+        summary = run.run.get("analyses", {}).get("roles", {})
+        # Runs from before roles_min_n have no tested column: they tested from two scores on.
+        tested = table["tested"].astype(bool) if "tested" in table.columns else table["n"] >= 2
+        untested = [r for r, ok in tested.groupby(table["role"], sort=False).any().items() if not ok]
+        min_n = summary.get("min_n", 2)
+        not_tested = (
+            f"<p>Not tested: <b>{int((~tested).sum())} of {len(table)}</b> head x role rows (fewer than "
+            f"roles_min_n = {html.escape(str(min_n))} units; t and p left empty, no role held)"
+            + (": " + html.escape(", ".join(f"{r} (n = {int(table.loc[table['role'] == r, 'n'].max())})"
+                                          for r in untested)) if untested else "")
+            + ". Syntactic roles need dependency trees (--treebank or --parse spacy); block needs segment "
+            "pairs.</p>" if (~tested).any() else "")
+        unit = (f"<p>Unit of the t-tests: <b>{html.escape(str(summary['unit']))}</b>; "
+                f"{html.escape(str(summary.get('unit_note', '')))}.</p>" if "unit" in summary else "")
         roles = table[~table["role"].isin(untested)]
         if roles.empty:
-            return None
+            return ReportSection(key="roles", title="Heads hypothesis: roles", html=unit + not_tested,
+                                 figures=[], order=60)
         names = [roles_grid_figure(roles, figures), colocation_figure(roles, figures),
                  per_layer_figure(roles, figures), pvalue_figure(roles, figures)]
         correction = {"bh": "Benjamini-Hochberg over all head x role tests",
@@ -774,10 +975,7 @@ class HeadRoles(Analysis):
             f"{both} of {len(roles)} head x role pairs. Grid letters: "
             + ", ".join(f"{v} = {html.escape(k)}" for k, v in ABBREVIATIONS.items())
             + "; +k = k single-relation syntactic roles.</p>"
-            + conventions_html(run, "roles", CONVENTIONS)
-            + (f"<p>Not tested (fewer than two sentences): {html.escape(', '.join(untested))}. Syntactic roles "
-               "need dependency trees (--treebank or --parse spacy); block needs segment pairs.</p>"
-               if untested else "")
+            + conventions_html(run, "roles", CONVENTIONS) + unit + not_tested
             + "".join(figure_html(n, c) for n, c in zip(names, captions, strict=True))
             + "<h3>Heads per layer holding each role</h3>" + counts.to_html(border=0)
             + "<h3>Co-location</h3>" + colocation(roles).to_html(border=0)
