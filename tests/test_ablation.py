@@ -109,7 +109,7 @@ def test_ablation_run_end_to_end(tiny_bert_mlm: Path, tiny_bert: Path, text_file
     tables = []
     for batch_size in (1, 8):
         result = headscope.run(model=model, text=[str(text_file)], analyses=["ablation"], out=None, quiet=True,
-                               batch_size=batch_size, clusters=2, ablation_top=1, max_length=64)
+                               batch_size=batch_size, distance_clusters=2, ablation_top=1, max_length=64)
         tables.append(result.tables["ablation"])
     table = tables[0]
     summary = result.run["analyses"]["ablation"]

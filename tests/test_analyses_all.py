@@ -8,8 +8,8 @@ import pytest
 
 import headscope
 from headscope.analyses import REGISTRY
+from headscope.analyses.registry import applicable_analyses
 from headscope.config import RunConfig
-from headscope.engine.runner import applicable_analyses
 
 
 def test_all_follows_what_each_analysis_needs() -> None:
@@ -25,9 +25,10 @@ def test_all_follows_what_each_analysis_needs() -> None:
 
 def test_all_on_a_causal_model_runs_the_decoder_head_types(tiny_llama: Path, text_file: Path) -> None:
     result = headscope.run(model=str(tiny_llama), analyses=["surface", "all"], text=[str(text_file)], quiet=True,
-                           out=None, max_length=24, induction_probe=2, induction_length=6, retrieval_prompts=1,
-                           haystack_tokens=30, retrieval_new_tokens=4, retrieval_needle="the old dog was big.",
-                           retrieval_question="what was the old dog?", importance_sequences=4)
+                           out=None, max_length=24, decoder_induction_probe=2, decoder_induction_length=6,
+                           retrieval_prompts=1, retrieval_haystack_tokens=30, retrieval_new_tokens=4,
+                           retrieval_needle="the old dog was big.", retrieval_question="what was the old dog?",
+                           importance_sequences=4)
     ran = result.run["config"]["analyses"]
     assert ran[0] == "surface" and "decoder_heads" in ran and "all" not in ran
     assert "previous_token" in result.heads.columns
@@ -40,8 +41,8 @@ def test_compare_a_base_and_a_tuned_decoder_of_the_same_shape(tmp_path: Path, te
     from headscope.compare import compare
 
     # Two seeds stand for a base model and its instruction-tuned copy: same shape, other weights.
-    common = dict(analyses=["decoder_heads"], text=[str(text_file)], quiet=True, max_length=24, induction_probe=2,
-                  induction_length=6, report=False)
+    common = dict(analyses=["decoder_heads"], text=[str(text_file)], quiet=True, max_length=24,
+                  decoder_induction_probe=2, decoder_induction_length=6, report=False)
     runs = []
     for seed in (0, 1):
         model = make_tiny_llama(tmp_path / f"llama{seed}", seed=seed)

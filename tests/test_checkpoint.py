@@ -40,7 +40,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
 
 def _kwargs(model: Path, inputs: dict[str, list[str]]) -> dict[str, object]:
     return dict(model=str(model), analyses=ALL_BUT_ABLATION, quiet=True, max_length=32, batch_size=3,
-                similarity_sample=1.0, clusters=2, probe_epochs=1, report=False, **inputs)
+                similarity_sample=1.0, distance_clusters=2, probe_epochs=1, report=False, **inputs)
 
 
 def _untimed(obj: object) -> object:
@@ -109,7 +109,7 @@ def test_periodic_checkpoints_and_refusals(tiny_bert: Path, tiny_roberta: Path, 
     with pytest.raises(CheckpointError, match=r"max_length: checkpoint 32, this run 40"):
         headscope.run(resume=str(out), max_length=40)
     with pytest.raises(CheckpointError, match=r"roles option tau: checkpoint 3.0, this run 2.0"):
-        headscope.run(resume=str(out), tau=2.0)
+        headscope.run(resume=str(out), roles_tau=2.0)
     corpus = Path(inputs["text"][0])
     original = corpus.read_text(encoding="utf-8")
     try:

@@ -665,7 +665,7 @@ def test_clark_conventions_on_minilm_equal_clarks_cells(minilm: str, shared: Pat
 
     treebank = str(shared / EWT_DEV)
     result = headscope.run(model=minilm, treebank=[treebank], max_sentences=100, analyses=["surface", "syntax"],
-                           conventions="clark", held_out_fraction=1.0, out=str(tmp_path / "run"), quiet=True,
+                           conventions="clark", syntax_held_out_fraction=1.0, out=str(tmp_path / "run"), quiet=True,
                            report=False)
     assert result.run["config"]["conventions"] == "clark"
 

@@ -296,7 +296,7 @@ def _text(tmp_path: Path) -> Path:
 def test_run_end_to_end(model: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     path = request.getfixturevalue(model)
     common = dict(model=str(path), analyses=["decoder_heads"], text=[str(_text(tmp_path))], quiet=True,
-                  induction_probe=3, induction_length=8, max_length=24)
+                  decoder_induction_probe=3, decoder_induction_length=8, max_length=24)
     result = headscope.run(**common, out=None)
     heads = result.heads
     assert len(heads) == 8 and set(SCORES) | {"sink"} <= set(heads.columns)
@@ -322,7 +322,8 @@ def test_run_end_to_end(model: str, request: pytest.FixtureRequest, tmp_path: Pa
 def test_prefix_matching_of_a_run_equals_a_plain_loop(tiny_llama: Path, llama, tmp_path: Path) -> None:
     length, n_probe = 8, 3
     result = headscope.run(model=str(tiny_llama), analyses=["decoder_heads"], text=[str(_text(tmp_path))],
-                           quiet=True, induction_probe=n_probe, induction_length=length, seed=5, out=None)
+                           quiet=True, decoder_induction_probe=n_probe, decoder_induction_length=length, seed=5,
+                           out=None)
     tok = llama.tokenizer
     assert adds_bos(tok)
     seqs = probe_sequences(probe_candidates(tok, llama.model.config.vocab_size), n_probe, length, 5,
@@ -340,7 +341,8 @@ def test_prefix_matching_of_a_run_equals_a_plain_loop(tiny_llama: Path, llama, t
 def test_files_and_report(tiny_llama: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     headscope.run(model=str(tiny_llama), analyses=["decoder_heads"], text=[str(_text(tmp_path))], quiet=True,
-                  induction_probe=2, induction_length=6, out=str(out), sink_epsilon=0.2, exclude_bos=True)
+                  decoder_induction_probe=2, decoder_induction_length=6, out=str(out), decoder_sink_epsilon=0.2,
+                  decoder_exclude_bos=True)
     import json
 
     import pandas as pd
@@ -374,9 +376,9 @@ def test_options_are_checked(tiny_llama: Path, tmp_path: Path) -> None:
         DecoderHeads(DecoderHeadsOptions(induction_length=1)).start(_ctx(1, 1))
     with pytest.raises(ValueError, match="sink_epsilon"):
         DecoderHeads(DecoderHeadsOptions(sink_epsilon=1.5)).start(_ctx(1, 1))
-    with pytest.raises(ValueError, match="lower --induction-length"):
+    with pytest.raises(ValueError, match="lower --decoder-induction-length"):
         headscope.run(model=str(tiny_llama), analyses=["decoder_heads"], text=[str(_text(tmp_path))], quiet=True,
-                      out=None, max_length=16, induction_length=10)
+                      out=None, max_length=16, decoder_induction_length=10)
 
 
 def test_previous_token_diagonal_of_a_mid_sequence_block() -> None:
@@ -451,7 +453,7 @@ def test_greedy_with_attention_matches_generate_and_capture(llama) -> None:
 def test_retrieval_end_to_end(tiny_llama: Path, tmp_path: Path) -> None:
     text = _text(tmp_path)
     common = dict(model=str(tiny_llama), analyses=["retrieval"], text=[str(text)], quiet=True, out=None,
-                  haystack_tokens=30, retrieval_prompts=2, retrieval_new_tokens=4,
+                  retrieval_haystack_tokens=30, retrieval_prompts=2, retrieval_new_tokens=4,
                   retrieval_needle="the old dog was big.", retrieval_question="what was the old dog?")
     # A random model never reproduces the needle: every prompt is counted and left out, no score is made up.
     result = headscope.run(**common)

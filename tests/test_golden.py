@@ -25,7 +25,7 @@ CASES: dict[str, tuple[str, dict[str, object]]] = {
     "encoder": ("tiny_bert_mlm", {"analyses": ["surface", "distance", "similarity", "importance"],
                                   "max_length": 32, "batch_size": 3, "importance_sequences": 4}),
     "decoder": ("tiny_llama", {"analyses": ["surface", "decoder_heads"], "max_length": 24, "batch_size": 2,
-                               "induction_probe": 2, "induction_length": 6}),
+                               "decoder_induction_probe": 2, "decoder_induction_length": 6}),
 }
 
 

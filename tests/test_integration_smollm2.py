@@ -27,7 +27,7 @@ def smollm2_run(tmp_path_factory: pytest.TempPathFactory) -> headscope.RunResult
     return headscope.run(model="smollm2", text=[str(text)], analyses=["importance", "sep_gradient",
                                                                       "decoder_heads"],
                          max_length=48, batch_size=4, importance_sequences=4, sep_gradient_sequences=4,
-                         induction_probe=2, induction_length=10, out=None, quiet=True)
+                         decoder_induction_probe=2, decoder_induction_length=10, out=None, quiet=True)
 
 
 def test_importance_uses_the_next_token_loss(smollm2_run: headscope.RunResult) -> None:

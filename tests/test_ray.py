@@ -45,7 +45,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
 
 def _run(model: Path, inputs: dict[str, list[str]], out: Path, **kwargs: object) -> headscope.RunResult:
     return headscope.run(model=str(model), analyses=ANALYSES, out=str(out), quiet=True, max_length=32,
-                         batch_size=3, similarity_sample=1.0, clusters=2, probe_epochs=1, ablation_sequences=4,
+                         batch_size=3, similarity_sample=1.0, distance_clusters=2, probe_epochs=1, ablation_sequences=4,
                          ablation_top=1, report=False, **inputs, **kwargs)  # type: ignore[arg-type]
 
 

@@ -301,7 +301,7 @@ def test_run_writes_roles_table_and_report(tiny_bert: Path, text_file: Path, tmp
         "5\tcat\tcat\tNOUN\t_\t_\t3\tobj\t_\t_\n\n", encoding="utf-8")
     out = tmp_path / "out"
     result = run(model=str(tiny_bert), text=[str(text_file)], treebank=[str(conllu)], analyses=["roles"],
-                 out=str(out), quiet=True, tau=1.5, relations=["det"], roles_min_n=2)
+                 out=str(out), quiet=True, roles_tau=1.5, roles_relations=["det"], roles_min_n=2)
     roles = pd.read_csv(out / "roles.csv")
     assert list(roles.columns[:9]) == ["layer", "head", "role", "n", "score_mean", "score_var", "score_sum",
                                        "score_sumsq", "t"]

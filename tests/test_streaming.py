@@ -57,7 +57,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
 
 
 def _run(model: Path, corpus: dict[str, list[str]], **kwargs: object) -> headscope.RunResult:
-    return headscope.run(model=str(model), analyses=ANALYSES, out=None, quiet=True, max_length=48, clusters=2,
+    return headscope.run(model=str(model), analyses=ANALYSES, out=None, quiet=True, max_length=48, distance_clusters=2,
                          similarity_sample=1.0, ablation_sequences=6, ablation_top=1, probe_epochs=1,
                          **corpus, **kwargs)  # type: ignore[arg-type]
 

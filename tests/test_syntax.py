@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from headscope.analyses.splits import split_of
 from headscope.analyses.syntax import (
     DIRECTIONS,
     OFFSETS,
@@ -17,7 +18,6 @@ from headscope.analyses.syntax import (
     SyntaxOptions,
     batch_arcs,
     most_attended_words,
-    split_of,
     word_unit_mask,
 )
 from headscope.config import RunConfig

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
 import sys
 import types
 import typing
+import warnings
 from collections.abc import Callable
 from typing import Any, Union
 
 from headscope.analyses import REGISTRY
+from headscope.analyses.registry import public_name
 from headscope.config import RunConfig
 
 #: What ``headscope --help`` says first (the module docstring is for developers).
@@ -52,38 +55,56 @@ def _with_default(help_text: str, default: str) -> str:
     return help_text if "(default" in help_text else f"{help_text} (default: {default})"
 
 
-def add_dataclass_options(parser: argparse.ArgumentParser | Any, cls: type, seen: set[str]) -> None:
-    """Add one option per field of dataclass ``cls`` (help from ``metadata['help']``, ending with the default)."""
+def _add_field(parser: argparse.ArgumentParser | Any, f: dataclasses.Field, hint: Any, dest: str,
+               help_text: str | None) -> None:
+    """One option for dataclass field ``f`` stored under ``dest``; ``help_text`` None hides it from --help."""
+    flag = f.metadata.get("flag") if dest == f.name else None
+    flag = flag or "--" + dest.replace("_", "-")
+    tp, is_list = _base_type(hint)
+    if f.default is not dataclasses.MISSING:
+        default = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+    else:
+        default = None
+
+    def shown(text: str, value: str) -> str:
+        return argparse.SUPPRESS if help_text is None else _with_default(text, value)
+
+    text = help_text or ""
+    if tp is bool and flag.startswith("--no-"):
+        parser.add_argument(flag, dest=dest, action="store_false", default=argparse.SUPPRESS,
+                            help=text if help_text is not None else argparse.SUPPRESS)
+    elif tp is bool and default:
+        # A switch that is on by default needs its --no- form, or it could never be turned off.
+        parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                            help=shown(text, "on"))
+    elif tp is bool:
+        parser.add_argument(flag, dest=dest, action="store_true", default=argparse.SUPPRESS, help=shown(text, "off"))
+    elif is_list:
+        value = ",".join(map(str, default)) if default else "none"
+        parser.add_argument(flag, dest=dest, action="append", type=tp, default=argparse.SUPPRESS,
+                            metavar=dest.upper(), help=shown(text + " Repeatable.", value))
+    else:
+        parser.add_argument(flag, dest=dest, type=tp, default=argparse.SUPPRESS, metavar=dest.upper(),
+                            help=shown(text, str(default)))
+
+
+def add_dataclass_options(parser: argparse.ArgumentParser | Any, cls: type,
+                          public: Callable[[str], str] | None = None) -> None:
+    """Add one option per field of dataclass ``cls`` (help from ``metadata['help']``, ending with the default).
+
+    ``public`` maps a field name to its namespaced name (:func:`headscope.analyses.registry.public_name`);
+    a field it renames keeps its old flag too, hidden from --help (the run warns that it is deprecated).
+    """
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if f.name in seen or "help" not in f.metadata:
+        if "help" not in f.metadata:
             continue
-        seen.add(f.name)
-        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-        tp, is_list = _base_type(hints[f.name])
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            default = None
-        help_text = f.metadata["help"]
-        if tp is bool and flag.startswith("--no-"):
-            parser.add_argument(flag, dest=f.name, action="store_false", default=argparse.SUPPRESS, help=help_text)
-        elif tp is bool and default:
-            # A switch that is on by default needs its --no- form, or it could never be turned off.
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS, help=_with_default(help_text, "on"))
-        elif tp is bool:
-            parser.add_argument(flag, dest=f.name, action="store_true", default=argparse.SUPPRESS,
-                                help=_with_default(help_text, "off"))
-        elif is_list:
-            shown = ",".join(map(str, default)) if default else "none"
-            parser.add_argument(flag, dest=f.name, action="append", type=tp, default=argparse.SUPPRESS,
-                                metavar=f.name.upper(), help=_with_default(help_text + " Repeatable.", shown))
-        else:
-            parser.add_argument(flag, dest=f.name, type=tp, default=argparse.SUPPRESS,
-                                metavar=f.name.upper(), help=_with_default(help_text, str(default)))
+        name = public(f.name) if public is not None else f.name
+        _add_field(parser, f, hints[f.name], name, f.metadata["help"])
+        if name != f.name:
+            _add_field(parser, f, hints[f.name], f.name, None)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, default: Any = argparse.SUPPRESS) -> None:
@@ -96,12 +117,11 @@ def add_common_arguments(parser: argparse.ArgumentParser, default: Any = argpars
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    seen: set[str] = set()
-    add_dataclass_options(parser, RunConfig, seen)
+    add_dataclass_options(parser, RunConfig)
     for name, cls in sorted(REGISTRY.items()):
         if cls.Options is not None:
             group = parser.add_argument_group(f"{name} options", cls.description)
-            add_dataclass_options(group, cls.Options, seen)
+            add_dataclass_options(group, cls.Options, functools.partial(public_name, cls))
 
 
 @command("run", "analyse every head of a model over a corpus (defaults: packaged MiniLM, Wikipedia)",
@@ -170,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="headscope: %(message)s")
+    # Deprecations and library warnings in the same one-line form as the rest (no source line).
+    warnings.formatwarning = lambda message, category, *rest, **kw: f"{category.__name__}: {message}"
+    logging.captureWarnings(True)
     for noisy in ("transformers", "httpx", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
@@ -182,16 +205,25 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+#: The subcommands that live with what they drive: name -> (module, its add-arguments and main functions,
+#: help). The CLI sits on top and imports them; they never import the CLI.
+MODULE_COMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "compare": ("headscope.compare", "add_compare_arguments", "main_compare",
+                "set two runs side by side: per-head changes, tested role changes, a report page"),
+    "view": ("headscope.viewer", "add_view_arguments", "main_view",
+             "write one HTML page showing every head's attention on one input"),
+    "report": ("headscope.report.command", "add_report_arguments", "main_report",
+               "rebuild DIR/figures/ and DIR/report/index.html from a finished run's files"),
+}
+
+
 def _load_commands() -> None:
-    """Import the modules that register further subcommands (compare, view, report)."""
+    """Add the subcommands of :data:`MODULE_COMMANDS` to :data:`COMMANDS`."""
     import importlib
 
-    for module in ("headscope.report.command", "headscope.compare", "headscope.viewer"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
+    for name, (module_name, add_arguments, main, help_text) in MODULE_COMMANDS.items():
+        module = importlib.import_module(module_name)
+        COMMANDS[name] = (help_text, getattr(module, add_arguments), getattr(module, main))
 
 
 if __name__ == "__main__":

@@ -44,7 +44,6 @@ from scipy import stats
 
 from headscope.analyses.base import head_name
 from headscope.analyses.roles import adjust_pvalues
-from headscope.cli import command
 from headscope.engine.results import RunResult, write_json, write_table
 
 logger = logging.getLogger("headscope")
@@ -456,8 +455,6 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
                              "statistic would be defined differently in A and B)")
 
 
-@command("compare", "set two runs side by side: per-head changes, tested role changes, a report page",
-         add_compare_arguments)
 def main_compare(args: argparse.Namespace) -> int:
     comparison = compare(args.run_a, args.run_b, alpha=args.alpha, correction=args.correction,
                          allow_mixed_conventions=args.allow_mixed_conventions, min_n=args.min_n)

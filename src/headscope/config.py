@@ -43,7 +43,7 @@ DECODER_DEFAULT_LENGTH = 1024
 class RunConfig:
     """What to analyse and how: model, corpus, batching, seed and output.
 
-    Analysis-specific settings (``--tau``, ``--clusters``, ...) live in each analysis's ``Options``
+    Analysis-specific settings (``--roles-tau``, ``--distance-clusters``, ...) live in each analysis's ``Options``
     dataclass; see :mod:`headscope.analyses`.
     """
 

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from headscope.cli import command
 from headscope.corpus.conllu import read_conllu
 from headscope.corpus.text import read_text, split_words
 from headscope.corpus.types import Sentence
@@ -244,8 +243,7 @@ def view(text: str | None = None, *, model: str = "minilm", file: str | Path | N
     sentences = input_sentences(text, file, treebank, sentence, manifest)
     loaded = load_model(model, device=device)
     info = loaded.info
-    type_vocab = getattr(loaded.model.config, "type_vocab_size", 0) or 0
-    encoder = Encoder(loaded.tokenizer, min(max_length, info.max_length), use_token_types=type_vocab > 1)
+    encoder = Encoder.for_model(loaded, min(max_length, info.max_length))
     example = encoder.encode(0, "sentence", sentences, None, manifest, truncate=True)
     if example is None:
         raise ValueError("; ".join(str(e) for e in manifest.events) or "the input could not be encoded")
@@ -277,7 +275,6 @@ def add_view_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
 
-@command("view", "write one HTML page showing every head's attention on one input", add_view_arguments)
 def main_view(args: argparse.Namespace) -> int:
     path = view(args.text, model=args.model, file=args.file, treebank=args.treebank, sentence=args.sentence,
                 out=args.out, max_length=args.max_length, word_attention=args.word_attention,

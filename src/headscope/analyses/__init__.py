@@ -1,7 +1,10 @@
-"""One module per analysis; importing this package registers them all in :data:`REGISTRY`."""
+"""One module per analysis; importing this package registers them all in :data:`REGISTRY`.
+
+Adding an analysis: one new module, and its import line here.
+"""
 
 from headscope.analyses.ablation import PatternAblation
-from headscope.analyses.base import REGISTRY, Analysis, AnalysisResult, head_frame, register
+from headscope.analyses.base import Analysis, AnalysisResult, head_frame
 from headscope.analyses.coref import CorefHeads
 from headscope.analyses.decoder_heads import DecoderHeads
 from headscope.analyses.distance import DistancePatterns
@@ -9,6 +12,7 @@ from headscope.analyses.examples import ExampleMaps
 from headscope.analyses.importance import HeadImportance
 from headscope.analyses.probe import AttentionProbe
 from headscope.analyses.pruning import HeadPruning
+from headscope.analyses.registry import REGISTRY, register
 from headscope.analyses.retrieval import RetrievalHeads
 from headscope.analyses.roles import HeadRoles
 from headscope.analyses.sep_gradient import SepGradient

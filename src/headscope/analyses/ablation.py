@@ -31,7 +31,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from headscope.analyses.base import Analysis, AnalysisResult, head_name, register
+from headscope.analyses.base import Analysis, AnalysisResult, head_name
+from headscope.analyses.registry import register
 from headscope.config import option
 from headscope.model.gates import HeadGates
 from headscope.model.losses import MASK_RATE, lm_forward, mask_for_mlm
@@ -178,6 +179,7 @@ class PatternAblation(Analysis):
     """Switch off each cluster of heads (and its most typical heads alone) and measure what the model loses."""
 
     name = "ablation"
+    report_order = 64
     description = "switch off each head cluster (gates on head outputs) and measure MLM loss or hidden drift"
     Options = AblationOptions
     after = ("distance",)
@@ -248,7 +250,7 @@ class PatternAblation(Analysis):
                 f" ({html.escape(metric)}). Grey: the same number of random heads from outside the cluster.</p>"
                 f"<table><tr><th>cluster</th><th>pattern</th><th>heads</th><th>effect</th></tr>{rows}</table>"
                 + figure_html(name, "Ablation effect per cluster"))
-        return ReportSection(key="ablation", title="Ablation of head clusters", html=body, figures=[name], order=64)
+        return ReportSection(key="ablation", title="Ablation of head clusters", html=body, figures=[name])
 
 
 def _ablation_figure(table: pd.DataFrame, metric: str, figures: Path) -> str:

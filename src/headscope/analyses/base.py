@@ -1,4 +1,4 @@
-"""The accumulator protocol every analysis implements, its result type, and the registry of analyses.
+"""The accumulator protocol every analysis implements and its result type (the registry: ``registry``).
 
 An analysis consumes the corpus one batch at a time, and each batch one layer at a time, keeping only
 running sums. Attention is never held for every layer at once (:mod:`headscope.engine.capture`):
@@ -71,6 +71,11 @@ class Analysis(ABC):
     """Dataclass of the analysis's own options (become ``headscope run`` flags), or None."""
     after: ClassVar[tuple[str, ...]] = ()
     """Analyses whose results ``finalize`` reads; they are run too."""
+    option_prefix: ClassVar[str | None] = None
+    """The namespace of the options (``{prefix}_field``, ``--prefix-field``); None: the analysis's name. See
+    :mod:`headscope.analyses.registry`."""
+    report_order: ClassVar[int] = 50
+    """Position of the analysis's report section, smaller first (unique among analyses)."""
     needs: ClassVar[tuple[str, ...]] = ()
     """What the run must offer for ``--analyses all`` to include this analysis: ``treebank``,
     ``coreference``, ``causal`` (a decoder LM) or ``encoder``."""
@@ -151,17 +156,6 @@ class Analysis(ABC):
     @abstractmethod
     def finalize(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
         """Turn the running state into tables."""
-
-
-REGISTRY: dict[str, type[Analysis]] = {}
-
-
-def register(cls: type[Analysis]) -> type[Analysis]:
-    """Class decorator: make an analysis available by its ``name``."""
-    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
-        raise ValueError(f"two analyses are named {cls.name!r}")
-    REGISTRY[cls.name] = cls
-    return cls
 
 
 def head_name(layer: int, head: int) -> str:

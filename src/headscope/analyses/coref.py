@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import torch
 
-from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name, register
+from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name
+from headscope.analyses.registry import register
 from headscope.config import option
 from headscope.corpus.coref import MENTION_TYPES, WindowMention, window_mentions
 
@@ -169,6 +170,7 @@ class CorefHeads(Analysis):
     """Antecedent-selection accuracy of every head per mention type, next to three baselines."""
 
     name = "coref"
+    report_order = 40
     needs = ("coreference",)
     description = "heads whose mention head word attends most to an antecedent's head word (Clark et al. s4.3)"
     Options = CorefOptions
@@ -285,8 +287,7 @@ class CorefHeads(Analysis):
                 f"data it is scored on, as in the paper. Top heads over all mentions: {html.escape(top_list)}."
                 f"</p><table><tr>{header}</tr>{body}</table>"
                 + figure_html("coref_accuracy", "Antecedent-selection accuracy per head, all mention types"))
-        return ReportSection(key="coref", title="Coreference heads", html=text, figures=["coref_accuracy"],
-                             order=40)
+        return ReportSection(key="coref", title="Coreference heads", html=text, figures=["coref_accuracy"])
 
 
 def _finite(x: float) -> float | None:

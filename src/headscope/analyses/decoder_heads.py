@@ -40,7 +40,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name, register
+from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name
+from headscope.analyses.registry import register
 from headscope.config import option
 from headscope.model.encode import Example
 
@@ -289,6 +290,8 @@ class DecoderHeads(Analysis):
     """Previous-token, duplicate-token, induction, prefix-matching and attention-sink heads of a causal LM."""
 
     name = "decoder_heads"
+    option_prefix = "decoder"
+    report_order = 15
     needs = ("causal",)
     description = ("decoder LMs: previous-token, duplicate-token, induction, prefix-matching and attention-sink "
                    "heads (TransformerLens, Olsson et al. 2022, Gu et al. 2025)")
@@ -322,9 +325,9 @@ class DecoderHeads(Analysis):
             longest = 2 * o.induction_length + int(self.adds_bos_)
             limit = int(ctx.encoder.max_length)
             if longest > limit:
-                raise ValueError(f"an induction-probe sequence takes {longest} tokens (2 x --induction-length "
+                raise ValueError(f"an induction-probe sequence takes {longest} tokens (2 x --decoder-induction-length "
                                  f"{o.induction_length}{' + BOS' if self.adds_bos_ else ''}), more than the "
-                                 f"{limit} allowed here; lower --induction-length")
+                                 f"{limit} allowed here; lower --decoder-induction-length")
         self._batch: dict[str, torch.Tensor] = {}
 
     # main pass: per-sequence sums of the current batch, turned into per-sequence scores at its end
@@ -459,7 +462,7 @@ class DecoderHeads(Analysis):
                 f"exceeds {epsilon:g}, Gu et al. 2025): <b>{100 * sink_rate:.1f}%</b>.</p>"
                 f"<table><tr><th>score</th><th>top 5 heads</th></tr>{rows}</table>"
                 + "".join(figure_html(n, LABELS[c]) for n, c in zip(names, shown, strict=True)))
-        return ReportSection(key="decoder_heads", title="Decoder-LM heads", html=body, figures=names, order=15)
+        return ReportSection(key="decoder_heads", title="Decoder-LM heads", html=body, figures=names)
 
 
 def top_heads(table: pd.DataFrame, column: str, k: int) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ counts once, so long sequences weigh more than short ones):
 - ``within_segment``: attention staying inside the query's own segment, over A/B pair sequences only.
 
 The features are standardised across heads and clustered with k-means and agglomerative (Ward) clustering;
-k is given by ``--clusters`` or chosen by silhouette. Each cluster is named from its centroid by
+k is given by ``--distance-clusters`` or chosen by silhouette. Each cluster is named from its centroid by
 :func:`name_pattern` (``pattern``); ``head_pattern`` applies the same rules to each head's own features.
 """
 
@@ -31,7 +31,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name, register
+from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name
+from headscope.analyses.registry import register
 from headscope.config import option
 
 if TYPE_CHECKING:
@@ -356,6 +357,7 @@ class DistancePatterns(Analysis):
     """Guan-style distance features per head, standardised, clustered and named."""
 
     name = "distance"
+    report_order = 62
     description = "how far each head looks (signed-distance histogram, spread, entropy ...), clustered into " \
                   "named patterns (after Guan et al. 2020)"
     Options = DistanceOptions
@@ -421,7 +423,7 @@ class DistancePatterns(Analysis):
 
         summary = {
             "rows": dict(self.rows_), "k": fit.k, "method": opts.cluster_method,
-            "k_chosen_by": "--clusters" if opts.clusters is not None else "silhouette",
+            "k_chosen_by": "--distance-clusters" if opts.clusters is not None else "silhouette",
             "silhouette": {str(k): round(v, 4) for k, v in fit.silhouette.items()},
             "features_used": fit.columns,
             "kmeans_vs_agglomerative_ari": float(adjusted_rand_score(fit.labels_kmeans, fit.labels_agglomerative)),
@@ -450,7 +452,7 @@ class DistancePatterns(Analysis):
                 + "".join(figure_html(n, c) for n, c in zip(
                     names, ("pattern of each head", "feature profile of each cluster (standardised centroid)"),
                     strict=True)))
-        return ReportSection(key="distance", title="Distance-based patterns", html=body, figures=names, order=62)
+        return ReportSection(key="distance", title="Distance-based patterns", html=body, figures=names)
 
 
 def _pattern_map(heads: pd.DataFrame, figures: Path) -> str:

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from headscope.analyses.base import Analysis, AnalysisResult, register
+from headscope.analyses.base import Analysis, AnalysisResult
+from headscope.analyses.registry import register
 from headscope.config import option
 from headscope.model.encode import Example
 
@@ -100,6 +101,7 @@ class ExampleMaps(Analysis):
     """Keeps the attention maps of a few sequences for the report (see the module docstring)."""
 
     name = "examples"
+    report_order = 90
     description = "keep the full attention maps of a few short sequences for the report's head profiles"
     Options = ExampleMapsOptions
 
@@ -185,4 +187,4 @@ class ExampleMaps(Analysis):
                 "profile above.</p>" + (f"<ol>{items}</ol>" if items else
                                         "<p>No sequence was short enough to keep (see --example-max-tokens)."
                                         "</p>"))
-        return ReportSection(key="examples", title="Example sequences", html=body, order=90)
+        return ReportSection(key="examples", title="Example sequences", html=body)

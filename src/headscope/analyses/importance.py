@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from headscope.analyses.base import Analysis, AnalysisResult, head_frame, register
+from headscope.analyses.base import Analysis, AnalysisResult, head_frame
+from headscope.analyses.registry import register
 from headscope.config import option
 from headscope.model.gates import HeadGates
 from headscope.model.losses import CONTRASTIVE_TEMPERATURE, contrastive_loss, lm_forward, lm_labels, mean_pool
@@ -192,6 +193,7 @@ class HeadImportance(Analysis):
     """Michel et al.'s gradient importance of each head, ``E |dL/dxi_h|``."""
 
     name = "importance"
+    report_order = 65
     description = "head importance E|dL/dxi| (Michel et al. 2019): MLM, next-token or contrastive loss"
     Options = ImportanceOptions
     second_pass = True
@@ -256,8 +258,7 @@ class HeadImportance(Analysis):
                 "normalised as transformers' bertology script.</p>"
                 f"<table><tr><th>head</th><th>importance</th><th>raw</th></tr>{rows}</table>"
                 + figure_html(name, "Head importance"))
-        return ReportSection(key="importance", title="Head importance (gradients)", html=body, figures=[name],
-                             order=65)
+        return ReportSection(key="importance", title="Head importance (gradients)", html=body, figures=[name])
 
 
 def _importance_figure(table: pd.DataFrame, figures: Path) -> str:

@@ -37,8 +37,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from headscope.analyses.base import Analysis, AnalysisResult, register
-from headscope.analyses.syntax import split_description, split_of
+from headscope.analyses.base import Analysis, AnalysisResult
+from headscope.analyses.registry import register
+from headscope.analyses.splits import split_description, split_of
 from headscope.config import option
 from headscope.model.encode import Example
 
@@ -397,6 +398,7 @@ class AttentionProbe(Analysis):
     """Clark et al.'s attention-based probing classifiers and baselines, scored as UAS."""
 
     name = "probe"
+    report_order = 31
     needs = ("treebank",)
     description = "attention-based probing classifiers for dependency parsing, UAS (Clark et al. s5)"
     Options = ProbeOptions
@@ -622,4 +624,4 @@ class AttentionProbe(Analysis):
                 f"evaluation sentences; probes trained on {doc['train']['sentences']} sentences "
                 f"({html.escape(str(doc.get('split', '')))}).{silver}</p>"
                 f"<table><tr><th>probe</th><th>UAS</th></tr>{rows}</table>")
-        return ReportSection(key="probe", title="Attention-based probing classifiers", html=body, order=31)
+        return ReportSection(key="probe", title="Attention-based probing classifiers", html=body)

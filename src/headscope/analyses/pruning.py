@@ -30,8 +30,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from headscope.analyses.base import Analysis, AnalysisResult, register
+from headscope.analyses.base import Analysis, AnalysisResult
 from headscope.analyses.importance import batch_loss, gate_gradient, loss_kind, normalize_importance, plain_batch
+from headscope.analyses.registry import register
 from headscope.config import option
 from headscope.model.gates import HeadGates
 
@@ -131,6 +132,7 @@ class HeadPruning(Analysis):
     """Prune heads by re-estimated importance (and at random) and measure the loss at each step."""
 
     name = "pruning"
+    report_order = 66
     description = "prune heads by re-estimated gradient importance vs random, loss per pruned fraction"
     Options = PruningOptions
     second_pass = True
@@ -273,7 +275,7 @@ class HeadPruning(Analysis):
         body = ("<p>Heads pruned step by step by importance re-estimated after each step (Michel et al. 2019) "
                 f"and, as controls, in {html.escape(controls)}; loss on held-out sequences.</p>" + extra
                 + figure_html(name, "Loss against the fraction of heads pruned"))
-        return ReportSection(key="pruning", title="Pruning heads", html=body, figures=[name], order=66)
+        return ReportSection(key="pruning", title="Pruning heads", html=body, figures=[name])
 
 
 def seed_claim_test(found: set[tuple[int, int]], alive: np.ndarray, n_heads: int) -> dict[str, Any]:

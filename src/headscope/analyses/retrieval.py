@@ -31,8 +31,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name, register
+from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name
 from headscope.analyses.decoder_heads import probe_example
+from headscope.analyses.registry import register
 from headscope.config import option
 from headscope.manifest import Manifest
 
@@ -254,6 +255,7 @@ class RetrievalHeads(Analysis):
     """Heads that copy the needle while a causal LM answers needle-in-a-haystack questions (Wu et al. 2024)."""
 
     name = "retrieval"
+    report_order = 16
     needs = ("causal",)
     description = "decoder LMs: retrieval heads, which copy a needle from a long context (Wu et al. 2024)"
     Options = RetrievalOptions
@@ -273,8 +275,9 @@ class RetrievalHeads(Analysis):
             raise ValueError("retrieval_needle and retrieval_question go together: give both or neither")
         limit = int(ctx.info.max_length)
         if o.haystack_tokens + o.retrieval_new_tokens >= limit:
-            raise ValueError(f"--haystack-tokens {o.haystack_tokens} plus the answer's {o.retrieval_new_tokens} "
-                             f"tokens do not fit in the {limit} tokens {ctx.info.name} accepts")
+            raise ValueError(f"--retrieval-haystack-tokens {o.haystack_tokens} plus the answer's "
+                             f"{o.retrieval_new_tokens} tokens do not fit in the {limit} tokens "
+                             f"{ctx.info.name} accepts")
         shape = (ctx.info.n_layers, ctx.info.n_heads)
         self.n_layers_, self.n_heads_ = shape
         self.sums_ = torch.zeros(shape, dtype=torch.float64)
@@ -308,7 +311,7 @@ class RetrievalHeads(Analysis):
             if longest > ctx.info.max_length:
                 raise ValueError(f"a retrieval prompt takes {len(prompt.ids)} tokens and its answer up to "
                                  f"{o.retrieval_new_tokens}, more than the {ctx.info.max_length} {ctx.info.name} "
-                                 "accepts; lower --haystack-tokens")
+                                 "accepts; lower --retrieval-haystack-tokens")
             self._prompts[k] = prompt
         return (probe_example(k, p.ids, False, tokenizer) for k, p in self._prompts.items())
 
@@ -384,4 +387,4 @@ class RetrievalHeads(Analysis):
                 f"{html.escape(head_name(r.layer, r.head))} ({r.retrieval_score:.3f})" for r in best.itertuples()
             ) + "</p>"
             body += figure_html("retrieval_score", "Retrieval score per head (Wu et al. 2024)")
-        return ReportSection(key="retrieval", title="Retrieval heads", html=body, figures=names, order=16)
+        return ReportSection(key="retrieval", title="Retrieval heads", html=body, figures=names)

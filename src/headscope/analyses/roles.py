@@ -79,7 +79,8 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from headscope.analyses.base import Analysis, AnalysisResult, register
+from headscope.analyses.base import Analysis, AnalysisResult
+from headscope.analyses.registry import register
 from headscope.analyses.surface import conventions_html, effective_conventions
 from headscope.config import option
 from headscope.corpus.conllu import collapse_relation
@@ -738,6 +739,7 @@ class HeadRoles(Analysis):
     """Per head and role: sieve-bias scores, one-sided t-tests against tau, and the roles each head holds."""
 
     name = "roles"
+    report_order = 60
     description = "heads hypothesis: local/delimiter/block/syntactic roles with t-tests (Pande et al. 2021)"
     Options = RolesOptions
 
@@ -957,7 +959,7 @@ class HeadRoles(Analysis):
         roles = table[~table["role"].isin(untested)]
         if roles.empty:
             return ReportSection(key="roles", title="Heads hypothesis: roles", html=unit + not_tested,
-                                 figures=[], order=60)
+                                 figures=[])
         names = [roles_grid_figure(roles, figures), colocation_figure(roles, figures),
                  per_layer_figure(roles, figures), pvalue_figure(roles, figures)]
         correction = {"bh": "Benjamini-Hochberg over all head x role tests",
@@ -980,7 +982,7 @@ class HeadRoles(Analysis):
             + "<h3>Heads per layer holding each role</h3>" + counts.to_html(border=0)
             + "<h3>Co-location</h3>" + colocation(roles).to_html(border=0)
         )
-        return ReportSection(key="roles", title="Heads hypothesis: roles", html=body, figures=names, order=60)
+        return ReportSection(key="roles", title="Heads hypothesis: roles", html=body, figures=names)
 
 
 def roles_grid_figure(roles: pd.DataFrame, figures: Path) -> str:

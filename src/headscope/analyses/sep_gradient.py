@@ -45,8 +45,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from headscope.analyses.base import Analysis, AnalysisResult, head_frame, register
+from headscope.analyses.base import Analysis, AnalysisResult, head_frame
 from headscope.analyses.importance import frame_ids, loss_kind, plain_batch, sample_examples, split_halves
+from headscope.analyses.registry import register
 from headscope.config import option
 from headscope.engine.capture import eager_attention
 from headscope.model.losses import CONTRASTIVE_TEMPERATURE, contrastive_loss, lm_labels
@@ -213,6 +214,7 @@ class SepGradient(Analysis):
     """Clark et al.'s Figure 3: attention to [SEP] and ``|dL/dA|`` at [SEP], per head."""
 
     name = "sep_gradient"
+    report_order = 67
     description = ("attention to [SEP]/EOS and mean |dL/dA| at it per head (Clark et al. 2019 Fig. 3): "
                    "MLM, next-token or contrastive loss")
     Options = SepGradientOptions
@@ -319,7 +321,7 @@ class SepGradient(Analysis):
                 f"<table><tr><th>layer</th><th>attention to [SEP]</th><th>|dL/dA| at [SEP]</th></tr>{rows}</table>"
                 + figure_html(name, "Attention to [SEP] and its gradient, per layer"))
         return ReportSection(key="sep_gradient", title="Attention to [SEP] and its gradient", html=body,
-                             figures=[name], order=66)
+                             figures=[name])
 
 
 def _sep_gradient_figure(table: pd.DataFrame, figures: Path) -> str:

@@ -32,7 +32,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from headscope.analyses.base import Analysis, AnalysisResult, head_name, register
+from headscope.analyses.base import Analysis, AnalysisResult, head_name
+from headscope.analyses.registry import register
 from headscope.analyses.surface import as_float16, conventions_html, effective_conventions, float16_constant
 from headscope.config import option
 from headscope.engine.scratch import Scratch
@@ -236,6 +237,7 @@ class HeadSimilarity(Analysis):
     """Jensen-Shannon distance between every pair of heads, summed over tokens, and its 2-D MDS map."""
 
     name = "similarity"
+    report_order = 61
     description = "head x head Jensen-Shannon distance over tokens, and 2-D MDS of the heads (Clark et al. s6)"
     Options = SimilarityOptions
 
@@ -335,7 +337,7 @@ class HeadSimilarity(Analysis):
                 + conventions_html(run, "similarity", CONVENTIONS)
                 + "".join(figure_html(n, f"MDS of the heads, coloured by {w}")
                           for n, w in zip(names, ("layer", "cluster pattern", "own pattern"), strict=False)))
-        return ReportSection(key="similarity", title="Head similarity", html=body, figures=names, order=60)
+        return ReportSection(key="similarity", title="Head similarity", html=body, figures=names)
 
 
 def _mds_figure(mds: pd.DataFrame, colour: np.ndarray, what: str, figures: Path, name: str) -> str:

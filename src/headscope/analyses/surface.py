@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from headscope.analyses.base import Analysis, AnalysisResult, head_frame, register
+from headscope.analyses.base import Analysis, AnalysisResult, head_frame
+from headscope.analyses.registry import register
 from headscope.engine.scratch import Scratch
 
 if TYPE_CHECKING:
@@ -238,6 +239,7 @@ class SurfaceStatistics(Analysis):
     """Clark et al.'s surface statistics, averaged over every sequence of the corpus."""
 
     name = "surface"
+    report_order = 10
     description = "attention to [CLS]/[SEP]/punctuation, self/previous/next token, entropy (Clark et al. s3)"
 
     def start(self, ctx: Any) -> None:
@@ -308,4 +310,4 @@ class SurfaceStatistics(Analysis):
         body = ("<p>Per head, averaged over every sequence (Clark et al. 2019, section 3).</p>"
                 + conventions_html(run, "surface", CONVENTIONS)
                 + "".join(figure_html(n, LABELS[c]) for n, c in zip(names, columns, strict=True)))
-        return ReportSection(key="surface", title="Surface statistics", html=body, figures=names, order=10)
+        return ReportSection(key="surface", title="Surface statistics", html=body, figures=names)

@@ -43,7 +43,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from headscope.analyses.base import Analysis, AnalysisResult, head_name, register
+from headscope.analyses.base import Analysis, AnalysisResult, head_name
+from headscope.analyses.registry import register
+from headscope.analyses.splits import split_description, split_of
 from headscope.analyses.surface import as_float16, conventions_html, effective_conventions
 from headscope.config import option
 from headscope.corpus.conllu import collapse_relation
@@ -73,28 +75,6 @@ CONVENTIONS = {
 }
 #: Relations with at least this many held-out dependents get a heat map in the report.
 REPORT_MIN_DEPENDENTS = 100
-
-
-def split_of(example: Example, treebanks: list[str], seed: int, held_out_fraction: float) -> int:
-    """The split of an example: 0 selection / training, 1 held-out / evaluation.
-
-    With two or more treebanks, a treebank sentence's split is given by its file (the last file is
-    held out). Otherwise (one treebank, silver parses of raw text) it is a seeded draw per example that
-    depends only on ``seed`` and ``example.index``, so it is the same whatever the batching.
-    """
-    if len(treebanks) >= 2 and example.kind == "sentence":
-        files = [str(t) for t in treebanks]
-        if example.file in files:
-            return int(files.index(example.file) == len(files) - 1)
-    return int(np.random.default_rng([seed, example.index]).random() < held_out_fraction)
-
-
-def split_description(treebanks: list[str], held_out_fraction: float, what: tuple[str, str]) -> str:
-    """How :func:`split_of` splits this run's data, in words (for ``run.json`` and the report)."""
-    if len(treebanks) >= 2:
-        return f"{what[0]}: {treebanks[0]}; {what[1]}: {treebanks[-1]}"
-    return (f"seeded random split of the examples: {1 - held_out_fraction:.0%} {what[0]}, "
-            f"{held_out_fraction:.0%} {what[1]}")
 
 
 @dataclass
@@ -338,6 +318,7 @@ class SyntaxHeads(Analysis):
     """Accuracy of every head at finding each dependent's head word, per relation and direction."""
 
     name = "syntax"
+    report_order = 30
     needs = ("treebank",)
     description = "heads that track dependency relations, vs. fixed-offset baselines (Clark et al. s4)"
     Options = SyntaxOptions
@@ -675,7 +656,7 @@ def syntax_report(run: Any, figures: Path) -> Any:
     body += (f"<p>Held-out accuracy of every head, for relations with at least {REPORT_MIN_DEPENDENTS} held-out "
              "dependents, in the direction of the best head.</p>")
     body += "".join(figure_html(n, c) for n, c in zip(names, captions, strict=True))
-    return ReportSection(key="syntax", title="Syntax heads", html=body, figures=names, order=30)
+    return ReportSection(key="syntax", title="Syntax heads", html=body, figures=names)
 
 
 class _ClarkSyntaxHeads(SyntaxHeads):

@@ -49,7 +49,8 @@ class BatchWorker:
     def __init__(self, config: dict[str, Any], options: dict[str, dict[str, Any] | None]) -> None:
         import torch
 
-        from headscope.engine.runner import open_context, resolve_analyses
+        from headscope.analyses.registry import resolve_analyses
+        from headscope.engine.runner import open_context
 
         cpus = max(1, int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
         torch.set_num_threads(cpus)

@@ -9,14 +9,11 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import reduce
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from headscope.analyses.base import AnalysisResult
 
 logger = logging.getLogger("headscope")
 
@@ -98,23 +95,7 @@ class RunResult:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     documents: dict[str, Any] = field(default_factory=dict)
     run: dict[str, Any] = field(default_factory=dict)
-    results: dict[str, AnalysisResult] = field(default_factory=dict)
     directory: Path | None = field(default=None, compare=False)
-
-    @classmethod
-    def from_results(cls, results: dict[str, AnalysisResult], run: dict[str, Any]) -> RunResult:
-        frames = [r.heads for r in results.values() if r.heads is not None]
-        if frames:
-            heads = reduce(lambda a, b: a.merge(b, on=["layer", "head"], how="outer"), frames)
-            heads = heads.sort_values(["layer", "head"]).reset_index(drop=True)
-        else:
-            heads = pd.DataFrame(columns=["layer", "head"])
-        tables: dict[str, pd.DataFrame] = {}
-        documents: dict[str, Any] = {}
-        for r in results.values():
-            tables.update(r.tables)
-            documents.update(r.documents)
-        return cls(heads=heads, tables=tables, documents=documents, run=run, results=results)
 
     def __getitem__(self, name: str) -> pd.DataFrame:
         return self.heads if name == "heads" else self.tables[name]
@@ -172,7 +153,7 @@ class RunResult:
         n_layers = model.get("n_layers", int(self.heads["layer"].max()) + 1 if len(self.heads) else 0)
         n_heads = model.get("n_heads", int(self.heads["head"].max()) + 1 if len(self.heads) else 0)
         counts = ", ".join(f"{k} {v}" for k, v in self.run.get("counts", {}).items())
-        analyses = ", ".join(self.run.get("analyses", {})) or ", ".join(self.results)
+        analyses = ", ".join(self.run.get("analyses", {}))
         pairs = [("model", model.get("name", "?")), ("layers x heads", f"{n_layers} x {n_heads}"),
                  ("counts", counts or "–"), ("analyses", analyses or "–"),
                  ("tables", ", ".join(sorted(self.tables)) or "–")]

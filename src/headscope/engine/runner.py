@@ -7,13 +7,16 @@ import logging
 import platform
 import sys
 import time
+from functools import reduce
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
-from headscope.analyses import REGISTRY, Analysis, AnalysisResult
+from headscope.analyses import AnalysisResult
+from headscope.analyses.registry import ALL, expand_all, resolve_analyses, split_options
 from headscope.config import RunConfig
 from headscope.engine.checkpoint import CheckpointError, Progress, differences, fingerprint, restore
 from headscope.engine.checkpoint import read as read_checkpoint
@@ -23,7 +26,6 @@ from headscope.engine.inputs import Corpus
 from headscope.engine.outdir import prepare as prepare_output
 from headscope.engine.passes import local_pass, ray_pass
 from headscope.engine.results import RunResult, write_json
-from headscope.engine.rollout import ROLLOUT_ANALYSES
 from headscope.manifest import Manifest
 from headscope.model.encode import Encoder
 from headscope.model.load import load_model
@@ -33,85 +35,6 @@ logger = logging.getLogger("headscope")
 
 class NoUsableInputError(ValueError):
     """Nothing in the corpus could be used; the manifest's messages say why."""
-
-
-def split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """Route keyword arguments to :class:`RunConfig` or to the ``Options`` of the analysis that owns them."""
-    config_fields = {f.name for f in dataclasses.fields(RunConfig)}
-    config_kwargs = {k: v for k, v in kwargs.items() if k in config_fields}
-    per_analysis: dict[str, dict[str, Any]] = {}
-    unknown = set(kwargs) - config_fields
-    for name, cls in REGISTRY.items():
-        if cls.Options is None:
-            continue
-        owned = {f.name for f in dataclasses.fields(cls.Options)} & set(kwargs)
-        if owned:
-            per_analysis[name] = {k: kwargs[k] for k in owned}
-            unknown -= owned
-    if unknown:
-        raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
-    return config_kwargs, per_analysis
-
-
-def resolve_analyses(names: list[str], options: dict[str, dict[str, Any]]) -> list[Analysis]:
-    """Instantiate the requested analyses and those they run ``after``, dependencies first."""
-    order: list[str] = []
-
-    def visit(name: str, chain: tuple[str, ...] = ()) -> None:
-        if name not in REGISTRY:
-            raise ValueError(f"unknown analysis {name!r}; available: {', '.join(sorted(REGISTRY))}")
-        if name in chain:
-            raise ValueError(f"analyses depend on each other in a cycle: {' -> '.join((*chain, name))}")
-        for dep in REGISTRY[name].after:
-            visit(dep, (*chain, name))
-        if name not in order:
-            order.append(name)
-
-    for name in names:
-        visit(name)
-    analyses = []
-    for name in order:
-        cls = REGISTRY[name]
-        opts = cls.Options(**options.get(name, {})) if cls.Options is not None else None
-        analyses.append(cls(opts))
-    return analyses
-
-
-#: The name that asks for every analysis that applies to the model and the corpus given.
-ALL = "all"
-
-
-def applicable_analyses(config: RunConfig, is_causal: bool) -> tuple[list[str], dict[str, str]]:
-    """What ``--analyses all`` means for this model and corpus: the names to run, and why others are not.
-
-    An analysis declares what it needs in ``needs`` (``treebank``, ``coreference``, ``causal``,
-    ``encoder``); one whose need is not met is left out with the reason, rather than run to an empty table.
-    """
-    have = {"treebank": bool(config.treebank) or config.parse != "none", "coreference": bool(config.coref),
-            "causal": is_causal, "encoder": not is_causal}
-    hints = {"treebank": "needs --treebank or --parse spacy", "coreference": "needs --coref",
-             "causal": "needs a causal (decoder) LM", "encoder": "needs an encoder model"}
-    names: list[str] = []
-    skipped: dict[str, str] = {}
-    for name, cls in sorted(REGISTRY.items(), key=lambda item: item[0]):
-        missing = [need for need in cls.needs if not have.get(need, True)]
-        if missing:
-            skipped[name] = "; ".join(hints.get(need, f"needs {need}") for need in missing)
-        elif config.weights == "rollout" and name not in ROLLOUT_ANALYSES:
-            skipped[name] = "does not accept --weights rollout"
-        else:
-            names.append(name)
-    return names, skipped
-
-
-def _expand_all(config: RunConfig, is_causal: bool) -> tuple[RunConfig, dict[str, str]]:
-    """``config`` with ``all`` in its analyses replaced by the analyses that apply (others kept as named)."""
-    if ALL not in config.analyses:
-        return config, {}
-    names, skipped = applicable_analyses(config, is_causal)
-    explicit = [name for name in config.analyses if name != ALL]
-    expanded = explicit + [name for name in names if name not in explicit]
-    return dataclasses.replace(config, analyses=expanded), {k: v for k, v in skipped.items() if k not in explicit}
 
 
 def _versions() -> dict[str, str]:
@@ -132,8 +55,7 @@ def open_context(config: RunConfig) -> RunContext:
                         capture=config.capture)
     info = loaded.info
     max_length = config.resolved_max_length(info.max_length, info.is_causal)
-    type_vocab = getattr(loaded.model.config, "type_vocab_size", 0) or 0
-    encoder = Encoder(loaded.tokenizer, max_length, config.punctuation, use_token_types=type_vocab > 1)
+    encoder = Encoder.for_model(loaded, max_length, config.punctuation)
     manifest = Manifest()
     if config.max_length is not None and config.max_length > info.max_length:
         manifest.warn_run(f"--max-length {config.max_length} is more than {info.name} allows; using "
@@ -190,7 +112,7 @@ def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
     timings["load_model"] = time.perf_counter() - t0
     info, manifest = ctx.info, ctx.manifest
     if ALL in config.analyses:
-        config, skipped = _expand_all(config, info.is_causal)
+        config, skipped = expand_all(config, info.is_causal)
         ctx.config = config
         analyses = resolve_analyses(config.analyses, analysis_kwargs)
         manifest.notes["analyses_all"] = {"ran": list(config.analyses), "skipped": skipped}
@@ -257,7 +179,7 @@ def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
         "versions": _versions(),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
-    result = RunResult.from_results(results, run_info)
+    result = assemble(results, run_info)
     if config.out:
         tw = time.perf_counter()
         result.save(config.out)
@@ -269,6 +191,22 @@ def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
         write_json(Path(config.out) / "run.json", result.run)
         remove_checkpoint(config.out)  # the run is complete: run.json and the tables are its record
     return result
+
+
+def assemble(results: dict[str, AnalysisResult], run: dict[str, Any]) -> RunResult:
+    """One :class:`RunResult` from the analyses' results: per-head columns merged into one ``heads`` table."""
+    frames = [r.heads for r in results.values() if r.heads is not None]
+    if frames:
+        heads = reduce(lambda a, b: a.merge(b, on=["layer", "head"], how="outer"), frames)
+        heads = heads.sort_values(["layer", "head"]).reset_index(drop=True)
+    else:
+        heads = pd.DataFrame(columns=["layer", "head"])
+    tables: dict[str, pd.DataFrame] = {}
+    documents: dict[str, Any] = {}
+    for r in results.values():
+        tables.update(r.tables)
+        documents.update(r.documents)
+    return RunResult(heads=heads, tables=tables, documents=documents, run=run)
 
 
 def _resumed_config(config: RunConfig, saved: dict[str, Any], explicit: dict[str, Any],

@@ -105,6 +105,16 @@ class Encoder:
         # Decoder-LM tokenizers have no separator to build "A [SEP] B [SEP]" with: pairs become one sequence.
         self.supports_pairs = t.sep_token_id is not None
 
+    @classmethod
+    def for_model(cls, loaded: Any, max_length: int, punctuation: str = "clark") -> Encoder:
+        """The encoder of a loaded model (:class:`headscope.model.load.LoadedModel`).
+
+        Token types are passed only to models that learned more than one (BERT): RoBERTa-style models have a
+        single type, and passing segment B's type 1 would index past their embedding table.
+        """
+        type_vocab = getattr(loaded.model.config, "type_vocab_size", 0) or 0
+        return cls(loaded.tokenizer, max_length, punctuation, use_token_types=type_vocab > 1)
+
     def n_special(self, pair: bool) -> int:
         return int(self.tokenizer.num_special_tokens_to_add(pair=pair and self.supports_pairs))
 

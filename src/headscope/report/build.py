@@ -14,6 +14,7 @@ The page, ``DIR/report/index.html``, opens offline and loads nothing from a netw
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 from pathlib import Path
@@ -51,7 +52,7 @@ def collect_sections(run: RunResult, figures: Path) -> list[ReportSection]:
     for cls in REGISTRY.values():
         section = cls.report(run, figures)
         if section is not None:
-            sections.append(section)
+            sections.append(dataclasses.replace(section, order=cls.report_order))
     return sorted(sections, key=lambda s: (s.order, s.key))
 
 

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from headscope.cli import command
-
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", metavar="DIR", help="output directory of a finished `headscope run`")
 
 
-@command("report", "rebuild DIR/figures/ and DIR/report/index.html from a finished run's files",
-         add_report_arguments)
 def main_report(args: argparse.Namespace) -> int:
     from headscope.report.build import build_report
 

@@ -1,0 +1,189 @@
+"""The registry of analyses: names, option namespaces, report order, dependencies and what ``all`` means.
+
+Every analysis module registers its class with :func:`register`; ``headscope.analyses`` imports each module
+once, so adding an analysis is one new module plus its import line there (a test lists the package's modules
+and fails on one that is not registered).
+
+Each analysis's options live in a namespace of their own: the public name of an ``Options`` field (keyword
+of :func:`headscope.run`, ``--flag`` of ``headscope run``) starts with the analysis's ``option_prefix``
+(default: its name), as ``roles_tau`` / ``--roles-tau``. A field already named so keeps its name; another
+gets the prefix, and its bare name stays accepted, with a deprecation warning, for one release. Two
+analyses (or an analysis and :class:`~headscope.config.RunConfig`) claiming one public name, or two
+analyses with one report position, is an error at registration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import TYPE_CHECKING, Any
+
+from headscope.config import RunConfig
+
+if TYPE_CHECKING:
+    from headscope.analyses.base import Analysis
+
+REGISTRY: dict[str, type[Analysis]] = {}
+"""Analysis classes by name (``--analyses``)."""
+
+#: The name that asks for every analysis that applies to the model and the corpus given.
+ALL = "all"
+
+#: What each value of ``Analysis.needs`` asks of the run, in words for ``headscope list`` and run.json.
+NEED_HINTS = {"treebank": "needs --treebank or --parse spacy", "coreference": "needs --coref",
+              "causal": "needs a causal (decoder) LM", "encoder": "needs an encoder model"}
+
+
+def public_name(cls: type[Analysis], field_name: str) -> str:
+    """The namespaced keyword of ``cls.Options`` field ``field_name``: prefixed unless it already is.
+
+    A field that starts with the prefix or its singular (``example_maps`` of ``examples``) keeps its name.
+    """
+    prefix = cls.option_prefix or cls.name
+    if field_name.startswith((f"{prefix}_", f"{prefix.removesuffix('s')}_")):
+        return field_name
+    return f"{prefix}_{field_name}"
+
+
+def option_names(cls: type[Analysis]) -> dict[str, str]:
+    """Public name -> ``Options`` field name of ``cls`` (empty without options)."""
+    if cls.Options is None:
+        return {}
+    return {public_name(cls, f.name): f.name for f in dataclasses.fields(cls.Options)}
+
+
+def deprecated_names(cls: type[Analysis]) -> dict[str, str]:
+    """Old bare name -> public name, for the fields that gained a prefix (accepted with a warning)."""
+    return {field: public for public, field in option_names(cls).items() if public != field}
+
+
+def register(cls: type[Analysis]) -> type[Analysis]:
+    """Class decorator: make an analysis available by its ``name``.
+
+    Raises
+    ------
+    ValueError
+        When another analysis has the same name, one of the same public option names, or the same
+        ``report_order``; or when an option's public name is a :class:`RunConfig` field.
+    """
+    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
+        raise ValueError(f"two analyses are named {cls.name!r}")
+    config_fields = {f.name for f in dataclasses.fields(RunConfig)}
+    mine = set(option_names(cls))
+    for other in REGISTRY.values():
+        if other is cls or other.name == cls.name:
+            continue
+        clash = mine & set(option_names(other))
+        if clash:
+            raise ValueError(f"analyses {other.name!r} and {cls.name!r} both define the option(s) "
+                             f"{', '.join(sorted(clash))}; give one of them another option_prefix")
+        if cls.report_order == other.report_order:
+            raise ValueError(f"analyses {other.name!r} and {cls.name!r} both have report_order "
+                             f"{cls.report_order}")
+    if mine & config_fields:
+        raise ValueError(f"analysis {cls.name!r} defines option(s) {', '.join(sorted(mine & config_fields))} that "
+                         "are run settings")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Route keyword arguments to :class:`RunConfig` or to the ``Options`` of the analysis that owns them.
+
+    Returns
+    -------
+    config_kwargs : dict
+        The :class:`RunConfig` fields.
+    per_analysis : dict of str to dict
+        For each analysis, its ``Options`` keyword arguments by field name.
+
+    Raises
+    ------
+    TypeError
+        On a keyword that no one owns.
+    """
+    config_fields = {f.name for f in dataclasses.fields(RunConfig)}
+    config_kwargs = {k: v for k, v in kwargs.items() if k in config_fields}
+    per_analysis: dict[str, dict[str, Any]] = {}
+    unknown = set(kwargs) - config_fields
+    for name, cls in REGISTRY.items():
+        names = option_names(cls)
+        old = deprecated_names(cls)
+        for key in sorted(unknown):
+            if key in names:
+                per_analysis.setdefault(name, {})[names[key]] = kwargs[key]
+            elif key in old:
+                warnings.warn(f"option {key!r} is deprecated: use {old[key]!r} (--{old[key].replace('_', '-')}); "
+                              "the old name will be removed in the next release", FutureWarning, stacklevel=3)
+                per_analysis.setdefault(name, {})[key] = kwargs[key]
+            else:
+                continue
+            unknown.discard(key)
+    if unknown:
+        raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    return config_kwargs, per_analysis
+
+
+def resolve_analyses(names: list[str], options: dict[str, dict[str, Any]]) -> list[Analysis]:
+    """Instantiate the requested analyses and those they run ``after``, dependencies first.
+
+    Parameters
+    ----------
+    names : list of str
+        Registry names.
+    options : dict of str to dict
+        ``Options`` keyword arguments (by field name) of each analysis.
+    """
+    order: list[str] = []
+
+    def visit(name: str, chain: tuple[str, ...] = ()) -> None:
+        if name not in REGISTRY:
+            raise ValueError(f"unknown analysis {name!r}; available: {', '.join(sorted(REGISTRY))}")
+        if name in chain:
+            raise ValueError(f"analyses depend on each other in a cycle: {' -> '.join((*chain, name))}")
+        for dep in REGISTRY[name].after:
+            visit(dep, (*chain, name))
+        if name not in order:
+            order.append(name)
+
+    for name in names:
+        visit(name)
+    analyses = []
+    for name in order:
+        cls = REGISTRY[name]
+        opts = cls.Options(**options.get(name, {})) if cls.Options is not None else None
+        analyses.append(cls(opts))
+    return analyses
+
+
+def applicable_analyses(config: RunConfig, is_causal: bool) -> tuple[list[str], dict[str, str]]:
+    """What ``--analyses all`` means for this model and corpus: the names to run, and why others are not.
+
+    An analysis declares what it needs in ``needs`` (``treebank``, ``coreference``, ``causal``,
+    ``encoder``); one whose need is not met is left out with the reason, rather than run to an empty table.
+    """
+    from headscope.engine.rollout import ROLLOUT_ANALYSES
+
+    have = {"treebank": bool(config.treebank) or config.parse != "none", "coreference": bool(config.coref),
+            "causal": is_causal, "encoder": not is_causal}
+    names: list[str] = []
+    skipped: dict[str, str] = {}
+    for name, cls in sorted(REGISTRY.items(), key=lambda item: item[0]):
+        missing = [need for need in cls.needs if not have.get(need, True)]
+        if missing:
+            skipped[name] = "; ".join(NEED_HINTS.get(need, f"needs {need}") for need in missing)
+        elif config.weights == "rollout" and name not in ROLLOUT_ANALYSES:
+            skipped[name] = "does not accept --weights rollout"
+        else:
+            names.append(name)
+    return names, skipped
+
+
+def expand_all(config: RunConfig, is_causal: bool) -> tuple[RunConfig, dict[str, str]]:
+    """``config`` with ``all`` in its analyses replaced by the analyses that apply (others kept as named)."""
+    if ALL not in config.analyses:
+        return config, {}
+    names, skipped = applicable_analyses(config, is_causal)
+    explicit = [name for name in config.analyses if name != ALL]
+    expanded = explicit + [name for name in names if name not in explicit]
+    return dataclasses.replace(config, analyses=expanded), {k: v for k, v in skipped.items() if k not in explicit}
