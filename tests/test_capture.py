@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from headscope.config import parse_bytes
 from headscope.corpus.types import Sentence
 from headscope.engine.batch import collate
-from headscope.engine.capture import LayerAttention, capture, capture_stacked, parse_bytes, query_block_rows
+from headscope.engine.capture import LayerAttention, capture, capture_stacked, query_block_rows
 from headscope.manifest import Manifest
 from headscope.model.encode import Encoder
 from headscope.model.load import AttentionUnavailableError, LoadedModel, load_model

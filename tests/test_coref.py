@@ -13,20 +13,14 @@ import torch
 from transformers import AutoTokenizer
 
 from headscope.analyses.coref import BASELINES, TYPES, CorefHeads, CorefOptions, baseline_predictions
-from headscope.corpus.coref import (
-    MENTION_TYPES,
-    Mention,
-    WindowMention,
-    iter_coref_examples,
-    nearest_antecedents,
-    plan_windows,
-    window_mentions,
-)
+from headscope.corpus.coref_windows import nearest_antecedents, plan_windows
+from headscope.corpus.mentions import MENTION_TYPES, Mention
 from headscope.corpus.types import Sentence
 from headscope.engine.batch import collate
 from headscope.engine.feed import feed_attention
 from headscope.engine.wordlevel import word_attention_reference
 from headscope.manifest import Manifest
+from headscope.model.coref_encode import WindowMention, iter_coref_examples, window_mentions
 from headscope.model.encode import Encoder
 
 

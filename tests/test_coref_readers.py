@@ -6,16 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from headscope.corpus.coref import (
-    Mention,
-    heuristic_head,
-    is_conll2012,
-    mention_type,
-    read_conll2012,
-    read_coref,
-    read_corefud,
-    tree_head,
-)
+from headscope.corpus.coref_readers import is_conll2012, read_conll2012, read_coref, read_corefud
+from headscope.corpus.mentions import Mention, heuristic_head, mention_type, tree_head
 from headscope.manifest import Manifest
 
 

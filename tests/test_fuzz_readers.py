@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from headscope.corpus.conllu import read_conllu
-from headscope.corpus.coref import read_coref
+from headscope.corpus.coref_readers import read_coref
 from headscope.corpus.text import read_text
 from headscope.manifest import Manifest
 

@@ -6,8 +6,6 @@
 >>> headscope.compare("runs/minilm", "runs/minilm-finetuned").heads  # doctest: +SKIP
 """
 
-__version__ = "0.1.0"
-
 from headscope.analyses import REGISTRY, Analysis, AnalysisResult, register
 from headscope.compare import Comparison, compare
 from headscope.config import RunConfig
@@ -15,6 +13,7 @@ from headscope.engine import RunResult, run, word_attention
 from headscope.manifest import Manifest
 from headscope.model import Encoder, Example, load_model
 from headscope.report import build_report
+from headscope.version import __version__
 from headscope.viewer import view
 
 __all__ = ["REGISTRY", "Analysis", "AnalysisResult", "Comparison", "Encoder", "Example", "Manifest",

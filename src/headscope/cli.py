@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="headscope", description=DESCRIPTION,
         epilog="`headscope COMMAND --help` lists a command's options; `headscope run` alone analyses the packaged "
                "MiniLM on the packaged Wikipedia sample.")
-    from headscope import __version__
+    from headscope.version import __version__
 
     parser.add_argument("--version", action="version", version=f"headscope {__version__}")
     add_common_arguments(parser, default=False)

@@ -8,6 +8,7 @@ drift apart.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,24 @@ def option(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = 
     if default is dataclasses.MISSING:
         return field(metadata=metadata, **kwargs)
     return field(default=default, metadata=metadata, **kwargs)
+
+
+def parse_bytes(text: str | int) -> int:
+    """``"1GiB"``, ``"512MiB"``, ``"2GB"``, ``"800M"`` or a plain number of bytes."""
+    if isinstance(text, int):
+        return text
+    s = str(text).strip().replace(" ", "")
+    units = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+             "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4, "tb": 1000**4, "tib": 1024**4}
+    number = s.rstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    unit = s[len(number):].lower()
+    try:
+        value = float(number)
+    except ValueError:
+        value = math.nan
+    if unit not in units or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"not a memory size: {text!r} (use e.g. 1GiB, 512MiB, 2GB)")
+    return int(value * units[unit])
 
 
 #: Default ``max_length`` of an encoder (Clark et al. use 128 tokens).
@@ -143,14 +162,6 @@ class RunConfig:
             raise ValueError(f"capture must be auto, interface, hooks or stacked, got {self.capture!r}")
         if self.weights not in ("attention", "norm", "rollout"):
             raise ValueError(f"weights must be attention, norm or rollout, got {self.weights!r}")
-        if self.weights == "rollout":
-            from headscope.engine.rollout import ROLLOUT_ANALYSES
-
-            other = [a for a in self.analyses if a != "all" and a not in ROLLOUT_ANALYSES]
-            if other:
-                raise ValueError(f"--weights rollout gives maps that mix every layer below; the analyses "
-                                 f"{', '.join(other)} do not accept them (rollout works with "
-                                 f"{', '.join(ROLLOUT_ANALYSES)})")
         if self.padding_side not in ("right", "left"):
             raise ValueError(f"padding_side must be 'right' or 'left', got {self.padding_side!r}")
         if self.dtype not in ("float32", "float16", "bfloat16"):
@@ -165,8 +176,6 @@ class RunConfig:
 
     def attention_bytes(self) -> int:
         """``attention_memory`` in bytes."""
-        from headscope.engine.capture import parse_bytes
-
         return parse_bytes(self.attention_memory)
 
     def resolved_max_length(self, model_limit: int, is_causal: bool) -> int:

@@ -76,6 +76,9 @@ class Analysis(ABC):
     :mod:`headscope.analyses.registry`."""
     report_order: ClassVar[int] = 50
     """Position of the analysis's report section, smaller first (unique among analyses)."""
+    accepts_rollout: ClassVar[bool] = False
+    """True when the statistics make sense of ``--weights rollout`` maps, which mix every layer below: per-head
+    distributions over keys (attention to positions and tokens, distances, dependency matches), example maps."""
     needs: ClassVar[tuple[str, ...]] = ()
     """What the run must offer for ``--analyses all`` to include this analysis: ``treebank``,
     ``coreference``, ``causal`` (a decoder LM) or ``encoder``."""

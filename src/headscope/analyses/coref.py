@@ -1,10 +1,10 @@
 """Coreference heads: which heads find a mention's antecedent (Clark et al. 2019, section 4.3).
 
 For every evaluated mention (a mention with at least one earlier mention of the same entity in its window,
-see :mod:`headscope.corpus.coref`), a head is right when the mention's head word attends most, in
-word-level attention, to the head word of one of those antecedents. The candidates of the arg-max are all
-other words of the window (special tokens and the word itself excluded), or with
-``--coref-candidates preceding`` only the words before the mention's head word.
+see :mod:`headscope.corpus.coref_windows` and :mod:`headscope.model.coref_encode`), a head is right
+when the mention's head word attends most, in word-level attention, to the head word of one of those
+antecedents. The candidates of the arg-max are all other words of the window (special tokens and the word
+itself excluded), or with ``--coref-candidates preceding`` only the words before the mention's head word.
 
 Three baselines pick an antecedent among the earlier mentions of the window (they see the gold mentions,
 as in the paper) and are right under the same rule:
@@ -35,7 +35,8 @@ import torch
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name
 from headscope.analyses.registry import register
 from headscope.config import option
-from headscope.corpus.coref import MENTION_TYPES, WindowMention, window_mentions
+from headscope.corpus.mentions import MENTION_TYPES
+from headscope.model.coref_encode import WindowMention, window_mentions
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
@@ -117,7 +118,7 @@ def mention_queries(batch: Batch, candidates: str = "all") -> MentionQueries | N
     rows, queries, types, targets = [], [], [], []
     baseline_correct = torch.zeros(len(BASELINES), len(MENTION_TYPES), dtype=torch.float64)
     for b, example in enumerate(batch.examples):
-        mentions = window_mentions(example)
+        mentions = window_mentions(example)  # carried by the example: computed once, when it was built
         for i, m in enumerate(mentions):
             if not m.evaluated:
                 continue

@@ -357,6 +357,7 @@ class DistancePatterns(Analysis):
     """Guan-style distance features per head, standardised, clustered and named."""
 
     name = "distance"
+    accepts_rollout = True
     report_order = 62
     description = "how far each head looks (signed-distance histogram, spread, entropy ...), clustered into " \
                   "named patterns (after Guan et al. 2020)"

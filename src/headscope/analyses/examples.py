@@ -101,6 +101,7 @@ class ExampleMaps(Analysis):
     """Keeps the attention maps of a few sequences for the report (see the module docstring)."""
 
     name = "examples"
+    accepts_rollout = True
     report_order = 90
     description = "keep the full attention maps of a few short sequences for the report's head profiles"
     Options = ExampleMapsOptions

@@ -162,8 +162,6 @@ def applicable_analyses(config: RunConfig, is_causal: bool) -> tuple[list[str], 
     An analysis declares what it needs in ``needs`` (``treebank``, ``coreference``, ``causal``,
     ``encoder``); one whose need is not met is left out with the reason, rather than run to an empty table.
     """
-    from headscope.engine.rollout import ROLLOUT_ANALYSES
-
     have = {"treebank": bool(config.treebank) or config.parse != "none", "coreference": bool(config.coref),
             "causal": is_causal, "encoder": not is_causal}
     names: list[str] = []
@@ -172,11 +170,28 @@ def applicable_analyses(config: RunConfig, is_causal: bool) -> tuple[list[str], 
         missing = [need for need in cls.needs if not have.get(need, True)]
         if missing:
             skipped[name] = "; ".join(NEED_HINTS.get(need, f"needs {need}") for need in missing)
-        elif config.weights == "rollout" and name not in ROLLOUT_ANALYSES:
+        elif config.weights == "rollout" and not cls.accepts_rollout:
             skipped[name] = "does not accept --weights rollout"
         else:
             names.append(name)
     return names, skipped
+
+
+def check_weights(config: RunConfig) -> None:
+    """Refuse ``--weights rollout`` with an analysis that does not accept rollout maps (before the model loads).
+
+    Raises
+    ------
+    ValueError
+        Naming the analyses that do not accept rollout and those that do.
+    """
+    if config.weights != "rollout":
+        return
+    other = [a for a in config.analyses if a != ALL and a in REGISTRY and not REGISTRY[a].accepts_rollout]
+    if other:
+        accepting = ", ".join(sorted(n for n, cls in REGISTRY.items() if cls.accepts_rollout))
+        raise ValueError(f"--weights rollout gives maps that mix every layer below; the analyses {', '.join(other)} "
+                         f"do not accept them (rollout works with {accepting})")
 
 
 def expand_all(config: RunConfig, is_causal: bool) -> tuple[RunConfig, dict[str, str]]:

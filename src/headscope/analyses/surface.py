@@ -239,6 +239,7 @@ class SurfaceStatistics(Analysis):
     """Clark et al.'s surface statistics, averaged over every sequence of the corpus."""
 
     name = "surface"
+    accepts_rollout = True
     report_order = 10
     description = "attention to [CLS]/[SEP]/punctuation, self/previous/next token, entropy (Clark et al. s3)"
 

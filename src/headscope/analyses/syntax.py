@@ -318,6 +318,7 @@ class SyntaxHeads(Analysis):
     """Accuracy of every head at finding each dependent's head word, per relation and direction."""
 
     name = "syntax"
+    accepts_rollout = True
     report_order = 30
     needs = ("treebank",)
     description = "heads that track dependency relations, vs. fixed-offset baselines (Clark et al. s4)"

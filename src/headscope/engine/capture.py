@@ -25,7 +25,6 @@ query rows and padded key columns exactly 0.
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -571,21 +570,3 @@ def capture_stacked(loaded: LoadedModel, batch: Batch, route: Route | None = Non
 
     capture(loaded, batch, keep, budget_bytes=1 << 62, route=route, padding_side=padding_side, weights=weights)
     return torch.stack([torch.cat(blocks, dim=2) for blocks in layers], dim=1)
-
-
-def parse_bytes(text: str | int) -> int:
-    """``"1GiB"``, ``"512MiB"``, ``"2GB"``, ``"800M"`` or a plain number of bytes."""
-    if isinstance(text, int):
-        return text
-    s = str(text).strip().replace(" ", "")
-    units = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
-             "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4, "tb": 1000**4, "tib": 1024**4}
-    number = s.rstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-    unit = s[len(number):].lower()
-    try:
-        value = float(number)
-    except ValueError:
-        value = math.nan
-    if unit not in units or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"not a memory size: {text!r} (use e.g. 1GiB, 512MiB, 2GB)")
-    return int(value * units[unit])

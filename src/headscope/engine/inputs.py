@@ -78,6 +78,6 @@ class Corpus:
                     index += 1
                     yield ex
         if self.config.coref:
-            from headscope.corpus.coref import iter_coref_examples
+            from headscope.model.coref_encode import iter_coref_examples
 
             yield from iter_coref_examples(self.config.coref, self.encoder, manifest, start_index=index)

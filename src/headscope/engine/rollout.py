@@ -16,10 +16,6 @@ from __future__ import annotations
 
 import torch
 
-#: Analyses whose statistics make sense of rollout maps: distributions over keys read per head
-#: (attention to positions and tokens, distances, dependency matches) and the example maps.
-ROLLOUT_ANALYSES = ("surface", "distance", "syntax", "examples")
-
 
 class Rollout:
     """The running product of one batch's layers.

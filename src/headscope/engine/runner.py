@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from headscope.analyses import AnalysisResult
-from headscope.analyses.registry import ALL, expand_all, resolve_analyses, split_options
+from headscope.analyses.registry import ALL, check_weights, expand_all, resolve_analyses, split_options
 from headscope.config import RunConfig
 from headscope.engine.checkpoint import CheckpointError, Progress, differences, fingerprint, restore
 from headscope.engine.checkpoint import read as read_checkpoint
@@ -41,7 +41,7 @@ def _versions() -> dict[str, str]:
     import pandas
     import transformers
 
-    from headscope import __version__
+    from headscope.version import __version__
 
     return {"headscope": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
             "transformers": transformers.__version__, "numpy": np.__version__, "pandas": pandas.__version__,
@@ -97,6 +97,7 @@ def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
         config, analysis_kwargs = _resumed_config(config, checkpoint[0], config_kwargs, analysis_kwargs)
     # Check the names now (before the model loads); ``all`` is expanded once the model is known.
     analyses = resolve_analyses([name for name in config.analyses if name != ALL], analysis_kwargs)
+    check_weights(config)
     missing = config.missing_files()
     if missing and not config.skip_missing:
         raise FileNotFoundError(f"input file not found: {'; '.join(missing)} (check the name, or pass "
