@@ -147,7 +147,7 @@ def test_progress_bar_counts_segments_and_writes_warnings_through_tqdm(
     import tqdm
 
     from headscope.engine import passes
-    from headscope.engine.runner import open_context
+    from headscope.engine.context import open_context
 
     written: list[str] = []
     monkeypatch.setattr(tqdm.tqdm, "write", classmethod(lambda cls, s, *a, **k: written.append(s)))

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from headscope.corpus.segments import pack_segments
 from headscope.corpus.text import read_text, split_words
 from headscope.corpus.wiki import split_sentences
 from headscope.manifest import Manifest
 from headscope.model.encode import Encoder
+from headscope.model.segments import pack_segments
 
 
 def test_split_words_and_sentences() -> None:

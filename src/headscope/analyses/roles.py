@@ -30,7 +30,7 @@ The observation unit of the tests (``roles_unit``) is by default the **sentence*
 source sentence of an input gives one score, from its own query rows (a word's pieces belong to its
 sentence, a special token to the sentence before it, [CLS] to the first), over attention to the whole input
 (``n`` stays the input's length or units). A treebank sentence is one input and one unit; raw text is packed
-into segments of as many whole sentences as fit (:func:`headscope.corpus.segments.pack_segments`), and
+into segments of as many whole sentences as fit (:func:`headscope.model.segments.pack_segments`), and
 each of their sentences is a unit of its own, so ten sentences in two packed segments are ten scores, not
 two (they share their segment's context, so they are not independent either). ``roles_unit="input"`` scores
 each model input once (segment, treebank sentence or coreference window), as ``--conventions pande`` always

@@ -102,13 +102,21 @@ def probe_batch(input_ids: np.ndarray, device: torch.device | str = "cpu") -> Ba
                  lengths=torch.tensor([n], device=device), n_units=torch.tensor([n], device=device), examples=[])
 
 
+#: Bytes of work per attention weight while a block is computed and consumed: the scores, the softmax and
+#: one analysis temporary of the same size (the entropy's), all float32.
+BYTES_PER_WEIGHT = 3 * 4
+
+
+def sequences_per_batch(n_heads: int, seq: int, budget_bytes: int) -> int:
+    """Sequences of length ``seq`` whose whole layer of attention fits in ``budget_bytes`` (at least 1)."""
+    return max(1, budget_bytes // max(n_heads * seq * seq * BYTES_PER_WEIGHT, 1))
+
+
 def split_for_memory(examples: list[Example], n_heads: int, budget_bytes: int) -> list[list[Example]]:
     """Cut a length-bucketed group so that one layer's attention of each part fits in ``budget_bytes``.
 
     Results do not depend on how sequences are batched, so this changes speed and memory only.
     """
-    from headscope.engine.capture import sequences_per_batch
-
     longest = max(ex.length for ex in examples)
     size = sequences_per_batch(n_heads, longest, budget_bytes)
     return [examples[k:k + size] for k in range(0, len(examples), size)]

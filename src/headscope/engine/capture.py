@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from headscope.engine.batch import BYTES_PER_WEIGHT
+
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
     from headscope.model.load import LoadedModel
@@ -41,10 +43,6 @@ IMPLEMENTATION = "headscope"
 
 Route = Literal["interface", "hooks", "stacked"]
 WeightsKind = Literal["attention", "norm", "rollout"]
-
-#: Bytes of work per attention weight while a block is computed and consumed: the scores, the softmax and
-#: one analysis temporary of the same size (the entropy's), all float32.
-BYTES_PER_WEIGHT = 3 * 4
 
 
 @dataclass(frozen=True)
@@ -92,11 +90,6 @@ def query_block_rows(batch_size: int, n_heads: int, seq: int, budget_bytes: int)
     """Query rows per block so that one block of one layer stays within ``budget_bytes``."""
     per_row = batch_size * n_heads * seq * BYTES_PER_WEIGHT
     return max(1, min(seq, budget_bytes // max(per_row, 1)))
-
-
-def sequences_per_batch(n_heads: int, seq: int, budget_bytes: int) -> int:
-    """Sequences of length ``seq`` whose whole layer of attention fits in ``budget_bytes`` (at least 1)."""
-    return max(1, budget_bytes // max(n_heads * seq * seq * BYTES_PER_WEIGHT, 1))
 
 
 # --- the stream a forward pass hands its layers to --------------------------------------------------------
@@ -370,7 +363,7 @@ def capture(loaded: LoadedModel, batch: Batch, consume: Consumer, budget_bytes: 
         (Kobayashi et al. 2020; ``interface`` route only) or per-head attention rollout (Abnar & Zuidema
         2020; each layer in one block).
     """
-    from headscope.model.load import AttentionUnavailableError
+    from headscope.errors import AttentionUnavailableError
 
     route = route or loaded.route
     projections = None
@@ -510,7 +503,7 @@ def choose_route(loaded: LoadedModel, requested: str = "auto") -> Route:
     ``requested`` is ``auto`` or a route name; ``auto`` tries the attention interface first and checks with a
     probe pass that every layer's attention comes through it.
     """
-    from headscope.model.load import AttentionUnavailableError
+    from headscope.errors import AttentionUnavailableError
 
     n_layers = loaded.info.n_layers
     batch = _probe_batch(loaded)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -12,7 +13,9 @@ from headscope.engine.batch import Batch, bucket_batches, collate, split_for_mem
 from headscope.engine.inputs import Corpus
 from headscope.manifest import Manifest
 from headscope.model.encode import Encoder, Example
-from headscope.model.load import LoadedModel, ModelInfo
+from headscope.model.load import LoadedModel, ModelInfo, load_model
+
+logger = logging.getLogger("headscope")
 
 
 @dataclass
@@ -57,3 +60,25 @@ class RunContext:
         """Length-bucketed batches on the model's device; by default a fresh pass over the corpus."""
         for group in self.groups(examples):
             yield self.collate(group)
+
+
+def open_context(config: RunConfig) -> RunContext:
+    """Load the model and open the corpus of ``config``: everything a pass needs (also on Ray workers)."""
+    loaded = load_model(config.model, revision=config.revision, device=config.device, dtype=config.dtype,
+                        trust_remote_code=config.trust_remote_code, gguf_file=config.gguf_file,
+                        capture=config.capture)
+    info = loaded.info
+    max_length = config.resolved_max_length(info.max_length, info.is_causal)
+    encoder = Encoder.for_model(loaded, max_length, config.punctuation)
+    manifest = Manifest()
+    if config.max_length is not None and config.max_length > info.max_length:
+        manifest.warn_run(f"--max-length {config.max_length} is more than {info.name} allows; using "
+                          f"{info.max_length}")
+    elif config.max_length is None and info.is_causal and max_length < info.max_length:
+        logger.info("decoder LM: windows of %d tokens (the default; %s allows %d, pass --max-length for more)",
+                    max_length, info.name, info.max_length)
+    manifest.notes["capture"] = {"route": loaded.route, "max_length": max_length,
+                                 "attention_memory_bytes": config.attention_bytes(),
+                                 "padding_side": config.padding_side}
+    corpus = Corpus(config, encoder, manifest)
+    return RunContext(config=config, loaded=loaded, encoder=encoder, corpus=corpus, manifest=manifest)

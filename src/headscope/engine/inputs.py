@@ -7,12 +7,12 @@ from itertools import chain
 
 from headscope.config import RunConfig
 from headscope.corpus.conllu import read_conllu
-from headscope.corpus.segments import pack_segments
 from headscope.corpus.text import read_text
 from headscope.corpus.types import Document
 from headscope.corpus.wiki import wikipedia_sample_text
 from headscope.manifest import Manifest
 from headscope.model.encode import Encoder, Example
+from headscope.model.segments import pack_segments
 
 #: Segments taken from the packaged Wikipedia sample when --max-segments is not given (Clark et al.'s size).
 DEFAULT_SEGMENTS = 1000

@@ -50,7 +50,7 @@ class BatchWorker:
         import torch
 
         from headscope.analyses.registry import resolve_analyses
-        from headscope.engine.runner import open_context
+        from headscope.engine.context import open_context
 
         cpus = max(1, int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
         torch.set_num_threads(cpus)

@@ -21,14 +21,10 @@ from headscope.config import RunConfig
 from headscope.engine.checkpoint import CheckpointError, Progress, differences, fingerprint, restore
 from headscope.engine.checkpoint import read as read_checkpoint
 from headscope.engine.checkpoint import remove as remove_checkpoint
-from headscope.engine.context import RunContext
-from headscope.engine.inputs import Corpus
+from headscope.engine.context import open_context
 from headscope.engine.outdir import prepare as prepare_output
 from headscope.engine.passes import local_pass, ray_pass
 from headscope.engine.results import RunResult, write_json
-from headscope.manifest import Manifest
-from headscope.model.encode import Encoder
-from headscope.model.load import load_model
 
 logger = logging.getLogger("headscope")
 
@@ -46,28 +42,6 @@ def _versions() -> dict[str, str]:
     return {"headscope": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
             "transformers": transformers.__version__, "numpy": np.__version__, "pandas": pandas.__version__,
             "platform": platform.platform()}
-
-
-def open_context(config: RunConfig) -> RunContext:
-    """Load the model and open the corpus of ``config``: everything a pass needs (also on Ray workers)."""
-    loaded = load_model(config.model, revision=config.revision, device=config.device, dtype=config.dtype,
-                        trust_remote_code=config.trust_remote_code, gguf_file=config.gguf_file,
-                        capture=config.capture)
-    info = loaded.info
-    max_length = config.resolved_max_length(info.max_length, info.is_causal)
-    encoder = Encoder.for_model(loaded, max_length, config.punctuation)
-    manifest = Manifest()
-    if config.max_length is not None and config.max_length > info.max_length:
-        manifest.warn_run(f"--max-length {config.max_length} is more than {info.name} allows; using "
-                          f"{info.max_length}")
-    elif config.max_length is None and info.is_causal and max_length < info.max_length:
-        logger.info("decoder LM: windows of %d tokens (the default; %s allows %d, pass --max-length for more)",
-                    max_length, info.name, info.max_length)
-    manifest.notes["capture"] = {"route": loaded.route, "max_length": max_length,
-                                 "attention_memory_bytes": config.attention_bytes(),
-                                 "padding_side": config.padding_side}
-    corpus = Corpus(config, encoder, manifest)
-    return RunContext(config=config, loaded=loaded, encoder=encoder, corpus=corpus, manifest=manifest)
 
 
 def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:

@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import io
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
-
-if TYPE_CHECKING:
-    from headscope.analyses.base import Analysis
 
 STATE_VERSION = 1
 
@@ -46,7 +43,7 @@ def _plain(value: Any) -> bool:
     return False
 
 
-def generic_state(analysis: Analysis, skip: tuple[str, ...] = ()) -> tuple[Arrays, dict[str, Any]]:
+def generic_state(analysis: object, skip: tuple[str, ...] = ()) -> tuple[Arrays, dict[str, Any]]:
     """The ``_`` attributes of ``analysis`` (but ``skip``) as arrays and JSON (see the module docstring)."""
     arrays: Arrays = {}
     meta: dict[str, Any] = {}
@@ -73,7 +70,7 @@ def generic_state(analysis: Analysis, skip: tuple[str, ...] = ()) -> tuple[Array
     return arrays, meta
 
 
-def load_generic_state(analysis: Analysis, arrays: Arrays, meta: dict[str, Any]) -> None:
+def load_generic_state(analysis: object, arrays: Arrays, meta: dict[str, Any]) -> None:
     """Put a :func:`generic_state` back into a started ``analysis`` (tensors keep their device and dtype)."""
 
     def tensor_like(current: Any, array: np.ndarray, where: str) -> Any:

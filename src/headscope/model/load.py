@@ -11,11 +11,9 @@ from typing import Any
 
 import torch
 
+from headscope.errors import AttentionUnavailableError
+
 logger = logging.getLogger("headscope")
-
-
-class AttentionUnavailableError(RuntimeError):
-    """The model cannot return attention weights (no eager attention, or no ``output_attentions``)."""
 
 
 class ModelNotFoundError(FileNotFoundError):
