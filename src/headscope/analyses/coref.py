@@ -264,7 +264,7 @@ class CorefHeads(Analysis):
 
     @staticmethod
     def report(run: Any, figures: Path) -> Any:
-        from headscope.report.figures import head_grid, layer_head_heatmap, save_figure
+        from headscope.report.figures import head_grid, save_heatmap
         from headscope.report.section import ReportSection, figure_html, percent
 
         table = run.tables.get("coref")
@@ -272,9 +272,8 @@ class CorefHeads(Analysis):
             return None
         best = best_heads(table)
         heads = table[(table["method"] == "head") & (table["mention_type"] == "all")]
-        fig = layer_head_heatmap(head_grid(heads, "accuracy"), "antecedent accuracy, all mentions",
-                                 label="accuracy", vmin=0)
-        save_figure(fig, figures, "coref_accuracy")
+        save_heatmap(head_grid(heads, "accuracy"), figures, "coref_accuracy", "antecedent accuracy, all mentions",
+                     label="accuracy", vmin=0)
 
         header = "".join(f"<th>{h}</th>" for h in ("mention type", "n", "best head", "accuracy", *BASELINES))
         body = "".join(

@@ -436,7 +436,7 @@ class DecoderHeads(Analysis):
 
     @staticmethod
     def report(run: Any, figures: Path) -> Any:
-        from headscope.report.figures import head_grid, layer_head_heatmap, save_figure
+        from headscope.report.figures import head_grid, save_heatmap
         from headscope.report.section import ReportSection, figure_html
 
         table = run.tables.get("decoder_heads")
@@ -449,8 +449,8 @@ class DecoderHeads(Analysis):
         names = []
         for column in shown:
             # One colour scale for every score (all are shares of attention), so the maps compare at a glance.
-            fig = layer_head_heatmap(head_grid(table, column), LABELS[column], label=column, vmin=0.0, vmax=1.0)
-            save_figure(fig, figures, f"decoder_heads_{column}")
+            save_heatmap(head_grid(table, column), figures, f"decoder_heads_{column}", LABELS[column], label=column,
+                         vmin=0.0, vmax=1.0)
             names.append(f"decoder_heads_{column}")
         sink_rate = float((table["sink_first"] > epsilon).mean()) if "sink_first" in table.columns else float("nan")
         rows = "".join(

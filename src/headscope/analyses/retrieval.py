@@ -361,7 +361,7 @@ class RetrievalHeads(Analysis):
 
     @staticmethod
     def report(run: Any, figures: Path) -> Any:
-        from headscope.report.figures import head_grid, layer_head_heatmap, save_figure
+        from headscope.report.figures import head_grid, save_heatmap
         from headscope.report.section import ReportSection, figure_html
 
         table = run.tables.get("retrieval")
@@ -378,9 +378,8 @@ class RetrievalHeads(Analysis):
                 f"<b>{int(table['retrieval_head'].astype(str).str.lower().eq('true').sum())}</b>.</p>")
         names = []
         if table["retrieval_score"].notna().any():
-            fig = layer_head_heatmap(head_grid(table, "retrieval_score"), "retrieval score", label="retrieval_score",
-                                     vmin=0.0, vmax=1.0)
-            save_figure(fig, figures, "retrieval_score")
+            save_heatmap(head_grid(table, "retrieval_score"), figures, "retrieval_score", "retrieval score",
+                         label="retrieval_score", vmin=0.0, vmax=1.0)
             names.append("retrieval_score")
             best = table.dropna(subset=["retrieval_score"]).sort_values("retrieval_score", ascending=False).head(5)
             body += "<p>Top heads: " + ", ".join(

@@ -297,7 +297,7 @@ class SurfaceStatistics(Analysis):
 
     @staticmethod
     def report(run: Any, figures: Path) -> Any:
-        from headscope.report.figures import head_grid, layer_head_heatmap, save_figure
+        from headscope.report.figures import head_grid, save_heatmap
         from headscope.report.section import ReportSection, figure_html
 
         columns = [c for c in STATISTICS if c in run.heads.columns]
@@ -305,8 +305,7 @@ class SurfaceStatistics(Analysis):
             return None
         names = []
         for column in columns:
-            fig = layer_head_heatmap(head_grid(run.heads, column), LABELS[column], label=column)
-            save_figure(fig, figures, f"surface_{column}")
+            save_heatmap(head_grid(run.heads, column), figures, f"surface_{column}", LABELS[column], label=column)
             names.append(f"surface_{column}")
         body = ("<p>Per head, averaged over every sequence (Clark et al. 2019, section 3).</p>"
                 + conventions_html(run, "surface", CONVENTIONS)

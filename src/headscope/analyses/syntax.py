@@ -599,7 +599,7 @@ def best_heads(relations: list[str], correct: np.ndarray, total: np.ndarray, off
 
 def syntax_report(run: Any, figures: Path) -> Any:
     """The report section: the best-head table and one layer x head heat map per frequent relation."""
-    from headscope.report.figures import head_grid, layer_head_heatmap, save_figure
+    from headscope.report.figures import head_grid, save_heatmap
     from headscope.report.section import ReportSection, figure_html, percent
 
     best = run.tables["syntax_best"]
@@ -649,9 +649,8 @@ def syntax_report(run: Any, figures: Path) -> Any:
         sub = held[(held.relation == b.relation) & (held.direction == b.direction)]
         safe = "".join(c if c.isalnum() else "_" for c in str(b.relation))
         name = f"syntax_{safe}"
-        fig = layer_head_heatmap(head_grid(sub, "accuracy"), f"{b.relation} ({b.direction})",
-                                 label="held-out accuracy", vmin=0.0, vmax=1.0)
-        save_figure(fig, figures, name)
+        save_heatmap(head_grid(sub, "accuracy"), figures, name, f"{b.relation} ({b.direction})",
+                     label="held-out accuracy", vmin=0.0, vmax=1.0)
         names.append(name)
         captions.append(f"{b.relation}, {b.direction}, n = {b.n_held_out}")
     body += (f"<p>Held-out accuracy of every head, for relations with at least {REPORT_MIN_DEPENDENTS} held-out "

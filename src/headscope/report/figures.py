@@ -96,6 +96,27 @@ def _render_pickled(data: bytes, paths: dict[str, Path]) -> None:
     _render(pickle.loads(data), paths)
 
 
+def _heatmap_pickled(grid: np.ndarray, options: dict[str, object], paths: dict[str, Path]) -> None:
+    _render(layer_head_heatmap(grid, **options), paths)  # type: ignore[arg-type]
+
+
+def save_heatmap(grid: np.ndarray, directory: str | Path, name: str, title: str, **options: object
+                 ) -> dict[str, Path]:
+    """:func:`layer_head_heatmap` of ``grid`` (shape (n_layers, n_heads)) written as ``name.png`` and ``.svg``.
+
+    Inside :func:`parallel_figures` the worker builds the figure as well as drawing it: a report has dozens of
+    heat maps, and building them here would keep this process as busy as the workers.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {ext: directory / f"{name}.{ext}" for ext in ("svg", "png")}
+    if _pool is None:
+        _render(layer_head_heatmap(grid, title, **options), paths)  # type: ignore[arg-type]
+    else:
+        _pending.append(_pool.submit(_heatmap_pickled, np.asarray(grid), {"title": title, **options}, paths))
+    return paths
+
+
 def save_figure(fig: plt.Figure, directory: str | Path, name: str) -> dict[str, Path]:
     """Write ``name.png`` and ``name.svg`` into ``directory``; close the figure.
 
