@@ -31,7 +31,6 @@ self-contained ``index.html`` (figures inlined).
 from __future__ import annotations
 
 import argparse
-import base64
 import html
 import logging
 from dataclasses import dataclass, field
@@ -45,6 +44,8 @@ from scipy import stats
 from headscope.analyses.base import head_name
 from headscope.analyses.roles import adjust_pvalues
 from headscope.engine.results import RunResult, write_json, write_table
+from headscope.report.page import render_page
+from headscope.report.section import inline_figure_html
 
 logger = logging.getLogger("headscope")
 
@@ -349,12 +350,6 @@ def layer_figure(layers: pd.DataFrame, figures: Path) -> str | None:
     return "compare_layers"
 
 
-def _inline(figures: Path, name: str, caption: str) -> str:
-    data = base64.b64encode((figures / f"{name}.svg").read_bytes()).decode("ascii")
-    return (f'<figure><img src="data:image/svg+xml;base64,{data}" alt="{html.escape(caption)}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-
-
 def write_page(comparison: Comparison, out: Path) -> Path:
     """Write the figures and the self-contained ``index.html`` of a comparison."""
     figures = out / "figures"
@@ -388,14 +383,14 @@ def write_page(comparison: Comparison, out: Path) -> Path:
                if (~tested).any() else ""))
         name = layer_figure(comparison.layers, figures)
         if name:
-            figs.append(_inline(figures, name, "Where the models differ, by layer"))
+            figs.append(inline_figure_html(figures, name, "Where the models differ, by layer"))
         for role in dict.fromkeys(roles["role"]):
             part = roles[roles["role"] == role]
             if part["delta"].notna().any():
                 name = delta_heatmap(part, "delta", f"{role}: change of mean score", figures,
                                      f"compare_role_{role}", marks=part[part["significant"]])
-                figs.append(_inline(figures, name, f"{role} (dots: significant change)"))
-        blocks.append("".join(figs))
+                figs.append(inline_figure_html(figures, name, f"{role} (dots: significant change)"))
+        blocks.append(f'<div class="figures">{"".join(figs)}</div>')
         moved = roles[roles["change"].isin(["gained", "lost"])]
         if len(moved):
             listing = moved.assign(head_id=[head_name(r.layer, r.head) for r in moved.itertuples()])
@@ -422,19 +417,11 @@ def write_page(comparison: Comparison, out: Path) -> Path:
             part = heads[heads["statistic"] == stat]
             if part["delta"].notna().any():
                 name = delta_heatmap(part, "delta", f"{stat}: B - A", figures, f"compare_heads_{stat}")
-                figs.append(_inline(figures, name, stat))
-        blocks.append("<h2>Per-head statistics (heads.csv)</h2>" + "".join(figs))
+                figs.append(inline_figure_html(figures, name, stat))
+        blocks.append(f'<h2>Per-head statistics (heads.csv)</h2><div class="figures">{"".join(figs)}</div>')
     blocks.append("<h2>By layer</h2>" + comparison.layers.to_html(index=False, border=0, float_format="%.3g"))
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>headscope compare: {name_a} vs {name_b}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}
-figure{{display:inline-block;margin:0.5em;width:330px}} figure img{{width:100%;height:auto}}
-table{{border-collapse:collapse}} th,td{{padding:2px 8px;text-align:left;border-bottom:1px solid #ddd}}
-.warn{{color:#a00}}</style></head><body>
-<h1>headscope compare</h1>
-{"".join(blocks)}
-</body></html>
-"""
+    page = render_page(f"headscope compare: {name_a} vs {name_b}",
+                       f"<main><h1>headscope compare</h1>{''.join(blocks)}</main>", {}, [])
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
     return index

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import html
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -14,6 +16,13 @@ def figure_html(name: str, caption: str) -> str:
     text = html.escape(caption)
     src = f"../figures/{html.escape(name)}.svg"
     return f'<figure><img src="{src}" alt="{text}"><figcaption>{text}</figcaption></figure>'
+
+
+def inline_figure_html(figures: Path, name: str, caption: str) -> str:
+    """A figure with ``figures/{name}.svg`` inside the page as a data URL, for pages that travel alone."""
+    text = html.escape(caption)
+    data = base64.b64encode((Path(figures) / f"{name}.svg").read_bytes()).decode("ascii")
+    return f'<figure><img src="data:image/svg+xml;base64,{data}" alt="{text}"><figcaption>{text}</figcaption></figure>'
 
 
 def percent(x: Any) -> str:
