@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import logging
 import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -243,7 +247,8 @@ def load_model(
     model_kwargs = dict(kwargs, attn_implementation="eager", dtype=torch_dtype)
     auto_cls = (AutoModelForCausalLM if is_causal else AutoModelForMaskedLM) if has_lm_head else AutoModel
     try:
-        model = auto_cls.from_pretrained(path, **model_kwargs)
+        with _quiet_gguf(bool(gguf_file)):
+            model = auto_cls.from_pretrained(path, **model_kwargs)
     except (ValueError, TypeError) as exc:
         if "attn_implementation" in str(exc) or "eager" in str(exc):
             raise AttentionUnavailableError(
@@ -282,6 +287,26 @@ def load_model(
 
         loaded.route = choose_route(loaded, capture)
     return loaded
+
+
+@contextlib.contextmanager
+def _quiet_gguf(active: bool) -> Iterator[None]:
+    """Silence the GGUF reader's own tqdm bar, which ignores transformers' progress-bar switch."""
+    module = sys.modules.get("transformers.modeling_gguf_pytorch_utils") if active else None
+    if active and module is None:
+        try:
+            import transformers.modeling_gguf_pytorch_utils as module
+        except ImportError:  # transformers then fails with its own message about gguf
+            module = None
+    bar = getattr(module, "tqdm", None)
+    if module is None or bar is None:
+        yield
+        return
+    module.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        module.tqdm = bar
 
 
 def _load_tokenizer(path: str, kwargs: dict[str, Any], model_type: str) -> Any:
