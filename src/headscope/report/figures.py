@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -34,21 +35,19 @@ def head_grid(heads: pd.DataFrame, column: str) -> np.ndarray:
     return grid
 
 
-#: Fixed margins of a layer x head heat map, in inches: left (layer ticks and label), right (colour bar, its
-#: ticks and label), bottom (head ticks and label), top (title).
-HEATMAP_MARGINS = (0.42, 0.75, 0.36, 0.22)
-
-
 def layer_head_heatmap(grid: np.ndarray, title: str, cmap: str = "viridis", label: str = "",
                        vmin: float | None = None, vmax: float | None = None) -> plt.Figure:
     """A layer x head heat map (layers down, heads across, 0-based) of ``grid`` (shape (n_layers, n_heads)).
 
-    The axes and the colour bar sit at fixed margins (:data:`HEATMAP_MARGINS`) rather than a layout engine:
-    a report draws dozens of these, and the constrained layout was half the cost of drawing each one.
+    The axes and the colour bar sit at the fixed margins of :mod:`headscope.report.heatmap` (which draws the
+    same picture without matplotlib, for :func:`save_heatmap`) rather than a layout engine. Use this one when
+    the figure gets more marks before it is saved.
     """
+    from headscope.report.heatmap import MARGINS, heatmap_size
+
     n_layers, n_heads = grid.shape
-    width, height = COLUMN_WIDTH, min(COLUMN_WIDTH * 1.4, 0.9 + 0.2 * n_layers)
-    left, right, bottom, top = HEATMAP_MARGINS
+    width, height = heatmap_size(n_layers, COLUMN_WIDTH)
+    left, right, bottom, top = MARGINS
     fig = plt.figure(figsize=(width, height))
     ax = fig.add_axes((left / width, bottom / height, (width - left - right) / width,
                        (height - bottom - top) / height))
@@ -109,24 +108,29 @@ def _render_pickled(data: bytes, paths: dict[str, Path]) -> None:
     _render(pickle.loads(data), paths)
 
 
-def _heatmap_pickled(grid: np.ndarray, options: dict[str, object], paths: dict[str, Path]) -> None:
-    _render(layer_head_heatmap(grid, **options), paths)  # type: ignore[arg-type]
+def _heatmap_files(grid: np.ndarray, options: dict[str, Any], paths: dict[str, Path]) -> None:
+    from headscope.report.heatmap import heatmap_png, heatmap_svg
+
+    paths["svg"].write_text(heatmap_svg(grid, width=COLUMN_WIDTH, **options), encoding="utf-8")
+    heatmap_png(grid, paths["png"], width=COLUMN_WIDTH, **options)
 
 
-def save_heatmap(grid: np.ndarray, directory: str | Path, name: str, title: str, **options: object
+def save_heatmap(grid: np.ndarray, directory: str | Path, name: str, title: str, **options: Any
                  ) -> dict[str, Path]:
-    """:func:`layer_head_heatmap` of ``grid`` (shape (n_layers, n_heads)) written as ``name.png`` and ``.svg``.
+    """A layer x head heat map of ``grid`` (shape (n_layers, n_heads)) written as ``name.svg`` and ``name.png``.
 
-    Inside :func:`parallel_figures` the worker builds the figure as well as drawing it: a report has dozens of
-    heat maps, and building them here would keep this process as busy as the workers.
+    Drawn by :mod:`headscope.report.heatmap` (the look of :func:`layer_head_heatmap` without building a
+    matplotlib figure: a report has dozens of these). ``options``: ``cmap``, ``label``, ``vmin``, ``vmax``.
+    Inside :func:`parallel_figures` a worker draws it.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = {ext: directory / f"{name}.{ext}" for ext in ("svg", "png")}
     if _pool is None:
-        _render(layer_head_heatmap(grid, title, **options), paths)  # type: ignore[arg-type]
+        _heatmap_files(np.asarray(grid, dtype=float), {"title": title, **options}, paths)
     else:
-        _pending.append(_pool.submit(_heatmap_pickled, np.asarray(grid), {"title": title, **options}, paths))
+        _pending.append(_pool.submit(_heatmap_files, np.asarray(grid, dtype=float), {"title": title, **options},
+                                     paths))
     return paths
 
 
