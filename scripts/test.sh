@@ -8,4 +8,5 @@ bash scripts/setup.sh all,test
 [ -n "${VIRTUAL_ENV:-}" ] || . .venv/bin/activate
 if [ -f scripts/install-browser.sh ]; then bash scripts/install-browser.sh; fi
 python -m ruff check src tests bench
+python -m mypy
 python -m pytest -q "$@"

@@ -124,6 +124,35 @@ def test_switches_on_by_default_can_be_turned_off() -> None:
     assert "importance_normalize_layers" not in parser.parse_args(["run"])
 
 
+def test_literal_options_offer_their_choices(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = capsys.readouterr().out
+    for shown in ("--weights {attention,norm,rollout}", "--dtype {float32,float16,bfloat16}",
+                  "--capture {auto,interface,hooks,stacked}", "--roles-correction {none,bh}",
+                  "--distance-cluster-method {kmeans,agglomerative}", "--sep-gradient-append-eos {auto,yes,no}"):
+        assert shown in text, shown
+    parser = build_parser()
+    assert parser.parse_args(["run", "--weights", "norm", "--roles-unit", "input"]).roles_unit == "input"
+    for argv in (["run", "--weights", "softmax"], ["run", "--roles-correction", "bonferroni"]):
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args(argv)
+        assert exit_info.value.code == 2
+        assert "invalid choice" in capsys.readouterr().err
+
+
+def test_literal_fields_are_checked_in_the_python_api_too() -> None:
+    from headscope.analyses.distance import DistanceOptions
+    from headscope.analyses.roles import RolesOptions
+
+    with pytest.raises(ValueError, match=r"weights must be one of attention, norm, rollout, got 'softmax'"):
+        RunConfig(weights="softmax")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="role_rule must be one of ttest, mean"):
+        RolesOptions(role_rule="median")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="cluster_method must be one of kmeans, agglomerative"):
+        DistanceOptions(cluster_method="spectral")  # type: ignore[arg-type]
+
+
 def test_list_says_what_is_installed_and_what_each_analysis_needs(capsys: pytest.CaptureFixture) -> None:
     assert main(["list"]) == 0
     out = capsys.readouterr().out

@@ -19,7 +19,7 @@ from typing import Any, Union
 
 from headscope.analyses import REGISTRY
 from headscope.analyses.registry import public_name
-from headscope.config import RunConfig
+from headscope.config import RunConfig, literal_choices
 
 #: What ``headscope --help`` says first (the module docstring is for developers).
 DESCRIPTION = "headscope: what every attention head of a Transformer does, over a whole corpus."
@@ -81,6 +81,16 @@ def _add_field(parser: argparse.ArgumentParser | Any, f: dataclasses.Field, hint
                             help=shown(text, "on"))
     elif tp is bool:
         parser.add_argument(flag, dest=dest, action="store_true", default=argparse.SUPPRESS, help=shown(text, "off"))
+    elif (choices := literal_choices(tp)) is not None:
+        # A Literal[...] field: argparse checks the value and --help lists the choices ({a,b,c}).
+        kind = type(choices[0])
+        if is_list:
+            value = ",".join(map(str, default)) if default else "none"
+            parser.add_argument(flag, dest=dest, action="append", type=kind, choices=choices,
+                                default=argparse.SUPPRESS, help=shown(text + " Repeatable.", value))
+        else:
+            parser.add_argument(flag, dest=dest, type=kind, choices=choices, default=argparse.SUPPRESS,
+                                help=shown(text, str(default)))
     elif is_list:
         value = ",".join(map(str, default)) if default else "none"
         parser.add_argument(flag, dest=dest, action="append", type=tp, default=argparse.SUPPRESS,

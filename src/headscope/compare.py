@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import html
 import logging
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ import pandas as pd
 from scipy import stats
 
 from headscope.analyses.base import head_name
-from headscope.analyses.roles import adjust_pvalues
+from headscope.analyses.roles import Correction, adjust_pvalues
 from headscope.engine.results import RunResult, write_json, write_table
 from headscope.report.page import render_page
 from headscope.report.section import inline_figure_html
@@ -162,7 +163,7 @@ MIN_N = 30
 CROSSED = ("crossed_up", "crossed_down")
 
 
-def role_changes(roles_a: pd.DataFrame, roles_b: pd.DataFrame, alpha: float = 0.05, correction: str = "bh",
+def role_changes(roles_a: pd.DataFrame, roles_b: pd.DataFrame, alpha: float = 0.05, correction: Correction = "bh",
                  min_n: int = MIN_N) -> pd.DataFrame:
     """Welch's t-test of the change of every head's mean sieve-bias score, role by role.
 
@@ -232,7 +233,7 @@ def layer_summary(heads: pd.DataFrame, roles: pd.DataFrame | None) -> pd.DataFra
 
 
 def compare(run_a: str | Path | RunResult, run_b: str | Path | RunResult, alpha: float = 0.05,
-            correction: str = "bh", allow_mixed_conventions: bool = False, min_n: int = MIN_N) -> Comparison:
+            correction: Correction = "bh", allow_mixed_conventions: bool = False, min_n: int = MIN_N) -> Comparison:
     """Compare two finished runs of models with the same number of layers and heads.
 
     Parameters
@@ -257,7 +258,7 @@ def compare(run_a: str | Path | RunResult, run_b: str | Path | RunResult, alpha:
     MixedConventionsError
         When the runs' conventions differ and ``allow_mixed_conventions`` is False.
     """
-    if correction not in ("bh", "none"):
+    if correction not in typing.get_args(Correction):
         raise ValueError(f"correction must be 'bh' or 'none', got {correction!r}")
     a, b = _as_run(run_a), _as_run(run_b)
     shape_a = (a.run.get("model", {}).get("n_layers"), a.run.get("model", {}).get("n_heads"))
@@ -432,7 +433,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_b", metavar="RUN_B", help="directory of the second run; changes are B - A")
     parser.add_argument("--out", default="headscope-compare", help="output directory (default: %(default)s)")
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level (default: %(default)s)")
-    parser.add_argument("--correction", choices=("bh", "none"), default="bh",
+    parser.add_argument("--correction", choices=typing.get_args(Correction), default="bh",
                         help="multiple-testing correction of the role-change tests (default: %(default)s)")
     parser.add_argument("--min-n", type=int, default=MIN_N,
                         help="fewest scores of a role in each run for its change to be tested (default: "

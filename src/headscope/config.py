@@ -9,8 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+#: The choices of :class:`RunConfig`'s fields (``headscope run`` offers them as ``choices=``).
+Dtype = Literal["float32", "float16", "bfloat16"]
+Capture = Literal["auto", "interface", "hooks", "stacked"]
+Weights = Literal["attention", "norm", "rollout"]
+PaddingSide = Literal["right", "left"]
+Engine = Literal["local", "ray"]
+WordMode = Literal["mean", "first"]
+Punctuation = Literal["clark", "all"]
+Conventions = Literal["headscope", "clark", "pande"]
+Parse = Literal["none", "spacy"]
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = None, **kwargs: Any) -> Any:
@@ -31,6 +44,44 @@ def option(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = 
     if default is dataclasses.MISSING:
         return field(metadata=metadata, **kwargs)
     return field(default=default, metadata=metadata, **kwargs)
+
+
+def literal_choices(hint: Any) -> tuple[Any, ...] | None:
+    """The values of a ``Literal[...]`` type (also inside ``X | None``), or None for any other type."""
+    if typing.get_origin(hint) is Literal:
+        return typing.get_args(hint)
+    for arg in typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else ():
+        if typing.get_origin(arg) is Literal:
+            return typing.get_args(arg)
+    return None
+
+
+_CHOICES: dict[type, dict[str, tuple[Any, ...]]] = {}
+
+
+def _field_choices(cls: type) -> dict[str, tuple[Any, ...]]:
+    """The ``Literal`` fields of dataclass ``cls``, each with its allowed values (None too for ``| None``)."""
+    if cls in _CHOICES:
+        return _CHOICES[cls]
+    hints = typing.get_type_hints(cls)
+    found: dict[str, tuple[Any, ...]] = {}
+    for f in dataclasses.fields(cls):
+        choices = literal_choices(hints[f.name])
+        if choices is not None:
+            optional = type(None) in typing.get_args(hints[f.name])
+            found[f.name] = (*choices, None) if optional else choices
+    _CHOICES[cls] = found
+    return found
+
+
+def check_choices(obj: Any) -> None:
+    """Raise ValueError for a field of dataclass ``obj`` typed ``Literal[...]`` that holds another value: the
+    Python API's check of what ``headscope run`` checks with ``choices=``, from the same list."""
+    for name, allowed in _field_choices(type(obj)).items():
+        value = getattr(obj, name)
+        if value not in allowed:
+            shown = ", ".join(str(c) for c in allowed if c is not None)
+            raise ValueError(f"{name} must be one of {shown}, got {value!r}")
 
 
 def parse_bytes(text: str | int) -> int:
@@ -92,21 +143,21 @@ class RunConfig:
     max_sentences: int | None = option(None, help="Read at most this many sentences per treebank file.")
     batch_size: int = option(16, help="Sequences per forward pass.")
     device: str = option("auto", help="auto, cpu, cuda or cuda:N.")
-    dtype: str = option("float32", help="Model dtype: float32, float16 or bfloat16 (statistics are always "
-                        "computed in float32).")
+    dtype: Dtype = option("float32", help="Model dtype: float32, float16 or bfloat16 (statistics are always "
+                          "computed in float32).")
     attention_memory: str = option("256MiB", help="Memory budget for one layer's attention: batches are cut and "
                                    "layers computed in blocks of query rows to stay under it (e.g. 512MiB, 4GiB).")
-    capture: str = option("auto", help="How attention weights are captured: auto (transformers' attention "
-                          "interface where the model uses it, else hooks), interface, hooks, or stacked (0.1's "
-                          "eager path holding every layer: a reference, not for long inputs).")
-    weights: str = option("attention", help="What the analyses read as a head's weights: attention (the "
-                          "softmax weights, default), norm (Kobayashi et al. 2020: A[i,j]*||v_j W_O^h||, rows "
-                          "renormalised; --capture interface only) or rollout (Abnar & Zuidema 2020, per head; "
-                          "analyses surface, distance, syntax, examples). See docs/weights.md.")
-    padding_side: str = option("right", help="Padding side of the forward pass: right or left (results do not "
-                               "depend on it).")
-    engine: str = option("local", help="local (this process) or ray (Ray Data: an actor pool of --workers "
-                         "model copies; needs `pip install \"headscope[ray]\"`).")
+    capture: Capture = option("auto", help="How attention weights are captured: auto (transformers' attention "
+                              "interface where the model uses it, else hooks), interface, hooks, or stacked (0.1's "
+                              "eager path holding every layer: a reference, not for long inputs).")
+    weights: Weights = option("attention", help="What the analyses read as a head's weights: attention (the "
+                              "softmax weights, default), norm (Kobayashi et al. 2020: A[i,j]*||v_j W_O^h||, rows "
+                              "renormalised; --capture interface only) or rollout (Abnar & Zuidema 2020, per head; "
+                              "analyses surface, distance, syntax, examples). See docs/weights.md.")
+    padding_side: PaddingSide = option("right", help="Padding side of the forward pass: right or left (results do not "
+                                       "depend on it).")
+    engine: Engine = option("local", help="local (this process) or ray (Ray Data: an actor pool of --workers "
+                            "model copies; needs `pip install \"headscope[ray]\"`).")
     ray_address: str | None = option(None, help="Address of a running Ray cluster (default: start a local "
                                      "Ray instance on this machine).")
     workers: int = option(2, help="Ray workers, each holding one copy of the model (--engine ray).")
@@ -118,15 +169,15 @@ class RunConfig:
     overwrite: bool = option(False, help="Replace a previous run in --out whole (without it, a folder that "
                              "holds a run is refused).")
     seed: int = option(0, help="Seed for every random choice (A/B split, samples, clustering, probes).")
-    word_attention: str = option("mean", help="How a split word attends: mean over its pieces' rows (the "
-                                 "paper) or first (Clark et al.'s released code).")
-    punctuation: str = option("clark", help="Punctuation class for surface statistics: clark (tokens "
-                              "exactly '.' or ',') or all (every punctuation-only token).")
-    conventions: str = option("headscope", help="Definitions of the statistics: headscope (ours, "
-                              "docs/conventions.md), clark (as Clark et al.'s released code: surface, syntax, "
-                              "similarity) or pande (as the heads-hypothesis notebooks: roles).")
-    parse: str = option("none", help="Dependency parses for raw text: none or spacy (silver parses from "
-                        "en_core_web_sm).")
+    word_attention: WordMode = option("mean", help="How a split word attends: mean over its pieces' rows (the "
+                                      "paper) or first (Clark et al.'s released code).")
+    punctuation: Punctuation = option("clark", help="Punctuation class for surface statistics: clark (tokens "
+                                      "exactly '.' or ',') or all (every punctuation-only token).")
+    conventions: Conventions = option("headscope", help="Definitions of the statistics: headscope (ours, "
+                                      "docs/conventions.md), clark (as Clark et al.'s released code: surface, syntax, "
+                                      "similarity) or pande (as the heads-hypothesis notebooks: roles).")
+    parse: Parse = option("none", help="Dependency parses for raw text: none or spacy (silver parses from "
+                          "en_core_web_sm).")
     out: str | None = option("headscope-out", help="Output directory (a folder holding another run is refused "
                              "unless --overwrite).")
     quiet: bool = option(False, help="No progress bar.")
@@ -147,27 +198,10 @@ class RunConfig:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.word_attention not in ("mean", "first"):
-            raise ValueError(f"word_attention must be 'mean' or 'first', got {self.word_attention!r}")
-        if self.punctuation not in ("clark", "all"):
-            raise ValueError(f"punctuation must be 'clark' or 'all', got {self.punctuation!r}")
-        if self.conventions not in ("headscope", "clark", "pande"):
-            raise ValueError(f"conventions must be headscope, clark or pande, got {self.conventions!r}")
+        check_choices(self)
         if self.conventions == "clark" and self.punctuation != "clark":
             raise ValueError("--conventions clark counts the tokens '.' and ',' as punctuation, as Clark et al.'s "
                              "code does; it cannot be combined with --punctuation all")
-        if self.parse not in ("none", "spacy"):
-            raise ValueError(f"parse must be 'none' or 'spacy', got {self.parse!r}")
-        if self.capture not in ("auto", "interface", "hooks", "stacked"):
-            raise ValueError(f"capture must be auto, interface, hooks or stacked, got {self.capture!r}")
-        if self.weights not in ("attention", "norm", "rollout"):
-            raise ValueError(f"weights must be attention, norm or rollout, got {self.weights!r}")
-        if self.padding_side not in ("right", "left"):
-            raise ValueError(f"padding_side must be 'right' or 'left', got {self.padding_side!r}")
-        if self.dtype not in ("float32", "float16", "bfloat16"):
-            raise ValueError(f"dtype must be float32, float16 or bfloat16, got {self.dtype!r}")
-        if self.engine not in ("local", "ray"):
-            raise ValueError(f"engine must be 'local' or 'ray', got {self.engine!r}")
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
         if self.checkpoint_every < 0:

@@ -19,15 +19,20 @@ from __future__ import annotations
 import argparse
 import html
 import os
+import typing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from headscope.config import WordMode
 from headscope.corpus.conllu import read_conllu
 from headscope.corpus.text import read_text, split_words
 from headscope.corpus.types import Sentence
 from headscope.manifest import Manifest
+
+if TYPE_CHECKING:
+    from headscope.model.encode import Example
 
 #: Longest input the viewer takes by default, in model tokens (capped by the model).
 DEFAULT_MAX_LENGTH = 512
@@ -141,7 +146,7 @@ def input_sentences(text: str | None = None, file: str | Path | None = None,
     raise ValueError(f"{treebank}: no sentence {sentence!r} (give a 1-based number or a sent_id)")
 
 
-def view_data(example: Any, piece: np.ndarray, word: np.ndarray, model: dict[str, Any], text: str,
+def view_data(example: Example, piece: np.ndarray, word: np.ndarray, model: dict[str, Any], text: str,
               notes: list[str]) -> dict[str, Any]:
     """What the viewer page's script reads.
 
@@ -212,7 +217,7 @@ def render_view(data: dict[str, Any]) -> str:
 
 def view(text: str | None = None, *, model: str = "minilm", file: str | Path | None = None,
          treebank: str | Path | None = None, sentence: str = "1", out: str | Path = "headscope-view.html",
-         max_length: int = DEFAULT_MAX_LENGTH, word_attention: str = "mean", device: str = "auto") -> ViewPage:
+         max_length: int = DEFAULT_MAX_LENGTH, word_attention: WordMode = "mean", device: str = "auto") -> ViewPage:
     """Write a self-contained HTML page of every head's attention on one input; return it.
 
     Parameters
@@ -270,7 +275,7 @@ def add_view_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="headscope-view.html", help="HTML file to write")
     parser.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH,
                         help=f"cut longer inputs to this many tokens (default: {DEFAULT_MAX_LENGTH})")
-    parser.add_argument("--word-attention", default="mean", choices=("mean", "first"),
+    parser.add_argument("--word-attention", default="mean", choices=typing.get_args(WordMode),
                         help="how a split word's rows become one (default: mean)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 

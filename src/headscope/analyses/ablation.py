@@ -22,10 +22,10 @@ Measured against the ungated model on the same inputs:
 from __future__ import annotations
 
 import html
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -40,7 +40,10 @@ from headscope.model.losses import MASK_RATE, lm_forward, mask_for_mlm
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
     from headscope.engine.context import RunContext
+    from headscope.engine.results import RunResult
     from headscope.model.encode import Example
+    from headscope.model.load import LoadedModel
+    from headscope.report.section import ReportSection
 
 @dataclass
 class Condition:
@@ -87,7 +90,7 @@ class AblationSums:
         Seed of the masked-LM masks.
     """
 
-    def __init__(self, loaded: Any, conditions: list[Condition], seed: int) -> None:
+    def __init__(self, loaded: LoadedModel, conditions: list[Condition], seed: int) -> None:
         info = loaded.info
         self.loaded = loaded
         self.seed = seed
@@ -99,7 +102,7 @@ class AblationSums:
         self.drift_ = np.zeros(k)
         self.tokens_ = 0
 
-    def add(self, batch: Any) -> None:
+    def add(self, batch: Batch) -> None:
         """Run every condition on ``batch`` (gates attached for the duration)."""
         info = self.loaded.info
         labels = None
@@ -148,7 +151,8 @@ class AblationSums:
         return table
 
 
-def measure_ablations(loaded: Any, batches: Any, conditions: list[Condition], seed: int) -> pd.DataFrame:
+def measure_ablations(loaded: LoadedModel, batches: Iterable[Batch], conditions: list[Condition], seed: int
+                      ) -> pd.DataFrame:
     """Run every condition on every batch; one row per condition (the baseline first).
 
     Parameters
@@ -232,7 +236,7 @@ class PatternAblation(Analysis):
         return AnalysisResult(name=self.name, tables={"ablation": table}, summary=summary)
 
     @staticmethod
-    def report(run: Any, figures: Path) -> Any:
+    def report(run: RunResult, figures: Path) -> ReportSection | None:
         from headscope.report.section import ReportSection, figure_html
 
         if "ablation" not in run.tables:

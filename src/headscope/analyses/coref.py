@@ -27,20 +27,23 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name
 from headscope.analyses.registry import register
-from headscope.config import option
+from headscope.config import check_choices, option
 from headscope.corpus.mentions import MENTION_TYPES
 from headscope.model.coref_encode import WindowMention, window_mentions
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
+    from headscope.engine.context import RunContext
+    from headscope.engine.results import RunResult
     from headscope.model.encode import Example
+    from headscope.report.section import ReportSection
 
 #: Baselines, in table order.
 BASELINES = ("nearest", "head_match", "rule_based")
@@ -157,13 +160,13 @@ def mention_queries(batch: Batch, candidates: str = "all") -> MentionQueries | N
 class CorefOptions:
     """Options of the ``coref`` analysis."""
 
-    coref_candidates: str = option("all", help="Words a head's arg-max may pick for a mention: all (every "
-                                   "other word of the window, special tokens excluded; the paper's reading) "
-                                   "or preceding (only words before the mention's head).")
+    coref_candidates: Literal["all", "preceding"] = option(
+        "all", help="Words a head's arg-max may pick for a mention: all (every "
+        "other word of the window, special tokens excluded; the paper's reading) "
+        "or preceding (only words before the mention's head).")
 
     def __post_init__(self) -> None:
-        if self.coref_candidates not in ("all", "preceding"):
-            raise ValueError(f"coref_candidates must be 'all' or 'preceding', got {self.coref_candidates!r}")
+        check_choices(self)
 
 
 @register
@@ -181,7 +184,7 @@ class CorefHeads(Analysis):
     def wants(self, example: Example) -> bool:
         return example.kind == "window"
 
-    def start(self, ctx: Any) -> None:
+    def start(self, ctx: RunContext) -> None:
         shape = (len(MENTION_TYPES), ctx.info.n_layers, ctx.info.n_heads)
         self.correct_ = torch.zeros(shape, dtype=torch.float64, device=ctx.device)
         self.n_ = torch.zeros(len(MENTION_TYPES), dtype=torch.float64)
@@ -234,7 +237,7 @@ class CorefHeads(Analysis):
         denominator = torch.where(n > 0, n, torch.nan)
         return correct / denominator[:, None, None], base / denominator[None, :], n
 
-    def finalize(self, ctx: Any, results: dict[str, AnalysisResult]) -> AnalysisResult:
+    def finalize(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
         heads_acc, base_acc, n = self.accuracy()
         _, n_layers, n_heads = heads_acc.shape
         frames = []
@@ -263,7 +266,7 @@ class CorefHeads(Analysis):
                               summary=summary)
 
     @staticmethod
-    def report(run: Any, figures: Path) -> Any:
+    def report(run: RunResult, figures: Path) -> ReportSection | None:
         from headscope.report.figures import head_grid, save_heatmap
         from headscope.report.section import ReportSection, figure_html, percent
 

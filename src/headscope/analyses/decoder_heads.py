@@ -49,6 +49,8 @@ if TYPE_CHECKING:
     from headscope.engine.batch import Batch
     from headscope.engine.capture import LayerAttention
     from headscope.engine.context import RunContext
+    from headscope.engine.results import RunResult
+    from headscope.report.section import ReportSection
 
 #: The scores of the main pass, computed as TransformerLens ``mul`` scores of a detection pattern.
 PATTERN_SCORES = ("previous_token", "duplicate_token", "induction")
@@ -298,7 +300,7 @@ class DecoderHeads(Analysis):
     Options = DecoderHeadsOptions
     second_pass = True
 
-    def start(self, ctx: Any) -> None:
+    def start(self, ctx: RunContext) -> None:
         o = self.options
         if not ctx.info.is_causal:
             raise ValueError(
@@ -414,7 +416,7 @@ class DecoderHeads(Analysis):
         return {k: torch.where(self.counts_[k] > 0, self.sums_[k] / self.counts_[k].clamp_min(1),
                                torch.full_like(self.sums_[k], float("nan"))) for k in SCORES}
 
-    def finalize(self, ctx: Any, results: dict[str, AnalysisResult]) -> AnalysisResult:
+    def finalize(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
         o = self.options
         means = self.means()
         table = head_frame(means, self.n_layers_, self.n_heads_)
@@ -435,7 +437,7 @@ class DecoderHeads(Analysis):
         return AnalysisResult(name=self.name, heads=table.copy(), tables={"decoder_heads": table}, summary=summary)
 
     @staticmethod
-    def report(run: Any, figures: Path) -> Any:
+    def report(run: RunResult, figures: Path) -> ReportSection | None:
         from headscope.report.figures import head_grid, save_heatmap
         from headscope.report.section import ReportSection, figure_html
 

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import html
 import math
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
@@ -33,11 +34,14 @@ import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name
 from headscope.analyses.registry import register
-from headscope.config import option
+from headscope.config import check_choices, option
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
     from headscope.engine.capture import LayerAttention
+    from headscope.engine.context import RunContext
+    from headscope.engine.results import RunResult
+    from headscope.report.section import ReportSection
 
 #: Signed-distance bins ``(name, lowest j - i, highest j - i)``, inclusive.
 BINS: tuple[tuple[str, float, float], ...] = (
@@ -269,7 +273,11 @@ def _renumber(labels: np.ndarray) -> np.ndarray:
     return np.array([order[int(label)] for label in labels], dtype=int)
 
 
-def cluster_heads(features: pd.DataFrame, k: int | None = None, method: str = "kmeans", seed: int = 0,
+#: How the heads are clustered.
+ClusterMethod = Literal["kmeans", "agglomerative"]
+
+
+def cluster_heads(features: pd.DataFrame, k: int | None = None, method: ClusterMethod = "kmeans", seed: int = 0,
                   max_clusters: int = 10) -> ClusterFit:
     """Standardise per-head features and cluster them.
 
@@ -289,7 +297,7 @@ def cluster_heads(features: pd.DataFrame, k: int | None = None, method: str = "k
     from sklearn.cluster import AgglomerativeClustering, KMeans
     from sklearn.metrics import silhouette_score
 
-    if method not in ("kmeans", "agglomerative"):
+    if method not in typing.get_args(ClusterMethod):
         raise ValueError(f"cluster method must be 'kmeans' or 'agglomerative', got {method!r}")
     values = features.to_numpy(float)
     std = values.std(axis=0)
@@ -347,9 +355,12 @@ class DistanceOptions:
     """Options of the ``distance`` analysis."""
 
     clusters: int | None = option(None, help="Number of head clusters (default: chosen by silhouette).")
-    cluster_method: str = option("kmeans", help="Clustering that sets `cluster`: kmeans or agglomerative "
-                                 "(both are written).")
+    cluster_method: ClusterMethod = option(
+        "kmeans", help="Clustering that sets `cluster`: kmeans or agglomerative (both are written).")
     max_clusters: int = option(10, help="Largest number of clusters tried when choosing by silhouette.")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
 
 
 @register
@@ -363,10 +374,8 @@ class DistancePatterns(Analysis):
                   "named patterns (after Guan et al. 2020)"
     Options = DistanceOptions
 
-    def start(self, ctx: Any) -> None:
-        if self.options.cluster_method not in ("kmeans", "agglomerative"):
-            raise ValueError(f"cluster_method must be 'kmeans' or 'agglomerative', got "
-                             f"{self.options.cluster_method!r}")
+    def start(self, ctx: RunContext) -> None:
+        check_choices(self.options)  # again: the options may have been changed since
         shape = (ctx.info.n_layers, ctx.info.n_heads)
         self.causal_ = bool(ctx.info.is_causal)
         self.sums_ = {k: torch.zeros(shape, dtype=torch.float64, device=ctx.device) for k in _SUMS}
@@ -405,7 +414,7 @@ class DistancePatterns(Analysis):
                 out[key] = self.sums_[key] / count
         return out
 
-    def finalize(self, ctx: Any, results: dict[str, AnalysisResult]) -> AnalysisResult:
+    def finalize(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
         means = self.means()
         n_layers, n_heads = means["rel_0"].shape
         heads = head_frame(means, n_layers, n_heads)
@@ -433,7 +442,7 @@ class DistancePatterns(Analysis):
         return AnalysisResult(name=self.name, heads=heads, tables={"clusters": clusters}, summary=summary)
 
     @staticmethod
-    def report(run: Any, figures: Path) -> Any:
+    def report(run: RunResult, figures: Path) -> ReportSection | None:
         from headscope.report.section import ReportSection, figure_html
 
         if "clusters" not in run.tables or "pattern" not in run.heads.columns:

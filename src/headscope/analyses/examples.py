@@ -29,6 +29,9 @@ from headscope.model.encode import Example
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
     from headscope.engine.capture import LayerAttention
+    from headscope.engine.context import RunContext
+    from headscope.engine.results import RunResult
+    from headscope.report.section import ReportSection
 
 
 @dataclass
@@ -106,7 +109,7 @@ class ExampleMaps(Analysis):
     description = "keep the full attention maps of a few short sequences for the report's head profiles"
     Options = ExampleMapsOptions
 
-    def start(self, ctx: Any) -> None:
+    def start(self, ctx: RunContext) -> None:
         if self.options.example_maps < 0 or self.options.example_max_tokens < 1:
             raise ValueError("example_maps must be >= 0 and example_max_tokens >= 1")
         self.kept_: list[KeptMap] = []
@@ -164,7 +167,7 @@ class ExampleMaps(Analysis):
         self._keep(other.kept_)
         return self
 
-    def finalize(self, ctx: Any, results: dict[str, AnalysisResult]) -> AnalysisResult:
+    def finalize(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
         kept = sorted(self.kept_, key=lambda k: k.index)
         return AnalysisResult(
             name=self.name,
@@ -175,7 +178,7 @@ class ExampleMaps(Analysis):
         )
 
     @staticmethod
-    def report(run: Any, figures: Path) -> Any:
+    def report(run: RunResult, figures: Path) -> ReportSection | None:
         from headscope.report.section import ReportSection
 
         doc = run.documents.get("examples")

@@ -22,7 +22,7 @@ import html
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -35,12 +35,17 @@ from headscope.model.gates import HeadGates
 from headscope.model.losses import CONTRASTIVE_TEMPERATURE, contrastive_loss, lm_forward, lm_labels, mean_pool
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
+
     from headscope.engine.batch import Batch
     from headscope.engine.context import RunContext
+    from headscope.engine.results import RunResult
     from headscope.model.encode import Example
+    from headscope.model.load import LoadedModel
+    from headscope.report.section import ReportSection
 
 
-def loss_kind(loaded: Any) -> str:
+def loss_kind(loaded: LoadedModel) -> str:
     """``mlm_loss``, ``lm_loss`` or ``contrastive_loss`` for this model.
 
     Raises
@@ -65,11 +70,19 @@ def loss_kind(loaded: Any) -> str:
     return "contrastive_loss"
 
 
-def frame_ids(tok: Any) -> tuple[int | None, int | None, int]:
+def frame_ids(tok: PreTrainedTokenizerFast) -> tuple[int | None, int | None, int]:
     """The ids that open (CLS, else BOS) and close (SEP, else EOS) a sequence, and the pad id (0 if none)."""
     first = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
     last = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
     return first, last, int(tok.pad_token_id) if tok.pad_token_id is not None else 0
+
+
+def contrastive_ids(tok: PreTrainedTokenizerFast) -> tuple[int, int, int]:
+    """:func:`frame_ids` for the contrastive loss, which needs both (:func:`loss_kind` checks that first)."""
+    first, last, pad = frame_ids(tok)
+    if first is None or last is None:
+        raise ValueError("the contrastive loss needs CLS/BOS and SEP/EOS tokens to encode each half on its own")
+    return first, last, pad
 
 
 def plain_batch(batch: Batch) -> Batch:
@@ -114,11 +127,11 @@ def split_halves(batch: Batch, cls_id: int, sep_id: int, pad_id: int
     return out[0], out[1]
 
 
-def batch_loss(loaded: Any, batch: Batch, kind: str, seed: int) -> tuple[torch.Tensor, int]:
+def batch_loss(loaded: LoadedModel, batch: Batch, kind: str, seed: int) -> tuple[torch.Tensor, int]:
     """The summed loss of ``batch`` (a 0-d tensor in the graph) and how many terms it sums."""
     if kind == "contrastive_loss":
-        cls_id, sep_id, pad_id = frame_ids(loaded.tokenizer)
-        a, b = split_halves(batch, int(cls_id), int(sep_id), int(pad_id))
+        cls_id, sep_id, pad_id = contrastive_ids(loaded.tokenizer)
+        a, b = split_halves(batch, cls_id, sep_id, pad_id)
         pooled = [mean_pool(loaded.base(**x).last_hidden_state, x["attention_mask"]) for x in (a, b)]
         return contrastive_loss(pooled[0], pooled[1], CONTRASTIVE_TEMPERATURE), batch.size
     inputs, labels = lm_labels(loaded, batch, seed)
@@ -127,7 +140,7 @@ def batch_loss(loaded: Any, batch: Batch, kind: str, seed: int) -> tuple[torch.T
     return loss, n
 
 
-def gate_gradient(loaded: Any, batch: Batch, kind: str, seed: int, gate_values: torch.Tensor | None = None
+def gate_gradient(loaded: LoadedModel, batch: Batch, kind: str, seed: int, gate_values: torch.Tensor | None = None
                   ) -> tuple[np.ndarray, float, int]:
     """``dL/dxi`` of the batch's mean loss at the gates ``gate_values`` (all open by default).
 
@@ -148,6 +161,7 @@ def gate_gradient(loaded: Any, batch: Batch, kind: str, seed: int, gate_values: 
             gates.values.requires_grad_(True)
             loss, n = batch_loss(loaded, batch, kind, seed)
             (loss / max(n, 1)).backward()
+            assert gates.values.grad is not None  # the gates require grad and are in the graph
             grad = gates.values.grad.detach().double().cpu().numpy()
     return grad, float(loss.detach()), n
 
@@ -243,7 +257,7 @@ class HeadImportance(Analysis):
         return AnalysisResult(name=self.name, heads=heads, tables={"importance": table}, summary=summary)
 
     @staticmethod
-    def report(run: Any, figures: Path) -> Any:
+    def report(run: RunResult, figures: Path) -> ReportSection | None:
         from headscope.report.section import ReportSection, figure_html
 
         if "importance" not in run.tables:

@@ -45,6 +45,9 @@ from headscope.model.encode import Example
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
+    from headscope.engine.context import RunContext
+    from headscope.engine.results import RunResult
+    from headscope.report.section import ReportSection
 
 VARIANTS = ("right_branching", "distances_glove", "attn", "attn_glove")
 #: Signed distances beyond this share a bucket in ``distances_glove``.
@@ -407,7 +410,7 @@ class AttentionProbe(Analysis):
     def wants(self, example: Example) -> bool:
         return example.has_tree
 
-    def start(self, ctx: Any) -> None:
+    def start(self, ctx: RunContext) -> None:
         unknown = set(self.variants()) - set(VARIANTS)
         if unknown:
             raise ValueError(f"unknown probe variant(s) {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
@@ -467,8 +470,8 @@ class AttentionProbe(Analysis):
 
     def update_words(self, batch: Batch, layer: int, words: torch.Tensor) -> None:
         """Copy one layer's heads into the batch's sentence features; ``words`` [batch, head, unit, unit]."""
-        if self._features is None:
-            return
+        if self._features is None or self._rows is None or self._units is None:
+            return  # no probe sentence in this batch (the three are set together in begin_batch)
         t0 = time.perf_counter()
         h = int(words.shape[1])
         # Feature k = layer * n_heads + head, the order of a [layer, head] map flattened.
@@ -520,7 +523,7 @@ class AttentionProbe(Analysis):
                 data.add(flat[start:start + count].reshape(self.n_features_, m, m), list(words[split][k]),
                          arrays[f"data.{split}.heads"][bounds[k]:bounds[k + 1]].copy(),
                          arrays[f"data.{split}.punct"][bounds[k]:bounds[k + 1]].copy(),
-                         tuple(int(v) for v in arrays[f"data.{split}.keys"][k]))
+                         (int(arrays[f"data.{split}.keys"][k][0]), int(arrays[f"data.{split}.keys"][k][1])))
                 start += count
 
     def merge(self, other: Analysis) -> AttentionProbe:
@@ -560,13 +563,13 @@ class AttentionProbe(Analysis):
                 score, n = uas(lambda b, model=model: masked_scores(model(b), b["valid"]).argmax(-1), evaluate,
                                var_vectors, use_features, 16)
                 entry["parameters"] = int(sum(p.numel() for p in model.parameters()))
-                if variant == "attn":
+                if variant == "attn" and isinstance(model, AttnProbe):
                     entry["weights"] = {"w": model.w.detach().tolist(), "u": model.u.detach().tolist()}
             entry.update(uas=score, scored_words=n, seconds=round(time.perf_counter() - t0, 2))
             out[variant] = entry
         return out
 
-    def finalize(self, ctx: Any, results: dict[str, AnalysisResult]) -> AnalysisResult:
+    def finalize(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
         train, evaluate = self.data_
         if not len(train) or not len(evaluate):
             raise ValueError(f"probe: needs sentences with dependency trees in both the training and the "
@@ -609,7 +612,7 @@ class AttentionProbe(Analysis):
         return AnalysisResult(name=self.name, documents={"probe": doc}, summary=summary)
 
     @staticmethod
-    def report(run: Any, figures: Path) -> Any:
+    def report(run: RunResult, figures: Path) -> ReportSection | None:
         from headscope.report.section import ReportSection
 
         doc = run.documents.get("probe")

@@ -39,10 +39,13 @@ from headscope.model.gates import HeadGates
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
     from headscope.engine.context import RunContext
+    from headscope.engine.results import RunResult
     from headscope.model.encode import Example
+    from headscope.model.load import LoadedModel
+    from headscope.report.section import ReportSection
 
 
-def held_out_loss(loaded: Any, batches: list[Batch], kind: str, seed: int, gates: np.ndarray) -> float:
+def held_out_loss(loaded: LoadedModel, batches: list[Batch], kind: str, seed: int, gates: np.ndarray) -> float:
     """Mean loss over ``batches`` with the gates ``gates`` (ndarray of shape (n_layers, n_heads), 0 or 1)."""
     info = loaded.info
     total, terms = 0.0, 0
@@ -246,7 +249,7 @@ class HeadPruning(Analysis):
         return claim
 
     @staticmethod
-    def report(run: Any, figures: Path) -> Any:
+    def report(run: RunResult, figures: Path) -> ReportSection | None:
         from headscope.report.section import ReportSection, figure_html
 
         if "pruning" not in run.tables:

@@ -40,7 +40,10 @@ from headscope.manifest import Manifest
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
     from headscope.engine.context import RunContext
+    from headscope.engine.results import RunResult
     from headscope.model.encode import Example
+    from headscope.model.load import LoadedModel
+    from headscope.report.section import ReportSection
 
 #: The needles and their questions: made-up facts that no haystack holds, so the answer must come from the
 #: prompt. (Wu et al. use their own set of needles; these are headscope's.)
@@ -191,7 +194,7 @@ def build_prompt(tokenizer: Any, sentences: list[str], counts: list[int], needle
 
 # --- generation with attention at each step ------------------------------------------------------------------
 
-def greedy_with_attention(loaded: Any, ids: torch.Tensor, max_new_tokens: int
+def greedy_with_attention(loaded: LoadedModel, ids: torch.Tensor, max_new_tokens: int
                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy decoding of one prompt, keeping each step's arg-max key per head.
 
@@ -261,7 +264,7 @@ class RetrievalHeads(Analysis):
     Options = RetrievalOptions
     second_pass = True
 
-    def start(self, ctx: Any) -> None:
+    def start(self, ctx: RunContext) -> None:
         o = self.options
         if not ctx.info.is_causal or not ctx.info.has_lm_head:
             raise ValueError(
@@ -298,7 +301,8 @@ class RetrievalHeads(Analysis):
         at = 0
         for k in range(o.retrieval_prompts):
             # Consecutive haystacks take the next sentences of the corpus, from the start again when it runs out.
-            texts, counts = [], []
+            texts: list[str] = []
+            counts: list[int] = []
             while sum(counts) < o.haystack_tokens and len(counts) < len(pool) * 4:
                 text, n = pool[at % len(pool)]
                 texts.append(text)
@@ -321,7 +325,9 @@ class RetrievalHeads(Analysis):
             prompt = self._prompts[example.index]
             ids = torch.as_tensor(prompt.ids, device=ctx.device)
             generated, argmax = greedy_with_attention(ctx.loaded, ids, o.retrieval_new_tokens)
-            prompt.answer = ctx.loaded.tokenizer.decode(generated.tolist(), skip_special_tokens=True)
+            answer = ctx.loaded.tokenizer.decode(generated.tolist(), skip_special_tokens=True)
+            assert isinstance(answer, str)  # one sequence of ids decodes to one string
+            prompt.answer = answer
             prompt.generated_tokens = int(generated.shape[0])
             prompt.rouge1_recall = rouge1_recall(prompt.needle, prompt.answer)
             used = prompt.rouge1_recall > o.retrieval_rouge
@@ -341,7 +347,7 @@ class RetrievalHeads(Analysis):
         self.records_.extend(other.records_)
         return self
 
-    def finalize(self, ctx: Any, results: dict[str, AnalysisResult]) -> AnalysisResult:
+    def finalize(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
         o = self.options
         scores = self.sums_ / self.used_ if self.used_ else torch.full_like(self.sums_, float("nan"))
         heads = head_frame({"retrieval_score": scores}, self.n_layers_, self.n_heads_)
@@ -360,7 +366,7 @@ class RetrievalHeads(Analysis):
                               summary=summary)
 
     @staticmethod
-    def report(run: Any, figures: Path) -> Any:
+    def report(run: RunResult, figures: Path) -> ReportSection | None:
         from headscope.report.figures import head_grid, save_heatmap
         from headscope.report.section import ReportSection, figure_html
 

@@ -72,7 +72,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -82,13 +82,16 @@ from scipy import stats
 from headscope.analyses.base import Analysis, AnalysisResult
 from headscope.analyses.registry import register
 from headscope.analyses.surface import conventions_html, effective_conventions
-from headscope.config import option
+from headscope.config import check_choices, option
 from headscope.corpus.conllu import collapse_relation
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
     from headscope.engine.capture import LayerAttention
+    from headscope.engine.context import RunContext
+    from headscope.engine.results import RunResult
     from headscope.model.encode import Example
+    from headscope.report.section import ReportSection
 
 #: The roles computed on token-level attention, in table order.
 SURFACE_ROLES = ("local", "delimiter", "delimiter_cls", "delimiter_sep", "block")
@@ -115,6 +118,10 @@ ABBREVIATIONS = {"local": "L", "delimiter": "D", "delimiter_cls": "C", "delimite
                  "syntactic": "Y"}
 
 
+#: Multiple-testing corrections: none, or Benjamini-Hochberg.
+Correction = Literal["none", "bh"]
+
+
 @dataclass
 class RolesOptions:
     """Options of the ``roles`` analysis."""
@@ -122,27 +129,25 @@ class RolesOptions:
     tau: float = option(3.0, help="Sieve-bias threshold: a head holds a role when its mean score is above "
                         "tau (roles).")
     alpha: float = option(0.05, help="Significance level of the one-sided t-tests (roles).")
-    correction: str = option("bh", help="Multiple-testing correction over all head x role tests: none (as "
-                             "Pande et al.) or bh (Benjamini-Hochberg) (roles).")
+    correction: Correction = option(
+        "bh", help="Multiple-testing correction over all head x role tests: none (as "
+        "Pande et al.) or bh (Benjamini-Hochberg) (roles).")
     relations: list[str] = option(help="Extra dependency relations to test as syntactic roles, e.g. det or "
                                   "nmod:poss (roles; comma-separated or repeated).", default_factory=list)
-    role_rule: str = option("ttest", help="What `has_role` means in roles.csv and the report: ttest "
-                            "(significant) or mean (the plain mean-above-tau rule) (roles).")
-    roles_unit: str = option("sentence", help="What one score of the t-tests is: sentence (each source "
-                             "sentence of an input, as Pande et al.; a packed raw-text segment gives one score "
-                             "per sentence, from its own query rows) or input (one per model input: segment, "
-                             "treebank sentence, coreference window) (roles).")
+    role_rule: Literal["ttest", "mean"] = option(
+        "ttest", help="What `has_role` means in roles.csv and the report: ttest "
+        "(significant) or mean (the plain mean-above-tau rule) (roles).")
+    roles_unit: Literal["sentence", "input"] = option(
+        "sentence", help="What one score of the t-tests is: sentence (each source "
+        "sentence of an input, as Pande et al.; a packed raw-text segment gives one score "
+        "per sentence, from its own query rows) or input (one per model input: segment, "
+        "treebank sentence, coreference window) (roles).")
     roles_min_n: int = option(30, help="Fewest units (sentences, segments, windows) a role's t-test needs: "
                               "below it the role is not tested (tested False, p NaN, has_role False) and the "
                               "run warns (roles).")
 
     def __post_init__(self) -> None:
-        if self.correction not in ("none", "bh"):
-            raise ValueError(f"correction must be 'none' or 'bh', got {self.correction!r}")
-        if self.roles_unit not in ("sentence", "input"):
-            raise ValueError(f"roles_unit must be 'sentence' or 'input', got {self.roles_unit!r}")
-        if self.role_rule not in ("ttest", "mean"):
-            raise ValueError(f"role_rule must be 'ttest' or 'mean', got {self.role_rule!r}")
+        check_choices(self)
         if not 0 < self.alpha < 1:
             raise ValueError(f"alpha must be between 0 and 1, got {self.alpha}")
         # A t-test needs two scores for a variance; fewer would test nothing while claiming to.
@@ -648,7 +653,7 @@ def one_sided_tests(n: np.ndarray, total: np.ndarray, total_sq: np.ndarray, tau:
     return {"mean": np.where(n > 0, mean, np.nan), "var": np.where(n > 1, var, np.nan), "t": t, "p": p}
 
 
-def adjust_pvalues(p: np.ndarray, correction: str) -> np.ndarray:
+def adjust_pvalues(p: np.ndarray, correction: Correction) -> np.ndarray:
     """p-values adjusted over the whole family (NaN entries stay NaN and are not counted)."""
     p = np.asarray(p, dtype=np.float64)
     if correction == "none":
@@ -749,7 +754,7 @@ class HeadRoles(Analysis):
         # Syntactic roles only (raw text without parses needs no word map); Pande et al.'s are piece level.
         return example.has_tree and self.conventions_ != "pande"
 
-    def start(self, ctx: Any) -> None:
+    def start(self, ctx: RunContext) -> None:
         opts: RolesOptions = self.options
         self.conventions_ = effective_conventions(ctx, tuple(CONVENTIONS))
         self.correction_ = "none" if self.conventions_ == "pande" else opts.correction
@@ -886,7 +891,7 @@ class HeadRoles(Analysis):
         frame["has_role"] = frame["significant" if opts.role_rule == "ttest" else "above_tau"] & tested
         return frame.sort_values(["layer", "head"], kind="stable").reset_index(drop=True)
 
-    def finalize(self, ctx: Any, results: dict[str, AnalysisResult]) -> AnalysisResult:
+    def finalize(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
         opts: RolesOptions = self.options
         frame = self.table()
         sentences = dict(zip(self.roles_, self.count_.cpu().numpy().astype(int).tolist(), strict=True))
@@ -934,7 +939,7 @@ class HeadRoles(Analysis):
         )
 
     @staticmethod
-    def report(run: Any, figures: Path) -> Any:
+    def report(run: RunResult, figures: Path) -> ReportSection | None:
         if "roles" not in run.tables:
             return None
         from headscope.report.section import ReportSection, figure_html
@@ -1049,7 +1054,7 @@ def pvalue_figure(roles: pd.DataFrame, figures: Path) -> str:
     from headscope.report.figures import COLUMN_WIDTH, save_figure
 
     fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, COLUMN_WIDTH * 0.6), layout="constrained")
-    ax.hist(roles["p"].dropna(), bins=np.linspace(0, 1, 21), color="grey")
+    ax.hist(roles["p"].dropna(), bins=np.linspace(0, 1, 21).tolist(), color="grey")
     ax.set_xlabel("p (one-sided, uncorrected)")
     ax.set_ylabel("head x role tests")
     save_figure(fig, figures, "roles_pvalues")

@@ -39,32 +39,37 @@ import html
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
 import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame
-from headscope.analyses.importance import frame_ids, loss_kind, plain_batch, sample_examples, split_halves
+from headscope.analyses.importance import contrastive_ids, loss_kind, plain_batch, sample_examples, split_halves
 from headscope.analyses.registry import register
-from headscope.config import option
+from headscope.config import check_choices, option
 from headscope.engine.capture import eager_attention
 from headscope.model.losses import CONTRASTIVE_TEMPERATURE, contrastive_loss, lm_labels
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
+
     from headscope.engine.batch import Batch
     from headscope.engine.context import RunContext
+    from headscope.engine.results import RunResult
     from headscope.model.encode import Example
+    from headscope.model.load import LoadedModel
+    from headscope.report.section import ReportSection
 
 
-def separator_id(tok: Any) -> int | None:
+def separator_id(tok: PreTrainedTokenizerFast) -> int | None:
     """The separator: ``sep_token_id``, else ``eos_token_id`` (None when the tokenizer has neither)."""
     return tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
 
 
 @contextlib.contextmanager
-def differentiable_inputs(loaded: Any) -> Iterator[None]:
+def differentiable_inputs(loaded: LoadedModel) -> Iterator[None]:
     """Make the input embeddings require grad (the loaded model is frozen), so the attention is in the graph."""
     def hook(module: torch.nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
         return output.requires_grad_(True) if not output.requires_grad else output
@@ -76,7 +81,7 @@ def differentiable_inputs(loaded: Any) -> Iterator[None]:
         handle.remove()
 
 
-def forward_with_attention(loaded: Any, batch: Batch, kind: str, seed: int
+def forward_with_attention(loaded: LoadedModel, batch: Batch, kind: str, seed: int
                            ) -> tuple[torch.Tensor, float, int, list[tuple[tuple[torch.Tensor, ...],
                                                                             torch.Tensor, torch.Tensor]]]:
     """The objective to backpropagate, the summed loss, its terms, and (attentions, ids, mask) per forward.
@@ -85,8 +90,8 @@ def forward_with_attention(loaded: Any, batch: Batch, kind: str, seed: int
     and ``mask`` ([batch, seq]) are the inputs those attentions were computed on.
     """
     if kind == "contrastive_loss":
-        cls_id, sep_id, pad_id = frame_ids(loaded.tokenizer)
-        halves = split_halves(batch, int(cls_id), int(sep_id), int(pad_id))
+        cls_id, sep_id, pad_id = contrastive_ids(loaded.tokenizer)
+        halves = split_halves(batch, cls_id, sep_id, pad_id)
         pooled, seen = [], []
         for x in halves:
             out = loaded.base(**x, output_attentions=True)
@@ -173,7 +178,7 @@ def with_eos(batch: Batch, eos_id: int, limit: int, bos_id: int | None = None) -
     return dataclasses.replace(batch, **changes)
 
 
-def sep_gradient_batch(loaded: Any, batch: Batch, kind: str, seed: int, append_eos: bool = False
+def sep_gradient_batch(loaded: LoadedModel, batch: Batch, kind: str, seed: int, append_eos: bool = False
                        ) -> tuple[dict[str, np.ndarray], float, int]:
     """One batch of the pass: the summed statistics of :func:`sep_statistics`, the summed loss and its terms.
 
@@ -204,9 +209,12 @@ class SepGradientOptions:
 
     sep_gradient_sequences: int = option(256, help="Sequences of the corpus (seeded sample) for the attention "
                                          "gradients at [SEP] (default 256).")
-    sep_gradient_append_eos: str = option("auto", help="Insert EOS at the start of each sequence, as the end of a "
-                                          "previous document in packed training data: auto (for decoder LMs, whose "
-                                          "packed raw text has none), yes or no (default: auto).")
+    sep_gradient_append_eos: Literal["auto", "yes", "no"] = option(
+        "auto", help="Insert EOS at the start of each sequence, as the end of a previous document in packed "
+        "training data: auto (for decoder LMs, whose packed raw text has none), yes or no (default: auto).")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
 
 
 @register
@@ -223,9 +231,7 @@ class SepGradient(Analysis):
     def start(self, ctx: RunContext) -> None:
         if self.options.sep_gradient_sequences < 1:
             raise ValueError(f"sep_gradient_sequences must be at least 1, got {self.options.sep_gradient_sequences}")
-        if self.options.sep_gradient_append_eos not in ("auto", "yes", "no"):
-            raise ValueError(f"sep_gradient_append_eos must be auto, yes or no, got "
-                             f"{self.options.sep_gradient_append_eos!r}")
+        check_choices(self.options)  # again: the options may have been changed since
         self.kind = loss_kind(ctx.loaded)
         self.append_eos = (self.options.sep_gradient_append_eos == "yes"
                            or (self.options.sep_gradient_append_eos == "auto" and ctx.info.is_causal))
@@ -290,6 +296,7 @@ class SepGradient(Analysis):
         table["loss"] = self.kind
         tok = ctx.loaded.tokenizer
         sep_id = separator_id(tok)
+        assert sep_id is not None  # start() refuses a tokenizer without one
         summary = {"loss": self.kind, "mean_loss": float(self.loss_[0] / max(self.terms_[0], 1)),
                    "batches": int(self.batches_[0]), "terms": int(self.terms_[0]),
                    "sequences": int(self.examples_[0]),
@@ -304,7 +311,7 @@ class SepGradient(Analysis):
         return AnalysisResult(name=self.name, heads=heads, tables={"sep_gradient": table}, summary=summary)
 
     @staticmethod
-    def report(run: Any, figures: Path) -> Any:
+    def report(run: RunResult, figures: Path) -> ReportSection | None:
         from headscope.report.section import ReportSection, figure_html
 
         if "sep_gradient" not in run.tables:

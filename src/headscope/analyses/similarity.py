@@ -26,7 +26,7 @@ import html
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -41,6 +41,9 @@ from headscope.engine.scratch import Scratch
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
     from headscope.engine.capture import LayerAttention
+    from headscope.engine.context import RunContext
+    from headscope.engine.results import RunResult
+    from headscope.report.section import ReportSection
 
 #: Smoothing of attention rows before the JS divergence (Clark et al.): ``(1 - EPS) * A + EPS / n``.
 SMOOTHING = 0.001
@@ -194,7 +197,7 @@ def clark_js_sum(maps: torch.Tensor, budget: int = 1 << 23, block: int = 8, scra
     return upper + upper.T
 
 
-def sample_queries(batch: Any, rate: float, seed: int) -> torch.Tensor:
+def sample_queries(batch: Batch, rate: float, seed: int) -> torch.Tensor:
     """The query tokens kept for the similarity, drawn per sequence from (seed, corpus index).
 
     Returns
@@ -241,7 +244,7 @@ class HeadSimilarity(Analysis):
     description = "head x head Jensen-Shannon distance over tokens, and 2-D MDS of the heads (Clark et al. s6)"
     Options = SimilarityOptions
 
-    def start(self, ctx: Any) -> None:
+    def start(self, ctx: RunContext) -> None:
         if not 0.0 < self.options.similarity_sample <= 1.0:
             raise ValueError(f"similarity_sample must be in (0, 1], got {self.options.similarity_sample}")
         k = ctx.info.n_layers * ctx.info.n_heads
@@ -296,7 +299,7 @@ class HeadSimilarity(Analysis):
         self.tokens_seen_ += other.tokens_seen_
         return self
 
-    def finalize(self, ctx: Any, results: dict[str, AnalysisResult]) -> AnalysisResult:
+    def finalize(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
         n_layers, n_heads = self.shape_
         js = self.js_sum_.cpu().numpy()
         mean = js / max(self.tokens_, 1)
@@ -318,7 +321,7 @@ class HeadSimilarity(Analysis):
                      "mds_input": "js_mean (JS summed over tokens / tokens used)"})
 
     @staticmethod
-    def report(run: Any, figures: Path) -> Any:
+    def report(run: RunResult, figures: Path) -> ReportSection | None:
         from headscope.report.section import ReportSection, figure_html
 
         if "mds" not in run.tables:

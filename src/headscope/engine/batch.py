@@ -67,7 +67,7 @@ def collate(examples: list[Example], pad_id: int, device: torch.device | str = "
     n = max(ex.length for ex in examples)
     b = len(examples)
 
-    def pad(name: str, dtype: np.dtype, fill: int) -> torch.Tensor:
+    def pad(name: str, dtype: type[np.generic], fill: int) -> torch.Tensor:
         out = np.full((b, n), fill, dtype=dtype)
         for k, ex in enumerate(examples):
             out[k, :ex.length] = getattr(ex, name)

@@ -35,6 +35,7 @@ import torch
 from headscope.engine.batch import BYTES_PER_WEIGHT
 
 if TYPE_CHECKING:
+    from headscope.config import Capture
     from headscope.engine.batch import Batch
     from headscope.model.load import LoadedModel
 
@@ -401,8 +402,8 @@ def capture(loaded: LoadedModel, batch: Batch, consume: Consumer, budget_bytes: 
             attentions = getattr(out, "attentions", None)
             if not attentions or attentions[0] is None:
                 raise AttentionUnavailableError(f"{loaded.info.name}: no attention weights were returned")
-            for layer, weights in enumerate(attentions):
-                _emit_whole(stream, layer, weights)
+            for layer, layer_weights in enumerate(attentions):
+                _emit_whole(stream, layer, layer_weights)
             del out, attentions
     if not stream.seen:
         raise AttentionUnavailableError(
@@ -497,7 +498,7 @@ def _probe_batch(loaded: LoadedModel) -> Batch:
     return probe_batch(enc["input_ids"][0], loaded.device)
 
 
-def choose_route(loaded: LoadedModel, requested: str = "auto") -> Route:
+def choose_route(loaded: LoadedModel, requested: Capture = "auto") -> Route:
     """The capture route for a loaded model: ``interface`` where it works, else ``hooks``, else an error.
 
     ``requested`` is ``auto`` or a route name; ``auto`` tries the attention interface first and checks with a

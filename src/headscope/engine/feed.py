@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from headscope.analyses.base import Analysis
+from headscope.config import WordMode
 from headscope.engine.batch import Batch
 from headscope.engine.capture import Consumer, LayerAttention, capture
 from headscope.engine.context import RunContext
@@ -54,7 +55,7 @@ def _feeds(analyses: list[Analysis], batch: Batch) -> tuple[list[_Feed], dict[st
     return feeds, used
 
 
-def _consumer(feeds: list[_Feed], batch: Batch, word_mode: str) -> Consumer:
+def _consumer(feeds: list[_Feed], batch: Batch, word_mode: WordMode) -> Consumer:
     """What the capture calls with each block: piece-level updates, and word-level ones after a layer's end."""
     word_feeds = [f for f in feeds if f.words]
     piece_feeds = [f for f in feeds if f.pieces]
@@ -72,7 +73,7 @@ def _consumer(feeds: list[_Feed], batch: Batch, word_mode: str) -> Consumer:
     return consume
 
 
-def _drive(analyses: list[Analysis], batch: Batch, word_mode: str, source: Callable[[Consumer], None]
+def _drive(analyses: list[Analysis], batch: Batch, word_mode: WordMode, source: Callable[[Consumer], None]
            ) -> dict[str, int]:
     """begin_batch, every block from ``source`` (handed a consumer), end_batch; examples used per analysis."""
     feeds, used = _feeds(analyses, batch)
@@ -101,7 +102,7 @@ def feed_batch(ctx: RunContext, analyses: list[Analysis], batch: Batch) -> dict[
         weights=ctx.config.weights))
 
 
-def feed_attention(analyses: list[Analysis], batch: Batch, attention: torch.Tensor, word_mode: str = "mean",
+def feed_attention(analyses: list[Analysis], batch: Batch, attention: torch.Tensor, word_mode: WordMode = "mean",
                    block_rows: int | None = None) -> dict[str, int]:
     """Feed attention maps computed elsewhere, as the engine would: layer by layer, in blocks of query rows.
 

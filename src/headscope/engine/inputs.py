@@ -72,11 +72,11 @@ class Corpus:
             yield ex
         for path in self.config.treebank:
             for sentence in read_conllu(path, manifest, limit=self.config.max_sentences):
-                ex = self.encoder.encode(index, "sentence", [sentence], None, manifest, truncate=False)
-                if ex is not None:
+                encoded = self.encoder.encode(index, "sentence", [sentence], None, manifest, truncate=False)
+                if encoded is not None:
                     manifest.count("sentences_used")
                     index += 1
-                    yield ex
+                    yield encoded
         if self.config.coref:
             from headscope.model.coref_encode import iter_coref_examples
 

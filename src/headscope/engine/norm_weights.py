@@ -28,6 +28,8 @@ def head_output_matrix(projection: torch.nn.Module, n_heads: int) -> torch.Tenso
     Tensor of shape [head, head_dim, hidden]
         float32; ``v @ W[h]`` is head ``h``'s value mapped into the residual stream.
     """
+    if not isinstance(projection.weight, torch.Tensor):
+        raise TypeError(f"norm-based weights: output projection {type(projection).__name__} has no weight tensor")
     weight = projection.weight.detach().float()
     if isinstance(projection, torch.nn.Linear):
         weight = weight.t()

@@ -138,6 +138,11 @@ def ray_pass(ctx: RunContext, analyses: list[Analysis], progress: Progress, fp: 
 
     checkpointer = _Checkpointer(ctx, analyses, progress, fp)
     segment = _Segment(progress, "ray")
+
+    def counted() -> None:
+        segment.count()
+        checkpointer.counted()
+
     with StopOnSignal() as stop:
-        return run_on_ray(ctx, analyses, progress, on_counted=lambda: (segment.count(), checkpointer.counted()),
+        return run_on_ray(ctx, analyses, progress, on_counted=counted,
                           stop=lambda: stop.requested, interrupted=checkpointer.interrupted)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -24,6 +24,13 @@ import torch
 STATE_VERSION = 1
 
 Arrays = dict[str, np.ndarray]
+
+
+class Named(Protocol):
+    """What the generic state needs of an analysis (a Protocol: analyses are a layer above the engine core)."""
+
+    @property
+    def name(self) -> str: ...
 
 
 class StateError(ValueError):
@@ -43,7 +50,7 @@ def _plain(value: Any) -> bool:
     return False
 
 
-def generic_state(analysis: object, skip: tuple[str, ...] = ()) -> tuple[Arrays, dict[str, Any]]:
+def generic_state(analysis: Named, skip: tuple[str, ...] = ()) -> tuple[Arrays, dict[str, Any]]:
     """The ``_`` attributes of ``analysis`` (but ``skip``) as arrays and JSON (see the module docstring)."""
     arrays: Arrays = {}
     meta: dict[str, Any] = {}
@@ -70,10 +77,10 @@ def generic_state(analysis: object, skip: tuple[str, ...] = ()) -> tuple[Arrays,
     return arrays, meta
 
 
-def load_generic_state(analysis: object, arrays: Arrays, meta: dict[str, Any]) -> None:
+def load_generic_state(analysis: Named, arrays: Arrays, meta: dict[str, Any]) -> None:
     """Put a :func:`generic_state` back into a started ``analysis`` (tensors keep their device and dtype)."""
 
-    def tensor_like(current: Any, array: np.ndarray, where: str) -> Any:
+    def tensor_like(current: object, array: np.ndarray, where: str) -> torch.Tensor | np.ndarray:
         if array.dtype == object:
             raise StateError(f"{where}: object arrays are not accepted")
         if isinstance(current, torch.Tensor):
@@ -111,7 +118,8 @@ def pack(states: dict[str, tuple[Arrays, dict[str, Any]]], extra: dict[str, Any]
             flat[f"{name}/{key}"] = array
     flat["__meta__"] = np.frombuffer(json.dumps(meta, allow_nan=True).encode("utf-8"), dtype=np.uint8)
     buffer = io.BytesIO()
-    np.savez(buffer, **flat)
+    # numpy's stubs let the arrays' **kwds collide with the ``allow_pickle: bool`` keyword.
+    np.savez(buffer, **flat)  # type: ignore[arg-type]
     return buffer.getvalue()
 
 

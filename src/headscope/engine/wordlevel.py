@@ -7,11 +7,15 @@ piece's row (``mode="first"``). Special tokens are units of their own.
 
 from __future__ import annotations
 
+import typing
+
 import numpy as np
 import torch
 
+from headscope.config import WordMode
 
-def unit_maps(unit_of_piece: torch.Tensor, n_units: int, mode: str = "mean"
+
+def unit_maps(unit_of_piece: torch.Tensor, n_units: int, mode: WordMode = "mean"
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooling matrices from pieces to units.
 
@@ -46,7 +50,7 @@ def unit_maps(unit_of_piece: torch.Tensor, n_units: int, mode: str = "mean"
 
 
 def word_attention(attn: torch.Tensor, unit_of_piece: torch.Tensor, n_units: int | None = None,
-                   mode: str = "mean") -> torch.Tensor:
+                   mode: WordMode = "mean") -> torch.Tensor:
     """Convert piece-level attention to unit-level attention for a whole batch.
 
     Parameters
@@ -84,8 +88,8 @@ class WordAttention:
     mode : {"mean", "first"}
     """
 
-    def __init__(self, unit_of_piece: torch.Tensor, n_units: int, mode: str = "mean") -> None:
-        if mode not in ("mean", "first"):
+    def __init__(self, unit_of_piece: torch.Tensor, n_units: int, mode: WordMode = "mean") -> None:
+        if mode not in typing.get_args(WordMode):
             raise ValueError(f"mode must be 'mean' or 'first', got {mode!r}")
         self.n_units = n_units
         valid = unit_of_piece >= 0
@@ -124,7 +128,7 @@ class WordAttention:
         return self._sum if q1 >= n else None
 
 
-def word_attention_reference(attn: np.ndarray, groups: list[list[int]], mode: str = "mean") -> np.ndarray:
+def word_attention_reference(attn: np.ndarray, groups: list[list[int]], mode: WordMode = "mean") -> np.ndarray:
     """Plain-loop version of :func:`word_attention` for one map, for tests and checks.
 
     Parameters

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from headscope.corpus.types import Sentence
 from headscope.manifest import Manifest
+
+if TYPE_CHECKING:
+    from headscope.config import Punctuation
+    from headscope.model.load import LoadedModel
 
 
 @dataclass
@@ -92,7 +96,7 @@ class Encoder:
         Pass ``token_type_ids`` to the model (BERT-style models with two token types).
     """
 
-    def __init__(self, tokenizer: Any, max_length: int, punctuation: str = "clark",
+    def __init__(self, tokenizer: Any, max_length: int, punctuation: Punctuation = "clark",
                  use_token_types: bool = True) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -106,7 +110,7 @@ class Encoder:
         self.supports_pairs = t.sep_token_id is not None
 
     @classmethod
-    def for_model(cls, loaded: Any, max_length: int, punctuation: str = "clark") -> Encoder:
+    def for_model(cls, loaded: LoadedModel, max_length: int, punctuation: Punctuation = "clark") -> Encoder:
         """The encoder of a loaded model (:class:`headscope.model.load.LoadedModel`).
 
         Token types are passed only to models that learned more than one (BERT): RoBERTa-style models have a

@@ -14,6 +14,7 @@ Example
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -86,7 +87,7 @@ class HeadGates:
                 self.values[layer, head] = value
         return self
 
-    def _hook(self, layer: int) -> Any:
+    def _hook(self, layer: int) -> Callable[[torch.nn.Module, tuple[Any, ...]], tuple[Any, ...] | None]:
         def gate(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
             gates = self.values[layer]
             if not gates.requires_grad and bool((gates == 1).all()):

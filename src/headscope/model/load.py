@@ -11,11 +11,17 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from headscope.errors import AttentionUnavailableError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerFast
+
+    from headscope.config import Capture, Dtype
+    from headscope.engine.capture import Route
 
 logger = logging.getLogger("headscope")
 
@@ -98,14 +104,15 @@ class ModelInfo:
 class LoadedModel:
     """A model ready for analysis: the full model, its attention-returning base, tokenizer and info."""
 
-    model: torch.nn.Module
+    model: PreTrainedModel
     """The loaded model (with its LM head when the checkpoint has one)."""
-    base: torch.nn.Module
+    base: PreTrainedModel
     """The transformer body, called for attention capture (skips the LM head)."""
-    tokenizer: Any
+    tokenizer: PreTrainedTokenizerFast
+    """A fast tokenizer (word alignment uses ``word_ids()``)."""
     info: ModelInfo
     device: torch.device
-    route: str = "stacked"
+    route: Route = "stacked"
     """How attention weights are captured: ``interface``, ``hooks`` or ``stacked`` (see
     :mod:`headscope.engine.capture`)."""
     capture_state: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -183,10 +190,10 @@ def load_model(
     *,
     revision: str | None = None,
     device: str = "auto",
-    dtype: str = "float32",
+    dtype: Dtype = "float32",
     trust_remote_code: bool = False,
     gguf_file: str | None = None,
-    capture: str = "auto",
+    capture: Capture = "auto",
 ) -> LoadedModel:
     """Load a model and choose how its attention weights are captured.
 
@@ -256,7 +263,8 @@ def load_model(
                 f"weights ({exc})") from exc
         raise
     torch_device = resolve_device(device)
-    model.to(torch_device).eval()
+    # transformers wraps PreTrainedModel.to in a decorator whose stub types the argument as the model.
+    model.to(torch_device).eval()  # type: ignore[arg-type]
     model.requires_grad_(False)
     tokenizer = _load_tokenizer(path, kwargs, getattr(config, "model_type", ""))
     n_layers = int(config.num_hidden_layers)
@@ -302,14 +310,14 @@ def _quiet_gguf(active: bool) -> Iterator[None]:
     if module is None or bar is None:
         yield
         return
-    module.tqdm = functools.partial(bar, disable=True)
+    setattr(module, "tqdm", functools.partial(bar, disable=True))  # noqa: B010 (a module's attribute)
     try:
         yield
     finally:
-        module.tqdm = bar
+        setattr(module, "tqdm", bar)  # noqa: B010
 
 
-def _load_tokenizer(path: str, kwargs: dict[str, Any], model_type: str) -> Any:
+def _load_tokenizer(path: str, kwargs: dict[str, Any], model_type: str) -> PreTrainedTokenizerFast:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
@@ -324,7 +332,7 @@ def _load_tokenizer(path: str, kwargs: dict[str, Any], model_type: str) -> Any:
     if tokenizer.pad_token_id is None:
         # Decoder LMs often ship without a pad token; padding is masked out, so any id will do.
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    return tokenizer
+    return cast("PreTrainedTokenizerFast", tokenizer)  # is_fast checked above
 
 
 def _model_max_length(config: Any, tokenizer: Any) -> int:

@@ -8,10 +8,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from headscope.model.encode import Example
+    from headscope.model.load import LoadedModel
 
 #: Share of the non-special tokens masked for the masked-LM loss.
 MASK_RATE = 0.15
@@ -20,7 +24,22 @@ MASK_RATE = 0.15
 CONTRASTIVE_TEMPERATURE = 0.05
 
 
-def mask_for_mlm(batch: Any, mask_id: int, seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+class LossBatch(Protocol):
+    """What the losses read of a batch: :class:`headscope.engine.batch.Batch` (a Protocol, as the engine is a
+    layer above the model)."""
+
+    input_ids: torch.Tensor
+    is_cls: torch.Tensor
+    is_sep: torch.Tensor
+    examples: list[Example]
+
+    @property
+    def mask(self) -> torch.Tensor: ...
+
+    def model_inputs(self) -> dict[str, torch.Tensor]: ...
+
+
+def mask_for_mlm(batch: LossBatch, mask_id: int, seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Replace a seeded ``MASK_RATE`` of each sequence's non-special tokens by the mask token.
 
     The draw depends only on the seed and each example's corpus index (not on batching).
@@ -51,7 +70,7 @@ def mask_for_mlm(batch: Any, mask_id: int, seed: int) -> tuple[dict[str, torch.T
     return inputs, labels
 
 
-def lm_labels(loaded: Any, batch: Any, seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def lm_labels(loaded: LoadedModel, batch: LossBatch, seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Inputs and labels of the LM loss: next-token for a causal LM (padding ignored), else seeded masked-LM.
 
     Raises
@@ -69,7 +88,7 @@ def lm_labels(loaded: Any, batch: Any, seed: int) -> tuple[dict[str, torch.Tenso
     return mask_for_mlm(batch, int(loaded.tokenizer.mask_token_id), seed)
 
 
-def lm_forward(loaded: Any, inputs: dict[str, torch.Tensor], labels: torch.Tensor | None, causal: bool
+def lm_forward(loaded: LoadedModel, inputs: dict[str, torch.Tensor], labels: torch.Tensor | None, causal: bool
                ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """Final hidden states [batch, seq, hidden], the summed token loss (a 0-d tensor, None without labels)
     and its token count."""

@@ -13,8 +13,13 @@ import html
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
+    from PIL.ImageFont import FreeTypeFont
 
 #: Inches: left (layer ticks and label), right (colour bar, ticks, label), bottom (head ticks and label), top.
 MARGINS = (0.42, 0.75, 0.36, 0.22)
@@ -144,7 +149,7 @@ def heatmap_svg(grid: np.ndarray, title: str, cmap: str = "viridis", label: str 
 
 
 @lru_cache(maxsize=4)
-def _font(size_px: int) -> object:
+def _font(size_px: int) -> FreeTypeFont:
     import matplotlib
     from PIL import ImageFont
 
@@ -202,14 +207,14 @@ def heatmap_png(grid: np.ndarray, path: str | Path, title: str, cmap: str = "vir
     image.save(path, dpi=(dpi, dpi))
 
 
-def _vertical_text(image: object, text: str, font: object, centre: tuple[float, float]) -> None:
+def _vertical_text(image: PILImage, text: str, font: FreeTypeFont, centre: tuple[float, float]) -> None:
     """``text`` turned a quarter to the left (reading upwards), centred at ``centre``."""
     from PIL import Image, ImageDraw
 
-    box = ImageDraw.Draw(image).textbbox((0, 0), text, font=font)  # type: ignore[arg-type]
-    w, h = box[2] - box[0] + 4, box[3] - box[1] + 8
+    box = ImageDraw.Draw(image).textbbox((0, 0), text, font=font)
+    w, h = int(box[2] - box[0] + 4), int(box[3] - box[1] + 8)  # whole pixels (a FreeType box is in them)
     label = Image.new("L", (w, h), 0)
-    ImageDraw.Draw(label).text((2 - box[0], 4 - box[1]), text, fill=255, font=font)  # type: ignore[arg-type]
+    ImageDraw.Draw(label).text((2 - box[0], 4 - box[1]), text, fill=255, font=font)
     label = label.rotate(90, expand=True)
     x, y = round(centre[0] - label.width / 2), round(centre[1] - label.height / 2)
-    image.paste((0, 0, 0), (x, y, x + label.width, y + label.height), label)  # type: ignore[attr-defined]
+    image.paste((0, 0, 0), (x, y, x + label.width, y + label.height), label)

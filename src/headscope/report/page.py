@@ -24,7 +24,7 @@ _JSON_ESCAPES = {ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026", 
 
 def asset(name: str) -> str:
     """The text of ``headscope/report/assets/{name}``."""
-    return resources.files("headscope.report").joinpath("assets", name).read_text(encoding="utf-8")
+    return (resources.files("headscope.report") / "assets" / name).read_text(encoding="utf-8")
 
 
 def script_json(obj: Any) -> str:
