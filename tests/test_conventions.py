@@ -669,13 +669,14 @@ def test_clark_conventions_on_minilm_equal_clarks_cells(minilm: str, shared: Pat
                            report=False)
     assert result.run["config"]["conventions"] == "clark"
 
-    # The same sentences, encoded the same way, with every layer's maps kept (float32), as Clark et al.'s
-    # extract_attention.py would store them (float16).
+    # The same sentences, encoded the same way (--conventions clark reads the forms joined by spaces), with every
+    # layer's maps kept (float32), as Clark et al.'s extract_attention.py would store them (float16).
+    assert result.run["notes"]["inputs"]["treebank_input"] == "forms"
     loaded = load_model(minilm, device="cpu")
     n_layers, n_heads = loaded.info.n_layers, loaded.info.n_heads
     encoder = Encoder(loaded.tokenizer, 128, "clark")
     manifest = Manifest()
-    examples = [encoder.encode(k, "sentence", [s], None, manifest, truncate=False)
+    examples = [encoder.encode(k, "sentence", [s], None, manifest, truncate=False, forms=True)
                 for k, s in enumerate(read_conllu(treebank, manifest, limit=100))]
     examples = [ex for ex in examples if ex is not None]
     assert len(examples) == result.run["counts"]["examples"]

@@ -24,6 +24,8 @@ WordMode = Literal["mean", "first"]
 Punctuation = Literal["clark", "all"]
 Conventions = Literal["headscope", "clark", "pande"]
 Parse = Literal["none", "spacy"]
+TreebankInput = Literal["text", "forms"]
+Bos = Literal["auto", "yes", "no"]
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = None, **kwargs: Any) -> Any:
@@ -178,6 +180,13 @@ class RunConfig:
                                       "similarity) or pande (as the heads-hypothesis notebooks: roles).")
     parse: Parse = option("none", help="Dependency parses for raw text: none or spacy (silver parses from "
                           "en_core_web_sm).")
+    treebank_input: TreebankInput | None = option(None, help="What the model reads of a CoNLL-U sentence "
+                                                  "(--treebank, --coref): text (its # text, or its forms rebuilt "
+                                                  "with SpaceAfter=No) or forms (the syntactic words joined by "
+                                                  "single spaces, as Clark et al.'s code fed BERT) (default: text; "
+                                                  "forms under --conventions clark).")
+    bos: Bos = option("auto", help="BOS first in every input of a decoder LM: auto (as the tokenizer does), yes "
+                      "(added where the tokenizer adds none) or no (removed).")
     out: str | None = option("headscope-out", help="Output directory (a folder holding another run is refused "
                              "unless --overwrite).")
     quiet: bool = option(False, help="No progress bar.")
@@ -216,6 +225,12 @@ class RunConfig:
         """The sequence length used: ``max_length`` or its default, capped by the model's limit."""
         default = DECODER_DEFAULT_LENGTH if is_causal else ENCODER_DEFAULT_LENGTH
         return min(self.max_length if self.max_length is not None else default, model_limit)
+
+    def resolved_treebank_input(self) -> TreebankInput:
+        """``treebank_input`` or its default: ``forms`` under ``--conventions clark``, else ``text``."""
+        if self.treebank_input is not None:
+            return self.treebank_input
+        return "forms" if self.conventions == "clark" else "text"
 
     def missing_files(self) -> list[str]:
         """The corpus files named in ``text``, ``treebank`` and ``coref`` that are not regular files."""

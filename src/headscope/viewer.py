@@ -27,7 +27,7 @@ import numpy as np
 
 from headscope.config import WordMode
 from headscope.corpus.conllu import read_conllu
-from headscope.corpus.text import read_text, split_words
+from headscope.corpus.text import read_text, text_sentence
 from headscope.corpus.types import Sentence
 from headscope.manifest import Manifest
 
@@ -129,10 +129,10 @@ def input_sentences(text: str | None = None, file: str | Path | None = None,
     if sum(given) != 1:
         raise ValueError("give exactly one input: TEXT, --file or --treebank")
     if text is not None:
-        words = split_words(text)
-        if not words:
+        typed = text_sentence(text.strip(), "<text>", 1)
+        if not typed.words:
             raise ValueError("the text has no words")
-        return [Sentence(words=words, file="<text>", line=1)]
+        return [typed]
     if file is not None:
         for doc in read_text(file, manifest):
             if doc.sentences:
@@ -255,7 +255,7 @@ def view(text: str | None = None, *, model: str = "minilm", file: str | Path | N
     batch = collate([example], int(loaded.tokenizer.pad_token_id), loaded.device)
     attn = capture_stacked(loaded, batch)  # one short input: every layer is shown
     words = to_words(attn, batch.unit_of_piece, example.n_units, word_attention)
-    shown = text if text is not None else " ".join(w for s in sentences for w in s.words)
+    shown = " ".join(s.as_text()[0] for s in sentences)  # what the model read (sentences joined as in a run)
     data = view_data(example, attn[0].cpu().numpy(), words[0].cpu().numpy(),
                      {"name": info.name, "n_layers": info.n_layers, "n_heads": info.n_heads}, shown,
                      [str(e) for e in manifest.events])

@@ -236,7 +236,7 @@ def adds_bos(tokenizer: Any) -> bool:
     bos = getattr(tokenizer, "bos_token_id", None)
     if bos is None:
         return False
-    ids = tokenizer(["probe"], is_split_into_words=True)["input_ids"]
+    ids = tokenizer("probe")["input_ids"]
     return len(ids) > 0 and int(ids[0]) == int(bos)
 
 
@@ -323,7 +323,7 @@ class DecoderHeads(Analysis):
         self.adds_bos_: bool | None = None
         loaded = getattr(ctx, "loaded", None)
         if loaded is not None:  # (tests that feed hand-made maps have no model)
-            self.adds_bos_ = adds_bos(loaded.tokenizer)
+            self.adds_bos_ = ctx.encoder.adds_bos  # the tokenizer's choice, or --bos
             longest = 2 * o.induction_length + int(self.adds_bos_)
             limit = int(ctx.encoder.max_length)
             if longest > limit:
@@ -375,7 +375,7 @@ class DecoderHeads(Analysis):
     def second_pass_examples(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> Iterator[Example]:
         o = self.options
         tokenizer = ctx.loaded.tokenizer
-        has_bos = adds_bos(tokenizer) if self.adds_bos_ is None else self.adds_bos_
+        has_bos = ctx.encoder.adds_bos if self.adds_bos_ is None else self.adds_bos_
         bos = int(tokenizer.bos_token_id) if has_bos else None
         candidates = probe_candidates(tokenizer, getattr(ctx.loaded.model.config, "vocab_size", None))
         sequences = probe_sequences(candidates, o.induction_probe, o.induction_length, int(ctx.config.seed), bos)

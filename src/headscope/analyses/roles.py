@@ -488,7 +488,8 @@ def syntactic_arcs(examples: list[Any], relations: list[str], exact: bool = Fals
                 continue
             units = ex.sentence_units(k)
             for d, (h, deprel) in enumerate(zip(sentence.heads, sentence.deprels, strict=True)):
-                if h == 0 or units[d] < 0 or units[h - 1] < 0:
+                # An arc inside one unit (a multiword token read from its text) has no attention to score.
+                if h == 0 or units[d] < 0 or units[h - 1] < 0 or units[d] == units[h - 1]:
                     continue
                 for r, relation in enumerate(relations):
                     if relation_matches(relation, deprel, exact):

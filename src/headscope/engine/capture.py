@@ -494,7 +494,7 @@ def _probe_batch(loaded: LoadedModel) -> Batch:
     """Two words through the tokenizer: the input of the probe passes made when a model is loaded."""
     from headscope.engine.batch import probe_batch
 
-    enc = loaded.tokenizer(["attention", "check"], is_split_into_words=True, return_tensors="np")
+    enc = loaded.tokenizer("attention check", return_tensors="np")
     return probe_batch(enc["input_ids"][0], loaded.device)
 
 

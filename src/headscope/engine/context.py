@@ -69,7 +69,7 @@ def open_context(config: RunConfig) -> RunContext:
                         capture=config.capture)
     info = loaded.info
     max_length = config.resolved_max_length(info.max_length, info.is_causal)
-    encoder = Encoder.for_model(loaded, max_length, config.punctuation)
+    encoder = Encoder.for_model(loaded, max_length, config.punctuation, bos=config.bos)
     manifest = Manifest()
     if config.max_length is not None and config.max_length > info.max_length:
         manifest.warn_run(f"--max-length {config.max_length} is more than {info.name} allows; using "
@@ -80,5 +80,7 @@ def open_context(config: RunConfig) -> RunContext:
     manifest.notes["capture"] = {"route": loaded.route, "max_length": max_length,
                                  "attention_memory_bytes": config.attention_bytes(),
                                  "padding_side": config.padding_side}
+    manifest.notes["inputs"] = {**encoder.describe(),
+                                "treebank_input": config.resolved_treebank_input()}
     corpus = Corpus(config, encoder, manifest)
     return RunContext(config=config, loaded=loaded, encoder=encoder, corpus=corpus, manifest=manifest)

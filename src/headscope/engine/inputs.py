@@ -29,6 +29,8 @@ class Corpus:
         self.encoder = encoder
         self.text_files = [str(p) for p in config.text]
         self.segment_limit = config.max_segments
+        #: CoNLL-U input (treebanks, coreference) read as its forms joined by spaces, not as its text.
+        self.forms = config.resolved_treebank_input() == "forms"
         if config.uses_default_corpus:
             self.text_files = [str(wikipedia_sample_text())]
             self.segment_limit = config.max_segments or DEFAULT_SEGMENTS
@@ -72,7 +74,8 @@ class Corpus:
             yield ex
         for path in self.config.treebank:
             for sentence in read_conllu(path, manifest, limit=self.config.max_sentences):
-                encoded = self.encoder.encode(index, "sentence", [sentence], None, manifest, truncate=False)
+                encoded = self.encoder.encode(index, "sentence", [sentence], None, manifest, truncate=False,
+                                              forms=self.forms)
                 if encoded is not None:
                     manifest.count("sentences_used")
                     index += 1
@@ -80,4 +83,5 @@ class Corpus:
         if self.config.coref:
             from headscope.model.coref_encode import iter_coref_examples
 
-            yield from iter_coref_examples(self.config.coref, self.encoder, manifest, start_index=index)
+            yield from iter_coref_examples(self.config.coref, self.encoder, manifest, start_index=index,
+                                           forms=self.forms)

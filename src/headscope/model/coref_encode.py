@@ -148,7 +148,7 @@ def compute_window_mentions(example: Example) -> list[WindowMention]:
 
 
 def iter_coref_examples(paths: list[str], encoder: Encoder, manifest: Manifest,
-                        start_index: int) -> Iterator[WindowExample]:
+                        start_index: int, forms: bool = False) -> Iterator[WindowExample]:
     """Encode every window of every coreference document as a :class:`WindowExample` of kind ``window``.
 
     Parameters
@@ -161,6 +161,8 @@ def iter_coref_examples(paths: list[str], encoder: Encoder, manifest: Manifest,
         Receives the counts below, the skipped sentences and ``notes["coref_windows"]``.
     start_index : int
         ``Example.index`` of the first window; the rest follow in order.
+    forms : bool
+        Read the words joined by single spaces instead of each sentence's text (``--treebank-input forms``).
 
     Yields
     ------
@@ -182,7 +184,7 @@ def iter_coref_examples(paths: list[str], encoder: Encoder, manifest: Manifest,
     for path in paths:
         for doc in read_coref(path, manifest):
             sentences = doc.sentences
-            pieces = [encoder.count_pieces(s.words) for s in sentences]
+            pieces = encoder.count_pieces(sentences, forms)
             plan = plan_windows(sentences, pieces, budget)
             for s in plan.skipped_sentences:
                 manifest.skip(sentences[s].file, sentences[s].line,
@@ -195,7 +197,7 @@ def iter_coref_examples(paths: list[str], encoder: Encoder, manifest: Manifest,
             evaluated_in_doc = 0
             for window in plan.windows:
                 encoded = encoder.encode(index, "window", window_sentences(sentences, window), None, manifest,
-                                         truncate=False)
+                                         truncate=False, forms=forms)
                 if encoded is None:
                     continue
                 index += 1

@@ -4,6 +4,18 @@ Every input becomes an :class:`Example`: model token ids plus the map from each 
 Units are the words of the input plus each special token as its own unit ("special tokens stay in as their
 own words", Clark et al.). Word-level attention (:mod:`headscope.engine.wordlevel`) sums and averages over
 the pieces of a unit, so every linguistic analysis works in units and never looks words up by string.
+
+The model reads strings, as it does in use: the sentences of an input are joined into one string (one space
+between sentences), tokenized with the tokenizer's own special tokens (``tokenizer(text_a, text_b)`` for an
+encoder's segment pair), and each token is assigned to words by its character offsets
+(``return_offsets_mapping``). The rules (``docs/inputs.md``):
+
+- a token belongs to every word it overlaps, counting only its characters that are not white space; words
+  that share a token become one unit (a byte-level piece such as ``".,"`` spanning two words, or the
+  syntactic words of a CoNLL-U multiword token, which share the token's span);
+- a token that overlaps no word (white space only, or an empty offset) joins the unit of the next token of
+  its sequence that has one, else of the previous one;
+- a word no token overlaps gets no unit (-1), reported with file and line.
 """
 
 from __future__ import annotations
@@ -18,7 +30,7 @@ from headscope.corpus.types import Sentence
 from headscope.manifest import Manifest
 
 if TYPE_CHECKING:
-    from headscope.config import Punctuation
+    from headscope.config import Bos, Punctuation
     from headscope.model.load import LoadedModel
 
 
@@ -94,39 +106,87 @@ class Encoder:
         ``clark``: pieces that are exactly "." or ","; ``all``: pieces made only of punctuation.
     use_token_types : bool
         Pass ``token_type_ids`` to the model (BERT-style models with two token types).
+    bos : {"auto", "yes", "no"}
+        BOS first in every input of a decoder LM: as the tokenizer does (``auto``), always, or never.
     """
 
     def __init__(self, tokenizer: Any, max_length: int, punctuation: Punctuation = "clark",
-                 use_token_types: bool = True) -> None:
+                 use_token_types: bool = True, bos: Bos = "auto") -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.punctuation = punctuation
         self.use_token_types = use_token_types
+        self.bos = bos
         self._punct_cache: dict[int, bool] = {}
         t = tokenizer
         self.cls_id = t.cls_token_id if t.cls_token_id is not None else t.bos_token_id
         self.sep_id = t.sep_token_id if t.sep_token_id is not None else t.eos_token_id
         # Decoder-LM tokenizers have no separator to build "A [SEP] B [SEP]" with: pairs become one sequence.
         self.supports_pairs = t.sep_token_id is not None
+        self.tokenizer_adds_bos = self._tokenizer_adds_bos()
+        if bos != "auto" and self.supports_pairs:
+            raise ValueError("--bos applies to decoder LMs (tokenizers without a separator token); this "
+                             "tokenizer builds [CLS]/[SEP] inputs, leave --bos auto")
+        if bos == "yes" and t.bos_token_id is None:
+            raise ValueError("--bos yes: the tokenizer has no BOS token")
+        #: Where the first token of a decoder LM's input comes from: ``tokenizer``, ``added`` or ``none``.
+        self.bos_source = ("none" if bos == "no" or (bos == "auto" and not self.tokenizer_adds_bos)
+                           else "tokenizer" if self.tokenizer_adds_bos else "added")
 
     @classmethod
-    def for_model(cls, loaded: LoadedModel, max_length: int, punctuation: Punctuation = "clark") -> Encoder:
+    def for_model(cls, loaded: LoadedModel, max_length: int, punctuation: Punctuation = "clark",
+                  bos: Bos = "auto") -> Encoder:
         """The encoder of a loaded model (:class:`headscope.model.load.LoadedModel`).
 
         Token types are passed only to models that learned more than one (BERT): RoBERTa-style models have a
         single type, and passing segment B's type 1 would index past their embedding table.
         """
         type_vocab = getattr(loaded.model.config, "type_vocab_size", 0) or 0
-        return cls(loaded.tokenizer, max_length, punctuation, use_token_types=type_vocab > 1)
+        return cls(loaded.tokenizer, max_length, punctuation, use_token_types=type_vocab > 1, bos=bos)
+
+    def _tokenizer_adds_bos(self) -> bool:
+        bos = self.tokenizer.bos_token_id
+        if bos is None or self.supports_pairs:
+            return False
+        ids = self.tokenizer("probe")["input_ids"]
+        return len(ids) > 0 and int(ids[0]) == int(bos)
+
+    @property
+    def adds_bos(self) -> bool:
+        """True when every input of a decoder LM starts with BOS (the tokenizer's or one added by ``--bos``)."""
+        return self.bos_source != "none"
+
+    def describe(self) -> dict[str, Any]:
+        """How inputs are built, for ``run.json``."""
+        t = self.tokenizer
+        return {
+            "tokenization": "strings, with the tokenizer's own special tokens; tokens assigned to words by "
+                            "character offsets",
+            "sentence_join": "one space",
+            "pairs": "tokenizer(text_a, text_b)" if self.supports_pairs else "one sequence per window",
+            "bos": {"tokenizer": f"{t.bos_token} first, added by the tokenizer",
+                    "added": f"{t.bos_token} first, added by headscope (--bos yes)",
+                    "none": "no BOS" + (" (--bos no)" if self.bos == "no" else " (the tokenizer adds none)")
+                    }[self.bos_source] if not self.supports_pairs else None,
+            "special_tokens": [tok for tok in (t.cls_token, t.sep_token) if tok] if self.supports_pairs else None,
+        }
 
     def n_special(self, pair: bool) -> int:
-        return int(self.tokenizer.num_special_tokens_to_add(pair=pair and self.supports_pairs))
+        n = int(self.tokenizer.num_special_tokens_to_add(pair=pair and self.supports_pairs))
+        if not self.supports_pairs:
+            n += int(self.bos_source == "added") - int(self.tokenizer_adds_bos and self.bos_source == "none")
+        return n
 
-    def count_pieces(self, words: list[str]) -> int:
-        if not words:
-            return 0
-        enc = self.tokenizer(words, is_split_into_words=True, add_special_tokens=False)
-        return len(enc["input_ids"])
+    def count_pieces(self, sentences: list[Sentence], forms: bool = False) -> list[int]:
+        """Tokens each sentence takes inside a window, special tokens excluded (an upper bound: the larger of
+        the sentence alone and after the joining space, which is exact where tokens never cross a space)."""
+        texts = [s.as_text(forms)[0] for s in sentences]
+        if not texts:
+            return []
+        tok = self.tokenizer
+        alone = tok(texts, add_special_tokens=False)["input_ids"]
+        joined = tok([" " + t for t in texts], add_special_tokens=False)["input_ids"]
+        return [max(len(a), len(b)) for a, b in zip(alone, joined, strict=True)]
 
     def _is_punct(self, token_id: int) -> bool:
         cached = self._punct_cache.get(token_id)
@@ -140,8 +200,28 @@ class Encoder:
             self._punct_cache[token_id] = cached
         return cached
 
+    def _tokenize(self, texts: tuple[str, ...], max_length: int | None) -> Any:
+        budget = max_length
+        if budget is not None and self.bos_source == "added":
+            budget -= 1
+        kwargs: dict[str, Any] = ({"truncation": "longest_first", "max_length": budget} if budget is not None
+                                  else {"truncation": False})
+        enc = self.tokenizer(*texts, return_offsets_mapping=True, **kwargs)
+        ids = list(enc["input_ids"])
+        offsets = [tuple(o) for o in enc["offset_mapping"]]
+        seq_ids = list(enc.sequence_ids())
+        types = list(enc["token_type_ids"]) if "token_type_ids" in enc else None
+        if not self.supports_pairs:
+            bos = self.tokenizer.bos_token_id
+            if self.bos_source == "added":
+                ids, offsets, seq_ids = [bos, *ids], [(0, 0), *offsets], [None, *seq_ids]
+            elif self.tokenizer_adds_bos and self.bos_source == "none" and ids and seq_ids[0] is None:
+                ids, offsets, seq_ids = ids[1:], offsets[1:], seq_ids[1:]
+            types = None
+        return ids, offsets, seq_ids, types
+
     def encode(self, index: int, kind: str, part_a: list[Sentence], part_b: list[Sentence] | None,
-               manifest: Manifest, truncate: bool) -> Example | None:
+               manifest: Manifest, truncate: bool, forms: bool = False) -> Example | None:
         """Encode one input: sentences of segment A and (optionally) of segment B.
 
         Parameters
@@ -149,87 +229,87 @@ class Encoder:
         truncate : bool
             When the input is longer than ``max_length``: cut it (raw text) or skip it (treebanks, whose
             trees a cut would break). Either way the manifest counts it with file and line.
+        forms : bool
+            Read each sentence as its words joined by single spaces instead of its text (``--treebank-input
+            forms``).
 
         Returns
         -------
         Example or None
             None when the input was skipped (and recorded in ``manifest``).
         """
-        sentences = list(part_a) + list(part_b or [])
-        words_a = [w for s in part_a for w in s.words]
-        words_b = [w for s in (part_b or []) for w in s.words]
+        part_b = list(part_b or [])
+        sentences = list(part_a) + part_b
         first = sentences[0]
-        if not words_a and not words_b:
+        n_words = sum(len(s.words) for s in sentences)
+        if n_words == 0:
             manifest.skip(first.file, first.line, "no words")
             return None
-        all_words = words_a + words_b
-        boundary = len(words_a)  # first word of segment B
-        pair = bool(words_b) and self.supports_pairs
-        if words_b and not pair:
-            words_a, words_b = all_words, []
-        tok = self.tokenizer
-        args: tuple[Any, ...] = (words_a, words_b) if pair else (words_a,)
-        enc = tok(*args, is_split_into_words=True, truncation=False)
-        n_tokens = len(enc["input_ids"])
+        pair = bool(part_b) and any(s.words for s in part_b) and self.supports_pairs
+        parts = [list(part_a), part_b] if pair else [sentences]
+        joined = [_join(p, forms) for p in parts]
+        texts = tuple(text for text, _ in joined)
+        ids, offsets, seq_ids, types = self._tokenize(texts, None)
+        n_tokens = len(ids)
         if n_tokens > self.max_length:
             if not truncate:
                 manifest.skip(first.file, first.line,
                               f"{n_tokens} tokens, longer than the model allows here ({self.max_length})")
                 return None
-            enc = tok(*args, is_split_into_words=True, truncation="longest_first",
-                      max_length=self.max_length)
+            ids, offsets, seq_ids, types = self._tokenize(texts, self.max_length)
             manifest.truncate(first.file, first.line,
                               f"{n_tokens} tokens cut to {self.max_length} (--max-length / model limit)")
-        ids = np.asarray(enc["input_ids"], dtype=np.int64)
-        word_ids = enc.word_ids()
-        seq_ids = enc.sequence_ids() if pair else [None if w is None else 0 for w in word_ids]
-        n_words_a = len(words_a)  # words of the first tokenizer input (all words for decoder LMs)
         n = len(ids)
+        word_base = [0, len(joined[0][1])]
+        owner, unit_words = _align(offsets, seq_ids, joined, word_base)
         unit_of_piece = np.empty(n, dtype=np.int64)
         is_cls = np.zeros(n, dtype=bool)
         is_sep = np.zeros(n, dtype=bool)
         is_punct = np.zeros(n, dtype=bool)
         segment = np.zeros(n, dtype=np.int8)
-        word_units = np.full(len(all_words), -1, dtype=np.int64)
+        word_units = np.full(n_words, -1, dtype=np.int64)
         units: list[str] = []
+        unit_of_owner: dict[int, int] = {}
+        tok = self.tokenizer
         current_seg = 0
-        last_word: int | None = None
-        for p, (w, s) in enumerate(zip(word_ids, seq_ids, strict=True)):
+        for p in range(n):
             token_id = int(ids[p])
-            if w is None:  # a special token the tokenizer added: its own unit
+            s = seq_ids[p]
+            if s is None:  # a special token the tokenizer (or --bos yes) added: its own unit
                 units.append(tok.convert_ids_to_tokens(token_id))
                 unit_of_piece[p] = len(units) - 1
                 # A bos token stands in for [CLS] only at the start of a decoder LM's sequence.
                 is_cls[p] = token_id == self.cls_id and (tok.cls_token_id is not None or p == 0)
                 is_sep[p] = token_id == self.sep_id and not is_cls[p]
                 segment[p] = current_seg
-                last_word = None
                 continue
-            flat = w + (n_words_a if s == 1 else 0)
-            if flat >= boundary:
-                current_seg = 1
+            current_seg = max(current_seg, int(s) if pair else 0)
             segment[p] = current_seg
-            if flat != last_word:
-                units.append(all_words[flat])
-                word_units[flat] = len(units) - 1
-                last_word = flat
-            unit_of_piece[p] = word_units[flat]
+            key = int(owner[p])
+            if key not in unit_of_owner:
+                unit_of_owner[key] = len(units)
+                words = unit_words.get(key, [])
+                units.append(_unit_label(words, joined, word_base) if words else str(tok.convert_ids_to_tokens(
+                    token_id)))
+                word_units[words] = unit_of_owner[key]
+            unit_of_piece[p] = unit_of_owner[key]
             is_punct[p] = self._is_punct(token_id)
-        if boundary < len(all_words):
+        if pair:
             # The final separator belongs to segment B, as BERT's token types say.
             last_sep = np.flatnonzero(is_sep)
             if len(last_sep):
                 segment[last_sep[-1]] = segment[last_sep[-1] - 1] if last_sep[-1] > 0 else 0
         self._report_dropped(word_units, sentences, manifest, truncated=n_tokens > self.max_length)
-        offsets = list(np.cumsum([0] + [len(s.words) for s in sentences[:-1]]).astype(int))
+        offsets_w = list(np.cumsum([0] + [len(s.words) for s in sentences[:-1]]).astype(int))
         token_types = None
-        if self.use_token_types and "token_type_ids" in enc:
-            token_types = np.asarray(enc["token_type_ids"], dtype=np.int64)
+        if self.use_token_types and types is not None:
+            token_types = np.asarray(types, dtype=np.int64)
+        ids_array = np.asarray(ids, dtype=np.int64)
         return Example(
-            index=index, kind=kind, input_ids=ids, token_type_ids=token_types, segment=segment,
+            index=index, kind=kind, input_ids=ids_array, token_type_ids=token_types, segment=segment,
             is_cls=is_cls, is_sep=is_sep, is_punct=is_punct, unit_of_piece=unit_of_piece, units=units,
-            word_units=word_units, sentences=sentences, word_offsets=[int(o) for o in offsets],
-            pieces=tok.convert_ids_to_tokens(ids.tolist()),
+            word_units=word_units, sentences=sentences, word_offsets=[int(o) for o in offsets_w],
+            pieces=tok.convert_ids_to_tokens(ids_array.tolist()),
         )
 
     @staticmethod
@@ -247,3 +327,110 @@ class Encoder:
                 manifest.warn(s.file, s.line, f"word {k - start + 1} {s.words[k - start]!r} got no "
                               "pieces from the tokenizer; it is left out of word-level analyses")
             start = stop
+
+
+def _join(sentences: list[Sentence], forms: bool) -> tuple[str, list[tuple[int, int]]]:
+    """The string of consecutive sentences (one space between them) and each word's span in it."""
+    parts: list[str] = []
+    spans: list[tuple[int, int]] = []
+    position = 0
+    for k, sentence in enumerate(sentences):
+        text, word_spans = sentence.as_text(forms)
+        if k:
+            parts.append(" ")
+            position += 1
+        spans.extend((a + position, b + position) for a, b in word_spans)
+        parts.append(text)
+        position += len(text)
+    return "".join(parts), spans
+
+
+def _align(offsets: list[tuple[int, int]], seq_ids: list[int | None],
+           joined: list[tuple[str, list[tuple[int, int]]]], word_base: list[int]
+           ) -> tuple[np.ndarray, dict[int, list[int]]]:
+    """Assign every non-special token to a group of words by character offsets (rules in the module doc).
+
+    Returns
+    -------
+    owner : ndarray of shape (n_tokens,)
+        int64, the group of each token (its smallest word index, numbered across sequences), -1 for special
+        tokens.
+    groups : dict
+        Group -> the word indices (across sequences) in it, in order.
+    """
+    n = len(offsets)
+    parent: dict[int, int] = {}
+
+    def find(w: int) -> int:
+        while parent.setdefault(w, w) != w:
+            parent[w] = parent[parent[w]]
+            w = parent[w]
+        return w
+
+    def union(a: int, b: int) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+
+    seqs = np.asarray([-1 if q is None else q for q in seq_ids], dtype=np.int64)
+    bounds = np.asarray(offsets, dtype=np.int64).reshape(n, 2)
+    owner = np.full(n, -1, dtype=np.int64)
+    for seq, (text, spans) in enumerate(joined):
+        length = len(text)
+        of_char = np.full(length + 1, -1, dtype=np.int64)
+        first_word: dict[tuple[int, int], int] = {}
+        for w, span in enumerate(spans):
+            flat = word_base[seq] + w
+            find(flat)
+            if span in first_word:  # one span, several words: the syntactic words of a multiword token
+                union(first_word[span], flat)
+            else:
+                first_word[span] = flat
+                of_char[span[0]:span[1]] = flat
+        # For each character, the next (previous) character that is not white space: a token's first and last
+        # such characters name the words it starts and ends in, and words are contiguous, so a token whose two
+        # ends lie in one word touches that word alone.
+        space = np.fromiter((c.isspace() for c in text), dtype=bool, count=length)
+        position = np.arange(length, dtype=np.int64)
+        following = np.append(np.minimum.accumulate(np.where(space, length, position)[::-1])[::-1], length)
+        preceding = np.maximum.accumulate(np.where(space, -1, position)) if length else position
+        tokens = np.flatnonzero((seqs == seq) & (bounds[:, 1] > bounds[:, 0]))
+        start = np.clip(bounds[tokens, 0], 0, length)
+        stop = np.clip(bounds[tokens, 1], 0, length)
+        first = following[start]
+        last = np.where(stop > 0, preceding[np.maximum(stop - 1, 0)], -1) if length else np.full(len(tokens), -1)
+        inside = (first < stop) & (last >= start)
+        first_w = np.where(inside, of_char[np.minimum(first, length)], -1)
+        last_w = np.where(inside, of_char[np.maximum(last, 0)], -1)
+        owner[tokens] = np.where(first_w == last_w, first_w, -1)
+        for k in np.flatnonzero(inside & (first_w != last_w)).tolist():  # a token spanning several words
+            chars = of_char[first[k]:last[k] + 1]
+            words = np.unique(chars[(chars >= 0) & ~space[first[k]:last[k] + 1]]).tolist()
+            for w in words[1:]:
+                union(words[0], w)
+            owner[tokens[k]] = words[0] if words else -1
+    for p in np.flatnonzero(owner >= 0).tolist():
+        owner[p] = find(int(owner[p]))
+    # Tokens that touch no word join the next token of their sequence that does, else the previous one.
+    for lone in np.flatnonzero(owner < 0).tolist():
+        seq = seq_ids[lone]
+        if seq is None:
+            continue
+        after = next((q for q in range(lone + 1, n) if seq_ids[q] == seq and owner[q] >= 0), None)
+        before = next((q for q in range(lone - 1, -1, -1) if seq_ids[q] == seq and owner[q] >= 0), None)
+        nearest = after if after is not None else before
+        # A sequence with no word at all: the token is a unit of its own (keys below -1 never name words).
+        owner[lone] = owner[nearest] if nearest is not None else -2 - lone
+    groups: dict[int, list[int]] = {}
+    for w in sorted(parent):
+        groups.setdefault(find(w), []).append(w)
+    return owner, groups
+
+
+def _unit_label(words: list[int], joined: list[tuple[str, list[tuple[int, int]]]], word_base: list[int]) -> str:
+    """The word a unit stands for: the word itself, or the text that the words of a shared token cover."""
+    s = 1 if len(word_base) > 1 and len(joined) > 1 and words[0] >= word_base[1] else 0
+    spans = joined[s][1]
+    a = spans[words[0] - word_base[s]][0]
+    b = max(spans[w - word_base[s]][1] for w in words)
+    return joined[s][0][a:b]

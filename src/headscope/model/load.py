@@ -109,7 +109,7 @@ class LoadedModel:
     base: PreTrainedModel
     """The transformer body, called for attention capture (skips the LM head)."""
     tokenizer: PreTrainedTokenizerFast
-    """A fast tokenizer (word alignment uses ``word_ids()``)."""
+    """A fast tokenizer (words are aligned by character offsets)."""
     info: ModelInfo
     device: torch.device
     route: Route = "stacked"
@@ -322,13 +322,8 @@ def _load_tokenizer(path: str, kwargs: dict[str, Any], model_type: str) -> PreTr
 
     tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(f"{path}: headscope needs a fast tokenizer (word alignment uses word_ids())")
-    try:
-        tokenizer(["a", "b"], is_split_into_words=True)
-    except Exception as exc:  # byte-level BPE tokenizers refuse pre-split words without a prefix space
-        if "add_prefix_space" not in str(exc):
-            raise
-        tokenizer = AutoTokenizer.from_pretrained(path, add_prefix_space=True, **kwargs)
+        raise ValueError(f"{path}: headscope needs a fast tokenizer (words are aligned by character offsets)")
+    # Loaded as the model's users load it: inputs are strings, so no add_prefix_space is forced on it.
     if tokenizer.pad_token_id is None:
         # Decoder LMs often ship without a pad token; padding is masked out, so any id will do.
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
@@ -352,7 +347,7 @@ def _model_max_length(config: Any, tokenizer: Any) -> int:
 def check_attention(loaded: LoadedModel) -> None:
     """Run one tiny forward pass with ``output_attentions`` and fail clearly if no weights come back."""
     tok = loaded.tokenizer
-    enc = tok(["attention", "check"], is_split_into_words=True, return_tensors="pt")
+    enc = tok("attention check", return_tensors="pt")
     with torch.no_grad():
         out = loaded.base(
             input_ids=enc["input_ids"].to(loaded.device),

@@ -16,8 +16,7 @@ def _chunks(documents: Iterable[Document], encoder: Encoder, budget: int) -> Ite
     for doc in documents:
         chunk: list[Sentence] = []
         used = 0
-        for sentence in doc.sentences:
-            n = encoder.count_pieces(sentence.words)
+        for sentence, n in zip(doc.sentences, encoder.count_pieces(doc.sentences), strict=True):
             if chunk and used + n > budget:
                 yield chunk
                 chunk, used = [], 0
@@ -35,7 +34,8 @@ def pack_segments(documents: Iterable[Document], encoder: Encoder, manifest: Man
     sentences the A/B split falls at a sentence boundary drawn with ``seed`` (B gets token type 1); a lone
     sentence makes a single-segment input ``[CLS] A [SEP]``; a sentence longer than the limit on its own is
     cut and counted as truncated. For a decoder LM (a tokenizer without a separator) a segment is one
-    window of consecutive sentences with no A/B split, BOS first where the tokenizer adds one.
+    window of consecutive sentences with no A/B split, BOS first where the tokenizer adds one (``--bos``).
+    Sentences are joined by one space and the window's string is tokenized whole (:class:`Encoder`).
 
     Yields
     ------

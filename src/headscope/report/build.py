@@ -164,6 +164,22 @@ def _conventions(info: dict[str, Any]) -> str:
     return str(info.get("config", {}).get("conventions", "headscope")) + (f" ({per_analysis})" if per_analysis else "")
 
 
+def inputs_line(inputs: dict[str, Any] | None) -> str:
+    """One sentence on how the model's inputs were built (``run.json`` ``notes.inputs``), "" for older runs."""
+    if not inputs:
+        return ""
+    parts = ["Inputs: each window's text as written (sentences joined by "
+             f"{inputs.get('sentence_join', 'one space')}), tokenized as a string with the tokenizer's own "
+             "special tokens; words found by character offsets"]
+    if inputs.get("special_tokens"):
+        parts.append(f"{' and '.join(inputs['special_tokens'])} added; pairs as {inputs.get('pairs')}")
+    if inputs.get("bos"):
+        parts.append(str(inputs["bos"]))
+    forms = inputs.get("treebank_input") == "forms"
+    parts.append(f"CoNLL-U read as its {'word forms joined by spaces' if forms else 'text'}")
+    return "; ".join(parts) + "."
+
+
 def summary_html(run: RunResult) -> str:
     """The run summary: model, corpus files, counts, skipped/truncated/warned inputs, timings."""
     info = run.run
@@ -177,7 +193,8 @@ def summary_html(run: RunResult) -> str:
                     f"</td><td>{html.escape(str(f.get('sha256', ''))[:12])}</td></tr>"
                     for f in info.get("files", []))
     notes = "".join(f"<p class='note'>{html.escape(str(k))}: {html.escape(str(v))}</p>"
-                    for k, v in info.get("notes", {}).items())
+                    for k, v in info.get("notes", {}).items() if k != "inputs")
+    inputs = inputs_line(info.get("notes", {}).get("inputs"))
     events = []
     for kind, block in info.get("events", {}).items():
         listed = block.get("listed", [])[:LISTED_EVENTS]
@@ -187,7 +204,8 @@ def summary_html(run: RunResult) -> str:
         more = f" (first {len(listed)} listed)" if total > len(listed) else ""
         events.append(f"<details><summary>{html.escape(kind)}: {total}{more}</summary><ul>{items}</ul></details>")
     timings = info.get("timings_s", {})
-    return (f"<div class='summary'><div><h4>Model</h4><table>{_rows(model_rows)}</table></div>"
+    return (f"<p class='inputs'>{html.escape(inputs)}</p>" if inputs else "") + (
+            f"<div class='summary'><div><h4>Model</h4><table>{_rows(model_rows)}</table></div>"
             f"<div><h4>Counts</h4><table>{_rows(list(info.get('counts', {}).items()))}</table></div>"
             f"<div><h4>Timings (s)</h4><table>{_rows(list(timings.items()))}</table></div></div>"
             f"<h4>Corpus files</h4><table><tr><th>role</th><th>path</th><th>sha256</th></tr>{files}</table>{notes}"
