@@ -95,18 +95,19 @@ def truncate_layers(loaded: Any, k: int) -> None:
 
 def child(args: argparse.Namespace) -> None:
     import headscope
-    from headscope.engine import runner
+    from headscope import orchestrate
+    from headscope.engine import context
 
     t = time.perf_counter()
     if args.layers_child:
-        original = runner.load_model
+        original = context.load_model
 
         def load_cut(*a: Any, **kw: Any) -> Any:
             loaded = original(*a, **kw)
             truncate_layers(loaded, args.layers_child)
             return loaded
 
-        runner.load_model = load_cut  # type: ignore[assignment]
+        context.load_model = load_cut  # type: ignore[assignment]
     common = dict(model=args.model, max_length=args.length, max_segments=args.windows, device=args.device,
                   dtype=args.dtype, attention_memory=args.attention_memory, out=None, quiet=True)
     sampler = PassSampler(args.device)
@@ -119,7 +120,7 @@ def child(args: argparse.Namespace) -> None:
             with sampler:
                 return real_pass(*a, **kw)
 
-        runner.local_pass = sampled_pass  # type: ignore[assignment]
+        orchestrate.local_pass = sampled_pass  # type: ignore[assignment]
         result = headscope.run(analyses=["surface"], **common)
         windows = result.run["counts"]["segments"]
     else:
@@ -130,7 +131,7 @@ def child(args: argparse.Namespace) -> None:
         from headscope.model.encode import Encoder
 
         config = RunConfig(**common)
-        loaded = runner.load_model(args.model, device=args.device, dtype=args.dtype)
+        loaded = context.load_model(args.model, device=args.device, dtype=args.dtype)
         info = loaded.info
         encoder = Encoder(loaded.tokenizer, config.resolved_max_length(info.max_length, info.is_causal),
                           use_token_types=(getattr(loaded.model.config, "type_vocab_size", 0) or 0) > 1)

@@ -6,11 +6,14 @@ On the same segments in the same batches:
 - (a) the 0.1 path: eager forward with every layer's weights returned (``output_attentions=True``);
 - (b) the full surface pass as a run does it: layer-by-layer capture and the surface accumulator.
 
-Prints b/floor (goal <= 1.3 on CPU for MiniLM, issue 12) and a/floor. Then the peak memory (RSS) of a whole
-``headscope.run`` over 1x and 4x the corpus, each in its own process: prints 4x/1x (goal <= 1.15).
+Prints b/floor (goal <= 1.3 on CPU for MiniLM, issue 12) and a/floor. Then whole runs as a user sees them,
+each in its own process, alternating, best of ``--repeats``: ``headscope.run`` with the surface analysis
+against a floor process that loads the model, reads the same corpus into the same batches and runs the SDPA
+forward without weights (goal <= 1.25, issue 29). Then the peak memory (RSS) of a whole ``headscope.run`` over
+1x and 4x the corpus, each in its own process: prints 4x/1x (goal <= 1.15).
 
     python bench/overhead.py [--model minilm] [--segments 1000] [--batch-size 16] [--repeats 3]
-                             [--device cpu|cuda] [--dtype float32|bfloat16|float16]
+                             [--device cpu|cuda] [--dtype float32|bfloat16|float16] [--skip-whole]
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch
 def timing(args: argparse.Namespace) -> None:
     from headscope.analyses.surface import SurfaceStatistics
     from headscope.config import RunConfig
-    from headscope.engine.capture import capture
+    from headscope.engine.capture import capture, ensure_route
     from headscope.engine.context import RunContext
     from headscope.engine.feed import feed_batch
     from headscope.engine.inputs import Corpus
@@ -39,6 +42,7 @@ def timing(args: argparse.Namespace) -> None:
     config = RunConfig(model=args.model, max_segments=args.segments, batch_size=args.batch_size, out=None,
                        device=args.device, dtype=args.dtype)
     loaded = load_model(config.model, device=args.device, dtype=args.dtype)
+    ensure_route(loaded)  # the capture route, as open_context chooses it
     manifest = Manifest()
     encoder = Encoder(loaded.tokenizer, config.resolved_max_length(loaded.info.max_length, loaded.info.is_causal))
     corpus = Corpus(config, encoder, manifest)
@@ -86,6 +90,45 @@ def timing(args: argparse.Namespace) -> None:
     print(f"ratio b/floor = {b / f:.3f}   (goal <= 1.3)   a/floor = {a / f:.3f}   b/a = {b / a:.3f}")
 
 
+def floor_child(segments: int, model: str, batch_size: int, device: str, dtype: str) -> None:
+    """A whole process that does what a run must do at least: load, read and batch the corpus, SDPA forward."""
+    from headscope.config import RunConfig
+    from headscope.engine.context import open_context
+
+    config = RunConfig(model=model, max_segments=segments, batch_size=batch_size, out=None, device=device,
+                       dtype=dtype, quiet=True, analyses=["surface"])
+    ctx = open_context(config)
+    model_ = ctx.loaded.model
+    model_.set_attn_implementation("sdpa")
+    with torch.inference_mode():
+        for b in ctx.batches():
+            ctx.loaded.base(**b.model_inputs())
+    print(json.dumps({"segments": segments}))
+
+
+def run_child(segments: int, model: str, batch_size: int, device: str, dtype: str) -> None:
+    import headscope
+
+    headscope.run(model=model, max_segments=segments, out=None, quiet=True, batch_size=batch_size, device=device,
+                  dtype=dtype, analyses=["surface"])
+    print(json.dumps({"segments": segments}))
+
+
+def whole(args: argparse.Namespace) -> None:
+    """Whole processes, as a user sees them: ``headscope.run`` (surface) against the floor process."""
+    times: dict[str, list[float]] = {"floor": [], "run": []}
+    for _ in range(args.repeats):
+        for kind in times:
+            t = time.perf_counter()
+            subprocess.run([sys.executable, __file__, f"--{kind}-child", str(args.segments), "--model", args.model,
+                            "--batch-size", str(args.batch_size), "--device", args.device, "--dtype", args.dtype],
+                           capture_output=True, text=True, check=True)
+            times[kind].append(time.perf_counter() - t)
+    f, r = min(times["floor"]), min(times["run"])
+    print(f"whole processes: floor (load, corpus, SDPA forward) {f:.2f} s   headscope run (surface) {r:.2f} s")
+    print(f"ratio run/floor = {r / f:.3f}   (goal <= 1.25)")
+
+
 def peak_rss_child(segments: int, model: str, batch_size: int) -> None:
     import headscope
 
@@ -119,12 +162,21 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-whole", action="store_true")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--floor-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--run-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         peak_rss_child(args.child, args.model, args.batch_size)
         return
+    if args.floor_child or args.run_child:
+        fn = floor_child if args.floor_child else run_child
+        fn(args.floor_child or args.run_child, args.model, args.batch_size, args.device, args.dtype)
+        return
     timing(args)
+    if not args.skip_whole:
+        whole(args)
     if not args.skip_memory:
         memory(args)
 

@@ -5,6 +5,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
+
+from headscope.analyses.base import AnalysisResult
+from headscope.analyses.pruning import behaviour_by_analysis
+from headscope.analyses.roles import sieve_from_sums
+from headscope.analyses.similarity import entropy
+from headscope.config import WordMode
 
 
 def surface_reference(A: np.ndarray, is_cls: np.ndarray, is_sep: np.ndarray, is_punct: np.ndarray,
@@ -43,3 +50,84 @@ def random_attention(rng: np.random.Generator, n: int, causal: bool = False) -> 
         logits = np.where(np.tril(np.ones((n, n))) > 0, logits, -np.inf)
     A = np.exp(logits - logits.max(1, keepdims=True))
     return A / A.sum(1, keepdims=True)
+
+
+def word_attention_reference(attn: np.ndarray, groups: list[list[int]], mode: WordMode = "mean") -> np.ndarray:
+    """Plain-loop version of :func:`headscope.engine.wordlevel.word_attention` for one map.
+
+    Parameters
+    ----------
+    attn : ndarray of shape (seq, seq)
+    groups : list of list of int
+        The positions of each unit, in unit order.
+
+    Returns
+    -------
+    ndarray of shape (n_units, n_units)
+    """
+    m = len(groups)
+    out = np.zeros((m, m))
+    for u, rows in enumerate(groups):
+        from_rows = rows if mode == "mean" else rows[:1]
+        for v, cols in enumerate(groups):
+            out[u, v] = np.mean([sum(attn[i, j] for j in cols) for i in from_rows])
+    return out
+
+
+def rollout_reference(attention: torch.Tensor) -> torch.Tensor:
+    """Abnar & Zuidema's head-averaged rollout for a stack of layers, written as the plain formula.
+
+    Parameters
+    ----------
+    attention : Tensor of shape [layer, head, seq, seq]
+        One unpadded sequence.
+
+    Returns
+    -------
+    Tensor of shape [layer, seq, seq]
+    """
+    n = attention.shape[-1]
+    eye = torch.eye(n, dtype=torch.float64)
+    out = []
+    r = None
+    for a in attention.double():
+        ahat = 0.5 * a.mean(0) + 0.5 * eye
+        ahat = ahat / ahat.sum(-1, keepdim=True)
+        r = ahat if r is None else ahat @ r
+        out.append(r)
+    return torch.stack(out).float()
+
+
+def sieve_scores(attn: torch.Tensor, targets: torch.Tensor, queries: torch.Tensor, n: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sieve bias score of every sequence and head for one role given as a dense target mask: the general form
+    (any target sets) of what ``roles`` computes without the dense mask.
+
+    Parameters
+    ----------
+    attn : Tensor of shape [batch, layer, head, query, key]
+        Rows of real queries sum to 1; padding is 0.
+    targets : Tensor of shape [batch, query, key]
+        1 where key j is in the target set of query i (float or bool).
+    queries, n
+        As in :func:`headscope.analyses.roles.sieve_from_sums`.
+
+    Returns
+    -------
+    scores : Tensor of shape [batch, layer, head], float64
+    valid : Tensor of shape [batch], bool
+    """
+    targets = targets.to(attn.dtype)
+    on_targets = torch.einsum("blhqk,bqk->blhq", attn, targets)
+    return sieve_from_sums(on_targets, targets.sum(-1), queries, n)
+
+
+def js_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Jensen-Shannon divergence in nats of distributions along the last dimension (broadcasts)."""
+    return (entropy((p + q) / 2) - (entropy(p) + entropy(q)) / 2).clamp_min(0.0)
+
+
+def behaviour_heads(results: dict[str, AnalysisResult]) -> tuple[set[tuple[int, int]], list[str]]:
+    """Heads with an identified behaviour in any analysis that ran, and the names of those analyses."""
+    by_analysis = behaviour_by_analysis(results)
+    return set().union(*by_analysis.values()), list(by_analysis)

@@ -12,7 +12,7 @@ import torch
 from headscope.config import parse_bytes
 from headscope.corpus.types import Sentence
 from headscope.engine.batch import collate
-from headscope.engine.capture import LayerAttention, capture, capture_stacked, query_block_rows
+from headscope.engine.capture import LayerAttention, capture, capture_stacked, ensure_route, query_block_rows
 from headscope.manifest import Manifest
 from headscope.model.encode import Encoder
 from headscope.model.load import AttentionUnavailableError, LoadedModel, load_model
@@ -25,7 +25,9 @@ ROUTE = {"tiny_bert": "interface", "tiny_roberta": "interface", "tiny_mpnet": "h
 
 
 def _loaded(request: pytest.FixtureRequest, name: str, **kwargs: object) -> LoadedModel:
-    return load_model(str(request.getfixturevalue(name)), device="cpu", **kwargs)  # type: ignore[arg-type]
+    loaded = load_model(str(request.getfixturevalue(name)), device="cpu", **kwargs)  # type: ignore[arg-type]
+    ensure_route(loaded)  # the engine's choice, as where a run opens its context
+    return loaded
 
 
 def _examples(loaded: LoadedModel) -> list:

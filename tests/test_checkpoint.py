@@ -21,6 +21,7 @@ from headscope.engine.checkpoint import CheckpointError
 from headscope.engine.interrupt import RunInterrupted
 from headscope.engine.outdir import OutputExistsError
 from headscope.engine.state import StateError, pack, unpack
+from test_coref import _random_corefud
 from test_streaming import ANALYSES, _treebank
 
 ALL_BUT_ABLATION = [a for a in ANALYSES if a != "ablation"]
@@ -35,7 +36,10 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
     text = "\n\n".join("The dog saw the cat.\nThe cat ran to the house, she said.\nIt was red and old."
                        for _ in range(6))
     (d / "text.txt").write_text(text + "\n", encoding="utf-8")
-    return {"text": [str(d / "text.txt")], "treebank": [str(d / "train.conllu"), str(d / "dev.conllu")]}
+    # coref is among the analyses: named without --coref it would be refused before the model loads.
+    (d / "coref.conllu").write_text(_random_corefud(rng, n_docs=2, n_sentences=4), encoding="utf-8")
+    return {"text": [str(d / "text.txt")], "treebank": [str(d / "train.conllu"), str(d / "dev.conllu")],
+            "coref": [str(d / "coref.conllu")]}
 
 
 def _kwargs(model: Path, inputs: dict[str, list[str]]) -> dict[str, object]:

@@ -194,3 +194,13 @@ def test_minilm_against_its_fine_tuned_version(minilm: str, shared: Path, tmp_pa
     assert len(result.roles) == 6 * 12 * result.roles["role"].nunique()
     assert (result.roles["n_a"] == result.roles["n_b"]).all()  # same sentences for every role
     assert result.heads["delta"].abs().max() > 0  # fine-tuning changed the attention
+
+
+def test_page_and_summary_state_the_minimum_even_when_every_change_is_tested(tmp_path: Path) -> None:
+    heads = pd.DataFrame({"layer": [0, 0], "head": [0, 1], "cls": [0.1, 0.2]})
+    a, b = flips()
+    result = compare(fake_run(heads, a), fake_run(heads, b), min_n=10)  # every row has >= 10 scores
+    assert result.summary["role_changes_not_tested"] == 0 and result.summary["min_n"] == 10
+    assert "min_n = 10" in result.summary["roles_gained_lost"]
+    page = (result.save(tmp_path / "cmp") / "index.html").read_text(encoding="utf-8")
+    assert "at least min_n = 10 scores" in page and "Not tested" not in page

@@ -12,16 +12,16 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from headscope.analyses.coref import BASELINES, TYPES, CorefHeads, CorefOptions, baseline_predictions
+from headscope.analyses.coref import BASELINES, TYPES, CorefHeads, CorefOptions, baseline_predictions, best_heads
 from headscope.corpus.coref_windows import nearest_antecedents, plan_windows
 from headscope.corpus.mentions import MENTION_TYPES, Mention
 from headscope.corpus.types import Sentence
 from headscope.engine.batch import collate
 from headscope.engine.feed import feed_attention
-from headscope.engine.wordlevel import word_attention_reference
 from headscope.manifest import Manifest
 from headscope.model.coref_encode import WindowMention, iter_coref_examples, window_mentions
 from headscope.model.encode import Encoder
+from reference import word_attention_reference
 
 
 def _sentence(n_words: int, mentions: list[Mention], line: int = 1) -> Sentence:
@@ -132,7 +132,7 @@ def test_hand_computed_head_accuracy(tokenizer, candidates: str, expected: list[
     mentions = window_mentions(ex)
     assert [(m.word, m.entity, m.evaluated) for m in mentions] == [(1, "A", False), (3, "A", True),
                                                                    (4, "B", False), (6, "B", True)]
-    analysis = CorefHeads(CorefOptions(coref_candidates=candidates))
+    analysis = CorefHeads(CorefOptions(coref_candidates=candidates, coref_min_n=2))  # two mentions here
     analysis.start(_ctx(1, 4))
     feed_attention([analysis], collate([ex], pad_id=0), attn)
     heads, baselines, n = analysis.accuracy()
@@ -150,6 +150,36 @@ def test_hand_computed_head_accuracy(tokenizer, candidates: str, expected: list[
     assert len(rows) == 1 and rows["layer"].isna().all() and rows["accuracy"].iloc[0] == 1.0
     best = result.tables["coref_best"].set_index("mention_type")
     assert best.loc["pronoun", "best_head"] == "L0H0" and best.loc["pronoun", "accuracy"] == 1.0
+    assert not best.loc["pronoun", "below_min_n"] and result.summary["min_n"] == 2
+
+
+def test_no_best_head_on_fewer_than_min_n_mentions(tokenizer) -> None:
+    # The same two pronouns under the default minimum (20 mentions): listed and flagged, no best head claimed.
+    ex, attn = _king_and_queen(tokenizer)
+    analysis = CorefHeads(CorefOptions())
+    analysis.start(_ctx(1, 4))
+    feed_attention([analysis], collate([ex], pad_id=0), attn)
+    result = analysis.finalize(None, {})
+    best = result.tables["coref_best"].set_index("mention_type")
+    assert best.loc["pronoun", "n"] == 2 and best.loc["pronoun", "below_min_n"]
+    assert best.loc["pronoun", "best_head"] == "" and pd.isna(best.loc["pronoun", "accuracy"])
+    assert best.loc["pronoun", "nearest"] == 1.0  # the baselines (fixed rules, not picks) stay
+    s = result.summary
+    assert s["min_n"] == 20 and "coref_min_n = 20" in s["min_n_rule"]
+    assert s["best"]["pronoun"]["head"] is None and "pronoun" in s["below_min_n"]
+
+
+def test_best_head_per_type_is_chosen_among_types_with_min_n_mentions() -> None:
+    # proper: 2 mentions, head L0H1 right on both (accuracy 1); pronoun: 25 mentions, L0H0 best at 0.6.
+    rows = [{"method": "head", "layer": 0, "head": h, "mention_type": t, "accuracy": a, "n": n}
+            for t, n, accs in (("pronoun", 25, (0.6, 0.2)), ("proper", 2, (0.0, 1.0)), ("all", 27, (0.56, 0.26)))
+            for h, a in enumerate(accs)]
+    table = pd.DataFrame(rows)
+    best = best_heads(table, min_n=20).set_index("mention_type")
+    assert best.loc["pronoun", "best_head"] == "L0H0" and best.loc["pronoun", "accuracy"] == 0.6
+    assert best.loc["proper", "below_min_n"] and best.loc["proper", "best_head"] == ""
+    assert pd.isna(best.loc["proper", "layer"])
+    assert best_heads(table, min_n=2).set_index("mention_type").loc["proper", "best_head"] == "L0H1"
 
 
 # ----------------------------------------------------------------------------------------------------------

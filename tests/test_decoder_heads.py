@@ -208,6 +208,32 @@ def test_merge_equals_one_pass() -> None:
         np.testing.assert_allclose(merged[key].numpy(), whole[key], rtol=1e-6, equal_nan=True)
 
 
+def test_top_heads_rest_on_min_n_scored_sequences() -> None:
+    # Head 0 has a previous-token score only on 2 of 25 sequences (elsewhere it attends to BOS alone, which
+    # --decoder-exclude-bos removes), where it is 1; head 1 scores 0.4 on all 25.
+    n = 4
+    prev, sink, half = np.zeros((n, n)), np.zeros((n, n)), np.zeros((n, n))
+    prev[0, 0] = sink[:, 0] = half[0, 0] = 1.0
+    for i in range(1, n):
+        prev[i, i - 1] = 1.0
+        half[i, i - 1] = half[i, i] = 0.5
+    maps = [np.stack([prev if k < 2 else sink, half])[None] for k in range(25)]
+    examples = [_example(k, [5, 6, 7, 8]) for k in range(25)]
+
+    def summary(**options) -> dict:
+        analysis = DecoderHeads(DecoderHeadsOptions(exclude_bos=True, **options))
+        analysis.start(_ctx(1, 2))
+        feed_attention([analysis], collate(examples, pad_id=0), _padded(maps))
+        return analysis.finalize(_ctx(1, 2), {}).summary
+
+    loose = summary(decoder_min_n=1)["top"]["previous_token"]
+    assert [t["head"] for t in loose] == ["L0H0", "L0H1"] and loose[0]["score"] == pytest.approx(1.0)
+    s = summary()
+    assert s["min_n"] == 20 and "decoder_min_n = 20" in s["top_rule"]
+    assert s["scored_sequences"]["previous_token"] == {"min": 2, "max": 25}
+    assert s["top"]["previous_token"] == [{"head": "L0H1", "score": pytest.approx(0.4)}]
+
+
 @pytest.mark.parametrize(("offset", "exclude_bos", "exclude_current"), [(1, False, False), (0, False, False),
                                                                         (1, True, True), (0, False, True)])
 def test_prefix_matching_equals_a_plain_loop(offset: int, exclude_bos: bool, exclude_current: bool) -> None:
@@ -358,6 +384,10 @@ def test_files_and_report(tiny_llama: Path, tmp_path: Path) -> None:
         assert (out / "figures" / f"decoder_heads_{name}.svg").is_file()
     page = (out / "report" / "index.html").read_text()
     assert "Decoder-LM heads" in page and "Sink rate" in page
+    # The top heads say what minimum of scored sequences they rest on (2 probe sequences: no prefix-matching top).
+    assert run["analyses"]["decoder_heads"]["min_n"] == 20 and "decoder_min_n = 20" in page
+    assert "prefix_matching" not in run["analyses"]["decoder_heads"]["top"] or not run["analyses"][
+        "decoder_heads"]["top"]["prefix_matching"]
 
 
 def test_encoder_gets_a_clear_error(tiny_bert: Path, tmp_path: Path) -> None:

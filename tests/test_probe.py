@@ -28,8 +28,8 @@ from headscope.corpus.types import Sentence
 from headscope.corpus.vectors import WordVectors
 from headscope.engine.batch import collate
 from headscope.engine.feed import feed_attention
-from headscope.engine.wordlevel import word_attention_reference
 from headscope.model.encode import Example
+from reference import word_attention_reference
 
 SMALL_TREEBANK = """# sent_id = a
 1	the	the	DET	_	_	2	det	_	_

@@ -15,7 +15,6 @@ from headscope.analyses.importance import batch_loss
 from headscope.analyses.pruning import (
     HeadPruning,
     analysis_rankings,
-    behaviour_heads,
     fractions,
     held_out_loss,
 )
@@ -25,6 +24,7 @@ from headscope.engine.inputs import Corpus
 from headscope.manifest import Manifest
 from headscope.model.encode import Encoder
 from headscope.model.load import load_model
+from reference import behaviour_heads
 
 
 def test_fractions() -> None:
@@ -126,3 +126,96 @@ def test_pruning_in_an_analysis_ranking(tiny_bert_mlm: Path, text_file: Path) ->
     assert list(ranked["n_pruned"]) == [0, 4, 8]
     assert ranked["loss"].iloc[0] == table[table["order"] == "importance"]["loss"].iloc[0]
     assert set(result.run["analyses"]["pruning"]["seed_claim"]["by_analysis"]) == {"roles"}
+
+
+def test_pruning_finalizes_after_every_ranking_whatever_the_order_given() -> None:
+    from headscope.analyses.registry import resolve_analyses
+
+    names = [a.name for a in resolve_analyses(["pruning", "importance", "syntax", "roles"], {})]
+    assert names.index("pruning") > max(names.index("syntax"), names.index("roles"))
+    assert names[:3] == ["importance", "syntax", "roles"]  # the others keep the order given
+    every = [a.name for a in resolve_analyses(["coref", "distance", "pruning", "roles", "surface", "syntax"], {})]
+    assert every[-2:] == ["syntax", "pruning"] and every[:2] == ["coref", "distance"]
+
+
+def test_pruning_uses_rankings_given_after_it_and_names_the_absent(tiny_bert_mlm: Path, text_file: Path) -> None:
+    result = headscope.run(model=str(tiny_bert_mlm), text=[str(text_file)], analyses=["pruning", "roles", "distance"],
+                           out=None, quiet=True, max_length=64, pruning_step=0.5, pruning_seeds=0,
+                           pruning_sequences=2, pruning_bootstrap=50)
+    assert "roles" in set(result.tables["pruning"]["order"])
+    summary = result.run["analyses"]["pruning"]
+    assert summary["rankings"]["used"] == ["roles"]
+    assert summary["rankings"]["absent"] == {"syntax": "did not run", "coref": "did not run"}
+    assert set(summary["seed_claim"]["by_analysis"]) == {"roles", "distance"}
+    assert summary["seed_claim"]["absent"] == ["syntax", "coref"]
+
+
+def test_loss_check_says_when_the_loss_does_not_rise() -> None:
+    from headscope.analyses.pruning import loss_check
+
+    rng = np.random.default_rng(0)
+    base = 2.0 + 0.01 * rng.standard_normal(200)
+    flat = {("importance", None, 0.0): base, ("importance", None, 1.0): base - 0.05}
+    check = loss_check(flat, [0.0, 1.0], "contrastive_loss")
+    assert check["rises"] is False and check["difference_high"] < 0
+    assert "not measuring the model's quality" in check["note"] and "masked-LM" in check["note"]
+    assert "docs/importance.md" in check["note"]
+    rising = {("importance", None, 0.0): base, ("importance", None, 1.0): base + 0.5}
+    check = loss_check(rising, [0.0, 1.0], "mlm_loss")
+    assert check["rises"] is True and "note" not in check and check["difference_low"] > 0
+
+
+def test_pruning_report_states_a_loss_that_does_not_rise(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from headscope.engine.results import RunResult
+
+    table = pd.DataFrame({"fraction": [0.0, 1.0], "order": "importance", "seed": pd.array([pd.NA] * 2, "Int64"),
+                          "n_pruned": [0, 8], "loss": [1.98, 1.90], "loss_low": [1.9, 1.8],
+                          "loss_high": [2.1, 2.0], "loss_kind": "contrastive_loss"})
+    note = "the held-out contrastive_loss does not rise with pruning ... use instead a masked-LM head"
+    run = {"analyses": {"pruning": {"loss_check": {"rises": False, "note": note},
+                                    "bootstrap": {"resamples": 1000, "confidence": 0.95},
+                                    "rankings": {"used": [], "absent": {"roles": "did not run"}},
+                                    "seed_claim": {"analyses": []}}}}
+    section = HeadPruning.report(RunResult(heads=pd.DataFrame(), tables={"pruning": table}, documents={}, run=run),
+                                 tmp_path)
+    assert section is not None
+    assert "does not measure pruning here" in section.html and "masked-LM head" in section.html
+    assert "no ranking of roles (did not run)" in section.html and "95% bootstrap intervals" in section.html
+
+
+def test_every_point_of_the_curve_has_a_seeded_bootstrap_interval(tiny_bert_mlm: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    corpus = tmp_path / "documents.txt"  # one sentence per document: one sequence each
+    corpus.write_text("\n\n".join(["The dog saw the cat.", "The cat ran to the house.", "She said it was red.",
+                                   "The king ate a book.", "A man saw the river.", "The city was big and old.",
+                                   "He ran, she ran.", "The house was red."]) + "\n", encoding="utf-8")
+    kwargs = {"model": str(tiny_bert_mlm), "text": [str(corpus)], "analyses": ["pruning"], "out": None,
+              "quiet": True, "max_length": 64, "pruning_step": 0.5, "pruning_seeds": 1, "pruning_sequences": 3,
+              "pruning_bootstrap": 200}
+    result = headscope.run(**kwargs)
+    table = result.tables["pruning"]
+    assert table[["loss_low", "loss_high"]].notna().all().all()
+    assert (table["loss_low"] <= table["loss"] + 1e-12).all() and (table["loss"] <= table["loss_high"] + 1e-12).all()
+    assert (table["loss_high"] > table["loss_low"]).any()  # more than one held-out sequence: a real interval
+    summary = result.run["analyses"]["pruning"]
+    assert summary["bootstrap"]["resamples"] == 200 and summary["bootstrap"]["confidence"] == 0.95
+    assert {"rises", "difference_low", "difference_high", "rule"} <= set(summary["loss_check"])
+    assert {"better", "difference_low", "difference_high"} <= set(summary["importance_vs_random"])
+    again = headscope.run(**kwargs).tables["pruning"]
+    assert again[["loss_low", "loss_high"]].equals(table[["loss_low", "loss_high"]])
+    with pytest.raises(ValueError, match="pruning_bootstrap"):
+        headscope.run(**{**kwargs, "pruning_bootstrap": 0})
+
+    # The figure draws the intervals as bands.
+    import matplotlib.collections
+
+    from headscope.analyses import pruning
+
+    drawn: list[object] = []
+    monkeypatch.setattr("headscope.report.figures.save_figure", lambda fig, directory, name: drawn.append(fig))
+    pruning._pruning_figure(table, Path("."))
+    bands = [c for c in drawn[0].axes[0].collections  # type: ignore[attr-defined]
+             if isinstance(c, matplotlib.collections.PolyCollection)]
+    assert len(bands) == table.groupby(["order", "seed"], dropna=False).ngroups

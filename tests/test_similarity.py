@@ -15,12 +15,12 @@ from headscope.analyses.similarity import (
     SMOOTHING,
     HeadSimilarity,
     SimilarityOptions,
-    js_divergence,
     mds_coordinates,
     pairwise_js_sum,
     smooth_rows,
 )
 from headscope.engine.feed import feed_attention
+from reference import js_divergence
 
 N_LAYERS, N_HEADS = 2, 3
 

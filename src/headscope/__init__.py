@@ -4,17 +4,67 @@
 >>> result = headscope.run(model="minilm", analyses=["surface", "roles"], out=None)  # doctest: +SKIP
 >>> result.heads.sort_values("sep", ascending=False).head()  # doctest: +SKIP
 >>> headscope.compare("runs/minilm", "runs/minilm-finetuned").heads  # doctest: +SKIP
+
+Importing the package is cheap: each name below is imported on first use (PEP 562), so ``headscope --version``
+and ``headscope list`` never load torch. ``help(headscope.run)`` lists every keyword (run settings by group and
+each analysis's options), and ``inspect.signature(headscope.run)`` has them all.
 """
 
-from headscope.analyses import REGISTRY, Analysis, AnalysisResult, register
-from headscope.compare import Comparison, compare
-from headscope.config import RunConfig
-from headscope.engine import RunResult, run, word_attention
-from headscope.manifest import Manifest
-from headscope.model import Encoder, Example, load_model
-from headscope.report import build_report
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
 from headscope.version import __version__
-from headscope.viewer import view
+
+if TYPE_CHECKING:
+    from headscope.analyses import REGISTRY, Analysis, AnalysisResult, register
+    from headscope.compare import Comparison, compare
+    from headscope.config import RunConfig
+    from headscope.engine import RunResult, word_attention
+    from headscope.manifest import Manifest
+    from headscope.model import Encoder, Example, load_model
+    from headscope.orchestrate import document_run, run  # noqa: F401 (document_run: not in __all__)
+    from headscope.report import build_report
+    from headscope.viewer import view
+
+#: Public name -> the module it is imported from, on first use.
+_EXPORTS = {
+    "REGISTRY": "headscope.analyses", "Analysis": "headscope.analyses", "AnalysisResult": "headscope.analyses",
+    "register": "headscope.analyses", "Comparison": "headscope.compare", "compare": "headscope.compare",
+    "RunConfig": "headscope.config", "RunResult": "headscope.engine", "word_attention": "headscope.engine",
+    "Manifest": "headscope.manifest", "Encoder": "headscope.model", "Example": "headscope.model",
+    "load_model": "headscope.model", "run": "headscope.orchestrate", "document_run": "headscope.orchestrate",
+    "build_report": "headscope.report", "view": "headscope.viewer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'headscope' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # once imported, an ordinary attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+class _Package(types.ModuleType):
+    """The package's module type: the first ``import headscope.compare`` binds the submodule as the package's
+    attribute ``compare``, where the public name is the function; this keeps the function there."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == value.__name__:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
 
 __all__ = ["REGISTRY", "Analysis", "AnalysisResult", "Comparison", "Encoder", "Example", "Manifest",
            "RunConfig", "RunResult", "__version__", "build_report", "compare", "load_model", "register", "run",

@@ -2,24 +2,26 @@
 
 Subcommands are registered in :data:`COMMANDS` (name -> (help, add_arguments, main)), so a module adds its
 own command without touching the others.
+
+Start-up stays fast (``headscope --version``, ``list`` and ``run --help`` import no torch, pandas or
+matplotlib; ``bench/startup.py``): the analyses' options and descriptions come from ``catalog.json``
+(:mod:`headscope.catalog`) unless a run is about to start, and the subcommands of :data:`MODULE_COMMANDS` are
+imported only when chosen.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import functools
+import importlib
 import logging
 import sys
-import types
-import typing
 import warnings
-from collections.abc import Callable
-from typing import Any, Union
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from headscope.analyses import REGISTRY
-from headscope.analyses.registry import public_name
-from headscope.config import RunConfig, literal_choices
+from headscope import catalog
+from headscope.config import CONFIG_GROUPS, RunConfig
+from headscope.errors import MissingDependencyError, UsageError
 
 #: What ``headscope --help`` says first (the module docstring is for developers).
 DESCRIPTION = "headscope: what every attention head of a Transformer does, over a whole corpus."
@@ -39,82 +41,37 @@ def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentPars
     return decorate
 
 
-def _base_type(tp: Any) -> tuple[Any, bool]:
-    """The scalar type behind ``X | None`` / ``list[X]``, and whether it is a list."""
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _base_type(args[0])
-    if origin is list:
-        return typing.get_args(tp)[0], True
-    return tp, False
-
-
 def _with_default(help_text: str, default: str) -> str:
     """``help_text`` ending with its default, unless it already states one."""
     return help_text if "(default" in help_text else f"{help_text} (default: {default})"
 
 
-def _add_field(parser: argparse.ArgumentParser | Any, f: dataclasses.Field, hint: Any, dest: str,
-               help_text: str | None) -> None:
-    """One option for dataclass field ``f`` stored under ``dest``; ``help_text`` None hides it from --help."""
-    flag = f.metadata.get("flag") if dest == f.name else None
-    flag = flag or "--" + dest.replace("_", "-")
-    tp, is_list = _base_type(hint)
-    if f.default is not dataclasses.MISSING:
-        default = f.default
-    elif f.default_factory is not dataclasses.MISSING:
-        default = f.default_factory()
-    else:
-        default = None
+def add_option(parser: argparse.ArgumentParser | Any, spec: dict[str, Any]) -> None:
+    """One option from a spec of :func:`headscope.catalog.field_spec` (``help`` None: hidden from --help)."""
+    flag, dest, kind, text = spec["flag"], spec["dest"], spec["kind"], spec["help"]
 
-    def shown(text: str, value: str) -> str:
-        return argparse.SUPPRESS if help_text is None else _with_default(text, value)
+    def shown(help_text: str) -> str:
+        return argparse.SUPPRESS if text is None else _with_default(help_text, spec["default"])
 
-    text = help_text or ""
-    if tp is bool and flag.startswith("--no-"):
+    if kind == "switch_off":
         parser.add_argument(flag, dest=dest, action="store_false", default=argparse.SUPPRESS,
-                            help=text if help_text is not None else argparse.SUPPRESS)
-    elif tp is bool and default:
+                            help=argparse.SUPPRESS if text is None else text)
+    elif kind == "switch":
         # A switch that is on by default needs its --no- form, or it could never be turned off.
         parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                            help=shown(text, "on"))
-    elif tp is bool:
-        parser.add_argument(flag, dest=dest, action="store_true", default=argparse.SUPPRESS, help=shown(text, "off"))
-    elif (choices := literal_choices(tp)) is not None:
-        # A Literal[...] field: argparse checks the value and --help lists the choices ({a,b,c}).
-        kind = type(choices[0])
-        if is_list:
-            value = ",".join(map(str, default)) if default else "none"
-            parser.add_argument(flag, dest=dest, action="append", type=kind, choices=choices,
-                                default=argparse.SUPPRESS, help=shown(text + " Repeatable.", value))
-        else:
-            parser.add_argument(flag, dest=dest, type=kind, choices=choices, default=argparse.SUPPRESS,
-                                help=shown(text, str(default)))
-    elif is_list:
-        value = ",".join(map(str, default)) if default else "none"
-        parser.add_argument(flag, dest=dest, action="append", type=tp, default=argparse.SUPPRESS,
-                            metavar=dest.upper(), help=shown(text + " Repeatable.", value))
+                            help=shown(text or ""))
+    elif kind == "flag":
+        parser.add_argument(flag, dest=dest, action="store_true", default=argparse.SUPPRESS, help=shown(text or ""))
     else:
-        parser.add_argument(flag, dest=dest, type=tp, default=argparse.SUPPRESS, metavar=dest.upper(),
-                            help=shown(text, str(default)))
-
-
-def add_dataclass_options(parser: argparse.ArgumentParser | Any, cls: type,
-                          public: Callable[[str], str] | None = None) -> None:
-    """Add one option per field of dataclass ``cls`` (help from ``metadata['help']``, ending with the default).
-
-    ``public`` maps a field name to its namespaced name (:func:`headscope.analyses.registry.public_name`);
-    a field it renames keeps its old flag too, hidden from --help (the run warns that it is deprecated).
-    """
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if "help" not in f.metadata:
-            continue
-        name = public(f.name) if public is not None else f.name
-        _add_field(parser, f, hints[f.name], name, f.metadata["help"])
-        if name != f.name:
-            _add_field(parser, f, hints[f.name], f.name, None)
+        # A Literal[...] field gets choices=: argparse checks the value and --help lists them ({a,b,c}).
+        tp = catalog.TYPES[spec["type"]]
+        typed: dict[str, Any] = ({"type": tp, "choices": spec["choices"]} if spec["choices"] is not None
+                                 else {"type": tp, "metavar": dest.upper()})
+        if kind == "list":
+            parser.add_argument(flag, dest=dest, action="append", default=argparse.SUPPRESS, **typed,
+                                help=shown((text or "") + " Repeatable."))
+        else:
+            parser.add_argument(flag, dest=dest, default=argparse.SUPPRESS, **typed, help=shown(text or ""))
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, default: Any = argparse.SUPPRESS) -> None:
@@ -126,18 +83,31 @@ def add_common_arguments(parser: argparse.ArgumentParser, default: Any = argpars
                             help="no progress bar (default: off)")
 
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    add_dataclass_options(parser, RunConfig)
-    for name, cls in sorted(REGISTRY.items()):
-        if cls.Options is not None:
-            group = parser.add_argument_group(f"{name} options", cls.description)
-            add_dataclass_options(group, cls.Options, functools.partial(public_name, cls))
+def add_run_arguments(parser: argparse.ArgumentParser, live: bool = False) -> None:
+    """The options of ``headscope run``: :class:`RunConfig`'s by group (:data:`CONFIG_GROUPS`), then one group
+    per analysis with its ``Options``; from the registry when ``live``, else from ``catalog.json`` (no analysis
+    imported)."""
+    specs = catalog.dataclass_specs(RunConfig)
+    group_of = {name: f.metadata.get("group") for name, f in RunConfig.__dataclass_fields__.items()}
+    for group, description in CONFIG_GROUPS.items():
+        target = parser.add_argument_group(f"{group} settings", description)
+        for spec in specs:
+            if group_of.get(spec["dest"]) == group:
+                add_option(target, spec)
+    for spec in specs:  # a field without a group (none today) still gets its option
+        if group_of.get(spec["dest"]) not in CONFIG_GROUPS:
+            add_option(parser, spec)
+    for analysis in (catalog.build() if live else catalog.load())["analyses"]:
+        if analysis["options"]:
+            target = parser.add_argument_group(f"{analysis['name']} options", analysis["description"])
+            for spec in analysis["options"]:
+                add_option(target, spec)
 
 
 @command("run", "analyse every head of a model over a corpus (defaults: packaged MiniLM, Wikipedia)",
          add_run_arguments)
 def main_run(args: argparse.Namespace) -> int:
-    from headscope.engine.runner import run
+    from headscope.orchestrate import run
 
     kwargs = {k: v for k, v in vars(args).items() if k not in ("command", "func", "verbose")}
     if not kwargs.get("quiet"):
@@ -158,12 +128,12 @@ def main_run(args: argparse.Namespace) -> int:
 @command("list", "list the analyses (with what each needs) and the packaged models (installed or not)",
          lambda p: None)
 def main_list(args: argparse.Namespace) -> int:
-    from headscope.model.load import PACKAGED_MODELS
+    from headscope.model.packaged import PACKAGED_MODELS  # found with importlib.util.find_spec: nothing loaded
 
     print("analyses (--analyses):")
-    for name, cls in sorted(REGISTRY.items()):
-        needs = f"  [needs: {', '.join(cls.needs)}]" if cls.needs else ""
-        print(f"  {name:14s} {cls.description}{needs}")
+    for analysis in catalog.load()["analyses"]:
+        needs = f"  [needs: {', '.join(analysis['needs'])}]" if analysis["needs"] else ""
+        print(f"  {analysis['name']:14s} {analysis['description']}{needs}")
     print("needs: treebank = --treebank or --parse spacy; coreference = --coref; causal = a decoder LM; "
           "encoder = an encoder model")
     print("packaged models (--model):")
@@ -173,7 +143,30 @@ def main_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _SubCommands(argparse._SubParsersAction):
+    """The subcommands: a command of :data:`MODULE_COMMANDS` imports its module and adds its options when it is
+    chosen (parsed or asked for --help), so the other commands never import it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deferred: dict[str, tuple[str, str, str]] = {}
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: str | Sequence[Any] | None, option_string: str | None = None) -> None:
+        name = values[0] if isinstance(values, list | tuple) and values else None
+        if name in self.deferred:
+            module_name, add_arguments, main = self.deferred.pop(name)
+            module = importlib.import_module(module_name)
+            subparser = self.choices[name]
+            getattr(module, add_arguments)(subparser)
+            add_common_arguments(subparser)
+            subparser.set_defaults(func=getattr(module, main))
+        super().__call__(parser, namespace, values, option_string)
+
+
+def build_parser(live: bool = False) -> argparse.ArgumentParser:
+    """The ``headscope`` parser; ``run``'s analysis options from the registry when ``live`` (imports every
+    analysis), else from ``catalog.json``."""
     parser = argparse.ArgumentParser(
         prog="headscope", description=DESCRIPTION,
         epilog="`headscope COMMAND --help` lists a command's options; `headscope run` alone analyses the packaged "
@@ -182,24 +175,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"headscope {__version__}")
     add_common_arguments(parser, default=False)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", action=_SubCommands)
+    assert isinstance(sub, _SubCommands)
     for name, (help_text, add_arguments, main) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        add_arguments(p)
+        if add_arguments is add_run_arguments:
+            add_run_arguments(p, live)
+        else:
+            add_arguments(p)
         add_common_arguments(p)
         p.set_defaults(func=main)
+    for name, (module_name, add_name, main_name, help_text) in MODULE_COMMANDS.items():
+        sub.add_parser(name, help=help_text, description=help_text)
+        sub.deferred[name] = (module_name, add_name, main_name)
     return parser
 
 
+def _starts_a_run(argv: Sequence[str]) -> bool:
+    """True when ``argv`` asks for a run (``run`` without -h/--help): its options then come from the registry
+    itself, which the run imports anyway."""
+    words = [a for a in argv if not a.startswith("-")]
+    return bool(words) and words[0] == "run" and not {"-h", "--help"} & set(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    _load_commands()
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(live=_starts_a_run(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="headscope: %(message)s")
+    # Progress lines (stderr not a terminal: every 30 s or 10 % of a pass) show without -v, not with --quiet.
+    logging.getLogger("headscope.progress").setLevel(logging.WARNING if args.quiet else logging.INFO)
     # Deprecations and library warnings in the same one-line form as the rest (no source line).
     warnings.formatwarning = lambda message, category, *rest, **kw: f"{category.__name__}: {message}"
     logging.captureWarnings(True)
@@ -210,13 +219,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:  # RunInterrupted says where the checkpoint is
         print(f"headscope: {exc or 'interrupted'}", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError, OSError, RuntimeError) as exc:
+    except UsageError as exc:  # found before the model loaded: a usage error, as argparse's own
+        print(f"headscope: error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, OSError, RuntimeError, MissingDependencyError) as exc:
         print(f"headscope: error: {exc}", file=sys.stderr)
         return 1
 
 
 #: The subcommands that live with what they drive: name -> (module, its add-arguments and main functions,
-#: help). The CLI sits on top and imports them; they never import the CLI.
+#: help). The CLI sits on top and imports each one when it is chosen; they never import the CLI.
 MODULE_COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "compare": ("headscope.compare", "add_compare_arguments", "main_compare",
                 "set two runs side by side: per-head changes, tested role changes, a report page"),
@@ -225,15 +237,6 @@ MODULE_COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "report": ("headscope.report.command", "add_report_arguments", "main_report",
                "rebuild DIR/figures/ and DIR/report/index.html from a finished run's files"),
 }
-
-
-def _load_commands() -> None:
-    """Add the subcommands of :data:`MODULE_COMMANDS` to :data:`COMMANDS`."""
-    import importlib
-
-    for name, (module_name, add_arguments, main, help_text) in MODULE_COMMANDS.items():
-        module = importlib.import_module(module_name)
-        COMMANDS[name] = (help_text, getattr(module, add_arguments), getattr(module, main))
 
 
 if __name__ == "__main__":

@@ -40,10 +40,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from headscope.analyses.base import head_name
-from headscope.analyses.roles import Correction, adjust_pvalues
+from headscope.analyses.stats import Correction, adjust_pvalues, welch_t_test
 from headscope.engine.results import RunResult, write_json, write_table
 from headscope.report.page import render_page
 from headscope.report.section import inline_figure_html
@@ -190,10 +189,7 @@ def role_changes(roles_a: pd.DataFrame, roles_b: pd.DataFrame, alpha: float = 0.
                                     "score_var_a": "var_a", "score_var_b": "var_b"})
     merged["delta"] = merged["mean_b"] - merged["mean_a"]
     col = {c: merged[c].to_numpy(dtype=float) for c in ("mean_a", "var_a", "n_a", "mean_b", "var_b", "n_b")}
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t, p = stats.ttest_ind_from_stats(col["mean_b"], np.sqrt(col["var_b"]), col["n_b"], col["mean_a"],
-                                          np.sqrt(col["var_a"]), col["n_a"], equal_var=False)
-    t, p = np.asarray(t, dtype=float), np.asarray(p, dtype=float)
+    t, p = welch_t_test(col["mean_b"], col["var_b"], col["n_b"], col["mean_a"], col["var_a"], col["n_a"])
     # Identical scores (zero variance on both sides, same mean) are no change rather than 0/0.
     same = (merged["delta"] == 0).to_numpy() & (merged[["n_a", "n_b"]].min(axis=1) > 1).to_numpy()
     t[same], p[same] = 0.0, 1.0
@@ -294,7 +290,8 @@ def compare(run_a: str | Path | RunResult, run_b: str | Path | RunResult, alpha:
                             for key, run in (("a", a), ("b", b))},
         "test": "Welch two-sided t-test from per-unit count/mean/variance of roles.csv", "min_n": min_n,
         "roles_gained_lost": "has_role flipped and the change is significant (p_adjusted < alpha) in that "
-                             "direction; other flips are roles_crossed_not_significant",
+                             f"direction, which needs a tested row (at least min_n = {min_n} scores in each run); "
+                             "other flips are roles_crossed_not_significant",
         "statistics": sorted(heads["statistic"].unique().tolist()), "tables": sorted(tables),
     }
     if roles is not None:
@@ -378,7 +375,10 @@ def write_page(comparison: Comparison, out: Path) -> Path:
             f"mean scores changed significantly (Welch two-sided t-test, alpha = {s['alpha']}, {correction}). "
             f"Roles gained: {int((roles['change'] == 'gained').sum())}, lost: "
             f"{int((roles['change'] == 'lost').sum())} (has_role flipped <i>and</i> the change is significant "
-            f"by this test). Crossed the threshold without a significant change: {len(crossed)}.</p>"
+            f"by this test). Crossed the threshold without a significant change: {len(crossed)}. A change is "
+            f"tested only where both runs have at least min_n = {html.escape(str(s.get('min_n', MIN_N)))} scores "
+            f"of the role ({int(tested.sum())} of {len(roles)} head x role rows), so no role is gained or lost on "
+            "fewer.</p>"
             + (f'<p class="warn">Not tested: {int((~tested).sum())} of {len(roles)} head x role changes '
                f"(fewer than min_n = {html.escape(str(s.get('min_n', MIN_N)))} scores in a run).</p>"
                if (~tested).any() else ""))
@@ -452,6 +452,6 @@ def main_compare(args: argparse.Namespace) -> int:
         print(f"{s['role_changes_significant']} significant role-score changes; gained {s['roles_gained']}, "
               f"lost {s['roles_lost']}; crossed the threshold without a significant change "
               f"{sum(sum(c.values()) for c in s['roles_crossed_not_significant'].values())}; not tested "
-              f"{s['role_changes_not_tested']}")
+              f"{s['role_changes_not_tested']} (fewer than min_n = {s['min_n']} scores in a run)")
     print(f"wrote {out}/compare_heads.csv, {out}/compare_layers.csv, {out}/index.html")
     return 0

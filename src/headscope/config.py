@@ -17,6 +17,8 @@ from typing import Any, Literal
 #: The choices of :class:`RunConfig`'s fields (``headscope run`` offers them as ``choices=``).
 Dtype = Literal["float32", "float16", "bfloat16"]
 Capture = Literal["auto", "interface", "hooks", "stacked"]
+#: A capture route as chosen (``auto`` resolved): ``headscope.engine.capture.choose_route``.
+Route = Literal["interface", "hooks", "stacked"]
 Weights = Literal["attention", "norm", "rollout"]
 PaddingSide = Literal["right", "left"]
 Engine = Literal["local", "ray"]
@@ -28,7 +30,18 @@ TreebankInput = Literal["text", "forms"]
 Bos = Literal["auto", "yes", "no"]
 
 
-def option(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = None, **kwargs: Any) -> Any:
+#: The groups of :class:`RunConfig`'s fields, in the order ``headscope run --help`` shows them.
+CONFIG_GROUPS = {
+    "model": "which model, and how it is loaded",
+    "corpus": "what is read, and how it becomes the model's input",
+    "capture": "what the analyses read of each head: capture route, weights, word level, conventions",
+    "engine": "how the run goes: analyses, batches, Ray workers, checkpoints, seed",
+    "output": "where the results go",
+}
+
+
+def option(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = None, group: str | None = None,
+           **kwargs: Any) -> Any:
     """A dataclass field that is also a command-line option.
 
     Parameters
@@ -39,10 +52,16 @@ def option(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = 
         The help text, shown by ``headscope run --help`` and in the API docs.
     flag : str, optional
         The option's spelling on the command line when it differs from ``--field-name``.
+    group : str, optional
+        The group of a :class:`RunConfig` field (a key of :data:`CONFIG_GROUPS`): ``headscope run --help`` and
+        ``help(headscope.run)`` show the settings by group. An analysis's options form the group of the
+        analysis.
     """
     metadata = {"help": help}
     if flag is not None:
         metadata["flag"] = flag
+    if group is not None:
+        metadata["group"] = group
     if default is dataclasses.MISSING:
         return field(metadata=metadata, **kwargs)
     return field(default=default, metadata=metadata, **kwargs)
@@ -119,79 +138,91 @@ class RunConfig:
     dataclass; see :mod:`headscope.analyses`.
     """
 
-    model: str = option("minilm", help="Hugging Face hub id, local model directory, or a packaged short "
-                        "name (minilm, minilm-finetuned, smollm2).")
-    revision: str | None = option(None, help="Model revision (branch, tag or commit) on the hub.")
-    gguf_file: str | None = option(None, help="GGUF file inside the model directory (decoder LMs as GGUF).")
-    trust_remote_code: bool = option(False, help="Allow model code from the hub (off unless asked).")
-    text: list[str] = option(help="Raw text file(s): one sentence per line, a blank line between "
-                             "documents. With no --text/--treebank/--coref the packaged Wikipedia sample "
-                             "is used.", default_factory=list)
-    treebank: list[str] = option(help="CoNLL-U treebank file(s). The first is the training/selection "
-                                 "treebank, the last the evaluation/held-out one.", default_factory=list)
-    coref: list[str] = option(help="Coreference file(s): CoNLL-U with Entity= annotations, or CoNLL-2012 "
-                              "*_conll.", default_factory=list)
-    skip_missing: bool = option(False, help="Run without a --text/--treebank/--coref file that does not exist "
-                                "(recorded in run.json) instead of stopping with an error.")
-    analyses: list[str] = option(help="Comma-separated analyses to run (see `headscope list`), or `all` for "
-                                 "every analysis that applies to the model and the data given (default: "
-                                 "surface,examples).",
-                                 default_factory=lambda: ["surface", "examples"])
-    max_length: int | None = option(None, help="Maximum sequence length in model tokens, capped by the model "
-                                    "(default: 128 for encoders, as in Clark et al.; 1024 for decoder LMs, whose "
-                                    "raw text is packed into windows of this length: pass more for long context).")
-    max_segments: int | None = option(None, help="Stop after this many raw-text segments (default: all; "
-                                      "1000 for the packaged Wikipedia sample, as in Clark et al.).")
-    max_sentences: int | None = option(None, help="Read at most this many sentences per treebank file.")
-    batch_size: int = option(16, help="Sequences per forward pass.")
-    device: str = option("auto", help="auto, cpu, cuda or cuda:N.")
-    dtype: Dtype = option("float32", help="Model dtype: float32, float16 or bfloat16 (statistics are always "
-                          "computed in float32).")
-    attention_memory: str = option("256MiB", help="Memory budget for one layer's attention: batches are cut and "
-                                   "layers computed in blocks of query rows to stay under it (e.g. 512MiB, 4GiB).")
-    capture: Capture = option("auto", help="How attention weights are captured: auto (transformers' attention "
-                              "interface where the model uses it, else hooks), interface, hooks, or stacked (0.1's "
-                              "eager path holding every layer: a reference, not for long inputs).")
-    weights: Weights = option("attention", help="What the analyses read as a head's weights: attention (the "
-                              "softmax weights, default), norm (Kobayashi et al. 2020: A[i,j]*||v_j W_O^h||, rows "
-                              "renormalised; --capture interface only) or rollout (Abnar & Zuidema 2020, per head; "
-                              "analyses surface, distance, syntax, examples). See docs/weights.md.")
-    padding_side: PaddingSide = option("right", help="Padding side of the forward pass: right or left (results do not "
-                                       "depend on it).")
-    engine: Engine = option("local", help="local (this process) or ray (Ray Data: an actor pool of --workers "
-                            "model copies; needs `pip install \"headscope[ray]\"`).")
-    ray_address: str | None = option(None, help="Address of a running Ray cluster (default: start a local "
-                                     "Ray instance on this machine).")
-    workers: int = option(2, help="Ray workers, each holding one copy of the model (--engine ray).")
-    gpus_per_worker: float = option(0.0, help="GPUs per Ray worker (--engine ray; 0 = CPU).")
-    checkpoint_every: int = option(50, help="Write OUT/checkpoint/ every this many batches (0: only on "
-                                   "Ctrl-C/SIGTERM); removed when the run completes.")
-    resume: str | None = option(None, help="Continue the interrupted run in this output directory from its "
-                                "checkpoint (the other options default to the checkpoint's).")
-    overwrite: bool = option(False, help="Replace a previous run in --out whole (without it, a folder that "
-                             "holds a run is refused).")
-    seed: int = option(0, help="Seed for every random choice (A/B split, samples, clustering, probes).")
-    word_attention: WordMode = option("mean", help="How a split word attends: mean over its pieces' rows (the "
-                                      "paper) or first (Clark et al.'s released code).")
-    punctuation: Punctuation = option("clark", help="Punctuation class for surface statistics: clark (tokens "
-                                      "exactly '.' or ',') or all (every punctuation-only token).")
-    conventions: Conventions = option("headscope", help="Definitions of the statistics: headscope (ours, "
-                                      "docs/conventions.md), clark (as Clark et al.'s released code: surface, syntax, "
-                                      "similarity) or pande (as the heads-hypothesis notebooks: roles).")
-    parse: Parse = option("none", help="Dependency parses for raw text: none or spacy (silver parses from "
-                          "en_core_web_sm).")
-    treebank_input: TreebankInput | None = option(None, help="What the model reads of a CoNLL-U sentence "
-                                                  "(--treebank, --coref): text (its # text, or its forms rebuilt "
-                                                  "with SpaceAfter=No) or forms (the syntactic words joined by "
-                                                  "single spaces, as Clark et al.'s code fed BERT) (default: text; "
-                                                  "forms under --conventions clark).")
-    bos: Bos = option("auto", help="BOS first in every input of a decoder LM: auto (as the tokenizer does), yes "
-                      "(added where the tokenizer adds none) or no (removed).")
-    out: str | None = option("headscope-out", help="Output directory (a folder holding another run is refused "
-                             "unless --overwrite).")
-    quiet: bool = option(False, help="No progress bar.")
-    report: bool = option(True, help="Skip writing report/ and figures/ after the run (default: they are "
-                          "written).", flag="--no-report")
+    model: str = option("minilm", group="model", help="Hugging Face hub id, local model directory, or a packaged "
+                        "short name (minilm, minilm-finetuned, smollm2).")
+    revision: str | None = option(None, group="model", help="Model revision (branch, tag or commit) on the hub.")
+    gguf_file: str | None = option(None, group="model", help="GGUF file inside the model directory (decoder LMs as "
+                                   "GGUF).")
+    trust_remote_code: bool = option(False, group="model", help="Allow model code from the hub (off unless asked).")
+    cache_model: bool = option(True, group="model", flag="--no-cache-model",
+                               help="Neither read nor write the cache of dequantized GGUF models (by default the "
+                               "first float32 load of a GGUF file saves it as safetensors under "
+                               "$HEADSCOPE_CACHE/models, keyed by the file's sha256, and later runs load that in "
+                               "seconds).")
+    text: list[str] = option(group="corpus", help="Raw text file(s): one sentence per line, a blank line between "
+                             "documents. With no --text/--treebank/--coref the packaged Wikipedia sample is used.",
+                             default_factory=list)
+    treebank: list[str] = option(group="corpus", help="CoNLL-U treebank file(s). The first is the "
+                                 "training/selection treebank, the last the evaluation/held-out one.",
+                                 default_factory=list)
+    coref: list[str] = option(group="corpus", help="Coreference file(s): CoNLL-U with Entity= annotations, or "
+                              "CoNLL-2012 *_conll.", default_factory=list)
+    skip_missing: bool = option(False, group="corpus", help="Run without a --text/--treebank/--coref file that does "
+                                "not exist (recorded in run.json) instead of stopping with an error.")
+    analyses: list[str] = option(group="engine", help="Comma-separated analyses to run (see `headscope list`), or "
+                                 "`all` for every analysis that applies to the model and the data given (default: "
+                                 "surface,examples).", default_factory=lambda: ["surface", "examples"])
+    max_length: int | None = option(None, group="corpus", help="Maximum sequence length in model tokens, capped by "
+                                    "the model (default: 128 for encoders, as in Clark et al.; 1024 for decoder "
+                                    "LMs, whose raw text is packed into windows of this length: pass more for long "
+                                    "context).")
+    max_segments: int | None = option(None, group="corpus", help="Stop after this many raw-text segments (default: "
+                                      "all; 1000 for the packaged Wikipedia sample, as in Clark et al.).")
+    max_sentences: int | None = option(None, group="corpus", help="Read at most this many sentences per treebank "
+                                       "file.")
+    batch_size: int = option(16, group="engine", help="Sequences per forward pass.")
+    device: str = option("auto", group="model", help="auto, cpu, cuda or cuda:N.")
+    dtype: Dtype = option("float32", group="model", help="Model dtype: float32, float16 or bfloat16 (statistics are "
+                          "always computed in float32).")
+    attention_memory: str = option("256MiB", group="capture", help="Memory budget for one layer's attention: "
+                                   "batches are cut and layers computed in blocks of query rows to stay under it "
+                                   "(e.g. 512MiB, 4GiB).")
+    capture: Capture = option("auto", group="capture", help="How attention weights are captured: auto "
+                              "(transformers' attention interface where the model uses it, else hooks), interface, "
+                              "hooks, or stacked (0.1's eager path holding every layer: a reference, not for long "
+                              "inputs).")
+    weights: Weights = option("attention", group="capture", help="What the analyses read as a head's weights: "
+                              "attention (the softmax weights, default), norm (Kobayashi et al. 2020: A[i,j]*||v_j "
+                              "W_O^h||, rows renormalised; --capture interface only) or rollout (Abnar & Zuidema "
+                              "2020, per head; analyses surface, distance, syntax, examples). See docs/weights.md.")
+    padding_side: PaddingSide = option("right", group="capture", help="Padding side of the forward pass: right or "
+                                       "left (results do not depend on it).")
+    engine: Engine = option("local", group="engine", help="local (this process) or ray (Ray Data: an actor pool of "
+                            "--workers model copies; needs `pip install \"headscope[ray]\"`).")
+    ray_address: str | None = option(None, group="engine", help="Address of a running Ray cluster (default: start a "
+                                     "local Ray instance on this machine).")
+    workers: int = option(2, group="engine", help="Ray workers, each holding one copy of the model (--engine ray).")
+    gpus_per_worker: float = option(0.0, group="engine", help="GPUs per Ray worker (--engine ray; 0 = CPU).")
+    checkpoint_every: int = option(50, group="engine", help="Write OUT/checkpoint/ every this many batches (0: only "
+                                   "on Ctrl-C/SIGTERM); removed when the run completes.")
+    resume: str | None = option(None, group="engine", help="Continue the interrupted run in this output directory "
+                                "from its checkpoint (the other options default to the checkpoint's).")
+    overwrite: bool = option(False, group="output", help="Replace a previous run in --out whole (without it, a "
+                             "folder that holds a run is refused).")
+    seed: int = option(0, group="engine", help="Seed for every random choice (A/B split, samples, clustering, "
+                       "probes).")
+    word_attention: WordMode = option("mean", group="capture", help="How a split word attends: mean over its "
+                                      "pieces' rows (the paper) or first (Clark et al.'s released code).")
+    punctuation: Punctuation = option("clark", group="capture", help="Punctuation class for surface statistics: "
+                                      "clark (tokens exactly '.' or ',') or all (every punctuation-only token).")
+    conventions: Conventions = option("headscope", group="capture", help="Definitions of the statistics: headscope "
+                                      "(ours, docs/conventions.md), clark (as Clark et al.'s released code: "
+                                      "surface, syntax, similarity) or pande (as the heads-hypothesis notebooks: "
+                                      "roles).")
+    parse: Parse = option("none", group="corpus", help="Dependency parses for raw text: none or spacy (silver "
+                          "parses from en_core_web_sm).")
+    treebank_input: TreebankInput | None = option(None, group="corpus", help="What the model reads of a CoNLL-U "
+                                                  "sentence (--treebank, --coref): text (its # text, or its forms "
+                                                  "rebuilt with SpaceAfter=No) or forms (the syntactic words joined "
+                                                  "by single spaces, as Clark et al.'s code fed BERT) (default: "
+                                                  "text; forms under --conventions clark).")
+    bos: Bos = option("auto", group="corpus", help="BOS first in every input of a decoder LM: auto (as the "
+                      "tokenizer does), yes (added where the tokenizer adds none) or no (removed).")
+    out: str | None = option("headscope-out", group="output", help="Output directory (a folder holding another run "
+                             "is refused unless --overwrite).")
+    quiet: bool = option(False, group="output", help="No progress bar.")
+    report: bool = option(True, group="output", help="Skip writing report/ and figures/ after the run (default: "
+                          "they are written).", flag="--no-report")
 
     def __post_init__(self) -> None:
         if isinstance(self.analyses, str):

@@ -5,3 +5,12 @@ from __future__ import annotations
 
 class AttentionUnavailableError(RuntimeError):
     """The model cannot return attention weights (no eager attention, or no ``output_attentions``)."""
+
+
+class UsageError(ValueError):
+    """A run asked for what it cannot do as given (an unknown analysis name, an analysis without its input):
+    found before the model loads; ``headscope run`` exits with code 2, as for any usage error."""
+
+
+class MissingDependencyError(ImportError):
+    """An optional package the run needs is not installed; the message names the ``pip install`` that brings it."""

@@ -19,6 +19,9 @@ logger = logging.getLogger("headscope")
 #: How many individual events of one kind run.json lists before it only counts them.
 MAX_LISTED_EVENTS = 1000
 
+#: Counts run.json always has, 0 when nothing of the kind happened.
+ALWAYS_COUNTED = ("skipped", "truncated", "warnings")
+
 
 @dataclass(frozen=True)
 class Event:
@@ -54,6 +57,9 @@ class Manifest:
     notes: dict[str, Any] = field(default_factory=dict)
     batch: int | None = None
     """The batch being read (set by :meth:`headscope.engine.context.RunContext.groups`)."""
+    log_events: bool = True
+    """Log each event as a warning; False for a re-read of input the main pass already reported (an
+    analysis's own pass streams the corpus again), so no warning is printed twice."""
 
     def add_file(self, path: str | Path, role: str) -> None:
         """Record an input file with its sha256 and role (text, treebank, coref, ...)."""
@@ -72,7 +78,8 @@ class Manifest:
         self.event_counts[kind] += 1
         if self.event_counts[kind] <= MAX_LISTED_EVENTS:
             self.events.append(event)
-        logger.log(level, "%s: %s", kind, event)
+        if self.log_events:
+            logger.log(level, "%s: %s", kind, event)
 
     def skip(self, file: str | Path, line: int | None, reason: str) -> None:
         """An input item (sentence, document, line) was not used at all."""
@@ -102,7 +109,8 @@ class Manifest:
                 entry["batch"] = e.batch
             by_kind.setdefault(e.kind, []).append(entry)
         return {
-            "counts": dict(sorted(self.counts.items())),
+            # skipped, truncated and warnings are always there (0 when nothing happened), so a reader can index them.
+            "counts": dict(sorted({**dict.fromkeys(ALWAYS_COUNTED, 0), **self.counts}.items())),
             "events": {k: {"total": self.event_counts[k], "listed": v} for k, v in by_kind.items()},
             "files": self.files,
             **({"notes": self.notes} if self.notes else {}),

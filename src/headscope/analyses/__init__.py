@@ -1,4 +1,4 @@
-"""One module per analysis; importing this package registers them all in :data:`REGISTRY`.
+"""One module (or package: roles) per analysis; importing this package registers them all in :data:`REGISTRY`.
 
 Adding an analysis: one new module, and its import line here.
 """

@@ -102,8 +102,11 @@ class AblationSums:
         self.drift_ = np.zeros(k)
         self.tokens_ = 0
 
-    def add(self, batch: Batch) -> None:
-        """Run every condition on ``batch`` (gates attached for the duration)."""
+    def add(self, batch: Batch, quiet: bool = True) -> None:
+        """Run every condition on ``batch`` (gates attached for the duration); ``quiet=False`` shows the
+        conditions' progress (a bar on a terminal, else a line every 30 s)."""
+        from headscope.engine.progress import track
+
         info = self.loaded.info
         labels = None
         inputs = batch.model_inputs()
@@ -115,7 +118,9 @@ class AblationSums:
         self.tokens_ += int(real.sum())
         reference = None
         with HeadGates(self.loaded.model, info.n_layers, info.n_heads) as gates, torch.inference_mode():
-            for k, cond in enumerate(self.conditions):
+            conditions = track(self.conditions, "ablation: conditions of this batch", "conditions", quiet=quiet,
+                               fraction=None, leave=False, final=False)
+            for k, cond in enumerate(conditions):
                 gates.set(cond.heads)
                 hidden, loss_t, n = lm_forward(self.loaded, inputs, labels, info.is_causal)
                 loss_sum = 0.0 if loss_t is None else float(loss_t)
@@ -125,6 +130,12 @@ class AblationSums:
                 self.drift_[k] += float(((1 - cos) * real).sum())
                 self.loss_[k] += loss_sum
                 self.loss_tokens_[k] += n
+
+    def merge(self, other: AblationSums) -> AblationSums:
+        """Add the sums of ``other`` (the same conditions) and return self."""
+        for name in ("loss_", "loss_tokens_", "drift_", "tokens_"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        return self
 
     def table(self) -> pd.DataFrame:
         """One row per condition (the baseline first)."""
@@ -178,9 +189,20 @@ class AblationOptions:
     ablation_top: int = option(2, help="Most typical heads of each cluster also switched off one at a time.")
 
 
+def merge_sums(mine: AblationSums | None, theirs: AblationSums | None) -> AblationSums | None:
+    """The reduction of :class:`PatternAblation`'s ``sums_``: either side may not have run yet."""
+    if mine is None or theirs is None:
+        return theirs if mine is None else mine
+    return mine.merge(theirs)
+
+
 @register
 class PatternAblation(Analysis):
     """Switch off each cluster of heads (and its most typical heads alone) and measure what the model loses."""
+
+    # declared state (add_state in start)
+    sums_: AblationSums | None
+    sequences_: int
 
     name = "ablation"
     report_order = 64
@@ -195,8 +217,10 @@ class PatternAblation(Analysis):
             raise ValueError(f"ablation_sequences must be at least 1, got {self.options.ablation_sequences}")
         if self.options.ablation_top < 0:
             raise ValueError(f"ablation_top must be >= 0, got {self.options.ablation_top}")
-        self.sums_: AblationSums | None = None
-        self.sequences_ = 0
+        # The pass's sums live in the object that runs it (it holds the model), created once the conditions
+        # are known: merged by a reduction of their own until the engine runs interventions itself.
+        self.add_state("sums_", None, reduce=merge_sums)
+        self.add_state("sequences_", 0)
 
     def second_pass_examples(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> Iterator[Example]:
         """A seeded sample of the corpus, drawn once the main pass has counted it."""
@@ -206,25 +230,14 @@ class PatternAblation(Analysis):
         total = int(ctx.manifest.counts.get("examples", 0))
         n = min(self.options.ablation_sequences, total)
         picked = set(np.random.default_rng(seed).choice(total, size=n, replace=False).tolist())
+        self.second_pass_total = n
         # The corpus is streamed once more, keeping only the drawn examples (memory bounded by the sample).
         return (ex for k, ex in enumerate(ctx.corpus.examples()) if k in picked)
 
     def update_second_pass(self, ctx: RunContext, batch: Batch) -> None:
         assert self.sums_ is not None, "second_pass_examples comes first"
-        self.sums_.add(batch)
+        self.sums_.add(batch, quiet=ctx.config.quiet)
         self.sequences_ += batch.size
-
-    def merge(self, other: Analysis) -> PatternAblation:
-        assert isinstance(other, PatternAblation)
-        if other.sums_ is not None:
-            if self.sums_ is None:
-                self.sums_ = other.sums_
-            else:
-                for name in ("loss_", "loss_tokens_", "drift_"):
-                    setattr(self.sums_, name, getattr(self.sums_, name) + getattr(other.sums_, name))
-                self.sums_.tokens_ += other.sums_.tokens_
-        self.sequences_ += other.sequences_
-        return self
 
     def finalize(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
         if self.sums_ is None:

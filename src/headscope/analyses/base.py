@@ -3,22 +3,26 @@
 An analysis consumes the corpus one batch at a time, and each batch one layer at a time, keeping only
 running sums. Attention is never held for every layer at once (:mod:`headscope.engine.capture`):
 
-- ``start(ctx)`` allocates the state (attributes ending in ``_``) for the model in ``ctx``;
+- ``start(ctx)`` declares the state for the model in ``ctx``: each attribute once, with its reduction,
+  ``self.add_state("sums_", torch.zeros(shape), reduce="sum")`` (:meth:`Analysis.add_state`); merge,
+  reset, checkpoints and the Ray transfer follow from the declarations;
 - ``begin_batch(batch)`` is called before a batch's first layer;
-- ``update(batch, block)`` adds one :class:`~headscope.engine.capture.LayerAttention`: one layer's
-  piece-level weights of shape [batch, head, query, key], or one block of its query rows when a layer is
+- ``update(batch, block)`` (when ``reads_pieces``) adds one :class:`~headscope.engine.capture.LayerAttention`:
+  one layer's piece-level weights of shape [batch, head, query, key], or one block of its query rows when a layer is
   larger than the memory budget (``block.query_start``; blocks of a layer come in order). Vectorised on
   the model's device;
-- ``update_words(batch, layer, words)`` (when ``uses_words``) adds one layer's word-level attention, of
+- ``update_words(batch, layer, words)`` (when ``reads_words``) adds one layer's word-level attention, of
   shape [batch, head, unit, unit], computed once per layer and shared by every analysis that asks;
 - ``end_batch(batch)`` is called after the batch's last layer (analyses that need several layers at the
   same positions keep just those and finish them here);
 - an analysis with ``second_pass`` gets, after its dependencies have finalized, its own pass over the
   examples it names in ``second_pass_examples``, one batch at a time in ``update_second_pass``;
 - ``merge(other)`` adds another accumulator of the same kind (shards, resumed runs): the result equals one
-  run over both parts;
+  run over both parts. It comes from the declared reductions; an analysis overrides it only for state no
+  reduction describes (and says why);
 - ``finalize(ctx, results)`` returns an :class:`AnalysisResult` of tidy DataFrames. ``results`` holds the
-  results of the analyses named in ``after``, which finalize first.
+  results of the analyses named in ``after`` (and in ``after_if_run``, when they run), which
+  finalize first.
 
 Like a scikit-learn estimator, the constructor only stores the options.
 """
@@ -27,7 +31,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import pandas as pd
 import torch
@@ -40,8 +44,12 @@ if TYPE_CHECKING:
     from headscope.engine.capture import LayerAttention
     from headscope.engine.context import RunContext
     from headscope.engine.results import RunResult
+    from headscope.engine.state import Reduce, StateSpec
     from headscope.model.encode import Example
     from headscope.report.section import ReportSection
+
+
+_A = TypeVar("_A", bound="Analysis")
 
 
 @dataclass
@@ -71,6 +79,9 @@ class Analysis(ABC):
     """Dataclass of the analysis's own options (become ``headscope run`` flags), or None."""
     after: ClassVar[tuple[str, ...]] = ()
     """Analyses whose results ``finalize`` reads; they are run too."""
+    after_if_run: ClassVar[tuple[str, ...]] = ()
+    """Analyses whose results ``finalize`` reads when they run, without asking for them: when they are in the
+    run they finalize first, whatever order the user gave (:func:`headscope.analyses.registry.resolve_analyses`)."""
     option_prefix: ClassVar[str | None] = None
     """The namespace of the options (``{prefix}_field``, ``--prefix-field``); None: the analysis's name. See
     :mod:`headscope.analyses.registry`."""
@@ -95,10 +106,23 @@ class Analysis(ABC):
         """
         return None
 
-    uses_words: ClassVar[bool] = False
-    """True when :meth:`update_words` is to be fed word-level attention."""
+    reads_pieces: bool = False
+    """True when :meth:`update` is to be fed piece-level attention (an observer of the layers' maps). An
+    analysis may set it in :meth:`start` when its options decide (syntax under clark conventions)."""
+    reads_words: bool = False
+    """True when :meth:`update_words` is to be fed word-level attention (for the examples it
+    :meth:`wants_words`)."""
     second_pass: ClassVar[bool] = False
     """True when the analysis needs a pass of its own after the main one (see :meth:`second_pass_examples`)."""
+    second_pass_unit: ClassVar[str] = "sequences"
+    """What the progress of the second pass counts (one per example of :meth:`second_pass_examples`)."""
+    second_pass_total: int | None = None
+    """How many examples :meth:`second_pass_examples` yields, set by it when known (for the progress bar)."""
+
+    def requires(self) -> tuple[str, ...]:
+        """Importable top-level modules this analysis needs with its options, beyond headscope's own
+        dependencies; the run checks them (``importlib.util.find_spec``) before the model loads."""
+        return ()
 
     def wants(self, example: Example) -> bool:
         """Whether this analysis uses ``example``; others are masked out of its updates."""
@@ -107,7 +131,60 @@ class Analysis(ABC):
     def wants_words(self, example: Example) -> bool:
         """Whether :meth:`update_words` needs ``example`` (word-level attention is built only when some
         analysis wants it for some example of the batch)."""
-        return self.uses_words
+        return self.reads_words
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # The engine reads the flags, never which methods a class overrides: a reader without its flag is a bug.
+        for method, flag in (("update", "reads_pieces"), ("update_words", "reads_words")):
+            defines = any(method in c.__dict__ for c in cls.__mro__ if c is not Analysis)
+            declares = any(flag in c.__dict__ for c in cls.__mro__ if c is not Analysis)
+            if defines and not declares:
+                raise TypeError(f"{cls.__name__} defines {method}() but does not declare {flag} (True, or set "
+                                "in start)")
+
+    # declared state
+
+    def add_state(self, name: str, default: Any, reduce: Reduce = "sum") -> None:
+        """Declare one state attribute and set it to ``default`` (call in :meth:`start`).
+
+        Parameters
+        ----------
+        name : str
+            The attribute, ending in ``_`` (``sums_``).
+        default : tensor, ndarray, number, list, or dict of these
+            Its value at the start (and after :meth:`reset`). A dict is a family of states reduced key by key
+            (``{"cls": zeros, "sep": zeros}``, ``{"all": 0, "pair": 0}``); keys one shard has and another has
+            not are kept.
+        reduce : {"sum", "max", "min", "cat"}, callable or None
+            How two shards' values combine in :meth:`merge` (:func:`headscope.engine.state.reduce_state`):
+            elementwise sum, max or min; ``cat`` joins along the first dimension (lists: one after the other);
+            a callable ``(mine, theirs) -> merged`` for anything else; None when the analysis's own
+            :meth:`merge` combines it (it must then override :meth:`merge`).
+        """
+        # (function-level: the engine package's __init__ imports the run loop, which imports the analyses)
+        from headscope.engine.state import StateError, StateSpec, clone_state
+
+        if not name.endswith("_") or name.startswith("_"):
+            raise StateError(f"{type(self).__name__}: state {name!r} must end in '_' (and not start with it)")
+        if reduce is None and type(self).merge is Analysis.merge:
+            raise StateError(f"{type(self).__name__}: state {name} has no reduction and merge() is not overridden")
+        if isinstance(reduce, str) and reduce not in ("sum", "max", "min", "cat"):
+            raise StateError(f"{type(self).__name__}: unknown reduction {reduce!r} for {name}")
+        self.__dict__.setdefault("_states", {})[name] = StateSpec(reduce, clone_state(default))
+        setattr(self, name, default)
+
+    @property
+    def states(self) -> dict[str, StateSpec]:
+        """The declared state attributes, by name, in the order of declaration."""
+        return self.__dict__.get("_states", {})
+
+    def reset(self) -> None:
+        """Every declared state back to its default."""
+        from headscope.engine.state import clone_state
+
+        for name, spec in self.states.items():
+            setattr(self, name, clone_state(spec.default))
 
     @abstractmethod
     def start(self, ctx: RunContext) -> None:
@@ -117,14 +194,15 @@ class Analysis(ABC):
         """Called before the first layer of ``batch``."""
 
     def update(self, batch: Batch, block: LayerAttention) -> None:  # noqa: B027
-        """Add one layer (or one block of a layer's query rows) of piece-level attention.
+        """Add one layer (or one block of a layer's query rows) of piece-level attention (only if
+        ``reads_pieces``).
 
         ``block.weights`` has shape [batch, head, query, key] and is dropped after this call: copy whatever
         must outlive it.
         """
 
     def update_words(self, batch: Batch, layer: int, words: torch.Tensor) -> None:  # noqa: B027
-        """Add one layer of word-level attention, shape [batch, head, unit, unit] (only if ``uses_words``)."""
+        """Add one layer of word-level attention, shape [batch, head, unit, unit] (only if ``reads_words``)."""
 
     def end_batch(self, batch: Batch) -> None:  # noqa: B027
         """Called after the last layer of ``batch``."""
@@ -139,12 +217,13 @@ class Analysis(ABC):
     def state_dict(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """The running state as (numpy arrays by name, JSON-able dict): checkpoints and distributed merges.
 
-        The default saves every attribute ending in ``_`` (:func:`headscope.engine.state.generic_state`);
-        override both this and :meth:`load_state_dict` when the state holds other objects.
+        The default saves the declared states (:meth:`add_state`; every attribute ending in ``_`` when none is
+        declared) with :func:`headscope.engine.state.generic_state`; override both this and
+        :meth:`load_state_dict` when the state holds other objects.
         """
         from headscope.engine.state import generic_state
 
-        return generic_state(self)
+        return generic_state(self, only=tuple(self.states) if self.states else None)
 
     def load_state_dict(self, arrays: dict[str, Any], meta: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict` into this analysis, already started on the same model."""
@@ -152,9 +231,23 @@ class Analysis(ABC):
 
         load_generic_state(self, arrays, meta)
 
-    @abstractmethod
-    def merge(self, other: Analysis) -> Analysis:
-        """Add the state of ``other`` (same kind, same model) into this one and return self."""
+    def merge(self: _A, other: Analysis) -> _A:
+        """Add the state of ``other`` (same kind, same model) into this one and return self.
+
+        Every declared state is combined by its reduction; states declared with ``reduce=None`` are left to
+        an override, which calls this for the rest.
+        """
+        from headscope.engine.state import reduce_state
+
+        if type(other) is not type(self):
+            raise TypeError(f"cannot merge a {type(other).__name__} into a {type(self).__name__}")
+        if not self.states:
+            raise NotImplementedError(f"{type(self).__name__} declares no state (add_state) and has no merge()")
+        for name, spec in self.states.items():
+            if spec.reduce is not None:
+                setattr(self, name, reduce_state(spec.reduce, getattr(self, name), getattr(other, name),
+                                                 f"{self.name}.{name}"))
+        return self
 
     @abstractmethod
     def finalize(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> AnalysisResult:

@@ -19,7 +19,9 @@ as in the paper) and are right under the same rule:
 mention type (``layer``/``head`` empty): ``method, layer, head, mention_type, accuracy, n``. Mention types
 are ``pronoun``, ``proper``, ``nominal``, ``other`` (from the head word's part of speech) and ``all``.
 ``coref_best.csv`` has, per mention type, the best head (chosen on the same data it is scored on, as in the
-paper) next to every baseline.
+paper) next to every baseline. A best head is named only for a mention type with at least ``--coref-min-n``
+evaluated mentions (default 20); below that the type is listed with its ``n``, ``below_min_n`` True and no
+best head (the baselines, fixed rules rather than picks, stay). The summary records ``min_n``.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ if TYPE_CHECKING:
 BASELINES = ("nearest", "head_match", "rule_based")
 #: Mention types of the table, ``all`` last.
 TYPES = (*MENTION_TYPES, "all")
+#: Default of ``--coref-min-n``: fewest evaluated mentions of a type for a best-head claim.
+MIN_N = 20
 
 
 def _agrees(a: WindowMention, b: WindowMention) -> bool:
@@ -164,14 +168,24 @@ class CorefOptions:
         "all", help="Words a head's arg-max may pick for a mention: all (every "
         "other word of the window, special tokens excluded; the paper's reading) "
         "or preceding (only words before the mention's head).")
+    coref_min_n: int = option(MIN_N, help="Fewest evaluated mentions of a mention type for coref_best.csv, the "
+                              "summary and the report to name its best head (below it the type is listed, flagged "
+                              "below_min_n, with no best head) (coref).")
 
     def __post_init__(self) -> None:
         check_choices(self)
+        if self.coref_min_n < 1:
+            raise ValueError(f"coref_min_n must be at least 1, got {self.coref_min_n}")
 
 
 @register
 class CorefHeads(Analysis):
     """Antecedent-selection accuracy of every head per mention type, next to three baselines."""
+
+    # declared state (add_state in start)
+    correct_: torch.Tensor
+    n_: torch.Tensor
+    baseline_correct_: torch.Tensor
 
     name = "coref"
     report_order = 40
@@ -179,16 +193,16 @@ class CorefHeads(Analysis):
     description = "heads whose mention head word attends most to an antecedent's head word (Clark et al. s4.3)"
     Options = CorefOptions
 
-    uses_words = True
+    reads_words = True
 
     def wants(self, example: Example) -> bool:
         return example.kind == "window"
 
     def start(self, ctx: RunContext) -> None:
         shape = (len(MENTION_TYPES), ctx.info.n_layers, ctx.info.n_heads)
-        self.correct_ = torch.zeros(shape, dtype=torch.float64, device=ctx.device)
-        self.n_ = torch.zeros(len(MENTION_TYPES), dtype=torch.float64)
-        self.baseline_correct_ = torch.zeros(len(BASELINES), len(MENTION_TYPES), dtype=torch.float64)
+        self.add_state("correct_", torch.zeros(shape, dtype=torch.float64, device=ctx.device))
+        self.add_state("n_", torch.zeros(len(MENTION_TYPES), dtype=torch.float64))
+        self.add_state("baseline_correct_", torch.zeros(len(BASELINES), len(MENTION_TYPES), dtype=torch.float64))
         self._queries: MentionQueries | None = None
 
     def begin_batch(self, batch: Batch) -> None:
@@ -213,13 +227,6 @@ class CorefHeads(Analysis):
 
     def end_batch(self, batch: Batch) -> None:
         self._queries = None
-
-    def merge(self, other: Analysis) -> CorefHeads:
-        assert isinstance(other, CorefHeads)
-        self.correct_ += other.correct_.to(self.correct_.device)
-        self.n_ += other.n_
-        self.baseline_correct_ += other.baseline_correct_
-        return self
 
     def accuracy(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Accuracies with ``all`` appended as the last mention type.
@@ -253,12 +260,17 @@ class CorefHeads(Analysis):
         table = pd.concat([*frames, pd.DataFrame(baseline_rows)], ignore_index=True)
         table["layer"] = table["layer"].astype("Int64")
         table["head"] = table["head"].astype("Int64")
-        best = best_heads(table)
+        min_n = int(self.options.coref_min_n)
+        best = best_heads(table, min_n)
         per_head = head_frame({"coref_accuracy": heads_acc[-1]}, n_layers, n_heads)
         summary = {
             "mentions": {t: int(n[k]) for k, t in enumerate(TYPES)},
             "candidates": self.options.coref_candidates,
-            "best": {r.mention_type: {"head": r.best_head, "accuracy": _finite(r.accuracy),
+            "min_n": min_n,
+            "min_n_rule": (f"a best head is named only for mention types with at least coref_min_n = {min_n} "
+                           "evaluated mentions (head null and below_min_n True otherwise)"),
+            "below_min_n": [r.mention_type for r in best.itertuples() if r.below_min_n],
+            "best": {r.mention_type: {"head": r.best_head or None, "accuracy": _finite(r.accuracy),
                                       **{b: _finite(getattr(r, b)) for b in BASELINES}}
                      for r in best.itertuples()},
         }
@@ -273,7 +285,10 @@ class CorefHeads(Analysis):
         table = run.tables.get("coref")
         if table is None or table.empty:
             return None
-        best = best_heads(table)
+        summary = run.run.get("analyses", {}).get("coref", {})
+        min_n = int(summary.get("min_n", run.run.get("analysis_options", {}).get("coref", {}).get(
+            "coref_min_n", MIN_N)))
+        best = best_heads(table, min_n)
         heads = table[(table["method"] == "head") & (table["mention_type"] == "all")]
         save_heatmap(head_grid(heads, "accuracy"), figures, "coref_accuracy", "antecedent accuracy, all mentions",
                      label="accuracy", vmin=0)
@@ -281,13 +296,20 @@ class CorefHeads(Analysis):
         header = "".join(f"<th>{h}</th>" for h in ("mention type", "n", "best head", "accuracy", *BASELINES))
         body = "".join(
             f"<tr><td>{html.escape(str(r.mention_type))}</td><td>{int(r.n)}</td>"
-            f"<td>{html.escape(str(r.best_head))}</td><td>{percent(r.accuracy)}</td>"
+            f"<td>{f'<i>n &lt; {min_n}</i>' if r.below_min_n else html.escape(str(r.best_head))}</td>"
+            f"<td>{percent(r.accuracy)}</td>"
             + "".join(f"<td>{percent(getattr(r, b))}</td>" for b in BASELINES) + "</tr>" for r in best.itertuples())
-        top = heads.sort_values(["accuracy", "layer", "head"], ascending=[False, True, True]).head(5)
-        top_list = ", ".join(f"{head_name(r.layer, r.head)} {percent(r.accuracy)}" for r in top.itertuples())
+        n_all = int(heads["n"].max()) if len(heads) else 0
+        if n_all >= min_n:
+            top = heads.sort_values(["accuracy", "layer", "head"], ascending=[False, True, True]).head(5)
+            top_list = "Top heads over all mentions: " + ", ".join(
+                f"{head_name(r.layer, r.head)} {percent(r.accuracy)}" for r in top.itertuples()) + "."
+        else:
+            top_list = f"No top heads: {n_all} mentions in all, fewer than coref_min_n = {min_n}."
         text = (f"<p>Share of mentions whose head word attends most to the head word of an earlier mention of "
                 f"the same entity (Clark et al. 2019, section 4.3), in %. The best head is chosen on the same "
-                f"data it is scored on, as in the paper. Top heads over all mentions: {html.escape(top_list)}."
+                f"data it is scored on, as in the paper, and named only for mention types with at least "
+                f"coref_min_n = {min_n} mentions. {html.escape(top_list)}"
                 f"</p><table><tr>{header}</tr>{body}</table>"
                 + figure_html("coref_accuracy", "Antecedent-selection accuracy per head, all mention types"))
         return ReportSection(key="coref", title="Coreference heads", html=text, figures=["coref_accuracy"])
@@ -297,14 +319,22 @@ def _finite(x: float) -> float | None:
     return None if pd.isna(x) else float(x)
 
 
-def best_heads(table: pd.DataFrame) -> pd.DataFrame:
+def best_heads(table: pd.DataFrame, min_n: int = MIN_N) -> pd.DataFrame:
     """Per mention type, the best head of a ``coref.csv`` table next to the baselines.
+
+    Parameters
+    ----------
+    table : DataFrame
+        ``coref.csv``.
+    min_n : int
+        Fewest mentions of a type for a best head; below it ``best_head`` is empty, ``layer``, ``head`` and
+        ``accuracy`` are missing and ``below_min_n`` is True.
 
     Returns
     -------
     DataFrame
-        Columns ``mention_type, n, best_head`` (``L{layer}H{head}``), ``layer, head, accuracy`` and one
-        accuracy column per baseline; ties go to the lowest layer, then head.
+        Columns ``mention_type, n, below_min_n, best_head`` (``L{layer}H{head}``), ``layer, head, accuracy``
+        and one accuracy column per baseline; ties go to the lowest layer, then head.
     """
     rows = []
     heads = table[table["method"] == "head"]
@@ -314,7 +344,8 @@ def best_heads(table: pd.DataFrame) -> pd.DataFrame:
         row: dict[str, Any] = {"mention_type": mention_type,
                                "n": int(heads.loc[heads["mention_type"] == mention_type, "n"].max())
                                if (heads["mention_type"] == mention_type).any() else 0}
-        if part.empty:
+        row["below_min_n"] = row["n"] < min_n
+        if part.empty or row["below_min_n"]:
             row.update(best_head="", layer=None, head=None, accuracy=float("nan"))
         else:
             top = part.sort_values(["accuracy", "layer", "head"], ascending=[False, True, True]).iloc[0]

@@ -25,6 +25,10 @@ of the blocks of query rows the engine hands over:
   agree). ``sink`` is ``sink_first > sink_epsilon`` and the model's sink rate is the share of heads with
   ``sink`` (Gu et al. 2025). The exclusions do not apply to the sink scores.
 
+The summary's ``top`` (and the report's top heads) ranks, per score, only the heads whose score was defined on
+at least ``--decoder-min-n`` sequences (default 20; for ``prefix_matching`` the probe sequences), and records
+``min_n`` and each score's ``scored_sequences``.
+
 See ``docs/decoder_heads.md`` for the definitions and their sources.
 """
 
@@ -42,8 +46,9 @@ import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name
 from headscope.analyses.registry import register
+from headscope.analyses.stats import means_or_nan
 from headscope.config import option
-from headscope.model.encode import Example
+from headscope.model.encode import Example, probe_example
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
@@ -76,6 +81,9 @@ ROUNDING = 1e-6
 #: Mixed into the probe's seed so its draw is independent of the other seeded choices of a run.
 PROBE_STREAM = 15
 
+#: Default of ``--decoder-min-n``: fewest sequences scored for a head to be named among the top heads.
+MIN_N = 20
+
 
 @dataclass
 class DecoderHeadsOptions:
@@ -91,6 +99,9 @@ class DecoderHeadsOptions:
     exclude_current_token: bool = option(False, help="Leave attention of each token to itself out of the "
                                          "previous-token, duplicate, induction and prefix-matching scores "
                                          "(TransformerLens).")
+    decoder_min_n: int = option(MIN_N, help="Fewest sequences on which a head's score is defined for the head to "
+                                "be named among the top heads of that score (summary and report; for prefix "
+                                "matching, probe sequences).")
 
 
 # --- the scores of one block of query rows ------------------------------------------------------------------
@@ -272,28 +283,22 @@ def probe_sequences(candidates: np.ndarray, n: int, length: int, seed: int, bos:
     return out
 
 
-def probe_example(index: int, ids: np.ndarray, has_bos: bool, tokenizer: Any) -> Example:
-    """An :class:`Example` of bare token ids (each token its own unit), for the induction-probe pass."""
-    n = int(ids.shape[0])
-    is_cls = np.zeros(n, dtype=bool)
-    is_cls[0] = has_bos
-    pieces = tokenizer.convert_ids_to_tokens(ids.tolist())
-    return Example(index=index, kind="induction_probe", input_ids=ids, token_type_ids=None,
-                   segment=np.zeros(n, dtype=np.int8), is_cls=is_cls, is_sep=np.zeros(n, dtype=bool),
-                   is_punct=np.zeros(n, dtype=bool), unit_of_piece=np.arange(n, dtype=np.int64),
-                   units=[str(p) for p in pieces], word_units=np.arange(n, dtype=np.int64), sentences=[],
-                   word_offsets=[], pieces=pieces)
-
-
 # --- the analysis --------------------------------------------------------------------------------------------
 
 @register
 class DecoderHeads(Analysis):
     """Previous-token, duplicate-token, induction, prefix-matching and attention-sink heads of a causal LM."""
 
+    # declared state (add_state in start)
+    sums_: dict[str, torch.Tensor]
+    counts_: dict[str, torch.Tensor]
+    sequences_: int
+    probe_sequences_: int
+
     name = "decoder_heads"
     option_prefix = "decoder"
     report_order = 15
+    reads_pieces = True
     needs = ("causal",)
     description = ("decoder LMs: previous-token, duplicate-token, induction, prefix-matching and attention-sink "
                    "heads (TransformerLens, Olsson et al. 2022, Gu et al. 2025)")
@@ -314,12 +319,14 @@ class DecoderHeads(Analysis):
             raise ValueError(f"induction_length must be at least 2, got {o.induction_length}")
         if not 0 <= o.sink_epsilon <= 1:
             raise ValueError(f"sink_epsilon must be between 0 and 1, got {o.sink_epsilon}")
+        if o.decoder_min_n < 1:
+            raise ValueError(f"decoder_min_n must be at least 1, got {o.decoder_min_n}")
         shape = (ctx.info.n_layers, ctx.info.n_heads)
         self.n_layers_, self.n_heads_ = shape
-        self.sums_ = {k: torch.zeros(shape, dtype=torch.float64, device=ctx.device) for k in SCORES}
-        self.counts_ = {k: torch.zeros(shape, dtype=torch.float64, device=ctx.device) for k in SCORES}
-        self.sequences_ = 0
-        self.probe_sequences_ = 0
+        self.add_state("sums_", {k: torch.zeros(shape, dtype=torch.float64, device=ctx.device) for k in SCORES})
+        self.add_state("counts_", {k: torch.zeros(shape, dtype=torch.float64, device=ctx.device) for k in SCORES})
+        self.add_state("sequences_", 0)
+        self.add_state("probe_sequences_", 0)
         self.adds_bos_: bool | None = None
         loaded = getattr(ctx, "loaded", None)
         if loaded is not None:  # (tests that feed hand-made maps have no model)
@@ -402,19 +409,9 @@ class DecoderHeads(Analysis):
         self._add("prefix_matching", numerator / denominator.clamp_min(1e-300), denominator > ROUNDING * length)
         self.probe_sequences_ += batch.size
 
-    def merge(self, other: Analysis) -> DecoderHeads:
-        assert isinstance(other, DecoderHeads)
-        for key in SCORES:
-            self.sums_[key] += other.sums_[key].to(self.sums_[key].device)
-            self.counts_[key] += other.counts_[key].to(self.counts_[key].device)
-        self.sequences_ += other.sequences_
-        self.probe_sequences_ += other.probe_sequences_
-        return self
-
     def means(self) -> dict[str, torch.Tensor]:
         """Each score as a float64 tensor of shape (n_layers, n_heads); NaN where never defined."""
-        return {k: torch.where(self.counts_[k] > 0, self.sums_[k] / self.counts_[k].clamp_min(1),
-                               torch.full_like(self.sums_[k], float("nan"))) for k in SCORES}
+        return means_or_nan(self.sums_, self.counts_)
 
     def finalize(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
         o = self.options
@@ -422,6 +419,10 @@ class DecoderHeads(Analysis):
         table = head_frame(means, self.n_layers_, self.n_heads_)
         table["sink"] = table["sink_first"] > o.sink_epsilon
         sink_rate = float(table["sink"].mean())
+        counts = head_frame({k: self.counts_[k].cpu() for k in SCORES}, self.n_layers_, self.n_heads_)
+        min_n = int(o.decoder_min_n)
+        # Top heads only among heads scored on at least min_n sequences: a mean of one or two is no ranking.
+        eligible = table.assign(**{k: table[k].where(counts[k] >= min_n) for k in SCORES})
         summary = {
             "sequences": self.sequences_,
             "probe_sequences": self.probe_sequences_,
@@ -432,7 +433,11 @@ class DecoderHeads(Analysis):
             "sink_heads": int(table["sink"].sum()),
             "exclude_bos": o.exclude_bos,
             "exclude_current_token": o.exclude_current_token,
-            "top": {k: top_heads(table, k, 5) for k in SCORES if table[k].notna().any()},
+            "min_n": min_n,
+            "top_rule": (f"top heads of a score are ranked among heads whose score is defined on at least "
+                         f"decoder_min_n = {min_n} sequences (prefix_matching: probe sequences)"),
+            "scored_sequences": {k: {"min": int(counts[k].min()), "max": int(counts[k].max())} for k in SCORES},
+            "top": {k: top_heads(eligible, k, 5) for k in SCORES if table[k].notna().any()},
         }
         return AnalysisResult(name=self.name, heads=table.copy(), tables={"decoder_heads": table}, summary=summary)
 
@@ -455,13 +460,23 @@ class DecoderHeads(Analysis):
                          vmin=0.0, vmax=1.0)
             names.append(f"decoder_heads_{column}")
         sink_rate = float((table["sink_first"] > epsilon).mean()) if "sink_first" in table.columns else float("nan")
-        rows = "".join(
-            f"<tr><td>{html.escape(LABELS[c])}</td><td>"
-            + ", ".join(f"{html.escape(t['head'])} ({t['score']:.3f})" for t in top_heads(table, c, 5))
-            + "</td></tr>" for c in shown)
+        summary = run.run.get("analyses", {}).get("decoder_heads", {})
+        # The summary's top heads rest on decoder_min_n scored sequences; a run from before has none recorded.
+        recorded = summary.get("top") if "min_n" in summary else None
+        min_n = summary.get("min_n")
+
+        def top(column: str) -> str:
+            heads = recorded.get(column, []) if recorded is not None else top_heads(table, column, 5)
+            return ", ".join(f"{html.escape(t['head'])} ({t['score']:.3f})" for t in heads) or (
+                f"none: no head scored on {html.escape(str(min_n))} sequences")
+
+        rows = "".join(f"<tr><td>{html.escape(LABELS[c])}</td><td>{top(c)}</td></tr>" for c in shown)
+        rule = (f" Top heads are ranked among heads whose score is defined on at least decoder_min_n = "
+                f"{html.escape(str(min_n))} sequences (prefix matching: probe sequences)." if min_n is not None
+                else "")
         body = (f"<p>Per head, averaged over the corpus's sequences (prefix matching: over sequences of random "
                 f"tokens repeated twice). Sink rate (share of heads whose mean attention to the first position "
-                f"exceeds {epsilon:g}, Gu et al. 2025): <b>{100 * sink_rate:.1f}%</b>.</p>"
+                f"exceeds {epsilon:g}, Gu et al. 2025): <b>{100 * sink_rate:.1f}%</b>.{rule}</p>"
                 f"<table><tr><th>score</th><th>top 5 heads</th></tr>{rows}</table>"
                 + "".join(figure_html(n, LABELS[c]) for n, c in zip(names, shown, strict=True)))
         return ReportSection(key="decoder_heads", title="Decoder-LM heads", html=body, figures=names)

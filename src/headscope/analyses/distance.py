@@ -34,6 +34,7 @@ import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name
 from headscope.analyses.registry import register
+from headscope.analyses.stats import mean_or_nan
 from headscope.config import check_choices, option
 
 if TYPE_CHECKING:
@@ -367,9 +368,14 @@ class DistanceOptions:
 class DistancePatterns(Analysis):
     """Guan-style distance features per head, standardised, clustered and named."""
 
+    # declared state (add_state in start)
+    sums_: dict[str, torch.Tensor]
+    rows_: dict[str, int]
+
     name = "distance"
     accepts_rollout = True
     report_order = 62
+    reads_pieces = True
     description = "how far each head looks (signed-distance histogram, spread, entropy ...), clustered into " \
                   "named patterns (after Guan et al. 2020)"
     Options = DistanceOptions
@@ -378,8 +384,8 @@ class DistancePatterns(Analysis):
         check_choices(self.options)  # again: the options may have been changed since
         shape = (ctx.info.n_layers, ctx.info.n_heads)
         self.causal_ = bool(ctx.info.is_causal)
-        self.sums_ = {k: torch.zeros(shape, dtype=torch.float64, device=ctx.device) for k in _SUMS}
-        self.rows_ = {"all": 0, "entropy": 0, "pair": 0}
+        self.add_state("sums_", {k: torch.zeros(shape, dtype=torch.float64, device=ctx.device) for k in _SUMS})
+        self.add_state("rows_", {"all": 0, "entropy": 0, "pair": 0})
 
     def begin_batch(self, batch: Batch) -> None:
         # Rows are counted once per batch here; update adds every layer's (and block's) sums.
@@ -392,26 +398,16 @@ class DistancePatterns(Analysis):
         for key, value in sums.items():
             self.sums_[key][block.layer] += value[0]
 
-    def merge(self, other: Analysis) -> DistancePatterns:
-        assert isinstance(other, DistancePatterns)
-        for key in _SUMS:
-            self.sums_[key] += other.sums_[key].to(self.sums_[key].device)
-        for key in self.rows_:
-            self.rows_[key] += other.rows_[key]
-        return self
-
     def means(self) -> dict[str, torch.Tensor]:
         """Each feature as a float64 tensor of shape (n_layers, n_heads); NaN where no row counted."""
         out = {}
         for key in FEATURES:
             count = self.rows_[_DENOMINATOR[key]]
-            if not count:
-                out[key] = torch.full_like(self.sums_["rel_0"], math.nan)
-            elif key == "abs_dist_std":
-                mean = self.sums_["abs_dist_mean"] / count
-                out[key] = (self.sums_["abs_dist_sq"] / count - mean * mean).clamp_min(0.0).sqrt()
+            if key == "abs_dist_std":
+                mean = mean_or_nan(self.sums_["abs_dist_mean"], count)
+                out[key] = (mean_or_nan(self.sums_["abs_dist_sq"], count) - mean * mean).clamp_min(0.0).sqrt()
             else:
-                out[key] = self.sums_[key] / count
+                out[key] = mean_or_nan(self.sums_[key], count)
         return out
 
     def finalize(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> AnalysisResult:

@@ -103,21 +103,29 @@ def example_document(kept: KeptMap) -> dict[str, Any]:
 class ExampleMaps(Analysis):
     """Keeps the attention maps of a few sequences for the report (see the module docstring)."""
 
+    # declared state (add_state in start)
+    kept_: list[KeptMap]
+
     name = "examples"
     accepts_rollout = True
     report_order = 90
+    reads_pieces = True
     description = "keep the full attention maps of a few short sequences for the report's head profiles"
     Options = ExampleMapsOptions
 
     def start(self, ctx: RunContext) -> None:
         if self.options.example_maps < 0 or self.options.example_max_tokens < 1:
             raise ValueError("example_maps must be >= 0 and example_max_tokens >= 1")
-        self.kept_: list[KeptMap] = []
+        self.add_state("kept_", [], reduce=self._best)
         self._rows: list[int] = []
         self._layers: list[torch.Tensor] = []
 
+    def _best(self, mine: list[KeptMap], theirs: list[KeptMap]) -> list[KeptMap]:
+        """The reduction of ``kept_``: the ``example_maps`` best of both (shortest first, then corpus order)."""
+        return sorted([*mine, *theirs], key=lambda k: k.key)[:self.options.example_maps]
+
     def _keep(self, candidates: list[KeptMap]) -> None:
-        self.kept_ = sorted([*self.kept_, *candidates], key=lambda k: k.key)[:self.options.example_maps]
+        self.kept_ = self._best(self.kept_, candidates)
 
     def begin_batch(self, batch: Batch) -> None:
         limit, wanted = self.options.example_max_tokens, self.options.example_maps
@@ -161,11 +169,6 @@ class ExampleMaps(Analysis):
         self.kept_ = [KeptMap(int(entry["index"]), int(entry["length"]), dict(entry["source"]),
                               torch.from_numpy(np.array(arrays[f"attention.{k}"], dtype=np.float16)))
                       for k, entry in enumerate(meta["kept"])]
-
-    def merge(self, other: Analysis) -> ExampleMaps:
-        assert isinstance(other, ExampleMaps)
-        self._keep(other.kept_)
-        return self
 
     def finalize(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
         kept = sorted(self.kept_, key=lambda k: k.index)

@@ -206,6 +206,12 @@ class ImportanceOptions:
 class HeadImportance(Analysis):
     """Michel et al.'s gradient importance of each head, ``E |dL/dxi_h|``."""
 
+    # declared state (add_state in start)
+    grad_abs_: np.ndarray
+    loss_: np.ndarray
+    terms_: np.ndarray
+    batches_: np.ndarray
+
     name = "importance"
     report_order = 65
     description = "head importance E|dL/dxi| (Michel et al. 2019): MLM, next-token or contrastive loss"
@@ -217,12 +223,13 @@ class HeadImportance(Analysis):
             raise ValueError(f"importance_sequences must be at least 1, got {self.options.importance_sequences}")
         self.kind = loss_kind(ctx.loaded)
         info = ctx.info
-        self.grad_abs_ = np.zeros((info.n_layers, info.n_heads))
-        self.loss_ = np.zeros(1)
-        self.terms_ = np.zeros(1)
-        self.batches_ = np.zeros(1)
+        self.add_state("grad_abs_", np.zeros((info.n_layers, info.n_heads)))
+        self.add_state("loss_", np.zeros(1))
+        self.add_state("terms_", np.zeros(1))
+        self.add_state("batches_", np.zeros(1))
 
     def second_pass_examples(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> Iterator[Example]:
+        self.second_pass_total = min(self.options.importance_sequences, int(ctx.manifest.counts.get("examples", 0)))
         return sample_examples(ctx, self.options.importance_sequences, salt=14)
 
     def update_second_pass(self, ctx: RunContext, batch: Batch) -> None:
@@ -231,12 +238,6 @@ class HeadImportance(Analysis):
         self.loss_ += loss
         self.terms_ += n
         self.batches_ += 1
-
-    def merge(self, other: Analysis) -> HeadImportance:
-        assert isinstance(other, HeadImportance)
-        for name in ("grad_abs_", "loss_", "terms_", "batches_"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        return self
 
     def finalize(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
         if self.batches_[0] == 0:

@@ -396,16 +396,31 @@ class ProbeOptions:
                                   "temporary file.")
 
 
+def merge_sentences(mine: list[ProbeSentences], theirs: list[ProbeSentences]) -> list[ProbeSentences]:
+    """The reduction of :class:`AttentionProbe`'s ``data_``: each split's sentences of ``theirs`` added to
+    ``mine`` (features copied into ``mine``'s store, which may live on disk)."""
+    for ours, other in zip(mine, theirs, strict=True):
+        for i in range(len(other)):
+            ours.add(np.asarray(other.features[i]), other.words[i], other.heads[i], other.punct[i], other.keys[i])
+    return mine
+
+
 @register
 class AttentionProbe(Analysis):
     """Clark et al.'s attention-based probing classifiers and baselines, scored as UAS."""
+
+    # declared state (add_state in start)
+    data_: list[ProbeSentences]
+    n_unaligned_: int
+    n_silver_: int
+    seconds_features_: float
 
     name = "probe"
     report_order = 31
     needs = ("treebank",)
     description = "attention-based probing classifiers for dependency parsing, UAS (Clark et al. s5)"
     Options = ProbeOptions
-    uses_words = True
+    reads_words = True
 
     def wants(self, example: Example) -> bool:
         return example.has_tree
@@ -419,16 +434,25 @@ class AttentionProbe(Analysis):
         self.treebanks_ = [str(t) for t in ctx.config.treebank]
         self.seed_ = int(ctx.config.seed)
         spill = int(self.options.probe_memory_mb) * 2**20 // 2  # two stores share the budget
-        self.data_ = [ProbeSentences(FeatureStore(self.n_features_, spill)) for _ in range(2)]
-        self.n_unaligned_ = 0
-        self.n_silver_ = 0
-        self.seconds_features_ = 0.0
+        # Every sentence's features, kept for fitting the probes at the end (training and evaluation split):
+        # merged sentence by sentence (merge_sentences), saved by state_dict below.
+        self.add_state("data_", [ProbeSentences(FeatureStore(self.n_features_, spill)) for _ in range(2)],
+                       reduce=merge_sentences)
+        self.add_state("n_unaligned_", 0)
+        self.add_state("n_silver_", 0)
+        self.add_state("seconds_features_", 0.0)
         # The current batch's sentences (split, words, heads, punct, key), their batch rows and units, and
         # their features [sentence, layer * head, 1 + n, 1 + n] (None when the batch has none).
         self._pending: list[tuple[int, list[str], np.ndarray, np.ndarray, tuple[int, int]]] = []
         self._rows: torch.Tensor | None = None
         self._units: torch.Tensor | None = None
         self._features: torch.Tensor | None = None
+
+    def requires(self) -> tuple[str, ...]:
+        """The GloVe package, when a variant reads GloVe vectors."""
+        from headscope.corpus.vectors import GLOVE_PACKAGE
+
+        return (GLOVE_PACKAGE,) if {"attn_glove", "distances_glove"} & set(self.variants()) else ()
 
     def variants(self) -> list[str]:
         return [v.strip() for v in self.options.probe_variants.split(",") if v.strip()]
@@ -494,7 +518,7 @@ class AttentionProbe(Analysis):
     def state_dict(self) -> tuple[dict[str, Any], dict[str, Any]]:
         from headscope.engine.state import generic_state
 
-        arrays, meta = generic_state(self, skip=("data_",))
+        arrays, meta = generic_state(self, skip=("data_",), only=tuple(self.states))
         meta["words"] = []
         for split, data in enumerate(self.data_):
             store = data.features
@@ -525,17 +549,6 @@ class AttentionProbe(Analysis):
                          arrays[f"data.{split}.punct"][bounds[k]:bounds[k + 1]].copy(),
                          (int(arrays[f"data.{split}.keys"][k][0]), int(arrays[f"data.{split}.keys"][k][1])))
                 start += count
-
-    def merge(self, other: Analysis) -> AttentionProbe:
-        assert isinstance(other, AttentionProbe)
-        for mine, theirs in zip(self.data_, other.data_, strict=True):
-            for i in range(len(theirs)):
-                mine.add(np.asarray(theirs.features[i]), theirs.words[i], theirs.heads[i], theirs.punct[i],
-                         theirs.keys[i])
-        self.n_unaligned_ += other.n_unaligned_
-        self.n_silver_ += other.n_silver_
-        self.seconds_features_ += other.seconds_features_
-        return self
 
     def fit_and_score(self) -> dict[str, Any]:
         """Train every requested probe on the training split and score it on the evaluation split."""

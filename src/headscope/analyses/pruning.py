@@ -9,7 +9,13 @@ which the loss is measured, and as many on which importance is estimated. Orders
 - ``random``: a seeded random order, one per seed of ``pruning_seeds``;
 - ``roles``, ``syntax``, ``coref``: each analysis's own ranking, weakest first, for the analyses that ran
   (:func:`analysis_rankings`): does pruning what an analysis finds least remarkable hurt as little as
-  pruning the least important?
+  pruning the least important? Pruning finalizes after each of them that runs (``after_if_run``), whatever
+  the order given, and the summary names the rankings used and those absent.
+
+Every point carries a seeded 95% percentile bootstrap interval over the held-out sequences (``loss_low``,
+``loss_high``; ``pruning_bootstrap`` resamples, shared by every point so that differences are paired), and
+:func:`loss_check` says whether the loss rises at all with pruning: when it does not, the loss is not
+measuring the model's quality and the summary and report say so, with the loss to use instead.
 
 The seed claim: among the heads that survive to 50% (importance order), the share with an identified
 behaviour (a held role in roles, a distance pattern other than ``mixed``, a best head of a syntax relation or
@@ -30,11 +36,22 @@ import numpy as np
 import pandas as pd
 import torch
 
+from headscope.analyses import stats
 from headscope.analyses.base import Analysis, AnalysisResult
-from headscope.analyses.importance import batch_loss, gate_gradient, loss_kind, normalize_importance, plain_batch
+from headscope.analyses.importance import (
+    batch_loss,
+    contrastive_ids,
+    gate_gradient,
+    loss_kind,
+    normalize_importance,
+    plain_batch,
+    split_halves,
+)
 from headscope.analyses.registry import register
+from headscope.analyses.stats import CONFIDENCE, percentile_interval
 from headscope.config import option
 from headscope.model.gates import HeadGates
+from headscope.model.losses import CONTRASTIVE_TEMPERATURE, lm_labels, mean_pool
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
@@ -56,6 +73,62 @@ def held_out_loss(loaded: LoadedModel, batches: list[Batch], kind: str, seed: in
             total += float(loss)
             terms += n
     return total / max(terms, 1)
+
+
+def sequence_losses(loaded: LoadedModel, batch: Batch, kind: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each sequence's summed loss and its number of terms, as :func:`batch_loss` sums them over the batch.
+
+    For the contrastive loss a sequence's term is its pair's InfoNCE against the other pairs of its batch
+    (one term); for LM losses, its masked or next tokens.
+
+    Returns
+    -------
+    loss : ndarray of shape (batch,), float64
+    terms : ndarray of shape (batch,), int64
+    """
+    F = torch.nn.functional
+    if kind == "contrastive_loss":
+        cls_id, sep_id, pad_id = contrastive_ids(loaded.tokenizer)
+        a, b = split_halves(batch, cls_id, sep_id, pad_id)
+        pooled = [mean_pool(loaded.base(**x).last_hidden_state, x["attention_mask"]) for x in (a, b)]
+        sim = F.normalize(pooled[0], dim=-1) @ F.normalize(pooled[1], dim=-1).T / CONTRASTIVE_TEMPERATURE
+        target = torch.arange(sim.shape[0], device=sim.device)
+        per = F.cross_entropy(sim.float(), target, reduction="none")
+        return per.double().cpu().numpy(), np.ones(batch.size, dtype=np.int64)
+    inputs, labels = lm_labels(loaded, batch, seed)
+    logits = loaded.model(**inputs).logits.float()
+    if loaded.info.is_causal:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    per_token = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    return (per_token.double().sum(-1).cpu().numpy(), (labels != -100).sum(-1).cpu().numpy().astype(np.int64))
+
+
+def held_out_sequence_losses(loaded: LoadedModel, batches: list[Batch], kind: str, seed: int, gates: np.ndarray
+                             ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`sequence_losses` of every held-out sequence with the gates ``gates``, concatenated in batch order."""
+    info = loaded.info
+    losses, terms = [], []
+    with HeadGates(loaded.model, info.n_layers, info.n_heads) as hg, torch.no_grad():
+        hg.values.copy_(torch.as_tensor(gates, dtype=hg.values.dtype))
+        for batch in batches:
+            loss, n = sequence_losses(loaded, batch, kind, seed)
+            losses.append(loss)
+            terms.append(n)
+    return np.concatenate(losses), np.concatenate(terms)
+
+
+def bootstrap_indices(n: int, resamples: int, seed: int) -> np.ndarray:
+    """Seeded resamples (with replacement) of ``n`` held-out sequences: int array of shape (resamples, n).
+
+    The same resamples serve every point of every order, so intervals of differences are paired."""
+    return stats.bootstrap_indices(n, resamples, [seed, 18])
+
+
+def pooled_loss(losses: np.ndarray, terms: np.ndarray, index: np.ndarray | None = None) -> np.ndarray | float:
+    """Summed loss over summed terms: of all sequences, or of each resample (rows of ``index``)."""
+    if index is None:
+        return float(losses.sum() / max(int(terms.sum()), 1))
+    return losses[index].sum(-1) / np.maximum(terms[index].sum(-1), 1)
 
 
 def fractions(step: float) -> list[float]:
@@ -82,12 +155,6 @@ def behaviour_by_analysis(results: dict[str, AnalysisResult]) -> dict[str, set[t
         if name in results and key in results[name].tables:
             found[name] = heads_of(results[name].tables[key])
     return found
-
-
-def behaviour_heads(results: dict[str, AnalysisResult]) -> tuple[set[tuple[int, int]], list[str]]:
-    """Heads with an identified behaviour in any analysis that ran, and the names of those analyses."""
-    by_analysis = behaviour_by_analysis(results)
-    return set().union(*by_analysis.values()), list(by_analysis)
 
 
 def analysis_rankings(results: dict[str, AnalysisResult], n_layers: int, n_heads: int) -> dict[str, np.ndarray]:
@@ -120,6 +187,61 @@ def analysis_rankings(results: dict[str, AnalysisResult], n_layers: int, n_heads
     return rankings
 
 
+#: The analyses whose per-head ranking gives a pruning order (:func:`analysis_rankings`).
+RANKING_ANALYSES = ("roles", "syntax", "coref")
+#: The analyses whose identified behaviours the seed claim tests (:func:`behaviour_by_analysis`).
+BEHAVIOUR_ANALYSES = ("roles", "distance", "syntax", "coref")
+
+#: What to use instead when the loss does not rise with pruning, by loss.
+BETTER_LOSS = {
+    "contrastive_loss": "a loss the model was trained to lower, which this sentence-embedding checkpoint without "
+                        "an LM head does not have: run pruning on a checkpoint with its masked-LM head (an encoder "
+                        "such as bert-base-uncased or roberta-base: masked-LM loss) or on a decoder LM (next-token "
+                        "loss); see docs/importance.md",
+    "mlm_loss": "more held-out sequences (--pruning-sequences) or longer ones (--max-length), so that the masked-LM "
+                "loss has enough masked tokens; see docs/importance.md",
+    "lm_loss": "more held-out sequences (--pruning-sequences) or longer ones (--max-length); see docs/importance.md",
+}
+
+
+def loss_check(curves: dict[tuple[str, int | None, float], np.ndarray], steps: list[float], kind: str
+               ) -> dict[str, Any]:
+    """Does the loss rise with pruning? The paired bootstrap interval of loss(100% pruned) - loss(0% pruned).
+
+    The loss rises when that interval lies wholly above 0; otherwise the loss does not measure what pruning
+    takes away (the curve's orders cannot be compared by it) and ``note`` says so and what to use instead.
+
+    Parameters
+    ----------
+    curves : dict
+        Bootstrap losses (ndarray of shape (resamples,), the same resamples throughout) by (order, seed,
+        fraction); needs the ``importance`` order at fractions 0 and 1.
+    """
+    intact, everything = curves["importance", None, steps[0]], curves["importance", None, steps[-1]]
+    low, high = percentile_interval(everything - intact)
+    out: dict[str, Any] = {
+        "rule": f"the loss rises when the {CONFIDENCE:.0%} paired bootstrap interval of loss(100% pruned) - "
+                "loss(0% pruned) over the held-out sequences lies above 0",
+        "difference_low": low, "difference_high": high, "rises": bool(low > 0)}
+    if not out["rises"]:
+        out["note"] = (f"The held-out {kind} does not rise with pruning (100% pruned minus 0% pruned: "
+                       f"{CONFIDENCE:.0%} interval [{low:.3g}, {high:.3g}]), so it is not measuring the model's "
+                       f"quality here and the pruning orders cannot be compared by it; use instead "
+                       f"{BETTER_LOSS.get(kind, 'a loss the model was trained for (docs/importance.md)')}")
+    return out
+
+
+def importance_vs_random(curves: dict[tuple[str, int | None, float], np.ndarray], steps: list[float], seeds: int
+                         ) -> dict[str, Any]:
+    """Mean loss of the importance order minus that of the random orders, over the fractions strictly between
+    0 and 1, with its paired bootstrap interval: ``better`` when the interval lies wholly below 0."""
+    inner = [f for f in steps if 0 < f < 1] or steps
+    imp = np.mean([curves["importance", None, f] for f in inner], axis=0)
+    rnd = np.mean([curves["random", s, f] for s in range(seeds) for f in inner], axis=0)
+    low, high = percentile_interval(imp - rnd)
+    return {"fractions": inner, "difference_low": low, "difference_high": high, "better": bool(high < 0)}
+
+
 @dataclass
 class PruningOptions:
     """Options of the ``pruning`` analysis."""
@@ -128,17 +250,25 @@ class PruningOptions:
     pruning_seeds: int = option(3, help="Random pruning orders, as a control (default 3).")
     pruning_sequences: int = option(64, help="Held-out sequences (seeded) on which the loss is measured; as "
                                     "many others estimate importance (default 64).")
+    pruning_bootstrap: int = option(1000, help="Bootstrap resamples of the held-out sequences (seeded) for the 95 "
+                                    "percent interval of every point of the pruning curve (default 1000).")
 
 
 @register
 class HeadPruning(Analysis):
     """Prune heads by re-estimated importance (and at random) and measure the loss at each step."""
 
+    # declared state (add_state in start)
+    held_: list[Batch]
+    estimate_: list[Batch]
+
     name = "pruning"
     report_order = 66
     description = "prune heads by re-estimated gradient importance vs random, loss per pruned fraction"
     Options = PruningOptions
     second_pass = True
+    # Every ranking and behaviour of the run, whatever order the analyses were given in.
+    after_if_run = tuple(dict.fromkeys((*RANKING_ANALYSES, *BEHAVIOUR_ANALYSES)))
 
     def start(self, ctx: RunContext) -> None:
         o = self.options
@@ -148,34 +278,32 @@ class HeadPruning(Analysis):
             raise ValueError(f"pruning_seeds must be >= 0, got {o.pruning_seeds}")
         if o.pruning_sequences < 1:
             raise ValueError(f"pruning_sequences must be at least 1, got {o.pruning_sequences}")
+        if o.pruning_bootstrap < 1:
+            raise ValueError(f"pruning_bootstrap must be at least 1, got {o.pruning_bootstrap}")
         self.kind = loss_kind(ctx.loaded)
-        self.held_: list[Batch] = []
-        self.estimate_: list[Batch] = []
+        # The sampled batches (CPU copies) the pruning curve is measured on, and those importance is estimated on.
+        self.add_state("held_", [], reduce="cat")
+        self.add_state("estimate_", [], reduce="cat")
 
     def second_pass_examples(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> Iterator[Example]:
         total = int(ctx.manifest.counts.get("examples", 0))
         n = min(self.options.pruning_sequences, total // 2) or total
         order = np.random.default_rng([int(ctx.config.seed), 16]).permutation(total)
-        self.held_ids_ = {int(i) for i in order[:n]}
-        estimate = {int(i) for i in order[n:2 * n]} or self.held_ids_
-        keep = self.held_ids_ | estimate
+        self._held_ids = {int(i) for i in order[:n]}  # the pass's sample (not state: drawn again on a rerun)
+        estimate = {int(i) for i in order[n:2 * n]} or self._held_ids
+        keep = self._held_ids | estimate
+        self.second_pass_total = len(keep)
         return (ex for k, ex in enumerate(ctx.corpus.examples()) if k in keep)
 
     def update_second_pass(self, ctx: RunContext, batch: Batch) -> None:
         with torch.inference_mode(False):
             copy = plain_batch(batch)
-        rows = [r for r, ex in enumerate(copy.examples) if ex.index in self.held_ids_]
+        rows = [r for r, ex in enumerate(copy.examples) if ex.index in self._held_ids]
         rest = [r for r in range(copy.size) if r not in set(rows)]
         if rows:
             self.held_.append(copy.select(rows))
         if rest:
             self.estimate_.append(copy.select(rest))
-
-    def merge(self, other: Analysis) -> HeadPruning:
-        assert isinstance(other, HeadPruning)
-        self.held_ += other.held_
-        self.estimate_ += other.estimate_
-        return self
 
     def finalize(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
         if not self.held_:
@@ -185,12 +313,33 @@ class HeadPruning(Analysis):
         n_layers, n_heads = ctx.info.n_layers, ctx.info.n_heads
         total = n_layers * n_heads
         steps = fractions(self.options.pruning_step)
+        n_held = sum(b.size for b in self.held_)
+        index = bootstrap_indices(n_held, self.options.pruning_bootstrap, seed)
+        # Per-sequence losses by set of open heads: every order starts (0%) and ends (100%) with the same gates.
+        cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+        curves: dict[tuple[str, int | None, float], np.ndarray] = {}  # bootstrap losses of each point
         rows = []
+
+        def add_point(order: str, s: int | None, f: float, k: int, g: np.ndarray) -> None:
+            key = (g.reshape(-1) > 0).tobytes()
+            if key not in cache:
+                cache[key] = held_out_sequence_losses(loaded, self.held_, self.kind, seed,
+                                                      g.reshape(n_layers, n_heads))
+            losses, terms = cache[key]
+            boot = np.asarray(pooled_loss(losses, terms, index))
+            curves[order, s, f] = boot
+            low, high = percentile_interval(boot)
+            rows.append({"fraction": f, "order": order, "seed": pd.NA if s is None else s, "n_pruned": k,
+                         "loss": pooled_loss(losses, terms), "loss_low": low, "loss_high": high})
+
         # Importance order, re-estimated after each step with the pruned heads closed.
         gates = np.ones((n_layers, n_heads))
         pruned: list[int] = []
         survivors: list[int] | None = None
-        for f in steps:
+        from headscope.engine.progress import track
+
+        quiet = ctx.config.quiet
+        for f in track(steps, "pruning: importance order", "steps", quiet=quiet):
             target = round(f * total)
             if target > len(pruned):
                 raw = sum(np.abs(gate_gradient(loaded, b, self.kind, seed, torch.as_tensor(gates))[0])
@@ -201,32 +350,39 @@ class HeadPruning(Analysis):
                 for i in alive[:target - len(pruned)]:
                     gates.reshape(-1)[i] = 0.0
                     pruned.append(int(i))
-            rows.append({"fraction": f, "order": "importance", "seed": pd.NA, "n_pruned": len(pruned),
-                         "loss": held_out_loss(loaded, self.held_, self.kind, seed, gates)})
+            add_point("importance", None, f, len(pruned), gates)
             if survivors is None and f >= 0.5:
                 survivors = [i for i in range(total) if gates.reshape(-1)[i] > 0]
-        for s in range(self.options.pruning_seeds):
+        for s in track(range(self.options.pruning_seeds), "pruning: random orders", "orders", quiet=quiet):
             perm = np.random.default_rng([seed, 17, s]).permutation(total)
             for f in steps:
                 g = np.ones(total)
                 k = round(f * total)
                 g[perm[:k]] = 0.0
-                loss = held_out_loss(loaded, self.held_, self.kind, seed, g.reshape(n_layers, n_heads))
-                rows.append({"fraction": f, "order": "random", "seed": s, "n_pruned": k, "loss": loss})
-        for name, score in analysis_rankings(results, n_layers, n_heads).items():
+                add_point("random", s, f, k, g)
+        rankings = analysis_rankings(results, n_layers, n_heads)
+        for name, score in track(list(rankings.items()), "pruning: analyses' rankings", "rankings", quiet=quiet):
             order = np.argsort(score, kind="stable")  # weakest behaviour first
             for f in steps:
                 g = np.ones(total)
                 k = round(f * total)
                 g[order[:k]] = 0.0
-                loss = held_out_loss(loaded, self.held_, self.kind, seed, g.reshape(n_layers, n_heads))
-                rows.append({"fraction": f, "order": name, "seed": pd.NA, "n_pruned": k, "loss": loss})
+                add_point(name, None, f, k, g)
         table = pd.DataFrame(rows).astype({"seed": "Int64"})
         table["loss_kind"] = self.kind
         summary: dict[str, Any] = {"loss": self.kind, "held_out_batches": len(self.held_),
-                                   "held_out_sequences": sum(b.size for b in self.held_),
+                                   "held_out_sequences": n_held,
                                    "estimate_sequences": sum(b.size for b in estimate),
+                                   "bootstrap": {"resamples": self.options.pruning_bootstrap,
+                                                 "confidence": CONFIDENCE, "over": "held-out sequences",
+                                                 "interval": "percentile"},
                                    "pruned_order": [f"L{i // n_heads}H{i % n_heads}" for i in pruned]}
+        summary["rankings"] = {"used": list(rankings), "absent": {
+            name: ("ran but gave no per-head score" if name in results else "did not run")
+            for name in RANKING_ANALYSES if name not in rankings}}
+        summary["loss_check"] = loss_check(curves, steps, self.kind)
+        if self.options.pruning_seeds:
+            summary["importance_vs_random"] = importance_vs_random(curves, steps, self.options.pruning_seeds)
         claim = self._claim(results, survivors or [], n_heads, total)
         summary["seed_claim"] = claim
         return AnalysisResult(name=self.name, tables={"pruning": table}, summary=summary)
@@ -241,6 +397,7 @@ class HeadPruning(Analysis):
         alive[survivors] = True
         union = set().union(*by_analysis.values())
         claim: dict[str, Any] = {"analyses": list(by_analysis), **seed_claim_test(union, alive, n_heads)}
+        claim["absent"] = [name for name in BEHAVIOUR_ANALYSES if name not in by_analysis]
         claim["by_analysis"] = {name: seed_claim_test(found, alive, n_heads) for name, found in by_analysis.items()}
         if claim["share_all"] in (0.0, 1.0):
             claim["note"] = ("every head" if claim["share_all"] else "no head") + (
@@ -256,7 +413,8 @@ class HeadPruning(Analysis):
             return None
         table = run.tables["pruning"]
         name = _pruning_figure(table, figures)
-        claim = run.run.get("analyses", {}).get("pruning", {}).get("seed_claim", {})
+        summary = run.run.get("analyses", {}).get("pruning", {})
+        claim = summary.get("seed_claim", {})
         if claim.get("analyses"):
             sentence = (f"Of the heads surviving to 50%, {claim['share_survivors']:.0%} have an identified "
                         f"behaviour (from {', '.join(claim['analyses'])}) against {claim['share_pruned']:.0%} of the "
@@ -275,9 +433,24 @@ class HeadPruning(Analysis):
             extra = "<p>No behaviour analysis ran: the seed claim is not tested.</p>"
         ranked = sorted(set(table["order"]) - {"importance", "random"})
         controls = "random orders" + (f" and the ranking of {', '.join(ranked)} (weakest first)" if ranked else "")
-        body = ("<p>Heads pruned step by step by importance re-estimated after each step (Michel et al. 2019) "
-                f"and, as controls, in {html.escape(controls)}; loss on held-out sequences.</p>" + extra
-                + figure_html(name, "Loss against the fraction of heads pruned"))
+        absent = summary.get("rankings", {}).get("absent", {})
+        if absent:
+            controls += "; no ranking of " + ", ".join(f"{k} ({v})" for k, v in absent.items())
+        boot = summary.get("bootstrap")
+        bands = (f" Bands: {boot['confidence']:.0%} bootstrap intervals over the held-out sequences "
+                 f"({boot['resamples']} resamples)." if boot else "")
+        check = summary.get("loss_check", {})
+        warning = (f"<p><strong>The loss does not measure pruning here.</strong> {html.escape(check['note'])}.</p>"
+                   if check.get("note") else "")
+        versus = summary.get("importance_vs_random")
+        if versus:
+            verdict = "lower than" if versus["better"] else "not distinguishable from (or above)"
+            warning += (f"<p>Averaged over the fractions between 0 and 1, the importance order's loss is {verdict} "
+                        f"the random orders' (difference, {CONFIDENCE:.0%} interval "
+                        f"[{versus['difference_low']:.3g}, {versus['difference_high']:.3g}]).</p>")
+        body = (warning + "<p>Heads pruned step by step by importance re-estimated after each step (Michel et al. "
+                f"2019) and, as controls, in {html.escape(controls)}; loss on held-out sequences."
+                f"{html.escape(bands)}</p>" + extra + figure_html(name, "Loss against the fraction of heads pruned"))
         return ReportSection(key="pruning", title="Pruning heads", html=body, figures=[name])
 
 
@@ -299,18 +472,15 @@ def seed_claim_test(found: set[tuple[int, int]], alive: np.ndarray, n_heads: int
         Counts, shares, odds ratio and the one-sided p-value (``alternative="greater"``) with the two-sided
         one beside it. The odds ratio is None when it is undefined (a zero margin).
     """
-    from scipy.stats import fisher_exact
-
     total = alive.size
     flag = np.array([(i // n_heads, i % n_heads) in found for i in range(total)])
     a, b = int((flag & alive).sum()), int((~flag & alive).sum())
     c, d = int((flag & ~alive).sum()), int((~flag & ~alive).sum())
-    odds, p_two = fisher_exact([[a, b], [c, d]])
-    _, p_greater = fisher_exact([[a, b], [c, d]], alternative="greater")
+    test = stats.fisher_exact([[a, b], [c, d]])
     return {"survivors": int(alive.sum()), "survivors_with_behaviour": a, "pruned": int((~alive).sum()),
             "pruned_with_behaviour": c, "share_survivors": a / max(a + b, 1), "share_pruned": c / max(c + d, 1),
-            "share_all": (a + c) / total, "odds_ratio": float(odds) if np.isfinite(odds) else None,
-            "p": float(p_greater), "p_two_sided": float(p_two)}
+            "share_all": (a + c) / total, "odds_ratio": test["odds_ratio"], "p": test["p"],
+            "p_two_sided": test["p_two_sided"]}
 
 
 def _pruning_figure(table: pd.DataFrame, figures: Path) -> str:
@@ -319,13 +489,21 @@ def _pruning_figure(table: pd.DataFrame, figures: Path) -> str:
     from headscope.report.figures import COLUMN_WIDTH, save_figure
 
     fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.2), layout="constrained")
+    def band(grp: pd.DataFrame, colour: str, alpha: float) -> None:
+        if {"loss_low", "loss_high"} <= set(grp.columns):  # runs before the intervals have none
+            ax.fill_between(grp["fraction"], grp["loss_low"], grp["loss_high"], color=colour, alpha=alpha,
+                            linewidth=0)
+
     imp = table[table["order"] == "importance"]
+    band(imp, "tab:blue", 0.2)
     ax.plot(imp["fraction"], imp["loss"], "o-", label="importance", color="tab:blue")
     for k, (_, grp) in enumerate(table[table["order"] == "random"].groupby("seed")):
+        band(grp, "grey", 0.1)
         ax.plot(grp["fraction"], grp["loss"], "-", color="grey", alpha=0.6, label="random" if k == 0 else None)
     ranked = sorted(set(table["order"]) - {"importance", "random"})
     for name, colour in zip(ranked, ("tab:orange", "tab:green", "tab:red", "tab:purple"), strict=False):
         grp = table[table["order"] == name]
+        band(grp, colour, 0.15)
         ax.plot(grp["fraction"], grp["loss"], "s--", markersize=2, color=colour, label=f"{name} ranking")
     ax.set_xlabel("fraction of heads pruned")
     ax.set_ylabel(f"held-out {table['loss_kind'].iloc[0]}")

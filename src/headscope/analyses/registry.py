@@ -7,9 +7,9 @@ and fails on one that is not registered).
 Each analysis's options live in a namespace of their own: the public name of an ``Options`` field (keyword
 of :func:`headscope.run`, ``--flag`` of ``headscope run``) starts with the analysis's ``option_prefix``
 (default: its name), as ``roles_tau`` / ``--roles-tau``. A field already named so keeps its name; another
-gets the prefix, and its bare name stays accepted, with a deprecation warning, for one release. Two
-analyses (or an analysis and :class:`~headscope.config.RunConfig`) claiming one public name, or two
-analyses with one report position, is an error at registration.
+gets the prefix, and its bare name stays accepted, with a deprecation warning, through 0.2.x (removed in
+0.3.0; see CHANGELOG.md). Two analyses (or an analysis and :class:`~headscope.config.RunConfig`) claiming one
+public name, or two analyses with one report position, is an error at registration.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from headscope.config import RunConfig
+from headscope.errors import UsageError
 
 if TYPE_CHECKING:
     from headscope.analyses.base import Analysis
@@ -114,7 +115,7 @@ def split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dic
                 per_analysis.setdefault(name, {})[names[key]] = kwargs[key]
             elif key in old:
                 warnings.warn(f"option {key!r} is deprecated: use {old[key]!r} (--{old[key].replace('_', '-')}); "
-                              "the old name will be removed in the next release", FutureWarning, stacklevel=3)
+                              "the old name will be removed in 0.3.0", FutureWarning, stacklevel=3)
                 per_analysis.setdefault(name, {})[key] = kwargs[key]
             else:
                 continue
@@ -138,7 +139,7 @@ def resolve_analyses(names: list[str], options: dict[str, dict[str, Any]]) -> li
 
     def visit(name: str, chain: tuple[str, ...] = ()) -> None:
         if name not in REGISTRY:
-            raise ValueError(f"unknown analysis {name!r}; available: {', '.join(sorted(REGISTRY))}")
+            raise UsageError(unknown_analysis_message(name))
         if name in chain:
             raise ValueError(f"analyses depend on each other in a cycle: {' -> '.join((*chain, name))}")
         for dep in REGISTRY[name].after:
@@ -148,6 +149,7 @@ def resolve_analyses(names: list[str], options: dict[str, dict[str, Any]]) -> li
 
     for name in names:
         visit(name)
+    order = finalize_order(order)
     analyses = []
     for name in order:
         cls = REGISTRY[name]
@@ -156,14 +158,83 @@ def resolve_analyses(names: list[str], options: dict[str, dict[str, Any]]) -> li
     return analyses
 
 
+def unknown_analysis_message(name: str) -> str:
+    """``unknown analysis 'surfce'; did you mean 'surface'?`` and the names available."""
+    import difflib
+
+    close = difflib.get_close_matches(name, [*REGISTRY, ALL], n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown analysis {name!r}{hint} (available: {', '.join(sorted(REGISTRY))}, or {ALL})"
+
+
+#: What gives each input named in ``Analysis.needs`` that the data decides (``causal`` and ``encoder`` are
+#: known only once the model has loaded).
+INPUT_OPTIONS = {"treebank": "a dependency treebank: --treebank FILE.conllu, or --parse spacy for silver parses of "
+                             "raw text",
+                 "coreference": "coreference annotation: --coref FILE (CoNLL-U with Entity=, or CoNLL-2012)"}
+
+
+def available_inputs(config: RunConfig, is_causal: bool | None = None) -> dict[str, bool]:
+    """Which needs the run meets; ``causal`` and ``encoder`` count as met while the model is unknown (None)."""
+    return {"treebank": bool(config.treebank) or config.parse != "none", "coreference": bool(config.coref),
+            "causal": True if is_causal is None else is_causal,
+            "encoder": True if is_causal is None else not is_causal}
+
+
+def check_inputs(config: RunConfig, names: list[str]) -> None:
+    """Refuse, before the model loads, an analysis asked for by name whose input the data does not give.
+
+    ``all`` is not checked here: it leaves out what does not apply (:func:`expand_all`).
+
+    Raises
+    ------
+    UsageError
+        Naming each such analysis, the input it needs and the option that gives it.
+    """
+    have = available_inputs(config)
+    problems = []
+    for name in names:
+        if name == ALL or name not in REGISTRY:
+            continue
+        missing = [need for need in REGISTRY[name].needs if not have.get(need, True)]
+        if missing:
+            problems.append(f"{name} needs {' and '.join(INPUT_OPTIONS.get(n, n) for n in missing)}")
+    if problems:
+        raise UsageError("; ".join(problems) + " (or leave it out of --analyses; --analyses all runs only what "
+                         "applies)")
+
+
+def finalize_order(names: list[str]) -> list[str]:
+    """``names`` reordered so that every analysis comes after those of its ``after`` and ``after_if_run`` that
+    are among ``names``: a stable topological order (each step takes the first name, in the given order, whose
+    dependencies are all placed), so analyses without dependencies keep the order given.
+
+    Raises
+    ------
+    ValueError
+        On a cycle.
+    """
+    present = set(names)
+    deps = {name: {d for d in (*REGISTRY[name].after, *REGISTRY[name].after_if_run) if d in present and d != name}
+            for name in names}
+    placed: list[str] = []
+    left = list(dict.fromkeys(names))
+    while left:
+        ready = next((name for name in left if deps[name] <= set(placed)), None)
+        if ready is None:
+            raise ValueError(f"analyses depend on each other in a cycle: {', '.join(left)}")
+        placed.append(ready)
+        left.remove(ready)
+    return placed
+
+
 def applicable_analyses(config: RunConfig, is_causal: bool) -> tuple[list[str], dict[str, str]]:
     """What ``--analyses all`` means for this model and corpus: the names to run, and why others are not.
 
     An analysis declares what it needs in ``needs`` (``treebank``, ``coreference``, ``causal``,
     ``encoder``); one whose need is not met is left out with the reason, rather than run to an empty table.
     """
-    have = {"treebank": bool(config.treebank) or config.parse != "none", "coreference": bool(config.coref),
-            "causal": is_causal, "encoder": not is_causal}
+    have = available_inputs(config, is_causal)
     names: list[str] = []
     skipped: dict[str, str] = {}
     for name, cls in sorted(REGISTRY.items(), key=lambda item: item[0]):

@@ -32,10 +32,11 @@ import pandas as pd
 import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name
-from headscope.analyses.decoder_heads import probe_example
 from headscope.analyses.registry import register
+from headscope.analyses.stats import mean_or_nan
 from headscope.config import option
 from headscope.manifest import Manifest
+from headscope.model.encode import probe_example
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
@@ -156,7 +157,7 @@ def haystack_sentences(ctx: RunContext, tokens: int) -> list[tuple[str, int]]:
     out: list[tuple[str, int]] = []
     total = 0
     tokenizer = ctx.loaded.tokenizer
-    for doc in ctx.corpus.documents(Manifest()):
+    for doc in ctx.corpus.documents(Manifest(log_events=False)):  # read (and reported) by the main pass
         for sentence in doc.sentences:
             text = _detokenize(sentence.words)
             n = len(tokenizer(" " + text, add_special_tokens=False)["input_ids"])
@@ -257,12 +258,18 @@ def greedy_with_attention(loaded: LoadedModel, ids: torch.Tensor, max_new_tokens
 class RetrievalHeads(Analysis):
     """Heads that copy the needle while a causal LM answers needle-in-a-haystack questions (Wu et al. 2024)."""
 
+    # declared state (add_state in start)
+    records_: list[dict[str, Any]]
+    sums_: torch.Tensor
+    used_: int
+
     name = "retrieval"
     report_order = 16
     needs = ("causal",)
     description = "decoder LMs: retrieval heads, which copy a needle from a long context (Wu et al. 2024)"
     Options = RetrievalOptions
     second_pass = True
+    second_pass_unit = "prompts"
 
     def start(self, ctx: RunContext) -> None:
         o = self.options
@@ -283,11 +290,11 @@ class RetrievalHeads(Analysis):
                              f"{ctx.info.name} accepts")
         shape = (ctx.info.n_layers, ctx.info.n_heads)
         self.n_layers_, self.n_heads_ = shape
-        self.sums_ = torch.zeros(shape, dtype=torch.float64)
-        self.used_ = 0
+        self.add_state("sums_", torch.zeros(shape, dtype=torch.float64))
+        self.add_state("used_", 0)
         # What each prompt gave, as plain records (the state stays arrays + JSON); the prompts themselves,
         # with their ids, live only for the pass.
-        self.records_: list[dict[str, Any]] = []
+        self.add_state("records_", [], reduce="cat")
         self._prompts: dict[int, Prompt] = {}
 
     def second_pass_examples(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> Iterator[Example]:
@@ -317,11 +324,16 @@ class RetrievalHeads(Analysis):
                                  f"{o.retrieval_new_tokens}, more than the {ctx.info.max_length} {ctx.info.name} "
                                  "accepts; lower --retrieval-haystack-tokens")
             self._prompts[k] = prompt
+        self.second_pass_total = len(self._prompts)
         return (probe_example(k, p.ids, False, tokenizer) for k, p in self._prompts.items())
 
     def update_second_pass(self, ctx: RunContext, batch: Batch) -> None:
+        from headscope.engine.progress import track
+
         o = self.options
-        for example in batch.examples:
+        # Each prompt is a generation of up to retrieval_new_tokens steps over a long context: count them.
+        for example in track(batch.examples, "retrieval: generating answers", "prompts", quiet=ctx.config.quiet,
+                             fraction=None, leave=False, final=False):
             prompt = self._prompts[example.index]
             ids = torch.as_tensor(prompt.ids, device=ctx.device)
             generated, argmax = greedy_with_attention(ctx.loaded, ids, o.retrieval_new_tokens)
@@ -340,16 +352,9 @@ class RetrievalHeads(Analysis):
                 "needle": prompt.needle, "answer": prompt.answer, "generated_tokens": prompt.generated_tokens,
                 "rouge1_recall": prompt.rouge1_recall, "used": bool(used)})
 
-    def merge(self, other: Analysis) -> RetrievalHeads:
-        assert isinstance(other, RetrievalHeads)
-        self.sums_ += other.sums_
-        self.used_ += other.used_
-        self.records_.extend(other.records_)
-        return self
-
     def finalize(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
         o = self.options
-        scores = self.sums_ / self.used_ if self.used_ else torch.full_like(self.sums_, float("nan"))
+        scores = mean_or_nan(self.sums_, self.used_)
         heads = head_frame({"retrieval_score": scores}, self.n_layers_, self.n_heads_)
         heads["retrieval_head"] = heads["retrieval_score"] > o.retrieval_threshold
         prompts = pd.DataFrame(sorted(self.records_, key=lambda r: r["prompt"]))

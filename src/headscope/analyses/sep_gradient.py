@@ -48,6 +48,7 @@ import torch
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame
 from headscope.analyses.importance import contrastive_ids, loss_kind, plain_batch, sample_examples, split_halves
 from headscope.analyses.registry import register
+from headscope.analyses.stats import mean_or_nan
 from headscope.config import check_choices, option
 from headscope.engine.capture import eager_attention
 from headscope.model.losses import CONTRASTIVE_TEMPERATURE, contrastive_loss, lm_labels
@@ -221,6 +222,18 @@ class SepGradientOptions:
 class SepGradient(Analysis):
     """Clark et al.'s Figure 3: attention to [SEP] and ``|dL/dA|`` at [SEP], per head."""
 
+    # declared state (add_state in start)
+    attention_: np.ndarray
+    gradient_: np.ndarray
+    rows_: np.ndarray
+    pairs_: np.ndarray
+    sequences_: np.ndarray
+    skipped_: np.ndarray
+    examples_: np.ndarray
+    loss_: np.ndarray
+    terms_: np.ndarray
+    batches_: np.ndarray
+
     name = "sep_gradient"
     report_order = 67
     description = ("attention to [SEP]/EOS and mean |dL/dA| at it per head (Clark et al. 2019 Fig. 3): "
@@ -240,18 +253,14 @@ class SepGradient(Analysis):
         if separator_id(ctx.loaded.tokenizer) is None:
             raise ValueError(f"{ctx.info.name}: sep_gradient needs a SEP or EOS token and the tokenizer has none")
         info = ctx.info
-        self.attention_ = np.zeros((info.n_layers, info.n_heads))
-        self.gradient_ = np.zeros((info.n_layers, info.n_heads))
-        self.rows_ = np.zeros(1)
-        self.pairs_ = np.zeros(1)
-        self.sequences_ = np.zeros(1)
-        self.skipped_ = np.zeros(1)
-        self.examples_ = np.zeros(1)
-        self.loss_ = np.zeros(1)
-        self.terms_ = np.zeros(1)
-        self.batches_ = np.zeros(1)
+        self.add_state("attention_", np.zeros((info.n_layers, info.n_heads)))
+        self.add_state("gradient_", np.zeros((info.n_layers, info.n_heads)))
+        for name in ("rows_", "pairs_", "sequences_", "skipped_", "examples_", "loss_", "terms_", "batches_"):
+            self.add_state(name, np.zeros(1))
 
     def second_pass_examples(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> Iterator[Example]:
+        self.second_pass_total = min(self.options.sep_gradient_sequences,
+                                     int(ctx.manifest.counts.get("examples", 0)))
         return sample_examples(ctx, self.options.sep_gradient_sequences, salt=19)
 
     def update_second_pass(self, ctx: RunContext, batch: Batch) -> None:
@@ -269,20 +278,9 @@ class SepGradient(Analysis):
         self.terms_ += terms
         self.batches_ += 1
 
-    def merge(self, other: Analysis) -> SepGradient:
-        assert isinstance(other, SepGradient)
-        for name in ("attention_", "gradient_", "rows_", "pairs_", "sequences_", "skipped_", "examples_",
-                     "loss_", "terms_",
-                     "batches_"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        return self
-
     def values(self) -> tuple[np.ndarray, np.ndarray]:
         """The per-head ``sep_attention`` and ``sep_gradient`` (NaN when no row had a separator)."""
-        rows, pairs = self.rows_[0], self.pairs_[0]
-        att = self.attention_ / rows if rows > 0 else np.full_like(self.attention_, np.nan)
-        grad = self.gradient_ / pairs if pairs > 0 else np.full_like(self.gradient_, np.nan)
-        return att, grad
+        return mean_or_nan(self.attention_, self.rows_[0]), mean_or_nan(self.gradient_, self.pairs_[0])
 
     def finalize(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
         if self.batches_[0] == 0:

@@ -33,8 +33,8 @@ import pandas as pd
 import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_name
+from headscope.analyses.conventions import as_float16, effective_conventions, float16_constant
 from headscope.analyses.registry import register
-from headscope.analyses.surface import as_float16, conventions_html, effective_conventions, float16_constant
 from headscope.config import option
 from headscope.engine.scratch import Scratch
 
@@ -77,11 +77,6 @@ def smooth_rows(rows: torch.Tensor, n_keys: torch.Tensor) -> torch.Tensor:
 def entropy(p: torch.Tensor) -> torch.Tensor:
     """Shannon entropy in nats over the last dimension (0 log 0 = 0)."""
     return -torch.special.xlogy(p, p).sum(-1)
-
-
-def js_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Jensen-Shannon divergence in nats of distributions along the last dimension (broadcasts)."""
-    return (entropy((p + q) / 2) - (entropy(p) + entropy(q)) / 2).clamp_min(0.0)
 
 
 def pairwise_js_sum(rows: torch.Tensor, n_keys: torch.Tensor | None = None, block: int = 8,
@@ -239,8 +234,14 @@ class SimilarityOptions:
 class HeadSimilarity(Analysis):
     """Jensen-Shannon distance between every pair of heads, summed over tokens, and its 2-D MDS map."""
 
+    # declared state (add_state in start)
+    js_sum_: torch.Tensor
+    tokens_: int
+    tokens_seen_: int
+
     name = "similarity"
     report_order = 61
+    reads_pieces = True
     description = "head x head Jensen-Shannon distance over tokens, and 2-D MDS of the heads (Clark et al. s6)"
     Options = SimilarityOptions
 
@@ -254,9 +255,9 @@ class HeadSimilarity(Analysis):
         # Clark et al. sum over every token.
         self.sample_ = 1.0 if self.conventions_ == "clark" else float(self.options.similarity_sample)
         self._scratch = Scratch()
-        self.js_sum_ = torch.zeros(k, k, dtype=torch.float64, device=ctx.device)
-        self.tokens_ = 0
-        self.tokens_seen_ = 0
+        self.add_state("js_sum_", torch.zeros(k, k, dtype=torch.float64, device=ctx.device))
+        self.add_state("tokens_", 0)
+        self.add_state("tokens_seen_", 0)
 
     def begin_batch(self, batch: Batch) -> None:
         b, n = batch.input_ids.shape
@@ -292,13 +293,6 @@ class HeadSimilarity(Analysis):
             self.js_sum_ += pairwise_js_sum(smooth_rows(rows, self._n_keys), self._n_keys)
         del self._rows, self._keep, self._slot, self._n_keys
 
-    def merge(self, other: Analysis) -> HeadSimilarity:
-        assert isinstance(other, HeadSimilarity)
-        self.js_sum_ += other.js_sum_.to(self.js_sum_.device)
-        self.tokens_ += other.tokens_
-        self.tokens_seen_ += other.tokens_seen_
-        return self
-
     def finalize(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
         n_layers, n_heads = self.shape_
         js = self.js_sum_.cpu().numpy()
@@ -322,7 +316,7 @@ class HeadSimilarity(Analysis):
 
     @staticmethod
     def report(run: RunResult, figures: Path) -> ReportSection | None:
-        from headscope.report.section import ReportSection, figure_html
+        from headscope.report.section import ReportSection, conventions_html, figure_html
 
         if "mds" not in run.tables:
             return None

@@ -23,13 +23,15 @@ Clark et al.) keeps its definition, on the float16 maps. See ``docs/conventions.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame
+from headscope.analyses.conventions import as_float16, effective_conventions, float16_constant
 from headscope.analyses.registry import register
+from headscope.analyses.stats import means_or_nan
 from headscope.engine.scratch import Scratch
 
 if TYPE_CHECKING:
@@ -59,31 +61,6 @@ CONVENTIONS = {
 }
 #: Clark et al.'s smoothing of the maps before the entropy: ``0.9999 * A + 0.0001 / n``.
 CLARK_ENTROPY_SMOOTHING = 0.0001
-
-
-def as_float16(x: torch.Tensor) -> torch.Tensor:
-    """``x`` rounded to the nearest float16 (ties to even), kept in its own dtype: one float16 operation's result."""
-    return x.to(torch.float16).to(x.dtype)
-
-
-def float16_constant(values: Any, device: torch.device | str) -> torch.Tensor:
-    """Python floats as NumPy casts them to float16 (straight from double), as float32 on ``device``."""
-    return torch.from_numpy(np.asarray(values, dtype=np.float64).astype(np.float16).astype(np.float32)).to(device)
-
-
-def conventions_html(run: RunResult, analysis: str, meanings: dict[str, str]) -> str:
-    """The report line saying which conventions produced an analysis's tables (from its ``run.json`` summary)."""
-    import html
-
-    used = run.run.get("analyses", {}).get(analysis, {}).get("conventions", "headscope")
-    return (f"<p class='note'>Conventions: <b>{html.escape(str(used))}</b> "
-            f"({html.escape(meanings.get(used, '?'))}).</p>")
-
-
-def effective_conventions(ctx: RunContext, supported: tuple[str, ...]) -> str:
-    """The run's ``--conventions`` if this analysis implements it, else ``headscope`` (its own definitions)."""
-    wanted = getattr(getattr(ctx, "config", None), "conventions", "headscope")
-    return wanted if wanted in supported else "headscope"
 
 
 def sequence_statistics(attn: torch.Tensor, lengths: torch.Tensor, is_cls: torch.Tensor,
@@ -241,9 +218,14 @@ def _row_entropy(attn: torch.Tensor, scratch: Scratch | None) -> torch.Tensor:
 class SurfaceStatistics(Analysis):
     """Clark et al.'s surface statistics, averaged over every sequence of the corpus."""
 
+    # declared state (add_state in start)
+    sums_: dict[str, torch.Tensor]
+    counts_: dict[str, torch.Tensor]
+
     name = "surface"
     accepts_rollout = True
     report_order = 10
+    reads_pieces = True
     description = "attention to [CLS]/[SEP]/punctuation, self/previous/next token, entropy (Clark et al. s3)"
 
     def start(self, ctx: RunContext) -> None:
@@ -252,8 +234,8 @@ class SurfaceStatistics(Analysis):
         self.conventions_ = effective_conventions(ctx, tuple(CONVENTIONS))
         self._scratch = Scratch()
         self._entropy_rows: torch.Tensor | None = None
-        self.sums_ = {k: torch.zeros(shape, dtype=torch.float64, device=ctx.device) for k in STATISTICS}
-        self.counts_ = {k: torch.zeros((), dtype=torch.float64, device=ctx.device) for k in STATISTICS}
+        self.add_state("sums_", {k: torch.zeros(shape, dtype=torch.float64, device=ctx.device) for k in STATISTICS})
+        self.add_state("counts_", {k: torch.zeros((), dtype=torch.float64, device=ctx.device) for k in STATISTICS})
 
     def update(self, batch: Batch, block: LayerAttention) -> None:
         stats = sequence_statistics(block.weights[:, None], batch.lengths, batch.is_cls, batch.is_sep,
@@ -276,17 +258,9 @@ class SurfaceStatistics(Analysis):
                 self._entropy_rows = None
             self.sums_[key][block.layer] += (values[:, 0] * valid[:, None]).sum(0).to(torch.float64)
 
-    def merge(self, other: Analysis) -> SurfaceStatistics:
-        assert isinstance(other, SurfaceStatistics)
-        for key in STATISTICS:
-            self.sums_[key] += other.sums_[key].to(self.sums_[key].device)
-            self.counts_[key] += other.counts_[key].to(self.counts_[key].device)
-        return self
-
     def means(self) -> dict[str, torch.Tensor]:
         """Each statistic as a float64 tensor of shape (n_layers, n_heads); NaN where never defined."""
-        return {k: self.sums_[k] / self.counts_[k] if self.counts_[k] > 0
-                else torch.full_like(self.sums_[k], float("nan")) for k in STATISTICS}
+        return means_or_nan(self.sums_, self.counts_)
 
     def finalize(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
         means = self.means()
@@ -301,7 +275,7 @@ class SurfaceStatistics(Analysis):
     @staticmethod
     def report(run: RunResult, figures: Path) -> ReportSection | None:
         from headscope.report.figures import head_grid, save_heatmap
-        from headscope.report.section import ReportSection, figure_html
+        from headscope.report.section import ReportSection, conventions_html, figure_html
 
         columns = [c for c in STATISTICS if c in run.heads.columns]
         if not columns:

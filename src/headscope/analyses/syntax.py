@@ -20,6 +20,14 @@ split at random with the run's seed (``--held-out-fraction``). ``syntax_best.csv
 head and offset picked on the selection split with their held-out accuracy, and, labelled ``same_data_``,
 Clark et al.'s way: picked and scored on the held-out split itself.
 
+No "best" rests on a handful of arcs (``--syntax-min-n``, default 20): ``syntax_best.csv`` picks a head and
+an offset only for relations with at least that many arcs in the held-out split and in the selection split
+(unless the run has none); the others are listed with ``below_min_n`` True and no pick. A head's best
+relation in ``heads.csv`` (``syntax_best_relation``, ``syntax_best_accuracy``) is chosen among relations
+with at least that many arcs over the corpus, next to that relation's best fixed-offset accuracy
+(``syntax_best_baseline``) and its arcs (``syntax_best_n``). The summary records ``min_n``. Silver trees
+(``--parse spacy``) are disclosed with the parser's name and version (summary ``parser``).
+
 With ``--conventions clark`` the heads are scored as Clark et al.'s released code (``Syntax_Analysis.ipynb``,
 ``bpe_utils.py``) scores them: word-level maps from float16 piece maps, the first piece's row for a split word
 (``--word-attention first``, whatever the option says) and each entry rounded to float16; the diagonal set to 0
@@ -44,11 +52,12 @@ import pandas as pd
 import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_name
+from headscope.analyses.conventions import as_float16, effective_conventions
 from headscope.analyses.registry import register
 from headscope.analyses.splits import split_description, split_of
-from headscope.analyses.surface import as_float16, conventions_html, effective_conventions
 from headscope.config import option
 from headscope.corpus.conllu import collapse_relation
+from headscope.corpus.parse import silver_parser
 from headscope.model.encode import Example
 
 if TYPE_CHECKING:
@@ -78,6 +87,8 @@ CONVENTIONS = {
 }
 #: Relations with at least this many held-out dependents get a heat map in the report.
 REPORT_MIN_DEPENDENTS = 100
+#: Default of ``--syntax-min-n``: fewest arcs of a relation for any "best" claim about it.
+MIN_N = 20
 
 
 @dataclass
@@ -319,11 +330,30 @@ class SyntaxOptions:
                                      "(obl:tmod -> obl) for the syntax tables.")
     held_out_fraction: float = option(0.5, help="With a single treebank (or silver parses), the share of "
                                       "examples held out for scoring the heads picked on the rest.")
+    syntax_min_n: int = option(MIN_N, help="Fewest arcs a relation needs for a best-head claim: a head's best "
+                               "relation (heads.csv) is chosen among relations with at least this many arcs, and "
+                               "syntax_best.csv names a best head and offset only for relations with at least this "
+                               "many arcs in the selection and in the held-out split (syntax).")
+
+    def __post_init__(self) -> None:
+        if self.syntax_min_n < 1:
+            raise ValueError(f"syntax_min_n must be at least 1, got {self.syntax_min_n}")
 
 
 @register
 class SyntaxHeads(Analysis):
     """Accuracy of every head at finding each dependent's head word, per relation and direction."""
+
+    # declared state (add_state in start)
+    relations_: list[str]
+    correct_: torch.Tensor
+    total_: np.ndarray
+    offset_correct_: np.ndarray
+    n_root_: int
+    n_unaligned_: int
+    n_silver_: int
+    n_possessive_: int
+    n_examples_: np.ndarray
 
     name = "syntax"
     accepts_rollout = True
@@ -331,18 +361,21 @@ class SyntaxHeads(Analysis):
     needs = ("treebank",)
     description = "heads that track dependency relations, vs. fixed-offset baselines (Clark et al. s4)"
     Options = SyntaxOptions
-    uses_words = True
+    reads_words = True
+    reads_pieces = False
+    """Under clark conventions (set in ``start``): the word maps are built here, from float16 piece maps."""
 
     def wants(self, example: Example) -> bool:
         return example.has_tree
 
+    def wants_words(self, example: Example) -> bool:
+        # Under clark conventions the engine's word maps are not Clark et al.'s: update builds them.
+        return example.has_tree and self.conventions_ != "clark"
+
     def start(self, ctx: RunContext) -> None:
         self.conventions_ = effective_conventions(ctx, tuple(CONVENTIONS))
-        # Under clark conventions the word maps are built here from float16 piece maps, so the analysis takes
-        # piece-level blocks; the class that does so is used only then, because the engine hands blocks to
-        # every analysis that defines ``update``.
-        if type(self) in (SyntaxHeads, _ClarkSyntaxHeads):
-            self.__class__ = _ClarkSyntaxHeads if self.conventions_ == "clark" else SyntaxHeads
+        # Under clark conventions the word maps are built here from float16 piece maps (update).
+        self.reads_pieces = self.conventions_ == "clark"
         self.offsets_ = list(CLARK_OFFSETS if self.conventions_ == "clark" else OFFSETS)
         self.n_layers_ = int(ctx.info.n_layers)
         self.n_heads_ = int(ctx.info.n_heads)
@@ -350,17 +383,16 @@ class SyntaxHeads(Analysis):
         self.mode_ = "first" if self.conventions_ == "clark" else ctx.config.word_attention
         self.treebanks_ = [str(t) for t in ctx.config.treebank]
         self.seed_ = int(ctx.config.seed)
-        self.relations_: list[str] = []
+        # Counts indexed by the relations seen so far, in the order first seen: merged by relation name (merge).
+        self.add_state("relations_", [], reduce=None)
         # [direction, split, relation, layer, head]: direction first so correct_[d] is a contiguous view.
-        self.correct_ = torch.zeros((len(DIRECTIONS), len(SPLITS), 0, self.n_layers_, self.n_heads_),
-                                    dtype=torch.int64, device=self.device_)
-        self.total_ = np.zeros((len(SPLITS), 0), dtype=np.int64)
-        self.offset_correct_ = np.zeros((len(SPLITS), 0, len(OFFSETS)), dtype=np.int64)
-        self.n_root_ = 0
-        self.n_unaligned_ = 0
-        self.n_silver_ = 0
-        self.n_examples_ = np.zeros(len(SPLITS), dtype=np.int64)
-        self.n_possessive_ = 0
+        self.add_state("correct_", torch.zeros((len(DIRECTIONS), len(SPLITS), 0, self.n_layers_, self.n_heads_),
+                                               dtype=torch.int64, device=self.device_), reduce=None)
+        self.add_state("total_", np.zeros((len(SPLITS), 0), dtype=np.int64), reduce=None)
+        self.add_state("offset_correct_", np.zeros((len(SPLITS), 0, len(OFFSETS)), dtype=np.int64), reduce=None)
+        for name in ("n_root_", "n_unaligned_", "n_silver_", "n_possessive_"):
+            self.add_state(name, 0)
+        self.add_state("n_examples_", np.zeros(len(SPLITS), dtype=np.int64))
         self._batch_arcs: _BatchArcs | None = None
         self._words: ClarkWordAttention | None = None
 
@@ -437,11 +469,23 @@ class SyntaxHeads(Analysis):
             # [arc, head] into this layer's counts; the strided view writes through to correct_.
             self.correct_[d].view(-1, self.n_layers_, self.n_heads_)[:, layer].index_add_(0, arcs.index, correct)
 
+    def update(self, batch: Batch, block: LayerAttention) -> None:
+        """Under clark conventions: build Clark et al.'s word map of the layer (float16 pieces, first piece's row,
+        float16 entries) and score it."""
+        if self._batch_arcs is None or self._words is None:
+            return
+        words = self._words.add(as_float16(block.weights), block.query_start)
+        if words is not None:
+            self.update_words(batch, block.layer, words)
+
     def end_batch(self, batch: Batch) -> None:
         self._batch_arcs = None
         self._words = None
 
     def merge(self, other: Analysis) -> SyntaxHeads:
+        # Own merge, because no elementwise reduction fits: the relation axis of correct_, total_ and
+        # offset_correct_ follows the order each shard first saw its relations, so the other shard's rows are
+        # added at the indices of the same relation names here (new ones appended). The counters are declared.
         assert isinstance(other, SyntaxHeads)
         ids = torch.from_numpy(self._relation_ids(other.relations_)).to(self.correct_.device)
         self.correct_.index_add_(2, ids, other.correct_.to(self.correct_.device))
@@ -449,11 +493,7 @@ class SyntaxHeads(Analysis):
         # numpy's stubs do not accept a tuple of (slice, array) as the indices of ufunc.at, which numpy does.
         np.add.at(self.total_, (slice(None), ids_np), other.total_)  # type: ignore[arg-type]
         np.add.at(self.offset_correct_, (slice(None), ids_np), other.offset_correct_)  # type: ignore[arg-type]
-        self.n_root_ += other.n_root_
-        self.n_unaligned_ += other.n_unaligned_
-        self.n_silver_ += other.n_silver_
-        self.n_examples_ += other.n_examples_
-        self.n_possessive_ += other.n_possessive_
+        super().merge(other)
         return self
 
     def counts(self) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
@@ -479,8 +519,11 @@ class SyntaxHeads(Analysis):
         relations, correct, total, offset_correct = self.counts()
         clark = self.conventions_ == "clark"
         table = accuracy_table(relations, correct, total)
+        min_n = int(self.options.syntax_min_n)
         best = best_heads(relations, correct, total, offset_correct, offsets=tuple(self.offsets_),
-                          clark_ties=clark)
+                          clark_ties=clark, min_n=min_n)
+        per_head = best_relation_per_head(table, relation_baselines(relations, total, offset_correct), min_n)
+        arcs_all = total.sum(0)
         silver = self.n_silver_ > 0
         summary = {
             "conventions": self.conventions_,
@@ -499,8 +542,19 @@ class SyntaxHeads(Analysis):
             "relation_collapse": bool(self.options.relation_collapse),
             "split": split_description(self.treebanks_, self.options.held_out_fraction,
                                        ("selection", "held-out")),
+            "min_n": min_n,
+            "min_n_rule": (f"a head's best relation (heads.csv syntax_best_*) is chosen among relations with at "
+                           f"least syntax_min_n = {min_n} arcs over the corpus and shown with that relation's best "
+                           f"fixed-offset accuracy (syntax_best_baseline); syntax_best.csv picks a head and offset "
+                           f"only for relations with at least {min_n} arcs in each split that is not empty "
+                           "(below_min_n otherwise)"),
+            "relations_below_min_n": [r for r, below in zip(best["relation"], best["below_min_n"], strict=True)
+                                      if below],
+            "relations_eligible_per_head": [r for k, r in enumerate(relations[:-1]) if arcs_all[k] >= min_n],
         }
-        return AnalysisResult(name=self.name, heads=best_relation_per_head(table),
+        if silver:
+            summary["parser"] = silver_parser()
+        return AnalysisResult(name=self.name, heads=per_head,
                               tables={"syntax": table, "syntax_best": best}, summary=summary)
 
     @staticmethod
@@ -510,20 +564,41 @@ class SyntaxHeads(Analysis):
         return syntax_report(run, figures)
 
 
-def best_relation_per_head(table: pd.DataFrame) -> pd.DataFrame | None:
+def relation_baselines(relations: list[str], total: np.ndarray, offset_correct: np.ndarray) -> dict[str, float]:
+    """Per relation, the accuracy of its best fixed offset over the whole corpus (both splits).
+
+    ``total`` of shape (n_splits, n_relations) and ``offset_correct`` of shape (n_splits, n_relations,
+    n_offsets), as :meth:`SyntaxHeads.counts` gives them.
+    """
+    arcs, hits = total.sum(0), offset_correct.sum(0)
+    return {r: float(hits[k].max() / arcs[k]) for k, r in enumerate(relations) if arcs[k] > 0 and hits.shape[-1]}
+
+
+def best_relation_per_head(table: pd.DataFrame, baselines: dict[str, float] | None = None, min_n: int = MIN_N
+                           ) -> pd.DataFrame | None:
     """Per head, the relation it predicts best over the whole corpus and that accuracy (either direction).
 
-    Returns None when no relation was scored. The columns ``syntax_best_accuracy`` and
-    ``syntax_best_relation`` go into ``heads.csv`` so the grid can be coloured by syntax.
+    Only relations with at least ``min_n`` arcs compete (``--syntax-min-n``): a relation with one or two arcs
+    would give every head an accuracy of 1. A head gets NaN and an empty relation when no relation has that
+    many arcs. Returns None when no relation was scored.
+
+    Columns for ``heads.csv`` (the report's grid is coloured by them): ``syntax_best_accuracy``,
+    ``syntax_best_relation``, ``syntax_best_n`` (the relation's arcs) and ``syntax_best_baseline`` (the
+    accuracy of that relation's best fixed offset over the same arcs, from ``baselines``).
     """
-    rows = table[(table["split"] == "all") & (table["relation"] != "all")]
-    if rows.empty:
+    scored = table[(table["split"] == "all") & (table["relation"] != "all")]
+    if scored.empty:
         return None
+    heads = scored[["layer", "head"]].drop_duplicates().sort_values(["layer", "head"], kind="stable")
+    rows = scored[scored["n"] >= min_n]
     top = rows.sort_values("accuracy", ascending=False, kind="stable").drop_duplicates(["layer", "head"])
-    top = top.sort_values(["layer", "head"], kind="stable")
+    top = heads.merge(top, on=["layer", "head"], how="left").sort_values(["layer", "head"], kind="stable")
+    baseline = top["relation"].map(baselines or {})
     return pd.DataFrame({"layer": top["layer"].to_numpy(int), "head": top["head"].to_numpy(int),
                          "syntax_best_accuracy": top["accuracy"].to_numpy(float),
-                         "syntax_best_relation": top["relation"].to_numpy(str)})
+                         "syntax_best_relation": top["relation"].fillna("").to_numpy(str),
+                         "syntax_best_n": top["n"].to_numpy(float),
+                         "syntax_best_baseline": baseline.to_numpy(float)})
 
 
 def accuracy_table(relations: list[str], correct: np.ndarray, total: np.ndarray) -> pd.DataFrame:
@@ -570,17 +645,26 @@ def _pick_offset(offset_correct: np.ndarray, clark_ties: bool = False) -> int:
 
 
 def best_heads(relations: list[str], correct: np.ndarray, total: np.ndarray, offset_correct: np.ndarray,
-               offsets: tuple[int, ...] = OFFSETS, clark_ties: bool = False) -> pd.DataFrame:
+               offsets: tuple[int, ...] = OFFSETS, clark_ties: bool = False, min_n: int = 1) -> pd.DataFrame:
     """``syntax_best.csv``: per relation, the best head and offset picked on the selection split and scored
     on the held-out split, and (``same_data_*``) picked and scored on the held-out split (Clark et al.).
 
     ``offsets`` label the last axis of ``offset_correct``; ``clark_ties`` breaks ties as Clark et al.'s code.
+    A relation with fewer than ``min_n`` arcs in the held-out split, or in the selection split when the run has
+    one (``--syntax-held-out-fraction 1`` leaves it empty: only the same-data pick exists then), is listed with
+    its counts and ``below_min_n`` True, but no head or offset is picked for it (every other column empty).
     """
     sel, held = SPLITS.index("selection"), SPLITS.index("held_out")
+    has_selection = bool(total[sel].sum() > 0)
     rows = []
     for r, relation in enumerate(relations):
         n_sel, n_held = int(total[sel, r]), int(total[held, r])
-        row: dict[str, Any] = {"relation": relation, "n_selection": n_sel, "n_held_out": n_held}
+        below = n_held < min_n or (has_selection and n_sel < min_n)
+        row: dict[str, Any] = {"relation": relation, "n_selection": n_sel, "n_held_out": n_held,
+                               "below_min_n": below}
+        if below:
+            rows.append(row)
+            continue
         if n_sel and n_held:
             d, layer, head, acc_sel = _pick(correct[sel, :, r], n_sel, clark_ties)
             o = _pick_offset(offset_correct[sel, r], clark_ties)
@@ -595,7 +679,7 @@ def best_heads(relations: list[str], correct: np.ndarray, total: np.ndarray, off
                        same_data_baseline_offset=offsets[o],
                        same_data_baseline_accuracy=offset_correct[held, r, o] / n_held)
         rows.append(row)
-    columns = ["relation", "n_selection", "n_held_out", "direction", "layer", "head", "head_name",
+    columns = ["relation", "n_selection", "n_held_out", "below_min_n", "direction", "layer", "head", "head_name",
                "selection_accuracy", "accuracy", "baseline_offset", "baseline_accuracy",
                "same_data_direction", "same_data_layer", "same_data_head", "same_data_head_name",
                "same_data_accuracy", "same_data_baseline_offset", "same_data_baseline_accuracy"]
@@ -609,7 +693,7 @@ def best_heads(relations: list[str], correct: np.ndarray, total: np.ndarray, off
 def syntax_report(run: RunResult, figures: Path) -> ReportSection | None:
     """The report section: the best-head table and one layer x head heat map per frequent relation."""
     from headscope.report.figures import head_grid, save_heatmap
-    from headscope.report.section import ReportSection, figure_html, percent
+    from headscope.report.section import ReportSection, conventions_html, figure_html, percent, silver_note
 
     best = run.tables["syntax_best"]
     table = run.tables["syntax"]
@@ -623,14 +707,28 @@ def syntax_report(run: RunResult, figures: Path) -> ReportSection | None:
     def signed(x: Any) -> str:
         return "" if pd.isna(x) else f"{int(x):+d}"
 
+    min_n = summary.get("min_n")
+
+    def head_cell(b: Any) -> str:
+        if bool(getattr(b, "below_min_n", False)) is True:
+            return f"<i>n &lt; {html.escape(str(min_n))}</i>"  # listed, but no best head claimed
+        return cell(b.head_name)
+
     rows = "".join(
-        f"<tr><td>{html.escape(str(b.relation))}</td><td>{b.n_held_out}</td><td>{cell(b.head_name)}</td>"
+        f"<tr><td>{html.escape(str(b.relation))}</td><td>{b.n_held_out}</td><td>{head_cell(b)}</td>"
         f"<td>{cell(b.direction)}</td><td>{percent(b.accuracy)}</td><td>{signed(b.baseline_offset)}</td>"
         f"<td>{percent(b.baseline_accuracy)}</td><td>{cell(b.same_data_head_name)}</td>"
         f"<td>{percent(b.same_data_accuracy)}</td></tr>" for b in ordered.itertuples())
     notes = [f"Split: {html.escape(str(summary.get('split', '?')))}."]
+    if min_n is not None:
+        below = summary.get("relations_below_min_n", [])
+        notes.append(f"A best head and offset are picked only for relations with at least syntax_min_n = {min_n} "
+                     f"arcs in each non-empty split ({len(below)} relation{'s' if len(below) != 1 else ''} below "
+                     f"it, listed without one); a head's best relation in the grid (syntax_best_accuracy) is "
+                     f"chosen among relations with at least {min_n} arcs, next to that relation's best offset "
+                     "(syntax_best_baseline).")
     if summary.get("silver"):
-        notes.append("<b>Parses are silver</b> (spaCy en_core_web_sm), not gold annotation.")
+        notes.append(f"<b>{html.escape(silver_note(summary.get('parser')))}</b>")
     if summary.get("relation_collapse"):
         notes.append("Relation subtypes are collapsed (obl:tmod counts as obl).")
     clark = summary.get("conventions") == "clark"
@@ -666,18 +764,3 @@ def syntax_report(run: RunResult, figures: Path) -> ReportSection | None:
              "dependents, in the direction of the best head.</p>")
     body += "".join(figure_html(n, c) for n, c in zip(names, captions, strict=True))
     return ReportSection(key="syntax", title="Syntax heads", html=body, figures=names)
-
-
-class _ClarkSyntaxHeads(SyntaxHeads):
-    """:class:`SyntaxHeads` under clark conventions (``start`` picks it): word maps built from float16 pieces."""
-
-    def wants_words(self, example: Example) -> bool:
-        return False  # the engine's word maps are not Clark et al.'s: they are built in update
-
-    def update(self, batch: Batch, block: LayerAttention) -> None:
-        """Build Clark et al.'s word map of the layer (float16 pieces, first piece's row, float16 entries)."""
-        if self._batch_arcs is None or self._words is None:
-            return
-        words = self._words.add(as_float16(block.weights), block.query_start)
-        if words is not None:
-            self.update_words(batch, block.layer, words)

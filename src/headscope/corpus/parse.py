@@ -78,3 +78,21 @@ def parse_documents(docs: Iterator[Document], manifest: Manifest, parser: Any = 
             sentences.append(parsed)
         if sentences:
             yield dataclasses.replace(document, sentences=sentences)
+
+
+def silver_parser() -> dict[str, Any]:
+    """Who made the silver trees of ``--parse spacy``: spaCy's version and the model's name and version.
+
+    For the summaries (and so ``run.json``) and the report sections of the analyses that read trees. The parser
+    is :func:`load_parser` (cached: already loaded when the run parsed with it).
+    """
+    out: dict[str, Any] = {"parser": "spaCy", "package": SPACY_PACKAGE}
+    try:
+        import spacy
+
+        meta = load_parser().meta
+        out.update(spacy_version=spacy.__version__, model=f"{meta.get('lang', '')}_{meta.get('name', '')}",
+                   model_version=meta.get("version"))
+    except Exception as error:  # the trees exist, so this is unexpected; say so rather than fail the run
+        out["error"] = f"parser identity unavailable: {error}"
+    return out

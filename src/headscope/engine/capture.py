@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from headscope.config import Route
 from headscope.engine.batch import BYTES_PER_WEIGHT
 
 if TYPE_CHECKING:
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 #: Name under which headscope's attention function and mask are registered in transformers.
 IMPLEMENTATION = "headscope"
 
-Route = Literal["interface", "hooks", "stacked"]
 WeightsKind = Literal["attention", "norm", "rollout"]
 
 
@@ -109,11 +109,68 @@ class _Stream:
         self.seen: list[int] = []
         self.weights = weights
         self.projections = projections
+        self.padded = bool((~real).any())
+        self._buffers: dict[str, torch.Tensor] = {}
+        self._triangular: dict[int, bool] = {}
+        self._masks: dict[tuple[int, bool, int, int], tuple[torch.Tensor | None, torch.Tensor | None, bool]] = {}
         self.rollout = None
         if weights == "rollout":
             from headscope.engine.rollout import Rollout
 
             self.rollout = Rollout(real)
+
+    def buffer(self, numel: int, device: torch.device, name: str = "block") -> torch.Tensor:
+        """A flat float32 work buffer of ``numel`` elements, the same memory for every layer of the batch."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < numel or buf.device != device:
+            self._buffers.pop(name, None)  # free the old one first
+            self._buffers[name] = buf = torch.empty(numel, dtype=torch.float32, device=device)
+        return buf[:numel]
+
+    def lower_triangular(self, add: torch.Tensor) -> bool:
+        """True when the additive mask ``add`` [1, 1, seq, seq] masks every key after its query (causal)."""
+        key = id(add)
+        if key not in self._triangular:
+            upper = torch.ones(add.shape[-2:], dtype=torch.bool, device=add.device).triu(1)
+            self._triangular[key] = bool(torch.isneginf(add[0, 0][upper]).all())
+        return self._triangular[key]
+
+    def additive_mask(self, mask: torch.Tensor | None, causal: bool, n: int, m: int
+                      ) -> tuple[torch.Tensor | None, bool]:
+        """The model's mask as float32 to add to the scores: 0 where a key is seen, -inf where it is not.
+
+        Shape [batch or 1, head or 1, query, key], right-aligned, padded keys masked; None when every key is
+        seen. The flag is True when the values are 0 and -inf only (a boolean mask), False for a model's
+        own float mask (added as it is). The layers of a forward pass share one mask object, so it is built
+        once per object (kept alive here, so its ``id`` cannot be reused within the batch).
+        """
+        cache_key = (id(mask), causal, n, m)
+        hit = self._masks.get(cache_key)
+        if hit is not None and hit[0] is mask:
+            return hit[1], hit[2]
+        device = self.real.device
+        add: torch.Tensor | None = None
+        if mask is None and causal:
+            mask = torch.ones(n, m, dtype=torch.bool, device=device).tril()[None, None]
+            source = None
+        else:
+            source = mask
+        if mask is not None:
+            mask = mask.expand(mask.shape[0], mask.shape[1], n, m)
+            if self.align is not None:
+                full = mask.expand(self.real.shape[0], -1, n, m)
+                mask = _gather_positions(_gather_positions(full, self.align, 2), self.align, 3)
+            if mask.dtype == torch.bool:
+                add = torch.zeros(mask.shape, dtype=torch.float32, device=device).masked_fill_(~mask, float("-inf"))
+            else:
+                add = mask.float().clone()
+        if self.padded and (mask is None or mask.dtype != torch.bool):
+            keys = ~self.real[:, None, None, :]
+            add = (torch.zeros(keys.shape[0], 1, n, m, dtype=torch.float32, device=device) if add is None
+                   else add.expand(keys.shape[0], -1, -1, -1).clone()).masked_fill_(keys, float("-inf"))
+        exact = mask is None or mask.dtype == torch.bool
+        self._masks[cache_key] = (source, add, exact)
+        return add, exact
 
     def layer(self, module: torch.nn.Module) -> int:
         """The layer index of ``module``; modules met first in a probe pass are numbered in call order."""
@@ -154,63 +211,125 @@ def _emit_blocks(stream: _Stream, layer: int, query: torch.Tensor, key: torch.Te
                  value: torch.Tensor | None = None, norms: torch.Tensor | None = None) -> torch.Tensor | None:
     """Compute float32 weights from ``query`` [batch, head, seq, dim] and ``key`` block by block.
 
-    With ``value`` (a float32 model whose layer fits in one block, right padding), also return the layer's
-    output ``weights @ value`` [batch, seq, head, dim]: the weights exist anyway, so a second attention
-    kernel would only compute them again. With ``norms`` [batch, head, key] (right-aligned), the blocks
-    handed over are norm-based weights (:mod:`headscope.engine.norm_weights`); with ``--weights rollout``
-    the layer is one block and is handed over as its rollout (:mod:`headscope.engine.rollout`). The layer's
-    output is always computed from the plain weights.
+    With ``value`` (a float32 model, right padding), also return the layer's output ``weights @ value``
+    [batch, seq, head, dim], block by block: the weights exist anyway, so a second attention kernel would
+    only compute them again. With ``norms`` [batch, head, key] (right-aligned), the blocks handed over are
+    norm-based weights (:mod:`headscope.engine.norm_weights`); with ``--weights rollout`` the layer is one
+    block and is handed over as its rollout (:mod:`headscope.engine.rollout`). The layer's output is always
+    computed from the plain weights.
+
+    The work per block is one kernel for the masked scores (``baddbmm`` onto the additive mask, which is built
+    once per forward pass and shared by the layers), the scaling and a softmax in place and, with ``value``,
+    one ``matmul`` for the output; long causal layers skip the masked keys chunk by chunk (:func:`_triangle`).
+    The blocks live in one buffer reused by every layer of the batch (a fresh buffer of this size costs the
+    CPU as much as the matmul: page faults), which is why a block is valid only during the call it is handed
+    to.
     """
-    b, h, n, _ = query.shape
+    b, h, n, d = query.shape
+    m = int(key.shape[2])
     q = query.float()
     k = key.float()
-    if mask is None and causal:
-        mask = torch.ones(n, key.shape[2], dtype=torch.bool, device=query.device).tril()[None, None]
-    if mask is not None:
-        mask = mask.expand(b, -1, n, key.shape[2])
-    if bias is not None:
-        bias = bias.float().expand(b, h, n, key.shape[2])
     if stream.align is not None:
         q = _gather_positions(q, stream.align, 2)
         k = _gather_positions(k, stream.align, 2)
-        if mask is not None:
-            mask = _gather_positions(_gather_positions(mask, stream.align, 2), stream.align, 3)
-        if bias is not None:
+    if bias is not None:
+        bias = bias.float().expand(b, h, n, m)
+        if stream.align is not None:
             bias = _gather_positions(_gather_positions(bias, stream.align, 2), stream.align, 3)
-    k_t = k.transpose(-1, -2)
     real = stream.real  # [batch, seq] after alignment
-    padded = bool((~real).any())
+    padded = stream.padded
+    # [batch or 1, head or 1, seq, key] or None; ``exact``: its values are 0 and -inf only, so adding it before
+    # the scaling gives the same numbers as after (0 * s = 0, -inf * s = -inf).
+    add, exact = stream.additive_mask(mask, causal, n, m)
+    k_t = k.transpose(-1, -2)
     # Rollout multiplies whole layers, so it takes the layer in one block whatever the budget.
     rows = n if stream.rollout is not None else query_block_rows(b, h, n, stream.budget_bytes)
-    output = None
+    flat = stream.buffer(b * h * min(rows, n) * m, q.device)
+    fused = softcap is None and bias is None and add is not None and exact
+    one_call = add is not None and add.shape[0] == 1 and add.shape[1] == 1
+    triangle = (add is not None and fused and one_call and n == m >= 2 * CAUSAL_CHUNK
+                and stream.lower_triangular(add))
+    output = None if value is None else torch.empty(b, h, n, d, dtype=torch.float32, device=q.device)
     for q0 in range(0, n, rows):
         q1 = min(n, q0 + rows)
-        scores = torch.matmul(q[:, :, q0:q1], k_t).mul_(scaling)
-        if bias is not None:
-            scores += bias[:, :, q0:q1]
-        if softcap is not None:
-            scores = torch.tanh(scores / softcap).mul_(softcap)
-        if mask is not None:
-            block_mask = mask[:, :, q0:q1]
-            if block_mask.dtype == torch.bool:
-                scores.masked_fill_(~block_mask, float("-inf"))
-            else:
-                scores += block_mask.float()
-        if padded and (mask is None or block_mask.dtype != torch.bool):
-            scores.masked_fill_(~real[:, None, None, :], float("-inf"))
-        weights = torch.softmax(scores, dim=-1)
-        del scores
+        r = q1 - q0
+        scores = flat[:b * h * r * m].view(b, h, r, m)
+        if triangle and add is not None:
+            _triangle(scores, add, q, k, value, output, q0, scaling, real if padded else None, stream)
+            stream.consume(LayerAttention(layer, _transform(stream, scores, norms), q0))
+            continue
+        # (The scaling stays after the product: a scaled GEMM rounds differently from 0.1's matmul then mul.)
+        if fused and add is not None and one_call:  # the mask in the matmul
+            torch.baddbmm(add[0, :, q0:q1], q[:, :, q0:q1].reshape(b * h, r, d), k_t.reshape(b * h, d, m),
+                          out=scores.view(b * h, r, m)).mul_(scaling)
+        elif fused and add is not None:
+            for i in range(b):
+                torch.baddbmm(add[i, :, q0:q1], q[i, :, q0:q1], k_t[i], out=scores[i])
+            scores.mul_(scaling)
+        else:
+            torch.matmul(q[:, :, q0:q1], k_t, out=scores).mul_(scaling)
+            if bias is not None:
+                scores += bias[:, :, q0:q1]
+            if softcap is not None:
+                torch.tanh(scores.div_(softcap), out=scores).mul_(softcap)
+            if add is not None:
+                scores += add[:, :, q0:q1]
+        weights = _softmax_(scores)
         if padded:
             # Padded query rows hold NaN where every key is masked for them (left-padded causal masks,
             # sliding windows past the end) or else a softmax over real keys: zero them, so no statistic
             # can see them.
             weights.nan_to_num_(0.0).mul_(real[:, None, q0:q1, None])
-        if value is not None and rows >= n:
-            output = torch.matmul(weights, value).transpose(1, 2).contiguous()
-        weights = _transform(stream, weights, norms)
-        stream.consume(LayerAttention(layer, weights, q0))
-        del weights
-    return output
+        if output is not None:
+            assert value is not None
+            if r == n:
+                torch.matmul(weights, value, out=output)
+            else:
+                output[:, :, q0:q1] = torch.matmul(weights, value)
+        stream.consume(LayerAttention(layer, _transform(stream, weights, norms), q0))
+        del weights, scores
+    return None if output is None else output.transpose(1, 2).contiguous()
+
+
+#: Causal layers of at least twice this many tokens are computed in chunks of this many query rows, each against
+#: the keys up to its last row (the later keys are masked for all of its rows): about 40% less matmul and
+#: softmax at 1,024 tokens and more beyond.
+CAUSAL_CHUNK = 256
+
+
+def _triangle(scores: torch.Tensor, add: torch.Tensor, q: torch.Tensor, k: torch.Tensor, value: torch.Tensor | None,
+              output: torch.Tensor | None, q0: int, scaling: float, real: torch.Tensor | None, stream: _Stream) -> None:
+    """Fill the block ``scores`` [batch, head, rows, key] (rows from ``q0``) with a causal layer's weights.
+
+    ``add`` [1, 1, seq, key] is lower-triangular (every key after a query masked). Each chunk of rows is computed
+    against the keys up to its last row in a buffer of its own, copied in, and the rest of its rows set to 0.
+    With ``value``, also its rows of ``output`` [batch, head, seq, dim]. ``real``: zero padded rows (given when
+    the batch is padded).
+    """
+    b, h, r, m = scores.shape
+    d = q.shape[-1]
+    chunks = stream.buffer(b * h * min(CAUSAL_CHUNK, r) * m, q.device, "chunk")  # the largest chunk's size
+    for c0 in range(q0, q0 + r, CAUSAL_CHUNK):
+        c1 = min(q0 + r, c0 + CAUSAL_CHUNK)
+        c = c1 - c0
+        part = chunks[:b * h * c * c1].view(b * h, c, c1)
+        torch.baddbmm(add[0, :, c0:c1, :c1], q[:, :, c0:c1].reshape(b * h, c, d),
+                      k[:, :, :c1].reshape(b * h, c1, d).transpose(1, 2), out=part).mul_(scaling)
+        weights = _softmax_(part).view(b, h, c, c1)
+        if real is not None:
+            weights.nan_to_num_(0.0).mul_(real[:, None, c0:c1, None])
+        rows = scores[:, :, c0 - q0:c1 - q0]
+        rows[..., :c1].copy_(weights)
+        rows[..., c1:].zero_()
+        if output is not None and value is not None:
+            output[:, :, c0:c1] = torch.matmul(weights, value[:, :, :c1])
+
+
+def _softmax_(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension, in place on the CPU (a new tensor of this size costs as much again)."""
+    if scores.device.type == "cpu":
+        return torch.ops.aten._softmax.out(scores, -1, False, out=scores)
+    return torch.softmax(scores, dim=-1)
 
 
 def _transform(stream: _Stream, weights: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
@@ -256,9 +375,7 @@ def headscope_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
     n_rep = query.shape[1] // key.shape[1]
     stream = _active()
     if stream is not None:
-        b, h, n, _ = query.shape
-        reuse = (query.dtype == torch.float32 and stream.align is None and not (dropout and module.training)
-                 and query_block_rows(b, h, n, stream.budget_bytes) >= n)
+        reuse = query.dtype == torch.float32 and stream.align is None and not (dropout and module.training)
         with torch.no_grad():
             causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", False)))
             layer = stream.layer(module)
@@ -366,7 +483,7 @@ def capture(loaded: LoadedModel, batch: Batch, consume: Consumer, budget_bytes: 
     """
     from headscope.errors import AttentionUnavailableError
 
-    route = route or loaded.route
+    route = route or ensure_route(loaded)
     projections = None
     if weights == "norm":
         if route != "interface":
@@ -498,6 +615,15 @@ def _probe_batch(loaded: LoadedModel) -> Batch:
     return probe_batch(enc["input_ids"][0], loaded.device)
 
 
+def ensure_route(loaded: LoadedModel) -> Route:
+    """``loaded.route``, chosen now by :func:`choose_route` from the route asked for (``loaded.capture``) when
+    the loader left it open: the route is the engine's choice, made where a run opens its context or at the
+    first capture."""
+    if loaded.route is None:
+        loaded.route = choose_route(loaded, loaded.capture)
+    return loaded.route
+
+
 def choose_route(loaded: LoadedModel, requested: Capture = "auto") -> Route:
     """The capture route for a loaded model: ``interface`` where it works, else ``hooks``, else an error.
 
@@ -560,7 +686,7 @@ def capture_stacked(loaded: LoadedModel, batch: Batch, route: Route | None = Non
     def keep(block: LayerAttention) -> None:
         if block.is_first:
             layers.append([])
-        layers[-1].append(block.weights)
+        layers[-1].append(block.weights.clone())  # a block's memory is reused by the next one
 
     capture(loaded, batch, keep, budget_bytes=1 << 62, route=route, padding_side=padding_side, weights=weights)
     return torch.stack([torch.cat(blocks, dim=2) for blocks in layers], dim=1)

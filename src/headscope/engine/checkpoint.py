@@ -114,6 +114,11 @@ def read(out: str | Path) -> tuple[dict[str, Any], Progress, dict[str, Any]]:
     """The fingerprint, progress and states of ``out/checkpoint/``; clear errors for anything amiss."""
     folder = Path(out) / DIRECTORY
     meta_path, state_path = folder / "checkpoint.json", folder / "state.npz"
+    if not meta_path.is_file() and (Path(out) / "run.json").is_file():
+        report = Path(out) / "report" / "index.html"
+        raise CheckpointError(f"{out}: the run is complete, nothing to resume: its results are in {out} "
+                              f"(run.json, heads.csv{', ' + str(report) if report.is_file() else ''}); to run "
+                              "it again, use another --out or --overwrite")
     if not meta_path.is_file():
         raise CheckpointError(f"{out}: no checkpoint to resume from ({meta_path} does not exist)")
     try:

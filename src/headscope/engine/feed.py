@@ -33,18 +33,14 @@ class _Feed:
         return words if self.rows is None else words.index_select(0, self.rows)
 
 
-def _overrides(analysis: Analysis, method: str) -> bool:
-    return getattr(type(analysis), method) is not getattr(Analysis, method)
-
-
 def _feeds(analyses: list[Analysis], batch: Batch) -> tuple[list[_Feed], dict[str, int]]:
     feeds: list[_Feed] = []
     used: dict[str, int] = {}
     for analysis in analyses:
         rows = [k for k, ex in enumerate(batch.examples) if analysis.wants(ex)]
         used[analysis.name] = len(rows)
-        pieces = _overrides(analysis, "update")
-        words = analysis.uses_words and any(analysis.wants_words(batch.examples[k]) for k in rows)
+        pieces = analysis.reads_pieces  # declared flags, read per batch: start may have set them
+        words = analysis.reads_words and any(analysis.wants_words(batch.examples[k]) for k in rows)
         if not rows or not (pieces or words):
             continue
         if len(rows) == batch.size:
@@ -117,7 +113,7 @@ def feed_attention(analyses: list[Analysis], batch: Batch, attention: torch.Tens
     attention : Tensor of shape [batch, layer, head, query, key]
         Padded rows and columns 0, right-aligned.
     word_mode : {"mean", "first"}
-        Word-level pooling for analyses with ``uses_words``.
+        Word-level pooling for analyses with ``reads_words``.
     block_rows : int, optional
         Query rows per block (default: whole layers).
 

@@ -65,8 +65,9 @@ class Corpus:
         return docs
 
     def examples(self, manifest: Manifest | None = None) -> Iterator[Example]:
-        """Stream every example. Pass the run's manifest on the main pass only (it counts)."""
-        manifest = manifest if manifest is not None else Manifest()
+        """Stream every example. Pass the run's manifest on the main pass only (it counts and warns; a re-read
+        without it says nothing, as the main pass already reported every skipped or truncated input)."""
+        manifest = manifest if manifest is not None else Manifest(log_events=False)
         index = 0
         for ex in pack_segments(self.documents(manifest), self.encoder, manifest, self.config.seed,
                                 start_index=index, limit=self.segment_limit):

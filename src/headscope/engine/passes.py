@@ -9,7 +9,6 @@ Ctrl-C/SIGTERM checkpoint and raise :class:`~headscope.engine.interrupt.RunInter
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -22,48 +21,38 @@ from headscope.engine.checkpoint import save as save_checkpoint
 from headscope.engine.context import RunContext
 from headscope.engine.feed import feed_batch
 from headscope.engine.interrupt import RunInterrupted, StopOnSignal
+from headscope.engine.progress import Tracker
 
 logger = logging.getLogger("headscope")
 
 
 def progress_bar(batches: Iterator[Batch], ctx: RunContext, force: bool = False) -> Iterator[Batch]:
-    """Wrap the batch stream in a progress bar on a terminal (or when ``force``), with rate and ETA.
+    """Count the batch stream in a :class:`~headscope.engine.progress.Tracker`: a bar with rate and ETA on a
+    terminal (or when ``force``), else a log line every 30 s or 10 %.
 
     It counts what the user gave: raw-text segments when only raw text is read up to ``--max-segments``,
     else sentences. Log records go through the bar's writer meanwhile, so a warning does not break the bar.
     """
     corpus = ctx.corpus
-    if ctx.config.quiet or not (force or sys.stderr.isatty()):
-        yield from batches
-        return
-    from tqdm.auto import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
     text_estimate, other_estimate = corpus.estimated_sentences()
     by_segments = corpus.segment_limit is not None and other_estimate == 0
-    if by_segments:
-        bar = tqdm(total=corpus.segment_limit, unit=" segments", desc="headscope", dynamic_ncols=True)
-    else:
-        bar = tqdm(total=(text_estimate + other_estimate) or None, unit=" sentences", desc="headscope",
-                   dynamic_ncols=True)
+    total = corpus.segment_limit if by_segments else (text_estimate + other_estimate) or None
     segments = segment_sentences = 0
-    try:
-        with logging_redirect_tqdm(loggers=[logging.root, logger]):
-            for batch in batches:
-                n = sum(len(ex.sentences) for ex in batch.examples)
-                seen = [ex for ex in batch.examples if ex.kind == "segment"]
-                if by_segments:
-                    n = len(seen)
-                elif corpus.segment_limit is not None and seen:
-                    segments += len(seen)
-                    segment_sentences += sum(len(ex.sentences) for ex in seen)
-                    # Text stops after a number of segments: re-estimate the total from what was seen.
-                    text_total = min(text_estimate, segment_sentences / segments * corpus.segment_limit)
-                    bar.total = max(bar.n + n, int(text_total) + other_estimate)
-                bar.update(n)
-                yield batch
-    finally:
-        bar.close()
+    with Tracker("main pass", "segments" if by_segments else "sentences", total, ctx.config.quiet,
+                 terminal=True if force else None) as tracker:
+        for batch in batches:
+            n = sum(len(ex.sentences) for ex in batch.examples)
+            seen = [ex for ex in batch.examples if ex.kind == "segment"]
+            if by_segments:
+                n = len(seen)
+            elif corpus.segment_limit is not None and seen:
+                segments += len(seen)
+                segment_sentences += sum(len(ex.sentences) for ex in seen)
+                # Text stops after a number of segments: re-estimate the total from what was seen.
+                text_total = min(text_estimate, segment_sentences / segments * corpus.segment_limit)
+                tracker.total = max(tracker.n + n, int(text_total) + other_estimate)
+            yield batch
+            tracker.update(n)
 
 
 class _Segment:

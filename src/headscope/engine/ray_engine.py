@@ -27,6 +27,7 @@ from headscope.config import RunConfig
 from headscope.engine.checkpoint import Progress
 from headscope.engine.context import RunContext
 from headscope.engine.interrupt import RunInterrupted
+from headscope.engine.progress import Tracker
 from headscope.engine.state import pack, unpack
 
 logger = logging.getLogger("headscope")
@@ -57,6 +58,8 @@ class BatchWorker:
         run_config = RunConfig(**{**config, "engine": "local", "out": None, "quiet": True, "resume": None})
         self.ctx = open_context(run_config)
         self.analyses = resolve_analyses(run_config.analyses, {k: v for k, v in options.items() if v is not None})
+        for analysis in self.analyses:
+            analysis.start(self.ctx)
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from headscope.engine.feed import feed_batch
@@ -64,7 +67,9 @@ class BatchWorker:
         ids, states = [], []
         for batch_id, examples in zip(rows["id"], rows["examples"], strict=True):
             _maybe_fail(int(batch_id))
-            analyses = _fresh(self.analyses, self.ctx)
+            analyses = self.analyses
+            for analysis in analyses:
+                analysis.reset()  # each batch's state is that batch's alone (declared defaults: add_state)
             used = feed_batch(self.ctx, analyses, self.ctx.collate(list(examples)))
             states.append(pack({a.name: a.state_dict() for a in analyses}, extra={"used": used}))
             ids.append(int(batch_id))
@@ -127,21 +132,23 @@ def run_on_ray(ctx: RunContext, analyses: list[Analysis], progress: Progress, on
             BatchWorker, fn_constructor_kwargs={"config": worker_config, "options": options}, batch_size=1,
             concurrency=config.workers, num_gpus=config.gpus_per_worker or None, num_cpus=1)
         # Ray Data restarts a dead actor and retries its task (max_restarts / max_task_retries default to -1).
-        for row in results.iter_rows():
-            batch_id = int(row["id"])
-            if batch_id in progress.done:
-                continue  # a retried task delivered twice: count it once
-            states, extra = unpack(row["state"])
-            for mine in analyses:
-                part = _fresh([mine], ctx)[0]
-                part.load_state_dict(*states[mine.name])
-                mine.merge(part)
-            for name, rows in extra["used"].items():
-                progress.used[name] = progress.used.get(name, 0) + int(rows)
-            progress.done.add(batch_id)
-            on_counted()
-            if stop():
-                raise interrupted(stop() or "SIGINT")
+        with Tracker(f"main pass on Ray ({config.workers} workers)", "batches", len(items), config.quiet) as tracker:
+            for row in results.iter_rows():
+                batch_id = int(row["id"])
+                if batch_id in progress.done:
+                    continue  # a retried task delivered twice: count it once
+                tracker.update(1)
+                states, extra = unpack(row["state"])
+                for mine in analyses:
+                    part = _fresh([mine], ctx)[0]
+                    part.load_state_dict(*states[mine.name])
+                    mine.merge(part)
+                for name, rows in extra["used"].items():
+                    progress.used[name] = progress.used.get(name, 0) + int(rows)
+                progress.done.add(batch_id)
+                on_counted()
+                if stop():
+                    raise interrupted(stop() or "SIGINT")
         return n_examples, n_tokens
     finally:
         if started:

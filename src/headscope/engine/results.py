@@ -71,6 +71,9 @@ def write_table(out: Path, name: str, table: pd.DataFrame) -> list[str]:
 #: Rows and columns of the heads table in a notebook's summary of a run (``RunResult._repr_html_``).
 HTML_HEAD_ROWS = 8
 HTML_HEAD_COLUMNS = 12
+#: ... and in ``print(result)`` (``RunResult.summary``).
+TEXT_HEAD_ROWS = 5
+TEXT_HEAD_COLUMNS = 8
 
 
 @dataclass
@@ -140,6 +143,37 @@ class RunResult:
             return None
         index = self.directory / "report" / "index.html"
         return index if index.is_file() else None
+
+    def summary(self, rows: int = TEXT_HEAD_ROWS, columns: int = TEXT_HEAD_COLUMNS) -> str:
+        """A few lines for ``print(result)``: model, counts, analyses, tables, where written, the heads' top.
+
+        The whole manifest is ``.run``; the whole heads table ``.heads``.
+        """
+        model = self.run.get("model", {})
+        lines = [f"headscope run of {model.get('name', '?')}: {model.get('n_layers', '?')} layers x "
+                 f"{model.get('n_heads', '?')} heads",
+                 "counts: " + (", ".join(f"{k} {v}" for k, v in self.run.get("counts", {}).items()) or "-"),
+                 "analyses: " + (", ".join(self.run.get("analyses", {})) or "-"),
+                 "tables: " + ", ".join([f"heads ({len(self.heads)} rows)"]
+                                        + [f"{name} ({len(t)} rows)" for name, t in sorted(self.tables.items())])]
+        if self.directory is not None:
+            report = self.report_path
+            lines.append(f"written to: {self.directory}" + (f" (report: {report})" if report is not None else ""))
+        else:
+            lines.append("written to: nothing (kept in memory; pass out=DIR to write the files)")
+        shown = self.heads.iloc[:rows, :columns]
+        lines.append(f"heads (first {len(shown)} of {len(self.heads)}; all of them in .heads):")
+        lines.append(shown.to_string(index=False, float_format=lambda v: f"{v:.3g}", na_rep="-"))
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def __repr__(self) -> str:
+        model = self.run.get("model", {}).get("name", "?")
+        where = f", directory={str(self.directory)!r}" if self.directory is not None else ""
+        return (f"<RunResult of {model}: {len(self.heads)} heads, tables {sorted(self.tables)}, "
+                f"documents {sorted(self.documents)}{where}>")
 
     def _repr_html_(self, rows: int = HTML_HEAD_ROWS, columns: int = HTML_HEAD_COLUMNS) -> str:
         """A compact summary for Jupyter: model, layers x heads, counts, analyses, the heads table's top.

@@ -62,27 +62,3 @@ class Rollout:
         out = torch.matmul(per_head, self.previous[:, None])
         self.previous = torch.matmul(mean, self.previous)
         return out
-
-
-def rollout_reference(attention: torch.Tensor) -> torch.Tensor:
-    """Abnar & Zuidema's head-averaged rollout for a stack of layers, written as the plain formula.
-
-    Parameters
-    ----------
-    attention : Tensor of shape [layer, head, seq, seq]
-        One unpadded sequence.
-
-    Returns
-    -------
-    Tensor of shape [layer, seq, seq]
-    """
-    n = attention.shape[-1]
-    eye = torch.eye(n, dtype=torch.float64)
-    out = []
-    r = None
-    for a in attention.double():
-        ahat = 0.5 * a.mean(0) + 0.5 * eye
-        ahat = ahat / ahat.sum(-1, keepdim=True)
-        r = ahat if r is None else ahat @ r
-        out.append(r)
-    return torch.stack(out).float()

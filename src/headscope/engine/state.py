@@ -1,22 +1,29 @@
 """Accumulator states as plain arrays plus JSON: the unit of checkpoints and of distributed merging.
 
 Format (version :data:`STATE_VERSION`): an analysis's state is ``(arrays, meta)`` where ``arrays`` maps
-names to numpy arrays (numbers only: no object arrays) and ``meta`` is JSON. By default every attribute
-whose name ends in ``_`` (the fitted state, scikit-learn style) is saved: tensors and numpy arrays as
-arrays named after the attribute (``sums_.cls`` for a dict of tensors), numbers, strings, booleans, None
-and lists/tuples of them in ``meta``. An analysis whose state holds other objects defines
-``state_dict()``/``load_state_dict()`` itself. Nothing is pickled, so a state from someone else is safe to
-load: at worst it is refused.
+names to numpy arrays (numbers only: no object arrays) and ``meta`` is JSON. By default every declared
+attribute (every attribute whose name ends in ``_``, the fitted state, scikit-learn style, when none is
+declared) is saved: tensors and numpy arrays as arrays named after the attribute (``sums_.cls`` for a dict
+of them), numbers, strings, booleans, None and lists/tuples/dicts of them in ``meta``. An analysis whose
+state holds other objects defines ``state_dict()``/``load_state_dict()`` itself. Nothing is pickled, so a
+state from someone else is safe to load: at worst it is refused.
 
 On disk (:func:`pack` / :func:`unpack`) a set of states is one ``.npz`` (``allow_pickle=False``) holding the
 arrays under ``{analysis}/{name}`` and the JSON under ``__meta__`` as UTF-8 bytes.
+
+Declared state (:class:`StateSpec`, in the manner of torchmetrics' ``Metric.add_state``): an analysis declares
+each state attribute once, with its default and its reduction, and its merge, reset and checkpoint follow from
+the declarations (:func:`reduce_state`, :func:`clone_state`; :meth:`headscope.analyses.base.Analysis.add_state`).
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import json
-from typing import Any, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -39,6 +46,84 @@ class StateError(ValueError):
 
 _PLAIN = (int, float, str, bool, type(None))
 
+ReduceName = Literal["sum", "max", "min", "cat"]
+#: How two values of a declared state combine into one (:func:`reduce_state`): a name, a callable
+#: ``(mine, theirs) -> merged``, or None when the analysis's own ``merge`` combines it.
+Reduce = ReduceName | Callable[[Any, Any], Any] | None
+REDUCTIONS: tuple[str, ...] = ("sum", "max", "min", "cat")
+
+
+@dataclass
+class StateSpec:
+    """One declared state attribute: its reduction and a copy of its default (what ``reset`` restores)."""
+
+    reduce: Reduce
+    default: Any
+
+
+def clone_state(value: Any) -> Any:
+    """An independent copy of a state value: tensors cloned (same device and dtype), containers copied deeply."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    if isinstance(value, dict):
+        return {k: clone_state(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(clone_state(v) for v in value)
+    return copy.deepcopy(value)
+
+
+def _combine(reduce: str, mine: Any, theirs: Any, where: str) -> Any:
+    if isinstance(mine, dict) and isinstance(theirs, dict):
+        # Per key; a key only one side has (a relation, a role seen by one shard) is taken as it is.
+        out = dict(mine)
+        for key, value in theirs.items():
+            out[key] = _combine(reduce, mine[key], value, f"{where}.{key}") if key in mine else clone_state(value)
+        return out
+    if isinstance(mine, torch.Tensor):
+        other = torch.as_tensor(theirs).to(device=mine.device, dtype=mine.dtype)
+        if reduce == "sum":
+            return mine + other
+        if reduce == "max":
+            return torch.maximum(mine, other)
+        if reduce == "min":
+            return torch.minimum(mine, other)
+        return torch.cat([mine, other])
+    if isinstance(mine, np.ndarray):
+        other_np = np.asarray(theirs, dtype=mine.dtype)
+        if reduce == "sum":
+            return mine + other_np
+        if reduce == "max":
+            return np.maximum(mine, other_np)
+        if reduce == "min":
+            return np.minimum(mine, other_np)
+        return np.concatenate([mine, other_np])
+    if isinstance(mine, list) and reduce == "cat":
+        return [*mine, *theirs]
+    if isinstance(mine, tuple) and reduce == "cat":
+        return (*mine, *theirs)
+    if isinstance(mine, (int, float, np.generic)) and not isinstance(mine, bool) and reduce != "cat":
+        if reduce == "sum":
+            return mine + theirs
+        return max(mine, theirs) if reduce == "max" else min(mine, theirs)
+    raise StateError(f"state {where}: cannot reduce a {type(mine).__name__} with {reduce!r}")
+
+
+def reduce_state(reduce: Reduce, mine: Any, theirs: Any, where: str = "state") -> Any:
+    """``mine`` and ``theirs`` (two shards' values of one declared state) combined by ``reduce``.
+
+    ``sum``, ``max``, ``min``: elementwise on tensors (``theirs`` moved to ``mine``'s device and dtype) and
+    numpy arrays, and on numbers; ``cat``: tensors and arrays concatenated along their first dimension, lists
+    and tuples joined. A dict is reduced key by key (a key only one side has is taken as it is); a callable
+    is called as ``reduce(mine, theirs)``.
+    """
+    if reduce is None:
+        raise StateError(f"state {where} is merged by its analysis's own merge()")
+    if callable(reduce):
+        return reduce(mine, theirs)
+    return _combine(reduce, mine, theirs, where)
+
 
 def _plain(value: Any) -> bool:
     if isinstance(value, _PLAIN):
@@ -50,11 +135,14 @@ def _plain(value: Any) -> bool:
     return False
 
 
-def generic_state(analysis: Named, skip: tuple[str, ...] = ()) -> tuple[Arrays, dict[str, Any]]:
-    """The ``_`` attributes of ``analysis`` (but ``skip``) as arrays and JSON (see the module docstring)."""
+def generic_state(analysis: Named, skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None
+                  ) -> tuple[Arrays, dict[str, Any]]:
+    """The ``_`` attributes of ``analysis`` (those in ``only`` when given; but ``skip``) as arrays and JSON
+    (see the module docstring)."""
     arrays: Arrays = {}
     meta: dict[str, Any] = {}
-    for name, value in vars(analysis).items():
+    values = vars(analysis) if only is None else {name: getattr(analysis, name) for name in only}
+    for name, value in values.items():
         if not name.endswith("_") or name.startswith("_") or name in skip:
             continue
         if isinstance(value, torch.device):
@@ -63,9 +151,10 @@ def generic_state(analysis: Named, skip: tuple[str, ...] = ()) -> tuple[Arrays, 
             arrays[name] = value.detach().cpu().numpy()
         elif isinstance(value, np.ndarray):
             arrays[name] = value
-        elif isinstance(value, dict) and value and all(isinstance(v, torch.Tensor) for v in value.values()):
+        elif isinstance(value, dict) and value and all(isinstance(v, (torch.Tensor, np.ndarray))
+                                                       for v in value.values()):
             for key, tensor in value.items():
-                arrays[f"{name}.{key}"] = tensor.detach().cpu().numpy()
+                arrays[f"{name}.{key}"] = tensor.detach().cpu().numpy() if isinstance(tensor, torch.Tensor) else tensor
             meta[name] = {"__tensors__": list(value)}
         elif isinstance(value, np.generic):
             meta[name] = value.item()

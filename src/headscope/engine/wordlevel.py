@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import typing
 
-import numpy as np
 import torch
 
 from headscope.config import WordMode
@@ -126,25 +125,3 @@ class WordAttention:
         rows = self.unit[:, None, query_start:q1, None].expand(b, h, q, self.n_units)
         self._sum.scatter_add_(2, rows, to_units)
         return self._sum if q1 >= n else None
-
-
-def word_attention_reference(attn: np.ndarray, groups: list[list[int]], mode: WordMode = "mean") -> np.ndarray:
-    """Plain-loop version of :func:`word_attention` for one map, for tests and checks.
-
-    Parameters
-    ----------
-    attn : ndarray of shape (seq, seq)
-    groups : list of list of int
-        The positions of each unit, in unit order.
-
-    Returns
-    -------
-    ndarray of shape (n_units, n_units)
-    """
-    m = len(groups)
-    out = np.zeros((m, m))
-    for u, rows in enumerate(groups):
-        from_rows = rows if mode == "mean" else rows[:1]
-        for v, cols in enumerate(groups):
-            out[u, v] = np.mean([sum(attn[i, j] for j in cols) for i in from_rows])
-    return out

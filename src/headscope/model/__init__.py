@@ -1,13 +1,31 @@
-"""Model loading and tokenisation with piece-to-word alignment."""
+"""Model loading and tokenisation with piece-to-word alignment.
 
-from headscope.model.encode import Encoder, Example
-from headscope.model.load import (
-    PACKAGED_MODELS,
-    AttentionUnavailableError,
-    LoadedModel,
-    ModelInfo,
-    load_model,
-)
+The names below are imported on first use (PEP 562): ``headscope.model.packaged`` alone loads no torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from headscope.model.encode import Encoder, Example
+    from headscope.model.load import AttentionUnavailableError, LoadedModel, ModelInfo, load_model
+    from headscope.model.packaged import PACKAGED_MODELS
+
+_EXPORTS = {"Encoder": "headscope.model.encode", "Example": "headscope.model.encode",
+            "AttentionUnavailableError": "headscope.model.load", "LoadedModel": "headscope.model.load",
+            "ModelInfo": "headscope.model.load", "load_model": "headscope.model.load",
+            "PACKAGED_MODELS": "headscope.model.packaged"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'headscope.model' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = ["PACKAGED_MODELS", "AttentionUnavailableError", "Encoder", "Example", "LoadedModel", "ModelInfo",
            "load_model"]

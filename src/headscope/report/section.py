@@ -6,9 +6,12 @@ import base64
 import html
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from headscope.engine.results import RunResult
 
 
 def figure_html(name: str, caption: str) -> str:
@@ -23,6 +26,22 @@ def inline_figure_html(figures: Path, name: str, caption: str) -> str:
     text = html.escape(caption)
     data = base64.b64encode((Path(figures) / f"{name}.svg").read_bytes()).decode("ascii")
     return f'<figure><img src="data:image/svg+xml;base64,{data}" alt="{text}"><figcaption>{text}</figcaption></figure>'
+
+
+def conventions_html(run: RunResult, analysis: str, meanings: dict[str, str]) -> str:
+    """The report line saying which conventions produced an analysis's tables (from its ``run.json`` summary)."""
+    used = run.run.get("analyses", {}).get(analysis, {}).get("conventions", "headscope")
+    return (f"<p class='note'>Conventions: <b>{html.escape(str(used))}</b> "
+            f"({html.escape(meanings.get(used, '?'))}).</p>")
+
+
+def silver_note(parser: dict[str, Any] | None) -> str:
+    """One sentence for the report: the trees are silver spaCy parses, by which model and version."""
+    if not parser:
+        return "Parses are silver (spaCy), not gold annotation."
+    who = (f"{parser.get('model', parser.get('package', '?'))} {parser.get('model_version', '?')}, "
+           f"spaCy {parser.get('spacy_version', '?')}")
+    return f"Parses are silver: predicted by {who} (--parse spacy), not gold annotation."
 
 
 def percent(x: Any) -> str:

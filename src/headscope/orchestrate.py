@@ -1,12 +1,22 @@
-"""The run loop: one pass of the corpus through the model, every analysis fed from it."""
+"""The orchestration of a run, one layer on top of the engine and the analyses: resolve the analyses, open
+the context, drive the passes, assemble the results.
+
+Data flows down from here: this module calls the registry and the engine, and nothing below it calls back up.
+``headscope.run`` is :func:`run`; importing this module registers every analysis (``headscope.analyses``) and
+gives :func:`run` its signature and its list of keywords (:func:`document_run`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import logging
 import platform
 import sys
+import textwrap
 import time
+from collections.abc import Callable
 from functools import reduce
 from pathlib import Path
 from typing import Any
@@ -15,15 +25,27 @@ import numpy as np
 import pandas as pd
 import torch
 
+import headscope.analyses  # noqa: F401 (registers every analysis: run's keywords and signature list them all)
 from headscope.analyses import AnalysisResult
-from headscope.analyses.registry import ALL, check_weights, expand_all, resolve_analyses, split_options
-from headscope.config import RunConfig
+from headscope.analyses.registry import (
+    ALL,
+    REGISTRY,
+    check_inputs,
+    check_weights,
+    expand_all,
+    public_name,
+    resolve_analyses,
+    split_options,
+)
+from headscope.config import CONFIG_GROUPS, RunConfig
 from headscope.engine.checkpoint import CheckpointError, Progress, differences, fingerprint, restore
 from headscope.engine.checkpoint import read as read_checkpoint
 from headscope.engine.checkpoint import remove as remove_checkpoint
 from headscope.engine.context import open_context
 from headscope.engine.outdir import prepare as prepare_output
 from headscope.engine.passes import local_pass, ray_pass
+from headscope.engine.preflight import check_dependencies
+from headscope.engine.progress import Tracker
 from headscope.engine.results import RunResult, write_json
 
 logger = logging.getLogger("headscope")
@@ -53,7 +75,8 @@ def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
         The run's settings; keyword arguments override its fields.
     **kwargs
         Fields of :class:`RunConfig` (``model``, ``text``, ``treebank``, ``analyses``, ``out`` ...) and
-        of any analysis's ``Options`` (for example ``tau`` for ``roles``).
+        of any analysis's ``Options``, by their namespaced names (``roles_tau``); every one is listed
+        below under "Keyword arguments", with its default.
 
     Returns
     -------
@@ -72,6 +95,8 @@ def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
     # Check the names now (before the model loads); ``all`` is expanded once the model is known.
     analyses = resolve_analyses([name for name in config.analyses if name != ALL], analysis_kwargs)
     check_weights(config)
+    check_inputs(config, config.analyses)  # an analysis named without its data: refused now, not after the pass
+    check_dependencies(config, analyses)  # optional packages, found without importing them
     missing = config.missing_files()
     if missing and not config.skip_missing:
         raise FileNotFoundError(f"input file not found: {'; '.join(missing)} (check the name, or pass "
@@ -125,9 +150,13 @@ def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
             # The analysis's own pass, driven here like the main one, once its dependencies are final.
             used[analysis.name] = 0
             with torch.inference_mode():
-                for batch in ctx.batches(analysis.second_pass_examples(ctx, results)):
-                    analysis.update_second_pass(ctx, batch)
-                    used[analysis.name] += batch.size
+                examples = analysis.second_pass_examples(ctx, results)
+                with Tracker(analysis.name, analysis.second_pass_unit, analysis.second_pass_total,
+                             config.quiet) as tracker:
+                    for batch in ctx.batches(examples):
+                        analysis.update_second_pass(ctx, batch)
+                        used[analysis.name] += batch.size
+                        tracker.update(batch.size)
             timings[f"second_pass_{analysis.name}"] = time.perf_counter() - ta
         results[analysis.name] = analysis.finalize(ctx, results)
         timings[f"finalize_{analysis.name}"] = time.perf_counter() - ta
@@ -168,6 +197,71 @@ def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
     return result
 
 
+def _field_default(f: dataclasses.Field, missing: Any) -> Any:
+    """The default of dataclass field ``f`` (its factory called), or ``missing`` when it has none."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return missing
+
+
+def _keyword_docs() -> str:
+    """The "Keyword arguments" part of :func:`run`'s docstring: every field of :class:`RunConfig` and of each
+    analysis's ``Options``, under its public (namespaced) name, with its type, default and help."""
+
+    def entries(cls: type, public: Callable[[str], str], fields: list[dataclasses.Field] | None = None) -> list[str]:
+        out = []
+        for f in dataclasses.fields(cls) if fields is None else fields:
+            default = _field_default(f, None)
+            help_text = textwrap.fill(" ".join(str(f.metadata.get("help", "")).split()), 100,
+                                      initial_indent="    ", subsequent_indent="    ")
+            out.append(f"{public(f.name)} : {f.type}, default {default!r}\n{help_text}")
+        return out
+
+    parts = ["Keyword arguments", "-----------------"]
+    for group, description in CONFIG_GROUPS.items():
+        fields = [f for f in dataclasses.fields(RunConfig) if f.metadata.get("group") == group]
+        parts += ["", f"Run settings: {group} ({description}):", "",
+                  *entries(RunConfig, lambda name: name, fields)]
+    for name, cls in sorted(REGISTRY.items()):
+        if cls.Options is not None:
+            parts += ["", f"Options of ``{name}`` ({cls.description}):", "",
+                      *entries(cls.Options, functools.partial(public_name, cls))]
+    return "\n".join(parts)
+
+
+def run_signature() -> inspect.Signature:
+    """:func:`run`'s signature: ``config`` (positional only), then every field of :class:`RunConfig` and of
+    each registered analysis's ``Options`` as a keyword-only parameter, under its public name, with its default
+    and type (as written in the dataclass)."""
+
+    def parameters(cls: type, public: Callable[[str], str]) -> list[inspect.Parameter]:
+        return [inspect.Parameter(public(f.name), inspect.Parameter.KEYWORD_ONLY, annotation=f.type,
+                                  default=_field_default(f, inspect.Parameter.empty))
+                for f in dataclasses.fields(cls)]
+
+    params = [inspect.Parameter("config", inspect.Parameter.POSITIONAL_ONLY, default=None,
+                                annotation="RunConfig | None"),
+              *parameters(RunConfig, lambda name: name)]
+    for cls in (REGISTRY[name] for name in sorted(REGISTRY)):
+        if cls.Options is not None:
+            params += parameters(cls.Options, functools.partial(public_name, cls))
+    return inspect.Signature(params, return_annotation="RunResult")
+
+
+def document_run() -> None:
+    """Give :func:`run` its signature (:func:`run_signature`) and append every keyword (run settings by group,
+    each registered analysis's options) to its docstring.
+
+    Called when this module is imported, once every analysis is registered; calling it again (after
+    registering another analysis) rebuilds both.
+    """
+    head = inspect.cleandoc(run.__doc__ or "").split("\n\nKeyword arguments\n")[0]
+    run.__doc__ = f"{head}\n\n{_keyword_docs()}\n"
+    run.__signature__ = run_signature()  # type: ignore[attr-defined]
+
+
 def assemble(results: dict[str, AnalysisResult], run: dict[str, Any]) -> RunResult:
     """One :class:`RunResult` from the analyses' results: per-head columns merged into one ``heads`` table."""
     frames = [r.heads for r in results.values() if r.heads is not None]
@@ -203,3 +297,6 @@ def _resumed_config(config: RunConfig, saved: dict[str, Any], explicit: dict[str
     if diffs:
         raise CheckpointError(f"cannot resume {config.resume} with other settings: " + "; ".join(diffs))
     return resumed, options
+
+
+document_run()  # help(headscope.run) and inspect.signature list every keyword
