@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("report", ("headscope.report.build", "headscope.report")),
     ("run loop", ("headscope.engine.feed", "headscope.engine.checkpoint", "headscope.engine.passes",
                   "headscope.engine.ray_engine", "headscope.engine")),
-    ("orchestration", ("headscope.orchestrate",)),
+    ("orchestration", ("headscope.orchestrate", "headscope.atlas")),
     ("commands", ("headscope.compare", "headscope.viewer", "headscope.report.command")),
     ("api and cli", ("headscope.cli", "headscope.catalog", "headscope")),
 ]

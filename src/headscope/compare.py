@@ -279,7 +279,9 @@ def compare(run_a: str | Path | RunResult, run_b: str | Path | RunResult, alpha:
     if "roles" in a.tables and "roles" in b.tables:
         roles = role_changes(a.tables["roles"], b.tables["roles"], alpha, correction, min_n)
     tables = {stem: long_deltas(a.tables[stem], b.tables[stem]) for stem in sorted(set(a.tables) & set(b.tables))
-              if stem != "roles" and set(ID_COLUMNS) <= set(a.tables[stem].columns) & set(b.tables[stem].columns)}
+              # roles has its own comparison; the atlas's rows are labels, not statistics to subtract
+              if stem not in ("roles", "atlas")
+              and set(ID_COLUMNS) <= set(a.tables[stem].columns) & set(b.tables[stem].columns)}
     layers = layer_summary(heads, roles)
     summary: dict[str, Any] = {
         "a": {"model": a.run.get("model", {}).get("name"), "out": a.run.get("config", {}).get("out")},

@@ -220,6 +220,10 @@ class RunConfig:
                       "tokenizer does), yes (added where the tokenizer adds none) or no (removed).")
     out: str | None = option("headscope-out", group="output", help="Output directory (a folder holding another run "
                              "is refused unless --overwrite).")
+    atlas_thresholds: list[str] = option(group="output", flag="--atlas-threshold", help="Override one threshold "
+                                         "of the head atlas (atlas.csv), as NAME=VALUE, e.g. prev=0.6 or "
+                                         "important_fraction=0.05 (names and defaults: docs/atlas.md).",
+                                         default_factory=list)
     quiet: bool = option(False, group="output", help="No progress bar.")
     report: bool = option(True, group="output", help="Skip writing report/ and figures/ after the run (default: "
                           "they are written).", flag="--no-report")
@@ -247,6 +251,17 @@ class RunConfig:
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         self.attention_bytes()  # fail now on a malformed size
+        if isinstance(self.atlas_thresholds, str):
+            self.atlas_thresholds = [self.atlas_thresholds]
+        for item in self.atlas_thresholds:
+            # The names are checked against the atlas's table before the model loads (atlas.parse_thresholds).
+            name, sep, value = str(item).partition("=")
+            try:
+                number = float(value)
+            except ValueError:
+                number = math.nan
+            if not sep or not name.strip() or not math.isfinite(number):
+                raise ValueError(f"atlas_thresholds: {item!r} is not NAME=VALUE with a number (e.g. prev=0.6)")
 
     def attention_bytes(self) -> int:
         """``attention_memory`` in bytes."""

@@ -37,6 +37,7 @@ from headscope.analyses.registry import (
     resolve_analyses,
     split_options,
 )
+from headscope.atlas import atlas_summary, build_atlas, parse_thresholds
 from headscope.config import CONFIG_GROUPS, RunConfig
 from headscope.engine.checkpoint import CheckpointError, Progress, differences, fingerprint, restore
 from headscope.engine.checkpoint import read as read_checkpoint
@@ -95,6 +96,7 @@ def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
     # Check the names now (before the model loads); ``all`` is expanded once the model is known.
     analyses = resolve_analyses([name for name in config.analyses if name != ALL], analysis_kwargs)
     check_weights(config)
+    parse_thresholds(config.atlas_thresholds)  # an unknown atlas threshold: refused before the model loads
     check_inputs(config, config.analyses)  # an analysis named without its data: refused now, not after the pass
     check_dependencies(config, analyses)  # optional packages, found without importing them
     missing = config.missing_files()
@@ -184,6 +186,7 @@ def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
     result = assemble(results, run_info)
+    add_atlas(result)
     if config.out:
         tw = time.perf_counter()
         result.save(config.out)
@@ -276,6 +279,13 @@ def assemble(results: dict[str, AnalysisResult], run: dict[str, Any]) -> RunResu
         tables.update(r.tables)
         documents.update(r.documents)
     return RunResult(heads=heads, tables=tables, documents=documents, run=run)
+
+
+def add_atlas(result: RunResult) -> None:
+    """The head atlas (:mod:`headscope.atlas`) as ``result.tables["atlas"]`` and its counts in ``run["atlas"]``."""
+    atlas = build_atlas(result.heads, result.tables, result.run)
+    result.tables["atlas"] = atlas
+    result.run["atlas"] = atlas_summary(atlas, result.run)
 
 
 def _resumed_config(config: RunConfig, saved: dict[str, Any], explicit: dict[str, Any],

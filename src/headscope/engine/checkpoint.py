@@ -38,7 +38,7 @@ DIRECTORY = "checkpoint"
 
 #: Settings that change neither the batches nor the numbers, so a run may resume with other values.
 FREE_SETTINGS = frozenset({"out", "quiet", "report", "resume", "overwrite", "checkpoint_every", "device",
-                           "engine", "ray_address", "workers", "gpus_per_worker"})
+                           "engine", "ray_address", "workers", "gpus_per_worker", "atlas_thresholds"})
 
 
 class CheckpointError(ValueError):
