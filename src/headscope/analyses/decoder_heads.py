@@ -48,7 +48,7 @@ from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_n
 from headscope.analyses.registry import register
 from headscope.analyses.stats import means_or_nan
 from headscope.config import option
-from headscope.model.encode import Example, probe_example
+from headscope.model.encode import Example, adds_bos, probe_example  # noqa: F401 (adds_bos: public here as in 0.1)
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
@@ -241,15 +241,6 @@ def prefix_matching_sums(weights: torch.Tensor, query_start: int, length: int, o
 
 
 # --- the induction probe -------------------------------------------------------------------------------------
-
-def adds_bos(tokenizer: Any) -> bool:
-    """Whether ``tokenizer`` puts its BOS token first in an encoded input."""
-    bos = getattr(tokenizer, "bos_token_id", None)
-    if bos is None:
-        return False
-    ids = tokenizer("probe")["input_ids"]
-    return len(ids) > 0 and int(ids[0]) == int(bos)
-
 
 def probe_candidates(tokenizer: Any, vocab_size: int | None = None) -> np.ndarray:
     """int64 ids a probe token may be drawn from: the vocabulary (capped by the model's) without special tokens."""

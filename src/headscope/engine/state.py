@@ -74,6 +74,15 @@ def clone_state(value: Any) -> Any:
     return copy.deepcopy(value)
 
 
+#: The named reductions of tensors and arrays (the other side already on this side's device and dtype).
+_ARRAY_REDUCTIONS: dict[str, dict[str, Callable[[Any, Any], Any]]] = {
+    "torch": {"sum": torch.add, "max": torch.maximum, "min": torch.minimum,
+              "cat": lambda a, b: torch.cat([a, b])},
+    "numpy": {"sum": np.add, "max": np.maximum, "min": np.minimum,
+              "cat": lambda a, b: np.concatenate([a, b])},
+}
+
+
 def _combine(reduce: str, mine: Any, theirs: Any, where: str) -> Any:
     if isinstance(mine, dict) and isinstance(theirs, dict):
         # Per key; a key only one side has (a relation, a role seen by one shard) is taken as it is.
@@ -82,23 +91,10 @@ def _combine(reduce: str, mine: Any, theirs: Any, where: str) -> Any:
             out[key] = _combine(reduce, mine[key], value, f"{where}.{key}") if key in mine else clone_state(value)
         return out
     if isinstance(mine, torch.Tensor):
-        other = torch.as_tensor(theirs).to(device=mine.device, dtype=mine.dtype)
-        if reduce == "sum":
-            return mine + other
-        if reduce == "max":
-            return torch.maximum(mine, other)
-        if reduce == "min":
-            return torch.minimum(mine, other)
-        return torch.cat([mine, other])
+        return _ARRAY_REDUCTIONS["torch"][reduce](mine, torch.as_tensor(theirs).to(device=mine.device,
+                                                                                    dtype=mine.dtype))
     if isinstance(mine, np.ndarray):
-        other_np = np.asarray(theirs, dtype=mine.dtype)
-        if reduce == "sum":
-            return mine + other_np
-        if reduce == "max":
-            return np.maximum(mine, other_np)
-        if reduce == "min":
-            return np.minimum(mine, other_np)
-        return np.concatenate([mine, other_np])
+        return _ARRAY_REDUCTIONS["numpy"][reduce](mine, np.asarray(theirs, dtype=mine.dtype))
     if isinstance(mine, list) and reduce == "cat":
         return [*mine, *theirs]
     if isinstance(mine, tuple) and reduce == "cat":

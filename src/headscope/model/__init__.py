@@ -5,8 +5,9 @@ The names below are imported on first use (PEP 562): ``headscope.model.packaged`
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from headscope.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from headscope.model.encode import Encoder, Example
@@ -19,12 +20,7 @@ _EXPORTS = {"Encoder": "headscope.model.encode", "Example": "headscope.model.enc
             "PACKAGED_MODELS": "headscope.model.packaged"}
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'headscope.model' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 
 __all__ = ["PACKAGED_MODELS", "AttentionUnavailableError", "Encoder", "Example", "LoadedModel", "ModelInfo",

@@ -94,6 +94,15 @@ class Example:
         return self.word_units[start:start + len(self.sentences[k].words)]
 
 
+def adds_bos(tokenizer: Any) -> bool:
+    """Whether ``tokenizer`` puts its BOS token first in an encoded string."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False
+    ids = tokenizer("probe")["input_ids"]
+    return len(ids) > 0 and int(ids[0]) == int(bos)
+
+
 class Encoder:
     """Turns sentences into :class:`Example` objects for one tokenizer.
 
@@ -123,7 +132,7 @@ class Encoder:
         self.sep_id = t.sep_token_id if t.sep_token_id is not None else t.eos_token_id
         # Decoder-LM tokenizers have no separator to build "A [SEP] B [SEP]" with: pairs become one sequence.
         self.supports_pairs = t.sep_token_id is not None
-        self.tokenizer_adds_bos = self._tokenizer_adds_bos()
+        self.tokenizer_adds_bos = not self.supports_pairs and adds_bos(t)
         if bos != "auto" and self.supports_pairs:
             raise ValueError("--bos applies to decoder LMs (tokenizers without a separator token); this "
                              "tokenizer builds [CLS]/[SEP] inputs, leave --bos auto")
@@ -143,13 +152,6 @@ class Encoder:
         """
         type_vocab = getattr(loaded.model.config, "type_vocab_size", 0) or 0
         return cls(loaded.tokenizer, max_length, punctuation, use_token_types=type_vocab > 1, bos=bos)
-
-    def _tokenizer_adds_bos(self) -> bool:
-        bos = self.tokenizer.bos_token_id
-        if bos is None or self.supports_pairs:
-            return False
-        ids = self.tokenizer("probe")["input_ids"]
-        return len(ids) > 0 and int(ids[0]) == int(bos)
 
     @property
     def adds_bos(self) -> bool:

@@ -6,8 +6,9 @@ does not import ``report.build``, which imports the analyses (that would be an i
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from headscope.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from headscope.report.build import build_report
@@ -17,12 +18,7 @@ _EXPORTS = {"build_report": "headscope.report.build", "head_grid": "headscope.re
             "layer_head_heatmap": "headscope.report.figures", "save_figure": "headscope.report.figures"}
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'headscope.report' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 
 __all__ = ["build_report", "head_grid", "layer_head_heatmap", "save_figure"]
