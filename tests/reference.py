@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -131,3 +132,22 @@ def behaviour_heads(results: dict[str, AnalysisResult]) -> tuple[set[tuple[int, 
     """Heads with an identified behaviour in any analysis that ran, and the names of those analyses."""
     by_analysis = behaviour_by_analysis(results)
     return set().union(*by_analysis.values()), list(by_analysis)
+
+
+def sep_gradient_batch(loaded: Any, batch: Any, kind: str, seed: int, append_eos: bool = False
+                       ) -> tuple[dict[str, np.ndarray], float, int]:
+    """One batch of the sep_gradient pass, as the engine runs it: (summed statistics, summed loss, terms)."""
+    from headscope.analyses.sep_gradient import sep_sums, with_eos
+    from headscope.engine.forwards import ForwardOutput, attention_gradients, plain_batch, separator_id
+
+    sep_id = separator_id(loaded.tokenizer)
+    if sep_id is None:
+        raise ValueError(f"{loaded.info.name}: the tokenizer has neither a SEP nor an EOS token")
+    if append_eos:
+        with torch.inference_mode(False):
+            batch = with_eos(plain_batch(batch), int(sep_id), int(loaded.info.max_length),
+                             loaded.tokenizer.bos_token_id)
+    seen, loss, terms = attention_gradients(loaded, batch, kind, seed)
+    causal = bool(loaded.info.is_causal) and kind != "contrastive_loss"
+    out = ForwardOutput(loss=loss, terms=terms, has_loss=True, attention_gradients=seen)
+    return sep_sums(out, int(sep_id), causal, batch.size), loss, terms

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 import headscope
-from headscope.analyses.ablation import conditions_from_clusters, mask_for_mlm
+from headscope.analyses.ablation import conditions_from_clusters
 from headscope.engine.batch import collate
 from headscope.model.gates import HeadGates, find_output_projections
 from headscope.model.load import load_model
+from headscope.model.losses import mask_for_mlm
 
 
 def _inputs(loaded) -> dict[str, torch.Tensor]:

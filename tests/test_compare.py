@@ -129,7 +129,7 @@ def test_page_lists_significant_changes_apart_from_mere_crossings(tmp_path: Path
     assert s["role_changes_not_tested"] == 1 and s["min_n"] == 30
     layer = result.layers.iloc[0]
     assert (layer["roles_gained"], layer["roles_lost"], layer["roles_crossed_not_significant"]) == (1, 0, 2)
-    page = (result.save(tmp_path / "cmp") / "index.html").read_text(encoding="utf-8")
+    page = (result.save(tmp_path / "cmp") / "report" / "index.html").read_text(encoding="utf-8")
     gained, crossed = page.split("<h3>Roles gained and lost (significant change)</h3>")[1].split(
         "<h3>Crossed the threshold, change not significant</h3>")
     assert "L0H1" in gained and "L0H0" not in gained
@@ -158,16 +158,21 @@ def test_different_shapes_are_refused_and_corpus_differences_reported() -> None:
     assert any("examples" in p for p in other.summary["corpus_differences"])
 
 
-def test_cli_writes_tables_and_a_self_contained_page(tiny_run: Path, tmp_path: Path) -> None:
+def test_cli_writes_tables_and_a_page_laid_out_as_a_report(tiny_run: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cmp"
     assert main(["compare", str(tiny_run), str(tiny_run), "--out", str(out), "--correction", "none",
                  "--min-n", "2"]) == 0
-    for name in ("compare_heads.csv", "compare_roles.csv", "compare_layers.csv", "compare.json",
-                 "figures/compare_layers.png", "figures/compare_layers.svg"):
+    for name in ("compare_heads.csv", "compare_roles.csv", "compare_layers.csv", "compare.json", "report/index.html"):
         assert (out / name).is_file(), name
-    page = (out / "index.html").read_text(encoding="utf-8")
-    assert "data:image/svg+xml;base64," in page
-    assert 'src="http' not in page and 'src="../' not in page and 'src="figures' not in page
+    printed = capsys.readouterr().out
+    # The summary is sentences, not Python dicts.
+    assert "{" not in printed and "roles gained: none; lost: none" in printed and "report/index.html" in printed
+    page = (out / "report" / "index.html").read_text(encoding="utf-8")
+    assert 'src="http' not in page and "What changed" in page and "<details>" in page
+    # A run compared with itself changes nothing: sentences, not maps of zeros.
+    assert not list((out / "figures").glob("*.png")) if (out / "figures").exists() else True
+    assert "no role score changed" in page and "for every head (no spread over heads, so no map)" in page
     roles = pd.read_csv(out / "compare_roles.csv")
     assert not roles["significant"].any()
     assert roles.loc[roles["tested"], "p"].eq(1).all() and roles["tested"].any()
@@ -202,5 +207,5 @@ def test_page_and_summary_state_the_minimum_even_when_every_change_is_tested(tmp
     result = compare(fake_run(heads, a), fake_run(heads, b), min_n=10)  # every row has >= 10 scores
     assert result.summary["role_changes_not_tested"] == 0 and result.summary["min_n"] == 10
     assert "min_n = 10" in result.summary["roles_gained_lost"]
-    page = (result.save(tmp_path / "cmp") / "index.html").read_text(encoding="utf-8")
+    page = (result.save(tmp_path / "cmp") / "report" / "index.html").read_text(encoding="utf-8")
     assert "at least min_n = 10 scores" in page and "Not tested" not in page

@@ -56,6 +56,14 @@ def test_subtypes_kept_and_collapsible(tmp_path: Path) -> None:
     assert collapse_relation("acl:relcl") == "acl" and collapse_relation("nsubj") == "nsubj"
 
 
+def test_analyses_collapse_relations_by_the_same_rule() -> None:
+    # The analyses import no corpus module at run time, so they keep the rule themselves (analyses/relations.py).
+    from headscope.analyses.relations import collapse_relation as analyses_collapse
+
+    for deprel in ("obl:tmod", "acl:relcl", "nsubj", "root", "nmod:poss", "a:b:c", ":x", ""):
+        assert analyses_collapse(deprel) == collapse_relation(deprel)
+
+
 @pytest.mark.parametrize(("lines", "bad_line", "reason"), [
     ([token("1", "a", "2", "det"), token("2", "b", "0", "root"), token("3", "c", "7", "obj")], 4,
      "out of range"),

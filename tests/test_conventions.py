@@ -507,7 +507,7 @@ def test_compare_refuses_mixed_conventions_and_says_why(tmp_path: Path) -> None:
     assert allowed.summary["mixed_conventions"] == ["surface: headscope in A, clark in B"]
     assert allowed.summary["run_conventions"] == {"a": "headscope", "b": "clark"}
     page = allowed.save(tmp_path / "cmp")
-    assert "--allow-mixed-conventions" in (page / "index.html").read_text()
+    assert "--allow-mixed-conventions" in (page / "report" / "index.html").read_text()
     # Same conventions: compared as before. An analysis that does not read --conventions (roles under clark
     # records headscope) does not make two runs incomparable; runs from before --conventions are headscope.
     assert compare(clark, clark).summary["mixed_conventions"] == []

@@ -19,7 +19,7 @@ from headscope.corpus.types import Sentence
 from headscope.engine.batch import collate
 from headscope.engine.feed import feed_attention
 from headscope.manifest import Manifest
-from headscope.model.coref_encode import WindowMention, iter_coref_examples, window_mentions
+from headscope.model.coref_encode import WindowExample, WindowMention, iter_coref_examples, window_mentions
 from headscope.model.encode import Encoder
 from reference import word_attention_reference
 
@@ -110,7 +110,9 @@ def _king_and_queen(tokenizer) -> tuple:
                                             Mention("A", (3,), 3, 1)]})
     s2 = Sentence(words=["she", "ran", "."], file="doc", line=2, upos=["PRON", "VERB", "PUNCT"],
                   feats=[{**pron, "Gender": "Fem"}, {}, {}], annotations={"mentions": [Mention("B", (0,), 0, 2)]})
-    ex = Encoder(tokenizer, 64).encode(0, "window", [s1, s2], None, Manifest(), truncate=False)
+    # The analysis reads the mentions a window carries (WindowExample), as the corpus builds windows.
+    ex = WindowExample.from_example(Encoder(tokenizer, 64).encode(0, "window", [s1, s2], None, Manifest(),
+                                                                  truncate=False))
     # One piece per word: unit u is position u ([CLS] 0, the 1, king 2, saw 3, his 4, queen 5, . 6, she 7,
     # ran 8, . 9, [SEP] 10).
     assert ex.length == 11 and list(ex.unit_of_piece) == list(range(11))
@@ -123,6 +125,22 @@ def _king_and_queen(tokenizer) -> tuple:
         A[3, i, min(i + 1, n - 1)] += 0.6                 # next word, then two back
         A[3, i, max(i - 2, 0)] += 0.4
     return ex, torch.from_numpy(A)[None, None]           # [batch, layer, head, query, key]
+
+
+def test_analysis_tabulates_the_corpus_mention_types() -> None:
+    # The analysis imports no corpus module at run time: it keeps the table's types itself.
+    from headscope.analyses import coref
+
+    assert coref.MENTION_TYPES == MENTION_TYPES and (*MENTION_TYPES, "all") == TYPES
+
+
+def test_a_window_without_carried_mentions_is_refused(tokenizer) -> None:
+    s = _sentence(3, [Mention("A", (0,), 0, 1), Mention("A", (2,), 2, 1)])
+    ex = Encoder(tokenizer, 64).encode(0, "window", [s], None, Manifest(), truncate=False)
+    analysis = CorefHeads(CorefOptions())
+    analysis.start(_ctx(1, 1))
+    with pytest.raises(ValueError, match="carries no mentions"):
+        analysis.begin_batch(collate([ex], pad_id=0))
 
 
 @pytest.mark.parametrize(("candidates", "expected"), [("all", [1.0, 0.0, 0.5, 0.0]),

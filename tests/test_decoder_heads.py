@@ -14,15 +14,14 @@ from headscope.analyses.decoder_heads import (
     SCORES,
     DecoderHeads,
     DecoderHeadsOptions,
-    adds_bos,
     prefix_matching_sums,
     probe_candidates,
-    probe_example,
     probe_sequences,
 )
 from headscope.engine.batch import collate
 from headscope.engine.capture import LayerAttention, capture_stacked
 from headscope.engine.feed import feed_attention
+from headscope.model.encode import adds_bos, probe_example
 from reference import random_attention
 
 _NAMES = SimpleNamespace(convert_ids_to_tokens=lambda ids: [f"t{i}" for i in ids])
@@ -464,7 +463,7 @@ def test_build_prompt_finds_the_needle(llama) -> None:
 
 
 def test_greedy_with_attention_matches_generate_and_capture(llama) -> None:
-    from headscope.analyses.retrieval import greedy_with_attention
+    from headscope.engine.forwards import greedy_with_attention
 
     ids = torch.tensor(probe_sequences(probe_candidates(llama.tokenizer), 1, 10, seed=1, bos=0)[0])
     generated, argmax = greedy_with_attention(llama, ids, 6)

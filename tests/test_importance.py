@@ -10,9 +10,10 @@ import pytest
 import torch
 
 import headscope
-from headscope.analyses.importance import batch_loss, gate_gradient, loss_kind, normalize_importance
+from headscope.analyses.importance import normalize_importance
 from headscope.config import RunConfig
 from headscope.engine.batch import collate
+from headscope.engine.forwards import batch_loss, gate_gradient, loss_kind
 from headscope.engine.inputs import Corpus
 from headscope.manifest import Manifest
 from headscope.model.encode import Encoder

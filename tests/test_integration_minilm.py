@@ -37,6 +37,21 @@ def test_default_corpus_run(minilm_run: Path) -> None:
     assert (minilm_run / "report" / "index.html").is_file()
 
 
+def test_atlas_names_l0h2_a_previous_token_head_with_its_evidence(minilm_run: Path) -> None:
+    # MiniLM's L0H2 puts nearly all its attention on the previous token (Clark et al.'s prev > 0.5 rule).
+    atlas = pd.read_csv(minilm_run / "atlas.csv")
+    row = atlas[(atlas["head_name"] == "L0H2") & (atlas["group"] == "previous-token")]
+    assert len(row) == 1
+    row = row.iloc[0]
+    assert row["statistic"] == "prev" and row["value"] > 0.5 and row["rank"].startswith("1/")
+    assert row["evidence"].startswith("prev ") and "rank 1/72" in row["evidence"]
+    # The report opens with it: the atlas section lists L0H2 under previous-token, with its evidence.
+    page = (minilm_run / "report" / "index.html").read_text(encoding="utf-8")
+    assert page.index('id="atlas"') < page.index('id="heads"')
+    group = page.split("data-group='previous-token'")[1].split("</div>")[0]
+    assert 'data-head="L0H2"' in group and row["evidence"] in group
+
+
 def test_batch_size_invariance_on_the_real_model(minilm: str) -> None:
     common = dict(model=minilm, max_segments=6, out=None, quiet=True)
     one = headscope.run(batch_size=1, **common).heads

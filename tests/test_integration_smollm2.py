@@ -56,3 +56,24 @@ def test_decoder_heads_find_sinks(smollm2_run: headscope.RunResult, tmp_path: Pa
     # SmolLM2's later layers put most of each row's attention on the first position, as most LLMs do.
     late = heads[heads["layer"] >= 10]
     assert late["sink_first"].mean() > 0.3, late["sink_first"].describe()
+
+
+def test_atlas_labels_the_strongest_induction_heads(tmp_path: Path) -> None:
+    # The prefix-matching probe (20 sequences of 50 random tokens repeated) is the induction label's test:
+    # SmolLM2's top heads on it (L18H6 about 0.9, L17H3 about 0.8) clear its chance level (about 0.014) by far.
+    text = tmp_path / "text.txt"
+    text.write_text("The committee met on Tuesday to discuss the budget.\nIt approved the plan after a long "
+                    "debate.\n", encoding="utf-8")
+    out = tmp_path / "out"
+    headscope.run(model="smollm2", text=[str(text)], analyses=["decoder_heads"], max_length=128, out=str(out),
+                  quiet=True, report=False)  # (a probe sequence takes 100 tokens)
+    import pandas as pd
+
+    atlas = pd.read_csv(out / "atlas.csv")
+    induction = atlas[atlas["group"] == "induction"].set_index("head_name")
+    for name in ("L17H3", "L18H6"):
+        assert name in induction.index, induction[["statistic", "value", "evidence"]]
+        assert induction.loc[name, "statistic"] == "prefix_matching"
+        assert "vs chance" in induction.loc[name, "evidence"] and "20 probe sequences" in induction.loc[name, "sample"]
+    heads = pd.read_csv(out / "heads.csv").set_index(["layer", "head"])
+    assert heads.loc[(18, 6), "prefix_matching_low"] > heads.loc[(18, 6), "prefix_matching_chance"] + 0.5

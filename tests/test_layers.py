@@ -24,12 +24,14 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                      "headscope.engine.wordlevel", "headscope.engine.norm_weights", "headscope.engine.rollout",
                      "headscope.engine.state", "headscope.engine.results", "headscope.engine.context",
                      "headscope.engine.inputs", "headscope.engine.outdir", "headscope.engine.interrupt",
-                     "headscope.engine.progress")),
+                     "headscope.engine.progress", "headscope.engine.forwards")),
     ("report parts", ("headscope.report.section", "headscope.report.figures", "headscope.report.heatmap",
-                      "headscope.report.page")),
+                      "headscope.report.page", "headscope.report.viewpage")),
     ("analyses", ("headscope.analyses",)),
-    ("report", ("headscope.report.build", "headscope.report")),
+    ("report", ("headscope.report.build", "headscope.report.overview", "headscope.report.sections",
+                "headscope.report")),
     ("run loop", ("headscope.engine.feed", "headscope.engine.checkpoint", "headscope.engine.passes",
+                  "headscope.engine.intervene",
                   "headscope.engine.ray_engine", "headscope.engine")),
     ("orchestration", ("headscope.orchestrate", "headscope.atlas")),
     ("commands", ("headscope.compare", "headscope.viewer", "headscope.report.command")),
@@ -124,3 +126,79 @@ def test_no_import_circle() -> None:
     for m in sorted(edges):
         if m not in state:
             visit(m)
+
+
+#: What an analysis may not import at run time (issue #27, analyses as pure accumulators): it reads what the
+#: corpus and the encoder put on the examples and what the run's context hands over, and imports from these
+#: packages under ``if TYPE_CHECKING:`` only, for annotations.
+DATA_PACKAGES = ("headscope.model", "headscope.corpus")
+#: None left: the intervention analyses declare their passes and the engine runs the model for them
+#: (headscope.engine.forwards).
+PENDING_INTERVENTIONS: set[str] = set()
+ANALYSES = SRC / "analyses"
+
+
+def _type_checking(test: ast.expr) -> bool:
+    return ((isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
+            or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"))
+
+
+def runtime_data_imports(path: Path) -> list[tuple[int, str]]:
+    """``(line, module)`` of each import of :data:`DATA_PACKAGES` in ``path`` that runs: at module level, in
+    functions and classes, relative and ``importlib.import_module("...")`` ones too; only the body of an
+    ``if TYPE_CHECKING:`` is left out (its ``else`` runs)."""
+    module = module_name(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: list[tuple[int, str]] = []
+
+    def check(line: int, candidates: list[str]) -> None:
+        for name in candidates:
+            if any(name == p or name.startswith(p + ".") for p in DATA_PACKAGES):
+                found.append((line, name))
+                return
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _type_checking(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                check(node.lineno, [alias.name])
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                parent = ".".join(parts[:len(parts) - node.level + 1])
+                base = f"{parent}.{base}" if base else parent
+            # ``from headscope import model`` imports the package by its name.
+            check(node.lineno, [base, *(f"{base}.{alias.name}" for alias in node.names)])
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+            if name in ("import_module", "__import__") and isinstance(node.args[0].value, str):
+                check(node.lineno, [node.args[0].value])
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text(encoding="utf-8"), filename=str(path)))
+    return found
+
+
+def test_pending_interventions_exist() -> None:
+    missing = sorted(name for name in PENDING_INTERVENTIONS if not (ANALYSES / name).is_file())
+    assert not missing, f"PENDING_INTERVENTIONS names files that are not under src/headscope/analyses: {missing}"
+
+
+@pytest.mark.parametrize("path", sorted(ANALYSES.rglob("*.py")), ids=lambda p: str(p.relative_to(ANALYSES)))
+def test_analyses_import_no_model_or_corpus_at_run_time(path: Path) -> None:
+    where = path.relative_to(SRC.parents[1])
+    found = runtime_data_imports(path)
+    if str(path.relative_to(ANALYSES)) in PENDING_INTERVENTIONS:
+        assert found, (f"{where} imports no headscope.model or headscope.corpus at run time any more: take it out "
+                       "of PENDING_INTERVENTIONS in tests/test_layers.py")
+        return
+    assert not found, (f"{where} imports at run time (outside `if TYPE_CHECKING:`): "
+                       + ", ".join(f"{where}:{line} {name}" for line, name in found)
+                       + "; an analysis reads what the corpus and the encoder put on the example, or asks the "
+                       "run's context (docs/design.md, Adding an analysis)")

@@ -106,6 +106,16 @@ def tiny_vectors(words: list[str], dim: int = 4, seed: int = 0) -> WordVectors:
                        index={w: i for i, w in enumerate(words)}, lowercase=True)
 
 
+def test_requires_names_the_package_the_corpus_loads_glove_from() -> None:
+    # The probe imports no corpus module at run time: it names the package itself for the preflight.
+    from headscope.analyses import probe
+    from headscope.corpus.vectors import GLOVE_PACKAGE
+
+    assert probe.GLOVE_PACKAGE == GLOVE_PACKAGE
+    assert AttentionProbe(ProbeOptions()).requires() == (GLOVE_PACKAGE,)
+    assert AttentionProbe(ProbeOptions(probe_variants="attn,right_branching")).requires() == ()
+
+
 def test_attn_glove_and_distance_probes_learn() -> None:
     # Attn+GloVe on the planted head; Distances+GloVe on a "head = next word" treebank.
     train, evaluate = planted(4, 60), planted(5, 30)

@@ -11,15 +11,14 @@ import torch
 
 import headscope
 from headscope.analyses.base import AnalysisResult
-from headscope.analyses.importance import batch_loss
 from headscope.analyses.pruning import (
     HeadPruning,
     analysis_rankings,
     fractions,
-    held_out_loss,
 )
 from headscope.config import RunConfig
 from headscope.engine.batch import collate
+from headscope.engine.forwards import batch_loss, held_out_loss
 from headscope.engine.inputs import Corpus
 from headscope.manifest import Manifest
 from headscope.model.encode import Encoder
@@ -178,8 +177,10 @@ def test_pruning_report_states_a_loss_that_does_not_rise(tmp_path: Path) -> None
                                     "bootstrap": {"resamples": 1000, "confidence": 0.95},
                                     "rankings": {"used": [], "absent": {"roles": "did not run"}},
                                     "seed_claim": {"analyses": []}}}}
-    section = HeadPruning.report(RunResult(heads=pd.DataFrame(), tables={"pruning": table}, documents={}, run=run),
-                                 tmp_path)
+    from headscope.report.sections import pruning as pruning_section
+
+    section = pruning_section.section(RunResult(heads=pd.DataFrame(), tables={"pruning": table}, documents={},
+                                                run=run), tmp_path)
     assert section is not None
     assert "does not measure pruning here" in section.html and "masked-LM head" in section.html
     assert "no ranking of roles (did not run)" in section.html and "95% bootstrap intervals" in section.html
@@ -211,11 +212,9 @@ def test_every_point_of_the_curve_has_a_seeded_bootstrap_interval(tiny_bert_mlm:
     # The figure draws the intervals as bands.
     import matplotlib.collections
 
-    from headscope.analyses import pruning
+    from headscope.report.sections.pruning import pruning_figure
 
-    drawn: list[object] = []
-    monkeypatch.setattr("headscope.report.figures.save_figure", lambda fig, directory, name: drawn.append(fig))
-    pruning._pruning_figure(table, Path("."))
-    bands = [c for c in drawn[0].axes[0].collections  # type: ignore[attr-defined]
+    figure = pruning_figure(table)
+    bands = [c for c in figure.axes[0].collections
              if isinstance(c, matplotlib.collections.PolyCollection)]
     assert len(bands) == table.groupby(["order", "seed"], dropna=False).ngroups

@@ -13,21 +13,17 @@ import pytest
 import torch
 
 import headscope
-from headscope.analyses.importance import loss_kind
-from headscope.analyses.sep_gradient import (
-    SepGradient,
-    eager_attention,
-    sep_gradient_batch,
-    separator_id,
-    with_eos,
-)
+from headscope.analyses.sep_gradient import SepGradient, with_eos
 from headscope.config import RunConfig
 from headscope.engine.batch import collate
+from headscope.engine.capture import eager_attention
+from headscope.engine.forwards import loss_kind, separator_id
 from headscope.engine.inputs import Corpus
 from headscope.manifest import Manifest
 from headscope.model.encode import Encoder
 from headscope.model.load import load_model
 from headscope.model.losses import lm_labels
+from reference import sep_gradient_batch
 
 
 def _setup(model_dir: Path, text_file: Path, n: int = 4):

@@ -30,7 +30,9 @@ THRESHOLDS: dict[str, float] = {
     "cls": 0.6,
     "sep": 0.6,
     "punct": 0.6,
-    # Decoder-LM head types (docs/decoder_heads.md): thresholds chosen here, no test yet (issue 30).
+    # Decoder-LM head types (docs/decoder_heads.md): the rule of runs from before decoder_heads tested its scores
+    # against chance (issue 30), which have no <score>_above_chance column; newer runs are labelled by that test
+    # (sink_first's epsilon stays a condition of the first-token-sink label).
     "previous_token": 0.5,
     "duplicate_token": 0.3,
     "induction": 0.3,
@@ -42,7 +44,8 @@ THRESHOLDS: dict[str, float] = {
 
 #: The groups in the order the atlas lists them (``role:``, ``syntax:``, ``coref:``, ``pattern:`` are families).
 GROUPS = ("previous-token", "next-token", "self", "broad", "cls-sink", "sep-sink", "punct-sink",
-          "first-token-sink", "duplicate", "induction", "prefix-matching", "retrieval", "role:", "syntax:",
+          "first-token-sink", "duplicate", "induction", "prefix-matching", "retrieval", "streaming", "retrieval-span",
+          "role:", "syntax:",
           "coref:", "pattern:", "important", "unlabelled")
 
 #: Surface statistics (Clark et al. 2019): column -> group.
@@ -120,6 +123,21 @@ class _Rows:
                           "group": group, "statistic": statistic, "value": float(value), "rank": rank,
                           "rule": rule, "sample": sample, "evidence": evidence})
 
+    def tested(self, heads: pd.DataFrame, column: str, group: str, rule: str, sample: str,
+               keep: pd.Series | None = None) -> None:
+        """A label for every head whose ``<column>_above_chance`` holds (and ``keep``, when given): the
+        evidence gives the value, its interval and its chance level."""
+        values = pd.to_numeric(heads[column], errors="coerce")
+        rank, n = ranks(values)
+        flag = heads[f"{column}_above_chance"].astype(str).str.lower().eq("true")
+        if keep is not None:
+            flag &= keep
+        for k in values.index[flag]:
+            r = f"{int(rank[k])}/{n}"
+            low, high, chance = (float(heads.at[k, f"{column}_{part}"]) for part in ("low", "high", "chance"))
+            self.add(heads.at[k, "layer"], heads.at[k, "head"], group, column, values[k], r, rule, sample,
+                     f"{column} {fmt(values[k])} [{fmt(low)}, {fmt(high)}] vs chance {fmt(chance)} (rank {r})")
+
     def column(self, heads: pd.DataFrame, column: str, group: str, threshold: float, rule: str,
                sample: str) -> None:
         """A label for every head whose ``column`` is above ``threshold``."""
@@ -172,17 +190,48 @@ def build_atlas(heads: pd.DataFrame, tables: Mapping[str, pd.DataFrame], run: Ma
         out.column(heads, column, group, thresholds[column],
                    f"{column} > {thresholds[column]:g}{unit} (Clark et al. 2019)", sample)
 
-    # Decoder-LM head types: chosen thresholds, no test yet.
+    # Decoder-LM head types: the score's bootstrap interval over sequences clears its chance level (uniform
+    # attention over the same keys) by the run's margin, on at least decoder_min_n sequences (decoder_heads'
+    # <score>_above_chance); a sink also needs sink_first above epsilon (Gu et al.'s definition). The induction
+    # label rests on the prefix-matching probe (random tokens repeated: a clean induction test; natural text
+    # gives the corpus score little to find) and, for a head the probe does not label, on the corpus score.
+    # Runs from before the test: the thresholds, "no test yet".
     decoder = summaries.get("decoder_heads", {}) or {}
+    min_n = decoder.get("min_n")
+
+    def enough(probe: bool) -> bool:
+        n = decoder.get("probe_sequences" if probe else "sequences")
+        return n is None or min_n is None or int(n) >= int(min_n)
+
+    def has_test(column: str) -> bool:
+        return {f"{column}_{p}" for p in ("above_chance", "low", "high", "chance")} <= set(heads.columns)
+
+    probe_labels = None  # heads the prefix-matching test labels induction
+    if has_test("prefix_matching") and enough(True) and heads["prefix_matching"].notna().any():
+        probe_labels = heads["prefix_matching_above_chance"].astype(str).str.lower().eq("true")
     for column, (group, source) in DECODER.items():
         if column not in heads.columns or not heads[column].notna().any():
             continue
         probe = column == "prefix_matching"
-        n = decoder.get("probe_sequences" if probe else "sequences")
-        min_n = decoder.get("min_n")
-        if n is not None and min_n is not None and int(n) < int(min_n):
+        if not enough(probe):
             continue  # fewer sequences than decoder_min_n: no label rests on so little
+        n = decoder.get("probe_sequences" if probe else "sequences")
         sample = f"{int(n)} {'probe ' if probe else ''}sequences" if n is not None else "the run's sequences"
+        if has_test(column):
+            margin = float(decoder.get("margin", float("nan")))
+            confidence = float(decoder.get("confidence", 0.95))
+            rule = (f"{column} {confidence:.0%} bootstrap interval over {'probe ' if probe else ''}sequences: lower "
+                    f"bound > chance (uniform attention) + {margin:g}, n >= {min_n} ({source})")
+            keep = None
+            if column == "sink_first":
+                keep = pd.to_numeric(heads[column], errors="coerce") > thresholds[column]
+                rule = f"sink_first > {thresholds[column]:g} and " + rule
+            elif probe:
+                group = "induction"
+            elif column == "induction" and probe_labels is not None:
+                keep = ~probe_labels  # one induction row per head: the probe's when it has one
+            out.tested(heads, column, group, rule, sample, keep)
+            continue
         out.column(heads, column, group, thresholds[column],
                    f"{column} > {thresholds[column]:g} ({source}; threshold, no test yet)", sample)
 
@@ -194,10 +243,28 @@ def build_atlas(heads: pd.DataFrame, tables: Mapping[str, pd.DataFrame], run: Ma
         rank, n = ranks(values)
         rule = f"retrieval_score > {float(summary.get('threshold', 0.1)):g} (Wu et al. 2024)"
         sample = f"{int(summary.get('used', 0))} of {int(summary.get('prompts', 0))} prompts scored"
-        for k in retrieval.index[retrieval["retrieval_head"].astype(bool)]:
+        flag = retrieval["retrieval_head"].astype(str).str.lower().eq("true")
+        tested = {"retrieval_above_chance", "retrieval_score_low", "retrieval_score_high",
+                  "retrieval_score_chance"} <= set(retrieval.columns)
+        if tested:  # and the score's bootstrap interval over prompts clears the decoy spans' score by the margin
+            flag &= retrieval["retrieval_above_chance"].astype(str).str.lower().eq("true")
+            rule += (f" and its 95% bootstrap interval over prompts: lower bound > chance (the same copies scored "
+                     f"on decoy spans) + {float(summary.get('margin', float('nan'))):g}, at least "
+                     f"{summary.get('min_n')} prompts used")
+        for k in retrieval.index[flag]:
             r = f"{int(rank[k])}/{n}"
+            evidence = f"retrieval_score {fmt(values[k])} (rank {r})"
+            if tested:
+                low, high, chance = (float(retrieval.at[k, f"retrieval_score_{p}"]) for p in ("low", "high", "chance"))
+                evidence = (f"retrieval_score {fmt(values[k])} [{fmt(low)}, {fmt(high)}] vs chance {fmt(chance)} "
+                            f"(rank {r})")
             out.add(retrieval.at[k, "layer"], retrieval.at[k, "head"], "retrieval", "retrieval_score", values[k],
-                    r, rule, sample, f"retrieval_score {fmt(values[k])} (rank {r})")
+                    r, rule, sample, evidence)
+
+    # Attention span (docs/span.md): the span analysis's own class, streaming (the sink and a local window hold
+    # the coverage at every length measured) or retrieval (retrieval-span here, apart from Wu et al.'s heads).
+    if {"span_class", "span_coverage_min"} <= set(heads.columns):
+        _span_rows(out, heads, summaries.get("span", {}) or {})
 
     # Roles: significant rows of the heads-hypothesis t-tests (Pande et al. 2021), tested rows only.
     roles = tables.get("roles")
@@ -309,6 +376,37 @@ def build_atlas(heads: pd.DataFrame, tables: Mapping[str, pd.DataFrame], run: Ma
     atlas["order"] = atlas["group"].map(group_order)
     atlas = atlas.sort_values(["layer", "head", "order"], kind="stable").drop(columns="order")
     return atlas.reset_index(drop=True)
+
+
+def _span_rows(out: _Rows, heads: pd.DataFrame, summary: Mapping[str, Any]) -> None:
+    """The ``streaming`` and ``retrieval-span`` labels of the span analysis, with the coverage at each length."""
+    lengths = [int(x) for x in summary.get("lengths", [])]
+    window, coverage = summary.get("window", "W"), float(summary.get("coverage", float("nan")))
+    values = pd.to_numeric(heads["span_coverage_min"], errors="coerce")
+    sample = f"{int(summary.get('texts', 0))} windows of text at {', '.join(map(str, lengths))} tokens"
+    check = summary.get("check") or {}
+    if "budget" in check and "random" in check:
+        b, r = check["budget"], check["random"]
+        sample += (f"; loss change with the KV budget {fmt(b.get('change'))} [{fmt(b.get('change_low'))}, "
+                   f"{fmt(b.get('change_high'))}], on as many random heads {fmt(r.get('change'))} "
+                   f"[{fmt(r.get('change_low'))}, {fmt(r.get('change_high'))}] nats/token")
+    kinds = (("streaming", "streaming", 1.0,
+              f"the sink and the last {window} tokens hold >= {coverage:g} of the head's attention at every length "
+              "measured (StreamingLLM, Xiao et al. 2024; DuoAttention, Xiao et al. 2025)"),
+             ("retrieval-span", "retrieval", -1.0,
+              f"the sink and the last {window} tokens hold < {coverage:g} of the head's attention at some length "
+              "measured (DuoAttention's retrieval heads, Xiao et al. 2025)"))
+    for group, name, sign, rule in kinds:
+        rank, n = ranks(sign * values)
+        for k in heads.index[heads["span_class"].astype(str) == name]:
+            r = f"{int(rank[k])}/{n}"
+            parts = [f"{fmt(heads.at[k, f'span_coverage_{x}'])} at {x}" for x in lengths
+                     if f"span_coverage_{x}" in heads.columns]
+            evidence = f"coverage (sink + last {window}) " + ", ".join(parts)
+            if lengths and f"span_far_{lengths[-1]}" in heads.columns:
+                evidence += f"; far (>= 512 back) {fmt(heads.at[k, f'span_far_{lengths[-1]}'])} at {lengths[-1]}"
+            out.add(heads.at[k, "layer"], heads.at[k, "head"], group, "span_coverage_min", values[k], r, rule,
+                    sample, evidence + f" (rank {r})")
 
 
 def group_order(group: str) -> int:

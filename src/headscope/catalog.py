@@ -99,6 +99,7 @@ def build() -> dict[str, Any]:
     from headscope.analyses.registry import public_name
 
     return {"analyses": [{"name": name, "description": cls.description, "needs": list(cls.needs),
+                          "costly": cls.costly,
                           "options": (dataclass_specs(cls.Options, functools.partial(public_name, cls))
                                       if cls.Options is not None else [])}
                          for name, cls in sorted(REGISTRY.items())]}

@@ -133,7 +133,8 @@ def main_list(args: argparse.Namespace) -> int:
     print("analyses (--analyses):")
     for analysis in catalog.load()["analyses"]:
         needs = f"  [needs: {', '.join(analysis['needs'])}]" if analysis["needs"] else ""
-        print(f"  {analysis['name']:14s} {analysis['description']}{needs}")
+        costly = f"  [not in all: {analysis['costly']}]" if analysis.get("costly") else ""
+        print(f"  {analysis['name']:14s} {analysis['description']}{needs}{costly}")
     print("needs: treebank = --treebank or --parse spacy; coreference = --coref; causal = a decoder LM; "
           "encoder = an encoder model")
     print("packaged models (--model):")

@@ -24,14 +24,16 @@ change would mix the models' difference with the definitions'), unless ``--allow
 conventions of each run are recorded in ``compare.json`` and on the page.
 
 Outputs in ``DIR``: ``compare_heads.csv``, ``compare_roles.csv``, ``compare_layers.csv``,
-``compare_{table}.csv`` for other per-head tables, ``compare.json``, ``figures/*.png|svg`` and a
-self-contained ``index.html`` (figures inlined).
+``compare_{table}.csv`` for other per-head tables, ``compare.json``, ``figures/*.png|svg`` and the page
+``report/index.html``, laid out as a run's report (what changed first; details folded at the end). A change
+map is drawn only where something changed; otherwise a sentence says so.
 """
 
 from __future__ import annotations
 
 import argparse
 import html
+import json
 import logging
 import typing
 from dataclasses import dataclass, field
@@ -45,7 +47,7 @@ from headscope.analyses.base import head_name
 from headscope.analyses.stats import Correction, adjust_pvalues, welch_t_test
 from headscope.engine.results import RunResult, write_json, write_table
 from headscope.report.page import render_page
-from headscope.report.section import inline_figure_html
+from headscope.report.section import ReportSection, SectionFigures, numbers
 
 logger = logging.getLogger("headscope")
 
@@ -93,7 +95,7 @@ class Comparison:
     """Models, corpus check, options and counts, written as ``compare.json``."""
 
     def save(self, out: str | Path) -> Path:
-        """Write the tables, ``compare.json``, the figures and ``index.html`` into ``out``."""
+        """Write the tables, ``compare.json``, the figures and ``report/index.html`` into ``out``."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         write_table(out, "compare_heads", self.heads)
@@ -154,6 +156,13 @@ def long_deltas(table_a: pd.DataFrame, table_b: pd.DataFrame) -> pd.DataFrame:
     merged = a.merge(b, on=[*keys, "statistic"], how="inner")
     merged["delta"] = merged["b"] - merged["a"]
     return merged.sort_values(["statistic", *keys], kind="stable").reset_index(drop=True)
+
+
+def without_labels(heads: pd.DataFrame) -> pd.DataFrame:
+    """``heads.csv`` without its label columns: cluster numbers (``cluster``, ``cluster_kmeans``, ...) name
+    groups, and B's cluster 3 has nothing to do with A's, so their difference means nothing."""
+    labels = [c for c in heads.columns if c.startswith("cluster") and c != "cluster_distance"]
+    return heads.drop(columns=labels)
 
 
 #: Fewest scores on each side for a role-change test (the roles analysis's ``roles_min_n`` default).
@@ -274,7 +283,7 @@ def compare(run_a: str | Path | RunResult, run_b: str | Path | RunResult, alpha:
     problems = _corpus_check(a, b)
     for problem in problems:
         logger.warning("compare: %s", problem)
-    heads = long_deltas(a.heads, b.heads)
+    heads = long_deltas(without_labels(a.heads), without_labels(b.heads))
     roles = None
     if "roles" in a.tables and "roles" in b.tables:
         roles = role_changes(a.tables["roles"], b.tables["roles"], alpha, correction, min_n)
@@ -312,29 +321,28 @@ def compare(run_a: str | Path | RunResult, run_b: str | Path | RunResult, alpha:
     return Comparison(heads=heads, roles=roles, layers=layers, tables=tables, summary=summary)
 
 
-def delta_heatmap(values: pd.DataFrame, column: str, title: str, figures: Path, name: str,
-                  marks: pd.DataFrame | None = None) -> str:
-    """Layer x head map of a change, centred on 0; ``marks`` (layer, head) get a dot (significant)."""
-    from headscope.report.figures import head_grid, layer_head_heatmap, save_figure
+def delta_map(figs: SectionFigures, values: pd.DataFrame, column: str, title: str, name: str, caption: str,
+              marks: pd.DataFrame | None = None, what: str | None = None) -> str:
+    """A layer x head map of a change, centred on 0 (``marks``: (layer, head) rows get a dot), or the sentence
+    saying it did not change (:meth:`~headscope.report.section.SectionFigures.head_map`)."""
+    from headscope.report.figures import head_grid
 
     grid = head_grid(values, column)
     limit = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 0.0
-    limit = limit or 1.0
-    fig = layer_head_heatmap(grid, title, cmap="RdBu_r", label="B - A", vmin=-limit, vmax=limit)
+    dots = None
     if marks is not None and len(marks):
-        fig.axes[0].plot(marks["head"], marks["layer"], "k.", markersize=2)
-    save_figure(fig, figures, name)
-    return name
+        dots = np.zeros(grid.shape, dtype=bool)
+        dots[marks["layer"].to_numpy(int), marks["head"].to_numpy(int)] = True
+    return figs.head_map(grid, name, title, caption, what=what or f"{caption} (B - A)", cmap="RdBu_r", label="B - A",
+                         vmin=-(limit or 1.0), vmax=limit or 1.0, marks=dots)
 
 
-def layer_figure(layers: pd.DataFrame, figures: Path) -> str | None:
+def layer_figure(layers: pd.DataFrame) -> Any:
     """Per layer: mean |change| of the role scores, and roles gained and lost."""
     import matplotlib.pyplot as plt
 
-    from headscope.report.figures import COLUMN_WIDTH, save_figure
+    from headscope.report.figures import COLUMN_WIDTH
 
-    if "roles_gained" not in layers.columns:
-        return None
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(COLUMN_WIDTH, COLUMN_WIDTH), layout="constrained",
                                       sharex=True)
     top.bar(layers["layer"], layers["mean_abs_delta_role_score"], color="grey")
@@ -345,89 +353,166 @@ def layer_figure(layers: pd.DataFrame, figures: Path) -> str | None:
     bottom.set_ylabel("head x role")
     bottom.set_xlabel("layer")
     bottom.set_xticks(layers["layer"])
-    bottom.legend(fontsize=5)
-    save_figure(fig, figures, "compare_layers")
-    return "compare_layers"
+    bottom.legend(frameon=False)
+    return fig
+
+
+def _count(counts: dict[str, int]) -> str:
+    """``{"local": 2, "block": 1}`` as "3 (local 2, block 1)"; "none" when empty."""
+    total = sum(counts.values())
+    return f"{total} ({', '.join(f'{k} {v}' for k, v in counts.items())})" if total else "none"
+
+
+def summary_lines(comparison: Comparison) -> list[str]:
+    """What changed from A to B, in a few sentences (the command prints them; the page opens with them)."""
+    s = comparison.summary
+    lines = [f"A = {s['a']['model']}, B = {s['b']['model']} ({s['shape'][0]} layers x {s['shape'][1]} heads); "
+             "every change is B - A."]
+    if s["corpus_differences"]:
+        lines.append("The inputs differ: " + "; ".join(s["corpus_differences"]) + ".")
+    else:
+        lines.append("Both runs read the same corpus files and used the same number of sequences.")
+    roles = comparison.roles
+    if roles is not None:
+        tested = int(roles["tested"].sum()) if "tested" in roles.columns else int(roles["p"].notna().sum())
+        crossed = sum(sum(c.values()) for c in s["roles_crossed_not_significant"].values())
+        correction = "Benjamini-Hochberg" if s["correction"] == "bh" else "no correction"
+        lines.append(f"Roles: {s['role_changes_significant']} of {tested} tested head x role mean scores changed "
+                     f"significantly (Welch's t-test, alpha = {s['alpha']}, {correction}); roles gained: "
+                     f"{_count(s['roles_gained'])}; lost: {_count(s['roles_lost'])}; {crossed} crossed the "
+                     "threshold without a significant change.")
+        if s.get("role_changes_not_tested"):
+            lines.append(f"Not tested: {s['role_changes_not_tested']} of {len(roles)} head x role changes (fewer "
+                         f"than min_n = {s['min_n']} scores in a run).")
+    heads = comparison.heads
+    if len(heads):
+        moved = heads.assign(abs_delta=heads["delta"].abs()).groupby("statistic", sort=False)["abs_delta"].mean()
+        moved = moved.dropna().sort_values(ascending=False)
+        changed = moved[moved > 0]
+        if len(changed):
+            top = ", ".join(f"{k} ({v:.3g})" for k, v in changed.head(3).items())
+            lines.append(f"Per-head statistics: {len(changed)} of {len(moved)} changed; largest mean |B - A|: {top}.")
+        else:
+            lines.append(f"Per-head statistics: none of {len(moved)} changed.")
+    return lines
+
+
+#: Layers per table of the by-layer summary: a wider table would not fit the page.
+LAYERS_PER_TABLE = 12
+
+
+def layer_tables(layers: pd.DataFrame) -> str:
+    """The by-layer summary turned on its side (one row per measure, one column per layer), in tables of at
+    most :data:`LAYERS_PER_TABLE` layers, so that it fits the page whatever the model's depth."""
+    if layers.empty or "layer" not in layers.columns:
+        return "<p class='note'>Nothing to summarise by layer.</p>"
+    flipped = layers.set_index("layer").T
+    flipped.index = [str(i).replace("mean_abs_delta_", "mean |B - A| of ") for i in flipped.index]
+    parts = []
+    for start in range(0, flipped.shape[1], LAYERS_PER_TABLE):
+        part = flipped.iloc[:, start:start + LAYERS_PER_TABLE]
+        part.columns = [f"L{int(c)}" for c in part.columns]
+        parts.append(part.to_html(border=0, float_format="%.3g", classes="paged"))
+    return "<div class='wide'>" + "".join(parts) + "</div>"
 
 
 def write_page(comparison: Comparison, out: Path) -> Path:
-    """Write the figures and the self-contained ``index.html`` of a comparison."""
+    """Write the figures (``figures/``) and the page (``report/index.html``) of a comparison, laid out as a
+    run's report: what changed first, then the sections, the details folded at the end."""
+    from headscope.report.build import figures_html, page_layout
+    from headscope.report.figures import parallel_figures
+
     figures = out / "figures"
     s = comparison.summary
-    blocks: list[str] = []
     name_a, name_b = html.escape(str(s["a"]["model"])), html.escape(str(s["b"]["model"]))
-    warn = "".join(f"<li>{html.escape(p)}</li>" for p in s["corpus_differences"])
-    blocks.append(f"<p>A = <b>{name_a}</b>, B = <b>{name_b}</b>; changes are B - A.</p>"
-                  + (f'<p class="warn">The inputs differ:</p><ul>{warn}</ul>' if warn else
-                     "<p>Both runs read the same corpus files and used the same number of sequences.</p>"))
     conventions = s.get("conventions", {})
     used = sorted(set(conventions.get("a", {}).values()) | set(conventions.get("b", {}).values())) or ["headscope"]
     mixed = "".join(f"<li>{html.escape(m)}</li>" for m in s.get("mixed_conventions", []))
-    blocks.append(f'<p class="warn">Compared across different conventions (--allow-mixed-conventions): the '
-                  f"changes below mix the models' difference with the definitions'.</p><ul>{mixed}</ul>" if mixed
-                  else f"<p>Conventions: {html.escape(', '.join(used))} (both runs).</p>")
-    roles = comparison.roles
-    figs: list[str] = []
-    if roles is not None:
-        correction = "Benjamini-Hochberg" if s["correction"] == "bh" else "no correction"
-        tested = roles["tested"] if "tested" in roles.columns else roles["p"].notna()
-        crossed = roles[roles["change"].isin(CROSSED)]
-        blocks.append(
-            f"<h2>Roles</h2><p>{int(roles['significant'].sum())} of {int(roles['p'].notna().sum())} head x role "
-            f"mean scores changed significantly (Welch two-sided t-test, alpha = {s['alpha']}, {correction}). "
-            f"Roles gained: {int((roles['change'] == 'gained').sum())}, lost: "
-            f"{int((roles['change'] == 'lost').sum())} (has_role flipped <i>and</i> the change is significant "
-            f"by this test). Crossed the threshold without a significant change: {len(crossed)}. A change is "
-            f"tested only where both runs have at least min_n = {html.escape(str(s.get('min_n', MIN_N)))} scores "
-            f"of the role ({int(tested.sum())} of {len(roles)} head x role rows), so no role is gained or lost on "
-            "fewer.</p>"
-            + (f'<p class="warn">Not tested: {int((~tested).sum())} of {len(roles)} head x role changes '
-               f"(fewer than min_n = {html.escape(str(s.get('min_n', MIN_N)))} scores in a run).</p>"
-               if (~tested).any() else ""))
-        name = layer_figure(comparison.layers, figures)
-        if name:
-            figs.append(inline_figure_html(figures, name, "Where the models differ, by layer"))
-        for role in dict.fromkeys(roles["role"]):
-            part = roles[roles["role"] == role]
-            if part["delta"].notna().any():
-                name = delta_heatmap(part, "delta", f"{role}: change of mean score", figures,
-                                     f"compare_role_{role}", marks=part[part["significant"]])
-                figs.append(inline_figure_html(figures, name, f"{role} (dots: significant change)"))
-        blocks.append(f'<div class="figures">{"".join(figs)}</div>')
-        moved = roles[roles["change"].isin(["gained", "lost"])]
-        if len(moved):
-            listing = moved.assign(head_id=[head_name(r.layer, r.head) for r in moved.itertuples()])
-            blocks.append("<h3>Roles gained and lost (significant change)</h3>" + listing[
-                ["head_id", "role", "change", "mean_a", "mean_b", "p_adjusted"]].to_html(
-                index=False, border=0, float_format="%.3g"))
-        if len(crossed):
-            listing = crossed.assign(head_id=[head_name(r.layer, r.head) for r in crossed.itertuples()])
-            blocks.append("<h3>Crossed the threshold, change not significant</h3><p>has_role differs between the "
-                          "runs, but the change of the mean score is not significant (or not tested): not a "
-                          "role gained or lost.</p>" + listing[
-                              ["head_id", "role", "change", "mean_a", "mean_b", "p_adjusted"]].to_html(
-                              index=False, border=0, float_format="%.3g", na_rep="not tested"))
-        top = roles[roles["significant"]].reindex(roles.loc[roles["significant"], "t"].abs()
-                                                   .sort_values(ascending=False).index).head(20)
-        if len(top):
-            blocks.append("<h3>Largest significant changes</h3>" + top[
-                ["layer", "head", "role", "mean_a", "mean_b", "delta", "t", "p_adjusted"]].to_html(
-                index=False, border=0, float_format="%.3g"))
-    heads = comparison.heads
-    if len(heads):
-        figs = []
-        for stat in dict.fromkeys(heads["statistic"]):
-            part = heads[heads["statistic"] == stat]
-            if part["delta"].notna().any():
-                name = delta_heatmap(part, "delta", f"{stat}: B - A", figures, f"compare_heads_{stat}")
-                figs.append(inline_figure_html(figures, name, stat))
-        blocks.append(f'<h2>Per-head statistics (heads.csv)</h2><div class="figures">{"".join(figs)}</div>')
-    blocks.append("<h2>By layer</h2>" + comparison.layers.to_html(index=False, border=0, float_format="%.3g"))
-    page = render_page(f"headscope compare: {name_a} vs {name_b}",
-                       f"<main><h1>headscope compare</h1>{''.join(blocks)}</main>", {}, [])
-    index = out / "index.html"
-    index.write_text(page, encoding="utf-8")
+    # The first line names A and B, which the page's lead does already.
+    lines = summary_lines(comparison)[1:]
+    first = ("<ul class='findings'>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+             + "</ul>"
+             + (f'<p class="warn">Compared across different conventions (--allow-mixed-conventions): the '
+                f"changes below mix the models' difference with the definitions'.</p><ul>{mixed}</ul>" if mixed
+                else f"<p>Conventions: {html.escape(', '.join(used))} (both runs).</p>"))
+    sections: list[ReportSection] = []
+    with parallel_figures():
+        figs = SectionFigures(figures)
+        roles = comparison.roles
+        if roles is not None:
+            sections.append(ReportSection("roles", "Roles", roles_html(comparison, figs)))
+        heads = comparison.heads
+        if len(heads):
+            maps = "".join(delta_map(figs, heads[heads["statistic"] == stat], "delta", f"{stat}: B - A",
+                                     f"compare_heads_{stat}", stat)
+                           for stat in dict.fromkeys(heads["statistic"]))
+            sections.append(ReportSection("statistics", "Per-head statistics (heads.csv)",
+                                          "<p>Each map is centred on 0: red where B is higher, blue where A is."
+                                          "</p>" + maps))
+    sections.append(ReportSection("layers", "By layer", layer_tables(comparison.layers)))
+    details = (f"<h4>compare.json</h4><pre class='config'>{html.escape(json.dumps(s, indent=1, default=str))}</pre>"
+               f"<h4>Figure files</h4>{figures_html(figures)}")
+    body = page_layout(f"headscope compare: {name_a} vs {name_b}",
+                       f"<p class='lead'>A = <b>{name_a}</b>, B = <b>{name_b}</b>; changes are B - A.</p>",
+                       [ReportSection("summary", "What changed", first)], sections, details,
+                       "Details: the comparison's settings and counts (compare.json), figure files")
+    report = out / "report"
+    report.mkdir(parents=True, exist_ok=True)
+    index = report / "index.html"
+    index.write_text(render_page(f"headscope compare: {name_a} vs {name_b}", body, {}, []), encoding="utf-8")
     return index
+
+
+def roles_html(comparison: Comparison, figs: SectionFigures) -> str:
+    """The roles section of the page: the tests, the per-layer figure, one change map per role, the lists."""
+    s = comparison.summary
+    roles = comparison.roles
+    assert roles is not None
+    correction = "Benjamini-Hochberg" if s["correction"] == "bh" else "no correction"
+    tested = roles["tested"] if "tested" in roles.columns else roles["p"].notna()
+    crossed = roles[roles["change"].isin(CROSSED)]
+    blocks = [
+        f"<p>{int(roles['significant'].sum())} of {int(roles['p'].notna().sum())} head x role "
+        f"mean scores changed significantly (Welch two-sided t-test, alpha = {s['alpha']}, {correction}). "
+        f"Roles gained: {int((roles['change'] == 'gained').sum())}, lost: "
+        f"{int((roles['change'] == 'lost').sum())} (has_role flipped <i>and</i> the change is significant "
+        f"by this test). Crossed the threshold without a significant change: {len(crossed)}. A change is "
+        f"tested only where both runs have at least min_n = {html.escape(str(s.get('min_n', MIN_N)))} scores "
+        f"of the role ({int(tested.sum())} of {len(roles)} head x role rows), so no role is gained or lost on "
+        "fewer.</p>"
+        + (f'<p class="warn">Not tested: {int((~tested).sum())} of {len(roles)} head x role changes '
+           f"(fewer than min_n = {html.escape(str(s.get('min_n', MIN_N)))} scores in a run).</p>"
+           if (~tested).any() else "")]
+    layers = comparison.layers
+    if "roles_gained" in layers.columns:
+        blocks.append(figs.plot(lambda: layer_figure(layers), "compare_layers", "Where the models differ, by layer",
+                                numbers(layers["mean_abs_delta_role_score"], layers["roles_gained"],
+                                        layers["roles_lost"]),
+                                "By layer: no role score changed and no role was gained or lost in any layer."))
+    for role in dict.fromkeys(roles["role"]):
+        part = roles[roles["role"] == role]
+        blocks.append(delta_map(figs, part, "delta", f"{role}: change of mean score", f"compare_role_{role}",
+                                f"{role} (dots: significant change)", marks=part[part["significant"]],
+                                what=f"change of the {role} score (B - A)"))
+    moved = roles[roles["change"].isin(["gained", "lost"])]
+    columns = ["head_id", "role", "change", "mean_a", "mean_b", "p_adjusted"]
+    if len(moved):
+        listing = moved.assign(head_id=[head_name(r.layer, r.head) for r in moved.itertuples()])
+        blocks.append("<h3>Roles gained and lost (significant change)</h3><div class='wide'>"
+                      + listing[columns].to_html(index=False, border=0, float_format="%.3g") + "</div>")
+    if len(crossed):
+        listing = crossed.assign(head_id=[head_name(r.layer, r.head) for r in crossed.itertuples()])
+        blocks.append("<h3>Crossed the threshold, change not significant</h3><p>has_role differs between the "
+                      "runs, but the change of the mean score is not significant (or not tested): not a "
+                      "role gained or lost.</p><div class='wide'>" + listing[columns].to_html(
+                          index=False, border=0, float_format="%.3g", na_rep="not tested") + "</div>")
+    top = roles[roles["significant"]].reindex(roles.loc[roles["significant"], "t"].abs()
+                                               .sort_values(ascending=False).index).head(20)
+    if len(top):
+        blocks.append("<h3>Largest significant changes</h3><div class='wide'>" + top[
+            ["layer", "head", "role", "mean_a", "mean_b", "delta", "t", "p_adjusted"]].to_html(
+            index=False, border=0, float_format="%.3g") + "</div>")
+    return "".join(blocks)
 
 
 def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
@@ -449,11 +534,8 @@ def main_compare(args: argparse.Namespace) -> int:
     comparison = compare(args.run_a, args.run_b, alpha=args.alpha, correction=args.correction,
                          allow_mixed_conventions=args.allow_mixed_conventions, min_n=args.min_n)
     out = comparison.save(args.out)
-    s = comparison.summary
-    if comparison.roles is not None:
-        print(f"{s['role_changes_significant']} significant role-score changes; gained {s['roles_gained']}, "
-              f"lost {s['roles_lost']}; crossed the threshold without a significant change "
-              f"{sum(sum(c.values()) for c in s['roles_crossed_not_significant'].values())}; not tested "
-              f"{s['role_changes_not_tested']} (fewer than min_n = {s['min_n']} scores in a run)")
-    print(f"wrote {out}/compare_heads.csv, {out}/compare_layers.csv, {out}/index.html")
+    for line in summary_lines(comparison):
+        print(line)
+    print(f"Wrote the page {out / 'report' / 'index.html'} and the tables compare_heads.csv, compare_layers.csv"
+          + (", compare_roles.csv" if comparison.roles is not None else "") + f" in {out}.")
     return 0

@@ -43,10 +43,10 @@ from headscope.engine.checkpoint import CheckpointError, Progress, differences, 
 from headscope.engine.checkpoint import read as read_checkpoint
 from headscope.engine.checkpoint import remove as remove_checkpoint
 from headscope.engine.context import open_context
+from headscope.engine.intervene import run_passes
 from headscope.engine.outdir import prepare as prepare_output
 from headscope.engine.passes import local_pass, ray_pass
 from headscope.engine.preflight import check_dependencies
-from headscope.engine.progress import Tracker
 from headscope.engine.results import RunResult, write_json
 
 logger = logging.getLogger("headscope")
@@ -115,13 +115,14 @@ def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
     info, manifest = ctx.info, ctx.manifest
     if ALL in config.analyses:
         config, skipped = expand_all(config, info.is_causal)
-        ctx.config = config
+        ctx = dataclasses.replace(ctx, config=config)  # the resolved config; nothing changes it from here
         analyses = resolve_analyses(config.analyses, analysis_kwargs)
         manifest.notes["analyses_all"] = {"ran": list(config.analyses), "skipped": skipped}
         for name, reason in skipped.items():
             logger.info("--analyses all: %s left out (%s)", name, reason)
+    actx = ctx.for_analyses()
     for analysis in analyses:
-        analysis.start(ctx)
+        analysis.start(actx)
 
     fp = fingerprint(config, info, analyses, manifest)
     progress = Progress(used={analysis.name: 0 for analysis in analyses})
@@ -146,21 +147,17 @@ def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
 
     t2 = time.perf_counter()
     results: dict[str, AnalysisResult] = {}
+    actx = ctx.for_analyses(examples=n_examples)
     for analysis in analyses:
         ta = time.perf_counter()
-        if analysis.second_pass:
-            # The analysis's own pass, driven here like the main one, once its dependencies are final.
-            used[analysis.name] = 0
-            with torch.inference_mode():
-                examples = analysis.second_pass_examples(ctx, results)
-                with Tracker(analysis.name, analysis.second_pass_unit, analysis.second_pass_total,
-                             config.quiet) as tracker:
-                    for batch in ctx.batches(examples):
-                        analysis.update_second_pass(ctx, batch)
-                        used[analysis.name] += batch.size
-                        tracker.update(batch.size)
-            timings[f"second_pass_{analysis.name}"] = time.perf_counter() - ta
-        results[analysis.name] = analysis.finalize(ctx, results)
+        if analysis.intervenes:
+            # The analysis's own passes, run by the engine once its dependencies are final; what it used is
+            # what they read.
+            used[analysis.name] = run_passes(ctx, analysis, actx, results)
+            timings[f"passes_{analysis.name}"] = time.perf_counter() - ta
+        results[analysis.name] = analysis.finalize(actx, results)
+        for message in results[analysis.name].warnings:
+            manifest.warn_run(message)
         timings[f"finalize_{analysis.name}"] = time.perf_counter() - ta
     timings["finalize"] = time.perf_counter() - t2
     for analysis in analyses:

@@ -5,9 +5,8 @@ lines from each token to the tokens it attends to, at word level (units, as the 
 piece level. It stays fast for 512 tokens and 144 heads because everything is drawn on canvas from one
 typed array: no DOM element per cell.
 
-Weights are stored as one byte each, ``round(255 * sqrt(weight))`` (base64 of an array of shape
-[layer, head, query, key]): the square root keeps the small weights of broad heads distinguishable (a
-uniform row over 512 keys is code 11, not 0) and the error of a decoded weight is below 0.004.
+Weights are stored as one byte each, ``round(255 * sqrt(weight))`` (:mod:`headscope.report.viewpage`, which
+writes the page; the report writes one for each sequence the ``examples`` analysis kept).
 
 >>> from headscope.viewer import view
 >>> page = view("The cat sat on the mat.", model="minilm", out="cat.html")  # doctest: +SKIP
@@ -21,18 +20,14 @@ import html
 import os
 import typing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
+from typing import Any
 
 from headscope.config import WordMode
 from headscope.corpus.conllu import read_conllu
 from headscope.corpus.text import read_text, text_sentence
 from headscope.corpus.types import Sentence
 from headscope.manifest import Manifest
-
-if TYPE_CHECKING:
-    from headscope.model.encode import Example
+from headscope.report.viewpage import dequantize_sqrt, quantize_sqrt, render_view, view_data
 
 #: Longest input the viewer takes by default, in model tokens (capped by the model).
 DEFAULT_MAX_LENGTH = 512
@@ -98,16 +93,6 @@ class ViewPage(os.PathLike):
                 f"title=\"headscope view: {html.escape(self.path.name)}\"></iframe>")
 
 
-def quantize_sqrt(weights: np.ndarray) -> np.ndarray:
-    """Attention weights in [0, 1] as uint8 codes ``round(255 * sqrt(w))`` (see the module docstring)."""
-    return np.rint(np.sqrt(np.clip(weights, 0.0, 1.0)) * 255.0).astype(np.uint8)
-
-
-def dequantize_sqrt(codes: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`quantize_sqrt` (float32)."""
-    return (codes.astype(np.float32) / 255.0) ** 2
-
-
 def input_sentences(text: str | None = None, file: str | Path | None = None,
                     treebank: str | Path | None = None, sentence: str = "1",
                     manifest: Manifest | None = None) -> list[Sentence]:
@@ -144,75 +129,6 @@ def input_sentences(text: str | None = None, file: str | Path | None = None,
         if k == position or s.sent_id == sentence:
             return [s]
     raise ValueError(f"{treebank}: no sentence {sentence!r} (give a 1-based number or a sent_id)")
-
-
-def view_data(example: Example, piece: np.ndarray, word: np.ndarray, model: dict[str, Any], text: str,
-              notes: list[str]) -> dict[str, Any]:
-    """What the viewer page's script reads.
-
-    Parameters
-    ----------
-    example : Example
-        The encoded input (``pieces`` and ``units`` label the two levels).
-    piece : ndarray of shape (n_layers, n_heads, n_pieces, n_pieces)
-    word : ndarray of shape (n_layers, n_heads, n_units, n_units)
-    model : dict
-        ``name``, ``n_layers``, ``n_heads``.
-    text : str
-        The input as the user gave it (shown as text).
-    notes : list of str
-        Truncation and tokenizer messages.
-    """
-    from headscope.report.page import b64_array
-
-    return {
-        "model": model, "text": text, "notes": notes, "source": f"{example.file}:{example.line}",
-        "encoding": "uint8 round(255*sqrt(weight)), shape [layer, head, query, key]",
-        "levels": {
-            "word": {"tokens": list(example.units), "n": int(word.shape[-1]),
-                     "data": b64_array(quantize_sqrt(word), "u1")},
-            "piece": {"tokens": list(example.pieces), "n": int(piece.shape[-1]),
-                      "data": b64_array(quantize_sqrt(piece), "u1")},
-        },
-    }
-
-
-BODY = """<header><h1>{title}</h1>
-<p class="note" id="meta"></p>
-<p class="input-text" id="input-text"></p>
-<ul class="note" id="notes"></ul>
-</header>
-<main>
-<div class="controls">
-<span>Level:</span>
-<label><input type="radio" name="level" value="word" checked> words</label>
-<label><input type="radio" name="level" value="piece"> pieces</label>
-<label>Lines from weight <input type="range" id="threshold" min="0" max="0.5" step="0.01" value="0.05">
-<span id="threshold-value"></span></label>
-<span id="selected" class="tag"></span>
-</div>
-<div class="viewer">
-<div><h4>All heads (rows: layers, columns: heads); click one</h4>
-<canvas id="thumbs" tabindex="0" aria-label="every head's attention map; click to choose a head"></canvas></div>
-<div><h4 id="big-title">Chosen head</h4>
-<div class="big">
-<div><canvas id="heatmap" aria-label="attention map of the chosen head, query tokens down the left, key tokens
-along the bottom"></canvas>
-<p class="note" id="heat-caption"></p>
-<p class="cellinfo" id="cellinfo">hover the map: query → key: weight</p></div>
-<div class="scroll"><canvas id="lines" aria-label="lines from each token to the tokens it attends to"></canvas></div>
-</div></div></div>
-<p class="note">Colour ∝ √weight, from white (0) to dark blue (1). Lines: left tokens attend to right
-tokens; hover a token on the left to see only its lines.</p>
-</main>"""
-
-
-def render_view(data: dict[str, Any]) -> str:
-    """The viewer page (HTML text) for :func:`view_data`'s output."""
-    from headscope.report.page import render_page
-
-    title = f"headscope view: {html.escape(str(data['model'].get('name', '?')))}"
-    return render_page(title, BODY.format(title=title), data, ["viewer.js"])
 
 
 def view(text: str | None = None, *, model: str = "minilm", file: str | Path | None = None,

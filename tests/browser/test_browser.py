@@ -329,3 +329,105 @@ def test_viewer_page_works_inside_its_notebook_iframe(browser: Any, tiny_bert: P
     assert w.page.evaluate("document.querySelector('iframe').contentDocument") is None
     assert w.page.locator('img[src="x"]').count() == 0
     w.close()
+
+
+# ---- the first screen at a laptop's width, on an encoder run and a decoder run ---------------------------
+
+WIDTH = 1400
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from test_report_sections import encoder_run
+
+    return encoder_run(tiny_bert, tmp_path_factory.mktemp("browser-encoder") / "run")
+
+
+@pytest.fixture(scope="module")
+def decoder_dir(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from test_report_sections import decoder_run
+
+    return decoder_run(tiny_llama, tmp_path_factory.mktemp("browser-decoder") / "run")
+
+
+@pytest.mark.parametrize("kind", ["encoder", "decoder"])
+def test_report_answers_first_and_fits_a_1400_pixel_window(browser: Any, kind: str, request: pytest.FixtureRequest
+                                                           ) -> None:
+    out: Path = request.getfixturevalue(f"{kind}_dir")
+    w = Watched(browser, {"width": WIDTH, "height": 1000})
+    page = w.open(out / "report" / "index.html")
+    # The atlas is the first section, the head grid the second; the run's details are folded at the end.
+    ids = page.evaluate("[...document.querySelectorAll('section.analysis')].map(s => s.id)")
+    assert ids[:2] == ["atlas", "heads"] and ids[-1] == "details"
+    assert page.locator("section#atlas h2").inner_text() == "What the heads do"
+    assert page.locator("section#atlas").bounding_box()["y"] < 900  # on the first screen
+    assert not page.locator("#details > details").evaluate("d => d.open")
+    # Nothing is wider than the window: no horizontal scroll.
+    assert page.evaluate("document.scrollingElement.scrollWidth") <= WIDTH
+    # Every figure shows data that varies (its range is on the element), and every image loads.
+    ranges = page.evaluate("[...document.querySelectorAll('section figure[data-figure]')].map(f => "
+                           "[f.dataset.figure, +f.dataset.min, +f.dataset.max])")
+    assert ranges and all(low < high for _, low, high in ranges), ranges
+    assert page.locator("section figure:not([data-figure]):not(.example)").count() == 0
+    assert page.evaluate("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
+    # The grid opens on a statistic the run measured that varies over the heads, and says what it means.
+    grid = page.locator("#grid")
+    stat = grid.get_attribute("data-stat")
+    heads = pd.read_csv(out / "heads.csv")
+    assert stat == ("sink_first" if kind == "decoder" else "sep") and heads[stat].nunique() > 1
+    assert float(grid.get_attribute("data-min")) < float(grid.get_attribute("data-max"))
+    assert page.locator("#colourbar").is_visible()
+    assert page.locator("#stat-meaning").inner_text().startswith(f"{stat}: ")
+    options = page.locator("#stat option").all_inner_texts()
+    assert all(" – " in o for o in options if o.split(" – ")[0] in ("sep", "prev", "entropy", "sink_first"))
+    w.close()
+
+
+@pytest.mark.parametrize("kind", ["encoder", "decoder"])
+def test_a_head_of_the_atlas_opens_its_profile_and_its_viewer_page(browser: Any, kind: str,
+                                                                   request: pytest.FixtureRequest) -> None:
+    out: Path = request.getfixturevalue(f"{kind}_dir")
+    atlas = pd.read_csv(out / "atlas.csv")
+    w = Watched(browser, {"width": WIDTH, "height": 1000})
+    page = w.open(out / "report" / "index.html")
+    labelled = atlas[atlas["group"] != "unlabelled"]
+    link = page.locator("section#atlas a.head-link:visible").last
+    name = link.get_attribute("data-head")
+    assert name in set(atlas["head_name"])
+    link.click()
+    assert page.locator("#profile").get_attribute("data-head") == name
+    for evidence in labelled.loc[labelled["head_name"] == name, "evidence"]:
+        assert evidence in page.locator("#profile").inner_text()
+    link = page.locator("#viewer-link")
+    assert link.get_attribute("href").endswith(f"#{name}")
+    with page.context.expect_page() as opened:
+        link.click()
+    viewer = opened.value
+    viewer.wait_for_load_state("load")
+    assert viewer.locator("#thumbs").get_attribute("data-head") == name
+    assert name in viewer.locator("#big-title").inner_text()
+    viewer.close()
+    w.close()
+
+
+def test_example_thumbnails_of_short_sequences_are_labelled_with_their_tokens(browser: Any, tmp_path: Path) -> None:
+    from headscope.analyses.examples import encode_float16
+    from headscope.engine.results import RunResult
+
+    n = 8
+    maps = np.stack([np.eye(n), np.full((n, n), 1 / n)])[None].astype(np.float16)
+    pieces = ["[CLS]", "the", "dog", "saw", "the", "extraordinary", "cat", "[SEP]"]
+    example = {"index": 0, "kind": "sentence", "file": "t.conllu", "line": 1, "text": "the dog saw the cat",
+               "pieces": pieces, "units": pieces, "unit_of_piece": list(range(n)), "shape": list(maps.shape),
+               "dtype": "float16", "attention": encode_float16(maps)}
+    out = RunResult(heads=pd.DataFrame({"layer": [0, 0], "head": [0, 1], "sep": [0.1, 0.2]}),
+                    documents={"examples": {"examples": [example]}},
+                    run={"model": {"name": "synthetic", "n_layers": 1, "n_heads": 2}}).save(tmp_path / "run")
+    w = Watched(browser, {"width": WIDTH, "height": 1000})
+    w.page.add_init_script(RECORD_TEXT)
+    page = w.open(build_report(out))
+    canvas = page.locator("#profile figure.example canvas")
+    assert canvas.get_attribute("data-labelled") == "true"
+    drawn = page.evaluate("window.drawnText.filter(t => t.canvas === '').map(t => t.text)")
+    assert [short for short in drawn[:n]] == ["[CLS]", "the", "dog", "saw", "the", "extraordi…", "cat", "[SEP]"]
+    w.close()

@@ -9,6 +9,7 @@ from headscope.analyses.coref import CorefHeads
 from headscope.analyses.decoder_heads import DecoderHeads
 from headscope.analyses.distance import DistancePatterns
 from headscope.analyses.examples import ExampleMaps
+from headscope.analyses.head_effects import HeadEffects
 from headscope.analyses.importance import HeadImportance
 from headscope.analyses.probe import AttentionProbe
 from headscope.analyses.pruning import HeadPruning
@@ -17,6 +18,7 @@ from headscope.analyses.retrieval import RetrievalHeads
 from headscope.analyses.roles import HeadRoles
 from headscope.analyses.sep_gradient import SepGradient
 from headscope.analyses.similarity import HeadSimilarity
+from headscope.analyses.span import AttentionSpan
 from headscope.analyses.surface import SurfaceStatistics
 from headscope.analyses.syntax import SyntaxHeads
 
@@ -25,10 +27,12 @@ __all__ = [
     "Analysis",
     "AnalysisResult",
     "AttentionProbe",
+    "AttentionSpan",
     "CorefHeads",
     "DecoderHeads",
     "DistancePatterns",
     "ExampleMaps",
+    "HeadEffects",
     "HeadImportance",
     "HeadPruning",
     "HeadRoles",

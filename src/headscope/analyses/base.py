@@ -15,8 +15,12 @@ running sums. Attention is never held for every layer at once (:mod:`headscope.e
   shape [batch, head, unit, unit], computed once per layer and shared by every analysis that asks;
 - ``end_batch(batch)`` is called after the batch's last layer (analyses that need several layers at the
   same positions keep just those and finish them here);
-- an analysis with ``second_pass`` gets, after its dependencies have finalized, its own pass over the
-  examples it names in ``second_pass_examples``, one batch at a time in ``update_second_pass``;
+- an intervention (``intervenes``: it needs the model, not only the maps) declares its passes in
+  ``passes(ctx, results)``, a generator of :class:`~headscope.engine.forwards.Pass` (which examples, which
+  forwards: gates, losses, gradients, attention, generation), run by the engine once its dependencies have
+  finalized; each forward's :class:`~headscope.engine.forwards.ForwardOutput` comes back in
+  ``update_pass(batch, forward, out)`` (and attention blocks in ``update_pass_attention``). It never holds
+  the model, the corpus or the manifest;
 - ``merge(other)`` adds another accumulator of the same kind (shards, resumed runs): the result equals one
   run over both parts. It comes from the declared reductions; an analysis overrides it only for state no
   reduction describes (and says why);
@@ -38,15 +42,13 @@ import torch
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
     from headscope.engine.batch import Batch
     from headscope.engine.capture import LayerAttention
-    from headscope.engine.context import RunContext
-    from headscope.engine.results import RunResult
+    from headscope.engine.context import AnalysisContext
+    from headscope.engine.forwards import Forward, ForwardOutput, Generate, Pass
     from headscope.engine.state import Reduce, StateSpec
     from headscope.model.encode import Example
-    from headscope.report.section import ReportSection
 
 
 _A = TypeVar("_A", bound="Analysis")
@@ -66,6 +68,9 @@ class AnalysisResult:
     """JSON-serialisable objects written as ``DIR/{key}.json``."""
     summary: dict[str, Any] = field(default_factory=dict)
     """A few numbers for ``run.json`` (sizes, what was used, choices made)."""
+    warnings: list[str] = field(default_factory=list)
+    """Caveats about the whole run found in ``finalize`` (a role left untested); the run counts each one in
+    ``run.json`` and logs it."""
 
 
 class Analysis(ABC):
@@ -86,10 +91,14 @@ class Analysis(ABC):
     """The namespace of the options (``{prefix}_field``, ``--prefix-field``); None: the analysis's name. See
     :mod:`headscope.analyses.registry`."""
     report_order: ClassVar[int] = 50
-    """Position of the analysis's report section, smaller first (unique among analyses)."""
+    """Position of the analysis's report section, smaller first (unique among analyses). The section itself is
+    in :mod:`headscope.report.sections`: an analysis writes tables and a summary, never HTML."""
     accepts_rollout: ClassVar[bool] = False
     """True when the statistics make sense of ``--weights rollout`` maps, which mix every layer below: per-head
     distributions over keys (attention to positions and tokens, distances, dependency matches), example maps."""
+    costly: ClassVar[str] = ""
+    """Why ``--analyses all`` leaves this analysis out although the run could do it (its cost, said in a few
+    words: "one forward per head per batch"); empty: ``all`` includes it."""
     needs: ClassVar[tuple[str, ...]] = ()
     """What the run must offer for ``--analyses all`` to include this analysis: ``treebank``,
     ``coreference``, ``causal`` (a decoder LM) or ``encoder``."""
@@ -97,27 +106,15 @@ class Analysis(ABC):
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None or self.Options is None else self.Options()
 
-    @staticmethod
-    def report(run: RunResult, figures: Path) -> ReportSection | None:
-        """The report section for this analysis, built from a finished run's tables alone.
-
-        Write figures with :func:`headscope.report.figures.save_figure` into ``figures`` (PNG and SVG).
-        Return None when the run has no output of this analysis.
-        """
-        return None
-
     reads_pieces: bool = False
     """True when :meth:`update` is to be fed piece-level attention (an observer of the layers' maps). An
     analysis may set it in :meth:`start` when its options decide (syntax under clark conventions)."""
     reads_words: bool = False
     """True when :meth:`update_words` is to be fed word-level attention (for the examples it
     :meth:`wants_words`)."""
-    second_pass: ClassVar[bool] = False
-    """True when the analysis needs a pass of its own after the main one (see :meth:`second_pass_examples`)."""
-    second_pass_unit: ClassVar[str] = "sequences"
-    """What the progress of the second pass counts (one per example of :meth:`second_pass_examples`)."""
-    second_pass_total: int | None = None
-    """How many examples :meth:`second_pass_examples` yields, set by it when known (for the progress bar)."""
+    intervenes: ClassVar[bool] = False
+    """True when the analysis declares passes of its own (:meth:`passes`), run by the engine after the main
+    pass: gates on heads, losses, gradients, inputs it builds, generation."""
 
     def requires(self) -> tuple[str, ...]:
         """Importable top-level modules this analysis needs with its options, beyond headscope's own
@@ -136,7 +133,7 @@ class Analysis(ABC):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         # The engine reads the flags, never which methods a class overrides: a reader without its flag is a bug.
-        for method, flag in (("update", "reads_pieces"), ("update_words", "reads_words")):
+        for method, flag in (("update", "reads_pieces"), ("update_words", "reads_words"), ("passes", "intervenes")):
             defines = any(method in c.__dict__ for c in cls.__mro__ if c is not Analysis)
             declares = any(flag in c.__dict__ for c in cls.__mro__ if c is not Analysis)
             if defines and not declares:
@@ -187,7 +184,7 @@ class Analysis(ABC):
             setattr(self, name, clone_state(spec.default))
 
     @abstractmethod
-    def start(self, ctx: RunContext) -> None:
+    def start(self, ctx: AnalysisContext) -> None:
         """Allocate the running state for the model described by ``ctx.info``."""
 
     def begin_batch(self, batch: Batch) -> None:  # noqa: B027 (optional hook)
@@ -207,12 +204,19 @@ class Analysis(ABC):
     def end_batch(self, batch: Batch) -> None:  # noqa: B027
         """Called after the last layer of ``batch``."""
 
-    def second_pass_examples(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> Iterator[Example]:
-        """The examples of this analysis's own pass (``second_pass`` analyses), given its dependencies' results."""
-        raise NotImplementedError
+    def passes(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> Iterator[Pass]:
+        """The passes this intervention needs, in order (a generator: it may read its state between yields).
 
-    def update_second_pass(self, ctx: RunContext, batch: Batch) -> None:  # noqa: B027
-        """Add one batch of the second pass (the analysis runs the model itself, e.g. with gates)."""
+        ``ctx.examples`` is what the main pass counted; ``results`` holds the results of ``after``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} declares intervenes but no passes()")
+
+    def update_pass(self, batch: Batch, forward: Forward | Generate, out: ForwardOutput) -> None:  # noqa: B027
+        """Add what ``forward`` gave on ``batch`` (a pass's forwards come in the order declared)."""
+
+    def update_pass_attention(self, batch: Batch, forward: Forward | Generate,  # noqa: B027 (optional hook)
+                              block: LayerAttention) -> None:
+        """Add one attention block of a forward with ``attention="weights"`` (the shape of :meth:`update`'s)."""
 
     def state_dict(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """The running state as (numpy arrays by name, JSON-able dict): checkpoints and distributed merges.
@@ -250,7 +254,7 @@ class Analysis(ABC):
         return self
 
     @abstractmethod
-    def finalize(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
+    def finalize(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
         """Turn the running state into tables."""
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from headscope.engine.context import RunContext
+    from headscope.engine.context import AnalysisContext
 
 
 def as_float16(x: torch.Tensor) -> torch.Tensor:
@@ -27,7 +27,7 @@ def float16_constant(values: Any, device: torch.device | str) -> torch.Tensor:
     return torch.from_numpy(np.asarray(values, dtype=np.float64).astype(np.float16).astype(np.float32)).to(device)
 
 
-def effective_conventions(ctx: RunContext, supported: tuple[str, ...]) -> str:
+def effective_conventions(ctx: AnalysisContext, supported: tuple[str, ...]) -> str:
     """The run's ``--conventions`` if this analysis implements it, else ``headscope`` (its own definitions)."""
     wanted = getattr(getattr(ctx, "config", None), "conventions", "headscope")
     return wanted if wanted in supported else "headscope"

@@ -26,9 +26,7 @@ best head (the baselines, fixed rules rather than picks, stay). The summary reco
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
@@ -37,18 +35,19 @@ import torch
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name
 from headscope.analyses.registry import register
 from headscope.config import check_choices, option
-from headscope.corpus.mentions import MENTION_TYPES
-from headscope.model.coref_encode import WindowMention, window_mentions
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
-    from headscope.engine.context import RunContext
-    from headscope.engine.results import RunResult
+    from headscope.engine.context import AnalysisContext
+    from headscope.model.coref_encode import WindowMention
     from headscope.model.encode import Example
-    from headscope.report.section import ReportSection
 
 #: Baselines, in table order.
 BASELINES = ("nearest", "head_match", "rule_based")
+#: Mention types, in table order: those the corpus gives a mention (``WindowMention.mention_type``, from
+#: ``headscope.corpus.mentions.MENTION_TYPES``; the analysis imports no corpus module, tests/test_coref.py checks
+#: the two agree).
+MENTION_TYPES = ("pronoun", "proper", "nominal", "other")
 #: Mention types of the table, ``all`` last.
 TYPES = (*MENTION_TYPES, "all")
 #: Default of ``--coref-min-n``: fewest evaluated mentions of a type for a best-head claim.
@@ -66,7 +65,7 @@ def baseline_predictions(mentions: list[WindowMention], i: int) -> dict[str, int
     Parameters
     ----------
     mentions : list of WindowMention
-        The window's mentions, ordered by head word (as :func:`window_mentions` gives them).
+        The window's mentions, ordered by head word (as :func:`carried_mentions` gives them).
     i : int
         The mention to resolve.
 
@@ -92,6 +91,25 @@ def baseline_predictions(mentions: list[WindowMention], i: int) -> dict[str, int
     if rule < 0:
         rule = nearest
     return {"nearest": nearest, "head_match": head_match, "rule_based": rule}
+
+
+def carried_mentions(example: Example) -> list[WindowMention]:
+    """The mentions a window carries, ordered by head word, with their antecedents in the window.
+
+    The corpus side computes them once, when it builds the window (``WindowExample`` of
+    :mod:`headscope.model.coref_encode`); the analysis only reads them.
+
+    Raises
+    ------
+    ValueError
+        For a window that carries none (one encoded by hand: wrap it with ``WindowExample.from_example``).
+    """
+    mentions: list[WindowMention] | None = getattr(example, "mentions", None)
+    if mentions is None:
+        raise ValueError(f"coref: window {example.index} ({example.file}:{example.line}) carries no mentions; "
+                         "windows come from headscope.model.coref_encode (iter_coref_examples, or "
+                         "WindowExample.from_example for one encoded by hand)")
+    return mentions
 
 
 @dataclass
@@ -125,7 +143,7 @@ def mention_queries(batch: Batch, candidates: str = "all") -> MentionQueries | N
     rows, queries, types, targets = [], [], [], []
     baseline_correct = torch.zeros(len(BASELINES), len(MENTION_TYPES), dtype=torch.float64)
     for b, example in enumerate(batch.examples):
-        mentions = window_mentions(example)  # carried by the example: computed once, when it was built
+        mentions = carried_mentions(example)  # computed once, when the window was built
         for i, m in enumerate(mentions):
             if not m.evaluated:
                 continue
@@ -198,7 +216,7 @@ class CorefHeads(Analysis):
     def wants(self, example: Example) -> bool:
         return example.kind == "window"
 
-    def start(self, ctx: RunContext) -> None:
+    def start(self, ctx: AnalysisContext) -> None:
         shape = (len(MENTION_TYPES), ctx.info.n_layers, ctx.info.n_heads)
         self.add_state("correct_", torch.zeros(shape, dtype=torch.float64, device=ctx.device))
         self.add_state("n_", torch.zeros(len(MENTION_TYPES), dtype=torch.float64))
@@ -244,7 +262,7 @@ class CorefHeads(Analysis):
         denominator = torch.where(n > 0, n, torch.nan)
         return correct / denominator[:, None, None], base / denominator[None, :], n
 
-    def finalize(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
+    def finalize(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
         heads_acc, base_acc, n = self.accuracy()
         _, n_layers, n_heads = heads_acc.shape
         frames = []
@@ -276,44 +294,6 @@ class CorefHeads(Analysis):
         }
         return AnalysisResult(name=self.name, heads=per_head, tables={"coref": table, "coref_best": best},
                               summary=summary)
-
-    @staticmethod
-    def report(run: RunResult, figures: Path) -> ReportSection | None:
-        from headscope.report.figures import head_grid, save_heatmap
-        from headscope.report.section import ReportSection, figure_html, percent
-
-        table = run.tables.get("coref")
-        if table is None or table.empty:
-            return None
-        summary = run.run.get("analyses", {}).get("coref", {})
-        min_n = int(summary.get("min_n", run.run.get("analysis_options", {}).get("coref", {}).get(
-            "coref_min_n", MIN_N)))
-        best = best_heads(table, min_n)
-        heads = table[(table["method"] == "head") & (table["mention_type"] == "all")]
-        save_heatmap(head_grid(heads, "accuracy"), figures, "coref_accuracy", "antecedent accuracy, all mentions",
-                     label="accuracy", vmin=0)
-
-        header = "".join(f"<th>{h}</th>" for h in ("mention type", "n", "best head", "accuracy", *BASELINES))
-        body = "".join(
-            f"<tr><td>{html.escape(str(r.mention_type))}</td><td>{int(r.n)}</td>"
-            f"<td>{f'<i>n &lt; {min_n}</i>' if r.below_min_n else html.escape(str(r.best_head))}</td>"
-            f"<td>{percent(r.accuracy)}</td>"
-            + "".join(f"<td>{percent(getattr(r, b))}</td>" for b in BASELINES) + "</tr>" for r in best.itertuples())
-        n_all = int(heads["n"].max()) if len(heads) else 0
-        if n_all >= min_n:
-            top = heads.sort_values(["accuracy", "layer", "head"], ascending=[False, True, True]).head(5)
-            top_list = "Top heads over all mentions: " + ", ".join(
-                f"{head_name(r.layer, r.head)} {percent(r.accuracy)}" for r in top.itertuples()) + "."
-        else:
-            top_list = f"No top heads: {n_all} mentions in all, fewer than coref_min_n = {min_n}."
-        text = (f"<p>Share of mentions whose head word attends most to the head word of an earlier mention of "
-                f"the same entity (Clark et al. 2019, section 4.3), in %. The best head is chosen on the same "
-                f"data it is scored on, as in the paper, and named only for mention types with at least "
-                f"coref_min_n = {min_n} mentions. {html.escape(top_list)}"
-                f"</p><table><tr>{header}</tr>{body}</table>"
-                + figure_html("coref_accuracy", "Antecedent-selection accuracy per head, all mention types"))
-        return ReportSection(key="coref", title="Coreference heads", html=text, figures=["coref_accuracy"])
-
 
 def _finite(x: float) -> float | None:
     return None if pd.isna(x) else float(x)

@@ -29,15 +29,21 @@ The summary's ``top`` (and the report's top heads) ranks, per score, only the he
 at least ``--decoder-min-n`` sequences (default 20; for ``prefix_matching`` the probe sequences), and records
 ``min_n`` and each score's ``scored_sequences``.
 
+Significance (issue 30): each score of :data:`TESTED` has a chance level, ``<score>_chance``, the score a head
+would get attending uniformly over the same keys (weight ``1/(i+1)`` on each key ``0..i`` of row ``i``),
+accumulated in the same pass with the same patterns, exclusions and sequences as the score itself, and a
+95% bootstrap interval over sequences, ``<score>_low`` .. ``<score>_high`` (an online Poisson bootstrap of
+``--decoder-resamples`` resamples, seeded by each sequence's position, so shards merge). ``<score>_above_chance``
+is ``<score>_low > <score>_chance + --decoder-margin`` on at least ``--decoder-min-n`` sequences: the atlas's
+decoder labels rest on it.
+
 See ``docs/decoder_heads.md`` for the definitions and their sources.
 """
 
 from __future__ import annotations
 
-import html
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -46,16 +52,15 @@ import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name
 from headscope.analyses.registry import register
-from headscope.analyses.stats import means_or_nan
+from headscope.analyses.stats import CONFIDENCE, mean_or_nan, means_or_nan, percentile_intervals, poisson_weights
 from headscope.config import option
-from headscope.model.encode import Example, adds_bos, probe_example  # noqa: F401 (adds_bos: public here as in 0.1)
+from headscope.engine.forwards import Forward, Pass, TokenRows
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
     from headscope.engine.capture import LayerAttention
-    from headscope.engine.context import RunContext
-    from headscope.engine.results import RunResult
-    from headscope.report.section import ReportSection
+    from headscope.engine.context import AnalysisContext
+    from headscope.engine.forwards import ForwardOutput, Generate
 
 #: The scores of the main pass, computed as TransformerLens ``mul`` scores of a detection pattern.
 PATTERN_SCORES = ("previous_token", "duplicate_token", "induction")
@@ -84,6 +89,19 @@ PROBE_STREAM = 15
 #: Default of ``--decoder-min-n``: fewest sequences scored for a head to be named among the top heads.
 MIN_N = 20
 
+#: The scores with a chance level and a bootstrap interval (``<score>_chance``, ``_low``, ``_high``).
+TESTED = ("previous_token", "duplicate_token", "induction", "prefix_matching", "sink_first")
+
+#: Default of ``--decoder-margin``: how far (absolute, in share of attention) the interval's lower bound must
+#: clear chance for ``<score>_above_chance``.
+MARGIN = 0.1
+
+#: Default of ``--decoder-resamples``: resamples of the bootstrap intervals.
+RESAMPLES = 200
+
+#: Mixed into the bootstrap's seed (main pass; the probe adds 1) so its draws are independent of the others.
+BOOTSTRAP_STREAM = 30
+
 
 @dataclass
 class DecoderHeadsOptions:
@@ -102,6 +120,12 @@ class DecoderHeadsOptions:
     decoder_min_n: int = option(MIN_N, help="Fewest sequences on which a head's score is defined for the head to "
                                 "be named among the top heads of that score (summary and report; for prefix "
                                 "matching, probe sequences).")
+    decoder_margin: float = option(MARGIN, help="A head's score is above chance when the lower bound of its 95 percent "
+                                   "bootstrap interval over sequences exceeds its chance level (uniform attention "
+                                   "over the same keys) by this much, absolute (<score>_above_chance; the atlas's "
+                                   "decoder labels).")
+    decoder_resamples: int = option(RESAMPLES, help="Bootstrap resamples of the decoder scores' intervals over "
+                                    "sequences.")
 
 
 # --- the scores of one block of query rows ------------------------------------------------------------------
@@ -240,6 +264,28 @@ def prefix_matching_sums(weights: torch.Tensor, query_start: int, length: int, o
     return numerator, denominator
 
 
+def uniform_block(lengths: torch.Tensor, query_start: int, rows: int, keys: int) -> torch.Tensor:
+    """The block a head attending uniformly over its keys would give: the chance level's attention.
+
+    Parameters
+    ----------
+    lengths : Tensor of shape [batch]
+        Real tokens of each sequence (right-aligned, as the capture hands blocks over).
+    query_start, rows, keys : int
+        The block's first query position, its rows and the keys of the batch.
+
+    Returns
+    -------
+    Tensor of shape [batch, 1, rows, keys]
+        float32: ``1/(i+1)`` on keys ``0..i`` of each real row ``i``; padded rows and keys 0.
+    """
+    dev = lengths.device
+    pos = torch.arange(query_start, query_start + rows, device=dev)[:, None]
+    key = torch.arange(keys, device=dev)[None, :]
+    seen = (key <= pos)[None] & (pos[None] < lengths[:, None, None])
+    return (seen.to(torch.float32) / (pos + 1).to(torch.float32))[:, None]
+
+
 # --- the induction probe -------------------------------------------------------------------------------------
 
 def probe_candidates(tokenizer: Any, vocab_size: int | None = None) -> np.ndarray:
@@ -283,6 +329,9 @@ class DecoderHeads(Analysis):
     # declared state (add_state in start)
     sums_: dict[str, torch.Tensor]
     counts_: dict[str, torch.Tensor]
+    chance_: dict[str, torch.Tensor]
+    boot_sums_: dict[str, torch.Tensor]
+    boot_counts_: dict[str, torch.Tensor]
     sequences_: int
     probe_sequences_: int
 
@@ -294,9 +343,9 @@ class DecoderHeads(Analysis):
     description = ("decoder LMs: previous-token, duplicate-token, induction, prefix-matching and attention-sink "
                    "heads (TransformerLens, Olsson et al. 2022, Gu et al. 2025)")
     Options = DecoderHeadsOptions
-    second_pass = True
+    intervenes = True
 
-    def start(self, ctx: RunContext) -> None:
+    def start(self, ctx: AnalysisContext) -> None:
         o = self.options
         if not ctx.info.is_causal:
             raise ValueError(
@@ -312,18 +361,32 @@ class DecoderHeads(Analysis):
             raise ValueError(f"sink_epsilon must be between 0 and 1, got {o.sink_epsilon}")
         if o.decoder_min_n < 1:
             raise ValueError(f"decoder_min_n must be at least 1, got {o.decoder_min_n}")
+        if not 0 <= o.decoder_margin < 1:
+            raise ValueError(f"decoder_margin must be in [0, 1), got {o.decoder_margin}")
+        if o.decoder_resamples < 10:
+            raise ValueError(f"decoder_resamples must be at least 10, got {o.decoder_resamples}")
         shape = (ctx.info.n_layers, ctx.info.n_heads)
         self.n_layers_, self.n_heads_ = shape
         self.add_state("sums_", {k: torch.zeros(shape, dtype=torch.float64, device=ctx.device) for k in SCORES})
         self.add_state("counts_", {k: torch.zeros(shape, dtype=torch.float64, device=ctx.device) for k in SCORES})
+        # Chance levels: per-sequence chance summed over the sequences where each head's score is defined
+        # (divided by counts_); bootstrap: Poisson-weighted sums and counts per resample.
+        self.add_state("chance_", {k: torch.zeros(shape, dtype=torch.float64, device=ctx.device) for k in TESTED})
+        boot = (int(o.decoder_resamples), *shape)
+        self.add_state("boot_sums_", {k: torch.zeros(boot, dtype=torch.float64, device=ctx.device) for k in TESTED})
+        self.add_state("boot_counts_", {k: torch.zeros(boot, dtype=torch.float64, device=ctx.device)
+                                        for k in TESTED})
         self.add_state("sequences_", 0)
         self.add_state("probe_sequences_", 0)
+        config = getattr(ctx, "config", None)  # (tests that feed hand-made maps have none: seed 0)
+        self.seed_ = int(getattr(config, "seed", 0) or 0)
+        self._chance_probe: tuple[torch.Tensor, torch.Tensor] | None = None
         self.adds_bos_: bool | None = None
-        loaded = getattr(ctx, "loaded", None)
-        if loaded is not None:  # (tests that feed hand-made maps have no model)
-            self.adds_bos_ = ctx.encoder.adds_bos  # the tokenizer's choice, or --bos
+        self._probe: tuple[torch.Tensor, torch.Tensor] | None = None
+        if getattr(ctx, "tokenizer", None) is not None:  # (tests that feed hand-made maps have no model)
+            self.adds_bos_ = ctx.adds_bos  # the tokenizer's choice, or --bos
             longest = 2 * o.induction_length + int(self.adds_bos_)
-            limit = int(ctx.encoder.max_length)
+            limit = int(ctx.max_length)
             if longest > limit:
                 raise ValueError(f"an induction-probe sequence takes {longest} tokens (2 x --decoder-induction-length "
                                  f"{o.induction_length}{' + BOS' if self.adds_bos_ else ''}), more than the "
@@ -337,6 +400,9 @@ class DecoderHeads(Analysis):
         dev = batch.input_ids.device
         self._batch = {k: torch.zeros(shape, dtype=torch.float64, device=dev)
                        for k in (*PATTERN_SCORES, *SINK_SCORES, "mass")}
+        # The chance level's sums, per sequence (uniform attention is the same in every layer).
+        self._batch.update({f"chance_{k}": torch.zeros(batch.size, dtype=torch.float64, device=dev)
+                            for k in (*PATTERN_SCORES, "sink_first", "mass")})
 
     def update(self, batch: Batch, block: LayerAttention) -> None:
         o = self.options
@@ -347,6 +413,13 @@ class DecoderHeads(Analysis):
         # Attention to the BOS the tokenizer added (the encoder marks it as is_cls, at position 0 only).
         bos = batch.is_cls.to(block.weights.dtype)
         self._batch["sink_bos"][:, block.layer] += torch.einsum("bhqk,bk->bh", block.weights, bos).double()
+        if block.layer == 0:  # the same rows, patterns and exclusions, attended uniformly: the chance level
+            rows, keys = block.weights.shape[-2:]
+            uniform = uniform_block(batch.lengths.to(block.weights.device), block.query_start, rows, keys)
+            chance = pattern_sums(uniform, batch.input_ids, block.query_start, o.exclude_bos,
+                                  o.exclude_current_token)
+            for key in (*PATTERN_SCORES, "sink_first", "mass"):
+                self._batch[f"chance_{key}"] += chance[key][:, 0].to(torch.float64)
 
     def end_batch(self, batch: Batch) -> None:
         acc = self._batch
@@ -355,56 +428,104 @@ class DecoderHeads(Analysis):
         mass = acc["mass"]
         # TransformerLens asserts a sequence longer than 1; with every weight excluded its score is 0/0.
         defined = multi & (mass > ROUNDING * lengths)
+        weights = self._weights(batch, BOOTSTRAP_STREAM)
+        chance_mass = acc["chance_mass"].clamp_min(1e-300)
         for key in PATTERN_SCORES:
-            self._add(key, acc[key] / mass.clamp_min(1e-300), defined)
-        self._add("sink_first", acc["sink_first"] / lengths.clamp_min(1), (batch.lengths > 0)[:, None, None])
+            self._add(key, acc[key] / mass.clamp_min(1e-300), defined, acc[f"chance_{key}"] / chance_mass, weights)
+        self._add("sink_first", acc["sink_first"] / lengths.clamp_min(1), (batch.lengths > 0)[:, None, None],
+                  acc["chance_sink_first"] / lengths[:, 0, 0].clamp_min(1), weights)
         self._add("sink_bos", acc["sink_bos"] / lengths.clamp_min(1), batch.is_cls.any(-1)[:, None, None])
         self.sequences_ += batch.size
         self._batch = {}
 
-    def _add(self, key: str, values: torch.Tensor, valid: torch.Tensor) -> None:
-        """Add per-sequence ``values`` [batch, layer, head] where ``valid`` (broadcastable) holds."""
+    def _weights(self, batch: Batch, stream: int) -> torch.Tensor:
+        """Poisson bootstrap weights [resample, batch] of the batch's sequences (by their stream position)."""
+        keys = [int(ex.index) for ex in batch.examples] if batch.examples else list(range(batch.size))
+        w = poisson_weights(keys, int(self.options.decoder_resamples), [self.seed_, stream])
+        return torch.as_tensor(w, dtype=torch.float64, device=next(iter(self.boot_sums_.values())).device)
+
+    def _add(self, key: str, values: torch.Tensor, valid: torch.Tensor, chance: torch.Tensor | None = None,
+             weights: torch.Tensor | None = None) -> None:
+        """Add per-sequence ``values`` [batch, layer, head] where ``valid`` (broadcastable) holds; with
+        ``chance`` [batch] and bootstrap ``weights`` [resample, batch], the chance level and resamples too."""
         valid = valid.expand_as(values)
-        self.sums_[key] += torch.where(valid, values, 0.0).sum(0).to(self.sums_[key].device)
-        self.counts_[key] += valid.sum(0).to(torch.float64).to(self.counts_[key].device)
+        filled = torch.where(valid, values, 0.0).to(self.sums_[key].device)
+        valid = valid.to(filled.device)
+        self.sums_[key] += filled.sum(0)
+        self.counts_[key] += valid.sum(0).to(torch.float64)
+        if chance is not None and weights is not None:
+            on = valid.to(torch.float64)
+            self.chance_[key] += torch.einsum("blh,b->lh", on, chance.to(on))
+            self.boot_sums_[key] += torch.einsum("rb,blh->rlh", weights, filled)
+            self.boot_counts_[key] += torch.einsum("rb,blh->rlh", weights, on)
 
     # the induction probe: random tokens repeated twice, through the model in a pass of their own
 
-    def second_pass_examples(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> Iterator[Example]:
+    def passes(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> Iterator[Pass]:
+        """The induction probe: random tokens repeated twice, their attention captured as in the main pass."""
         o = self.options
-        tokenizer = ctx.loaded.tokenizer
-        has_bos = ctx.encoder.adds_bos if self.adds_bos_ is None else self.adds_bos_
+        tokenizer = ctx.tokenizer
+        has_bos = ctx.adds_bos if self.adds_bos_ is None else self.adds_bos_
         bos = int(tokenizer.bos_token_id) if has_bos else None
-        candidates = probe_candidates(tokenizer, getattr(ctx.loaded.model.config, "vocab_size", None))
-        sequences = probe_sequences(candidates, o.induction_probe, o.induction_length, int(ctx.config.seed), bos)
-        return (probe_example(k, ids, has_bos, tokenizer) for k, ids in enumerate(sequences))
+        candidates = probe_candidates(tokenizer, ctx.vocab_size)
+        sequences = probe_sequences(candidates, o.induction_probe, o.induction_length, ctx.seed, bos)
+        yield Pass("decoder_heads: induction probe", TokenRows(tuple(sequences), has_bos),
+                   [Forward(attention="weights")])
 
-    def update_second_pass(self, ctx: RunContext, batch: Batch) -> None:
-        from headscope.engine.capture import capture
-
+    def update_pass_attention(self, batch: Batch, forward: Forward | Generate, block: LayerAttention) -> None:
         o = self.options
         length = o.induction_length
-        shape = (batch.size, self.n_layers_, self.n_heads_)
-        numerator = torch.zeros(shape, dtype=torch.float64, device=batch.input_ids.device)
-        denominator = torch.zeros_like(numerator)
+        if self._probe is None:  # this batch's per-sequence sums (a buffer of the batch, not state)
+            shape = (batch.size, self.n_layers_, self.n_heads_)
+            numerator = torch.zeros(shape, dtype=torch.float64, device=batch.input_ids.device)
+            self._probe = (numerator, torch.zeros_like(numerator))
+        numerator, denominator = self._probe
         # Every probe sequence has the same layout; its BOS, if any, is the one leading token.
         offset = int(batch.lengths[0]) - 2 * length
-
-        def consume(block: LayerAttention) -> None:
-            num, den = prefix_matching_sums(block.weights, block.query_start, length, offset, o.exclude_bos,
+        num, den = prefix_matching_sums(block.weights, block.query_start, length, offset, o.exclude_bos,
+                                        o.exclude_current_token)
+        numerator[:, block.layer] += num.double()
+        denominator[:, block.layer] += den.double()
+        if block.layer == 0:  # the chance level: the same rows attended uniformly
+            if self._chance_probe is None:
+                zeros = torch.zeros(batch.size, dtype=torch.float64, device=numerator.device)
+                self._chance_probe = (zeros, zeros.clone())
+            rows, keys = block.weights.shape[-2:]
+            uniform = uniform_block(batch.lengths.to(block.weights.device), block.query_start, rows, keys)
+            num, den = prefix_matching_sums(uniform, block.query_start, length, offset, o.exclude_bos,
                                             o.exclude_current_token)
-            numerator[:, block.layer] += num.double()
-            denominator[:, block.layer] += den.double()
+            self._chance_probe[0].add_(num[:, 0].double().to(numerator.device))
+            self._chance_probe[1].add_(den[:, 0].double().to(numerator.device))
 
-        capture(ctx.loaded, batch, consume, ctx.config.attention_bytes(), padding_side=ctx.config.padding_side)
-        self._add("prefix_matching", numerator / denominator.clamp_min(1e-300), denominator > ROUNDING * length)
+    def update_pass(self, batch: Batch, forward: Forward | Generate, out: ForwardOutput) -> None:
+        assert self._probe is not None, "the probe's attention comes before its output"
+        numerator, denominator = self._probe
+        self._probe = None
+        assert self._chance_probe is not None, "layer 0's blocks come with the probe's attention"
+        chance_num, chance_den = self._chance_probe
+        self._chance_probe = None
+        length = self.options.induction_length
+        self._add("prefix_matching", numerator / denominator.clamp_min(1e-300), denominator > ROUNDING * length,
+                  chance_num / chance_den.clamp_min(1e-300), self._weights(batch, BOOTSTRAP_STREAM + 1))
         self.probe_sequences_ += batch.size
 
     def means(self) -> dict[str, torch.Tensor]:
         """Each score as a float64 tensor of shape (n_layers, n_heads); NaN where never defined."""
         return means_or_nan(self.sums_, self.counts_)
 
-    def finalize(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
+    def chance(self) -> dict[str, torch.Tensor]:
+        """Each tested score's chance level, over the same sequences as the score; NaN where never defined."""
+        return means_or_nan(self.chance_, {k: self.counts_[k] for k in TESTED})
+
+    def intervals(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Each tested score's 95% bootstrap interval over sequences: (low, high) arrays (n_layers, n_heads)."""
+        out = {}
+        for key in TESTED:
+            replicates = mean_or_nan(self.boot_sums_[key].cpu().numpy(), self.boot_counts_[key].cpu().numpy())
+            out[key] = percentile_intervals(replicates)
+        return out
+
+    def finalize(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
         o = self.options
         means = self.means()
         table = head_frame(means, self.n_layers_, self.n_heads_)
@@ -412,6 +533,16 @@ class DecoderHeads(Analysis):
         sink_rate = float(table["sink"].mean())
         counts = head_frame({k: self.counts_[k].cpu() for k in SCORES}, self.n_layers_, self.n_heads_)
         min_n = int(o.decoder_min_n)
+        chance = self.chance()
+        intervals = self.intervals()
+        for key in TESTED:
+            low, high = intervals[key]
+            table[f"{key}_chance"] = chance[key].cpu().numpy().reshape(-1)
+            table[f"{key}_low"] = low.reshape(-1)
+            table[f"{key}_high"] = high.reshape(-1)
+            # NaN compares False: a head without an interval is never above chance.
+            table[f"{key}_above_chance"] = ((table[f"{key}_low"] > table[f"{key}_chance"] + o.decoder_margin)
+                                            & (counts[key] >= min_n))
         # Top heads only among heads scored on at least min_n sequences: a mean of one or two is no ranking.
         eligible = table.assign(**{k: table[k].where(counts[k] >= min_n) for k in SCORES})
         summary = {
@@ -429,49 +560,16 @@ class DecoderHeads(Analysis):
                          f"decoder_min_n = {min_n} sequences (prefix_matching: probe sequences)"),
             "scored_sequences": {k: {"min": int(counts[k].min()), "max": int(counts[k].max())} for k in SCORES},
             "top": {k: top_heads(eligible, k, 5) for k in SCORES if table[k].notna().any()},
+            "margin": float(o.decoder_margin),
+            "resamples": int(o.decoder_resamples),
+            "confidence": CONFIDENCE,
+            "significance_rule": (f"<score>_above_chance: the lower bound of the {CONFIDENCE:.0%} bootstrap interval "
+                                  f"over sequences > <score>_chance (uniform attention over the same keys) + "
+                                  f"decoder_margin = {o.decoder_margin:g}, on at least decoder_min_n = {min_n} "
+                                  "sequences"),
+            "above_chance": {k: int(table[f"{k}_above_chance"].sum()) for k in TESTED},
         }
         return AnalysisResult(name=self.name, heads=table.copy(), tables={"decoder_heads": table}, summary=summary)
-
-    @staticmethod
-    def report(run: RunResult, figures: Path) -> ReportSection | None:
-        from headscope.report.figures import head_grid, save_heatmap
-        from headscope.report.section import ReportSection, figure_html
-
-        table = run.tables.get("decoder_heads")
-        if table is None or table.empty:
-            return None
-        options = run.run.get("analysis_options", {}).get("decoder_heads", {})
-        epsilon = float(options.get("sink_epsilon", DecoderHeadsOptions.sink_epsilon))
-        shown = [c for c in ("previous_token", "duplicate_token", "induction", "prefix_matching", "sink_first")
-                 if c in table.columns and table[c].notna().any()]
-        names = []
-        for column in shown:
-            # One colour scale for every score (all are shares of attention), so the maps compare at a glance.
-            save_heatmap(head_grid(table, column), figures, f"decoder_heads_{column}", LABELS[column], label=column,
-                         vmin=0.0, vmax=1.0)
-            names.append(f"decoder_heads_{column}")
-        sink_rate = float((table["sink_first"] > epsilon).mean()) if "sink_first" in table.columns else float("nan")
-        summary = run.run.get("analyses", {}).get("decoder_heads", {})
-        # The summary's top heads rest on decoder_min_n scored sequences; a run from before has none recorded.
-        recorded = summary.get("top") if "min_n" in summary else None
-        min_n = summary.get("min_n")
-
-        def top(column: str) -> str:
-            heads = recorded.get(column, []) if recorded is not None else top_heads(table, column, 5)
-            return ", ".join(f"{html.escape(t['head'])} ({t['score']:.3f})" for t in heads) or (
-                f"none: no head scored on {html.escape(str(min_n))} sequences")
-
-        rows = "".join(f"<tr><td>{html.escape(LABELS[c])}</td><td>{top(c)}</td></tr>" for c in shown)
-        rule = (f" Top heads are ranked among heads whose score is defined on at least decoder_min_n = "
-                f"{html.escape(str(min_n))} sequences (prefix matching: probe sequences)." if min_n is not None
-                else "")
-        body = (f"<p>Per head, averaged over the corpus's sequences (prefix matching: over sequences of random "
-                f"tokens repeated twice). Sink rate (share of heads whose mean attention to the first position "
-                f"exceeds {epsilon:g}, Gu et al. 2025): <b>{100 * sink_rate:.1f}%</b>.{rule}</p>"
-                f"<table><tr><th>score</th><th>top 5 heads</th></tr>{rows}</table>"
-                + "".join(figure_html(n, LABELS[c]) for n, c in zip(names, shown, strict=True)))
-        return ReportSection(key="decoder_heads", title="Decoder-LM heads", html=body, figures=names)
-
 
 def top_heads(table: pd.DataFrame, column: str, k: int) -> list[dict[str, Any]]:
     """The ``k`` heads with the largest ``column`` (ties: earlier layer, then head), as ``{"head", "score"}``."""

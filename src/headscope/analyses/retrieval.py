@@ -11,6 +11,13 @@ its mean over the prompts whose answer reproduces the needle; an answer with a R
 of at most ``retrieval_rouge`` (0.5) is counted and left out, as in Wu et al.'s code. Heads scoring above
 ``retrieval_threshold`` (0.1) are named retrieval heads.
 
+Significance (issue 30): uniform attention means nothing for an arg-max rule, so the chance level is a
+shuffled-target control: the same heads' arg-max positions scored against ``retrieval_decoys`` decoy spans of
+the needle's length at seeded places of the haystack away from the needle (a head that copies whatever token
+matches from anywhere scores there too), ``retrieval_score_chance``. ``retrieval_score_low`` ..
+``retrieval_score_high`` is a 95% bootstrap interval over the prompts used, and ``retrieval_above_chance`` is
+``retrieval_score_low > retrieval_score_chance + retrieval_margin`` with at least ``retrieval_min_n`` prompts used.
+
 Generation needs each decoding step's attention for one query row: the prompt is run once with the model's
 own attention (no weights), then each step runs with the KV cache and transformers' eager attention, which
 returns the [batch, head, 1, key] weights of the new token (headscope's capture has no decoding mode).
@@ -18,13 +25,10 @@ returns the [batch, head, 1, key] weights of the new token (headscope's capture 
 
 from __future__ import annotations
 
-import html
-import inspect
 import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,18 +37,14 @@ import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name
 from headscope.analyses.registry import register
-from headscope.analyses.stats import mean_or_nan
+from headscope.analyses.stats import bootstrap_indices, mean_or_nan, percentile_intervals
 from headscope.config import option
-from headscope.manifest import Manifest
-from headscope.model.encode import probe_example
+from headscope.engine.forwards import Generate, Pass, TokenRows
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
-    from headscope.engine.context import RunContext
-    from headscope.engine.results import RunResult
-    from headscope.model.encode import Example
-    from headscope.model.load import LoadedModel
-    from headscope.report.section import ReportSection
+    from headscope.engine.context import AnalysisContext
+    from headscope.engine.forwards import Forward, ForwardOutput
 
 #: The needles and their questions: made-up facts that no haystack holds, so the answer must come from the
 #: prompt. (Wu et al. use their own set of needles; these are headscope's.)
@@ -59,6 +59,10 @@ NEEDLES = (
 
 #: Mixed into the seed of the depth draw so it is independent of the other seeded choices of a run.
 DEPTH_STREAM = 24
+
+#: Mixed into the seeds of the decoy spans and of the bootstrap over prompts.
+DECOY_STREAM = 31
+BOOTSTRAP_STREAM = 32
 
 
 @dataclass
@@ -75,6 +79,15 @@ class RetrievalOptions:
     retrieval_needle: str = option("", help="A needle sentence of one's own (default: headscope's three "
                                    "made-up facts, in turn); needs --retrieval-question.")
     retrieval_question: str = option("", help="The question whose answer is --retrieval-needle.")
+    retrieval_margin: float = option(0.1, help="A head is above chance when the lower bound of its score's 95 percent "
+                                     "bootstrap interval over prompts exceeds the score of the same copies on decoy "
+                                     "spans (the chance level) by this much, absolute.")
+    retrieval_min_n: int = option(5, help="Fewest prompts used (answers that reproduced the needle) for a head to "
+                                  "be above chance.")
+    retrieval_decoys: int = option(8, help="Decoy spans of the needle's length per prompt, at seeded places of the "
+                                   "haystack away from the needle: the chance level.")
+    retrieval_resamples: int = option(1000, help="Bootstrap resamples of the retrieval scores' intervals over "
+                                      "prompts.")
 
 
 # --- scoring -------------------------------------------------------------------------------------------------
@@ -142,6 +155,8 @@ class Prompt:
     """int64 prompt ids."""
     span: tuple[int, int]
     """Token positions of the needle in ``ids``."""
+    context: tuple[int, int] = (0, 0)
+    """Token positions of the haystack with its needle (the decoy spans are drawn from them)."""
     answer: str = ""
     rouge1_recall: float = float("nan")
     generated_tokens: int = 0
@@ -152,19 +167,18 @@ def _detokenize(words: list[str]) -> str:
     return re.sub(r"\s+([.,;:!?%)\]}'])", r"\1", " ".join(words))
 
 
-def haystack_sentences(ctx: RunContext, tokens: int) -> list[tuple[str, int]]:
+def haystack_sentences(ctx: AnalysisContext, tokens: int) -> list[tuple[str, int]]:
     """Sentences of the corpus's raw text in order, with their token counts, until ``tokens`` are collected."""
     out: list[tuple[str, int]] = []
     total = 0
-    tokenizer = ctx.loaded.tokenizer
-    for doc in ctx.corpus.documents(Manifest(log_events=False)):  # read (and reported) by the main pass
-        for sentence in doc.sentences:
-            text = _detokenize(sentence.words)
-            n = len(tokenizer(" " + text, add_special_tokens=False)["input_ids"])
-            out.append((text, n))
-            total += n
-            if total >= tokens:
-                return out
+    tokenizer = ctx.tokenizer
+    for words in ctx.sentences():  # read (and reported) by the main pass
+        text = _detokenize(words)
+        n = len(tokenizer(" " + text, add_special_tokens=False)["input_ids"])
+        out.append((text, n))
+        total += n
+        if total >= tokens:
+            return out
     return out
 
 
@@ -189,68 +203,29 @@ def build_prompt(tokenizer: Any, sentences: list[str], counts: list[int], needle
     first = text.find(needle)
     last = first + len(needle)
     inside = [k for k, (s, e) in enumerate(enc["offset_mapping"]) if e > s and s < last and e > first]
+    begin = text.find(context)
+    around = [k for k, (s, e) in enumerate(enc["offset_mapping"]) if e > s and s < begin + len(context) and e > begin]
     return Prompt(index=index, needle=needle, question=question, depth=float(depth),
-                  ids=np.asarray(enc["input_ids"], dtype=np.int64), span=(inside[0], inside[-1] + 1))
+                  ids=np.asarray(enc["input_ids"], dtype=np.int64), span=(inside[0], inside[-1] + 1),
+                  context=(around[0], around[-1] + 1))
+
+
+def decoy_spans(prompt: Prompt, count: int, seed: int) -> list[tuple[int, int]]:
+    """``count`` spans of the needle's length in the prompt's haystack that do not overlap the needle, at seeded
+    places (``[seed, DECOY_STREAM, prompt.index]``); fewer (none) when the haystack has no room."""
+    start, stop = prompt.span
+    size = stop - start
+    first, last = prompt.context
+    starts = np.arange(first, last - size + 1)
+    starts = starts[(starts + size <= start) | (starts >= stop)]
+    if len(starts) == 0 or count < 1:
+        return []
+    picked = np.random.default_rng([seed, DECOY_STREAM, prompt.index]).choice(starts, size=min(count, len(starts)),
+                                                                              replace=False)
+    return [(int(s), int(s) + size) for s in picked]
 
 
 # --- generation with attention at each step ------------------------------------------------------------------
-
-def greedy_with_attention(loaded: LoadedModel, ids: torch.Tensor, max_new_tokens: int
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Greedy decoding of one prompt, keeping each step's arg-max key per head.
-
-    Parameters
-    ----------
-    loaded : LoadedModel
-        A causal LM with its LM head.
-    ids : Tensor of shape [prompt]
-        int64 prompt ids on the model's device.
-    max_new_tokens : int
-
-    Returns
-    -------
-    generated : Tensor of shape [step]
-        int64 tokens; decoding stops at the end-of-sequence token or a line break after some text.
-    argmax : Tensor of shape [step, layer, head]
-        int64: the key position each head attended to most in the forward pass that produced the token.
-    """
-    model = loaded.model
-    tokenizer = loaded.tokenizer
-    stops = {t for t in (tokenizer.eos_token_id, getattr(model.config, "eos_token_id", None)) if isinstance(t, int)}
-    current = model.config._attn_implementation
-    generated: list[int] = []
-    argmax: list[torch.Tensor] = []
-    # transformers 5 renamed past_key_values to cache; older releases know only the former.
-    params = inspect.signature(model.forward).parameters
-    name = "cache" if "cache" in params else "past_key_values"
-    with torch.inference_mode():
-        # The prompt (but its last token) once with the model's own attention: no weights, the cache only,
-        # and the logits of the last position only (the whole [prompt, vocabulary] would be large).
-        out = model(input_ids=ids[None, :-1], use_cache=True, **({"logits_to_keep": 1} if "logits_to_keep" in params
-                                                                  else {}))
-        cache = getattr(out, name)
-        token = ids[-1:]
-        if current != "eager":
-            model.set_attn_implementation("eager")  # eager attention returns the weights of each step
-        try:
-            for _ in range(max_new_tokens):
-                out = model(input_ids=token[None], use_cache=True, output_attentions=True, **{name: cache})
-                cache = getattr(out, name)
-                token = out.logits[0, -1].argmax(-1, keepdim=True)
-                # [layer, head]: each layer's weights are [1, head, 1, key]
-                argmax.append(torch.stack([a[0, :, -1].float().argmax(-1) for a in out.attentions]).cpu())
-                value = int(token)
-                generated.append(value)
-                if value in stops or ("\n" in tokenizer.decode([value]) and len(generated) > 1):
-                    break
-        finally:
-            if current != "eager":
-                model.set_attn_implementation(current)
-    n_layers = loaded.info.n_layers
-    n_heads = loaded.info.n_heads
-    steps = torch.stack(argmax) if argmax else torch.zeros(0, n_layers, n_heads, dtype=torch.int64)
-    return torch.tensor(generated, dtype=torch.int64), steps
-
 
 # --- the analysis --------------------------------------------------------------------------------------------
 
@@ -262,16 +237,18 @@ class RetrievalHeads(Analysis):
     records_: list[dict[str, Any]]
     sums_: torch.Tensor
     used_: int
+    prompt_scores_: np.ndarray
+    prompt_chance_: np.ndarray
+    prompt_index_: np.ndarray
 
     name = "retrieval"
     report_order = 16
     needs = ("causal",)
     description = "decoder LMs: retrieval heads, which copy a needle from a long context (Wu et al. 2024)"
     Options = RetrievalOptions
-    second_pass = True
-    second_pass_unit = "prompts"
+    intervenes = True
 
-    def start(self, ctx: RunContext) -> None:
+    def start(self, ctx: AnalysisContext) -> None:
         o = self.options
         if not ctx.info.is_causal or not ctx.info.has_lm_head:
             raise ValueError(
@@ -283,6 +260,10 @@ class RetrievalHeads(Analysis):
             raise ValueError("haystack_tokens and retrieval_new_tokens must be at least 1")
         if bool(o.retrieval_needle) != bool(o.retrieval_question):
             raise ValueError("retrieval_needle and retrieval_question go together: give both or neither")
+        if not 0 <= o.retrieval_margin < 1 or o.retrieval_min_n < 1 or o.retrieval_decoys < 1 \
+                or o.retrieval_resamples < 10:
+            raise ValueError("retrieval_margin must be in [0, 1), retrieval_min_n and retrieval_decoys at least 1, "
+                             "retrieval_resamples at least 10")
         limit = int(ctx.info.max_length)
         if o.haystack_tokens + o.retrieval_new_tokens >= limit:
             raise ValueError(f"--retrieval-haystack-tokens {o.haystack_tokens} plus the answer's "
@@ -295,11 +276,18 @@ class RetrievalHeads(Analysis):
         # What each prompt gave, as plain records (the state stays arrays + JSON); the prompts themselves,
         # with their ids, live only for the pass.
         self.add_state("records_", [], reduce="cat")
+        # Per used prompt: its scores, its chance level (the decoys' mean) and its index, for the intervals.
+        self.add_state("prompt_scores_", np.zeros((0, *shape)), reduce="cat")
+        self.add_state("prompt_chance_", np.zeros((0, *shape)), reduce="cat")
+        self.add_state("prompt_index_", np.zeros(0, dtype=np.int64), reduce="cat")
         self._prompts: dict[int, Prompt] = {}
+        self._seed = int(ctx.config.seed)
 
-    def second_pass_examples(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> Iterator[Example]:
+    def passes(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> Iterator[Pass]:
+        """One pass of greedy generation over prompts built from the corpus's raw text, a needle in each."""
         o = self.options
-        tokenizer = ctx.loaded.tokenizer
+        tokenizer = ctx.tokenizer
+        self._tokenizer = tokenizer
         pool = haystack_sentences(ctx, o.retrieval_prompts * o.haystack_tokens)
         if not pool:
             raise ValueError("the retrieval analysis builds its haystacks from raw text (--text, or the packaged "
@@ -324,44 +312,70 @@ class RetrievalHeads(Analysis):
                                  f"{o.retrieval_new_tokens}, more than the {ctx.info.max_length} {ctx.info.name} "
                                  "accepts; lower --retrieval-haystack-tokens")
             self._prompts[k] = prompt
-        self.second_pass_total = len(self._prompts)
-        return (probe_example(k, p.ids, False, tokenizer) for k, p in self._prompts.items())
+        # Each prompt is a generation of up to retrieval_new_tokens steps over a long context.
+        yield Pass("retrieval: generating answers", TokenRows(tuple(p.ids for p in self._prompts.values())),
+                   [Generate(new_tokens=o.retrieval_new_tokens)], unit="prompts")
 
-    def update_second_pass(self, ctx: RunContext, batch: Batch) -> None:
-        from headscope.engine.progress import track
-
+    def update_pass(self, batch: Batch, forward: Forward | Generate, out: ForwardOutput) -> None:
         o = self.options
-        # Each prompt is a generation of up to retrieval_new_tokens steps over a long context: count them.
-        for example in track(batch.examples, "retrieval: generating answers", "prompts", quiet=ctx.config.quiet,
-                             fraction=None, leave=False, final=False):
+        for example, generated, argmax in zip(batch.examples, out.generated, out.argmax, strict=True):
             prompt = self._prompts[example.index]
-            ids = torch.as_tensor(prompt.ids, device=ctx.device)
-            generated, argmax = greedy_with_attention(ctx.loaded, ids, o.retrieval_new_tokens)
-            answer = ctx.loaded.tokenizer.decode(generated.tolist(), skip_special_tokens=True)
+            answer = self._tokenizer.decode(generated.tolist(), skip_special_tokens=True)
             assert isinstance(answer, str)  # one sequence of ids decodes to one string
             prompt.answer = answer
             prompt.generated_tokens = int(generated.shape[0])
             prompt.rouge1_recall = rouge1_recall(prompt.needle, prompt.answer)
             used = prompt.rouge1_recall > o.retrieval_rouge
             if used:
-                self.sums_ += copy_scores(argmax, generated, torch.as_tensor(prompt.ids), prompt.span)
+                ids = torch.as_tensor(prompt.ids)
+                score = copy_scores(argmax, generated, ids, prompt.span)
+                self.sums_ += score
                 self.used_ += 1
+                decoys = [copy_scores(argmax, generated, ids, span).numpy()
+                          for span in decoy_spans(prompt, o.retrieval_decoys, self._seed)]
+                chance = np.mean(decoys, axis=0) if decoys else np.full(score.shape, np.nan)
+                self.prompt_scores_ = np.concatenate([self.prompt_scores_, score.numpy()[None]])
+                self.prompt_chance_ = np.concatenate([self.prompt_chance_, chance[None]])
+                self.prompt_index_ = np.concatenate([self.prompt_index_, [prompt.index]])
             self.records_.append({
                 "prompt": prompt.index, "depth": prompt.depth, "prompt_tokens": len(prompt.ids),
                 "needle_start": prompt.span[0], "needle_tokens": prompt.span[1] - prompt.span[0],
                 "needle": prompt.needle, "answer": prompt.answer, "generated_tokens": prompt.generated_tokens,
                 "rouge1_recall": prompt.rouge1_recall, "used": bool(used)})
 
-    def finalize(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
+    def finalize(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
         o = self.options
         scores = mean_or_nan(self.sums_, self.used_)
         heads = head_frame({"retrieval_score": scores}, self.n_layers_, self.n_heads_)
         heads["retrieval_head"] = heads["retrieval_score"] > o.retrieval_threshold
+        # Intervals over the used prompts, in prompt order (shards may have met them in any order).
+        order = np.argsort(self.prompt_index_, kind="stable")
+        scores_, chance_ = self.prompt_scores_[order], self.prompt_chance_[order]
+        n_used = len(order)
+        if n_used:
+            picks = bootstrap_indices(n_used, int(o.retrieval_resamples), [self._seed, BOOTSTRAP_STREAM])
+            low, high = percentile_intervals(scores_[picks].mean(1))
+            with np.errstate(invalid="ignore"):  # a prompt without room for decoys has NaN chance
+                chance = np.nanmean(chance_, axis=0) if np.isfinite(chance_).any() else np.full(scores.shape, np.nan)
+        else:
+            low = high = chance = np.full(tuple(scores.shape), np.nan)
+        heads["retrieval_score_chance"] = np.asarray(chance).reshape(-1)
+        heads["retrieval_score_low"] = np.asarray(low).reshape(-1)
+        heads["retrieval_score_high"] = np.asarray(high).reshape(-1)
+        heads["retrieval_above_chance"] = ((heads["retrieval_score_low"] > heads["retrieval_score_chance"]
+                                            + o.retrieval_margin) & (n_used >= o.retrieval_min_n))
         prompts = pd.DataFrame(sorted(self.records_, key=lambda r: r["prompt"]))
         summary = {
             "prompts": len(self.records_), "used": self.used_, "left_out": len(self.records_) - self.used_,
             "haystack_tokens": o.haystack_tokens, "rouge1_recall_min": o.retrieval_rouge,
             "threshold": o.retrieval_threshold, "retrieval_heads": int(heads["retrieval_head"].sum()),
+            "margin": o.retrieval_margin, "min_n": o.retrieval_min_n, "decoys": o.retrieval_decoys,
+            "resamples": o.retrieval_resamples,
+            "above_chance": int(heads["retrieval_above_chance"].sum()),
+            "significance_rule": (f"retrieval_above_chance: the lower bound of the 95% bootstrap interval over the "
+                                  f"prompts used > retrieval_score_chance (the same copies scored on "
+                                  f"{o.retrieval_decoys} decoy spans per prompt) + {o.retrieval_margin:g}, with "
+                                  f"at least {o.retrieval_min_n} prompts used"),
             "top": [{"head": head_name(r.layer, r.head), "score": float(r.retrieval_score)} for r in
                     heads.dropna(subset=["retrieval_score"]).sort_values(
                         ["retrieval_score", "layer", "head"], ascending=[False, True, True]).head(5).itertuples()],
@@ -369,32 +383,3 @@ class RetrievalHeads(Analysis):
         return AnalysisResult(name=self.name, heads=heads.copy(), tables={"retrieval": heads,
                                                                          "retrieval_prompts": prompts},
                               summary=summary)
-
-    @staticmethod
-    def report(run: RunResult, figures: Path) -> ReportSection | None:
-        from headscope.report.figures import head_grid, save_heatmap
-        from headscope.report.section import ReportSection, figure_html
-
-        table = run.tables.get("retrieval")
-        if table is None or table.empty:
-            return None
-        summary = run.run.get("analyses", {}).get("retrieval", {})
-        prompts = run.tables.get("retrieval_prompts")
-        used = int(summary.get("used", 0))
-        total = int(summary.get("prompts", 0 if prompts is None else len(prompts)))
-        body = (f"<p>Greedy answers to {total} needle-in-a-haystack prompts of about "
-                f"{int(summary.get('haystack_tokens', 0))} tokens; {used} reproduced the needle (ROUGE-1 recall above "
-                f"{float(summary.get('rouge1_recall_min', 0.5)):g}) and are scored, {total - used} are left out. "
-                f"Retrieval heads (score above {float(summary.get('threshold', 0.1)):g}): "
-                f"<b>{int(table['retrieval_head'].astype(str).str.lower().eq('true').sum())}</b>.</p>")
-        names = []
-        if table["retrieval_score"].notna().any():
-            save_heatmap(head_grid(table, "retrieval_score"), figures, "retrieval_score", "retrieval score",
-                         label="retrieval_score", vmin=0.0, vmax=1.0)
-            names.append("retrieval_score")
-            best = table.dropna(subset=["retrieval_score"]).sort_values("retrieval_score", ascending=False).head(5)
-            body += "<p>Top heads: " + ", ".join(
-                f"{html.escape(head_name(r.layer, r.head))} ({r.retrieval_score:.3f})" for r in best.itertuples()
-            ) + "</p>"
-            body += figure_html("retrieval_score", "Retrieval score per head (Wu et al. 2024)")
-        return ReportSection(key="retrieval", title="Retrieval heads", html=body, figures=names)

@@ -33,100 +33,33 @@ columns ``sep_attention`` and ``sep_gradient``; the report plots both per layer,
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import html
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
 import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame
-from headscope.analyses.importance import contrastive_ids, loss_kind, plain_batch, sample_examples, split_halves
+from headscope.analyses.importance import sample_rows
 from headscope.analyses.registry import register
 from headscope.analyses.stats import mean_or_nan
 from headscope.config import check_choices, option
-from headscope.engine.capture import eager_attention
-from headscope.model.losses import CONTRASTIVE_TEMPERATURE, contrastive_loss, lm_labels
+from headscope.engine.forwards import CONTRASTIVE_TEMPERATURE, Forward, Pass, separator_id
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerFast
 
     from headscope.engine.batch import Batch
-    from headscope.engine.context import RunContext
-    from headscope.engine.results import RunResult
-    from headscope.model.encode import Example
-    from headscope.model.load import LoadedModel
-    from headscope.report.section import ReportSection
+    from headscope.engine.context import AnalysisContext
+    from headscope.engine.forwards import ForwardOutput, Generate
 
 
-def separator_id(tok: PreTrainedTokenizerFast) -> int | None:
-    """The separator: ``sep_token_id``, else ``eos_token_id`` (None when the tokenizer has neither)."""
-    return tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
+def sep_statistics(atts: tuple[torch.Tensor, ...], grads: tuple[torch.Tensor, ...], ids: torch.Tensor,
+                   mask: torch.Tensor, sep_id: int, causal: bool) -> dict[str, np.ndarray]:
+    """Sums of one forward's attention to the separators and of ``|dL/dA|`` at them.
 
-
-@contextlib.contextmanager
-def differentiable_inputs(loaded: LoadedModel) -> Iterator[None]:
-    """Make the input embeddings require grad (the loaded model is frozen), so the attention is in the graph."""
-    def hook(module: torch.nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
-        return output.requires_grad_(True) if not output.requires_grad else output
-
-    handle = loaded.model.get_input_embeddings().register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-def forward_with_attention(loaded: LoadedModel, batch: Batch, kind: str, seed: int
-                           ) -> tuple[torch.Tensor, float, int, list[tuple[tuple[torch.Tensor, ...],
-                                                                            torch.Tensor, torch.Tensor]]]:
-    """The objective to backpropagate, the summed loss, its terms, and (attentions, ids, mask) per forward.
-
-    ``attentions`` holds one [batch, head, query, key] tensor per layer, each with ``retain_grad`` on; ``ids``
-    and ``mask`` ([batch, seq]) are the inputs those attentions were computed on.
-    """
-    if kind == "contrastive_loss":
-        cls_id, sep_id, pad_id = contrastive_ids(loaded.tokenizer)
-        halves = split_halves(batch, cls_id, sep_id, pad_id)
-        pooled, seen = [], []
-        for x in halves:
-            out = loaded.base(**x, output_attentions=True)
-            m = x["attention_mask"].to(out.last_hidden_state.dtype)[..., None]
-            pooled.append((out.last_hidden_state * m).sum(1) / m.sum(1).clamp_min(1.0))
-            seen.append((tuple(out.attentions), x["input_ids"], x["attention_mask"].bool()))
-        loss = contrastive_loss(pooled[0], pooled[1], CONTRASTIVE_TEMPERATURE)
-        objective = loss / max(batch.size, 1)
-        terms = batch.size
-    else:
-        inputs, labels = lm_labels(loaded, batch, seed)
-        out = loaded.model(**inputs, output_attentions=True)
-        logits = out.logits.float() if out.logits.dtype != torch.float64 else out.logits
-        if loaded.info.is_causal:
-            logits, labels = logits[:, :-1], labels[:, 1:]
-        tok = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                                ignore_index=-100, reduction="none").view(labels.shape)
-        counts = (labels != -100).sum(1)
-        loss = tok.sum()
-        objective = (tok.sum(1) / counts.clamp_min(1).to(tok.dtype)).sum()
-        terms = int(counts.sum())
-        seen = [(tuple(out.attentions), batch.input_ids, batch.mask.bool())]
-    for atts, _, _ in seen:
-        if not atts or any(a is None for a in atts):
-            raise RuntimeError(f"{loaded.info.name}: the model returned no attention weights with "
-                               "output_attentions=True (eager attention)")
-        for a in atts:
-            a.retain_grad()
-    return objective, float(loss.detach()), terms, seen
-
-
-def sep_statistics(atts: tuple[torch.Tensor, ...], ids: torch.Tensor, mask: torch.Tensor, sep_id: int,
-                   causal: bool) -> dict[str, np.ndarray]:
-    """Sums of one forward's attention to the separators and of ``|dL/dA|`` at them (after ``backward``).
+    ``atts`` and ``grads`` hold one [batch, head, query, key] tensor per layer: the weights and ``dL/dA``.
 
     Returns
     -------
@@ -145,11 +78,9 @@ def sep_statistics(atts: tuple[torch.Tensor, ...], ids: torch.Tensor, mask: torc
     att = np.zeros((len(atts), atts[0].shape[1]))
     grad = np.zeros_like(att)
     pf = pairs[:, None].to(torch.float64)
-    for layer, a in enumerate(atts):
-        if a.grad is None:
-            raise RuntimeError("the attention weights got no gradient (is the loss connected to them?)")
-        w = a.detach().to(torch.float64)
-        g = a.grad.detach().to(torch.float64).abs()
+    for layer, (a, da) in enumerate(zip(atts, grads, strict=True)):
+        w = a.to(torch.float64)
+        g = da.to(torch.float64).abs()
         att[layer] = (w * pf).sum((0, 2, 3)).cpu().numpy()
         grad[layer] = (g * pf).sum((0, 2, 3)).cpu().numpy()
     return {"attention": att, "gradient": grad, "rows": np.array(float(rows.sum())),
@@ -179,29 +110,15 @@ def with_eos(batch: Batch, eos_id: int, limit: int, bos_id: int | None = None) -
     return dataclasses.replace(batch, **changes)
 
 
-def sep_gradient_batch(loaded: LoadedModel, batch: Batch, kind: str, seed: int, append_eos: bool = False
-                       ) -> tuple[dict[str, np.ndarray], float, int]:
-    """One batch of the pass: the summed statistics of :func:`sep_statistics`, the summed loss and its terms.
-
-    With ``append_eos`` the EOS token is appended to each sequence first (:func:`with_eos`).
-    """
-    sep_id = separator_id(loaded.tokenizer)
-    if sep_id is None:
-        raise ValueError(f"{loaded.info.name}: the tokenizer has neither a SEP nor an EOS token")
+def sep_sums(out: ForwardOutput, sep_id: int, causal: bool, examples: int) -> dict[str, np.ndarray]:
+    """The summed :func:`sep_statistics` of one forward with ``attention="gradients"`` over ``examples``."""
     total: dict[str, np.ndarray] = {}
-    with torch.inference_mode(False), torch.enable_grad(), eager_attention(loaded), differentiable_inputs(loaded):
-        batch = plain_batch(batch)
-        if append_eos:
-            batch = with_eos(batch, int(sep_id), int(loaded.info.max_length), loaded.tokenizer.bos_token_id)
-        objective, loss, terms, seen = forward_with_attention(loaded, batch, kind, seed)
-        objective.backward()
-        causal = bool(loaded.info.is_causal) and kind != "contrastive_loss"
-        for atts, ids, mask in seen:
-            stats = sep_statistics(atts, ids, mask, int(sep_id), causal)
-            for key, value in stats.items():
-                total[key] = total[key] + value if key in total else value
-    total["examples"] = np.array(float(batch.size))
-    return total, loss, terms
+    for atts, grads, ids, mask in out.attention_gradients:
+        stats = sep_statistics(atts, grads, ids, mask, sep_id, causal)
+        for key, value in stats.items():
+            total[key] = total[key] + value if key in total else value
+    total["examples"] = np.array(float(examples))
+    return total
 
 
 @dataclass
@@ -239,34 +156,44 @@ class SepGradient(Analysis):
     description = ("attention to [SEP]/EOS and mean |dL/dA| at it per head (Clark et al. 2019 Fig. 3): "
                    "MLM, next-token or contrastive loss")
     Options = SepGradientOptions
-    second_pass = True
+    intervenes = True
 
-    def start(self, ctx: RunContext) -> None:
+    def start(self, ctx: AnalysisContext) -> None:
         if self.options.sep_gradient_sequences < 1:
             raise ValueError(f"sep_gradient_sequences must be at least 1, got {self.options.sep_gradient_sequences}")
         check_choices(self.options)  # again: the options may have been changed since
-        self.kind = loss_kind(ctx.loaded)
+        self.kind = ctx.require_loss()
         self.append_eos = (self.options.sep_gradient_append_eos == "yes"
                            or (self.options.sep_gradient_append_eos == "auto" and ctx.info.is_causal))
-        if self.append_eos and ctx.loaded.tokenizer.eos_token_id is None:
+        tok = ctx.tokenizer
+        if self.append_eos and tok.eos_token_id is None:
             raise ValueError(f"{ctx.info.name}: sep_gradient_append_eos needs an EOS token and the tokenizer has none")
-        if separator_id(ctx.loaded.tokenizer) is None:
+        sep_id = separator_id(tok)
+        if sep_id is None:
             raise ValueError(f"{ctx.info.name}: sep_gradient needs a SEP or EOS token and the tokenizer has none")
+        self.sep_id = int(sep_id)
+        self.causal = bool(ctx.info.is_causal) and self.kind != "contrastive_loss"
+        self._limit, self._bos_id = int(ctx.info.max_length), tok.bos_token_id
         info = ctx.info
         self.add_state("attention_", np.zeros((info.n_layers, info.n_heads)))
         self.add_state("gradient_", np.zeros((info.n_layers, info.n_heads)))
         for name in ("rows_", "pairs_", "sequences_", "skipped_", "examples_", "loss_", "terms_", "batches_"):
             self.add_state(name, np.zeros(1))
 
-    def second_pass_examples(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> Iterator[Example]:
-        self.second_pass_total = min(self.options.sep_gradient_sequences,
-                                     int(ctx.manifest.counts.get("examples", 0)))
-        return sample_examples(ctx, self.options.sep_gradient_sequences, salt=19)
+    def passes(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> Iterator[Pass]:
+        """One pass over a seeded sample: eager attention, its weights and ``dL/dA`` (with EOS put first
+        when ``append_eos``)."""
+        yield Pass("sep_gradient", sample_rows(ctx, self.options.sep_gradient_sequences, salt=19),
+                   [Forward(loss="objective", attention="gradients")], prepare=self.prepare)
 
-    def update_second_pass(self, ctx: RunContext, batch: Batch) -> None:
-        stats, loss, terms = sep_gradient_batch(ctx.loaded, batch, self.kind, int(ctx.config.seed),
-                                                self.append_eos)
-        self.add(stats, loss, terms)
+    def prepare(self, batch: Batch) -> Batch:
+        """The batch the model reads: with EOS first when ``append_eos`` (:func:`with_eos`)."""
+        if not self.append_eos:
+            return batch
+        return with_eos(batch, self.sep_id, self._limit, self._bos_id)
+
+    def update_pass(self, batch: Batch, forward: Forward | Generate, out: ForwardOutput) -> None:
+        self.add(sep_sums(out, self.sep_id, self.causal, batch.size), out.loss, out.terms)
 
     def add(self, stats: dict[str, np.ndarray], loss: float = 0.0, terms: int = 0) -> None:
         """Add one batch's sums (from :func:`sep_gradient_batch`)."""
@@ -282,7 +209,7 @@ class SepGradient(Analysis):
         """The per-head ``sep_attention`` and ``sep_gradient`` (NaN when no row had a separator)."""
         return mean_or_nan(self.attention_, self.rows_[0]), mean_or_nan(self.gradient_, self.pairs_[0])
 
-    def finalize(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
+    def finalize(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
         if self.batches_[0] == 0:
             raise RuntimeError("the sep_gradient pass saw no batch")
         att, grad = self.values()
@@ -292,9 +219,8 @@ class SepGradient(Analysis):
         table["rows"] = int(self.rows_[0])
         table["pairs"] = int(self.pairs_[0])
         table["loss"] = self.kind
-        tok = ctx.loaded.tokenizer
-        sep_id = separator_id(tok)
-        assert sep_id is not None  # start() refuses a tokenizer without one
+        tok = ctx.tokenizer
+        sep_id = self.sep_id
         summary = {"loss": self.kind, "mean_loss": float(self.loss_[0] / max(self.terms_[0], 1)),
                    "batches": int(self.batches_[0]), "terms": int(self.terms_[0]),
                    "sequences": int(self.examples_[0]),
@@ -307,41 +233,3 @@ class SepGradient(Analysis):
         if self.kind == "contrastive_loss":
             summary["temperature"] = CONTRASTIVE_TEMPERATURE
         return AnalysisResult(name=self.name, heads=heads, tables={"sep_gradient": table}, summary=summary)
-
-    @staticmethod
-    def report(run: RunResult, figures: Path) -> ReportSection | None:
-        from headscope.report.section import ReportSection, figure_html
-
-        if "sep_gradient" not in run.tables:
-            return None
-        table = run.tables["sep_gradient"]
-        loss = str(table["loss"].iloc[0]) if len(table) else "?"
-        name = _sep_gradient_figure(table, figures)
-        per_layer = table.groupby("layer")[["sep_attention", "sep_gradient"]].mean()
-        rows = "".join(f"<tr><td>{int(layer)}</td><td>{r.sep_attention:.3g}</td><td>{r.sep_gradient:.3g}</td></tr>"
-                       for layer, r in per_layer.iterrows())
-        body = ("<p>Per layer, the mean attention to [SEP] (the separator, or EOS) and the mean gradient magnitude "
-                f"|dL/dA| of the loss ({html.escape(loss)}) with respect to that attention, as Clark et al. "
-                "(2019) Figure 3. Averaged over the layer's heads.</p>"
-                f"<table><tr><th>layer</th><th>attention to [SEP]</th><th>|dL/dA| at [SEP]</th></tr>{rows}</table>"
-                + figure_html(name, "Attention to [SEP] and its gradient, per layer"))
-        return ReportSection(key="sep_gradient", title="Attention to [SEP] and its gradient", html=body,
-                             figures=[name])
-
-
-def _sep_gradient_figure(table: pd.DataFrame, figures: Path) -> str:
-    import matplotlib.pyplot as plt
-
-    from headscope.report.figures import COLUMN_WIDTH, save_figure
-
-    fig, axes = plt.subplots(1, 2, figsize=(2 * COLUMN_WIDTH, 2.2), layout="constrained")
-    for ax, column, title in zip(axes, ("sep_attention", "sep_gradient"),
-                                 ("Avg. attention to [SEP]", "Avg. |dL/dA| at [SEP]"), strict=True):
-        ax.scatter(table["layer"], table[column], s=6, color="0.7", label="heads")
-        mean = table.groupby("layer")[column].mean()
-        ax.plot(mean.index, mean.to_numpy(float), marker="o", color="C0", label="layer mean")
-        ax.set_xlabel("layer")
-        ax.set_title(title)
-    axes[0].legend(frameon=False)
-    save_figure(fig, figures, "sep_gradient_layers")
-    return "sep_gradient_layers"

@@ -22,17 +22,15 @@ sequence's queries each rounded to float16), smoothing ``0.001 / n + 0.999 A`` a
 
 from __future__ import annotations
 
-import html
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 
-from headscope.analyses.base import Analysis, AnalysisResult, head_name
+from headscope.analyses.base import Analysis, AnalysisResult
 from headscope.analyses.conventions import as_float16, effective_conventions, float16_constant
 from headscope.analyses.registry import register
 from headscope.config import option
@@ -41,9 +39,7 @@ from headscope.engine.scratch import Scratch
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
     from headscope.engine.capture import LayerAttention
-    from headscope.engine.context import RunContext
-    from headscope.engine.results import RunResult
-    from headscope.report.section import ReportSection
+    from headscope.engine.context import AnalysisContext
 
 #: Smoothing of attention rows before the JS divergence (Clark et al.): ``(1 - EPS) * A + EPS / n``.
 SMOOTHING = 0.001
@@ -245,7 +241,7 @@ class HeadSimilarity(Analysis):
     description = "head x head Jensen-Shannon distance over tokens, and 2-D MDS of the heads (Clark et al. s6)"
     Options = SimilarityOptions
 
-    def start(self, ctx: RunContext) -> None:
+    def start(self, ctx: AnalysisContext) -> None:
         if not 0.0 < self.options.similarity_sample <= 1.0:
             raise ValueError(f"similarity_sample must be in (0, 1], got {self.options.similarity_sample}")
         k = ctx.info.n_layers * ctx.info.n_heads
@@ -293,7 +289,7 @@ class HeadSimilarity(Analysis):
             self.js_sum_ += pairwise_js_sum(smooth_rows(rows, self._n_keys), self._n_keys)
         del self._rows, self._keep, self._slot, self._n_keys
 
-    def finalize(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
+    def finalize(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
         n_layers, n_heads = self.shape_
         js = self.js_sum_.cpu().numpy()
         mean = js / max(self.tokens_, 1)
@@ -313,51 +309,3 @@ class HeadSimilarity(Analysis):
                      "sample": self.sample_, "units": "nats", "conventions": self.conventions_,
                      "definitions": CONVENTIONS[self.conventions_],
                      "mds_input": "js_mean (JS summed over tokens / tokens used)"})
-
-    @staticmethod
-    def report(run: RunResult, figures: Path) -> ReportSection | None:
-        from headscope.report.section import ReportSection, conventions_html, figure_html
-
-        if "mds" not in run.tables:
-            return None
-        mds = run.tables["mds"]
-        names = [_mds_figure(mds, mds["layer"].to_numpy(int), "layer", figures, "similarity_mds_layer")]
-        for column, what in (("pattern", "cluster pattern"), ("head_pattern", "own pattern")):
-            if column in run.heads.columns:
-                colour = mds.merge(run.heads[["layer", "head", column]], on=["layer", "head"], how="left")[column]
-                names.append(_mds_figure(mds, colour.fillna("?").to_numpy(str), what, figures,
-                                         f"similarity_mds_{column}"))
-        used = run.run.get("analyses", {}).get("similarity", {})
-        body = (f"<p>Heads placed by 2-D metric MDS of the mean Jensen-Shannon divergence between their attention "
-                f"rows (Clark et al. 2019, section 6), over {html.escape(str(used.get('tokens_used', '?')))} query "
-                f"tokens of {html.escape(str(used.get('tokens_seen', '?')))} (seeded sample).</p>"
-                + conventions_html(run, "similarity", CONVENTIONS)
-                + "".join(figure_html(n, f"MDS of the heads, coloured by {w}")
-                          for n, w in zip(names, ("layer", "cluster pattern", "own pattern"), strict=False)))
-        return ReportSection(key="similarity", title="Head similarity", html=body, figures=names)
-
-
-def _mds_figure(mds: pd.DataFrame, colour: np.ndarray, what: str, figures: Path, name: str) -> str:
-    import matplotlib.pyplot as plt
-
-    from headscope.report.figures import COLUMN_WIDTH, save_figure
-
-    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, COLUMN_WIDTH), layout="constrained")
-    x, y = mds["x"].to_numpy(float), mds["y"].to_numpy(float)
-    if what == "layer":
-        sc = ax.scatter(x, y, c=colour, cmap="viridis", s=14)
-        fig.colorbar(sc, ax=ax, label="layer", shrink=0.8)
-    else:
-        from headscope.analyses.distance import PATTERNS, pattern_colour
-
-        for value in sorted(set(colour), key=lambda v: (PATTERNS.index(v) if v in PATTERNS else len(PATTERNS), v)):
-            sel = colour == value
-            ax.scatter(x[sel], y[sel], s=14, color=pattern_colour(value), label=value)
-        ax.legend(fontsize=5, loc="best", markerscale=0.8)
-    for xi, yi, layer, head in zip(x, y, mds["layer"], mds["head"], strict=True):
-        ax.annotate(head_name(layer, head), (xi, yi), fontsize=3, alpha=0.6)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_title(f"Heads by JS distance (MDS), by {what}")
-    save_figure(fig, figures, name)
-    return name

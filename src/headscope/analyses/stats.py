@@ -134,3 +134,36 @@ def percentile_interval(values: np.ndarray, confidence: float = CONFIDENCE) -> t
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(values, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def poisson_weights(keys: Any, resamples: int, seed: int | list[int]) -> np.ndarray:
+    """Poisson(1) bootstrap weights of the units named ``keys``: float64 array of shape (resamples, len(keys)).
+
+    A unit's weights depend only on ``seed`` and its key (an example's position in its stream), so weighted
+    sums can be accumulated batch by batch and merged across shards in any order: the online bootstrap
+    (Hanley & MacGibbon 2006), whose resample ``r`` weighs unit ``k`` by ``weights[r, k]`` where the
+    ordinary bootstrap draws it that many times. Each resample's weighted mean is a bootstrap replicate.
+    """
+    base = [int(s) for s in (seed if isinstance(seed, list | tuple) else [seed])]
+    out = np.empty((int(resamples), len(keys)), dtype=np.float64)
+    for column, key in enumerate(keys):
+        out[:, column] = np.random.default_rng([*base, int(key)]).poisson(1.0, int(resamples))
+    return out
+
+
+def percentile_intervals(replicates: np.ndarray, confidence: float = CONFIDENCE) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`percentile_interval` of each entry: ``replicates`` has the resamples on its first axis.
+
+    NaN replicates (a resample that drew no unit with a defined value) are left out; an entry with none
+    defined gives NaN bounds.
+    """
+    values = np.asarray(replicates, dtype=np.float64)
+    tail = (1 - confidence) / 2 * 100
+    shape = values.shape[1:]
+    low = np.full(shape, np.nan)
+    high = np.full(shape, np.nan)
+    defined = np.isfinite(values).any(0)
+    if defined.any():
+        picked = values[:, defined]
+        low[defined], high[defined] = np.nanpercentile(picked, [tail, 100 - tail], axis=0)
+    return low, high

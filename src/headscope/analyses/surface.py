@@ -22,7 +22,6 @@ Clark et al.) keeps its definition, on the float16 maps. See ``docs/conventions.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -37,9 +36,7 @@ from headscope.engine.scratch import Scratch
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
     from headscope.engine.capture import LayerAttention
-    from headscope.engine.context import RunContext
-    from headscope.engine.results import RunResult
-    from headscope.report.section import ReportSection
+    from headscope.engine.context import AnalysisContext
 
 #: Column order of the per-head table, and what each column means (figure titles, report).
 LABELS = {
@@ -228,7 +225,7 @@ class SurfaceStatistics(Analysis):
     reads_pieces = True
     description = "attention to [CLS]/[SEP]/punctuation, self/previous/next token, entropy (Clark et al. s3)"
 
-    def start(self, ctx: RunContext) -> None:
+    def start(self, ctx: AnalysisContext) -> None:
         shape = (ctx.info.n_layers, ctx.info.n_heads)
         self.causal_ = bool(ctx.info.is_causal)
         self.conventions_ = effective_conventions(ctx, tuple(CONVENTIONS))
@@ -262,7 +259,7 @@ class SurfaceStatistics(Analysis):
         """Each statistic as a float64 tensor of shape (n_layers, n_heads); NaN where never defined."""
         return means_or_nan(self.sums_, self.counts_)
 
-    def finalize(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
+    def finalize(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
         means = self.means()
         n_layers, n_heads = means["cls"].shape
         return AnalysisResult(
@@ -271,20 +268,3 @@ class SurfaceStatistics(Analysis):
             summary={"sequences": {k: int(v.item()) for k, v in self.counts_.items()},
                      "conventions": self.conventions_, "definitions": CONVENTIONS[self.conventions_]},
         )
-
-    @staticmethod
-    def report(run: RunResult, figures: Path) -> ReportSection | None:
-        from headscope.report.figures import head_grid, save_heatmap
-        from headscope.report.section import ReportSection, conventions_html, figure_html
-
-        columns = [c for c in STATISTICS if c in run.heads.columns]
-        if not columns:
-            return None
-        names = []
-        for column in columns:
-            save_heatmap(head_grid(run.heads, column), figures, f"surface_{column}", LABELS[column], label=column)
-            names.append(f"surface_{column}")
-        body = ("<p>Per head, averaged over every sequence (Clark et al. 2019, section 3).</p>"
-                + conventions_html(run, "surface", CONVENTIONS)
-                + "".join(figure_html(n, LABELS[c]) for n, c in zip(names, columns, strict=True)))
-        return ReportSection(key="surface", title="Surface statistics", html=body, figures=names)

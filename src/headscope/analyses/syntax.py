@@ -42,9 +42,7 @@ ROOT); and ties between heads going to the highest layer, then head, then ``head
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -54,18 +52,15 @@ import torch
 from headscope.analyses.base import Analysis, AnalysisResult, head_name
 from headscope.analyses.conventions import as_float16, effective_conventions
 from headscope.analyses.registry import register
+from headscope.analyses.relations import collapse_relation
 from headscope.analyses.splits import split_description, split_of
 from headscope.config import option
-from headscope.corpus.conllu import collapse_relation
-from headscope.corpus.parse import silver_parser
-from headscope.model.encode import Example
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
     from headscope.engine.capture import LayerAttention
-    from headscope.engine.context import RunContext
-    from headscope.engine.results import RunResult
-    from headscope.report.section import ReportSection
+    from headscope.engine.context import AnalysisContext
+    from headscope.model.encode import Example
 
 #: Directions, in the order of the ``direction`` axis of the counts.
 DIRECTIONS = ("dep->head", "head->dep")
@@ -372,7 +367,7 @@ class SyntaxHeads(Analysis):
         # Under clark conventions the engine's word maps are not Clark et al.'s: update builds them.
         return example.has_tree and self.conventions_ != "clark"
 
-    def start(self, ctx: RunContext) -> None:
+    def start(self, ctx: AnalysisContext) -> None:
         self.conventions_ = effective_conventions(ctx, tuple(CONVENTIONS))
         # Under clark conventions the word maps are built here from float16 piece maps (update).
         self.reads_pieces = self.conventions_ == "clark"
@@ -515,7 +510,7 @@ class SyntaxHeads(Analysis):
         offsets = np.concatenate([offsets, offsets.sum(1, keepdims=True)], axis=1)
         return [self.relations_[i] for i in order] + ["all"], correct, total, offsets
 
-    def finalize(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
+    def finalize(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
         relations, correct, total, offset_correct = self.counts()
         clark = self.conventions_ == "clark"
         table = accuracy_table(relations, correct, total)
@@ -553,16 +548,9 @@ class SyntaxHeads(Analysis):
             "relations_eligible_per_head": [r for k, r in enumerate(relations[:-1]) if arcs_all[k] >= min_n],
         }
         if silver:
-            summary["parser"] = silver_parser()
+            summary["parser"] = ctx.silver_parser()
         return AnalysisResult(name=self.name, heads=per_head,
                               tables={"syntax": table, "syntax_best": best}, summary=summary)
-
-    @staticmethod
-    def report(run: RunResult, figures: Path) -> ReportSection | None:
-        if "syntax_best" not in run.tables or "syntax" not in run.tables:
-            return None
-        return syntax_report(run, figures)
-
 
 def relation_baselines(relations: list[str], total: np.ndarray, offset_correct: np.ndarray) -> dict[str, float]:
     """Per relation, the accuracy of its best fixed offset over the whole corpus (both splits).
@@ -688,79 +676,3 @@ def best_heads(relations: list[str], correct: np.ndarray, total: np.ndarray, off
               "same_data_baseline_offset"):
         best[c] = best[c].astype("Int64")
     return best
-
-
-def syntax_report(run: RunResult, figures: Path) -> ReportSection | None:
-    """The report section: the best-head table and one layer x head heat map per frequent relation."""
-    from headscope.report.figures import head_grid, save_heatmap
-    from headscope.report.section import ReportSection, conventions_html, figure_html, percent, silver_note
-
-    best = run.tables["syntax_best"]
-    table = run.tables["syntax"]
-    summary = run.run.get("analyses", {}).get("syntax", {})
-    ordered = best.sort_values("n_held_out", ascending=False)
-    ordered = pd.concat([ordered[ordered.relation == "all"], ordered[ordered.relation != "all"]])
-
-    def cell(x: Any) -> str:
-        return "" if pd.isna(x) else html.escape(str(x))
-
-    def signed(x: Any) -> str:
-        return "" if pd.isna(x) else f"{int(x):+d}"
-
-    min_n = summary.get("min_n")
-
-    def head_cell(b: Any) -> str:
-        if bool(getattr(b, "below_min_n", False)) is True:
-            return f"<i>n &lt; {html.escape(str(min_n))}</i>"  # listed, but no best head claimed
-        return cell(b.head_name)
-
-    rows = "".join(
-        f"<tr><td>{html.escape(str(b.relation))}</td><td>{b.n_held_out}</td><td>{head_cell(b)}</td>"
-        f"<td>{cell(b.direction)}</td><td>{percent(b.accuracy)}</td><td>{signed(b.baseline_offset)}</td>"
-        f"<td>{percent(b.baseline_accuracy)}</td><td>{cell(b.same_data_head_name)}</td>"
-        f"<td>{percent(b.same_data_accuracy)}</td></tr>" for b in ordered.itertuples())
-    notes = [f"Split: {html.escape(str(summary.get('split', '?')))}."]
-    if min_n is not None:
-        below = summary.get("relations_below_min_n", [])
-        notes.append(f"A best head and offset are picked only for relations with at least syntax_min_n = {min_n} "
-                     f"arcs in each non-empty split ({len(below)} relation{'s' if len(below) != 1 else ''} below "
-                     f"it, listed without one); a head's best relation in the grid (syntax_best_accuracy) is "
-                     f"chosen among relations with at least {min_n} arcs, next to that relation's best offset "
-                     "(syntax_best_baseline).")
-    if summary.get("silver"):
-        notes.append(f"<b>{html.escape(silver_note(summary.get('parser')))}</b>")
-    if summary.get("relation_collapse"):
-        notes.append("Relation subtypes are collapsed (obl:tmod counts as obl).")
-    clark = summary.get("conventions") == "clark"
-    if clark:
-        notes.append(f"Arcs to ROOT are scored, as in Clark et al.'s code ({summary.get('root_arcs_scored', '?')}"
-                     "; never right for a head).")
-    else:
-        notes.append(f"Arcs to ROOT are left out ({summary.get('root_arcs_excluded', '?')}).")
-    offsets = "-3..+2, 0 included, clipped into the sentence" if clark else "-3..+3"
-    body = (
-        "<p>Per relation, the head whose most-attended word (self and special tokens excluded) is most often "
-        "the dependent's gold head, picked on the selection split and scored on the held-out split, against "
-        f"the best fixed offset ({offsets}) picked the same way. The last two columns are Clark et al.'s way: "
-        "picked and scored on the same held-out data (optimistic). Accuracies in %.</p>"
-        f"<p>{' '.join(notes)}</p>" + conventions_html(run, "syntax", CONVENTIONS)
-        + "<table><tr><th>relation</th><th>n</th><th>head</th><th>direction</th><th>accuracy</th>"
-        "<th>offset</th><th>baseline</th><th>same-data head</th><th>same-data accuracy</th></tr>"
-        f"{rows}</table>")
-    held = table[table["split"] == "held_out"]
-    names = []
-    captions = []
-    for b in ordered.itertuples():
-        if b.n_held_out < REPORT_MIN_DEPENDENTS or pd.isna(b.direction):
-            continue
-        sub = held[(held.relation == b.relation) & (held.direction == b.direction)]
-        safe = "".join(c if c.isalnum() else "_" for c in str(b.relation))
-        name = f"syntax_{safe}"
-        save_heatmap(head_grid(sub, "accuracy"), figures, name, f"{b.relation} ({b.direction})",
-                     label="held-out accuracy", vmin=0.0, vmax=1.0)
-        names.append(name)
-        captions.append(f"{b.relation}, {b.direction}, n = {b.n_held_out}")
-    body += (f"<p>Held-out accuracy of every head, for relations with at least {REPORT_MIN_DEPENDENTS} held-out "
-             "dependents, in the direction of the best head.</p>")
-    body += "".join(figure_html(n, c) for n, c in zip(names, captions, strict=True))
-    return ReportSection(key="syntax", title="Syntax heads", html=body, figures=names)

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import torch
 
 from headscope.config import Route
@@ -357,6 +358,83 @@ def _value_norms(stream: _Stream, layer: int, value: torch.Tensor) -> torch.Tens
     return norms
 
 
+# --- per-head KV budgets: each head sees the first position and its last W keys only ----------------------------
+
+class _Budget:
+    """The key windows of every head while a budgeted forward runs (:func:`kv_budget`)."""
+
+    def __init__(self, windows: torch.Tensor, layer_of: dict[int, int]) -> None:
+        self.windows = windows  # int64 [layer, head]; 0: every key
+        self.layer_of = layer_of
+
+    def mask(self, module: torch.nn.Module, mask: torch.Tensor | None, query: torch.Tensor, keys: int
+             ) -> torch.Tensor | None:
+        """``mask`` with each budgeted head of ``module``'s layer limited to key 0 and its last W keys.
+
+        The result is [batch or 1, head, query, key]: a boolean mask stays boolean (True: seen), a float mask
+        gets the dtype's minimum where the budget hides a key. Query ``r`` is position ``keys - n + r`` (right
+        padding: position 0 is each sequence's first token, the sink).
+        """
+        key_id = id(module)
+        if key_id not in self.layer_of:
+            self.layer_of[key_id] = len(self.layer_of)
+        layer = self.layer_of[key_id]
+        if layer >= self.windows.shape[0]:
+            raise RuntimeError(f"kv_budget: attention layer {layer} has no row in windows of shape "
+                               f"{tuple(self.windows.shape)}")
+        windows = self.windows[layer].to(query.device)
+        if not bool((windows > 0).any()):
+            return mask
+        n = int(query.shape[2])
+        heads = int(query.shape[1])
+        if windows.shape[0] != heads:
+            raise RuntimeError(f"kv_budget: {heads} heads in attention layer {layer}, windows give {windows.shape[0]}")
+        pos = torch.arange(keys - n, keys, device=query.device)[:, None]
+        key = torch.arange(keys, device=query.device)[None, :]
+        window = windows[:, None, None]
+        # [head, query, key]: the sink, the last W keys (the query itself included), or every key (W = 0)
+        seen = (key == 0)[None] | ((pos - key)[None] < window) | (window <= 0)
+        if mask is None:
+            causal = (key <= pos)[None, None]
+            return causal & seen[None]
+        mask = mask[..., :keys]
+        if mask.dtype == torch.bool:
+            return mask & seen[None]
+        return mask.expand(mask.shape[0], heads, n, keys).masked_fill(~seen[None], torch.finfo(mask.dtype).min)
+
+
+@contextlib.contextmanager
+def kv_budget(loaded: LoadedModel, windows: Any) -> Iterator[None]:
+    """For the duration, head ``(layer, head)`` with ``windows[layer, head] = W > 0`` attends only to the first
+    position (the attention sink) and to its last ``W`` keys (itself included), as a streaming KV cache of one
+    sink and a window of ``W`` would let it (Xiao et al. 2024); ``W = 0`` leaves the head whole.
+
+    Works through headscope's attention function (the ``interface`` capture route), for the model's own
+    forward (losses) and for a capture alike; inputs right-padded (position 0 is the first token).
+
+    Parameters
+    ----------
+    loaded : LoadedModel
+    windows : array-like of shape (n_layers, n_heads)
+        Non-negative integers.
+    """
+    route = ensure_route(loaded)
+    if route != "interface":
+        raise ValueError(f"a KV budget needs headscope's attention function (the 'interface' capture route); "
+                         f"{loaded.info.name} is captured by the {route!r} route")
+    values = torch.as_tensor(np.asarray(windows), dtype=torch.int64)
+    shape = (loaded.info.n_layers, loaded.info.n_heads)
+    if tuple(values.shape) != shape or bool((values < 0).any()):
+        raise ValueError(f"kv_budget windows must be non-negative integers of shape {shape}, got "
+                         f"{tuple(values.shape)}")
+    previous = getattr(_local, "budget", None)
+    _local.budget = _Budget(values, loaded.capture_state.setdefault("layer_of", {}))
+    try:
+        yield
+    finally:
+        _local.budget = previous
+
+
 def headscope_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                         attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
                         **kwargs: Any) -> tuple[torch.Tensor, None]:
@@ -373,6 +451,10 @@ def headscope_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
     softcap = kwargs.pop("softcap", None)
     scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
     n_rep = query.shape[1] // key.shape[1]
+    budget: _Budget | None = getattr(_local, "budget", None)
+    if budget is not None:  # a KV budget (kv_budget): each budgeted head's keys limited in the mask
+        with torch.no_grad():
+            attention_mask = budget.mask(module, attention_mask, query, int(key.shape[2]))
     stream = _active()
     if stream is not None:
         reuse = query.dtype == torch.float32 and stream.align is None and not (dropout and module.training)
@@ -502,6 +584,8 @@ def capture(loaded: LoadedModel, batch: Batch, consume: Consumer, budget_bytes: 
             loaded.capture_state["output_projections"] = projections
     elif weights not in ("attention", "rollout"):
         raise ValueError(f"weights must be attention, norm or rollout, got {weights!r}")
+    if padding_side == "left" and getattr(_local, "budget", None) is not None:
+        raise ValueError("a KV budget (kv_budget) counts positions from the first key: capture it right-padded")
     align = _shift(batch, 1) if padding_side == "left" else None
     stream = _Stream(consume, loaded.capture_state.setdefault("layer_of", {}), budget_bytes, align, batch.mask,
                      weights, projections)

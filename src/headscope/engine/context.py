@@ -1,10 +1,12 @@
-"""What an analysis can see of the run: config, model, corpus and manifest."""
+"""The run's context: :class:`RunContext` (the engine's: model, corpus, manifest) and :class:`AnalysisContext`
+(what an analysis sees: sizes, device, token facts, the resolved options; never the model or the corpus)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -19,9 +21,56 @@ from headscope.model.load import LoadedModel, ModelInfo, load_model
 logger = logging.getLogger("headscope")
 
 
+@dataclass(frozen=True)
+class AnalysisContext:
+    """What an analysis sees of the run (``start``, ``passes``, ``finalize``): sizes, device, token facts and
+    the resolved options. It holds no model, corpus or manifest: an analysis that needs the model declares
+    passes (:mod:`headscope.engine.forwards`), which the engine runs."""
+
+    info: ModelInfo
+    """The model's name, layers, heads, whether it is causal, whether it has an LM head, its longest input."""
+    device: torch.device
+    """Where the attention blocks handed to ``update`` live (state on it avoids copies)."""
+    config: RunConfig
+    """The run's settings, resolved (``--analyses all`` expanded); never changed once the run starts."""
+    tokenizer: Any = None
+    """The model's tokenizer, to build inputs of a pass (ids, special tokens, chat template) and to decode;
+    None in tests that feed hand-made maps."""
+    adds_bos: bool = False
+    """Whether the run's inputs start with BOS (the tokenizer's choice, or ``--bos``)."""
+    max_length: int = 0
+    """The longest sequence the run feeds (``--max-length``, capped by the model)."""
+    vocab_size: int | None = None
+    """The model's vocabulary (its config's ``vocab_size``), when it says."""
+    loss_kind: str | None = None
+    """The model's loss for gradients and pruning (``mlm_loss``, ``lm_loss``, ``contrastive_loss``), or None
+    (``loss_problem`` says why)."""
+    loss_problem: str | None = None
+    """Why the model has no loss, when ``loss_kind`` is None."""
+    examples: int = 0
+    """Examples the main pass counted (set for ``passes``; 0 in ``start``)."""
+    word_vectors: Any = field(default=None, repr=False)
+    """``word_vectors()``: static word vectors (GloVe 6B 50-d, loaded on first call) for the probe's variants."""
+    silver_parser: Any = field(default=None, repr=False)
+    """``silver_parser()``: what parsed the silver trees (``--parse spacy``), for the summaries."""
+    sentences: Any = field(default=None, repr=False)
+    """``sentences()`` iterates over the words of each raw-text sentence of the corpus, in order (retrieval's
+    haystacks), read again without reporting (the main pass has reported every problem)."""
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.seed)
+
+    def require_loss(self) -> str:
+        """:attr:`loss_kind`, or a ValueError saying why the model has none."""
+        if self.loss_kind is None:
+            raise ValueError(self.loss_problem or f"{self.info.name}: no loss for this model")
+        return self.loss_kind
+
+
 @dataclass
 class RunContext:
-    """Handed to ``Analysis.start`` and ``Analysis.finalize``."""
+    """The engine's context of a run: what a pass needs (the model, the encoder, the corpus, the manifest)."""
 
     config: RunConfig
     loaded: LoadedModel
@@ -56,6 +105,28 @@ class RunContext:
     def collate(self, examples: list[Example]) -> Batch:
         """One batch of ``examples`` on the model's device."""
         return collate(examples, int(self.loaded.tokenizer.pad_token_id), self.device)
+
+    def for_analyses(self, examples: int = 0) -> AnalysisContext:
+        """The :class:`AnalysisContext` of this run (``examples``: what the main pass counted)."""
+        from headscope.engine.forwards import loss_kind
+
+        try:
+            kind, problem = loss_kind(self.loaded), None
+        except ValueError as e:
+            kind, problem = None, str(e)
+
+        def sentences() -> Iterator[list[str]]:
+            for doc in self.corpus.documents(Manifest(log_events=False)):
+                for sentence in doc.sentences:
+                    yield list(sentence.words)
+
+        return AnalysisContext(info=self.info, device=self.device, config=self.config,
+                               tokenizer=self.loaded.tokenizer, adds_bos=self.encoder.adds_bos,
+                               max_length=int(self.encoder.max_length),
+                               vocab_size=getattr(self.loaded.model.config, "vocab_size", None), loss_kind=kind,
+                               loss_problem=problem,
+                               examples=examples, sentences=sentences, word_vectors=self.corpus.word_vectors,
+                               silver_parser=self.corpus.silver_parser)
 
     def batches(self, examples: Iterator[Example] | None = None) -> Iterator[Batch]:
         """Length-bucketed batches on the model's device; by default a fresh pass over the corpus."""

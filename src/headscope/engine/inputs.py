@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from itertools import chain
+from typing import TYPE_CHECKING, Any
 
 from headscope.config import RunConfig
 from headscope.corpus.conllu import read_conllu
@@ -13,6 +14,9 @@ from headscope.corpus.wiki import wikipedia_sample_text
 from headscope.manifest import Manifest
 from headscope.model.encode import Encoder, Example
 from headscope.model.segments import pack_segments
+
+if TYPE_CHECKING:
+    from headscope.corpus.vectors import WordVectors
 
 #: Segments taken from the packaged Wikipedia sample when --max-segments is not given (Clark et al.'s size).
 DEFAULT_SEGMENTS = 1000
@@ -63,6 +67,22 @@ class Corpus:
 
             docs = parse_documents(docs, manifest)
         return docs
+
+    def silver_parser(self) -> dict[str, Any]:
+        """Who made the silver trees of ``--parse spacy`` (:func:`headscope.corpus.parse.silver_parser`), for
+        the summaries of the analyses that meet ``Sentence.silver`` (handed to them by their context: an analysis
+        imports no corpus module at run time)."""
+        from headscope.corpus.parse import silver_parser
+
+        return silver_parser()
+
+    def word_vectors(self) -> WordVectors:
+        """Static word vectors for the analyses that read them (the probe's GloVe variants, through their
+        context): GloVe 6B 50-d, :func:`headscope.corpus.vectors.load_glove` (memory-mapped, cached for the
+        process)."""
+        from headscope.corpus.vectors import load_glove
+
+        return load_glove()
 
     def examples(self, manifest: Manifest | None = None) -> Iterator[Example]:
         """Stream every example. Pass the run's manifest on the main pass only (it counts and warns; a re-read

@@ -40,7 +40,7 @@ FAIL_ONCE_ENV = "HEADSCOPE_RAY_FAIL_ONCE"
 def _fresh(analyses: list[Analysis], ctx: RunContext) -> list[Analysis]:
     fresh = [type(a)(a.options) for a in analyses]
     for analysis in fresh:
-        analysis.start(ctx)
+        analysis.start(ctx.for_analyses())
     return fresh
 
 
@@ -59,7 +59,7 @@ class BatchWorker:
         self.ctx = open_context(run_config)
         self.analyses = resolve_analyses(run_config.analyses, {k: v for k, v in options.items() if v is not None})
         for analysis in self.analyses:
-            analysis.start(self.ctx)
+            analysis.start(self.ctx.for_analyses())
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from headscope.engine.feed import feed_batch

@@ -4,8 +4,9 @@
 document into windows (:mod:`headscope.corpus.coref_windows`) and encodes every window as a
 :class:`WindowExample`: an :class:`~headscope.model.encode.Example` of kind ``window`` that carries its
 :class:`WindowMention` list. The list is computed once, when the example is built (the manifest counts
-need it there), and :func:`window_mentions` hands the same list to the analysis
-(:mod:`headscope.analyses.coref`) instead of recomputing it for every batch.
+need it there), and the analysis (:mod:`headscope.analyses.coref`) reads ``WindowExample.mentions`` as it is:
+it imports nothing from this layer at run time, so a window it is given must be a :class:`WindowExample`
+(:func:`window_mentions` also computes the list of a plain encoded window, for tests and tools).
 
 This lives in the model layer, beside the encoder, because a window mention is a position in an encoded
 example (its head word's unit): the corpus layer knows sentences and words only, and the engine reads the

@@ -5,6 +5,16 @@ Every self-attention layer ends in an output projection whose input is the heads
 ``values[layer, h]``: 0 switches the head off (Michel et al. 2019's gate xi_h), 1 leaves the output
 bit-for-bit unchanged, and a ``values`` tensor with ``requires_grad`` gives ``dL/dxi`` for head importance.
 
+Two extensions, for mean ablation and attribution patching (``head_effects``):
+
+- ``replacement`` (shape [layer, head, head_dim]): the gate interpolates, ``xi * x + (1 - xi) * r``, so a
+  closed head outputs ``r`` (its mean output, say) instead of 0, and ``-dL/dxi`` at ``xi = 1`` is
+  ``sum over tokens (r - x) . dL/dx``, the first-order estimate of replacing the head's output by ``r``;
+- per-row gates (``values`` of shape [row, layer, head]): each row of the batch has its own gates, so that
+  one forward of a batch repeated k times closes k different heads.
+
+:class:`HeadSums` sums each head's output (the same slice) over the real tokens of every forward.
+
 Example
 -------
 >>> with HeadGates(loaded.model, n_layers, n_heads) as gates:   # doctest: +SKIP
@@ -65,8 +75,12 @@ class HeadGates:
 
     Attributes
     ----------
-    values : Tensor of shape [layer, head]
-        The gates, 1 at start; edit in place (``values[l, h] = 0``) or call :meth:`set`.
+    values : Tensor of shape [layer, head] or [row, layer, head]
+        The gates, 1 at start; edit in place (``values[l, h] = 0``) or call :meth:`set`. Assign a tensor of
+        shape [row, layer, head] for per-row gates (the projection's input must then have that many rows).
+    replacement : Tensor of shape [layer, head, head_dim] or None
+        What a closed gate puts in place of the head's output: the gated slice is
+        ``xi * x + (1 - xi) * replacement``; None (the default) is 0, ``xi * x``.
     """
 
     def __init__(self, model: torch.nn.Module, n_layers: int, n_heads: int) -> None:
@@ -77,6 +91,7 @@ class HeadGates:
         self.n_heads = n_heads
         param = next(model.parameters())
         self.values = torch.ones(n_layers, n_heads, dtype=param.dtype, device=param.device)
+        self.replacement: torch.Tensor | None = None
         self._handles: list[Any] = []
 
     def set(self, heads: list[tuple[int, int]] | None = None, value: float = 0.0) -> HeadGates:
@@ -89,14 +104,24 @@ class HeadGates:
 
     def _hook(self, layer: int) -> Callable[[torch.nn.Module, tuple[Any, ...]], tuple[Any, ...] | None]:
         def gate(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-            gates = self.values[layer]
+            per_row = self.values.dim() == 3
+            gates = self.values[:, layer] if per_row else self.values[layer]
             if not gates.requires_grad and bool((gates == 1).all()):
                 return None  # all open: leave the forward pass untouched
             x = args[0]
             shape = x.shape
             heads = x.reshape(*shape[:-1], self.n_heads, shape[-1] // self.n_heads)
-            gated = (heads * gates.to(x.dtype)[:, None]).reshape(shape)
-            return (gated, *args[1:])
+            g = gates.to(x.dtype)
+            if per_row:
+                if shape[0] != g.shape[0]:
+                    raise ValueError(f"per-row gates for {g.shape[0]} rows, but the forward has {shape[0]}")
+                g = g.reshape(g.shape[0], *([1] * (heads.dim() - 3)), self.n_heads, 1)  # [row, (seq,) head, 1]
+            else:
+                g = g[:, None]
+            gated = heads * g
+            if self.replacement is not None:
+                gated = gated + (1 - g) * self.replacement[layer].to(x.dtype)
+            return (gated.reshape(shape), *args[1:])
 
         return gate
 
@@ -114,6 +139,93 @@ class HeadGates:
         self._handles = []
 
     def __enter__(self) -> HeadGates:
+        return self.attach()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.detach()
+
+
+class HeadSums:
+    """Sum each head's output (its slice of the attention output projection's input) over the real tokens of
+    every forward pass while active, in float64: the sums and counts of a mean that merges exactly.
+
+    Real tokens are those of the ``attention_mask`` the base model is called with (all positions when it is
+    called without one), read by a pre-hook on the base model, so that the inputs a loss builds (masked-LM
+    inputs, the two halves of the contrastive loss) are counted as the model reads them.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A transformers model (with or without its LM head).
+    n_layers, n_heads : int
+        The model's layers and heads per layer.
+
+    Attributes
+    ----------
+    sums : Tensor of shape [layer, head, head_dim] or None
+        float64, on the model's device; None until the first forward.
+    tokens : int
+        Real tokens summed (each forward of the base model counted once, not once per layer).
+    """
+
+    def __init__(self, model: torch.nn.Module, n_layers: int, n_heads: int) -> None:
+        self.base = getattr(model, "base_model", model)
+        self.projections = find_output_projections(model)
+        if len(self.projections) != n_layers:
+            raise ValueError(f"found {len(self.projections)} attention output projections for {n_layers} layers")
+        self.n_layers, self.n_heads = n_layers, n_heads
+        self.sums: torch.Tensor | None = None
+        self.tokens = 0
+        self._mask: torch.Tensor | None = None
+        self._handles: list[Any] = []
+
+    def _inputs(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        mask = kwargs.get("attention_mask")
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            ids = kwargs.get("inputs_embeds")
+        if mask is None and ids is None:
+            raise ValueError("HeadSums: the base model was called without input_ids, inputs_embeds or a mask")
+        if mask is not None:
+            self._mask = mask.bool()
+        else:
+            assert ids is not None
+            self._mask = torch.ones(ids.shape[:2], dtype=torch.bool, device=ids.device)
+        if self._mask.dim() != 2:
+            raise ValueError(f"HeadSums needs a [batch, seq] attention mask, got shape {tuple(self._mask.shape)}")
+        self.tokens += int(self._mask.sum())
+
+    def _hook(self, layer: int) -> Callable[[torch.nn.Module, tuple[Any, ...]], None]:
+        def add(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+            x = args[0].detach()
+            mask = self._mask
+            if mask is None or tuple(mask.shape) != tuple(x.shape[:2]):
+                raise ValueError(f"HeadSums: the projection's input {tuple(x.shape)} does not match the mask "
+                                 f"{None if mask is None else tuple(mask.shape)}")
+            heads = x.reshape(*x.shape[:2], self.n_heads, x.shape[-1] // self.n_heads)
+            summed = torch.einsum("bs,bshd->hd", mask.to(torch.float64), heads.to(torch.float64))
+            if self.sums is None:
+                self.sums = torch.zeros(self.n_layers, *summed.shape, dtype=torch.float64, device=summed.device)
+            self.sums[layer] += summed
+
+        return add
+
+    def attach(self) -> HeadSums:
+        """Register the hooks (idempotent)."""
+        if not self._handles:
+            self._handles = [self.base.register_forward_pre_hook(self._inputs, with_kwargs=True)]
+            self._handles += [proj.register_forward_pre_hook(self._hook(layer))
+                              for layer, proj in enumerate(self.projections)]
+        return self
+
+    def detach(self) -> None:
+        """Remove the hooks; the model is as before."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def __enter__(self) -> HeadSums:
         return self.attach()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

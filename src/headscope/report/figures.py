@@ -22,8 +22,12 @@ import pandas as pd
 #: Width of one column of a two-column paper (ACL style), in inches.
 COLUMN_WIDTH = 3.3
 
-plt.rcParams.update({"font.size": 7, "axes.titlesize": 8, "svg.fonttype": "none", "figure.dpi": 100,
-                     "savefig.dpi": 300, "svg.hashsalt": "headscope"})
+#: The smallest text of any figure, in points: readable at one paper column's width.
+MIN_FONT = 7
+
+plt.rcParams.update({"font.size": MIN_FONT, "axes.titlesize": 8, "legend.fontsize": MIN_FONT,
+                     "xtick.labelsize": MIN_FONT, "ytick.labelsize": MIN_FONT, "svg.fonttype": "none",
+                     "figure.dpi": 100, "savefig.dpi": 300, "svg.hashsalt": "headscope"})
 
 
 def head_grid(heads: pd.DataFrame, column: str) -> np.ndarray:
@@ -37,13 +41,13 @@ def head_grid(heads: pd.DataFrame, column: str) -> np.ndarray:
 
 def layer_head_heatmap(grid: np.ndarray, title: str, cmap: str = "viridis", label: str = "",
                        vmin: float | None = None, vmax: float | None = None) -> plt.Figure:
-    """A layer x head heat map (layers down, heads across, 0-based) of ``grid`` (shape (n_layers, n_heads)).
+    """A layer x head heat map (layer 0 at the top, heads across, 0-based, every one ticked) of ``grid``.
 
     The axes and the colour bar sit at the fixed margins of :mod:`headscope.report.heatmap` (which draws the
     same picture without matplotlib, for :func:`save_heatmap`) rather than a layout engine. Use this one when
     the figure gets more marks before it is saved.
     """
-    from headscope.report.heatmap import MARGINS, heatmap_size
+    from headscope.report.heatmap import MARGINS, heatmap_size, label_step
 
     n_layers, n_heads = grid.shape
     width, height = heatmap_size(n_layers, COLUMN_WIDTH)
@@ -57,8 +61,10 @@ def layer_head_heatmap(grid: np.ndarray, title: str, cmap: str = "viridis", labe
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     ax.set_title(title)
-    ax.set_xticks(range(0, n_heads, max(1, n_heads // 12)))
-    ax.set_yticks(range(0, n_layers, max(1, n_layers // 12)))
+    axes_width, axes_height = (width - left - right) * 72 / n_heads, (height - bottom - top) * 72 / n_layers
+    across, down = label_step(n_heads, axes_width), label_step(n_layers, axes_height, across=False)
+    ax.set_xticks(range(n_heads), [str(j) if j % across == 0 else "" for j in range(n_heads)])
+    ax.set_yticks(range(n_layers), [str(i) if i % down == 0 else "" for i in range(n_layers)])
     fig.colorbar(im, cax=cax, label=label)
     return fig
 
@@ -111,8 +117,9 @@ def _render_pickled(data: bytes, paths: dict[str, Path]) -> None:
 def _heatmap_files(grid: np.ndarray, options: dict[str, Any], paths: dict[str, Path]) -> None:
     from headscope.report.heatmap import heatmap_png, heatmap_svg
 
-    paths["svg"].write_text(heatmap_svg(grid, width=COLUMN_WIDTH, **options), encoding="utf-8")
-    heatmap_png(grid, paths["png"], width=COLUMN_WIDTH, **options)
+    options = {"width": COLUMN_WIDTH, **options}
+    paths["svg"].write_text(heatmap_svg(grid, **options), encoding="utf-8")
+    heatmap_png(grid, paths["png"], **options)
 
 
 def save_heatmap(grid: np.ndarray, directory: str | Path, name: str, title: str, **options: Any
@@ -120,7 +127,10 @@ def save_heatmap(grid: np.ndarray, directory: str | Path, name: str, title: str,
     """A layer x head heat map of ``grid`` (shape (n_layers, n_heads)) written as ``name.svg`` and ``name.png``.
 
     Drawn by :mod:`headscope.report.heatmap` (the look of :func:`layer_head_heatmap` without building a
-    matplotlib figure: a report has dozens of these). ``options``: ``cmap``, ``label``, ``vmin``, ``vmax``.
+    matplotlib figure: a report has dozens of these). ``options``: ``cmap``, ``label``, ``vmin``, ``vmax``,
+    ``marks`` (boolean array: a dot per True cell), ``texts`` (array of strings written in the cells), ``width``
+    (inches, default one column). Prefer :meth:`headscope.report.section.SectionFigures.head_map`, which
+    writes a sentence instead of a map without spread.
     Inside :func:`parallel_figures` a worker draws it.
     """
     directory = Path(directory)

@@ -3,7 +3,8 @@
 A report draws dozens of these (one per surface statistic, syntax relation, decoder score ...), and
 matplotlib spends about 0.1 s on each for its artists and layout, most of a report's time on a small run.
 This draws the same picture (the look of :func:`headscope.report.figures.layer_head_heatmap`: matplotlib's
-colour maps and tick choice, DejaVu Sans, fixed margins) as SVG text and as a PIL image, in a few
+colour maps and tick choice, DejaVu Sans, fixed margins; the right one widens when the colour bar's ticks
+and label need it, so they are never cut off) as SVG text and as a PIL image, in a few
 milliseconds. Colours come from matplotlib's colour maps, so both paths agree cell for cell.
 """
 
@@ -66,23 +67,57 @@ def tick_label(value: float) -> str:
     return text.replace("-", "\u2212")
 
 
-def _layout(shape: tuple[int, int], width: float) -> dict[str, float]:
+#: Width of one character of the tick font, as a share of its size (DejaVu Sans digits are 0.64 em).
+CHAR = 0.64
+
+
+def label_step(n: int, cell: float, across: bool = True) -> int:
+    """Every how many columns (``across``) or rows of ``cell`` points a 7-point index label fits: 1, 2, 5, ..."""
+    need = len(str(max(n - 1, 0))) * CHAR * FONT + 2.0 if across else FONT + 1.0
+    for step in (1, 2, 5, 10, 20, 50, 100):
+        if step * cell >= need:
+            return step
+    return 100
+
+
+def right_margin(lo: float, hi: float, label: str) -> float:
+    """Inches right of the axes: the colour bar, its widest tick text and its label, never cut off."""
+    widest = max((len(tick_label(t)) for t in colour_ticks(lo, hi)), default=1)
+    needed = 0.08 + 0.10 + (TICK * 72 + 4 + widest * CHAR * FONT + (1.4 * FONT if label else 0) + 4) / 72
+    return max(MARGINS[1], needed)
+
+
+def _layout(shape: tuple[int, int], width: float, right: float | None = None) -> dict[str, float]:
     w, h = heatmap_size(shape[0], width)
-    left, right, bottom, top = MARGINS
+    left, default_right, bottom, top = MARGINS
+    right = default_right if right is None else right
     return {"w": w, "h": h, "x0": left, "x1": w - right, "y0": top, "y1": h - bottom,
             "cx0": w - right + 0.08, "cx1": w - right + 0.18}
 
 
 def _ticks(n: int) -> range:
-    return range(0, n, max(1, n // 12))
+    """Every row and column is ticked (labels: see :func:`label_step`)."""
+    return range(n)
+
+
+def _ink(rgb: np.ndarray) -> str:
+    """Black or white, whichever reads better on a cell of colour ``rgb``."""
+    r, g, b = (float(c) / 255 for c in rgb[:3])
+    return "#000" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "#fff"
 
 
 def heatmap_svg(grid: np.ndarray, title: str, cmap: str = "viridis", label: str = "", vmin: float | None = None,
-                vmax: float | None = None, width: float = 3.3) -> str:
-    """The heat map of ``grid`` (shape (n_layers, n_heads)) as an SVG document (units: points)."""
+                vmax: float | None = None, width: float = 3.3, marks: np.ndarray | None = None,
+                texts: np.ndarray | None = None) -> str:
+    """The heat map of ``grid`` (shape (n_layers, n_heads)) as an SVG document (units: points).
+
+    Layer 0 is the top row; every head and layer is ticked. ``marks``: a boolean array of the grid's shape,
+    a dot in each True cell (a significant change, say); ``texts``: an array of strings of the grid's shape,
+    written in the cells at 7 points (black or white, whichever reads on the cell).
+    """
     rgb, lo, hi = cell_colours(grid, cmap, vmin, vmax)
     n_layers, n_heads = grid.shape
-    g = _layout(grid.shape, width)
+    g = _layout(grid.shape, width, right_margin(lo, hi, label))
     pt = 72.0
     x0, x1, y0, y1 = (g[k] * pt for k in ("x0", "x1", "y0", "y1"))
     cw, ch = (x1 - x0) / n_heads, (y1 - y0) / n_layers
@@ -96,21 +131,36 @@ def heatmap_svg(grid: np.ndarray, title: str, cmap: str = "viridis", label: str 
             out.append(f'<rect x="{x0 + j * cw:.2f}" y="{y0 + i * ch:.2f}" width="{cw + 0.05:.2f}" '
                        f'height="{ch + 0.05:.2f}" fill="#{r:02x}{gg:02x}{b:02x}"/>')
     out.append("</g>")
+    if texts is not None:
+        for (i, j), text in np.ndenumerate(texts):
+            if text:
+                out.append(f'<text x="{x0 + (j + 0.5) * cw:.2f}" y="{y0 + (i + 0.5) * ch + FONT * 0.36:.2f}" '
+                           f'text-anchor="middle" fill="{_ink(rgb[i, j])}" style="{font};font-size:{FONT}px">'
+                           f"{html.escape(str(text))}</text>")
+    if marks is not None:
+        radius = max(0.8, 0.16 * min(cw, ch))
+        for i, j in zip(*np.nonzero(marks), strict=True):
+            out.append(f'<circle cx="{x0 + (j + 0.5) * cw:.2f}" cy="{y0 + (i + 0.5) * ch:.2f}" r="{radius:.2f}" '
+                       f'fill="{_ink(rgb[i, j])}"/>')
     out.append(f'<rect x="{x0:.2f}" y="{y0:.2f}" width="{x1 - x0:.2f}" height="{y1 - y0:.2f}" fill="none" '
                'stroke="#000" stroke-width="0.8"/>')
     tick = TICK * pt
+    step = label_step(n_heads, cw)
     for j in _ticks(n_heads):
         x = x0 + (j + 0.5) * cw
         out.append(f'<line x1="{x:.2f}" y1="{y1:.2f}" x2="{x:.2f}" y2="{y1 + tick:.2f}" stroke="#000" '
                    'stroke-width="0.8"/>')
-        out.append(f'<text x="{x:.2f}" y="{y1 + tick + FONT + 1:.2f}" text-anchor="middle" '
-                   f'style="{font};font-size:{FONT}px">{j}</text>')
+        if j % step == 0:
+            out.append(f'<text x="{x:.2f}" y="{y1 + tick + FONT + 1:.2f}" text-anchor="middle" '
+                       f'style="{font};font-size:{FONT}px">{j}</text>')
+    step = label_step(n_layers, ch, across=False)
     for i in _ticks(n_layers):
         y = y0 + (i + 0.5) * ch
         out.append(f'<line x1="{x0 - tick:.2f}" y1="{y:.2f}" x2="{x0:.2f}" y2="{y:.2f}" stroke="#000" '
                    'stroke-width="0.8"/>')
-        out.append(f'<text x="{x0 - tick - 2:.2f}" y="{y + FONT * 0.36:.2f}" text-anchor="end" '
-                   f'style="{font};font-size:{FONT}px">{i}</text>')
+        if i % step == 0:
+            out.append(f'<text x="{x0 - tick - 2:.2f}" y="{y + FONT * 0.36:.2f}" text-anchor="end" '
+                       f'style="{font};font-size:{FONT}px">{i}</text>')
     out.append(f'<text x="{(x0 + x1) / 2:.2f}" y="{y1 + tick + 2 * FONT + 3:.2f}" text-anchor="middle" '
                f'style="{font};font-size:{FONT}px">head</text>')
     out.append(f'<text transform="translate({x0 - tick - 2 - 2.2 * FONT:.2f},{(y0 + y1) / 2:.2f}) rotate(-90)" '
@@ -122,11 +172,11 @@ def heatmap_svg(grid: np.ndarray, title: str, cmap: str = "viridis", label: str 
     bands = 64
     values = np.linspace(hi, lo, bands)
     colours, _, _ = cell_colours(values[:, None], cmap, lo, hi)
-    step = (y1 - y0) / bands
+    band = (y1 - y0) / bands
     out.append('<g shape-rendering="crispEdges">')
     for k in range(bands):
         r, gg, b = colours[k, 0]
-        out.append(f'<rect x="{cx0:.2f}" y="{y0 + k * step:.2f}" width="{cx1 - cx0:.2f}" height="{step + 0.05:.2f}" '
+        out.append(f'<rect x="{cx0:.2f}" y="{y0 + k * band:.2f}" width="{cx1 - cx0:.2f}" height="{band + 0.05:.2f}" '
                    f'fill="#{r:02x}{gg:02x}{b:02x}"/>')
     out.append("</g>")
     out.append(f'<rect x="{cx0:.2f}" y="{y0:.2f}" width="{cx1 - cx0:.2f}" height="{y1 - y0:.2f}" fill="none" '
@@ -141,7 +191,7 @@ def heatmap_svg(grid: np.ndarray, title: str, cmap: str = "viridis", label: str 
         out.append(f'<text x="{cx1 + tick + 2:.2f}" y="{y + FONT * 0.36:.2f}" style="{font};font-size:{FONT}px">'
                    f"{text}</text>")
     if label:
-        lx = cx1 + tick + 4 + widest * FONT * 0.62 + FONT * 0.7
+        lx = cx1 + tick + 4 + widest * FONT * CHAR + FONT * 0.7
         out.append(f'<text transform="translate({lx:.2f},{(y0 + y1) / 2:.2f}) rotate(-90)" text-anchor="middle" '
                    f'style="{font};font-size:{FONT}px">{html.escape(label)}</text>')
     out.append("</svg>")
@@ -157,13 +207,14 @@ def _font(size_px: int) -> FreeTypeFont:
 
 
 def heatmap_png(grid: np.ndarray, path: str | Path, title: str, cmap: str = "viridis", label: str = "",
-                vmin: float | None = None, vmax: float | None = None, width: float = 3.3, dpi: int = DPI) -> None:
+                vmin: float | None = None, vmax: float | None = None, width: float = 3.3, dpi: int = DPI,
+                marks: np.ndarray | None = None, texts: np.ndarray | None = None) -> None:
     """The heat map of ``grid`` written as a PNG at ``dpi`` (the same layout as :func:`heatmap_svg`)."""
     from PIL import Image, ImageDraw
 
     rgb, lo, hi = cell_colours(grid, cmap, vmin, vmax)
     n_layers, n_heads = grid.shape
-    g = _layout(grid.shape, width)
+    g = _layout(grid.shape, width, right_margin(lo, hi, label))
     px = float(dpi)
     size = (round(g["w"] * px), round(g["h"] * px))
     image = Image.new("RGB", size, "white")
@@ -175,16 +226,30 @@ def heatmap_png(grid: np.ndarray, path: str | Path, title: str, cmap: str = "vir
     line = max(1, round(0.8 / 72 * px))
     tick = TICK * px
     font, title_font = _font(round(FONT / 72 * px)), _font(round(TITLE / 72 * px))
-    draw.rectangle((x0, y0, x1, y1), outline="black", width=line)
     cw, ch = (x1 - x0) / n_heads, (y1 - y0) / n_layers
+    if texts is not None:
+        for (i, j), text in np.ndenumerate(texts):
+            if text:
+                draw.text((x0 + (j + 0.5) * cw, y0 + (i + 0.5) * ch), str(text), fill=_ink(rgb[i, j]), font=font,
+                          anchor="mm")
+    if marks is not None:
+        radius = max(0.8, 0.16 * min(cw, ch) * 72 / px) * px / 72
+        for i, j in zip(*np.nonzero(marks), strict=True):
+            cx, cy = x0 + (j + 0.5) * cw, y0 + (i + 0.5) * ch
+            draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=_ink(rgb[i, j]))
+    draw.rectangle((x0, y0, x1, y1), outline="black", width=line)
+    step = label_step(n_heads, cw * 72 / px)
     for j in _ticks(n_heads):
         x = x0 + (j + 0.5) * cw
         draw.line((x, y1, x, y1 + tick), fill="black", width=line)
-        draw.text((x, y1 + tick + 2), str(j), fill="black", font=font, anchor="mt")
+        if j % step == 0:
+            draw.text((x, y1 + tick + 2), str(j), fill="black", font=font, anchor="mt")
+    step = label_step(n_layers, ch * 72 / px, across=False)
     for i in _ticks(n_layers):
         y = y0 + (i + 0.5) * ch
         draw.line((x0 - tick, y, x0, y), fill="black", width=line)
-        draw.text((x0 - tick - 6, y), str(i), fill="black", font=font, anchor="rm")
+        if i % step == 0:
+            draw.text((x0 - tick - 6, y), str(i), fill="black", font=font, anchor="rm")
     fsize = FONT / 72 * px
     draw.text(((x0 + x1) / 2, y1 + tick + 2 * fsize + 8), "head", fill="black", font=font, anchor="ms")
     draw.text(((x0 + x1) / 2, y0 - 0.45 * TITLE / 72 * px), title, fill="black", font=title_font, anchor="ms")

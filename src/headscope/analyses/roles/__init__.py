@@ -93,16 +93,8 @@ from headscope.analyses.roles.options import (
     WINDOW,
     RolesOptions,
 )
-from headscope.analyses.roles.report import (
-    colocation,
-    colocation_figure,
-    per_layer_counts,
-    per_layer_figure,
-    pvalue_figure,
-    roles_grid_figure,
-    roles_section,
-)
 from headscope.analyses.roles.scores import sieve_from_sums, sieve_norms, sieve_row_sums
+from headscope.analyses.roles.tables import colocation, per_layer_counts
 from headscope.analyses.roles.targets import (
     SurfaceTargets,
     sentence_of_piece,
@@ -116,8 +108,8 @@ from headscope.analyses.stats import Correction, adjust_pvalues
 __all__ = [
     "ABBREVIATIONS", "ALIASES", "CONVENTIONS", "DEFAULT_RELATIONS", "INPUT_KINDS", "MAIN_ROLES", "SURFACE_ROLES",
     "WINDOW", "Correction", "DependentSlots", "HeadRoles", "PieceSlots", "RolesOptions", "SurfaceTargets",
-    "adjust_pvalues", "colocation", "colocation_figure", "dependent_slots", "first_occurrences", "one_sided_tests",
-    "per_layer_counts", "per_layer_figure", "piece_slots", "pvalue_figure", "relation_matches", "roles_grid_figure",
-    "roles_section", "sentence_of_piece", "sieve_from_sums", "sieve_norms", "sieve_row_sums", "surface_row_sums",
+    "adjust_pvalues", "colocation", "dependent_slots", "first_occurrences", "one_sided_tests",
+    "per_layer_counts", "piece_slots", "relation_matches",
+    "sentence_of_piece", "sieve_from_sums", "sieve_norms", "sieve_row_sums", "surface_row_sums",
     "surface_scores", "surface_targets", "syntactic_arcs", "unit_membership", "units_summary", "untested_reason",
 ]

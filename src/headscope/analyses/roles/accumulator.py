@@ -3,7 +3,6 @@ t-tests of ``finalize``."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,7 +27,6 @@ from headscope.analyses.roles.options import (
     WINDOW,
     RolesOptions,
 )
-from headscope.analyses.roles.report import roles_section
 from headscope.analyses.roles.scores import sieve_row_sums
 from headscope.analyses.roles.targets import (
     SurfaceTargets,
@@ -36,15 +34,12 @@ from headscope.analyses.roles.targets import (
     surface_targets,
 )
 from headscope.analyses.stats import adjust_pvalues, one_sided_t_test
-from headscope.corpus.parse import silver_parser
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
     from headscope.engine.capture import LayerAttention
-    from headscope.engine.context import RunContext
-    from headscope.engine.results import RunResult
+    from headscope.engine.context import AnalysisContext
     from headscope.model.encode import Example
-    from headscope.report.section import ReportSection
 
 
 def one_sided_tests(n: np.ndarray, total: np.ndarray, total_sq: np.ndarray, tau: float,
@@ -126,7 +121,7 @@ class HeadRoles(Analysis):
         # Syntactic roles only (raw text without parses needs no word map); Pande et al.'s are piece level.
         return example.has_tree and self.conventions_ != "pande"
 
-    def start(self, ctx: RunContext) -> None:
+    def start(self, ctx: AnalysisContext) -> None:
         opts: RolesOptions = self.options
         self.conventions_ = effective_conventions(ctx, tuple(CONVENTIONS))
         self.correction_ = "none" if self.conventions_ == "pande" else opts.correction
@@ -258,16 +253,12 @@ class HeadRoles(Analysis):
         frame["has_role"] = frame["significant" if opts.role_rule == "ttest" else "above_tau"] & tested
         return frame.sort_values(["layer", "head"], kind="stable").reset_index(drop=True)
 
-    def finalize(self, ctx: RunContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
+    def finalize(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
         opts: RolesOptions = self.options
         frame = self.table()
         sentences = dict(zip(self.roles_, self.count_.cpu().numpy().astype(int).tolist(), strict=True))
         untested = {role: n for role, n in sentences.items() if n < opts.roles_min_n}
-        # A context built by hand (API use, tests) may have no manifest; the summary still says it.
-        manifest = getattr(ctx, "manifest", None)
-        for role, n in untested.items():
-            if manifest is not None:
-                manifest.warn_run(untested_reason(role, n, opts.roles_min_n))
+        warnings = [untested_reason(role, n, opts.roles_min_n) for role, n in untested.items()]
         unit = units_summary(self.inputs_.cpu().numpy(), self.input_sentences_.cpu().numpy(), self.unit_)
         held = frame[frame["has_role"]]
         main = held[held["role"].isin(MAIN_ROLES)]
@@ -284,6 +275,7 @@ class HeadRoles(Analysis):
             name=self.name,
             heads=heads,
             tables={"roles": frame},
+            warnings=warnings,
             summary={
                 "conventions": self.conventions_, "definitions": CONVENTIONS[self.conventions_],
                 "tau": opts.tau, "alpha": opts.alpha, "correction": self.correction_, "role_rule": opts.role_rule,
@@ -301,7 +293,8 @@ class HeadRoles(Analysis):
                 "per_head_columns": (f"heads.csv role_<role>: the mean sieve-bias score, for roles with at least "
                                      f"roles_min_n = {opts.roles_min_n} units only (empty for the others)"),
                 "silver_sentences": int(self.silver_sentences_),
-                **({"parser": silver_parser(), "trees": "syntactic roles read silver parses (--parse spacy) for "
+                **({"parser": ctx.silver_parser(),
+                    "trees": "syntactic roles read silver parses (--parse spacy) for "
                     f"{int(self.silver_sentences_)} sentences"} if self.silver_sentences_ else {}),
                 "heads_with_role": {r: int((held["role"] == r).sum()) for r in self.roles_},
                 "multi_role_heads": int((main.groupby(["layer", "head"]).size() > 1).sum()),
@@ -312,7 +305,3 @@ class HeadRoles(Analysis):
                 "p_near_0_or_1": float(((p < 0.01) | (p > 0.99)).mean()) if len(p) else None,
             },
         )
-
-    @staticmethod
-    def report(run: RunResult, figures: Path) -> ReportSection | None:
-        return roles_section(run, figures)

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from headscope.analyses.relations import collapse_relation
 from headscope.analyses.roles.options import (
     ALIASES,
     DEFAULT_RELATIONS,
 )
 from headscope.analyses.roles.scores import sieve_norms
-from headscope.corpus.conllu import collapse_relation
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch

@@ -1,5 +1,6 @@
 // The report's head explorer: a layer x head grid on one canvas, coloured by any per-head statistic;
-// clicking a head fills the profile panel (statistics with ranks, per-head table rows, example maps).
+// clicking a head fills the profile panel (atlas labels, statistics with ranks, per-head table rows, example
+// maps with links to their viewer pages). Heads named in the atlas above are links to their profiles.
 "use strict";
 
 (() => {
@@ -32,8 +33,11 @@
     c.ranked = c.constant ? 0 : order.length;
   }
 
-  for (const c of columns) select.append(HS.el("option", {value: c.name}, c.label ? `${c.name} – ${c.label}` : c.name));
+  for (const c of columns) select.append(HS.el("option", {value: c.name, title: c.label || ""}, c.label ? `${c.name} – ${c.label}` : c.name));
   if (current) select.value = current;
+  const meaning = document.getElementById("stat-meaning");
+  const cbMin = document.getElementById("cb-min"), cbMax = document.getElementById("cb-max");
+  const colourbar = document.getElementById("colourbar");
 
   // Models with many heads (30 x 9, 32 x 32): cells shrink so the whole grid fits on a screen.
   const cell = Math.max(6, Math.min(40, Math.floor(520 / H), Math.floor(640 / L)));
@@ -44,6 +48,8 @@
   grid.width = width * dpr; grid.height = height * dpr;
   grid.style.width = `${width}px`; grid.style.height = `${height}px`;
   grid.dataset.left = left; grid.dataset.top = top; grid.dataset.cell = cell;
+  if (colourbar) colourbar.style.height = `${L * cell}px`;
+  if (colourbar) colourbar.style.marginTop = `${top - 8}px`;
 
   function drawGrid() {
     const ctx = grid.getContext("2d");
@@ -73,10 +79,24 @@
     ctx.strokeStyle = "#e4002b"; ctx.lineWidth = 2.5;
     ctx.strokeRect(left + selected.head * cell - 1, top + selected.layer * cell - 1, cell + 1, cell + 1);
     const legend = document.getElementById("legend");
+    const [lo, hi] = c ? ends(c.min, c.max) : ["", ""];
     legend.textContent = !c ? "no per-head statistic"
-      : c.constant ? `${c.name} is ${HS.fmt(c.min)} for every head (not mapped)`
-      : `${c.name}: ${HS.fmt(c.min)} (dark) to ${HS.fmt(c.max)} (yellow)`;
+      : c.constant ? `${c.name} is ${HS.fmt(c.min)} for every head (not mapped).`
+      : `${c.name}: ${lo} (dark) to ${hi} (yellow).`;
+    if (meaning) meaning.textContent = c ? (c.label ? `${c.name}: ${c.label}` : c.name) : "";
+    if (colourbar) {
+      colourbar.hidden = !c || c.constant;
+      cbMin.textContent = lo; cbMax.textContent = hi;
+    }
+    if (c) Object.assign(grid.dataset, {stat: c.name, min: c.min, max: c.max, constant: c.constant});
     drawTop(c);
+  }
+
+  // The two ends of a colour scale, with as many digits as it takes to tell them apart.
+  function ends(min, max) {
+    let a = HS.fmt(min), b = HS.fmt(max);
+    for (let digits = 3; a === b && digits <= 7; digits++) { a = min.toPrecision(digits); b = max.toPrecision(digits); }
+    return [a, b];
   }
 
   function drawTop(c) {
@@ -125,6 +145,14 @@
     renderProfile();
   }
 
+  // A head named anywhere on the page (the atlas) opens its profile.
+  for (const a of document.querySelectorAll("a.head-link[data-head]")) {
+    a.addEventListener("click", () => {
+      const m = /^L(\d+)H(\d+)$/.exec(a.dataset.head);
+      if (m && +m[1] < L && +m[2] < H) choose(+m[1], +m[2]);
+    });
+  }
+
   function table(head, rows) {
     const t = HS.el("table");
     const tr = HS.el("tr");
@@ -145,6 +173,27 @@
     for (const t of D.text_columns || []) {
       parts.push(HS.el("p", {class: "tag"}, `${t.name}: ${t.values[i] ?? "–"}`));
     }
+    const pages = D.viewer_pages || [];
+    if (pages.length) {
+      const p = HS.el("p", {class: "viewer-links"});
+      p.append(HS.el("a", {id: "viewer-link", href: `${pages[0]}#${name}`, target: "_blank", rel: "noopener"},
+        `Open ${name} in the viewer`), ` (every token of ${examples[0] ? `${examples[0].name}, line ${examples[0].line}` : "a kept sequence"}` +
+        (pages.length > 1 ? `; the maps below link to the other ${pages.length - 1})` : ")"));
+      parts.push(p);
+    }
+    const labels = (D.labels || {})[String(i)] || [];
+    parts.push(HS.el("h4", {}, "What it does (atlas)"));
+    if (labels.length) {
+      const ul = HS.el("ul", {class: "labels"});
+      for (const [group, evidence] of labels) {
+        const li = HS.el("li");
+        li.append(HS.el("b", {}, group), ` ${evidence}`);
+        ul.append(li);
+      }
+      parts.push(ul);
+    } else {
+      parts.push(HS.el("p", {class: "note"}, "No label: it fits none of the rules this run measured."));
+    }
     parts.push(HS.el("h4", {}, "Statistics (rank 1 = highest of all heads)"));
     const stats = HS.el("div", {class: "stats"});
     stats.append(table(["statistic", "value", "rank"], columns.map(c =>
@@ -158,17 +207,35 @@
     parts.push(HS.el("h4", {}, "Attention on example sequences"));
     if (!examples.length) parts.push(HS.el("p", {class: "note"}, "No example maps in this run (analysis 'examples')."));
     const wrap = HS.el("div", {class: "examples"});
-    for (const ex of examples) wrap.append(exampleFigure(ex, layer, head));
+    examples.forEach((ex, k) => wrap.append(exampleFigure(ex, layer, head, (D.viewer_pages || [])[k])));
     parts.push(wrap);
     profile.replaceChildren(...parts);
     profile.dataset.head = name;
   }
 
-  function exampleFigure(ex, layer, head) {
-    const n = ex.shape[2], size = 140;
+  // A kept sequence's map of one head. When its tokens fit (cells of at least LABEL_CELL px), queries are
+  // labelled down the left and keys below, as in the viewer; otherwise hovering the map names them.
+  const LABEL_CELL = 9, LABEL_CHARS = 10;
+  function exampleFigure(ex, layer, head, page) {
+    const n = ex.shape[2];
+    const labelled = n * LABEL_CELL <= 220;
+    const size = labelled ? Math.max(140, n * LABEL_CELL) : 140, cellPx = size / n;
+    const short = t => (t.length > LABEL_CHARS ? `${t.slice(0, LABEL_CHARS - 1)}…` : t);
+    const fontPx = Math.min(11, Math.max(8, Math.floor(cellPx) - 1));
+    const font = `${fontPx}px system-ui, sans-serif`;
+    let margin = 0;
+    if (labelled) {
+      const m = document.createElement("canvas").getContext("2d");
+      m.font = font;
+      margin = Math.ceil(Math.max(...ex.pieces.map(t => m.measureText(short(t)).width))) + 4;
+    }
+    const w = margin + size, h = size + margin;
     const fig = HS.el("figure", {class: "example"});
-    const canvas = HS.el("canvas", {width: size * dpr, height: size * dpr, "aria-label": `attention of ${`L${layer}H${head}`}`});
-    canvas.style.width = `${size}px`; canvas.style.height = `${size}px`;
+    fig.style.width = `${Math.max(140, w)}px`;
+    const canvas = HS.el("canvas", {width: Math.round(w * dpr), height: Math.round(h * dpr),
+      "aria-label": `attention of L${layer}H${head}`});
+    canvas.style.width = `${w}px`; canvas.style.height = `${h}px`;
+    Object.assign(canvas.dataset, {left: margin, top: 0, size, labelled});
     const off = (layer * ex.shape[1] + head) * n * n;
     // Each thumbnail is scaled to its own largest weight: on a fixed 0..1 scale a broad head (every weight
     // near 1/n) would be near white, so the caption says what "darkest" is for this map.
@@ -176,16 +243,29 @@
     const src = HS.matrixCanvas(ex.values, off, n, size * dpr, EXAMPLE_SCALE);
     const ctx = canvas.getContext("2d");
     ctx.imageSmoothingEnabled = false;
-    ctx.drawImage(src, 0, 0, size * dpr, size * dpr);
+    ctx.drawImage(src, Math.round(margin * dpr), 0, Math.round(size * dpr), Math.round(size * dpr));
+    if (labelled) {
+      ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+      ctx.font = font; ctx.fillStyle = "#111"; ctx.textBaseline = "middle"; ctx.textAlign = "right";
+      ex.pieces.forEach((t, q) => ctx.fillText(short(t), margin - 3, (q + 0.5) * cellPx));
+      ex.pieces.forEach((t, k) => {
+        ctx.save(); ctx.translate(margin + (k + 0.5) * cellPx, size + 3); ctx.rotate(-Math.PI / 2);
+        ctx.fillText(short(t), 0, 0); ctx.restore();
+      });
+    }
     const cap = HS.el("figcaption");
     cap.append(HS.el("span", {class: "where"},
       `${ex.name}, line ${ex.line} · ${n} tokens · rows attend to columns · colour ∝ √weight, scaled to ` +
       `this map's largest weight (white 0, darkest ${HS.fmt(vmax)})`));
+    if (page) cap.append(HS.el("a", {class: "viewer-link", href: `${page}#L${layer}H${head}`, target: "_blank",
+      rel: "noopener"}, "open in the viewer"));
     cap.append(HS.el("span", {class: "text"}, ex.text));
     const info = HS.el("span", {class: "cellinfo"}, "hover the map");
     cap.append(info);
     canvas.addEventListener("mousemove", ev => {
-      const q = Math.min(n - 1, Math.floor(ev.offsetY / size * n)), k = Math.min(n - 1, Math.floor(ev.offsetX / size * n));
+      const x = ev.offsetX - margin, y = ev.offsetY;
+      if (x < 0 || y < 0 || x >= size || y >= size) return;
+      const q = Math.min(n - 1, Math.floor(y / size * n)), k = Math.min(n - 1, Math.floor(x / size * n));
       info.textContent = `${ex.pieces[q]} → ${ex.pieces[k]}: ${HS.fmt(ex.values[off + q * n + k])}`;
     });
     fig.append(canvas, cap);

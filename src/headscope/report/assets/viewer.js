@@ -176,7 +176,14 @@
   for (const r of document.querySelectorAll("input[name=level]")) {
     r.addEventListener("change", () => { level = r.value; hoverRow = -1; choose(selected.layer, selected.head); });
   }
+  // The page opens on the head its address names (the report links to example-0.html#L3H5), else on L0H0.
+  function fromHash() {
+    const m = /^#L(\d+)H(\d+)$/.exec(window.location.hash);
+    return m && +m[1] < L && +m[2] < H ? {layer: +m[1], head: +m[2]} : {layer: 0, head: 0};
+  }
+  window.addEventListener("hashchange", () => { const at = fromHash(); choose(at.layer, at.head); });
   const t0 = performance.now();
-  choose(0, 0);
+  const start = fromHash();
+  choose(start.layer, start.head);
   document.body.dataset.renderMs = String(Math.round(performance.now() - t0));
 })();

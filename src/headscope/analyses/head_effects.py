@@ -1,0 +1,338 @@
+"""What each head does to the model's own loss: the exact effect of ablating it, with a bootstrap interval, and
+attribution patching's estimate of the same beside it (issue 30).
+
+For every head h, the **effect** is the change of the model's loss when h's output (its slice of the attention
+output projection's input, at every token) is replaced:
+
+- ``mean`` ablation (the default): by the head's mean output over the real tokens of a seeded sample of the
+  corpus (``head_effects_mean_sequences``), estimated as exact sums and token counts, so that batches and
+  shards merge exactly;
+- ``zero`` ablation: by 0 (the gate of Michel et al. 2019 closed).
+
+The loss is the run's objective (:func:`headscope.engine.forwards.loss_kind`, as ``importance``): next-token
+for a decoder LM, masked-LM (a seeded 15% of the non-special tokens) for an encoder with its LM head, in-batch
+contrastive otherwise. It is measured on a second seeded sample (``head_effects_sequences`` held-out sequences,
+disjoint from the mean sample when the corpus has enough), once as it is and once per head, every sequence's
+summed loss kept, and
+
+    effect_h = (sum over sequences of (loss_h(s) - loss(s))) / (sum over sequences of terms(s))
+
+(the change of the pooled per-token loss; per pair for the contrastive loss). The 95% interval
+(``effect_low``, ``effect_high``) is a percentile bootstrap over the held-out sequences, each resample taking
+a sequence's ablated and baseline losses together (paired), ``head_effects_bootstrap`` resamples shared by
+every head.
+
+Cost: one forward per head and batch of held-out sequences is the floor; the engine runs several heads in one
+forward (the batch repeated, one closed head per copy, per-row gates) up to ``head_effects_rows`` rows.
+
+**Attribution patching** (Nanda 2023; Kramar et al. 2024, AtP), ``effect_atp``: from one forward and backward
+of each held-out batch, the first-order estimate ``sum over tokens (r - x) . dL/dx`` of the same change
+(``L`` the summed loss, ``x`` the head's output, ``r`` its replacement), normalised as the effect. The summary
+gives the Spearman correlation of the two over heads and AtP's blind spot: the heads among the
+``head_effects_top`` largest exact effects that the estimate ranks in its bottom half (saturated or cancelling
+heads, which a linear estimate misses).
+
+Writes the heads columns ``effect``, ``effect_low``, ``effect_high``, ``effect_atp`` and ``head_effects.csv``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from headscope.analyses import stats
+from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name
+from headscope.analyses.registry import register
+from headscope.analyses.stats import CONFIDENCE, percentile_interval
+from headscope.config import check_choices, option
+from headscope.engine.forwards import MASK_RATE, CorpusRows, Forward, Pass
+
+if TYPE_CHECKING:
+    from headscope.engine.batch import Batch
+    from headscope.engine.context import AnalysisContext
+    from headscope.engine.forwards import ForwardOutput, Generate
+
+#: Mixed into the seed of the samples and of the bootstrap, so that they are independent of other draws.
+SALT = 30
+
+#: Fewer held-out sequences than this: the summary says the interval is rough.
+MIN_SEQUENCES = 10
+
+
+def split_sample(examples: int, sequences: int, mean_sequences: int, seed: int
+                 ) -> tuple[frozenset[int], frozenset[int], bool]:
+    """The held-out sequences and the mean sample, disjoint when the corpus allows.
+
+    The held-out sample takes at most half the corpus (at least one sequence); the mean sample the next
+    ``mean_sequences`` of a seeded permutation. With nothing left for it (or ``mean_sequences`` 0), the mean
+    sample is the held-out one.
+
+    Returns
+    -------
+    held, mean : frozenset of int
+        Positions in the corpus's example stream.
+    disjoint : bool
+    """
+    order = np.random.default_rng([seed, SALT]).permutation(examples)
+    n = min(sequences, examples // 2) or min(sequences, examples)
+    held = frozenset(int(i) for i in order[:n])
+    mean = frozenset(int(i) for i in order[n:n + mean_sequences])
+    return held, (mean or held), bool(mean)
+
+
+def head_forwards(batch_size: int, n_layers: int, n_heads: int, rows: int, replace: np.ndarray | None
+                  ) -> list[Forward]:
+    """The forwards of one held-out batch: the baseline, attribution patching, then every head closed (in
+    forwards of ``rows // batch_size`` heads, the batch repeated once per head)."""
+    total = n_layers * n_heads
+    per = max(1, rows // max(batch_size, 1))
+    out = [Forward(tag=("base",), loss="objective", per_sequence=True),
+           Forward(tag=("atp",), loss="objective", atp=True, replace=replace)]
+    for start in range(0, total, per):
+        stop = min(total, start + per)
+        gates = np.ones((stop - start, total))
+        gates[np.arange(stop - start), np.arange(start, stop)] = 0.0
+        out.append(Forward(tag=("heads", start, stop), loss="objective", per_sequence=True,
+                           gates=gates.reshape(stop - start, n_layers, n_heads), replace=replace))
+    return out
+
+
+def bootstrap_effects(diff: np.ndarray, terms: np.ndarray, resamples: int, seed: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap intervals of ``sum(diff[:, h]) / sum(terms)`` over sequences, for every column.
+
+    Parameters
+    ----------
+    diff : ndarray of shape (sequences, heads)
+        Each sequence's ablated minus baseline summed loss (paired: a resample takes both).
+    terms : ndarray of shape (sequences,)
+    resamples, seed : int
+
+    Returns
+    -------
+    low, high : ndarray of shape (heads,)
+    """
+    n = diff.shape[0]
+    index = stats.bootstrap_indices(n, resamples, [seed, SALT])
+    counts = np.zeros((resamples, n))
+    np.add.at(counts, (np.arange(resamples)[:, None], index), 1.0)
+    values = (counts @ diff) / np.maximum(counts @ terms, 1.0)[:, None]
+    bounds = np.array([percentile_interval(values[:, h], CONFIDENCE) for h in range(diff.shape[1])])
+    return bounds[:, 0], bounds[:, 1]
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Spearman's rank correlation (scipy's), None when undefined (fewer than 2 values, or a constant one)."""
+    from scipy.stats import spearmanr
+
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return None
+    value = float(spearmanr(a, b).statistic)
+    return value if np.isfinite(value) else None
+
+
+def ranks(values: np.ndarray) -> np.ndarray:
+    """1 for the largest value, ties in head order."""
+    out = np.empty(len(values), dtype=np.int64)
+    out[np.argsort(-values, kind="stable")] = np.arange(1, len(values) + 1)
+    return out
+
+
+@dataclass
+class HeadEffectsOptions:
+    """Options of the ``head_effects`` analysis."""
+
+    head_effects_ablation: Literal["mean", "zero"] = option(
+        "mean", help="What replaces a head's output: mean (its mean output over the mean sample) or zero "
+        "(default: mean).")
+    head_effects_sequences: int = option(32, help="Held-out sequences (seeded) on which each head's effect is "
+                                         "measured; at most half the corpus (default 32).")
+    head_effects_mean_sequences: int = option(64, help="Other sequences (seeded, disjoint from the held-out ones) "
+                                              "over which each head's mean output is estimated (default 64).")
+    head_effects_bootstrap: int = option(1000, help="Bootstrap resamples of the held-out sequences for the 95 "
+                                         "percent interval of every effect (default 1000).")
+    head_effects_rows: int = option(0, help="Rows per forward of the ablations: a batch of B held-out sequences "
+                                    "is repeated for rows // B heads at once (0: the run's --batch-size; 1: one "
+                                    "head per forward).")
+    head_effects_top: int = option(10, help="Heads listed in the summary by exact effect, and AtP's blind spot: "
+                                   "those among this many largest effects (at most half the heads) that "
+                                   "attribution patching ranks in its bottom half (default 10).")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+
+
+@register
+class HeadEffects(Analysis):
+    """Each head's exact mean- (or zero-) ablation effect on the loss, with a bootstrap interval, and AtP's
+    first-order estimate of it."""
+
+    # declared state (add_state in start)
+    head_sum_: dict[str, np.ndarray]
+    head_tokens_: int
+    mean_index_: np.ndarray
+    index_: np.ndarray
+    base_: np.ndarray
+    terms_: np.ndarray
+    ablated_: np.ndarray
+    atp_: np.ndarray
+
+    name = "head_effects"
+    costly = "one forward per head per batch of its sample"
+    report_order = 68
+    description = ("each head's mean-ablation effect on the loss, bootstrap interval, and attribution patching "
+                   "(AtP) beside it")
+    Options = HeadEffectsOptions
+    intervenes = True
+
+    def start(self, ctx: AnalysisContext) -> None:
+        o = self.options
+        check_choices(o)  # again: the options may have been changed since
+        for name in ("head_effects_sequences", "head_effects_bootstrap"):
+            if getattr(o, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(o, name)}")
+        for name in ("head_effects_mean_sequences", "head_effects_rows", "head_effects_top"):
+            if getattr(o, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(o, name)}")
+        if o.head_effects_ablation == "mean" and o.head_effects_mean_sequences < 1:
+            raise ValueError("mean ablation needs head_effects_mean_sequences >= 1")
+        self.kind = ctx.require_loss()
+        total = ctx.info.n_layers * ctx.info.n_heads
+        # The mean's sums (one array, [layer, head, head_dim], once the first forward gives head_dim).
+        self.add_state("head_sum_", {})
+        self.add_state("head_tokens_", 0)
+        self.add_state("mean_index_", np.zeros(0, dtype=np.int64), reduce="cat")
+        # One row per held-out sequence, joined shard after shard (ordered by index in finalize).
+        self.add_state("index_", np.zeros(0, dtype=np.int64), reduce="cat")
+        self.add_state("base_", np.zeros(0), reduce="cat")
+        self.add_state("terms_", np.zeros(0), reduce="cat")
+        self.add_state("ablated_", np.zeros((0, total)), reduce="cat")
+        self.add_state("atp_", np.zeros((0, total)), reduce="cat")
+        self._total = total
+        self._pending: dict[tuple[int, ...], dict[str, Any]] = {}  # a batch's rows until its last forward
+        self._disjoint = True
+
+    def replacement(self) -> np.ndarray | None:
+        """What a closed head outputs: its mean output (mean ablation), None for 0 (zero ablation)."""
+        if self.options.head_effects_ablation == "zero":
+            return None
+        if "sum" not in self.head_sum_ or self.head_tokens_ == 0:
+            raise RuntimeError("head_effects: no head output was summed for the means (the mean pass saw no token)")
+        return self.head_sum_["sum"] / self.head_tokens_
+
+    def passes(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> Iterator[Pass]:
+        """The means of every head's output over the mean sample (mean ablation), then on each held-out batch
+        the baseline, attribution patching and every head ablated."""
+        o = self.options
+        info = ctx.info
+        mean_n = o.head_effects_mean_sequences if o.head_effects_ablation == "mean" else 0
+        held, mean, self._disjoint = split_sample(ctx.examples, o.head_effects_sequences, mean_n, ctx.seed)
+        keep = held | mean  # one stream of the corpus, cut in two
+        if o.head_effects_ablation == "mean":
+            yield Pass("head_effects: mean outputs", CorpusRows(keep, only=mean),
+                       [Forward(tag=("mean",), loss="objective", head_sums=True)])
+        replace = self.replacement()
+        rows = o.head_effects_rows or int(ctx.config.batch_size)
+
+        def forwards(batch: Batch) -> list[Forward]:
+            return head_forwards(batch.size, info.n_layers, info.n_heads, rows, replace)
+
+        yield Pass("head_effects: ablations", CorpusRows(keep, only=held), forwards)
+
+    def update_pass(self, batch: Batch, forward: Forward | Generate, out: ForwardOutput) -> None:
+        assert isinstance(forward, Forward) and isinstance(forward.tag, tuple)
+        what = forward.tag[0]
+        if what == "mean":
+            assert out.head_sums is not None
+            self.head_sum_["sum"] = self.head_sum_.get("sum", 0.0) + out.head_sums
+            self.head_tokens_ += out.head_tokens
+            self.mean_index_ = np.concatenate([self.mean_index_, [int(ex.index) for ex in batch.examples]])
+            return
+        key = tuple(int(ex.index) for ex in batch.examples)
+        rows = self._pending.setdefault(key, {"ablated": np.full((batch.size, self._total), np.nan), "filled": 0})
+        if what == "base":
+            assert out.sequence_loss is not None and out.sequence_terms is not None
+            rows["base"], rows["terms"] = out.sequence_loss, out.sequence_terms
+        elif what == "atp":
+            assert out.atp is not None
+            rows["atp"] = out.atp.reshape(batch.size, -1)
+        else:
+            assert out.sequence_loss is not None
+            start, stop = int(forward.tag[1]), int(forward.tag[2])
+            rows["ablated"][:, start:stop] = out.sequence_loss.T
+            rows["filled"] += stop - start
+        if "base" in rows and "atp" in rows and rows["filled"] == self._total:
+            del self._pending[key]
+            self.index_ = np.concatenate([self.index_, np.asarray(key, dtype=np.int64)])
+            self.base_ = np.concatenate([self.base_, rows["base"]])
+            self.terms_ = np.concatenate([self.terms_, rows["terms"].astype(np.float64)])
+            self.ablated_ = np.concatenate([self.ablated_, rows["ablated"]])
+            self.atp_ = np.concatenate([self.atp_, rows["atp"]])
+
+    def finalize(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
+        if len(self.index_) == 0:
+            raise RuntimeError("the head_effects passes did not run (the engine runs them before finalize)")
+        o = self.options
+        n_layers, n_heads = ctx.info.n_layers, ctx.info.n_heads
+        order = np.argsort(self.index_, kind="stable")  # the same resamples however the batches came
+        base, terms = self.base_[order], self.terms_[order]
+        diff = self.ablated_[order] - base[:, None]
+        total_terms = float(terms.sum())
+        effect = diff.sum(0) / max(total_terms, 1.0)
+        atp = self.atp_[order].sum(0) / max(total_terms, 1.0)
+        low, high = bootstrap_effects(diff, terms, o.head_effects_bootstrap, ctx.seed)
+        effect_rank, atp_rank = ranks(effect), ranks(atp)
+        total = n_layers * n_heads
+        top = min(o.head_effects_top, total)
+        blind_top = min(o.head_effects_top, total // 2)  # on a small model, at most the top half
+        blind = (effect_rank <= blind_top) & (atp_rank > total / 2)
+        shape = (n_layers, n_heads)
+        heads = head_frame({"effect": effect.reshape(shape), "effect_low": low.reshape(shape),
+                            "effect_high": high.reshape(shape), "effect_atp": atp.reshape(shape)}, *shape)
+        table = heads.copy()
+        table.insert(2, "head_name", [head_name(la, he) for la, he in zip(table["layer"], table["head"],
+                                                                          strict=True)])
+        table["effect_rank"] = effect_rank
+        table["atp_rank"] = atp_rank
+        table["atp_blind_spot"] = blind
+        table["sequences"] = len(base)
+        table["ablation"] = o.head_effects_ablation
+        table["loss"] = self.kind
+
+        def described(i: int) -> dict[str, Any]:
+            return {"head": head_name(i // n_heads, i % n_heads), "effect": float(effect[i]),
+                    "effect_low": float(low[i]), "effect_high": float(high[i]), "effect_atp": float(atp[i]),
+                    "effect_rank": int(effect_rank[i]), "atp_rank": int(atp_rank[i])}
+
+        n = len(base)
+        interval: dict[str, Any] = {
+            "over": "held-out sequences", "sequences": n, "resamples": o.head_effects_bootstrap,
+            "confidence": CONFIDENCE, "interval": "percentile", "paired": True,
+            "rests_on": f"{CONFIDENCE:.0%} percentile bootstrap over {n} held-out sequences "
+                        f"({int(total_terms)} loss terms), {o.head_effects_bootstrap} resamples, each sequence's "
+                        "ablated and baseline losses resampled together"}
+        if n < MIN_SEQUENCES:
+            interval["note"] = (f"only {n} held-out sequences (fewer than {MIN_SEQUENCES}): the bootstrap interval "
+                                "is rough; use more (--head-effects-sequences) or a larger corpus")
+        summary: dict[str, Any] = {
+            "loss": self.kind, "ablation": o.head_effects_ablation,
+            "baseline_loss": float(base.sum() / max(total_terms, 1.0)),
+            "held_out_sequences": n, "held_out_terms": int(total_terms),
+            "mean_sequences": len(self.mean_index_), "mean_tokens": int(self.head_tokens_),
+            "samples_disjoint": bool(self._disjoint) if o.head_effects_ablation == "mean" else None,
+            "held_out_examples": sorted(int(i) for i in self.index_),
+            "mean_examples": sorted(int(i) for i in self.mean_index_),
+            "bootstrap": interval,
+            "heads_raising_loss": int((low > 0).sum()), "heads_lowering_loss": int((high < 0).sum()),
+            "top": [described(int(i)) for i in np.argsort(-effect, kind="stable")[:top]],
+            "atp": {"spearman": spearman(atp, effect), "over": f"{total} heads",
+                    "blind_spot_rule": f"among the {blind_top} largest exact effects, ranked in the bottom half "
+                                       f"(rank > {total / 2:g} of {total}) by the AtP estimate",
+                    "blind_spot": [described(int(i)) for i in np.flatnonzero(blind)]},
+        }
+        if self.kind == "mlm_loss":
+            summary["mask_rate"] = MASK_RATE
+        return AnalysisResult(name=self.name, heads=heads, tables={"head_effects": table}, summary=summary)

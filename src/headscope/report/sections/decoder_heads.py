@@ -1,0 +1,57 @@
+"""The decoder-LM heads' section: previous-token, duplicate, induction, prefix-matching and sink scores."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from headscope.analyses.decoder_heads import LABELS, DecoderHeadsOptions, top_heads
+from headscope.engine.results import RunResult
+from headscope.report.figures import head_grid
+from headscope.report.section import ReportSection, SectionFigures
+
+#: What each per-head column means, for the head grid's chooser.
+MEANINGS = {
+    "previous_token": "share of attention on the previous token (TransformerLens detector)",
+    "duplicate_token": "share of attention on earlier copies of the current token",
+    "induction": "share of attention on the token after an earlier copy of the current one (corpus)",
+    "prefix_matching": "induction score on random tokens repeated twice (Olsson et al. 2022)",
+    "sink_first": "mean attention to the first position (attention sink, Gu et al. 2025)",
+    "sink_bos": "mean attention to the BOS token",
+    "sink": "1 when the head is an attention sink (sink_first above the run's epsilon)",
+}
+
+SHOWN = ("previous_token", "duplicate_token", "induction", "prefix_matching", "sink_first")
+
+
+def section(run: RunResult, figures: Path) -> ReportSection | None:
+    table = run.tables.get("decoder_heads")
+    if table is None or table.empty:
+        return None
+    options = run.run.get("analysis_options", {}).get("decoder_heads", {})
+    epsilon = float(options.get("sink_epsilon", DecoderHeadsOptions.sink_epsilon))
+    shown = [c for c in SHOWN if c in table.columns and table[c].notna().any()]
+    figs = SectionFigures(figures)
+    # One colour scale for every score (all are shares of attention), so the maps compare at a glance.
+    maps = "".join(figs.head_map(head_grid(table, column), f"decoder_heads_{column}", LABELS[column], LABELS[column],
+                                 label=column, vmin=0.0, vmax=1.0) for column in shown)
+    sink_rate = float((table["sink_first"] > epsilon).mean()) if "sink_first" in table.columns else float("nan")
+    summary = run.run.get("analyses", {}).get("decoder_heads", {})
+    # The summary's top heads rest on decoder_min_n scored sequences; a run from before has none recorded.
+    recorded = summary.get("top") if "min_n" in summary else None
+    min_n = summary.get("min_n")
+
+    def top(column: str) -> str:
+        heads = recorded.get(column, []) if recorded is not None else top_heads(table, column, 5)
+        return ", ".join(f"{html.escape(t['head'])} ({t['score']:.3f})" for t in heads) or (
+            f"none: no head scored on {html.escape(str(min_n))} sequences")
+
+    rows = "".join(f"<tr><td>{html.escape(LABELS[c])}</td><td>{top(c)}</td></tr>" for c in shown)
+    rule = (f" Top heads are ranked among heads whose score is defined on at least decoder_min_n = "
+            f"{html.escape(str(min_n))} sequences (prefix matching: probe sequences)." if min_n is not None
+            else "")
+    body = (f"<p>Per head, averaged over the corpus's sequences (prefix matching: over sequences of random "
+            f"tokens repeated twice). Sink rate (share of heads whose mean attention to the first position "
+            f"exceeds {epsilon:g}, Gu et al. 2025): <b>{100 * sink_rate:.1f}%</b>.{rule}</p>"
+            f"<table><tr><th>score</th><th>top 5 heads</th></tr>{rows}</table>" + maps)
+    return ReportSection(key="decoder_heads", title="Decoder-LM heads", html=body, figures=figs.names)

@@ -1,0 +1,41 @@
+"""The retrieval heads' section (Wu et al. 2024): needle-in-a-haystack prompts and each head's copy score."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from headscope.analyses.base import head_name
+from headscope.engine.results import RunResult
+from headscope.report.figures import head_grid
+from headscope.report.section import ReportSection, SectionFigures
+
+#: What each per-head column means, for the head grid's chooser.
+MEANINGS = {
+    "retrieval_score": "share of answer tokens the head copied from the needle (Wu et al. 2024)",
+    "retrieval_head": "1 when the retrieval score is above the run's threshold",
+}
+
+
+def section(run: RunResult, figures: Path) -> ReportSection | None:
+    table = run.tables.get("retrieval")
+    if table is None or table.empty:
+        return None
+    summary = run.run.get("analyses", {}).get("retrieval", {})
+    prompts = run.tables.get("retrieval_prompts")
+    used = int(summary.get("used", 0))
+    total = int(summary.get("prompts", 0 if prompts is None else len(prompts)))
+    body = (f"<p>Greedy answers to {total} needle-in-a-haystack prompts of about "
+            f"{int(summary.get('haystack_tokens', 0))} tokens; {used} reproduced the needle (ROUGE-1 recall above "
+            f"{float(summary.get('rouge1_recall_min', 0.5)):g}) and are scored, {total - used} are left out. "
+            f"Retrieval heads (score above {float(summary.get('threshold', 0.1)):g}): "
+            f"<b>{int(table['retrieval_head'].astype(str).str.lower().eq('true').sum())}</b>.</p>")
+    figs = SectionFigures(figures)
+    if table["retrieval_score"].notna().any():
+        best = table.dropna(subset=["retrieval_score"]).sort_values("retrieval_score", ascending=False).head(5)
+        body += "<p>Top heads: " + ", ".join(
+            f"{html.escape(head_name(r.layer, r.head))} ({r.retrieval_score:.3f})" for r in best.itertuples()
+        ) + "</p>"
+    body += figs.head_map(head_grid(table, "retrieval_score"), "retrieval_score", "retrieval score",
+                          "Retrieval score per head (Wu et al. 2024)", label="retrieval_score", vmin=0.0, vmax=1.0)
+    return ReportSection(key="retrieval", title="Retrieval heads", html=body, figures=figs.names)
