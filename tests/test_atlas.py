@@ -185,3 +185,19 @@ def test_report_and_compare_read_a_run_with_its_atlas(tiny_bert: Path, text_file
     assert main(["report", str(out)]) == 0
     assert "atlas" in headscope.RunResult.load(out).tables
     assert main(["compare", str(out), str(out), "--out", str(tmp_path / "cmp")]) == 0
+
+
+def test_matters_needs_the_interval_of_the_ablation_effect_above_zero() -> None:
+    heads = pd.DataFrame({"layer": [0, 0, 1], "head": [0, 1, 0], "effect": [0.5, 0.4, -0.1],
+                          "effect_low": [0.2, -0.05, -0.3], "effect_high": [0.8, 0.9, 0.1],
+                          "effect_atp": [0.4, 0.1, 0.0]})
+    run = {"analyses": {"head_effects": {"ablation": "mean", "loss": "lm_loss",
+                                         "bootstrap": {"rests_on": "95% percentile bootstrap over 12 sequences"}}}}
+    atlas = build_atlas(heads, {}, run)
+    matters = atlas[atlas["group"] == "matters"]
+    # L0H1 has the second-largest effect but its interval reaches below 0: no label, as L1H0's
+    assert matters["head_name"].tolist() == ["L0H0"]
+    row = matters.iloc[0]
+    assert row["rank"] == "1/3" and row["value"] == 0.5
+    assert "[0.2, 0.8]" in row["evidence"] and "12 sequences" in row["sample"]
+    assert set(atlas[atlas["group"] == "unlabelled"]["head_name"]) == {"L0H1", "L1H0"}

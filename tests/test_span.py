@@ -204,6 +204,13 @@ def test_built_head_is_streaming_and_its_budget_changes_nothing(streaming_llama:
     row = atlas[(atlas["head_name"] == "L0H0") & (atlas["group"] == "streaming")]
     assert len(row) == 1 and "coverage" in row["evidence"].iloc[0]
     assert set(atlas.loc[atlas["head_name"] == "L1H0", "group"]) >= {"retrieval-span"}
+    # The report's span section: the streaming count, the check in words, and the coverage map.
+    from headscope.report.build import build_report
+
+    build_report(out)
+    page = (out / "report" / "index.html").read_text()
+    assert "Attention span and KV budget" in page and f"1 of {len(heads)} heads are streaming" in page
+    assert "sink + window on the streaming heads" in page and (out / "figures" / "span_coverage.png").is_file()
 
 
 def test_budget_on_the_built_head_changes_nothing_and_on_another_head_it_does(streaming_llama: Path) -> None:

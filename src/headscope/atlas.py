@@ -46,7 +46,7 @@ THRESHOLDS: dict[str, float] = {
 GROUPS = ("previous-token", "next-token", "self", "broad", "cls-sink", "sep-sink", "punct-sink",
           "first-token-sink", "duplicate", "induction", "prefix-matching", "retrieval", "streaming", "retrieval-span",
           "role:", "syntax:",
-          "coref:", "pattern:", "important", "unlabelled")
+          "coref:", "pattern:", "important", "matters", "unlabelled")
 
 #: Surface statistics (Clark et al. 2019): column -> group.
 SURFACE = {"prev": "previous-token", "next": "next-token", "self": "self", "entropy": "broad",
@@ -367,6 +367,11 @@ def build_atlas(heads: pd.DataFrame, tables: Mapping[str, pd.DataFrame], run: Ma
                     f"top {fraction:.0%} of heads by importance (Michel et al. 2019)", sample,
                     f"importance {fmt(values[k])} (rank {r})")
 
+    # Heads that matter (docs/head_effects.md): the loss rises when the head is ablated, the whole bootstrap
+    # interval of the change above 0 (a test, not a rank: a head with a small but sure effect is labelled).
+    if {"effect", "effect_low", "effect_high"} <= set(heads.columns) and heads["effect"].notna().any():
+        _effect_rows(out, heads, summaries.get("head_effects", {}) or {})
+
     labelled = {(r["layer"], r["head"]) for r in out.rows}
     for row in heads[["layer", "head"]].itertuples(index=False):
         if (int(row.layer), int(row.head)) not in labelled:
@@ -426,3 +431,24 @@ def atlas_summary(atlas: pd.DataFrame, run: Mapping[str, Any]) -> dict[str, Any]
             "unlabelled": int((atlas["group"] == "unlabelled").sum()),
             "thresholds": thresholds_for(run),
             "rules": "docs/atlas.md"}
+
+
+def _effect_rows(out: _Rows, heads: pd.DataFrame, summary: Mapping[str, Any]) -> None:
+    """The ``matters`` label of head_effects: the loss rises when the head is ablated (interval above 0)."""
+    values = pd.to_numeric(heads["effect"], errors="coerce")
+    low = pd.to_numeric(heads["effect_low"], errors="coerce")
+    high = pd.to_numeric(heads["effect_high"], errors="coerce")
+    rank, n = ranks(values)
+    ablation = summary.get("ablation", "mean")
+    boot = summary.get("bootstrap", {}) or {}
+    sample = str(boot.get("rests_on", "the head_effects pass"))
+    rule = (f"the {summary.get('loss', 'loss')} rises when the head's output is replaced by its "
+            f"{'corpus mean' if ablation == 'mean' else 'zero'}: the bootstrap interval of the change lies above "
+            "0 (docs/head_effects.md)")
+    for k in values.index[low > 0]:
+        r = f"{int(rank[k])}/{n}"
+        evidence = f"effect {fmt(values[k])} [{fmt(low[k])}, {fmt(high[k])}] (rank {r})"
+        if "effect_atp" in heads.columns and pd.notna(heads.at[k, "effect_atp"]):
+            evidence += f"; AtP estimate {fmt(heads.at[k, 'effect_atp'])}"
+        out.add(heads.at[k, "layer"], heads.at[k, "head"], "matters", "effect", values[k], r, rule, sample,
+                evidence)

@@ -35,6 +35,7 @@ GROUP_MEANINGS = {
     "coref:": "link {name} mentions to an antecedent best of all heads",
     "pattern:": "are in the distance cluster named {name}",
     "important": "are among the most important heads by gradient (Michel et al. 2019)",
+    "matters": "raise the model's loss when ablated (the interval of the change above 0)",
     "unlabelled": "fit none of the labels this run measured",
 }
 

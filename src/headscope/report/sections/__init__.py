@@ -28,6 +28,7 @@ from headscope.report.sections import (
     roles,
     sep_gradient,
     similarity,
+    span,
     surface,
     syntax,
 )
@@ -49,6 +50,7 @@ SECTIONS: dict[str, Section] = {
     "roles": roles.section,
     "sep_gradient": sep_gradient.section,
     "similarity": similarity.section,
+    "span": span.section,
     "surface": surface.section,
     "syntax": syntax.section,
 }
@@ -57,6 +59,7 @@ SECTIONS: dict[str, Section] = {
 MEANINGS: dict[str, str] = {
     **surface.MEANINGS, **decoder_heads.MEANINGS, **retrieval.MEANINGS, **syntax.MEANINGS, **coref.MEANINGS,
     **distance.MEANINGS, **importance.MEANINGS, **sep_gradient.MEANINGS, **head_effects.MEANINGS,
+    **span.MEANINGS,
 }
 
 
