@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -63,7 +63,38 @@ def find_output_projections(model: torch.nn.Module) -> list[torch.nn.Module]:
                      f"ending in {', '.join(OUTPUT_PROJECTIONS)})")
 
 
-class HeadGates:
+_H = TypeVar("_H", bound="_Hooks")
+
+
+class _Hooks:
+    """Hooks on the model while active (``with``), removed on exit: the model is then as before."""
+
+    _handles: list[Any]
+
+    def _register(self) -> list[Any]:
+        raise NotImplementedError
+
+    def attach(self: _H) -> _H:
+        """Register the hooks (idempotent)."""
+        if not self._handles:
+            self._handles = self._register()
+        return self
+
+    def detach(self) -> None:
+        """Remove the hooks; the model is as before."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def __enter__(self: _H) -> _H:
+        return self.attach()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.detach()
+
+
+class HeadGates(_Hooks):
     """Multiply each head's output by a gate, for every forward pass while active.
 
     Parameters
@@ -125,28 +156,11 @@ class HeadGates:
 
         return gate
 
-    def attach(self) -> HeadGates:
-        """Register the hooks (idempotent)."""
-        if not self._handles:
-            self._handles = [proj.register_forward_pre_hook(self._hook(layer))
-                             for layer, proj in enumerate(self.projections)]
-        return self
-
-    def detach(self) -> None:
-        """Remove the hooks; the model is as before."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-    def __enter__(self) -> HeadGates:
-        return self.attach()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.detach()
+    def _register(self) -> list[Any]:
+        return [proj.register_forward_pre_hook(self._hook(layer)) for layer, proj in enumerate(self.projections)]
 
 
-class HeadSums:
+class HeadSums(_Hooks):
     """Sum each head's output (its slice of the attention output projection's input) over the real tokens of
     every forward pass while active, in float64: the sums and counts of a mean that merges exactly.
 
@@ -211,23 +225,6 @@ class HeadSums:
 
         return add
 
-    def attach(self) -> HeadSums:
-        """Register the hooks (idempotent)."""
-        if not self._handles:
-            self._handles = [self.base.register_forward_pre_hook(self._inputs, with_kwargs=True)]
-            self._handles += [proj.register_forward_pre_hook(self._hook(layer))
-                              for layer, proj in enumerate(self.projections)]
-        return self
-
-    def detach(self) -> None:
-        """Remove the hooks; the model is as before."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-    def __enter__(self) -> HeadSums:
-        return self.attach()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.detach()
+    def _register(self) -> list[Any]:
+        return [self.base.register_forward_pre_hook(self._inputs, with_kwargs=True),
+                *(proj.register_forward_pre_hook(self._hook(layer)) for layer, proj in enumerate(self.projections))]
