@@ -151,3 +151,17 @@ def sep_gradient_batch(loaded: Any, batch: Any, kind: str, seed: int, append_eos
     causal = bool(loaded.info.is_causal) and kind != "contrastive_loss"
     out = ForwardOutput(loss=loss, terms=terms, has_loss=True, attention_gradients=seen)
     return sep_sums(out, int(sep_id), causal, batch.size), loss, terms
+
+
+def held_out_loss(loaded: Any, batches: list[Any], kind: str, seed: int, gates: np.ndarray) -> float:
+    """Mean loss over ``batches`` with the gates ``gates`` (shape (n_layers, n_heads)), through the engine's
+    forward as pruning's passes run it."""
+    from headscope.engine.forwards import Forward, loss_kind, run_forward
+
+    assert kind == loss_kind(loaded), "the engine computes the model's own loss"
+    total, terms = 0.0, 0
+    for batch in batches:
+        out = run_forward(loaded, batch, Forward(gates=gates, loss="objective"), seed)
+        total += out.loss
+        terms += out.terms
+    return total / max(terms, 1)

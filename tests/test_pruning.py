@@ -18,12 +18,12 @@ from headscope.analyses.pruning import (
 )
 from headscope.config import RunConfig
 from headscope.engine.batch import collate
-from headscope.engine.forwards import batch_loss, held_out_loss
+from headscope.engine.forwards import batch_loss
 from headscope.engine.inputs import Corpus
 from headscope.manifest import Manifest
 from headscope.model.encode import Encoder
 from headscope.model.load import load_model
-from reference import behaviour_heads
+from reference import behaviour_heads, held_out_loss
 
 
 def test_fractions() -> None:

@@ -105,6 +105,15 @@ def check_choices(obj: Any) -> None:
             raise ValueError(f"{name} must be one of {shown}, got {value!r}")
 
 
+def check_minimum(obj: Any, minimum: int, *names: str) -> None:
+    """Raise ValueError for the first field of ``obj`` among ``names`` that is below ``minimum`` (sample sizes,
+    resamples, counts), naming the field and its value."""
+    for name in names:
+        value = getattr(obj, name)
+        if value < minimum:
+            raise ValueError(f"{name} must be at least {minimum}, got {value}")
+
+
 def parse_bytes(text: str | int) -> int:
     """``"1GiB"``, ``"512MiB"``, ``"2GB"``, ``"800M"`` or a plain number of bytes."""
     if isinstance(text, int):

@@ -31,8 +31,8 @@ import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_name
 from headscope.analyses.registry import register
-from headscope.config import option
-from headscope.engine.forwards import MASK_RATE, CorpusRows, Forward, Pass
+from headscope.config import check_minimum, option
+from headscope.engine.forwards import LM_LOSSES, MASK_RATE, CorpusRows, Forward, Pass
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
@@ -145,14 +145,10 @@ class PatternAblation(Analysis):
     intervenes = True
 
     def start(self, ctx: AnalysisContext) -> None:
-        if self.options.ablation_sequences < 1:
-            raise ValueError(f"ablation_sequences must be at least 1, got {self.options.ablation_sequences}")
-        if self.options.ablation_top < 0:
-            raise ValueError(f"ablation_top must be >= 0, got {self.options.ablation_top}")
-        info = ctx.info
-        self.metric = (("lm_loss" if info.is_causal else "mlm_loss") if info.has_lm_head
-                       and (info.is_causal or getattr(ctx.tokenizer, "mask_token_id", None) is not None)
-                       else "hidden_drift")
+        check_minimum(self.options, 1, "ablation_sequences")
+        check_minimum(self.options, 0, "ablation_top")
+        # The LM loss when the model has one (the engine's Forward(loss="lm")), else the hidden states' drift.
+        self.metric = ctx.loss_kind if ctx.loss_kind in LM_LOSSES else "hidden_drift"
         self.conditions: list[Condition] = []
         self.add_state("tokens_", 0)
         self.add_state("sequences_", 0)

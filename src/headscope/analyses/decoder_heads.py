@@ -53,7 +53,7 @@ import torch
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name
 from headscope.analyses.registry import register
 from headscope.analyses.stats import CONFIDENCE, mean_or_nan, means_or_nan, percentile_intervals, poisson_weights
-from headscope.config import option
+from headscope.config import check_minimum, option
 from headscope.engine.forwards import Forward, Pass, TokenRows
 
 if TYPE_CHECKING:
@@ -353,14 +353,11 @@ class DecoderHeads(Analysis):
                 f"{self.name} analysis scores heads of decoder LMs (previous-token, induction, attention sinks) "
                 "and its numbers would mean nothing here; run it on a decoder LM, or use surface/distance for "
                 "an encoder")
-        if o.induction_probe < 1:
-            raise ValueError(f"induction_probe must be at least 1, got {o.induction_probe}")
-        if o.induction_length < 2:
-            raise ValueError(f"induction_length must be at least 2, got {o.induction_length}")
+        check_minimum(o, 1, "induction_probe")
+        check_minimum(o, 2, "induction_length")
         if not 0 <= o.sink_epsilon <= 1:
             raise ValueError(f"sink_epsilon must be between 0 and 1, got {o.sink_epsilon}")
-        if o.decoder_min_n < 1:
-            raise ValueError(f"decoder_min_n must be at least 1, got {o.decoder_min_n}")
+        check_minimum(o, 1, "decoder_min_n")
         if not 0 <= o.decoder_margin < 1:
             raise ValueError(f"decoder_margin must be in [0, 1), got {o.decoder_margin}")
         if o.decoder_resamples < 10:

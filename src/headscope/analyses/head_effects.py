@@ -46,8 +46,8 @@ import numpy as np
 from headscope.analyses import stats
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name
 from headscope.analyses.registry import register
-from headscope.analyses.stats import CONFIDENCE, percentile_interval
-from headscope.config import check_choices, option
+from headscope.analyses.stats import CONFIDENCE
+from headscope.config import check_choices, check_minimum, option
 from headscope.engine.forwards import MASK_RATE, CorpusRows, Forward, Pass
 
 if TYPE_CHECKING:
@@ -120,8 +120,7 @@ def bootstrap_effects(diff: np.ndarray, terms: np.ndarray, resamples: int, seed:
     counts = np.zeros((resamples, n))
     np.add.at(counts, (np.arange(resamples)[:, None], index), 1.0)
     values = (counts @ diff) / np.maximum(counts @ terms, 1.0)[:, None]
-    bounds = np.array([percentile_interval(values[:, h], CONFIDENCE) for h in range(diff.shape[1])])
-    return bounds[:, 0], bounds[:, 1]
+    return stats.percentile_intervals(values, CONFIDENCE)
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -191,12 +190,8 @@ class HeadEffects(Analysis):
     def start(self, ctx: AnalysisContext) -> None:
         o = self.options
         check_choices(o)  # again: the options may have been changed since
-        for name in ("head_effects_sequences", "head_effects_bootstrap"):
-            if getattr(o, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(o, name)}")
-        for name in ("head_effects_mean_sequences", "head_effects_rows", "head_effects_top"):
-            if getattr(o, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(o, name)}")
+        check_minimum(o, 1, "head_effects_sequences", "head_effects_bootstrap")
+        check_minimum(o, 0, "head_effects_mean_sequences", "head_effects_rows", "head_effects_top")
         if o.head_effects_ablation == "mean" and o.head_effects_mean_sequences < 1:
             raise ValueError("mean ablation needs head_effects_mean_sequences >= 1")
         self.kind = ctx.require_loss()

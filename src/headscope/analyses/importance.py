@@ -25,7 +25,7 @@ import numpy as np
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame
 from headscope.analyses.registry import register
-from headscope.config import option
+from headscope.config import check_minimum, option
 from headscope.engine.forwards import CONTRASTIVE_TEMPERATURE, CorpusRows, Forward, Pass
 
 if TYPE_CHECKING:
@@ -86,8 +86,7 @@ class HeadImportance(Analysis):
     intervenes = True
 
     def start(self, ctx: AnalysisContext) -> None:
-        if self.options.importance_sequences < 1:
-            raise ValueError(f"importance_sequences must be at least 1, got {self.options.importance_sequences}")
+        check_minimum(self.options, 1, "importance_sequences")
         self.kind = ctx.require_loss()
         info = ctx.info
         self.add_state("grad_abs_", np.zeros((info.n_layers, info.n_heads)))

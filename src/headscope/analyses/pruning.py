@@ -40,7 +40,7 @@ from headscope.analyses.base import Analysis, AnalysisResult
 from headscope.analyses.importance import normalize_importance
 from headscope.analyses.registry import register
 from headscope.analyses.stats import CONFIDENCE, percentile_interval
-from headscope.config import option
+from headscope.config import check_minimum, option
 from headscope.engine.forwards import CorpusRows, Forward, Pass
 
 if TYPE_CHECKING:
@@ -205,12 +205,8 @@ class HeadPruning(Analysis):
         o = self.options
         if not 0 < o.pruning_step <= 1:
             raise ValueError(f"pruning_step must be in (0, 1], got {o.pruning_step}")
-        if o.pruning_seeds < 0:
-            raise ValueError(f"pruning_seeds must be >= 0, got {o.pruning_seeds}")
-        if o.pruning_sequences < 1:
-            raise ValueError(f"pruning_sequences must be at least 1, got {o.pruning_sequences}")
-        if o.pruning_bootstrap < 1:
-            raise ValueError(f"pruning_bootstrap must be at least 1, got {o.pruning_bootstrap}")
+        check_minimum(o, 0, "pruning_seeds")
+        check_minimum(o, 1, "pruning_sequences", "pruning_bootstrap")
         self.kind = ctx.require_loss()
         # No state of the main pass: pruning's measurements are its own passes' (a curve, not sums to merge).
         self._sequences: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])

@@ -38,7 +38,7 @@ import torch
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name
 from headscope.analyses.registry import register
 from headscope.analyses.stats import bootstrap_indices, mean_or_nan, percentile_intervals
-from headscope.config import option
+from headscope.config import check_minimum, option
 from headscope.engine.forwards import Generate, Pass, TokenRows
 
 if TYPE_CHECKING:
@@ -254,8 +254,7 @@ class RetrievalHeads(Analysis):
             raise ValueError(
                 f"{ctx.info.name} is not a causal language model with its LM head: the {self.name} analysis "
                 "generates answers to needle-in-a-haystack questions, which only a decoder LM can do")
-        if o.retrieval_prompts < 1:
-            raise ValueError(f"retrieval_prompts must be at least 1, got {o.retrieval_prompts}")
+        check_minimum(o, 1, "retrieval_prompts")
         if o.haystack_tokens < 1 or o.retrieval_new_tokens < 1:
             raise ValueError("haystack_tokens and retrieval_new_tokens must be at least 1")
         if bool(o.retrieval_needle) != bool(o.retrieval_question):

@@ -45,7 +45,7 @@ from headscope.analyses.base import Analysis, AnalysisResult, head_frame
 from headscope.analyses.importance import sample_rows
 from headscope.analyses.registry import register
 from headscope.analyses.stats import mean_or_nan
-from headscope.config import check_choices, option
+from headscope.config import check_choices, check_minimum, option
 from headscope.engine.forwards import CONTRASTIVE_TEMPERATURE, Forward, Pass, separator_id
 
 if TYPE_CHECKING:
@@ -159,8 +159,7 @@ class SepGradient(Analysis):
     intervenes = True
 
     def start(self, ctx: AnalysisContext) -> None:
-        if self.options.sep_gradient_sequences < 1:
-            raise ValueError(f"sep_gradient_sequences must be at least 1, got {self.options.sep_gradient_sequences}")
+        check_minimum(self.options, 1, "sep_gradient_sequences")
         check_choices(self.options)  # again: the options may have been changed since
         self.kind = ctx.require_loss()
         self.append_eos = (self.options.sep_gradient_append_eos == "yes"

@@ -47,7 +47,7 @@ from headscope.analyses.base import Analysis, AnalysisResult, head_frame
 from headscope.analyses.registry import register
 from headscope.analyses.retrieval import _detokenize
 from headscope.analyses.stats import CONFIDENCE, bootstrap_indices, percentile_interval
-from headscope.config import option
+from headscope.config import check_minimum, option
 from headscope.engine.forwards import Forward, Pass, TokenRows
 
 if TYPE_CHECKING:
@@ -273,8 +273,7 @@ class AttentionSpan(Analysis):
         limit = int(ctx.info.max_length)
         self.lengths_ = sorted({min(length, limit) for length in requested})
         self.requested_ = requested
-        if o.span_window < 1:
-            raise ValueError(f"span_window must be at least 1, got {o.span_window}")
+        check_minimum(o, 1, "span_window")
         if not 0 < o.span_coverage <= 1:
             raise ValueError(f"span_coverage must be in (0, 1], got {o.span_coverage}")
         if o.span_texts < 1 or o.span_check_texts < 0:

@@ -201,10 +201,17 @@ def gated(loaded: LoadedModel, values: np.ndarray | None, replace: np.ndarray | 
         yield gates
 
 
+#: The losses of a model's own LM head (:func:`loss_kind`'s others: ``contrastive_loss``).
+LM_LOSSES = ("lm_loss", "mlm_loss")
+
+
 def has_lm_loss(loaded: LoadedModel) -> bool:
-    """Whether ``loss="lm"`` computes a loss: an LM head, and a mask token unless the model is causal."""
-    info = loaded.info
-    return bool(info.has_lm_head) and (info.is_causal or loaded.tokenizer.mask_token_id is not None)
+    """Whether ``loss="lm"`` computes a loss: :func:`loss_kind` is the LM head's (an LM head, and a mask token
+    unless the model is causal)."""
+    try:
+        return loss_kind(loaded) in LM_LOSSES
+    except ValueError:
+        return False
 
 
 def run_forward(loaded: LoadedModel, batch: Batch, forward: Forward | Generate, seed: int,
@@ -436,19 +443,6 @@ def gate_gradient(loaded: LoadedModel, batch: Batch, kind: str, seed: int, gate_
     return grad, float(loss.detach()), n
 
 
-def held_out_loss(loaded: LoadedModel, batches: list[Batch], kind: str, seed: int, gates: np.ndarray) -> float:
-    """Mean loss over ``batches`` with the gates ``gates`` (ndarray of shape (n_layers, n_heads), 0 or 1)."""
-    info = loaded.info
-    total, terms = 0.0, 0
-    with HeadGates(loaded.model, info.n_layers, info.n_heads) as hg, torch.no_grad():
-        hg.values.copy_(torch.as_tensor(gates, dtype=hg.values.dtype))
-        for batch in batches:
-            loss, n = batch_loss(loaded, batch, kind, seed)
-            total += float(loss)
-            terms += n
-    return total / max(terms, 1)
-
-
 def sequence_losses(loaded: LoadedModel, batch: Batch, kind: str, seed: int, variants: int = 1
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Each sequence's summed loss and its number of terms, as :func:`batch_loss` sums them over the batch.
@@ -546,20 +540,6 @@ def head_attribution(loaded: LoadedModel, batch: Batch, kind: str, seed: int, re
             assert gates.values.grad is not None  # the gates require grad and are in the graph
             estimate = -gates.values.grad.detach().double().cpu().numpy()
     return estimate, float(loss.detach()), n
-
-
-def held_out_sequence_losses(loaded: LoadedModel, batches: list[Batch], kind: str, seed: int, gates: np.ndarray
-                             ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`sequence_losses` of every held-out sequence with the gates ``gates``, concatenated in batch order."""
-    info = loaded.info
-    losses, terms = [], []
-    with HeadGates(loaded.model, info.n_layers, info.n_heads) as hg, torch.no_grad():
-        hg.values.copy_(torch.as_tensor(gates, dtype=hg.values.dtype))
-        for batch in batches:
-            loss, n = sequence_losses(loaded, batch, kind, seed)
-            losses.append(loss)
-            terms.append(n)
-    return np.concatenate(losses), np.concatenate(terms)
 
 
 def separator_id(tok: PreTrainedTokenizerFast) -> int | None:

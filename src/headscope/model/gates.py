@@ -67,9 +67,16 @@ _H = TypeVar("_H", bound="_Hooks")
 
 
 class _Hooks:
-    """Hooks on the model while active (``with``), removed on exit: the model is then as before."""
+    """Hooks on every layer's attention output projection while active (``with``), removed on exit: the model
+    is then as before."""
 
-    _handles: list[Any]
+    def __init__(self, model: torch.nn.Module, n_layers: int, n_heads: int) -> None:
+        self.model = model
+        self.projections = find_output_projections(model)
+        if len(self.projections) != n_layers:
+            raise ValueError(f"found {len(self.projections)} attention output projections for {n_layers} layers")
+        self.n_layers, self.n_heads = n_layers, n_heads
+        self._handles: list[Any] = []
 
     def _register(self) -> list[Any]:
         raise NotImplementedError
@@ -115,15 +122,10 @@ class HeadGates(_Hooks):
     """
 
     def __init__(self, model: torch.nn.Module, n_layers: int, n_heads: int) -> None:
-        self.model = model
-        self.projections = find_output_projections(model)
-        if len(self.projections) != n_layers:
-            raise ValueError(f"found {len(self.projections)} attention output projections for {n_layers} layers")
-        self.n_heads = n_heads
+        super().__init__(model, n_layers, n_heads)
         param = next(model.parameters())
         self.values = torch.ones(n_layers, n_heads, dtype=param.dtype, device=param.device)
         self.replacement: torch.Tensor | None = None
-        self._handles: list[Any] = []
 
     def set(self, heads: list[tuple[int, int]] | None = None, value: float = 0.0) -> HeadGates:
         """Open every gate, then set the gates of ``heads`` (pairs ``(layer, head)``) to ``value``."""
@@ -184,15 +186,11 @@ class HeadSums(_Hooks):
     """
 
     def __init__(self, model: torch.nn.Module, n_layers: int, n_heads: int) -> None:
+        super().__init__(model, n_layers, n_heads)
         self.base = getattr(model, "base_model", model)
-        self.projections = find_output_projections(model)
-        if len(self.projections) != n_layers:
-            raise ValueError(f"found {len(self.projections)} attention output projections for {n_layers} layers")
-        self.n_layers, self.n_heads = n_layers, n_heads
         self.sums: torch.Tensor | None = None
         self.tokens = 0
         self._mask: torch.Tensor | None = None
-        self._handles: list[Any] = []
 
     def _inputs(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         mask = kwargs.get("attention_mask")
