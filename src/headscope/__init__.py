@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from headscope.model import Encoder, Example, load_model
     from headscope.orchestrate import document_run, run  # noqa: F401 (document_run: not in __all__)
     from headscope.report import build_report
+    from headscope.session import Session
     from headscope.viewer import view
 
 #: Public name -> the module it is imported from, on first use.
@@ -37,7 +38,7 @@ _EXPORTS = {
     "RunConfig": "headscope.config", "RunResult": "headscope.engine", "word_attention": "headscope.engine",
     "Manifest": "headscope.manifest", "Encoder": "headscope.model", "Example": "headscope.model",
     "load_model": "headscope.model", "run": "headscope.orchestrate", "document_run": "headscope.orchestrate",
-    "build_report": "headscope.report", "view": "headscope.viewer",
+    "build_report": "headscope.report", "view": "headscope.viewer", "Session": "headscope.session",
 }
 
 
@@ -58,5 +59,5 @@ sys.modules[__name__].__class__ = _Package
 
 
 __all__ = ["REGISTRY", "Analysis", "AnalysisResult", "Comparison", "Encoder", "Example", "Manifest",
-           "RunConfig", "RunResult", "__version__", "build_report", "compare", "load_model", "register", "run",
+           "RunConfig", "RunResult", "Session", "__version__", "build_report", "compare", "load_model", "register", "run",
            "view", "word_attention"]

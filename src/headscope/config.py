@@ -14,6 +14,10 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+#: ``RunConfig.model``, ``dataset`` or a ``treebank`` entry of what was handed over in memory
+#: (``headscope.run(model=<object>, texts=..., treebank=[TokenList, ...])``); run.json says what it was.
+MEMORY = "<memory>"
+
 #: The choices of :class:`RunConfig`'s fields (``headscope run`` offers them as ``choices=``).
 Dtype = Literal["float32", "float16", "bfloat16"]
 Capture = Literal["auto", "interface", "hooks", "stacked"]
@@ -166,6 +170,16 @@ class RunConfig:
                                  default_factory=list)
     coref: list[str] = option(group="corpus", help="Coreference file(s): CoNLL-U with Entity= annotations, or "
                               "CoNLL-2012 *_conll.", default_factory=list)
+    dataset: str | None = option(None, group="corpus", help="A dataset of texts: a folder saved with "
+                                 "datasets' save_to_disk, parquet or JSON-lines file(s), or a hub dataset name "
+                                 "(where the hub can be reached); streamed, each row one document "
+                                 "(docs/inputs.md). In Python, texts= takes a list, a pandas Series or a "
+                                 "Dataset object.")
+    text_column: str | None = option(None, group="corpus", help="The column of --dataset (or of a DataFrame or "
+                                     "Dataset given as texts=) that holds the text (default: its only text "
+                                     "column).")
+    split: str | None = option(None, group="corpus", help="The split of --dataset to read (default: its only "
+                               "split, or train).")
     skip_missing: bool = option(False, group="corpus", help="Run without a --text/--treebank/--coref file that does "
                                 "not exist (recorded in run.json) instead of stopping with an error.")
     analyses: list[str] = option(group="engine", help="Comma-separated analyses to run (see `headscope list`), or "
@@ -292,12 +306,12 @@ class RunConfig:
         from pathlib import Path
 
         return [f"--{flag} {name}" for flag in ("text", "treebank", "coref") for name in getattr(self, flag)
-                if not Path(name).expanduser().is_file()]
+                if name != MEMORY and not Path(name).expanduser().is_file()]
 
     @property
     def uses_default_corpus(self) -> bool:
         """True when no corpus file was given, so the packaged Wikipedia sample is used."""
-        return not (self.text or self.treebank or self.coref)
+        return not (self.text or self.treebank or self.coref or self.dataset)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -8,6 +8,7 @@ gives :func:`run` its signature and its list of keywords (:func:`document_run`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -38,7 +39,8 @@ from headscope.analyses.registry import (
     split_options,
 )
 from headscope.atlas import atlas_summary, build_atlas, parse_thresholds
-from headscope.config import CONFIG_GROUPS, RunConfig
+from headscope.config import CONFIG_GROUPS, MEMORY, RunConfig
+from headscope.corpus.memory import MemoryCorpus, check_tokenlists, open_dataset, text_source
 from headscope.engine.checkpoint import CheckpointError, Progress, differences, fingerprint, restore
 from headscope.engine.checkpoint import read as read_checkpoint
 from headscope.engine.checkpoint import remove as remove_checkpoint
@@ -48,6 +50,9 @@ from headscope.engine.outdir import prepare as prepare_output
 from headscope.engine.passes import local_pass, ray_pass
 from headscope.engine.preflight import check_dependencies
 from headscope.engine.results import RunResult, write_json
+from headscope.errors import UsageError
+from headscope.model.inmemory import MemoryModelInfo, from_memory, preserved, refresh
+from headscope.model.load import LoadedModel
 
 logger = logging.getLogger("headscope")
 
@@ -86,13 +91,52 @@ def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
         When ``out`` is set (default ``headscope-out``; pass ``out=None`` to keep everything in memory),
         the files are written there too.
     """
+    return run_with(config, kwargs)
+
+
+def run_with(config: RunConfig | None, kwargs: dict[str, Any], loaded: LoadedModel | None = None) -> RunResult:
+    """:func:`run`, with ``loaded`` a model already loaded (a :class:`headscope.Session`'s) instead of
+    ``config.model``. Objects in ``kwargs`` (``model=`` a model, ``tokenizer=``, ``texts=``, ``treebank=`` a
+    list of ``conllu.TokenList``) are taken out of the settings here (:func:`_memory_inputs`)."""
+    kwargs = dict(kwargs)
+    memory_model, tokenizer, texts, tokenlists = _memory_inputs(kwargs, loaded)
     config_kwargs, analysis_kwargs = split_options(kwargs)
     config = dataclasses.replace(config, **config_kwargs) if config is not None else RunConfig(**config_kwargs)
     checkpoint = None
     if config.resume:
         # Read once: state.npz can be large, and its settings decide the run's configuration.
         checkpoint = read_checkpoint(config.resume)
+        saved_model = checkpoint[0].get("config", {}).get("model")
+        if saved_model == MEMORY and memory_model is None and not _holds_memory_model(loaded):
+            raise CheckpointError(
+                f"the run in {config.resume} analysed a model held in memory (weights fingerprint "
+                f"{str(checkpoint[0].get('model', {}).get('weights_fingerprint'))[:12]}...): resume it from Python "
+                "with headscope.run(model=<the same model>, tokenizer=..., resume=...), with the same weights")
         config, analysis_kwargs = _resumed_config(config, checkpoint[0], config_kwargs, analysis_kwargs)
+    if memory_model is not None:
+        loaded = from_memory(memory_model, tokenizer, capture=config.capture)
+    memory = MemoryCorpus(tokenlists=tokenlists)
+    if texts is not None:
+        memory.texts = text_source(texts, config.text_column)
+    elif config.dataset and config.dataset != MEMORY:
+        memory.texts = open_dataset(config.dataset, config.split, config.text_column)  # before the model loads
+    if config.engine == "ray" and (_holds_memory_model(loaded) or texts is not None or tokenlists is not None):
+        raise UsageError("--engine ray loads the model and reads the data by name on each worker; a model or "
+                         "data held in memory runs with engine='local'")
+    guard = (preserved(loaded.model) if loaded is not None and _holds_memory_model(loaded)
+             else contextlib.nullcontext())
+    with guard:
+        return _run(config, analysis_kwargs, checkpoint, loaded, memory)
+
+
+def _run(config: RunConfig, analysis_kwargs: dict[str, dict[str, Any]], checkpoint: Any,
+         loaded: LoadedModel | None, memory: MemoryCorpus) -> RunResult:
+    if loaded is not None and _holds_memory_model(loaded):
+        refresh(loaded)  # the weights may have changed since the model was handed over (a Session's runs)
+        if loaded.route != "stacked":
+            # Chosen again: the attention implementation set for the capture was restored after the last run.
+            loaded.route = None
+            loaded.capture_state.clear()
     # Check the names now (before the model loads); ``all`` is expanded once the model is known.
     analyses = resolve_analyses([name for name in config.analyses if name != ALL], analysis_kwargs)
     check_weights(config)
@@ -110,7 +154,7 @@ def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
 
-    ctx = open_context(config)
+    ctx = open_context(config, loaded, memory)
     timings["load_model"] = time.perf_counter() - t0
     info, manifest = ctx.info, ctx.manifest
     if ALL in config.analyses:
@@ -195,6 +239,50 @@ def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
         write_json(Path(config.out) / "run.json", result.run)
         remove_checkpoint(config.out)  # the run is complete: run.json and the tables are its record
     return result
+
+
+#: Settings of how a model is loaded by name; a model handed over in memory is used as it is.
+_LOAD_SETTINGS = ("revision", "gguf_file", "trust_remote_code", "cache_model", "dtype", "device")
+
+
+def _holds_memory_model(loaded: LoadedModel | None) -> bool:
+    return loaded is not None and isinstance(loaded.info, MemoryModelInfo)
+
+
+def _memory_inputs(kwargs: dict[str, Any], loaded: LoadedModel | None
+                   ) -> tuple[Any, Any, Any, list[Any] | None]:
+    """Take the objects out of ``kwargs`` (model, tokenizer, texts, treebank sentences), leaving :data:`MEMORY`
+    in their settings so that ``run.json``, the checkpoint and ``--analyses all`` see that they were given."""
+    model = kwargs.get("model")
+    memory_model = None
+    if model is not None and not isinstance(model, str):
+        memory_model = kwargs.pop("model")
+        kwargs["model"] = MEMORY
+        given = [name for name in _LOAD_SETTINGS if name in kwargs]
+        if given:
+            raise UsageError(f"{', '.join(given)}: settings of a model loaded by name; a model object is used as it "
+                             "is (move or cast it yourself before the run)")
+    tokenizer = kwargs.pop("tokenizer", None)
+    if tokenizer is not None and memory_model is None:
+        raise UsageError("tokenizer= goes with model=<a model object>; a model named by a string loads its own")
+    if memory_model is not None and tokenizer is None:
+        raise UsageError("model=<a model object> needs its tokenizer: pass tokenizer=...")
+    texts = kwargs.pop("texts", None)
+    dataset = kwargs.get("dataset")
+    if dataset is not None and not isinstance(dataset, str):
+        if texts is not None:
+            raise UsageError("give the texts once: texts= or dataset=, not both")
+        texts = kwargs.pop("dataset")
+    if texts is not None:
+        if kwargs.get("dataset"):
+            raise UsageError("give the texts once: texts= or dataset=, not both")
+        kwargs["dataset"] = MEMORY
+    treebank = kwargs.get("treebank")
+    tokenlists = None
+    if treebank is not None and not isinstance(treebank, str) and any(not isinstance(t, str) for t in treebank):
+        tokenlists = check_tokenlists(treebank)
+        kwargs["treebank"] = [MEMORY]
+    return memory_model, tokenizer, texts, tokenlists
 
 
 def _field_default(f: dataclasses.Field, missing: Any) -> Any:

@@ -20,7 +20,7 @@ import html
 import os
 import typing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from headscope.config import WordMode
 from headscope.corpus.conllu import read_conllu
@@ -28,6 +28,9 @@ from headscope.corpus.text import read_text, text_sentence
 from headscope.corpus.types import Sentence
 from headscope.manifest import Manifest
 from headscope.report.viewpage import dequantize_sqrt, quantize_sqrt, render_view, view_data
+
+if TYPE_CHECKING:
+    from headscope.model.load import LoadedModel
 
 #: Longest input the viewer takes by default, in model tokens (capped by the model).
 DEFAULT_MAX_LENGTH = 512
@@ -133,7 +136,8 @@ def input_sentences(text: str | None = None, file: str | Path | None = None,
 
 def view(text: str | None = None, *, model: str = "minilm", file: str | Path | None = None,
          treebank: str | Path | None = None, sentence: str = "1", out: str | Path = "headscope-view.html",
-         max_length: int = DEFAULT_MAX_LENGTH, word_attention: WordMode = "mean", device: str = "auto") -> ViewPage:
+         max_length: int = DEFAULT_MAX_LENGTH, word_attention: WordMode = "mean", device: str = "auto",
+         loaded: LoadedModel | None = None) -> ViewPage:
     """Write a self-contained HTML page of every head's attention on one input; return it.
 
     Parameters
@@ -148,6 +152,8 @@ def view(text: str | None = None, *, model: str = "minilm", file: str | Path | N
         Longer inputs are cut to this many tokens (capped by the model), and the page says so.
     word_attention : {"mean", "first"}
         How a split word's rows become one (see :func:`headscope.engine.wordlevel.word_attention`).
+    loaded : LoadedModel, optional
+        A model already loaded (a :class:`headscope.Session`'s), used instead of loading ``model``.
 
     Returns
     -------
@@ -162,7 +168,8 @@ def view(text: str | None = None, *, model: str = "minilm", file: str | Path | N
 
     manifest = Manifest()
     sentences = input_sentences(text, file, treebank, sentence, manifest)
-    loaded = load_model(model, device=device)
+    if loaded is None:
+        loaded = load_model(model, device=device)
     info = loaded.info
     encoder = Encoder.for_model(loaded, min(max_length, info.max_length))
     example = encoder.encode(0, "sentence", sentences, None, manifest, truncate=True)

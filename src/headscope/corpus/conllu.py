@@ -168,9 +168,16 @@ def read_conllu(path: str | Path, manifest: Manifest, limit: int | None = None) 
     limit : int, optional
         Stop after this many sentences read.
     """
+    return read_blocks(path, _blocks(path, manifest), manifest, limit)
+
+
+def read_blocks(path: str | Path, blocks: Iterator[tuple[int, list[tuple[int, str]]]], manifest: Manifest,
+                limit: int | None = None) -> Iterator[Sentence]:
+    """:func:`read_conllu` over ``blocks`` (first line, numbered lines of one sentence) named ``path``: a file's
+    blocks, or sentences held in memory (:func:`headscope.corpus.memory.tokenlist_blocks`)."""
     doc_id: str | None = None
     n_read = 0
-    for first_line, block in _blocks(path, manifest):
+    for first_line, block in blocks:
         comments = [text for _, text in block if text.startswith("#")]
         for c in comments:
             if c.startswith("# newdoc"):

@@ -64,13 +64,19 @@ def fingerprint(config: RunConfig, info: ModelInfo, analyses: list[Analysis], ma
                 ) -> dict[str, Any]:
     """What must be equal for a checkpoint to belong to this run."""
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in FREE_SETTINGS}
+    model = {"name": info.name, "path": info.path, "revision": info.revision, "n_layers": info.n_layers,
+             "n_heads": info.n_heads}
+    memory = getattr(info, "memory", None)
+    if memory:
+        # A model handed over in memory has no name to reload it by: its weights say whether it is the same.
+        model["weights_fingerprint"] = memory.get("weights_fingerprint")
     return {
-        "model": {"name": info.name, "path": info.path, "revision": info.revision, "n_layers": info.n_layers,
-                  "n_heads": info.n_heads},
+        "model": model,
         "config": settings,
         "analysis_options": {a.name: dataclasses.asdict(a.options) if a.options is not None else None
                              for a in analyses},
-        "files": [{"path": f["path"], "role": f["role"], "sha256": f.get("sha256")} for f in manifest.files],
+        "files": [{"path": f["path"], "role": f["role"], "sha256": f.get("sha256"),
+                   **({"fingerprint": f["fingerprint"]} if f.get("fingerprint") else {})} for f in manifest.files],
     }
 
 

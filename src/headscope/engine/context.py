@@ -13,6 +13,7 @@ import torch
 from headscope.config import RunConfig
 from headscope.engine.batch import Batch, bucket_batches, collate, split_for_memory
 from headscope.engine.capture import ensure_route
+from headscope.corpus.memory import MemoryCorpus
 from headscope.engine.inputs import Corpus
 from headscope.manifest import Manifest
 from headscope.model.encode import Encoder, Example
@@ -134,11 +135,18 @@ class RunContext:
             yield self.collate(group)
 
 
-def open_context(config: RunConfig) -> RunContext:
-    """Load the model and open the corpus of ``config``: everything a pass needs (also on Ray workers)."""
-    loaded = load_model(config.model, revision=config.revision, device=config.device, dtype=config.dtype,
-                        trust_remote_code=config.trust_remote_code, gguf_file=config.gguf_file,
-                        capture=config.capture, cache_model=config.cache_model)
+def open_context(config: RunConfig, loaded: LoadedModel | None = None, memory: MemoryCorpus | None = None
+                 ) -> RunContext:
+    """Load the model and open the corpus of ``config``: everything a pass needs (also on Ray workers).
+
+    ``loaded``: a model already loaded (a :class:`headscope.Session`'s, or one handed over in memory,
+    :func:`headscope.model.inmemory.from_memory`), used instead of loading ``config.model``. ``memory``: texts
+    and treebank sentences from memory (:mod:`headscope.corpus.memory`).
+    """
+    if loaded is None:
+        loaded = load_model(config.model, revision=config.revision, device=config.device, dtype=config.dtype,
+                            trust_remote_code=config.trust_remote_code, gguf_file=config.gguf_file,
+                            capture=config.capture, cache_model=config.cache_model)
     ensure_route(loaded)  # the capture route (a probe pass), chosen by the engine rather than the loader
     info = loaded.info
     max_length = config.resolved_max_length(info.max_length, info.is_causal)
@@ -155,5 +163,5 @@ def open_context(config: RunConfig) -> RunContext:
                                  "padding_side": config.padding_side}
     manifest.notes["inputs"] = {**encoder.describe(),
                                 "treebank_input": config.resolved_treebank_input()}
-    corpus = Corpus(config, encoder, manifest)
+    corpus = Corpus(config, encoder, manifest, memory)
     return RunContext(config=config, loaded=loaded, encoder=encoder, corpus=corpus, manifest=manifest)

@@ -6,8 +6,9 @@ from collections.abc import Iterator
 from itertools import chain
 from typing import TYPE_CHECKING, Any
 
-from headscope.config import RunConfig
-from headscope.corpus.conllu import read_conllu
+from headscope.config import MEMORY, RunConfig
+from headscope.corpus.conllu import read_blocks, read_conllu
+from headscope.corpus.memory import MemoryCorpus, open_dataset, tokenlist_blocks, tokenlists_record
 from headscope.corpus.text import read_text
 from headscope.corpus.types import Document
 from headscope.corpus.wiki import wikipedia_sample_text
@@ -28,8 +29,16 @@ class Corpus:
     numbers them in that order. Iterating twice gives the same examples (re-runs such as ablation use it).
     """
 
-    def __init__(self, config: RunConfig, encoder: Encoder, manifest: Manifest) -> None:
+    def __init__(self, config: RunConfig, encoder: Encoder, manifest: Manifest,
+                 memory: MemoryCorpus | None = None) -> None:
         self.config = config
+        self.memory = memory if memory is not None else MemoryCorpus()
+        if config.dataset and config.dataset != MEMORY and self.memory.texts is None:
+            self.memory.texts = open_dataset(config.dataset, config.split, config.text_column)
+        if (config.dataset == MEMORY and self.memory.texts is None) or (
+                MEMORY in config.treebank and self.memory.tokenlists is None):
+            raise ValueError(f"{MEMORY} data is given only in Python (headscope.run(texts=..., treebank=...)), "
+                             "not by name")
         self.encoder = encoder
         self.text_files = [str(p) for p in config.text]
         self.segment_limit = config.max_segments
@@ -42,7 +51,14 @@ class Corpus:
                                                 "stripped by headscope.corpus.wiki")
         for role, files in (("text", self.text_files), ("treebank", config.treebank), ("coref", config.coref)):
             for f in files:
-                manifest.add_file(f, role)
+                if f == MEMORY and self.memory.tokenlists is not None:
+                    manifest.files.append(tokenlists_record(self.memory.tokenlists))
+                else:
+                    manifest.add_file(f, role)
+        if self.memory.texts is not None:
+            # The same dict as the source's: the rows read are filled in as the pass reads them.
+            self.memory.texts.record.update(path=self.memory.texts.label, role="text")
+            manifest.files.append(self.memory.texts.record)
 
     def estimated_sentences(self) -> tuple[int, int]:
         """Fast upper estimates of the sentences to process, (raw text, treebanks and coref)."""
@@ -58,10 +74,15 @@ class Corpus:
             return total
 
         # CoNLL-U counts words, not sentences, per line: divide by a typical sentence length.
-        return lines(self.text_files), lines([*self.config.treebank, *self.config.coref]) // 15
+        memory_text = self.memory.texts.estimate or 0 if self.memory.texts is not None else 0
+        memory_treebank = len(self.memory.tokenlists or [])
+        return (lines(self.text_files) + memory_text,
+                lines([*self.config.treebank, *self.config.coref]) // 15 + memory_treebank)
 
     def documents(self, manifest: Manifest) -> Iterator[Document]:
         docs: Iterator[Document] = chain.from_iterable(read_text(f, manifest) for f in self.text_files)
+        if self.memory.texts is not None:
+            docs = chain(docs, self.memory.texts.documents(manifest))
         if self.config.parse == "spacy":
             from headscope.corpus.parse import parse_documents
 
@@ -94,7 +115,10 @@ class Corpus:
             index = ex.index + 1
             yield ex
         for path in self.config.treebank:
-            for sentence in read_conllu(path, manifest, limit=self.config.max_sentences):
+            sentences = (read_blocks(MEMORY, tokenlist_blocks(self.memory.tokenlists or []), manifest,
+                                     limit=self.config.max_sentences) if path == MEMORY
+                         else read_conllu(path, manifest, limit=self.config.max_sentences))
+            for sentence in sentences:
                 encoded = self.encoder.encode(index, "sentence", [sentence], None, manifest, truncate=False,
                                               forms=self.forms)
                 if encoded is not None:
