@@ -4,7 +4,8 @@ Every pass of a run (the main pass, each analysis's own pass, pruning's steps, r
 through :class:`Tracker` (or :func:`track` over an iterable), named by what it does and counted in its unit
 (``importance: sequences``, ``pruning step 3/10: sequences``):
 
-- on a terminal (``sys.stderr.isatty()``), a tqdm bar with rate and ETA; log records are written through
+- on a terminal (``sys.stderr.isatty()``) or in a Jupyter notebook, a tqdm bar with rate and ETA (the
+  notebook's widget through ``tqdm.auto`` where ipywidgets is installed, else the text bar); log records are written through
   the bar meanwhile (the root logger's handlers only, so each record is printed once);
 - otherwise, an INFO record on the ``headscope.progress`` logger at least every :data:`LOG_INTERVAL_S`
   seconds or every :data:`LOG_FRACTION` of the work, and one when the work is done. The command line shows
@@ -31,6 +32,33 @@ LOG_INTERVAL_S = 30.0
 LOG_FRACTION = 0.1
 
 _redirecting = 0  # trackers with a bar open that redirect logging (only the outermost one does)
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (IPython already imported by it; never imported here)."""
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return False
+    try:
+        shell = ipython.get_ipython()
+    except Exception:  # an IPython too broken to ask: a plain terminal is the safe answer
+        return False
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+def _bar_class() -> Any:
+    """tqdm's notebook widget in Jupyter when ipywidgets is there (``tqdm.auto``), else its text bar: without
+    ipywidgets ``tqdm.auto`` in a notebook fails ("IProgress not found"), and the text bar renders there too."""
+    if in_notebook():
+        import importlib.util
+
+        if importlib.util.find_spec("ipywidgets") is None:
+            from tqdm.std import tqdm as text_bar
+
+            return text_bar
+    from tqdm.auto import tqdm
+
+    return tqdm
 
 
 class Tracker:
@@ -73,13 +101,14 @@ class Tracker:
         self.closed = False
         if quiet:
             return
-        if terminal if terminal is not None else sys.stderr.isatty():
+        if terminal if terminal is not None else (sys.stderr.isatty() or in_notebook()):
             self._open_bar(leave)
 
     def _open_bar(self, leave: bool) -> None:
         global _redirecting
-        from tqdm.auto import tqdm
         from tqdm.contrib.logging import logging_redirect_tqdm
+
+        tqdm = _bar_class()
 
         self._bar = tqdm(total=self._total, desc=self.desc, unit=f" {self.unit}", dynamic_ncols=True, leave=leave)
         if _redirecting == 0:

@@ -245,11 +245,11 @@ def refresh(loaded: LoadedModel) -> None:
         return
     model = loaded.model
     first = next((p for p in model.parameters() if p.is_floating_point()), None)
-    info.memory.update(dtype=str(first.dtype).removeprefix("torch.") if first is not None else "unknown",
-                       devices=sorted({str(p.device) for p in model.parameters()}),
-                       weights_fingerprint=weights_fingerprint(model))
     loaded.device = input_device(model)
-    info.memory["input_device"] = str(loaded.device)
+    # A new dict: the results of earlier runs hold the old one.
+    info.memory = {**info.memory, "dtype": str(first.dtype).removeprefix("torch.") if first is not None else "unknown",
+                   "devices": sorted({str(p.device) for p in model.parameters()}),
+                   "weights_fingerprint": weights_fingerprint(model), "input_device": str(loaded.device)}
 
 
 # --- leaving the model as it was ------------------------------------------------------------------------
