@@ -207,9 +207,11 @@ def dataset_source(dataset: Any, text_column: str | None, *, label: str, record:
         dataset = _pick_split(dataset, split, label)
     if split is None and getattr(dataset, "split", None) is not None:
         split = str(dataset.split)
+    streamed = type(dataset).__name__ == "IterableDataset"
+    if not streamed and len(dataset) == 0:
+        raise DatasetError(f"{label} is empty: no row to analyse")
     features = getattr(dataset, "features", None)
     columns = list(features) if features is not None else list(getattr(dataset, "column_names", None) or [])
-    streamed = type(dataset).__name__ == "IterableDataset"
     if not columns and streamed:
         first = next(iter(dataset), None)
         if first is None:
@@ -219,8 +221,6 @@ def dataset_source(dataset: Any, text_column: str | None, *, label: str, record:
     column = _choose_column(label, columns, text_column, texty)
     if features is not None and _feature_is_text(features.get(column)) is False:
         raise DatasetError(f"{label}: column {column!r} holds {features[column]}, not text")
-    if not streamed and len(dataset) == 0:
-        raise DatasetError(f"{label} is empty: no row to analyse")
     if streamed and next(iter(dataset), None) is None:
         raise DatasetError(f"{label} is empty: no row to analyse")
     rows = dataset.select_columns([column])
