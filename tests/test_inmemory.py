@@ -146,7 +146,7 @@ def test_the_tokenizer_is_not_changed(tiny_llama: Path) -> None:
     assert tokenizer.pad_token is None  # the run padded with a copy
 
 
-class Boom(RuntimeError):
+class BoomError(RuntimeError):
     pass
 
 
@@ -157,16 +157,16 @@ def test_the_model_is_restored_after_an_exception_in_the_middle_of_a_pass(bert_d
     def fail(module: Any, args: Any, output: Any) -> None:
         calls.append(1)
         if len(calls) == 3:  # after the probe pass and a batch: in the middle of the main pass
-            raise Boom("in the middle")
+            raise BoomError("in the middle")
 
     handle = model.bert.encoder.layer[1].register_forward_hook(fail)
     before = state_of(model)
-    with pytest.raises(Boom):
+    with pytest.raises(BoomError):
         headscope.run(model=model, tokenizer=tokenizer, texts=TEXTS * 3, analyses=["surface"], batch_size=1,
                       out=None, quiet=True)
     assert_state(model, before)
     handle.remove()
-    assert all(not getattr(m, "_forward_hooks") for m in model.modules())
+    assert all(not m._forward_hooks for m in model.modules())
 
 
 @pytest.mark.parametrize("how", ["signal", "raise"])

@@ -116,7 +116,7 @@ def test_bad_datasets_are_refused_in_one_line(tiny_bert: Path) -> None:
     table = datasets.Dataset.from_dict({"text": TEXTS, "label": [1, 2, 3]})
     with pytest.raises(DatasetError, match=r"no column 'body' \(columns: text, label\)"):
         run(tiny_bert, texts=table, text_column="body")
-    with pytest.raises(DatasetError, match="column 'label' holds .*int64.*, not text"):
+    with pytest.raises(DatasetError, match=r"column 'label' holds .*int64.*, not text"):
         run(tiny_bert, texts=table, text_column="label")
 
 

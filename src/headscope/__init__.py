@@ -59,5 +59,5 @@ sys.modules[__name__].__class__ = _Package
 
 
 __all__ = ["REGISTRY", "Analysis", "AnalysisResult", "Comparison", "Encoder", "Example", "Manifest",
-           "RunConfig", "RunResult", "Session", "__version__", "build_report", "compare", "load_model", "register", "run",
-           "view", "word_attention"]
+           "RunConfig", "RunResult", "Session", "__version__", "build_report", "compare", "load_model", "register",
+           "run", "view", "word_attention"]

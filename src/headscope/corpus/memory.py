@@ -26,6 +26,7 @@ from headscope.corpus.text import text_sentence
 from headscope.corpus.types import Document, Sentence
 from headscope.manifest import Manifest, sha256_file
 
+
 class DatasetError(ValueError):
     """A dataset or in-memory text that cannot be read (the message says what is wrong)."""
 
@@ -54,10 +55,8 @@ class TextSource:
 
     def documents(self, manifest: Manifest) -> Iterator[Document]:
         """The source's documents; every missing or unreadable row recorded in ``manifest`` with its position."""
-        read = 0
         for row, value in enumerate(self.rows()):
-            read += 1
-            self.record["rows_read"] = read
+            self.record["rows_read"] = row + 1
             sentences = self._sentences(row, value, manifest)
             if sentences:
                 yield Document(sentences, self.label, row)
@@ -201,9 +200,8 @@ def dataset_source(dataset: Any, text_column: str | None, *, label: str, record:
 
     A DatasetDict needs ``split`` (default: its only split, or ``train``).
     """
-    if hasattr(dataset, "keys") and not hasattr(dataset, "features"):
-        dataset = _pick_split(dataset, split, label)
-    elif type(dataset).__name__ in ("DatasetDict", "IterableDatasetDict"):
+    if type(dataset).__name__ in ("DatasetDict", "IterableDatasetDict") or (
+            hasattr(dataset, "keys") and not hasattr(dataset, "features")):
         dataset = _pick_split(dataset, split, label)
     if split is None and getattr(dataset, "split", None) is not None:
         split = str(dataset.split)

@@ -11,9 +11,9 @@ from typing import Any
 import torch
 
 from headscope.config import RunConfig
+from headscope.corpus.memory import MemoryCorpus
 from headscope.engine.batch import Batch, bucket_batches, collate, split_for_memory
 from headscope.engine.capture import ensure_route
-from headscope.corpus.memory import MemoryCorpus
 from headscope.engine.inputs import Corpus
 from headscope.manifest import Manifest
 from headscope.model.encode import Encoder, Example

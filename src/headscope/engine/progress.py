@@ -5,8 +5,8 @@ through :class:`Tracker` (or :func:`track` over an iterable), named by what it d
 (``importance: sequences``, ``pruning step 3/10: sequences``):
 
 - on a terminal (``sys.stderr.isatty()``) or in a Jupyter notebook, a tqdm bar with rate and ETA (the
-  notebook's widget through ``tqdm.auto`` where ipywidgets is installed, else the text bar); log records are written through
-  the bar meanwhile (the root logger's handlers only, so each record is printed once);
+  notebook's widget through ``tqdm.auto`` where ipywidgets is installed, else the text bar); log
+  records are written through the bar meanwhile (the root logger's handlers only, so each record is printed once);
 - otherwise, an INFO record on the ``headscope.progress`` logger at least every :data:`LOG_INTERVAL_S`
   seconds or every :data:`LOG_FRACTION` of the work, and one when the work is done. The command line shows
   this logger without ``-v`` (``--quiet`` silences both).
