@@ -99,7 +99,7 @@ def run_with(config: RunConfig | None, kwargs: dict[str, Any], loaded: LoadedMod
     ``config.model``. Objects in ``kwargs`` (``model=`` a model, ``tokenizer=``, ``texts=``, ``treebank=`` a
     list of ``conllu.TokenList``) are taken out of the settings here (:func:`_memory_inputs`)."""
     kwargs = dict(kwargs)
-    memory_model, tokenizer, texts, tokenlists = _memory_inputs(kwargs, loaded)
+    memory_model, tokenizer, texts, tokenlists = _memory_inputs(kwargs)
     config_kwargs, analysis_kwargs = split_options(kwargs)
     config = dataclasses.replace(config, **config_kwargs) if config is not None else RunConfig(**config_kwargs)
     checkpoint = None
@@ -126,13 +126,14 @@ def run_with(config: RunConfig | None, kwargs: dict[str, Any], loaded: LoadedMod
     guard = (preserved(loaded.model) if loaded is not None and _holds_memory_model(loaded)
              else contextlib.nullcontext())
     with guard:
-        return _run(config, analysis_kwargs, checkpoint, loaded, memory)
+        return _run(config, analysis_kwargs, checkpoint, loaded, memory, described=memory_model is not None)
 
 
 def _run(config: RunConfig, analysis_kwargs: dict[str, dict[str, Any]], checkpoint: Any,
-         loaded: LoadedModel | None, memory: MemoryCorpus) -> RunResult:
+         loaded: LoadedModel | None, memory: MemoryCorpus, described: bool = False) -> RunResult:
     if loaded is not None and _holds_memory_model(loaded):
-        refresh(loaded)  # the weights may have changed since the model was handed over (a Session's runs)
+        if not described:
+            refresh(loaded)  # a Session's model: its weights may have changed since the last run
         if loaded.route != "stacked":
             # Chosen again: the attention implementation set for the capture was restored after the last run.
             loaded.route = None
@@ -249,8 +250,7 @@ def _holds_memory_model(loaded: LoadedModel | None) -> bool:
     return loaded is not None and isinstance(loaded.info, MemoryModelInfo)
 
 
-def _memory_inputs(kwargs: dict[str, Any], loaded: LoadedModel | None
-                   ) -> tuple[Any, Any, Any, list[Any] | None]:
+def _memory_inputs(kwargs: dict[str, Any]) -> tuple[Any, Any, Any, list[Any] | None]:
     """Take the objects out of ``kwargs`` (model, tokenizer, texts, treebank sentences), leaving :data:`MEMORY`
     in their settings so that ``run.json``, the checkpoint and ``--analyses all`` see that they were given."""
     model = kwargs.get("model")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from headscope.analyses.registry import ALL, available_inputs
-from headscope.config import RunConfig
+from headscope.config import MEMORY, RunConfig
 from headscope.corpus.parse import SPACY_PACKAGE, SPACY_PIP
 from headscope.corpus.vectors import GLOVE_PACKAGE, GLOVE_PIP
 from headscope.errors import MissingDependencyError
@@ -41,6 +41,7 @@ DEPENDENCIES = {
     GLOVE_PACKAGE: Dependency(GLOVE_PACKAGE, f'pip install "headscope[syntax]" (or pip install {GLOVE_PIP})'),
     "gguf": Dependency("gguf", 'pip install "headscope[gguf]"'),
     "accelerate": Dependency("accelerate", 'pip install "headscope[gguf]"'),
+    "datasets": Dependency("datasets", 'pip install "headscope[data]" (or pip install datasets)'),
 }
 
 
@@ -71,6 +72,8 @@ def required_modules(config: RunConfig, analyses: list[Analysis]) -> dict[str, s
         need["ray"] = "--engine ray"
     if config.uses_default_corpus:
         need["gensim"] = "the packaged Wikipedia corpus (no --text/--treebank/--coref given)"
+    if config.dataset and config.dataset != MEMORY:
+        need["datasets"] = f"--dataset {config.dataset}"
     if config.parse == "spacy":
         need["spacy"] = need[SPACY_PACKAGE] = "--parse spacy (spaCy's en_core_web_sm)"
     if gguf_file(config):
