@@ -340,3 +340,20 @@ def test_a_session_on_a_model_object_follows_its_training(bert_dir: Path, tmp_pa
         "weights_fingerprint"]
     assert not np.allclose(first.heads["entropy"], trained.heads["entropy"], atol=1e-4)
     assert "in memory" in repr(session)
+
+
+def test_a_model_object_writes_a_full_run_with_its_report(bert_dir: Path, tmp_path: Path) -> None:
+    model, tokenizer = load(bert_dir)
+    out = tmp_path / "run"
+    headscope.run(model=model, tokenizer=tokenizer, texts=TEXTS, analyses=["surface", "examples"], out=str(out),
+                  quiet=True)
+    saved = headscope.RunResult.load(out)
+    assert saved.run["model"]["memory"]["source"] == "memory"
+    assert saved.run["model"]["name"] == str(bert_dir)
+    assert (out / "report" / "index.html").is_file() and not (out / "checkpoint").exists()
+
+
+def test_ray_is_refused_for_a_model_object(bert_dir: Path) -> None:
+    model, tokenizer = load(bert_dir)
+    with pytest.raises(UsageError, match="engine ray"):
+        headscope.run(model=model, tokenizer=tokenizer, texts=TEXTS, engine="ray", out=None, quiet=True)
