@@ -16,6 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from headscope.config import MEMORY, RunConfig
+from headscope.engine.capture import ensure_route
 from headscope.errors import UsageError
 from headscope.model.inmemory import MemoryModelInfo, from_memory, preserved
 from headscope.model.load import LoadedModel, load_model
@@ -50,7 +51,9 @@ class Session:
     loaded : LoadedModel
         The model, its tokenizer and what the analyses know of it.
     load_seconds : float
-        What loading took (a model object: describing it, its weights fingerprint included).
+        What loading took (a named model: with the probe pass that chooses the capture route; a model object:
+        describing it, its weights fingerprint included; its route is chosen at each run, as the model is left
+        as it was after each).
     """
 
     def __init__(self, model: Any = "minilm", tokenizer: Any = None, **settings: Any) -> None:
@@ -68,6 +71,8 @@ class Session:
                 model, revision=config.revision, device=config.device, dtype=config.dtype,
                 trust_remote_code=config.trust_remote_code, gguf_file=config.gguf_file, capture=config.capture,
                 cache_model=config.cache_model)
+            # The capture route is part of the load (a probe pass): chosen once, so no run pays for it.
+            ensure_route(self.loaded)
             self._settings = {"model": model, **settings}
         else:
             given = [k for k in settings if k != "capture"]
