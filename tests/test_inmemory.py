@@ -357,3 +357,24 @@ def test_ray_is_refused_for_a_model_object(bert_dir: Path) -> None:
     model, tokenizer = load(bert_dir)
     with pytest.raises(UsageError, match="engine ray"):
         headscope.run(model=model, tokenizer=tokenizer, texts=TEXTS, engine="ray", out=None, quiet=True)
+
+
+def test_a_session_on_a_named_model_resumes_its_checkpoint(bert_dir: Path, tmp_path: Path) -> None:
+    session = headscope.Session(model=str(bert_dir))
+    texts = TEXTS * 3
+    whole = session.run(texts=texts, analyses=["surface"], batch_size=1, out=None, quiet=True)
+    calls = []
+
+    def interrupt(module: Any, args: Any, output: Any) -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            signal.raise_signal(signal.SIGINT)
+
+    out = tmp_path / "run"
+    handle = session.loaded.base.encoder.layer[0].register_forward_hook(interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        session.run(texts=texts, analyses=["surface"], batch_size=1, out=str(out), quiet=True, report=False)
+    handle.remove()
+    resumed = session.run(texts=texts, resume=str(out), quiet=True)
+    assert_same_tables(whole, resumed)
+    assert resumed.run["segments"][0]["batches"] == 3 and len(resumed.run["segments"]) == 2
