@@ -8,6 +8,7 @@ gives :func:`run` its signature and its list of keywords (:func:`document_run`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -16,7 +17,7 @@ import platform
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import reduce
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ from headscope.engine.outdir import prepare as prepare_output
 from headscope.engine.passes import local_pass, ray_pass
 from headscope.engine.preflight import check_dependencies
 from headscope.engine.results import RunResult, write_json
+from headscope.errors import UsageError
 
 logger = logging.getLogger("headscope")
 
@@ -65,6 +67,39 @@ def _versions() -> dict[str, str]:
     return {"headscope": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
             "transformers": transformers.__version__, "numpy": np.__version__, "pandas": pandas.__version__,
             "platform": platform.platform()}
+
+
+@contextlib.contextmanager
+def usage_errors() -> Iterator[None]:
+    """A ValueError raised inside is a :class:`UsageError` (the run as asked for cannot be done; exit status 2)."""
+    try:
+        yield
+    except UsageError:
+        raise
+    except CheckpointError:
+        raise
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def check_files(config: RunConfig) -> None:
+    """Refuse input files that are missing, empty or not text (unless ``--skip-missing``), before the load."""
+    problem = config.file_problems()
+    if problem:
+        raise UsageError(problem)
+
+
+def check_device(device: str) -> None:
+    """Refuse a GPU device that torch cannot use on this machine, in one line, before the load."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        why = ("this torch is a CPU build" if torch.version.cuda is None  # type: ignore[attr-defined]
+               else "torch sees no CUDA GPU on this machine")
+        raise UsageError(f"--device {device}: {why} (torch {torch.__version__}); use --device cpu or auto")
+    if device.startswith("cuda:") and int(device.split(":")[1]) >= torch.cuda.device_count():
+        raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                         f"numbered from 0")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps: torch cannot use Apple's MPS on this machine; use --device cpu or auto")
 
 
 def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
@@ -86,23 +121,22 @@ def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
         When ``out`` is set (default ``headscope-out``; pass ``out=None`` to keep everything in memory),
         the files are written there too.
     """
-    config_kwargs, analysis_kwargs = split_options(kwargs)
-    config = dataclasses.replace(config, **config_kwargs) if config is not None else RunConfig(**config_kwargs)
-    checkpoint = None
-    if config.resume:
-        # Read once: state.npz can be large, and its settings decide the run's configuration.
-        checkpoint = read_checkpoint(config.resume)
-        config, analysis_kwargs = _resumed_config(config, checkpoint[0], config_kwargs, analysis_kwargs)
-    # Check the names now (before the model loads); ``all`` is expanded once the model is known.
-    analyses = resolve_analyses([name for name in config.analyses if name != ALL], analysis_kwargs)
-    check_weights(config)
-    parse_thresholds(config.atlas_thresholds)  # an unknown atlas threshold: refused before the model loads
-    check_inputs(config, config.analyses)  # an analysis named without its data: refused now, not after the pass
-    check_dependencies(config, analyses)  # optional packages, found without importing them
-    missing = config.missing_files()
-    if missing and not config.skip_missing:
-        raise FileNotFoundError(f"input file not found: {'; '.join(missing)} (check the name, or pass "
-                                "--skip-missing to run without it)")
+    with usage_errors():  # everything below, up to the model's load, is about the run as asked for
+        config_kwargs, analysis_kwargs = split_options(kwargs)
+        config = dataclasses.replace(config, **config_kwargs) if config is not None else RunConfig(**config_kwargs)
+        checkpoint = None
+        if config.resume:
+            # Read once: state.npz can be large, and its settings decide the run's configuration.
+            checkpoint = read_checkpoint(config.resume)
+            config, analysis_kwargs = _resumed_config(config, checkpoint[0], config_kwargs, analysis_kwargs)
+        # Check the names now (before the model loads); ``all`` is expanded once the model is known.
+        analyses = resolve_analyses([name for name in config.analyses if name != ALL], analysis_kwargs)
+        check_weights(config)
+        parse_thresholds(config.atlas_thresholds)  # an unknown atlas threshold: refused before the model loads
+        check_inputs(config, config.analyses)  # an analysis named without its data: refused now, not after the pass
+        check_dependencies(config, analyses)  # optional packages, found without importing them
+        check_files(config)
+        check_device(config.device)
     if config.out:
         prepare_output(config.out, config.overwrite, resuming=bool(config.resume))
     timings: dict[str, float] = {}
