@@ -14,3 +14,13 @@ class UsageError(ValueError):
 
 class MissingDependencyError(ImportError):
     """An optional package the run needs is not installed; the message names the ``pip install`` that brings it."""
+
+
+def unknown_analysis_message(name: str, names: list[str], all_name: str = "all") -> str:
+    """``unknown analysis 'surfce'; did you mean 'surface'?`` and the names available (the registry's, or the
+    catalog's before any analysis is imported)."""
+    import difflib
+
+    close = difflib.get_close_matches(name, [*names, all_name], n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown analysis {name!r}{hint} (available: {', '.join(sorted(names))}, or {all_name})"

@@ -17,7 +17,7 @@ import platform
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import reduce
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,39 @@ def _versions() -> dict[str, str]:
             "platform": platform.platform()}
 
 
+@contextlib.contextmanager
+def usage_errors() -> Iterator[None]:
+    """A ValueError raised inside is a :class:`UsageError` (the run as asked for cannot be done; exit status 2)."""
+    try:
+        yield
+    except UsageError:
+        raise
+    except CheckpointError:
+        raise
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def check_files(config: RunConfig) -> None:
+    """Refuse input files that are missing, empty or not text (unless ``--skip-missing``), before the load."""
+    problem = config.file_problems()
+    if problem:
+        raise UsageError(problem)
+
+
+def check_device(device: str) -> None:
+    """Refuse a GPU device that torch cannot use on this machine, in one line, before the load."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        why = ("this torch is a CPU build" if torch.version.cuda is None  # type: ignore[attr-defined]
+               else "torch sees no CUDA GPU on this machine")
+        raise UsageError(f"--device {device}: {why} (torch {torch.__version__}); use --device cpu or auto")
+    if device.startswith("cuda:") and int(device.split(":")[1]) >= torch.cuda.device_count():
+        raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                         f"numbered from 0")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps: torch cannot use Apple's MPS on this machine; use --device cpu or auto")
+
+
 def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
     """Analyse every attention head of a model over a corpus, in one pass.
 
@@ -99,30 +132,32 @@ def run_with(config: RunConfig | None, kwargs: dict[str, Any], loaded: LoadedMod
     ``config.model``. Objects in ``kwargs`` (``model=`` a model, ``tokenizer=``, ``texts=``, ``treebank=`` a
     list of ``conllu.TokenList``) are taken out of the settings here (:func:`_memory_inputs`)."""
     kwargs = dict(kwargs)
-    memory_model, tokenizer, texts, tokenlists = _memory_inputs(kwargs)
-    config_kwargs, analysis_kwargs = split_options(kwargs)
-    config = dataclasses.replace(config, **config_kwargs) if config is not None else RunConfig(**config_kwargs)
-    checkpoint = None
-    if config.resume:
-        # Read once: state.npz can be large, and its settings decide the run's configuration.
-        checkpoint = read_checkpoint(config.resume)
-        saved_model = checkpoint[0].get("config", {}).get("model")
-        if saved_model == MEMORY and memory_model is None and not _holds_memory_model(loaded):
-            raise CheckpointError(
-                f"the run in {config.resume} analysed a model held in memory (weights fingerprint "
-                f"{str(checkpoint[0].get('model', {}).get('weights_fingerprint'))[:12]}...): resume it from Python "
-                "with headscope.run(model=<the same model>, tokenizer=..., resume=...), with the same weights")
-        config, analysis_kwargs = _resumed_config(config, checkpoint[0], config_kwargs, analysis_kwargs)
-    if memory_model is not None:
-        loaded = from_memory(memory_model, tokenizer, capture=config.capture)
-    memory = MemoryCorpus(tokenlists=tokenlists)
-    if texts is not None:
-        memory.texts = text_source(texts, config.text_column)
-    elif config.dataset and config.dataset != MEMORY:
-        memory.texts = open_dataset(config.dataset, config.split, config.text_column)  # before the model loads
-    if config.engine == "ray" and (_holds_memory_model(loaded) or texts is not None or tokenlists is not None):
-        raise UsageError("--engine ray loads the model and reads the data by name on each worker; a model or "
-                         "data held in memory runs with engine='local'")
+    with usage_errors():  # everything below, up to the model's load, is about the run as asked for
+        memory_model, tokenizer, texts, tokenlists = _memory_inputs(kwargs)
+        config_kwargs, analysis_kwargs = split_options(kwargs)
+        config = dataclasses.replace(config, **config_kwargs) if config is not None else RunConfig(**config_kwargs)
+        checkpoint = None
+        if config.resume:
+            # Read once: state.npz can be large, and its settings decide the run's configuration.
+            checkpoint = read_checkpoint(config.resume)
+            saved_model = checkpoint[0].get("config", {}).get("model")
+            if saved_model == MEMORY and memory_model is None and not _holds_memory_model(loaded):
+                raise CheckpointError(
+                    f"the run in {config.resume} analysed a model held in memory (weights fingerprint "
+                    f"{str(checkpoint[0].get('model', {}).get('weights_fingerprint'))[:12]}...): resume it from "
+                    "Python with headscope.run(model=<the same model>, tokenizer=..., resume=...), with the same "
+                    "weights")
+            config, analysis_kwargs = _resumed_config(config, checkpoint[0], config_kwargs, analysis_kwargs)
+        if memory_model is not None:
+            loaded = from_memory(memory_model, tokenizer, capture=config.capture)
+        memory = MemoryCorpus(tokenlists=tokenlists)
+        if texts is not None:
+            memory.texts = text_source(texts, config.text_column)
+        elif config.dataset and config.dataset != MEMORY:
+            memory.texts = open_dataset(config.dataset, config.split, config.text_column)  # before the load
+        if config.engine == "ray" and (_holds_memory_model(loaded) or texts is not None or tokenlists is not None):
+            raise UsageError("--engine ray loads the model and reads the data by name on each worker; a model or "
+                             "data held in memory runs with engine='local'")
     guard = (preserved(loaded.model) if loaded is not None and _holds_memory_model(loaded)
              else contextlib.nullcontext())
     with guard:
@@ -138,16 +173,15 @@ def _run(config: RunConfig, analysis_kwargs: dict[str, dict[str, Any]], checkpoi
             # Chosen again: the attention implementation set for the capture was restored after the last run.
             loaded.route = None
             loaded.capture_state.clear()
-    # Check the names now (before the model loads); ``all`` is expanded once the model is known.
-    analyses = resolve_analyses([name for name in config.analyses if name != ALL], analysis_kwargs)
-    check_weights(config)
-    parse_thresholds(config.atlas_thresholds)  # an unknown atlas threshold: refused before the model loads
-    check_inputs(config, config.analyses)  # an analysis named without its data: refused now, not after the pass
-    check_dependencies(config, analyses)  # optional packages, found without importing them
-    missing = config.missing_files()
-    if missing and not config.skip_missing:
-        raise FileNotFoundError(f"input file not found: {'; '.join(missing)} (check the name, or pass "
-                                "--skip-missing to run without it)")
+    with usage_errors():
+        # Check the names now (before the model loads); ``all`` is expanded once the model is known.
+        analyses = resolve_analyses([name for name in config.analyses if name != ALL], analysis_kwargs)
+        check_weights(config)
+        parse_thresholds(config.atlas_thresholds)  # an unknown atlas threshold: refused before the model loads
+        check_inputs(config, config.analyses)  # an analysis named without its data: refused now, not after the pass
+        check_dependencies(config, analyses)  # optional packages, found without importing them
+        check_files(config)
+        check_device(config.device)
     if config.out:
         prepare_output(config.out, config.overwrite, resuming=bool(config.resume))
     timings: dict[str, float] = {}

@@ -18,6 +18,7 @@ import dataclasses
 import warnings
 from typing import TYPE_CHECKING, Any
 
+import headscope.errors as errors
 from headscope.config import RunConfig
 from headscope.errors import UsageError
 
@@ -160,11 +161,7 @@ def resolve_analyses(names: list[str], options: dict[str, dict[str, Any]]) -> li
 
 def unknown_analysis_message(name: str) -> str:
     """``unknown analysis 'surfce'; did you mean 'surface'?`` and the names available."""
-    import difflib
-
-    close = difflib.get_close_matches(name, [*REGISTRY, ALL], n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"unknown analysis {name!r}{hint} (available: {', '.join(sorted(REGISTRY))}, or {ALL})"
+    return errors.unknown_analysis_message(name, list(REGISTRY), ALL)
 
 
 #: What gives each input named in ``Analysis.needs`` that the data decides (``causal`` and ``encoder`` are

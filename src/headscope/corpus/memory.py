@@ -24,11 +24,12 @@ from typing import Any
 from headscope.config import MEMORY
 from headscope.corpus.text import text_sentence
 from headscope.corpus.types import Document, Sentence
+from headscope.errors import UsageError
 from headscope.manifest import Manifest, sha256_file
 
 
-class DatasetError(ValueError):
-    """A dataset or in-memory text that cannot be read (the message says what is wrong)."""
+class DatasetError(UsageError):
+    """A dataset or in-memory text that cannot be read (the message says what is wrong; exit status 2)."""
 
 
 @dataclass
