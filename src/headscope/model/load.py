@@ -16,6 +16,7 @@ import torch
 
 from headscope.errors import AttentionUnavailableError
 from headscope.model.packaged import PACKAGED_MODELS
+from headscope.model.support import check_config
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerFast
@@ -215,6 +216,7 @@ def load_model(
         if cache.get("status") == "used":
             source, kwargs = cache["path"], {"trust_remote_code": trust_remote_code}
     config = AutoConfig.from_pretrained(source, **kwargs)
+    check_config(config, name)  # refused before the weights load (docs/models.md)
     archs = list(getattr(config, "architectures", None) or [])
     is_causal = bool(getattr(config, "is_decoder", False)) or any(
         a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
