@@ -190,9 +190,10 @@ class CallOrder:
     calls, so one object may span several forward passes, as a KV budget does) is its i-th layer.
     """
 
-    def __init__(self, layer_of: dict[int, list[int]]) -> None:
+    def __init__(self, layer_of: dict[int, list[int]], cycle: int | None = None) -> None:
         self.layer_of = layer_of
         self.learning = not layer_of
+        self.cycle = cycle  # learning across forward passes: a pass has this many calls
         self.calls: dict[int, int] = {}
         self.total = 0
 
@@ -202,8 +203,10 @@ class CallOrder:
         self.calls[key] = k + 1
         self.total += 1
         if self.learning:
-            self.layer_of.setdefault(key, []).append(self.total - 1)
-            return self.total - 1
+            if self.cycle is None or self.total <= self.cycle:
+                self.layer_of.setdefault(key, []).append(self.total - 1)
+                return self.total - 1
+            self.learning = False  # one whole forward pass learnt: read it from now on
         layers = self.layer_of.get(key)
         if not layers:
             raise RuntimeError(f"{type(module).__name__}: an attention module the probe pass did not call "
@@ -393,7 +396,7 @@ class _Budget:
 
     def __init__(self, windows: torch.Tensor, layer_of: dict[int, list[int]]) -> None:
         self.windows = windows  # int64 [layer, head]; 0: every key
-        self.order = CallOrder(layer_of)
+        self.order = CallOrder(layer_of, cycle=int(windows.shape[0]))
 
     def mask(self, module: torch.nn.Module, mask: torch.Tensor | None, query: torch.Tensor, keys: int
              ) -> torch.Tensor | None:
