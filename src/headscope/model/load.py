@@ -218,7 +218,9 @@ def load_model(
         cache = _gguf_cache_lookup(path, gguf_file, cache_model)
         if cache.get("status") == "used":
             source, kwargs = cache["path"], {"trust_remote_code": trust_remote_code}
-    config = AutoConfig.from_pretrained(source, **kwargs)
+    first_gguf = bool(gguf_file) and source == path  # read from the GGUF file itself: minutes for a big one
+    with _step(progress if first_gguf else None, "reading the GGUF file's metadata"):
+        config = AutoConfig.from_pretrained(source, **kwargs)
     check_config(config, name)  # refused before the weights load (docs/models.md)
     archs = list(getattr(config, "architectures", None) or [])
     is_causal = bool(getattr(config, "is_decoder", False)) or any(
@@ -231,7 +233,7 @@ def load_model(
     model_kwargs = dict(kwargs, attn_implementation="eager", dtype=torch_dtype)
     auto_cls = (AutoModelForCausalLM if is_causal else AutoModelForMaskedLM) if has_lm_head else AutoModel
     try:
-        with _gguf_progress(bool(gguf_file) and source == path, progress):
+        with _gguf_progress(first_gguf, progress):
             model = auto_cls.from_pretrained(source, **model_kwargs)
     except (ValueError, TypeError) as exc:
         if "attn_implementation" in str(exc) or "eager" in str(exc):
@@ -243,7 +245,8 @@ def load_model(
     # transformers wraps PreTrainedModel.to in a decorator whose stub types the argument as the model.
     model.to(torch_device).eval()  # type: ignore[arg-type]
     model.requires_grad_(False)
-    tokenizer = _load_tokenizer(source, kwargs, getattr(config, "model_type", ""))
+    with _step(progress if first_gguf else None, "converting the GGUF tokenizer"):
+        tokenizer = _load_tokenizer(source, kwargs, getattr(config, "model_type", ""))
     if cache is not None and cache.get("status") == "miss":
         cache = _gguf_cache_save(cache, model, tokenizer, torch_dtype, progress)
     n_layers = int(config.num_hidden_layers)
@@ -343,6 +346,18 @@ def _gguf_cache_save(cache: dict[str, Any], model: Any, tokenizer: Any, dtype: t
                        exc)
         return {"status": "unavailable", "sha256": cache["sha256"], "reason": str(exc)}
     return {"status": "created", "sha256": cache["sha256"], "path": str(entry)}
+
+
+@contextlib.contextmanager
+def _step(progress: Callable[..., Any] | None, desc: str) -> Iterator[None]:
+    """One step of a long load, as a tracker of one unit (a bar from its start on a terminal, a line when done
+    elsewhere); nothing without ``progress``."""
+    if progress is None:
+        yield
+        return
+    with progress(desc, "steps", 1) as tracker:
+        yield
+        tracker.update(1)
 
 
 @contextlib.contextmanager
