@@ -43,6 +43,10 @@ class Arch:
     value: str | None = None
     """Name ending of the value projection (a Linear giving [.., kv_heads * head_dim]): the hand computation of
     norm-based weights (``--weights norm``) reads it; None where the value is fused with the query and key."""
+    fused: str | None = None
+    """How the value sits in a fused projection named by ``value``: ``qkv`` (query, key, value one after the other,
+    the value last), ``per_head`` (each head's query, key, value together: GPT-NeoX) or ``three`` ([3, head, dim]:
+    ModernBERT); None for a value projection of its own."""
     refused: str | None = None
     """For a refused family, words the one-line refusal must contain."""
     note: str = ""
@@ -95,17 +99,19 @@ ARCHITECTURES: tuple[Arch, ...] = (
               intermediate_size=64, max_position_embeddings=128, local_attention=WINDOW,
               global_attn_every_n_layers=2, pad_token_id=2, bos_token_id=0, eos_token_id=1, cls_token_id=0,
               sep_token_id=1),
-         "encoder", "interface", ALL3, window=WINDOW, note="local (sliding-window) and global layers"),
+         "encoder", "interface", ALL3, window=WINDOW, value="attn.Wqkv", fused="three",
+         note="local (sliding-window) and global layers"),
     Arch("MPNet", "MPNetConfig", "MPNetForMaskedLM", _enc(pad_token_id=1), "encoder", "hooks", ("hooks", "stacked"),
          note="attention in its own code (relative position bias)"),
     # --- decoders -------------------------------------------------------------------------------------------
     Arch("GPT-2", "GPT2Config", "GPT2LMHeadModel",
          dict(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_positions=128, bos_token_id=0,
-              eos_token_id=1), "decoder", "interface", ALL3),
+              eos_token_id=1), "decoder", "interface", ALL3, value="attn.c_attn", fused="qkv"),
     Arch("GPT-J", "GPTJConfig", "GPTJForCausalLM",
          dict(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, rotary_dim=4, n_positions=128,
               bos_token_id=0, eos_token_id=1), "decoder", "interface", ALL3, value="attn.v_proj"),
-    Arch("GPT-NeoX", "GPTNeoXConfig", "GPTNeoXForCausalLM", _dec(rotary_pct=0.25), "decoder", "interface", ALL3),
+    Arch("GPT-NeoX", "GPTNeoXConfig", "GPTNeoXForCausalLM", _dec(rotary_pct=0.25), "decoder", "interface", ALL3,
+         value="attention.query_key_value", fused="per_head"),
     Arch("OPT", "OPTConfig", "OPTForCausalLM",
          dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS, ffn_dim=64,
               word_embed_proj_dim=HIDDEN, max_position_embeddings=128, bos_token_id=0, eos_token_id=1,
@@ -117,7 +123,7 @@ ARCHITECTURES: tuple[Arch, ...] = (
     Arch("Falcon", "FalconConfig", "FalconForCausalLM",
          dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
               bos_token_id=0, eos_token_id=1, pad_token_id=2), "decoder", "interface", ALL3,
-         note="multi-query attention"),
+         value="self_attention.query_key_value", fused="qkv", note="multi-query attention"),
     Arch("Llama", "LlamaConfig", "LlamaForCausalLM", _dec(num_key_value_heads=2), "decoder", "interface", ALL3,
          value="self_attn.v_proj", note="grouped-query attention"),
     Arch("Mistral", "MistralConfig", "MistralForCausalLM", _dec(num_key_value_heads=2, sliding_window=WINDOW),
@@ -134,7 +140,8 @@ ARCHITECTURES: tuple[Arch, ...] = (
          value="self_attn.v_proj"),
     Arch("Qwen3", "Qwen3Config", "Qwen3ForCausalLM", _dec(num_key_value_heads=2, head_dim=8), "decoder",
          "interface", ALL3, value="self_attn.v_proj", note="query/key norms"),
-    Arch("Phi-3", "Phi3Config", "Phi3ForCausalLM", _dec(num_key_value_heads=2), "decoder", "interface", ALL3),
+    Arch("Phi-3", "Phi3Config", "Phi3ForCausalLM", _dec(num_key_value_heads=2), "decoder", "interface", ALL3,
+         value="self_attn.qkv_proj", fused="qkv"),
     Arch("OLMo2", "Olmo2Config", "Olmo2ForCausalLM", _dec(num_key_value_heads=2), "decoder", "interface", ALL3,
          value="self_attn.v_proj"),
     Arch("StableLM", "StableLmConfig", "StableLmForCausalLM", _dec(num_key_value_heads=2, partial_rotary_factor=0.25),

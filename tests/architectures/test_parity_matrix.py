@@ -174,9 +174,17 @@ def _norm_by_hand(loaded: LoadedModel, arch: Arch, ids: list[int]) -> torch.Tens
     assert len(v_calls) == len(o_calls) == ref.shape[0]
     layers = []
     for layer, ((_, v), (proj, _)) in enumerate(zip(v_calls, o_calls, strict=True)):
-        w = proj.weight.detach().float().t()  # [heads * d, hidden]
+        w = proj.weight.detach().float()
+        w = w if type(proj).__name__ == "Conv1D" else w.t()  # [heads * d, hidden]
         d = w.shape[0] // heads
-        v = v[0].float()  # [key, kv_heads * d]
+        v = v[0].float()  # [key, kv_heads * d], or the fused projection's output
+        if arch.fused == "qkv":  # [query heads * d | kv * d | kv * d]
+            kv = (v.shape[-1] - heads * d) // (2 * d)
+            v = v[:, -kv * d:]
+        elif arch.fused == "per_head":  # [head, (query, key, value), d]
+            v = v.reshape(v.shape[0], heads, 3, d)[:, :, 2].reshape(v.shape[0], heads * d)
+        elif arch.fused == "three":  # [(query, key, value), head, d]
+            v = v.reshape(v.shape[0], 3, heads * d)[:, 2]
         kv = v.shape[-1] // d
         v = v.reshape(v.shape[0], kv, d).repeat_interleave(heads // kv, dim=1)  # [key, head, d]
         f = torch.einsum("khd,hde->hke", v, w.reshape(heads, d, -1))  # [head, key, hidden]
