@@ -103,6 +103,8 @@ ARCHITECTURES: tuple[Arch, ...] = (
          note="local (sliding-window) and global layers"),
     Arch("MPNet", "MPNetConfig", "MPNetForMaskedLM", _enc(pad_token_id=1), "encoder", "hooks", ("hooks", "stacked"),
          note="attention in its own code (relative position bias)"),
+    Arch("BigBird (full)", "BigBirdConfig", "BigBirdForMaskedLM", _enc(attention_type="original_full", pad_token_id=2),
+         "encoder", "hooks", ("hooks", "stacked"), note="attention_type='original_full'"),
     # --- decoders -------------------------------------------------------------------------------------------
     Arch("GPT-2", "GPT2Config", "GPT2LMHeadModel",
          dict(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_positions=128, bos_token_id=0,
@@ -159,6 +161,9 @@ ARCHITECTURES: tuple[Arch, ...] = (
     Arch("ViT", "ViTConfig", "ViTModel",
          dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=64,
               image_size=16, patch_size=8), "vision", None, refused="pixel"),
+    Arch("BigBird (block-sparse)", "BigBirdConfig", "BigBirdForMaskedLM",
+         _enc(attention_type="block_sparse", block_size=2, num_random_blocks=1, pad_token_id=2), "encoder", None,
+         refused="block_sparse"),
     Arch("Longformer", "LongformerConfig", "LongformerForMaskedLM",
          _enc(pad_token_id=1, attention_window=4, max_position_embeddings=132), "encoder", None,
          refused="not a [query, key] map"),

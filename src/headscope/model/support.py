@@ -28,7 +28,8 @@ def check_config(config: Any, name: str) -> None:
     UnsupportedModelError
         Encoder-decoder models (T5, BART, ...: the decoder's cross-attention maps the output onto the input,
         and one of the two self-attention stacks alone is not the model a user loads), decoders with added
-        cross-attention, and models without a text vocabulary (vision: ViT takes pixels).
+        cross-attention, models without a text vocabulary (vision: ViT takes pixels) and block-sparse attention
+        (BigBird), which turns itself into full attention on a short input.
     """
     what = f"{name}: {architecture(config)}"
     if getattr(config, "is_encoder_decoder", False):
@@ -39,6 +40,11 @@ def check_config(config: Any, name: str) -> None:
     if getattr(config, "add_cross_attention", False):
         raise UnsupportedModelError(f"{what} has cross-attention layers (add_cross_attention), which headscope "
                                     "does not capture (docs/models.md)")
+    if getattr(config, "attention_type", None) == "block_sparse":
+        raise UnsupportedModelError(
+            f"{what} uses block-sparse attention (attention_type='block_sparse'), whose kind changes with the input's "
+            "length (full below a threshold, replacing its attention modules); load it with "
+            "attention_type='original_full' (docs/models.md)")
     text = getattr(config, "get_text_config", None)
     vocab = getattr(text() if callable(text) else config, "vocab_size", None)
     if vocab is None:
