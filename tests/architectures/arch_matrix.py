@@ -152,27 +152,39 @@ ARCHITECTURES: tuple[Arch, ...] = (
     Arch("T5", "T5Config", "T5ForConditionalGeneration",
          dict(vocab_size=VOCAB, d_model=HIDDEN, d_kv=8, d_ff=64, num_layers=LAYERS, num_heads=HEADS,
               decoder_start_token_id=0, pad_token_id=2, eos_token_id=1), "encoder-decoder", None,
-         refused="encoder-decoder"),
+         refused="encoder-decoder", note="cross-attention between encoder and decoder"),
     Arch("BART", "BartConfig", "BartForConditionalGeneration",
          dict(vocab_size=VOCAB, d_model=HIDDEN, encoder_layers=LAYERS, decoder_layers=LAYERS,
               encoder_attention_heads=HEADS, decoder_attention_heads=HEADS, encoder_ffn_dim=64, decoder_ffn_dim=64,
               max_position_embeddings=128, bos_token_id=0, eos_token_id=1, pad_token_id=2,
-              decoder_start_token_id=1), "encoder-decoder", None, refused="encoder-decoder"),
+              decoder_start_token_id=1), "encoder-decoder", None, refused="encoder-decoder",
+         note="cross-attention between encoder and decoder"),
     Arch("ViT", "ViTConfig", "ViTModel",
          dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=64,
-              image_size=16, patch_size=8), "vision", None, refused="pixel"),
+              image_size=16, patch_size=8), "vision", None, refused="pixel",
+         note="takes pixel values, not text"),
     Arch("BigBird (block-sparse)", "BigBirdConfig", "BigBirdForMaskedLM",
          _enc(attention_type="block_sparse", block_size=2, num_random_blocks=1, pad_token_id=2), "encoder", None,
-         refused="block_sparse"),
+         refused="block_sparse", note="its attention changes kind with the input's length"),
     Arch("Longformer", "LongformerConfig", "LongformerForMaskedLM",
          _enc(pad_token_id=1, attention_window=4, max_position_embeddings=132), "encoder", None,
-         refused="not a [query, key] map"),
+         refused="not a [query, key] map", note="local windows returned instead of [query, key] maps"),
 )
 
 BY_NAME = {a.name: a for a in ARCHITECTURES}
 
-ANALYSES_ENCODER = "all (roles, syntax, coref, probe, surface, similarity, ...)"
-ANALYSES_DECODER = "all (decoder_heads, retrieval, span, surface, ...)"
+
+
+def analyses(arch: Arch) -> str:
+    """The analyses that apply, from the catalog's needs (``causal``: a decoder LM; ``encoder``: an encoder)."""
+    if not arch.exact:
+        return "-"
+    import json
+
+    catalog = json.loads((REPO / "src" / "headscope" / "catalog.json").read_text(encoding="utf-8"))
+    other = "encoder" if arch.causal else "causal"
+    left_out = sorted(a["name"] for a in catalog["analyses"] if other in a["needs"])
+    return f"all but {', '.join(left_out)} ({other} only)" if left_out else "all"
 
 
 def interventions(arch: Arch) -> str:
@@ -209,23 +221,24 @@ def render() -> str:
         "*refused* family stops before the pass with one line naming what is missing "
         "(`UnsupportedModelError`; the CLI exits with status 2).",
         "",
-        "| architecture | kind | route (auto) | exact on routes | result | --weights | interventions | notes |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| architecture | kind | route (auto) | exact on routes | result | analyses | --weights | interventions "
+        "| notes |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for a in ARCHITECTURES:
-        result = "exact" if a.exact else f"refused ({a.refused})"
+        result = "exact" if a.exact else "refused"
         route = a.route or "-"
         routes = ", ".join(a.routes) or "-"
         notes = a.note
         if a.window:
             notes = (notes + "; " if notes else "") + "sequences longer than the window checked"
-        lines.append(f"| {a.name} | {a.kind} | {route} | {routes} | {result} | {weights(a)} | {interventions(a)} "
-                     f"| {notes} |")
+        lines.append(f"| {a.name} | {a.kind} | {route} | {routes} | {result} | {analyses(a)} | {weights(a)} "
+                     f"| {interventions(a)} | {notes} |")
     lines += [
         "",
-        "Analyses: an encoder runs every analysis that needs no causal LM (" + ANALYSES_ENCODER + "); a decoder "
-        "every analysis that needs no encoder (" + ANALYSES_DECODER + "); `headscope run --analyses all` picks "
-        "them. Encoder-decoder models (T5, BART) are refused: their decoder's cross-attention is not a map of "
+        "Analyses: the catalog's needs decide (`headscope list`); `treebank` and `coreference` analyses need "
+        "their input besides. Encoder-decoder models (T5, BART) are refused: their decoder's cross-attention is "
+        "not a map of "
         "the input onto itself, and analysing one of the two self-attention stacks alone would be a different "
         "model from the one a user loads. Vision models (ViT) take pixels, not text.",
         "",
