@@ -89,7 +89,7 @@ def test_missing_text_file_is_an_error_unless_skip_missing(tiny_bert: Path, text
     typo = tmp_path / "typo.txt"
     args = ["run", "--model", str(tiny_bert), "--text", str(text_file), "--text", str(typo), "--max-length", "32",
             "--no-report", "--quiet"]
-    assert main([*args, "--out", str(tmp_path / "a")]) == 1
+    assert main([*args, "--out", str(tmp_path / "a")]) == 2  # a usage error, as every bad file or value
     err = capsys.readouterr().err
     assert f"input file not found: --text {typo}" in err and "--skip-missing" in err
     assert not (tmp_path / "a").exists()  # refused before anything was written
@@ -230,3 +230,65 @@ def test_progress_bar_counts_segments_and_writes_warnings_through_tqdm(
 def test_api_run_without_cli_still_takes_quiet(tiny_bert: Path, text_file: Path) -> None:
     result = headscope.run(model=str(tiny_bert), text=[str(text_file)], out=None, quiet=True, max_length=24)
     assert result.run["config"]["quiet"] is True
+
+
+def _headscope(*args: str) -> tuple[int, list[str], float]:
+    """Run the installed command as a user does: exit status, stderr lines, seconds."""
+    import subprocess
+    import sys
+    import time
+
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "headscope", *args], capture_output=True, text=True, timeout=300)
+    return done.returncode, done.stderr.strip().splitlines(), time.perf_counter() - t0
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--max-length", "0"], "max_length must be at least 4, got 0"),
+    (["--max-length", "-5"], "max_length must be at least 4, got -5"),
+    (["--batch-size", "0"], "batch_size must be at least 1, got 0"),
+    (["--max-segments", "0"], "max_segments must be at least 1, got 0"),
+    (["--analyses", "surfce"], "did you mean 'surface'?"),
+    (["--max-lenght", "64"], "did you mean --max-length?"),
+    (["--dtype", "float8"], "invalid choice: 'float8'"),
+    (["--device", "gpu"], "device must be auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
+])
+def test_usage_errors_are_one_line_exit_2_and_import_no_torch(args: list[str], says: str) -> None:
+    rc, lines, _ = _headscope("run", *args)
+    assert rc == 2 and len(lines) == 1 and says in lines[0], lines
+    # No torch: the check ran on the command line and the catalog alone (timed imports would be flaky; the
+    # import list is not).
+    import subprocess
+    import sys
+
+    probe = ("import sys, headscope.cli as c\n"
+             f"rc = None\ntry:\n    rc = c.main({['run', *args]!r})\nexcept SystemExit as e:\n    rc = e.code\n"
+             "print(rc, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120).stdout.split()
+    assert out == ["2", "False"], out
+
+
+def test_empty_and_binary_text_files_are_refused_before_the_model_loads(tmp_path: Path) -> None:
+    empty, binary = tmp_path / "empty.txt", tmp_path / "model.bin"
+    empty.write_bytes(b"")
+    binary.write_bytes(b"PK\x03\x04\x00\x00" + bytes(range(256)) * 40)
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\xe9 cr\xe8me\n".encode("latin-1") * 3)
+    for path, says in ((empty, "the file is empty"), (binary, "not a text file (a NUL byte at offset 4"),
+                       (latin1, "not UTF-8 text")):
+        rc, lines, _ = _headscope("run", "--model", "no/such-model-is-loaded", "--text", str(path), "--out", "")
+        assert rc == 2 and len(lines) == 1, lines
+        assert f"--text {path}: {says}" in lines[0] and "--skip-missing" in lines[0] and len(lines[0]) < 300
+
+
+def test_a_gpu_device_without_a_gpu_is_one_line_before_the_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from headscope.errors import UsageError
+    from headscope.orchestrate import check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UsageError, match=r"--device cuda: .*use --device cpu or auto"):
+        check_device("cuda")
+    check_device("cpu")
+    check_device("auto")

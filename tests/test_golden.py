@@ -10,12 +10,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 import headscope
+from tolerances import GRADIENT_RTOL, JS_PER_TOKEN_ATOL, STANDARDISED_ATOL, STATISTIC_RTOL
 
 GOLDEN = Path(__file__).parent / "golden"
+#: Columns with a tolerance of their own, (rtol, atol): gradients, and distances between standardised features.
+SPECIAL = {"importance": (GRADIENT_RTOL, 1e-8), "importance_raw": (GRADIENT_RTOL, 1e-8),
+           "cluster_distance": (0.0, STANDARDISED_ATOL), "js_mean": (0.0, JS_PER_TOKEN_ATOL),
+           "x": (0.0, JS_PER_TOKEN_ATOL), "y": (0.0, JS_PER_TOKEN_ATOL)}
 TEXT = ("The dog saw the cat.\nThe cat ran to the house.\nShe said it was red.\nThe king ate a book.\n\n"
         "A man and a woman saw the river.\nThe city was big and old.\nHe ran, she ran.\n\n"
         "The queen said the old man ate the red book.\nThey saw a big house by the river.\n")
@@ -49,4 +55,19 @@ def test_tables_match_the_golden_files(case: str, request: pytest.FixtureRequest
     assert written == sorted(p.name for p in folder.glob("*.csv"))
     for name in written:
         got, want = pd.read_csv(out / name), pd.read_csv(folder / name)
-        pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-5, atol=1e-8, obj=f"{case}/{name}")
+        # The golden files were written on another CPU: every float column is a statistic of attention weights
+        # and may move by the forward's float32 rounding, STATISTIC_RTOL; gradients and standardised features
+        # by their own tolerance (SPECIAL; tests/tolerances.py says why). Everything else (labels, clusters,
+        # counts, ranks) must be identical.
+        special = [c for c in SPECIAL if c in got.columns]
+        dropped = special + (["js"] if "js_mean" in special else [])
+        pd.testing.assert_frame_equal(got.drop(columns=dropped), want.drop(columns=dropped),
+                                      check_exact=False, rtol=STATISTIC_RTOL, atol=1e-8, obj=f"{case}/{name}")
+        for column in special:
+            rtol, atol = SPECIAL[column]
+            if column == "js_mean":  # js is js_mean times the tokens used: its bound grows with them
+                tokens = (want["js"] / want["js_mean"]).max()
+                np.testing.assert_allclose(got["js"], want["js"], rtol=0, atol=atol * tokens,
+                                           err_msg=f"{case}/{name}.js")
+            np.testing.assert_allclose(got[column], want[column], rtol=rtol, atol=atol,
+                                       err_msg=f"{case}/{name}.{column}")

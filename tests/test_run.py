@@ -13,6 +13,7 @@ import torch
 import headscope
 from headscope.analyses.surface import STATISTICS
 from headscope.cli import main
+from headscope.errors import UsageError
 from headscope.model.load import AttentionUnavailableError, check_attention
 from headscope.orchestrate import NoUsableInputError
 
@@ -85,9 +86,12 @@ def test_cli_run(tiny_bert: Path, text_file: Path, tmp_path: Path, capsys: pytes
 def test_no_usable_input_is_a_clear_error(tiny_bert: Path, tmp_path: Path) -> None:
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    with pytest.raises(NoUsableInputError, match="empty"):
+    # Refused before the model loads (a usage error), unless told to run without it: then nothing is usable.
+    with pytest.raises(UsageError, match="the file is empty"):
         headscope.run(model=str(tiny_bert), text=[str(empty)], out=None, quiet=True)
-    assert main(["run", "--model", str(tiny_bert), "--text", str(empty), "--out", str(tmp_path / "o")]) == 1
+    with pytest.raises(NoUsableInputError, match="empty"):
+        headscope.run(model=str(tiny_bert), text=[str(empty)], out=None, quiet=True, skip_missing=True)
+    assert main(["run", "--model", str(tiny_bert), "--text", str(empty), "--out", str(tmp_path / "o")]) == 2
 
 
 def test_unknown_option_and_analysis(tiny_bert: Path, text_file: Path) -> None:

@@ -16,10 +16,10 @@ import pytest
 
 import headscope
 from test_coref import _random_corefud
+from tolerances import STANDARDISED_ATOL, STATISTIC_RTOL
 
 ANALYSES = ["surface", "examples", "syntax", "probe", "coref", "similarity", "distance", "roles", "ablation"]
-#: Columns that standardise features across heads before a distance: on random tiny models some features
-#: hardly vary across heads (spread ~1e-5), so float32 noise of 1e-7 in them moves these by up to ~1e-2.
+#: Columns that standardise features across heads before a distance (tolerance: tests/tolerances.py).
 STANDARDISED = {"cluster_distance"}
 #: A variance of ~1e-11 across sequences (random tiny models) and the t statistic divided by its root: their
 #: relative error is that of the sums divided by the variance, so they get a relative tolerance of 1e-3.
@@ -69,8 +69,8 @@ def _assert_same(reference: headscope.RunResult, other: headscope.RunResult, wha
         for column in a.columns:
             x, y = a[column], b[column]
             if pd.api.types.is_float_dtype(x) and pd.api.types.is_float_dtype(y):
-                atol = 5e-2 if column in STANDARDISED else 1e-5
-                rtol = 1e-3 if column in ILL_CONDITIONED else 1e-5
+                atol = STANDARDISED_ATOL if column in STANDARDISED else 1e-5
+                rtol = 1e-3 if column in ILL_CONDITIONED else STATISTIC_RTOL
                 np.testing.assert_allclose(y.to_numpy(float), x.to_numpy(float), atol=atol, rtol=rtol,
                                            err_msg=f"{what}: {name}.{column}")
             else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -112,6 +113,32 @@ def check_minimum(obj: Any, minimum: int, *names: str) -> None:
         value = getattr(obj, name)
         if value < minimum:
             raise ValueError(f"{name} must be at least {minimum}, got {value}")
+
+
+def _not_text(path: Any) -> str | None:
+    """Why ``path`` (an existing file) cannot be a UTF-8 text file, judging by its first 64 KiB, or None."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    if not head.strip():
+        return "the file is empty" if not head else "the file holds only white space"
+    nul = head.find(b"\0")
+    if nul >= 0:
+        return f"not a text file (a NUL byte at offset {nul}: binary data?); expected UTF-8 text"
+    lines = head.splitlines()[:-1] or head.splitlines()  # the last line may be cut in the middle of a character
+    good = 0
+    for line in lines:
+        try:
+            line.decode("utf-8")
+            good += 1
+        except UnicodeDecodeError:
+            pass
+    if not good:
+        return "not UTF-8 text (no line of its first 64 KiB decodes as UTF-8); convert it, e.g. with iconv"
+    return None
+
+
+#: Devices a run accepts (``cuda:N`` for a numbered GPU).
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 def parse_bytes(text: str | int) -> int:
@@ -251,6 +278,8 @@ class RunConfig:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if not DEVICE_PATTERN.fullmatch(str(self.device)):
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
         check_choices(self)
         if self.conventions == "clark" and self.punctuation != "clark":
             raise ValueError("--conventions clark counts the tokens '.' and ',' as punctuation, as Clark et al.'s "
@@ -293,6 +322,31 @@ class RunConfig:
 
         return [f"--{flag} {name}" for flag in ("text", "treebank", "coref") for name in getattr(self, flag)
                 if not Path(name).expanduser().is_file()]
+
+    def file_problems(self) -> str | None:
+        """One line naming every input file that is missing, empty or not text, with what to do; None when all
+        can be read or ``skip_missing`` is set (the readers then record each in run.json)."""
+        problems = [f"input file not found: {name}" for name in self.missing_files()] + self.unusable_files()
+        if not problems or self.skip_missing:
+            return None
+        return f"{'; '.join(problems)} (check the name, or pass --skip-missing to run without it)"
+
+    def unusable_files(self) -> list[str]:
+        """The corpus files that exist but hold nothing to read: empty, or not text (a NUL byte, or no valid
+        UTF-8 line, in their first 64 KiB), each as ``--flag NAME: why``. Read before the model loads, so a
+        wrong file costs no load; a file with some bad lines passes here and has them counted when it is read."""
+        from pathlib import Path
+
+        problems = []
+        for flag in ("text", "treebank", "coref"):
+            for name in getattr(self, flag):
+                path = Path(name).expanduser()
+                if not path.is_file():
+                    continue  # missing_files() names it
+                why = _not_text(path)
+                if why:
+                    problems.append(f"--{flag} {name}: {why}")
+        return problems
 
     @property
     def uses_default_corpus(self) -> bool:

@@ -20,3 +20,13 @@ class UnsupportedModelError(UsageError):
     """headscope cannot capture this model's attention exactly (cross-attention, pixels instead of text, an
     attention that is not a map of the sequence onto itself): refused before the pass with one line naming the
     architecture and what is missing (``headscope run`` exits with code 2). See docs/models.md."""
+
+
+def unknown_analysis_message(name: str, names: list[str], all_name: str = "all") -> str:
+    """``unknown analysis 'surfce'; did you mean 'surface'?`` and the names available (the registry's, or the
+    catalog's before any analysis is imported)."""
+    import difflib
+
+    close = difflib.get_close_matches(name, [*names, all_name], n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown analysis {name!r}{hint} (available: {', '.join(sorted(names))}, or {all_name})"

@@ -8,6 +8,7 @@ gives :func:`run` its signature and its list of keywords (:func:`document_run`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -16,7 +17,7 @@ import platform
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import reduce
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,9 @@ import headscope.analyses  # noqa: F401 (registers every analysis: run's keyword
 from headscope.analyses import AnalysisResult
 from headscope.analyses.registry import (
     ALL,
+    NEED_HINTS,
     REGISTRY,
+    TRAINED_LOSSES,
     check_inputs,
     check_weights,
     expand_all,
@@ -48,6 +51,7 @@ from headscope.engine.outdir import prepare as prepare_output
 from headscope.engine.passes import local_pass, ray_pass
 from headscope.engine.preflight import check_dependencies
 from headscope.engine.results import RunResult, write_json
+from headscope.errors import UsageError
 
 logger = logging.getLogger("headscope")
 
@@ -65,6 +69,63 @@ def _versions() -> dict[str, str]:
     return {"headscope": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
             "transformers": transformers.__version__, "numpy": np.__version__, "pandas": pandas.__version__,
             "platform": platform.platform()}
+
+
+@contextlib.contextmanager
+def usage_errors() -> Iterator[None]:
+    """A ValueError raised inside is a :class:`UsageError` (the run as asked for cannot be done; exit status 2)."""
+    try:
+        yield
+    except UsageError:
+        raise
+    except CheckpointError:
+        raise
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def check_files(config: RunConfig) -> None:
+    """Refuse input files that are missing, empty or not text (unless ``--skip-missing``), before the load."""
+    problem = config.file_problems()
+    if problem:
+        raise UsageError(problem)
+
+
+def check_device(device: str) -> None:
+    """Refuse a GPU device that torch cannot use on this machine, in one line, before the load."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        why = ("this torch is a CPU build" if torch.version.cuda is None  # type: ignore[attr-defined]
+               else "torch sees no CUDA GPU on this machine")
+        raise UsageError(f"--device {device}: {why} (torch {torch.__version__}); use --device cpu or auto")
+    if device.startswith("cuda:") and int(device.split(":")[1]) >= torch.cuda.device_count():
+        raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                         f"numbered from 0")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps: torch cannot use Apple's MPS on this machine; use --device cpu or auto")
+
+
+def announce_plan(config: RunConfig, analyses: list[Any], ctx: Any, skipped: dict[str, str], expanded: bool
+                  ) -> None:
+    """Say before the main pass what the run will do and roughly what its analyses' own passes cost, in forwards
+    of one sequence against the main pass's sequences (for ``--analyses all``, or whenever an analysis runs
+    passes of its own), and what ``all`` left out and why. On the progress log: shown unless ``--quiet``."""
+    sequences = config.max_segments or 1000 if config.uses_default_corpus else config.max_segments
+    costs = {a.name: a.planned_forwards(ctx, sequences or 1000) for a in analyses}
+    extra = {name: n for name, n in costs.items() if n}
+    if not expanded and not extra:
+        return
+    say = logging.getLogger("headscope.progress").info
+    say("%s runs: %s", "--analyses all" if expanded else "the run", ", ".join(a.name for a in analyses))
+    if extra:
+        parts = ", ".join(f"{name} ~{n:,}" for name, n in sorted(extra.items(), key=lambda kv: -kv[1]))
+        ratio = f", about {sum(extra.values()) / sequences:.0f}x the main pass" if sequences else ""
+        say("besides the main pass (%s), their own passes run %s forwards of one sequence (a backward counts 2)%s",
+            f"~{sequences} sequences" if sequences else "every sequence of the corpus", parts, ratio)
+    if skipped:
+        by_reason: dict[str, list[str]] = {}
+        for name, why in skipped.items():
+            by_reason.setdefault(why, []).append(name)
+        say("left out of all: %s", "; ".join(f"{', '.join(names)} ({why})" for why, names in by_reason.items()))
 
 
 def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
@@ -86,23 +147,22 @@ def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
         When ``out`` is set (default ``headscope-out``; pass ``out=None`` to keep everything in memory),
         the files are written there too.
     """
-    config_kwargs, analysis_kwargs = split_options(kwargs)
-    config = dataclasses.replace(config, **config_kwargs) if config is not None else RunConfig(**config_kwargs)
-    checkpoint = None
-    if config.resume:
-        # Read once: state.npz can be large, and its settings decide the run's configuration.
-        checkpoint = read_checkpoint(config.resume)
-        config, analysis_kwargs = _resumed_config(config, checkpoint[0], config_kwargs, analysis_kwargs)
-    # Check the names now (before the model loads); ``all`` is expanded once the model is known.
-    analyses = resolve_analyses([name for name in config.analyses if name != ALL], analysis_kwargs)
-    check_weights(config)
-    parse_thresholds(config.atlas_thresholds)  # an unknown atlas threshold: refused before the model loads
-    check_inputs(config, config.analyses)  # an analysis named without its data: refused now, not after the pass
-    check_dependencies(config, analyses)  # optional packages, found without importing them
-    missing = config.missing_files()
-    if missing and not config.skip_missing:
-        raise FileNotFoundError(f"input file not found: {'; '.join(missing)} (check the name, or pass "
-                                "--skip-missing to run without it)")
+    with usage_errors():  # everything below, up to the model's load, is about the run as asked for
+        config_kwargs, analysis_kwargs = split_options(kwargs)
+        config = dataclasses.replace(config, **config_kwargs) if config is not None else RunConfig(**config_kwargs)
+        checkpoint = None
+        if config.resume:
+            # Read once: state.npz can be large, and its settings decide the run's configuration.
+            checkpoint = read_checkpoint(config.resume)
+            config, analysis_kwargs = _resumed_config(config, checkpoint[0], config_kwargs, analysis_kwargs)
+        # Check the names now (before the model loads); ``all`` is expanded once the model is known.
+        analyses = resolve_analyses([name for name in config.analyses if name != ALL], analysis_kwargs)
+        check_weights(config)
+        parse_thresholds(config.atlas_thresholds)  # an unknown atlas threshold: refused before the model loads
+        check_inputs(config, config.analyses)  # an analysis named without its data: refused now, not after the pass
+        check_dependencies(config, analyses)  # optional packages, found without importing them
+        check_files(config)
+        check_device(config.device)
     if config.out:
         prepare_output(config.out, config.overwrite, resuming=bool(config.resume))
     timings: dict[str, float] = {}
@@ -113,16 +173,23 @@ def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
     ctx = open_context(config)
     timings["load_model"] = time.perf_counter() - t0
     info, manifest = ctx.info, ctx.manifest
-    if ALL in config.analyses:
-        config, skipped = expand_all(config, info.is_causal)
+    loss_kind = ctx.for_analyses().loss_kind
+    asked_all = ALL in config.analyses
+    if asked_all:
+        config, skipped = expand_all(config, info.is_causal, loss_kind)
         ctx = dataclasses.replace(ctx, config=config)  # the resolved config; nothing changes it from here
         analyses = resolve_analyses(config.analyses, analysis_kwargs)
         manifest.notes["analyses_all"] = {"ran": list(config.analyses), "skipped": skipped}
-        for name, reason in skipped.items():
-            logger.info("--analyses all: %s left out (%s)", name, reason)
+    else:
+        skipped = {}
     actx = ctx.for_analyses()
     for analysis in analyses:
         analysis.start(actx)
+    for analysis in analyses:
+        unmet = [n for n in analysis.needs if n == "trained_loss" and loss_kind not in TRAINED_LOSSES]
+        if unmet:  # named: it runs, but the user hears now what the run would say only at its end
+            manifest.warn_run(f"{analysis.name} {NEED_HINTS['trained_loss']}: its result is likely uninformative")
+    announce_plan(config, analyses, actx, skipped, asked_all)
 
     fp = fingerprint(config, info, analyses, manifest)
     progress = Progress(used={analysis.name: 0 for analysis in analyses})

@@ -188,6 +188,10 @@ def distance_sums(attn: torch.Tensor, lengths: torch.Tensor, is_special: torch.T
         Rows of ``attn`` counted: ``all`` (real rows), ``entropy`` (rows seeing > 1 key), ``pair`` (rows of
         pair sequences).
     """
+    # float64 from here: the sums run over every cell of a block, in an order that depends on the block's shape
+    # and the CPU; in float32 two ways of cutting the same rows (batches, query blocks, Ray shards) differed by
+    # ~1e-7 relative, which the standardisation before clustering then magnifies (see cluster_heads).
+    attn = attn.to(torch.float64)
     b, n_layers, n_heads, q, n = attn.shape
     q0 = query_start
     dev, dt = attn.device, attn.dtype
@@ -234,6 +238,13 @@ _SUMS = (*(f for f in FEATURES if f != "abs_dist_std"), "abs_dist_sq")
 
 #: Relative spread across heads below which a feature is left out of the clustering as constant.
 NEGLIGIBLE_SPREAD = 1e-4
+#: Smallest scale a feature is divided by before clustering, relative to its mean size across heads. A feature
+#: that varies by less than 1% of its size tells heads apart in proportion to that variation instead of being
+#: blown up to one unit of variance: this caps how much the standardisation magnifies float32 noise (a few
+#: 1e-7 relative between CPUs, thread counts and padding sides) at 100x, so the k-means labels and each
+#: cluster's most typical heads do not move with it. Real models' features vary by far more than 1% across heads
+#: (their z-scores are unchanged); random tiny models' features hardly vary at all.
+SPREAD_FLOOR = 1e-2
 
 
 @dataclass
@@ -292,12 +303,14 @@ def cluster_heads(features: pd.DataFrame, k: int | None = None, method: ClusterM
         raise ValueError(f"cluster method must be 'kmeans' or 'agglomerative', got {method!r}")
     values = features.to_numpy(float)
     std = values.std(axis=0)
+    size = np.abs(np.nan_to_num(values.mean(axis=0)))
     # A spread below 1e-4 of a feature's size is float32 noise, not a difference between heads (it happens
     # on random small models); standardising it would blow that noise up to one unit and let it decide.
-    floor = np.maximum(1e-12, NEGLIGIBLE_SPREAD * np.abs(np.nan_to_num(values.mean(axis=0))))
+    floor = np.maximum(1e-12, NEGLIGIBLE_SPREAD * size)
     keep = np.isfinite(values).all(axis=0) & (np.nan_to_num(std) > floor)
     columns = [c for c, kept in zip(features.columns, keep, strict=True) if kept]
-    z = (values[:, keep] - values[:, keep].mean(axis=0)) / std[keep]
+    scale = np.maximum(std, SPREAD_FLOOR * size)[keep]
+    z = (values[:, keep] - values[:, keep].mean(axis=0)) / scale
     n = len(features)
 
     def fit(kk: int) -> tuple[np.ndarray, np.ndarray]:
