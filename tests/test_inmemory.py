@@ -16,7 +16,7 @@ import torch
 import headscope
 from conftest import make_tiny_bert
 from headscope.engine.checkpoint import CheckpointError
-from headscope.errors import AttentionUnavailableError, UsageError
+from headscope.errors import AttentionUnavailableError, UnsupportedModelError, UsageError
 from headscope.model.inmemory import weights_fingerprint
 
 TEXTS = ["The dog saw the cat.\nThe cat ran to the house.\nShe said it was red.",
@@ -291,8 +291,14 @@ def test_bad_models_and_tokenizers_are_refused_before_any_pass(bert_dir: Path, t
         headscope.run(model=torch.nn.Linear(2, 2), tokenizer=tokenizer, texts=TEXTS, out=None, quiet=True)
     assert not passes
     handle.remove()
-    vision = transformers.ResNetModel(transformers.ResNetConfig(hidden_sizes=[8], depths=[1], embedding_size=8))
+    # A text model without attention (a state-space model): no heads to analyse.
+    mamba = transformers.MambaModel(transformers.MambaConfig(vocab_size=200, hidden_size=16, num_hidden_layers=1,
+                                                             state_size=4))
     with pytest.raises(AttentionUnavailableError, match="no attention heads"):
+        headscope.run(model=mamba, tokenizer=tokenizer, texts=TEXTS, out=None, quiet=True)
+    # What a named model is refused for, a model object is too (here: no text vocabulary).
+    vision = transformers.ResNetModel(transformers.ResNetConfig(hidden_sizes=[8], depths=[1], embedding_size=8))
+    with pytest.raises(UnsupportedModelError, match="no text vocabulary"):
         headscope.run(model=vision, tokenizer=tokenizer, texts=TEXTS, out=None, quiet=True)
 
 

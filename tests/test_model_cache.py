@@ -196,3 +196,98 @@ def test_smollm2_from_the_cache_is_the_gguf_model(cache: Path) -> None:
     with torch.inference_mode():
         assert torch.equal(converted.model(ids).logits, cached.model(ids).logits)
     shutil.rmtree(cache, ignore_errors=True)
+
+
+# --- a GGUF file given as its path, a missing one, and the progress of a first load (issue #34) ----------------
+
+def test_a_gguf_path_loads_as_its_folder_and_file(cache: Path, fake_gguf: dict[str, Any]) -> None:
+    folder, file, reads = fake_gguf["folder"], fake_gguf["file"], fake_gguf["reads"]
+    loaded = load_model(str(file), device="cpu")  # --model path/to/model.gguf
+    assert (str(folder), "model.gguf") in reads  # read as --model DIR --gguf-file model.gguf would be
+    assert loaded.info.cache is not None and loaded.info.cache["status"] == "created"
+    again = load_model(str(folder), gguf_file="model.gguf", device="cpu")  # the same file, the same cache entry
+    assert again.info.cache is not None and again.info.cache["status"] == "used"
+    assert again.info.cache["sha256"] == loaded.info.cache["sha256"]
+
+
+def test_a_missing_gguf_file_is_named_before_anything_loads(cache: Path, fake_gguf: dict[str, Any],
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from headscope.cli import main
+    from headscope.model.load import ModelNotFoundError
+
+    folder, reads = fake_gguf["folder"], fake_gguf["reads"]
+    with pytest.raises(ModelNotFoundError, match=r"no such GGUF file: .*nope\.gguf .*GGUF files there: model\.gguf"):
+        load_model(str(folder), gguf_file="nope.gguf", device="cpu")
+    with pytest.raises(ModelNotFoundError, match=r"no such GGUF file: .*gone\.gguf$"):
+        load_model(str(folder / "gone.gguf"), device="cpu")
+    assert reads == []  # refused before transformers read anything (no hub, no config)
+    capsys.readouterr()
+    assert main(["run", "--model", str(folder), "--gguf-file", "nope.gguf", "--out", "", "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no such GGUF file" in err[0] and "huggingface.co" not in err[0], err
+
+
+class _Recorder:
+    """A progress factory that keeps what each tracker counted: ``progress(desc, unit, total)``."""
+
+    def __init__(self) -> None:
+        self.seen: list[list[Any]] = []
+
+    def __call__(self, desc: str, unit: str, total: int | None = None) -> Any:
+        record = [desc, unit, total, 0]
+        self.seen.append(record)
+        recorder = self
+
+        class Tracker:
+            def update(self, n: int = 1) -> None:
+                record[3] += n
+
+            def __enter__(self) -> Any:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                assert recorder
+
+        return Tracker()
+
+
+def test_the_first_gguf_load_shows_its_cache_write(cache: Path, fake_gguf: dict[str, Any]) -> None:
+    progress = _Recorder()
+    load_model(str(fake_gguf["file"]), device="cpu", progress=progress)
+    assert progress.seen == [["reading the GGUF file's metadata", "steps", 1, 1],
+                             ["converting the GGUF tokenizer", "steps", 1, 1],
+                             ["writing the dequantized-model cache", "files", 2, 2]]
+    progress = _Recorder()
+    load_model(str(fake_gguf["file"]), device="cpu", progress=progress)  # read from the cache: nothing to show
+    assert progress.seen == []
+
+
+def test_dequantizing_counts_each_tensor_in_the_progress_machinery(caplog: pytest.LogCaptureFixture) -> None:
+    """transformers' GGUF reader loops over ``tqdm(reader.tensors)``: that loop is counted by the run's trackers
+    (log lines when stderr is not a terminal), and silent without a progress factory or with --quiet."""
+    import functools
+    import logging
+
+    pytest.importorskip("gguf")
+    import transformers.modeling_gguf_pytorch_utils as reader
+
+    from headscope.engine.progress import Tracker
+    from headscope.model.load import _gguf_progress
+
+    tensors = list(range(7))
+    progress = _Recorder()
+    with _gguf_progress(True, progress):
+        assert list(reader.tqdm(tensors, desc="Converting and de-quantizing GGUF tensors...")) == tensors
+    assert progress.seen == [["dequantizing GGUF tensors", "tensors", 7, 7]]
+    with caplog.at_level(logging.INFO, logger="headscope.progress"):
+        with _gguf_progress(True, functools.partial(Tracker, terminal=False)):
+            list(reader.tqdm(tensors))
+        lines = [r.getMessage() for r in caplog.records if r.name == "headscope.progress"]
+        assert lines and "dequantizing GGUF tensors" in lines[-1] and "7" in lines[-1], lines
+        caplog.clear()
+        with _gguf_progress(True, functools.partial(Tracker, quiet=True, terminal=False)):
+            list(reader.tqdm(tensors))
+        with _gguf_progress(True, None):
+            list(reader.tqdm(tensors))
+        assert not [r for r in caplog.records if r.name == "headscope.progress"]
+    assert reader.tqdm.__module__.startswith("tqdm")  # transformers' own bar is back

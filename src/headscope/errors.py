@@ -16,6 +16,12 @@ class MissingDependencyError(ImportError):
     """An optional package the run needs is not installed; the message names the ``pip install`` that brings it."""
 
 
+class UnsupportedModelError(UsageError):
+    """headscope cannot capture this model's attention exactly (cross-attention, pixels instead of text, an
+    attention that is not a map of the sequence onto itself): refused before the pass with one line naming the
+    architecture and what is missing (``headscope run`` exits with code 2). See docs/models.md."""
+
+
 def unknown_analysis_message(name: str, names: list[str], all_name: str = "all") -> str:
     """``unknown analysis 'surfce'; did you mean 'surface'?`` and the names available (the registry's, or the
     catalog's before any analysis is imported)."""

@@ -30,7 +30,9 @@ import headscope.analyses  # noqa: F401 (registers every analysis: run's keyword
 from headscope.analyses import AnalysisResult
 from headscope.analyses.registry import (
     ALL,
+    NEED_HINTS,
     REGISTRY,
+    TRAINED_LOSSES,
     check_inputs,
     check_weights,
     expand_all,
@@ -103,6 +105,30 @@ def check_device(device: str) -> None:
                          f"numbered from 0")
     if device == "mps" and not torch.backends.mps.is_available():
         raise UsageError("--device mps: torch cannot use Apple's MPS on this machine; use --device cpu or auto")
+
+
+def announce_plan(config: RunConfig, analyses: list[Any], ctx: Any, skipped: dict[str, str], expanded: bool
+                  ) -> None:
+    """Say before the main pass what the run will do and roughly what its analyses' own passes cost, in forwards
+    of one sequence against the main pass's sequences (for ``--analyses all``, or whenever an analysis runs
+    passes of its own), and what ``all`` left out and why. On the progress log: shown unless ``--quiet``."""
+    sequences = config.max_segments or 1000 if config.uses_default_corpus else config.max_segments
+    costs = {a.name: a.planned_forwards(ctx, sequences or 1000) for a in analyses}
+    extra = {name: n for name, n in costs.items() if n}
+    if not expanded and not extra:
+        return
+    say = logging.getLogger("headscope.progress").info
+    say("%s runs: %s", "--analyses all" if expanded else "the run", ", ".join(a.name for a in analyses))
+    if extra:
+        parts = ", ".join(f"{name} ~{n:,}" for name, n in sorted(extra.items(), key=lambda kv: -kv[1]))
+        ratio = f", about {sum(extra.values()) / sequences:.0f}x the main pass" if sequences else ""
+        say("besides the main pass (%s), their own passes run %s forwards of one sequence (a backward counts 2)%s",
+            f"~{sequences} sequences" if sequences else "every sequence of the corpus", parts, ratio)
+    if skipped:
+        by_reason: dict[str, list[str]] = {}
+        for name, why in skipped.items():
+            by_reason.setdefault(why, []).append(name)
+        say("left out of all: %s", "; ".join(f"{', '.join(names)} ({why})" for why, names in by_reason.items()))
 
 
 def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
@@ -192,16 +218,23 @@ def _run(config: RunConfig, analysis_kwargs: dict[str, dict[str, Any]], checkpoi
     ctx = open_context(config, loaded, memory)
     timings["load_model"] = time.perf_counter() - t0
     info, manifest = ctx.info, ctx.manifest
-    if ALL in config.analyses:
-        config, skipped = expand_all(config, info.is_causal)
+    loss_kind = ctx.for_analyses().loss_kind
+    asked_all = ALL in config.analyses
+    if asked_all:
+        config, skipped = expand_all(config, info.is_causal, loss_kind)
         ctx = dataclasses.replace(ctx, config=config)  # the resolved config; nothing changes it from here
         analyses = resolve_analyses(config.analyses, analysis_kwargs)
         manifest.notes["analyses_all"] = {"ran": list(config.analyses), "skipped": skipped}
-        for name, reason in skipped.items():
-            logger.info("--analyses all: %s left out (%s)", name, reason)
+    else:
+        skipped = {}
     actx = ctx.for_analyses()
     for analysis in analyses:
         analysis.start(actx)
+    for analysis in analyses:
+        unmet = [n for n in analysis.needs if n == "trained_loss" and loss_kind not in TRAINED_LOSSES]
+        if unmet:  # named: it runs, but the user hears now what the run would say only at its end
+            manifest.warn_run(f"{analysis.name} {NEED_HINTS['trained_loss']}: its result is likely uninformative")
+    announce_plan(config, analyses, actx, skipped, asked_all)
 
     fp = fingerprint(config, info, analyses, manifest)
     progress = Progress(used={analysis.name: 0 for analysis in analyses})

@@ -153,6 +153,11 @@ class PatternAblation(Analysis):
         self.add_state("tokens_", 0)
         self.add_state("sequences_", 0)
 
+    def planned_forwards(self, ctx: AnalysisContext, sequences: int) -> int:
+        # The clusters are known only after the pass: at most 10 (distance's largest silhouette k by default),
+        # each switched off whole, as a random control and by its --ablation-top heads, plus the baseline.
+        return min(self.options.ablation_sequences, sequences) * (1 + 10 * (2 + self.options.ablation_top))
+
     def passes(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> Iterator[Pass]:
         """One pass over a seeded sample of the corpus: every condition's forward on each batch."""
         seed = ctx.seed

@@ -211,6 +211,13 @@ class Analysis(ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} declares intervenes but no passes()")
 
+    def planned_forwards(self, ctx: AnalysisContext, sequences: int) -> int:
+        """Roughly how many forwards of one corpus sequence this analysis's own passes will run, after a main
+        pass of ``sequences`` (a backward counts as two forwards), said before the run starts (``--analyses
+        all``); 0 for an analysis that only reads the main pass. An upper bound where the count depends on
+        results (clusters, ...)."""
+        return 0
+
     def update_pass(self, batch: Batch, forward: Forward | Generate, out: ForwardOutput) -> None:  # noqa: B027
         """Add what ``forward`` gave on ``batch`` (a pass's forwards come in the order declared)."""
 

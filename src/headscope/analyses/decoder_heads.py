@@ -458,6 +458,9 @@ class DecoderHeads(Analysis):
 
     # the induction probe: random tokens repeated twice, through the model in a pass of their own
 
+    def planned_forwards(self, ctx: AnalysisContext, sequences: int) -> int:
+        return int(self.options.induction_probe)  # short probe sequences, once each
+
     def passes(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> Iterator[Pass]:
         """The induction probe: random tokens repeated twice, their attention captured as in the main pass."""
         o = self.options

@@ -94,6 +94,9 @@ class HeadImportance(Analysis):
         self.add_state("terms_", np.zeros(1))
         self.add_state("batches_", np.zeros(1))
 
+    def planned_forwards(self, ctx: AnalysisContext, sequences: int) -> int:
+        return 3 * min(self.options.importance_sequences, sequences)  # a forward and a backward each
+
     def passes(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> Iterator[Pass]:
         """One pass over a seeded sample: the gradient of each batch's mean loss at the (open) gates."""
         yield Pass("importance", sample_rows(ctx, self.options.importance_sequences, salt=14),

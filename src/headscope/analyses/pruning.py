@@ -197,6 +197,9 @@ class HeadPruning(Analysis):
     report_order = 66
     description = "prune heads by re-estimated gradient importance vs random, loss per pruned fraction"
     Options = PruningOptions
+    # A sentence-embedding checkpoint's contrastive loss hardly moves when heads are pruned (the run's loss
+    # check then calls the curves uninformative): ``all`` leaves pruning out for such a model.
+    needs = ("trained_loss",)
     intervenes = True
     # Every ranking and behaviour of the run, whatever order the analyses were given in.
     after_if_run = tuple(dict.fromkeys((*RANKING_ANALYSES, *MEASURED_RANKINGS, *BEHAVIOUR_ANALYSES)))
@@ -220,6 +223,15 @@ class HeadPruning(Analysis):
             assert out.sequence_loss is not None and out.sequence_terms is not None
             self._sequences[0].append(out.sequence_loss)
             self._sequences[1].append(out.sequence_terms)
+
+    def planned_forwards(self, ctx: AnalysisContext, sequences: int) -> int:
+        o = self.options
+        n = min(o.pruning_sequences, sequences // 2) or sequences
+        steps = len(fractions(o.pruning_step))
+        # Held-out losses: every step of the importance order, of each random order and of up to three
+        # analyses' rankings (0% and 100% are shared); importance re-estimated before each step (with backward).
+        orders = 1 + o.pruning_seeds + 3
+        return n * (orders * (steps - 2) + 2) + 3 * n * (steps - 1)
 
     def passes(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> Iterator[Pass]:
         """Two seeded halves of a sample: importance re-estimated on one after each step (a pass of

@@ -33,7 +33,12 @@ ALL = "all"
 
 #: What each value of ``Analysis.needs`` asks of the run, in words for ``headscope list`` and run.json.
 NEED_HINTS = {"treebank": "needs --treebank or --parse spacy", "coreference": "needs --coref",
-              "causal": "needs a causal (decoder) LM", "encoder": "needs an encoder model"}
+              "causal": "needs a causal (decoder) LM", "encoder": "needs an encoder model",
+              "trained_loss": "needs the loss the model was trained on (an LM head: masked-LM or next-token); this "
+                              "model's contrastive loss does not measure what is taken away (docs/importance.md)"}
+
+#: Losses a model was trained to lower (``AnalysisContext.loss_kind``), for the need ``trained_loss``.
+TRAINED_LOSSES = ("mlm_loss", "lm_loss")
 
 
 def public_name(cls: type[Analysis], field_name: str) -> str:
@@ -171,11 +176,14 @@ INPUT_OPTIONS = {"treebank": "a dependency treebank: --treebank FILE.conllu, or 
                  "coreference": "coreference annotation: --coref FILE (CoNLL-U with Entity=, or CoNLL-2012)"}
 
 
-def available_inputs(config: RunConfig, is_causal: bool | None = None) -> dict[str, bool]:
-    """Which needs the run meets; ``causal`` and ``encoder`` count as met while the model is unknown (None)."""
+def available_inputs(config: RunConfig, is_causal: bool | None = None, loss_kind: str | None = None
+                     ) -> dict[str, bool]:
+    """Which needs the run meets; ``causal``, ``encoder`` and ``trained_loss`` count as met while the model is
+    unknown (None)."""
     return {"treebank": bool(config.treebank) or config.parse != "none", "coreference": bool(config.coref),
             "causal": True if is_causal is None else is_causal,
-            "encoder": True if is_causal is None else not is_causal}
+            "encoder": True if is_causal is None else not is_causal,
+            "trained_loss": True if is_causal is None else loss_kind in TRAINED_LOSSES}
 
 
 def check_inputs(config: RunConfig, names: list[str]) -> None:
@@ -225,13 +233,14 @@ def finalize_order(names: list[str]) -> list[str]:
     return placed
 
 
-def applicable_analyses(config: RunConfig, is_causal: bool) -> tuple[list[str], dict[str, str]]:
+def applicable_analyses(config: RunConfig, is_causal: bool, loss_kind: str | None = "lm_loss"
+                        ) -> tuple[list[str], dict[str, str]]:
     """What ``--analyses all`` means for this model and corpus: the names to run, and why others are not.
 
     An analysis declares what it needs in ``needs`` (``treebank``, ``coreference``, ``causal``,
     ``encoder``); one whose need is not met is left out with the reason, rather than run to an empty table.
     """
-    have = available_inputs(config, is_causal)
+    have = available_inputs(config, is_causal, loss_kind)
     names: list[str] = []
     skipped: dict[str, str] = {}
     for name, cls in sorted(REGISTRY.items(), key=lambda item: item[0]):
@@ -264,11 +273,12 @@ def check_weights(config: RunConfig) -> None:
                          f"do not accept them (rollout works with {accepting})")
 
 
-def expand_all(config: RunConfig, is_causal: bool) -> tuple[RunConfig, dict[str, str]]:
+def expand_all(config: RunConfig, is_causal: bool, loss_kind: str | None = "lm_loss"
+               ) -> tuple[RunConfig, dict[str, str]]:
     """``config`` with ``all`` in its analyses replaced by the analyses that apply (others kept as named)."""
     if ALL not in config.analyses:
         return config, {}
-    names, skipped = applicable_analyses(config, is_causal)
+    names, skipped = applicable_analyses(config, is_causal, loss_kind)
     explicit = [name for name in config.analyses if name != ALL]
     expanded = explicit + [name for name in names if name not in explicit]
     return dataclasses.replace(config, analyses=expanded), {k: v for k, v in skipped.items() if k not in explicit}

@@ -282,6 +282,12 @@ class RetrievalHeads(Analysis):
         self._prompts: dict[int, Prompt] = {}
         self._seed = int(ctx.config.seed)
 
+    def planned_forwards(self, ctx: AnalysisContext, sequences: int) -> int:
+        # Each prompt is read once (a haystack of --retrieval-haystack-tokens, in units of the run's sequences)
+        # and then decoded token by token from the model's cache, which costs far less per token.
+        o = self.options
+        return o.retrieval_prompts * max(1, -(-o.haystack_tokens // max(ctx.max_length, 1)))
+
     def passes(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> Iterator[Pass]:
         """One pass of greedy generation over prompts built from the corpus's raw text, a needle in each."""
         o = self.options

@@ -179,6 +179,9 @@ class SepGradient(Analysis):
         for name in ("rows_", "pairs_", "sequences_", "skipped_", "examples_", "loss_", "terms_", "batches_"):
             self.add_state(name, np.zeros(1))
 
+    def planned_forwards(self, ctx: AnalysisContext, sequences: int) -> int:
+        return 3 * min(self.options.sep_gradient_sequences, sequences)  # a forward and a backward each
+
     def passes(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> Iterator[Pass]:
         """One pass over a seeded sample: eager attention, its weights and ``dL/dA`` (with EOS put first
         when ``append_eos``)."""

@@ -99,11 +99,11 @@ def query_block_rows(batch_size: int, n_heads: int, seq: int, budget_bytes: int)
 class _Stream:
     """What the attention function and hooks need while one batch goes through the model."""
 
-    def __init__(self, consume: Consumer, layer_of: dict[int, int], budget_bytes: int,
+    def __init__(self, consume: Consumer, layer_of: dict[int, list[int]], budget_bytes: int,
                  align: torch.Tensor | None, real: torch.Tensor, weights: WeightsKind = "attention",
                  projections: list[torch.nn.Module] | None = None) -> None:
         self.consume = consume
-        self.layer_of = layer_of
+        self.order = CallOrder(layer_of)
         self.budget_bytes = budget_bytes
         self.align = align
         self.real = real
@@ -174,13 +174,44 @@ class _Stream:
         return add, exact
 
     def layer(self, module: torch.nn.Module) -> int:
-        """The layer index of ``module``; modules met first in a probe pass are numbered in call order."""
-        key = id(module)
-        if key not in self.layer_of:
-            self.layer_of[key] = len(self.layer_of)
-        layer = self.layer_of[key]
+        """The layer index of this call of ``module`` (:class:`CallOrder`)."""
+        layer = self.order.layer(module)
         self.seen.append(layer)
         return layer
+
+
+class CallOrder:
+    """The layer of each call of an attention module, in call order: a module called k times in one forward pass
+    (ALBERT's one shared layer; any weight-shared attention) is k layers, its i-th call the i-th of them.
+
+    ``layer_of`` maps ``id(module)`` to the layers of its calls in one forward pass. It is learnt from the first
+    forward pass that meets it empty (the route's probe pass): there, the n-th attention call of the pass is
+    layer n. Later passes read it: the i-th call of a module within the pass (counted modulo its number of
+    calls, so one object may span several forward passes, as a KV budget does) is its i-th layer.
+    """
+
+    def __init__(self, layer_of: dict[int, list[int]], cycle: int | None = None) -> None:
+        self.layer_of = layer_of
+        self.learning = not layer_of
+        self.cycle = cycle  # learning across forward passes: a pass has this many calls
+        self.calls: dict[int, int] = {}
+        self.total = 0
+
+    def layer(self, module: torch.nn.Module) -> int:
+        key = id(module)
+        k = self.calls.get(key, 0)
+        self.calls[key] = k + 1
+        self.total += 1
+        if self.learning:
+            if self.cycle is None or self.total <= self.cycle:
+                self.layer_of.setdefault(key, []).append(self.total - 1)
+                return self.total - 1
+            self.learning = False  # one whole forward pass learnt: read it from now on
+        layers = self.layer_of.get(key)
+        if not layers:
+            raise RuntimeError(f"{type(module).__name__}: an attention module the probe pass did not call "
+                               f"(known: {len(self.layer_of)} modules)")
+        return layers[k % len(layers)]
 
 
 _local = threading.local()
@@ -191,7 +222,7 @@ def _active() -> _Stream | None:
 
 
 @contextlib.contextmanager
-def _streaming(stream: _Stream) -> Iterator[_Stream]:
+def _streaming(stream: _Stream | None) -> Iterator[_Stream | None]:
     previous = _active()
     _local.stream = stream
     try:
@@ -363,9 +394,9 @@ def _value_norms(stream: _Stream, layer: int, value: torch.Tensor) -> torch.Tens
 class _Budget:
     """The key windows of every head while a budgeted forward runs (:func:`kv_budget`)."""
 
-    def __init__(self, windows: torch.Tensor, layer_of: dict[int, int]) -> None:
+    def __init__(self, windows: torch.Tensor, layer_of: dict[int, list[int]]) -> None:
         self.windows = windows  # int64 [layer, head]; 0: every key
-        self.layer_of = layer_of
+        self.order = CallOrder(layer_of, cycle=int(windows.shape[0]))
 
     def mask(self, module: torch.nn.Module, mask: torch.Tensor | None, query: torch.Tensor, keys: int
              ) -> torch.Tensor | None:
@@ -375,10 +406,7 @@ class _Budget:
         gets the dtype's minimum where the budget hides a key. Query ``r`` is position ``keys - n + r`` (right
         padding: position 0 is each sequence's first token, the sink).
         """
-        key_id = id(module)
-        if key_id not in self.layer_of:
-            self.layer_of[key_id] = len(self.layer_of)
-        layer = self.layer_of[key_id]
+        layer = self.order.layer(module)
         if layer >= self.windows.shape[0]:
             raise RuntimeError(f"kv_budget: attention layer {layer} has no row in windows of shape "
                                f"{tuple(self.windows.shape)}")
@@ -427,6 +455,8 @@ def kv_budget(loaded: LoadedModel, windows: Any) -> Iterator[None]:
     if tuple(values.shape) != shape or bool((values < 0).any()):
         raise ValueError(f"kv_budget windows must be non-negative integers of shape {shape}, got "
                          f"{tuple(values.shape)}")
+    if not loaded.capture_state.get("layer_of"):  # learn the layer of each attention call first (CallOrder)
+        capture(loaded, _probe_batch(loaded), lambda block: None, budget_bytes=1 << 30)
     previous = getattr(_local, "budget", None)
     _local.budget = _Budget(values, loaded.capture_state.setdefault("layer_of", {}))
     try:
@@ -475,8 +505,10 @@ def headscope_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
         scores = torch.matmul(query, repeat_kv(key, n_rep).transpose(2, 3)) * scale
         scores = torch.tanh(scores / softcap) * softcap
         if attention_mask is not None:
-            scores = (scores.masked_fill(~attention_mask, float("-inf")) if attention_mask.dtype == torch.bool
-                      else scores + attention_mask)
+            # The dtype's minimum, as transformers' eager attention: a row with every key masked (a left-padded
+            # position) is then finite, where -inf would give NaN that the next layer's keys carry into real rows.
+            scores = (scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+                      if attention_mask.dtype == torch.bool else scores + attention_mask)
         probs = torch.softmax(scores.float(), dim=-1).to(query.dtype)
         output = torch.matmul(probs, repeat_kv(value, n_rep)).transpose(1, 2).contiguous()
     return output, None
@@ -575,10 +607,8 @@ def capture(loaded: LoadedModel, batch: Batch, consume: Consumer, budget_bytes: 
                              "supports it.")
         projections = loaded.capture_state.get("output_projections")
         if projections is None:
-            from headscope.model.gates import find_output_projections
-
             try:
-                projections = find_output_projections(loaded.base)
+                projections = layer_projections(loaded)
             except ValueError as exc:
                 raise ValueError(f"--weights norm: {exc}") from exc
             loaded.capture_state["output_projections"] = projections
@@ -612,13 +642,48 @@ def capture(loaded: LoadedModel, batch: Batch, consume: Consumer, budget_bytes: 
             "--capture route")
 
 
+def layer_projections(loaded: LoadedModel) -> list[torch.nn.Module]:
+    """The self-attention output projection of every layer, in layer order; a projection that several layers
+    share (ALBERT) appears once per layer, in the order a forward pass calls it.
+
+    Raises
+    ------
+    ValueError
+        No known projection, or a number of calls that is not the model's number of layers.
+    """
+    from headscope.model.gates import find_output_projections
+
+    unique = find_output_projections(loaded.base)
+    n_layers = loaded.info.n_layers
+    if len(unique) == n_layers:
+        return unique
+    order: list[torch.nn.Module] = []
+    handles = [m.register_forward_pre_hook(lambda module, args: order.append(module)) for m in unique]
+    try:
+        with torch.inference_mode(), _streaming(None):
+            loaded.base(**_probe_batch(loaded).model_inputs())
+    finally:
+        for handle in handles:
+            handle.remove()
+    if len(order) != n_layers:
+        raise ValueError(f"{loaded.info.name}: a forward pass calls the attention output projections "
+                         f"{len(order)} times for {n_layers} layers")
+    return order
+
+
 def _emit_whole(stream: _Stream, layer: int, weights: torch.Tensor) -> None:
     """Hand over a layer the model computed whole: align, zero padding, then in blocks of query rows."""
+    real = stream.real
+    n = int(real.shape[1])
+    if weights.dim() != 4 or tuple(weights.shape[-2:]) != (n, n):
+        from headscope.errors import UnsupportedModelError
+
+        raise UnsupportedModelError(f"attention layer {layer} has weights of shape {tuple(weights.shape)}, not a "
+                                    f"[query, key] map of the {n}-token sequence onto itself")
     stream.seen.append(layer)
     w = weights.float()
     if stream.align is not None:
         w = _gather_positions(_gather_positions(w, stream.align, 2), stream.align, 3)
-    real = stream.real
     w = _transform(stream, w * real[:, None, :, None] * real[:, None, None, :])
     b, h, n, _ = w.shape
     rows = query_block_rows(b, h, n, stream.budget_bytes)
@@ -643,10 +708,11 @@ def eager_attention(loaded: LoadedModel) -> Iterator[None]:
 
 
 def attention_modules(loaded: LoadedModel) -> list[torch.nn.Module]:
-    """For the hooks route: the innermost module of each layer whose output carries its attention weights.
+    """For the hooks route: the innermost module of each layer whose output carries its attention weights, one
+    entry per layer in call order (a module called k times, as ALBERT's shared layer, is k entries).
 
     Found once with a probe pass (children finish before their parents, so the first module to return a
-    given weights tensor is the one that computed it).
+    given weights tensor is the one that computed it; each call returns a new tensor, kept alive by the output).
     """
     cached = loaded.capture_state.get("hook_modules")
     if cached is not None:
@@ -667,23 +733,33 @@ def attention_modules(loaded: LoadedModel) -> list[torch.nn.Module]:
     finally:
         for handle in handles:
             handle.remove()
-    modules = list(dict.fromkeys(producers.values()))
+    modules = list(producers.values())  # in the order the weights were made: call order
     loaded.capture_state["hook_modules"] = modules
     return modules
 
 
 @contextlib.contextmanager
 def _hooks(loaded: LoadedModel, stream: _Stream) -> Iterator[None]:
+    from headscope.errors import AttentionUnavailableError
+
     modules = attention_modules(loaded)
+    layers: dict[int, list[int]] = {}
+    for layer, m in enumerate(modules):
+        layers.setdefault(id(m), []).append(layer)
+    calls: dict[int, int] = {}
 
-    def take(layer: int) -> Callable[..., Any]:
-        def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
-            _emit_whole(stream, layer, output[1])
-            return (output[0], None, *output[2:])  # the model keeps no layer's weights
+    def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
+        # The i-th call of a module in this forward pass is its i-th layer (a shared module is several layers).
+        mine = layers[id(module)]
+        k = calls.get(id(module), 0)
+        calls[id(module)] = k + 1
+        if k >= len(mine):
+            raise AttentionUnavailableError(f"{loaded.info.name}: {type(module).__name__} was called more often "
+                                            f"than in the probe pass ({len(mine)})")
+        _emit_whole(stream, mine[k], output[1])
+        return (output[0], None, *output[2:])  # the model keeps no layer's weights
 
-        return hook
-
-    handles = [m.register_forward_hook(take(layer)) for layer, m in enumerate(modules)]
+    handles = [m.register_forward_hook(hook) for m in dict.fromkeys(modules)]
     try:
         yield
     finally:
@@ -711,15 +787,24 @@ def ensure_route(loaded: LoadedModel) -> Route:
 def choose_route(loaded: LoadedModel, requested: Capture = "auto") -> Route:
     """The capture route for a loaded model: ``interface`` where it works, else ``hooks``, else an error.
 
-    ``requested`` is ``auto`` or a route name; ``auto`` tries the attention interface first and checks with a
-    probe pass that every layer's attention comes through it.
+    ``requested`` is ``auto`` or a route name; ``auto`` tries the attention interface first. A route is taken
+    only when its probe pass gives every layer once, in order (a module called several times per forward pass is
+    one layer per call), every head, and rows that are distributions over every key of the sequence; on a
+    float32 model its weights must also equal the model's own eager ``output_attentions`` (the ``stacked``
+    route) on the probe input. Never silently wrong: a model whose weights come through but fail these checks
+    is refused (:class:`~headscope.errors.UnsupportedModelError`), one without weights by any route named
+    (:class:`~headscope.errors.AttentionUnavailableError`).
     """
-    from headscope.errors import AttentionUnavailableError
+    from headscope.errors import AttentionUnavailableError, UnsupportedModelError
+    from headscope.model.support import architecture, check_config
 
+    check_config(loaded.model.config, loaded.info.name)  # models built in memory never met the loader's check
     n_layers = loaded.info.n_layers
     batch = _probe_batch(loaded)
     tried: list[str] = []
+    inexact: list[str] = []
     candidates = ["interface", "hooks"] if requested == "auto" else [requested]
+    reference: dict[int, torch.Tensor] | None = None
     for route in candidates:
         if route == "interface":
             model = loaded.model
@@ -732,28 +817,72 @@ def choose_route(loaded: LoadedModel, requested: Capture = "auto") -> Route:
             loaded.model.set_attn_implementation("eager")
         loaded.route = route  # type: ignore[assignment]
         loaded.capture_state.clear()
-        layers: list[int] = []
-        heads: set[int] = set()
-
-        def count(block: LayerAttention, layers: list[int] = layers, heads: set[int] = heads) -> None:
-            if block.is_first:
-                layers.append(block.layer)
-            heads.add(int(block.weights.shape[1]))
-
         try:
-            capture(loaded, batch, count, budget_bytes=1 << 30, route=route)  # type: ignore[arg-type]
+            layers, maps = _probe_maps(loaded, batch, route)  # type: ignore[arg-type]
+        except UnsupportedModelError as exc:
+            tried.append(f"{route}: {exc}")
+            inexact.append(f"{route}: {exc}")
+            continue
         except AttentionUnavailableError as exc:
             tried.append(f"{route}: {exc}")
             continue
-        if len(layers) == n_layers and heads == {loaded.info.n_heads}:
+        heads = {int(w.shape[1]) for w in maps.values()}
+        if layers != list(range(n_layers)) or heads != {loaded.info.n_heads}:
+            tried.append(f"{route}: saw {len(layers)} layers x {sorted(heads)} heads, the config says "
+                         f"{n_layers} x {loaded.info.n_heads}")
+            continue
+        problem = _not_a_map(maps, batch)
+        if problem is None and route != "stacked" and next(loaded.model.parameters()).dtype == torch.float32:
+            if reference is None:
+                try:
+                    reference = _probe_maps(loaded, batch, "stacked")[1]
+                except AttentionUnavailableError:
+                    reference = {}  # no eager weights to compare with: the matrix vouches for the families
+            if reference:
+                diff = max(float((maps[k] - reference[k]).abs().max()) if k in reference else float("inf")
+                           for k in maps)
+                if diff > 1e-4:
+                    problem = f"differs from the model's own eager attention by {diff:.2g}"
+        if problem is None:
             return route  # type: ignore[return-value]
-        tried.append(f"{route}: saw {len(layers)} layers x {sorted(heads)} heads, the config says "
-                     f"{n_layers} x {loaded.info.n_heads}")
+        tried.append(f"{route}: {problem}")
+        inexact.append(f"{route}: {problem}")
     if requested == "auto" and loaded.model.config._attn_implementation != "eager":
         loaded.model.set_attn_implementation("eager")
+    if inexact:
+        raise UnsupportedModelError(
+            f"{loaded.info.name}: {architecture(loaded.model.config)}: headscope cannot capture this model's "
+            f"attention exactly (--capture {requested}): " + "; ".join(inexact) + " (docs/models.md)")
     raise AttentionUnavailableError(
         f"{loaded.info.name}: headscope cannot get attention weights from this model by any route "
         f"(--capture {requested}): " + "; ".join(tried))
+
+
+def _probe_maps(loaded: LoadedModel, batch: Batch, route: Route) -> tuple[list[int], dict[int, torch.Tensor]]:
+    """The layers in the order their first block came (``is_first``) and each layer's whole map, by the index the
+    blocks carry (so that two calls given one index, or a layer given none, show)."""
+    layers: list[int] = []
+    maps: dict[int, list[torch.Tensor]] = {}
+
+    def keep(block: LayerAttention) -> None:
+        if block.is_first:
+            layers.append(block.layer)
+        maps.setdefault(block.layer, []).append(block.weights.clone())
+
+    capture(loaded, batch, keep, budget_bytes=1 << 30, route=route)
+    return layers, {k: torch.cat(v, dim=2) for k, v in maps.items()}
+
+
+def _not_a_map(maps: dict[int, torch.Tensor], batch: Batch) -> str | None:
+    """Why the probe's weights are not [batch, head, query, key] distributions over the whole sequence, or None."""
+    n = int(batch.input_ids.shape[1])
+    for layer, w in sorted(maps.items()):
+        if w.dim() != 4 or tuple(w.shape[2:]) != (n, n):
+            return (f"layer {layer}'s weights have shape {tuple(w.shape)}, not a [query, key] map of the "
+                    f"{n}-token sequence onto itself")
+        if not bool(torch.isfinite(w).all()) or float((w.sum(-1) - 1).abs().max()) > 1e-3:
+            return f"layer {layer}'s rows are not distributions over the keys (not a [query, key] map)"
+    return None
 
 
 def capture_stacked(loaded: LoadedModel, batch: Batch, route: Route | None = None,

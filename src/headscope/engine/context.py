@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from headscope.corpus.memory import MemoryCorpus
 from headscope.engine.batch import Batch, bucket_batches, collate, split_for_memory
 from headscope.engine.capture import ensure_route
 from headscope.engine.inputs import Corpus
+from headscope.engine.progress import Tracker
 from headscope.manifest import Manifest
 from headscope.model.encode import Encoder, Example
 from headscope.model.load import LoadedModel, ModelInfo, load_model
@@ -146,7 +148,8 @@ def open_context(config: RunConfig, loaded: LoadedModel | None = None, memory: M
     if loaded is None:
         loaded = load_model(config.model, revision=config.revision, device=config.device, dtype=config.dtype,
                             trust_remote_code=config.trust_remote_code, gguf_file=config.gguf_file,
-                            capture=config.capture, cache_model=config.cache_model)
+                            capture=config.capture, cache_model=config.cache_model,
+                            progress=functools.partial(Tracker, quiet=config.quiet))
     ensure_route(loaded)  # the capture route (a probe pass), chosen by the engine rather than the loader
     info = loaded.info
     max_length = config.resolved_max_length(info.max_length, info.is_causal)

@@ -40,24 +40,26 @@ OUTPUT_PROJECTIONS = (
     "self_attn.out_proj",       # BART/Marian/OPT encoders and decoders, Phi
     "attn.c_proj",              # GPT-2
     "attn.out_proj",            # GPT-J, GPT-Neo
+    "self_attention.dense",     # BLOOM, Falcon
+    "attn.Wo",                  # ModernBERT
     "SelfAttention.o",          # T5
 )
 
 
 def find_output_projections(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The self-attention output projection of every layer, in layer order.
+    """The self-attention output projection modules, in module order, each once.
+
+    A model whose layers share weights (ALBERT) has fewer of them than layers: each is then called once per
+    layer that uses it (:class:`HeadGates` counts the calls).
 
     Raises
     ------
     ValueError
-        When no known projection is found, or when the model reuses one module across layers (ALBERT).
+        When no known projection is found.
     """
     for suffix in OUTPUT_PROJECTIONS:
         found = [m for name, m in model.named_modules() if name == suffix or name.endswith("." + suffix)]
         if found:
-            if len({id(m) for m in found}) != len(found):
-                raise ValueError(f"{type(model).__name__} shares one attention output module across layers; "
-                                 "per-layer head gates are not supported for it")
             return found
     raise ValueError(f"{type(model).__name__}: no self-attention output projection found (looked for names "
                      f"ending in {', '.join(OUTPUT_PROJECTIONS)})")
@@ -72,18 +74,48 @@ class _Hooks:
 
     def __init__(self, model: torch.nn.Module, n_layers: int, n_heads: int) -> None:
         self.model = model
+        self.base = getattr(model, "base_model", model)
         self.projections = find_output_projections(model)
-        if len(self.projections) != n_layers:
+        # Fewer projections than layers: shared layers (ALBERT), one module called once per layer. The layer of
+        # a call is then its place among the projection calls of the forward pass (reset by a pre-hook on the
+        # base model), which is the layer order whatever module each layer uses.
+        self.shared = len(self.projections) < n_layers
+        if len(self.projections) > n_layers:
             raise ValueError(f"found {len(self.projections)} attention output projections for {n_layers} layers")
         self.n_layers, self.n_heads = n_layers, n_heads
         self._handles: list[Any] = []
+        self._calls = 0
 
     def _register(self) -> list[Any]:
         raise NotImplementedError
 
+    def _hook(self, layer: int) -> Callable[[torch.nn.Module, tuple[Any, ...]], Any]:
+        raise NotImplementedError
+
+    def _register_projections(self) -> list[Any]:
+        """A pre-hook on each projection: ``self._hook(layer)`` of the layer it is, fixed or counted (shared)."""
+        if not self.shared:
+            return [proj.register_forward_pre_hook(self._hook(layer)) for layer, proj in enumerate(self.projections)]
+        hooks = [self._hook(layer) for layer in range(self.n_layers)]
+
+        def reset(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+            self._calls = 0
+
+        def counted(module: torch.nn.Module, args: tuple[Any, ...]) -> Any:
+            layer = self._calls
+            if layer >= self.n_layers:
+                raise ValueError(f"{type(self.base).__name__}: more attention output projection calls in one "
+                                 f"forward pass than its {self.n_layers} layers")
+            self._calls += 1
+            return hooks[layer](module, args)
+
+        return [self.base.register_forward_pre_hook(reset),
+                *(proj.register_forward_pre_hook(counted) for proj in self.projections)]
+
     def attach(self: _H) -> _H:
         """Register the hooks (idempotent)."""
         if not self._handles:
+            self._calls = 0
             self._handles = self._register()
         return self
 
@@ -159,7 +191,7 @@ class HeadGates(_Hooks):
         return gate
 
     def _register(self) -> list[Any]:
-        return [proj.register_forward_pre_hook(self._hook(layer)) for layer, proj in enumerate(self.projections)]
+        return self._register_projections()
 
 
 class HeadSums(_Hooks):
@@ -187,7 +219,6 @@ class HeadSums(_Hooks):
 
     def __init__(self, model: torch.nn.Module, n_layers: int, n_heads: int) -> None:
         super().__init__(model, n_layers, n_heads)
-        self.base = getattr(model, "base_model", model)
         self.sums: torch.Tensor | None = None
         self.tokens = 0
         self._mask: torch.Tensor | None = None
@@ -224,5 +255,4 @@ class HeadSums(_Hooks):
         return add
 
     def _register(self) -> list[Any]:
-        return [self.base.register_forward_pre_hook(self._inputs, with_kwargs=True),
-                *(proj.register_forward_pre_hook(self._hook(layer)) for layer, proj in enumerate(self.projections))]
+        return [self.base.register_forward_pre_hook(self._inputs, with_kwargs=True), *self._register_projections()]

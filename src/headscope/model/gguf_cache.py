@@ -24,6 +24,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -126,18 +127,24 @@ def save_model(model: Any, directory: Path) -> None:
     save_safetensors(model, str(Path(directory) / "model.safetensors"), metadata={"format": "pt"})
 
 
-def save(model: Any, tokenizer: Any, source: Path, sha: str, root: Path | None = None) -> Path:
+def save(model: Any, tokenizer: Any, source: Path, sha: str, root: Path | None = None,
+         on_step: Callable[[], None] | None = None) -> Path:
     """Write ``model`` (safetensors), its config and ``tokenizer`` as the entry of hash ``sha``; return its folder.
 
     Written into a temporary folder and renamed, so another process sees the whole entry or none. When another
-    process finished the same entry first, its copy is kept.
+    process finished the same entry first, its copy is kept. ``on_step`` is called after the weights and after
+    the tokenizer (two steps: progress).
     """
     final = entry_dir(sha, root)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{sha[:16]}.", dir=final.parent))
     try:
         save_model(model, tmp)
+        if on_step is not None:
+            on_step()
         tokenizer.save_pretrained(tmp)
+        if on_step is not None:
+            on_step()
         _write_json_atomic(tmp / ENTRY_FILE, {
             "version": CACHE_VERSION, "sha256": sha, "source": str(Path(source).expanduser().resolve()),
             "size": Path(source).stat().st_size, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

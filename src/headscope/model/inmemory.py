@@ -29,6 +29,7 @@ import torch
 from headscope.config import MEMORY
 from headscope.errors import AttentionUnavailableError
 from headscope.model.load import LoadedModel, ModelInfo, _model_max_length
+from headscope.model.support import check_config
 
 logger = logging.getLogger("headscope")
 
@@ -187,6 +188,7 @@ def from_memory(model: Any, tokenizer: Any, *, capture: str = "auto", name: str 
     config = _config_of(base_model)
     name_or_path = str(getattr(base_model, "name_or_path", "") or getattr(config, "_name_or_path", "") or "")
     shown = name or name_or_path or type(base_model).__name__
+    check_config(base_model.config, shown)  # what a named model is refused for (docs/models.md)
     n_layers = getattr(config, "num_hidden_layers", None)
     n_heads = getattr(config, "num_attention_heads", None)
     if not isinstance(n_layers, int) or not isinstance(n_heads, int) or n_layers < 1 or n_heads < 1:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -16,6 +15,7 @@ import torch
 
 from headscope.errors import AttentionUnavailableError
 from headscope.model.packaged import PACKAGED_MODELS
+from headscope.model.support import check_config
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerFast
@@ -157,6 +157,7 @@ def load_model(
     gguf_file: str | None = None,
     capture: Capture = "auto",
     cache_model: bool = True,
+    progress: Callable[..., Any] | None = None,
 ) -> LoadedModel:
     """Load a model that can return its attention weights (the engine chooses how they are captured).
 
@@ -181,6 +182,10 @@ def load_model(
     cache_model : bool
         For a local GGUF file: read the dequantized model from the cache, and write it there on the first
         float32 load (:mod:`headscope.model.gguf_cache`); recorded in ``ModelInfo.cache``.
+    progress : callable, optional
+        Makes the progress trackers of a GGUF file's first load (dequantizing its tensors, writing the cache):
+        called as ``progress(desc, unit, total)``, it returns an object with ``update(n)`` that is a context
+        manager (:class:`headscope.engine.progress.Tracker`, which the run passes). None: no progress shown.
 
     Returns
     -------
@@ -198,14 +203,13 @@ def load_model(
     hf_logging.disable_progress_bar()
     path: str = name
     if name in PACKAGED_MODELS:
-        packaged = PACKAGED_MODELS[name]
-        path = str(packaged.path())
-        gguf_file = gguf_file or packaged.gguf_file
-    elif _looks_like_path(name) and not Path(name).expanduser().exists():
-        # Otherwise the hub client rejects it as a malformed repo id, which sends the user the wrong way.
-        raise ModelNotFoundError(f"no such model directory: {name}")
+        folder, packaged_file = PACKAGED_MODELS[name].locate()
+        path = str(folder)
+        gguf_file = gguf_file or packaged_file
+    else:
+        path, gguf_file = local_gguf(name, gguf_file)
     kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
-    if name not in PACKAGED_MODELS and not Path(name).expanduser().exists():
+    if name not in PACKAGED_MODELS and not Path(path).expanduser().exists():
         kwargs.update(check_hub_model(name, revision, gguf_file))
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
@@ -214,7 +218,10 @@ def load_model(
         cache = _gguf_cache_lookup(path, gguf_file, cache_model)
         if cache.get("status") == "used":
             source, kwargs = cache["path"], {"trust_remote_code": trust_remote_code}
-    config = AutoConfig.from_pretrained(source, **kwargs)
+    first_gguf = bool(gguf_file) and source == path  # read from the GGUF file itself: minutes for a big one
+    with _step(progress if first_gguf else None, "reading the GGUF file's metadata"):
+        config = AutoConfig.from_pretrained(source, **kwargs)
+    check_config(config, name)  # refused before the weights load (docs/models.md)
     archs = list(getattr(config, "architectures", None) or [])
     is_causal = bool(getattr(config, "is_decoder", False)) or any(
         a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
@@ -226,7 +233,7 @@ def load_model(
     model_kwargs = dict(kwargs, attn_implementation="eager", dtype=torch_dtype)
     auto_cls = (AutoModelForCausalLM if is_causal else AutoModelForMaskedLM) if has_lm_head else AutoModel
     try:
-        with _quiet_gguf(bool(gguf_file)):
+        with _gguf_progress(first_gguf, progress):
             model = auto_cls.from_pretrained(source, **model_kwargs)
     except (ValueError, TypeError) as exc:
         if "attn_implementation" in str(exc) or "eager" in str(exc):
@@ -238,9 +245,10 @@ def load_model(
     # transformers wraps PreTrainedModel.to in a decorator whose stub types the argument as the model.
     model.to(torch_device).eval()  # type: ignore[arg-type]
     model.requires_grad_(False)
-    tokenizer = _load_tokenizer(source, kwargs, getattr(config, "model_type", ""))
+    with _step(progress if first_gguf else None, "converting the GGUF tokenizer"):
+        tokenizer = _load_tokenizer(source, kwargs, getattr(config, "model_type", ""))
     if cache is not None and cache.get("status") == "miss":
-        cache = _gguf_cache_save(cache, model, tokenizer, torch_dtype)
+        cache = _gguf_cache_save(cache, model, tokenizer, torch_dtype, progress)
     n_layers = int(config.num_hidden_layers)
     n_heads = int(config.num_attention_heads)
     max_length = _model_max_length(config, tokenizer)
@@ -270,6 +278,35 @@ def load_model(
     return loaded
 
 
+def local_gguf(name: str, gguf_file: str | None) -> tuple[str, str | None]:
+    """The model folder and GGUF file name of ``--model`` and ``--gguf-file``, checked before anything loads.
+
+    ``--model path/to/model.gguf`` is its folder and file; ``--model DIR --gguf-file NAME`` must name a file in
+    DIR. A hub id passes through as it is.
+
+    Raises
+    ------
+    ModelNotFoundError
+        A path that does not exist, or a GGUF file that is not there.
+    """
+    local = Path(name).expanduser()
+    if name.lower().endswith(".gguf") and (local.exists() or _looks_like_path(name) or "/" not in name):
+        if not local.is_file():
+            raise ModelNotFoundError(f"no such GGUF file: {name}")
+        if gguf_file and gguf_file != local.name:
+            raise ModelNotFoundError(f"--model names the GGUF file {local.name} and --gguf-file names {gguf_file}: "
+                                     "give one")
+        return str(local.parent), local.name
+    if _looks_like_path(name) and not local.exists():
+        # Otherwise the hub client rejects it as a malformed repo id, which sends the user the wrong way.
+        raise ModelNotFoundError(f"no such model directory: {name}")
+    if gguf_file and local.is_dir() and not (local / gguf_file).is_file():
+        present = sorted(p.name for p in local.glob("*.gguf"))
+        raise ModelNotFoundError(f"no such GGUF file: {local / gguf_file} (--gguf-file names a file in the --model "
+                                 f"directory; GGUF files there: {', '.join(present) or 'none'})")
+    return name, gguf_file
+
+
 def _gguf_cache_lookup(path: str, gguf_file: str, enabled: bool) -> dict[str, Any]:
     """What the cache holds for ``path/gguf_file``: ``status`` used (with the entry's ``path``), miss, off, or
     unavailable (a hub file, or the cache cannot be read; with the ``reason``)."""
@@ -290,7 +327,8 @@ def _gguf_cache_lookup(path: str, gguf_file: str, enabled: bool) -> dict[str, An
     return {"status": "used", "sha256": sha, "path": str(entry)}
 
 
-def _gguf_cache_save(cache: dict[str, Any], model: Any, tokenizer: Any, dtype: torch.dtype) -> dict[str, Any]:
+def _gguf_cache_save(cache: dict[str, Any], model: Any, tokenizer: Any, dtype: torch.dtype,
+                     progress: Callable[..., Any] | None = None) -> dict[str, Any]:
     """Write the entry of a cache miss; only a float32 load holds the dequantized weights as they are."""
     from headscope.model import gguf_cache
 
@@ -298,7 +336,11 @@ def _gguf_cache_save(cache: dict[str, Any], model: Any, tokenizer: Any, dtype: t
         return {"status": "unavailable", "sha256": cache["sha256"],
                 "reason": f"not written from a {str(dtype).removeprefix('torch.')} load (float32 only)"}
     try:
-        entry = gguf_cache.save(model, tokenizer, Path(cache["file"]), cache["sha256"])
+        with contextlib.ExitStack() as stack:
+            tracker = None if progress is None else stack.enter_context(
+                progress("writing the dequantized-model cache", "files", 2))
+            entry = gguf_cache.save(model, tokenizer, Path(cache["file"]), cache["sha256"],
+                                    on_step=None if tracker is None else lambda: tracker.update(1))
     except Exception as exc:  # the cache must never cost the run itself
         logger.warning("could not cache the dequantized model (%s); the next run converts the GGUF file again",
                        exc)
@@ -307,8 +349,21 @@ def _gguf_cache_save(cache: dict[str, Any], model: Any, tokenizer: Any, dtype: t
 
 
 @contextlib.contextmanager
-def _quiet_gguf(active: bool) -> Iterator[None]:
-    """Silence the GGUF reader's own tqdm bar, which ignores transformers' progress-bar switch."""
+def _step(progress: Callable[..., Any] | None, desc: str) -> Iterator[None]:
+    """One step of a long load, as a tracker of one unit (a bar from its start on a terminal, a line when done
+    elsewhere); nothing without ``progress``."""
+    if progress is None:
+        yield
+        return
+    with progress(desc, "steps", 1) as tracker:
+        yield
+        tracker.update(1)
+
+
+@contextlib.contextmanager
+def _gguf_progress(active: bool, progress: Callable[..., Any] | None) -> Iterator[None]:
+    """The GGUF reader's loop over tensors counted by ``progress`` (``dequantizing GGUF tensors``) instead of its
+    own tqdm bar, which ignores transformers' progress-bar switch; silent without ``progress``."""
     module = sys.modules.get("transformers.modeling_gguf_pytorch_utils") if active else None
     if active and module is None:
         try:
@@ -319,7 +374,17 @@ def _quiet_gguf(active: bool) -> Iterator[None]:
     if module is None or bar is None:
         yield
         return
-    setattr(module, "tqdm", functools.partial(bar, disable=True))  # noqa: B010 (a module's attribute)
+
+    def counted(iterable: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        if progress is None:
+            yield from iterable
+            return
+        with progress("dequantizing GGUF tensors", "tensors", len(iterable)) as tracker:
+            for item in iterable:
+                yield item
+                tracker.update(1)
+
+    setattr(module, "tqdm", counted)  # noqa: B010 (a module's attribute)
     try:
         yield
     finally:
