@@ -267,3 +267,47 @@ def test_source_name_drops_posix_and_windows_directories() -> None:
     assert source_name("/home/u/.cache/headscope/data/en_ewt-ud-train.conllu") == "en_ewt-ud-train.conllu"
     assert source_name("C:\\Users\\u\\corpus\\wiki.txt") == "wiki.txt"
     assert source_name("<text>") == "<text>" and source_name("plain.txt") == "plain.txt"
+
+
+def test_decoder_examples_keep_a_prefix_whose_map_is_that_prefix_read_alone(tiny_llama: Path, tmp_path: Path) -> None:
+    """A decoder's raw-text windows are longer than --example-max-tokens: each gives its first tokens, and
+    their maps are exactly the model's own eager attention on those tokens alone (causal: later tokens change
+    nothing). The text is the lines as written, not their words joined by spaces."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from headscope import run
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("The dog, the cat and the king ran.\nShe said: it was red!\n\nThe city was big, and old.\n"
+                      "He ran, she ran.\n", encoding="utf-8")
+    out = tmp_path / "run"
+    run(model=str(tiny_llama), text=[str(corpus)], analyses=["examples"], out=str(out), quiet=True,
+        max_length=16, example_maps=2, example_max_tokens=6, report=False)
+    doc = json.loads((out / "examples.json").read_text())
+    kept = doc["examples"]
+    assert len(kept) == 2
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, attn_implementation="eager").eval()
+    for e in kept:
+        assert e["shape"] == [2, 4, 6, 6] and len(e["pieces"]) == 6 and e["prefix_of"] > 6
+        assert len(e["unit_of_piece"]) == 6 and max(e["unit_of_piece"]) == len(e["units"]) - 1
+        ids = torch.tensor([tokenizer.convert_tokens_to_ids(e["pieces"])])
+        with torch.no_grad():
+            expected = torch.stack(model(ids, output_attentions=True).attentions)[:, 0]  # [layer, head, 6, 6]
+        maps = decode_float16(e["attention"], tuple(e["shape"])).astype(np.float32)
+        np.testing.assert_allclose(maps, expected.numpy(), atol=1e-3)  # float16 storage: 2^-11 relative
+    # <s>, "The" (three pieces), "dog", ",": the text as written up to the last word the prefix reaches.
+    assert [e["text"] for e in kept] == ["The dog, …", "She said: …"]
+    assert kept[0]["units"] == ["<s>", "The", "dog", ","]
+
+
+def test_examples_text_is_the_line_as_written(tiny_bert: Path, tmp_path: Path) -> None:
+    from headscope import run
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("Anarchist, communist and others (as written) need it.\n", encoding="utf-8")
+    out = tmp_path / "run"
+    run(model=str(tiny_bert), text=[str(corpus)], analyses=["examples"], out=str(out), quiet=True, report=False)
+    kept = json.loads((out / "examples.json").read_text())["examples"]
+    assert [e["text"] for e in kept] == ["Anarchist, communist and others (as written) need it."]
+    assert "prefix_of" not in kept[0]

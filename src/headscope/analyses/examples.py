@@ -4,7 +4,16 @@ Every other analysis keeps sufficient statistics only; this one keeps the full p
 of sequences (every layer and head, float16), so a user who clicks a head in the report sees what it does on
 real text. The choice of sequences depends on the corpus alone, not on batching or sharding: the
 ``example_maps`` longest sequences of at most ``example_max_tokens`` tokens, earlier sequences first among
-equals. Long sequences are never cut, since a cropped map would hide the [SEP] columns many heads attend to.
+equals. An encoder's long sequences are never cut: every token attends to every other, so a crop is not the
+attention of the shorter text, and it would hide the [SEP] columns many heads attend to. A decoder LM's long
+sequence (a raw-text window is usually far longer than the limit) gives its first ``example_max_tokens``
+tokens instead: row ``i`` of a causal model attends to keys ``0..i`` only and no later token changes it, so
+the map's top-left corner is exactly the attention of that prefix read alone (``prefix_of`` in the record
+gives the whole sequence's length).
+
+The ``text`` of a record is what the model read, as written (a raw-text line, CoNLL-U ``# text``; the forms
+joined by spaces under ``--treebank-input forms``), its sentences joined by one space; a prefix's text ends
+with the last word it reaches, followed by `` …``.
 
 The maps are written to ``examples.json`` as base64 of little-endian float16 arrays of shape
 [layer, head, query, key]: 2 bytes per weight instead of a decimal number.
@@ -39,7 +48,9 @@ class ExampleMapsOptions:
                                "profiles (0 keeps none).")
     """How many sequences to keep."""
     example_max_tokens: int = option(48, help="Longest sequence (in model tokens) whose maps may be kept; "
-                                     "the longest sequences up to this length are chosen.")
+                                     "the longest sequences up to this length are chosen (a decoder LM's "
+                                     "longer sequences give their first this-many tokens, exact for a causal "
+                                     "model).")
     """Upper bound on a kept sequence's length, so ``examples.json`` stays small."""
 
 
@@ -62,12 +73,37 @@ class KeptMap:
         return (-self.length, self.index)
 
 
-def describe(ex: Example) -> dict[str, Any]:
-    """The JSON description of an input kept for the report."""
-    words = [w for s in ex.sentences for w in s.words]
-    return {"index": ex.index, "kind": ex.kind, "file": ex.file, "line": ex.line, "text": " ".join(words),
-            "pieces": list(ex.pieces), "units": list(ex.units),
-            "unit_of_piece": ex.unit_of_piece.astype(int).tolist()}
+def example_text(ex: Example, forms: bool = False, last_unit: int | None = None) -> str:
+    """What the model read of ``ex``, as written: each sentence's text (its forms joined by spaces with
+    ``forms``), one space between sentences; with ``last_unit``, only up to the end of the last word whose
+    unit is at most ``last_unit``, then `` …`` (a prefix of the sequence)."""
+    parts: list[str] = []
+    for k, sentence in enumerate(ex.sentences):
+        text, spans = sentence.as_text(forms)
+        if last_unit is not None:
+            units = ex.sentence_units(k)
+            reached = [w for w, u in enumerate(units) if 0 <= u <= last_unit]
+            if len(reached) < len(spans):
+                if reached:
+                    parts.append(text[:spans[reached[-1]][1]])
+                return " ".join(parts) + " …"
+        parts.append(text)
+    return " ".join(parts)
+
+
+def describe(ex: Example, forms: bool = False, length: int | None = None) -> dict[str, Any]:
+    """The JSON description of an input kept for the report: of its first ``length`` tokens when given
+    (a causal model's prefix, with ``prefix_of`` the whole sequence's length)."""
+    n = ex.length if length is None else min(int(length), ex.length)
+    unit_of_piece = ex.unit_of_piece[:n].astype(int)
+    if n == ex.length:
+        return {"index": ex.index, "kind": ex.kind, "file": ex.file, "line": ex.line,
+                "text": example_text(ex, forms), "pieces": list(ex.pieces), "units": list(ex.units),
+                "unit_of_piece": unit_of_piece.tolist()}
+    last = int(unit_of_piece.max()) if n else -1
+    return {"index": ex.index, "kind": ex.kind, "file": ex.file, "line": ex.line,
+            "text": example_text(ex, forms, last), "pieces": list(ex.pieces[:n]), "units": list(ex.units[:last + 1]),
+            "unit_of_piece": unit_of_piece.tolist(), "prefix_of": ex.length}
 
 
 def source_name(file: str) -> str:
@@ -107,12 +143,16 @@ class ExampleMaps(Analysis):
     accepts_rollout = True
     report_order = 90
     reads_pieces = True
-    description = "keep the full attention maps of a few short sequences for the report's head profiles"
+    description = "keep the full attention maps of a few short sequences (a decoder's: prefixes) for the report"
     Options = ExampleMapsOptions
 
     def start(self, ctx: AnalysisContext) -> None:
         if self.options.example_maps < 0 or self.options.example_max_tokens < 1:
             raise ValueError("example_maps must be >= 0 and example_max_tokens >= 1")
+        # A causal model's prefix is exact (see the module docstring); an encoder's is not, so it keeps only
+        # sequences that fit whole.
+        self._causal = bool(ctx.info.is_causal) if ctx is not None else False
+        self._forms = ctx.config.resolved_treebank_input() == "forms" if ctx is not None else False
         self.add_state("kept_", [], reduce=self._best)
         self._rows: list[int] = []
         self._layers: list[torch.Tensor] = []
@@ -125,15 +165,24 @@ class ExampleMaps(Analysis):
         self.kept_ = self._best(self.kept_, candidates)
 
     def begin_batch(self, batch: Batch) -> None:
-        limit, wanted = self.options.example_max_tokens, self.options.example_maps
+        wanted = self.options.example_maps
         worst = self.kept_[-1].key if self.kept_ and len(self.kept_) >= wanted else None
         # Only sequences that could still enter the kept set are copied; whether they do is decided in
         # end_batch, once every layer is in. A loop over the batch's sequences, not over tokens.
-        self._rows = [row for row, ex in enumerate(batch.examples)
-                      if wanted and ex.length <= limit and (worst is None or (-ex.length, ex.index) < worst)]
+        kept = [self._kept_length(ex) if wanted else None for ex in batch.examples]
+        self._rows = [row for row, (ex, n) in enumerate(zip(batch.examples, kept, strict=True))
+                      if n is not None and (worst is None or (-n, ex.index) < worst)]
         self._index = torch.tensor(self._rows, dtype=torch.int64, device=batch.lengths.device)
-        self._width = max((batch.examples[row].length for row in self._rows), default=0)
+        self._width = max((int(kept[row] or 0) for row in self._rows), default=0)
         self._layers = []
+
+    def _kept_length(self, ex: Example) -> int | None:
+        """How many of ``ex``'s tokens could be kept: all when they fit, a causal model's first
+        ``example_max_tokens`` otherwise, None for an encoder's sequence that does not fit."""
+        limit = self.options.example_max_tokens
+        if ex.length <= limit:
+            return ex.length
+        return limit if self._causal else None
 
     def update(self, batch: Batch, block: LayerAttention) -> None:
         if not self._rows or block.query_start >= self._width:
@@ -152,9 +201,9 @@ class ExampleMaps(Analysis):
             candidates = []
             for c, row in enumerate(self._rows):
                 ex = batch.examples[row]
-                n = ex.length
+                n = int(self._kept_length(ex) or 0)
                 maps = torch.stack([layer[c, :, :n, :n] for layer in self._layers])  # [layer, head, n, n]
-                candidates.append(KeptMap(ex.index, n, describe(ex), maps))
+                candidates.append(KeptMap(ex.index, n, describe(ex, self._forms, n), maps))
             self._keep(candidates)
         self._rows, self._layers = [], []
 
