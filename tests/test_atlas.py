@@ -201,3 +201,36 @@ def test_matters_needs_the_interval_of_the_ablation_effect_above_zero() -> None:
     assert row["rank"] == "1/3" and row["value"] == 0.5
     assert "[0.2, 0.8]" in row["evidence"] and "12 sequences" in row["sample"]
     assert set(atlas[atlas["group"] == "unlabelled"]["head_name"]) == {"L0H1", "L1H0"}
+
+
+def test_a_decoders_cls_is_its_first_token_sink_under_the_decoder_minimum() -> None:
+    """A decoder LM has no [CLS]: its surface ``cls`` (attention to the BOS at position 0) labels the
+    first-token sink, on at least decoder_min_n sequences, and only when decoder_heads' tested label is absent."""
+    heads = two_by_two(cls=[0.9, 0.1, 0.7, 0.6])
+    decoder = {"model": {"is_causal": True}}
+    atlas = build_atlas(heads, {}, run_info(**decoder))  # 40 sequences >= the default 20
+    assert "cls-sink" not in set(atlas["group"])
+    assert labels(atlas, "L0H0") == ["first-token-sink"] and labels(atlas, "L1H0") == ["first-token-sink"]
+    assert labels(atlas, "L1H1") == ["unlabelled"]  # 0.6 is not above 0.6
+    rule = atlas.loc[atlas["group"] == "first-token-sink", "rule"].iloc[0]
+    assert "BOS" in rule and "[CLS]" not in rule and "n >= 20" in rule
+    # Fewer sequences than decoder_min_n (the default 20, or the run's own): no label.
+    few = run_info(**decoder)
+    few["analyses"]["surface"]["sequences"]["cls"] = 12
+    assert set(build_atlas(heads, {}, few)["group"]) == {"unlabelled"}
+    own = run_info(**decoder, analysis_options={"decoder_heads": {"decoder_min_n": 50}})
+    assert set(build_atlas(heads, {}, own)["group"]) == {"unlabelled"}
+    # decoder_heads ran: its tested sink label is the only one (L1H0's cls 0.7 gives none of its own).
+    tested = two_by_two(cls=[0.9, 0.1, 0.7, 0.6], sink_first=[0.9, 0.1, 0.2, 0.1])
+    both = build_atlas(tested, {}, run_info(**decoder, analyses={
+        "surface": {"sequences": {"cls": 40}}, "decoder_heads": {"sequences": 40, "min_n": 20}}))
+    assert both.loc[both["group"] == "first-token-sink", "statistic"].tolist() == ["sink_first"]
+    # An encoder keeps Clark et al.'s cls-sink.
+    assert labels(build_atlas(heads, {}, run_info()), "L0H0") == ["cls-sink"]
+
+
+def test_the_atlas_default_decoder_minimum_is_decoder_heads_own() -> None:
+    from headscope.analyses.decoder_heads import MIN_N, DecoderHeadsOptions
+    from headscope.atlas import DECODER_MIN_N
+
+    assert DECODER_MIN_N == MIN_N == DecoderHeadsOptions().decoder_min_n

@@ -311,3 +311,35 @@ def test_examples_text_is_the_line_as_written(tiny_bert: Path, tmp_path: Path) -
     kept = json.loads((out / "examples.json").read_text())["examples"]
     assert [e["text"] for e in kept] == ["Anarchist, communist and others (as written) need it."]
     assert "prefix_of" not in kept[0]
+
+
+@pytest.mark.parametrize(("given", "gguf", "expected"), [
+    ("minilm", None, "minilm"), ("smollm2", None, "smollm2"),
+    ("sentence-transformers/all-MiniLM-L6-v2", None, "sentence-transformers/all-MiniLM-L6-v2"),
+    ("/home/me/models/gemma-3-270m/", None, "gemma-3-270m"), ("./my-bert", None, "my-bert"),
+    ("C:\\models\\my-bert", None, "my-bert"), ("~/m/SmolLM2-135M.Q8_0.gguf", None, "SmolLM2-135M.Q8_0"),
+    ("/data/llm", "Qwen2-0.5B.Q4.gguf", "Qwen2-0.5B.Q4"),
+    ("/cache/hub/models--HuggingFaceTB--SmolLM2-135M/snapshots/0123abc", None, "HuggingFaceTB/SmolLM2-135M"),
+])
+def test_the_report_is_titled_by_the_models_name_not_its_path(given: str, gguf: str | None, expected: str) -> None:
+    from types import SimpleNamespace
+
+    from headscope.report.build import model_name
+
+    run = SimpleNamespace(run={"model": {"name": given}, "config": {"model": given, "gguf_file": gguf}})
+    assert model_name(run) == expected  # type: ignore[arg-type]
+
+
+def test_a_decoder_report_names_no_cls_and_is_titled_by_the_model(tiny_llama: Path, text_file: Path,
+                                                                  tmp_path: Path) -> None:
+    from headscope import run
+
+    out = tmp_path / "run"
+    run(model=str(tiny_llama), text=[str(text_file)], analyses=["surface"], out=str(out), quiet=True,
+        max_length=16)
+    page = (out / "report" / "index.html").read_text(encoding="utf-8")
+    assert "[CLS]" not in page and "cls-sink" not in page
+    assert "attention to the first token (BOS)" in page  # the figure's title and the chooser's line
+    assert f"<h1>{tiny_llama.name}</h1>" in page
+    assert f"<title>headscope report: {tiny_llama.name}</title>" in page
+    assert str(tiny_llama) in page  # the path, in the run's details

@@ -93,6 +93,19 @@ def thresholds_for(run: Mapping[str, Any]) -> dict[str, float]:
     return values
 
 
+#: decoder_heads' default ``--decoder-min-n`` (``headscope.analyses.decoder_heads.MIN_N``; tests check they
+#: agree): the fewest sequences behind a decoder's first-token-sink label when the run did not record its own.
+DECODER_MIN_N = 20
+
+
+def decoder_min_n(run: Mapping[str, Any]) -> int:
+    """The run's ``decoder_min_n``: decoder_heads' summary, else its options, else the default."""
+    summary = (run.get("analyses", {}) or {}).get("decoder_heads", {}) or {}
+    options = (run.get("analysis_options", {}) or {}).get("decoder_heads", {}) or {}
+    value = summary.get("min_n", options.get("decoder_min_n", DECODER_MIN_N))
+    return int(value if value is not None else DECODER_MIN_N)
+
+
 def head_name(layer: int, head: int) -> str:
     return f"L{int(layer)}H{int(head)}"
 
@@ -179,16 +192,32 @@ def build_atlas(heads: pd.DataFrame, tables: Mapping[str, pd.DataFrame], run: Ma
         return pd.DataFrame(columns=COLUMNS)
     heads = heads.reset_index(drop=True)
 
-    # Surface statistics: Clark et al. (2019)'s thresholds.
+    # Surface statistics: Clark et al. (2019)'s thresholds. A decoder LM has no [CLS]: its ``cls`` is the
+    # attention to the BOS token at position 0, the first-token sink. decoder_heads labels that sink by a
+    # test against chance on at least decoder_min_n sequences, so when it ran its label is the only one (two
+    # rules for one behaviour would disagree at the margin); without it, ``cls`` labels the first-token sink
+    # under the same minimum sample.
     surface = summaries.get("surface", {}) or {}
+    causal = bool((run.get("model", {}) or {}).get("is_causal"))
     for column, group in SURFACE.items():
         if column not in heads.columns:
             continue
         unit = " nats" if column == "entropy" else ""
         sequences = (surface.get("sequences", {}) or {}).get(column)
         sample = (f"{int(sequences)} sequences" if sequences is not None else "the run's sequences") + _tokens(run)
-        out.column(heads, column, group, thresholds[column],
-                   f"{column} > {thresholds[column]:g}{unit} (Clark et al. 2019)", sample)
+        rule = f"{column} > {thresholds[column]:g}{unit} (Clark et al. 2019)"
+        if causal and column == "cls":
+            if "sink_first" in heads.columns and heads["sink_first"].notna().any():
+                continue
+            min_sequences = decoder_min_n(run)
+            n = sequences if sequences is not None else (run.get("counts", {}) or {}).get("examples")
+            if n is not None and int(n) < min_sequences:
+                continue  # fewer sequences than decoder_min_n: no label rests on so little
+            group = "first-token-sink"
+            rule = (f"cls (attention to the BOS token at position 0) > {thresholds[column]:g}, n >= "
+                    f"{min_sequences} sequences (Clark et al. 2019's threshold; no test against chance: run "
+                    "decoder_heads for one)")
+        out.column(heads, column, group, thresholds[column], rule, sample)
 
     # Decoder-LM head types: the score's bootstrap interval over sequences clears its chance level (uniform
     # attention over the same keys) by the run's margin, on at least decoder_min_n sequences (decoder_heads'

@@ -47,6 +47,16 @@ LABELS = {
     "other_to_sep": "other rows to [SEP]", "confidence": "max weight per row",
 }
 
+#: A decoder LM's names for the statistics of its first token: it has no [CLS], and ``cls`` is the attention
+#: to the BOS token its tokenizer puts at position 0 (0 when the tokenizer adds none).
+DECODER_LABELS = {"cls": "attention to the first token (BOS)", "cls_entropy": "first-token (BOS) row entropy (nats)"}
+
+
+def labels(causal: bool) -> dict[str, str]:
+    """What each column means, in a decoder LM's words when ``causal``."""
+    return {**LABELS, **DECODER_LABELS} if causal else dict(LABELS)
+
+
 STATISTICS = ("cls", "sep", "punct", "self", "prev", "next", "entropy", "entropy_uniform", "cls_entropy",
               "sep_to_sep", "other_to_sep", "confidence")
 

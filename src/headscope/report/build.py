@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import json
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from types import SimpleNamespace
 from typing import Any
 
@@ -31,6 +31,7 @@ import pandas as pd
 from headscope.analyses import REGISTRY
 from headscope.analyses.examples import decode_float16, source_name
 from headscope.engine.results import RunResult, write_text
+from headscope.model.packaged import PACKAGED_MODELS
 from headscope.report.figures import parallel_figures
 from headscope.report.overview import atlas_html, default_statistic
 from headscope.report.page import b64_array, render_page
@@ -186,8 +187,9 @@ def page_data(run: RunResult, viewer_pages: list[str] | None = None) -> dict[str
         return {"n_layers": 0, "n_heads": 0, "columns": [], "text_columns": [], "tables": [], "examples": [],
                 "labels": {}, "viewer_pages": []}
     numeric, text = head_columns(heads)
+    causal = bool(run.run.get("model", {}).get("is_causal"))
     for column in numeric:
-        column["label"] = meaning(column["name"])
+        column["label"] = meaning(column["name"], causal)
     n_heads = int(heads["head"].max()) + 1
     examples = run.documents.get("examples", {}).get("examples", [])
     return {
@@ -257,6 +259,37 @@ def model_id(run: RunResult) -> str:
     return str(model.get("id") or model.get("name") or run.run.get("config", {}).get("model") or "?")
 
 
+def _is_local(name: str) -> bool:
+    """Whether ``--model`` named a local directory or file rather than a hub id or a packaged short name: a hub
+    id is ``name`` or ``org/name``; a path is absolute, starts with ``.`` or ``~``, has more parts, ends with
+    ``.gguf`` or exists here."""
+    if name.startswith((".", "~", "/", "\\")) or name.count("/") > 1 or "\\" in name or name.endswith(".gguf"):
+        return True
+    if len(name) > 1 and name[1] == ":":  # a Windows drive
+        return True
+    try:
+        return Path(name).expanduser().exists()
+    except OSError:
+        return False
+
+
+def model_name(run: RunResult) -> str:
+    """The model's name for the report's title: the packaged short name or hub id as given; for a local model
+    the GGUF file's name without ``.gguf``, else the directory's own name (``org/name`` for a directory of the
+    hub's cache, ``models--org--name/snapshots/<commit>``). The path stays in the run's details."""
+    given = model_id(run)
+    if given in PACKAGED_MODELS or not _is_local(given):
+        return given
+    gguf = run.run.get("config", {}).get("gguf_file")
+    path = PureWindowsPath(given.rstrip("/\\"))  # splits at / and \ alike
+    if gguf or path.suffix == ".gguf":
+        return PureWindowsPath(str(gguf)).stem if gguf else path.stem
+    parts = path.parts
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        return parts[-3].removeprefix("models--").replace("--", "/")
+    return path.name or given
+
+
 def _value(v: Any) -> str:
     return json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else str(v)
 
@@ -265,7 +298,8 @@ def details_html(run: RunResult, figures: Path) -> str:
     """The run's details: model, counts, timings, configuration, capture route, corpus files, events, figures."""
     info = run.run
     model = info.get("model", {})
-    model_rows = [("model", model_id(run)), ("type", model.get("model_type", "?")),
+    given = [("path", model_id(run))] if model_id(run) != model_name(run) else []
+    model_rows = [("model", model_name(run)), *given, ("type", model.get("model_type", "?")),
                   ("layers x heads", f"{model.get('n_layers', '?')} x {model.get('n_heads', '?')}"),
                   ("decoder (causal)", model.get("is_causal", "?")), ("seed", info.get("seed", "?")),
                   ("analyses", ", ".join(info.get("analyses", {}))), ("conventions", _conventions(info)),
@@ -378,7 +412,7 @@ def build_report(out: str | Path) -> Path:
     remove_stale_figures(figures, {name for s in sections for name in s.figures})
     viewer_pages = write_viewer_pages(run, report_dir)
     model = run.run.get("model", {})
-    name = html.escape(model_id(run))
+    name = html.escape(model_name(run))
     n_layers, n_heads = int(model.get("n_layers", 0) or 0), int(model.get("n_heads", 0) or 0)
     kind = "decoder" if model.get("is_causal") else "encoder"
     inputs = inputs_line(run.run.get("notes", {}).get("inputs"))

@@ -63,8 +63,11 @@ MEANINGS: dict[str, str] = {
 }
 
 
-def meaning(column: str) -> str:
-    """One line saying what a per-head column of ``heads.csv`` means ("" when no section says)."""
+def meaning(column: str, causal: bool = False) -> str:
+    """One line saying what a per-head column of ``heads.csv`` means ("" when no section says); ``causal``: in
+    a decoder LM's words (it has no [CLS])."""
+    if causal and column in surface.DECODER_MEANINGS:
+        return surface.DECODER_MEANINGS[column]
     return MEANINGS.get(column) or roles.meaning(column) or ""
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from headscope.analyses.surface import CONVENTIONS, LABELS, STATISTICS
+from headscope.analyses.surface import CONVENTIONS, STATISTICS, labels
 from headscope.engine.results import RunResult
 from headscope.report.figures import head_grid
 from headscope.report.section import ReportSection, SectionFigures, conventions_html
@@ -25,14 +25,21 @@ MEANINGS = {
     "confidence": "mean largest weight of a row (Voita et al. 2019)",
 }
 
+#: A decoder LM's meanings of the first-token statistics (it has no [CLS]).
+DECODER_MEANINGS = {
+    "cls": "mean attention to the first token (the BOS the tokenizer adds; 0 without one): a first-token sink",
+    "cls_entropy": "entropy of the first token's row, in nats (0 for a causal model: it sees itself only)",
+}
+
 
 def section(run: RunResult, figures: Path) -> ReportSection | None:
     columns = [c for c in STATISTICS if c in run.heads.columns]
     if not columns:
         return None
     figs = SectionFigures(figures)
-    maps = "".join(figs.head_map(head_grid(run.heads, column), f"surface_{column}", LABELS[column], LABELS[column],
-                                 what=f"{column} ({LABELS[column]})", label=column) for column in columns)
+    names = labels(bool(run.run.get("model", {}).get("is_causal")))
+    maps = "".join(figs.head_map(head_grid(run.heads, column), f"surface_{column}", names[column], names[column],
+                                 what=f"{column} ({names[column]})", label=column) for column in columns)
     body = ("<p>Per head, averaged over every sequence (Clark et al. 2019, section 3).</p>"
             + conventions_html(run, "surface", CONVENTIONS) + maps)
     return ReportSection(key="surface", title="Surface statistics", html=body, figures=figs.names)
