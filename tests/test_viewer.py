@@ -81,3 +81,29 @@ def test_view_page_holds_the_models_attention_at_both_levels(tiny_bert: Path, tm
     codes = np.frombuffer(base64.b64decode(word["data"]), dtype=np.uint8).reshape(reference.shape)
     np.testing.assert_allclose(dequantize_sqrt(codes), reference, atol=MAX_CODE_ERROR)
     assert XSS[0] not in example.units  # raw text is split into words; the page's text block keeps it whole
+
+
+def test_view_refuses_to_overwrite_a_file_unless_forced(tiny_bert: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import headscope
+    import headscope.model.load
+
+    out = tmp_path / "view.html"
+    out.write_text("my earlier page", encoding="utf-8")
+
+    def no_load(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model must not load before the output is checked")
+
+    monkeypatch.setattr(headscope.model.load, "load_model", no_load)
+    assert main(["view", "--model", str(tiny_bert), "--out", str(out), "The cat sat."]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--force" in err and str(out) in err
+    with pytest.raises(ValueError, match="force=True"):
+        headscope.view("The cat sat.", model=str(tiny_bert), out=out)
+    assert out.read_text(encoding="utf-8") == "my earlier page"
+    monkeypatch.undo()
+    assert main(["view", "--model", str(tiny_bert), "--out", str(out), "--force", "The cat sat."]) == 0
+    assert page_data(out)["text"] == "The cat sat."
+    headscope.view("The dog sat.", model=str(tiny_bert), out=out, force=True)
+    assert page_data(out)["text"] == "The dog sat."

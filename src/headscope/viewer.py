@@ -26,6 +26,7 @@ from headscope.config import WordMode
 from headscope.corpus.conllu import read_conllu
 from headscope.corpus.text import read_text, text_sentence
 from headscope.corpus.types import Sentence
+from headscope.errors import UsageError
 from headscope.manifest import Manifest
 from headscope.report.viewpage import dequantize_sqrt, quantize_sqrt, render_view, view_data
 
@@ -137,7 +138,7 @@ def input_sentences(text: str | None = None, file: str | Path | None = None,
 def view(text: str | None = None, *, model: str = "minilm", file: str | Path | None = None,
          treebank: str | Path | None = None, sentence: str = "1", out: str | Path = "headscope-view.html",
          max_length: int = DEFAULT_MAX_LENGTH, word_attention: WordMode = "mean", device: str = "auto",
-         loaded: LoadedModel | None = None) -> ViewPage:
+         loaded: LoadedModel | None = None, force: bool = False) -> ViewPage:
     """Write a self-contained HTML page of every head's attention on one input; return it.
 
     Parameters
@@ -147,13 +148,15 @@ def view(text: str | None = None, *, model: str = "minilm", file: str | Path | N
     model : str
         Packaged short name, local directory or hub id.
     out : path
-        The HTML file to write.
+        The HTML file to write. An existing file is refused (before the model loads) unless ``force``.
     max_length : int
         Longer inputs are cut to this many tokens (capped by the model), and the page says so.
     word_attention : {"mean", "first"}
         How a split word's rows become one (see :func:`headscope.engine.wordlevel.word_attention`).
     loaded : LoadedModel, optional
         A model already loaded (a :class:`headscope.Session`'s), used instead of loading ``model``.
+    force : bool
+        Overwrite ``out`` when it exists.
 
     Returns
     -------
@@ -166,6 +169,10 @@ def view(text: str | None = None, *, model: str = "minilm", file: str | Path | N
     from headscope.model.encode import Encoder
     from headscope.model.load import load_model
 
+    out = Path(out)
+    if out.exists() and not force:  # a page written earlier is the user's until they say otherwise
+        raise UsageError(f"{out} exists: pass --force (Python: force=True) to overwrite it, or --out to write "
+                         "another file")
     manifest = Manifest()
     sentences = input_sentences(text, file, treebank, sentence, manifest)
     if loaded is None:
@@ -182,7 +189,6 @@ def view(text: str | None = None, *, model: str = "minilm", file: str | Path | N
     data = view_data(example, attn[0].cpu().numpy(), words[0].cpu().numpy(),
                      {"name": info.name, "n_layers": info.n_layers, "n_heads": info.n_heads}, shown,
                      [str(e) for e in manifest.events])
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_view(data), encoding="utf-8")
     return ViewPage(out)
@@ -195,7 +201,9 @@ def add_view_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--file", help="raw-text file: its first document is shown")
     parser.add_argument("--treebank", help="CoNLL-U file; --sentence picks the sentence")
     parser.add_argument("--sentence", default="1", help="1-based sentence number or sent_id in --treebank")
-    parser.add_argument("--out", default="headscope-view.html", help="HTML file to write")
+    parser.add_argument("--out", default="headscope-view.html", help="HTML file to write (default: "
+                        "headscope-view.html); an existing file is refused unless --force")
+    parser.add_argument("--force", action="store_true", help="overwrite --out when it exists")
     parser.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH,
                         help=f"cut longer inputs to this many tokens (default: {DEFAULT_MAX_LENGTH})")
     parser.add_argument("--word-attention", default="mean", choices=typing.get_args(WordMode),
@@ -206,7 +214,7 @@ def add_view_arguments(parser: argparse.ArgumentParser) -> None:
 def main_view(args: argparse.Namespace) -> int:
     path = view(args.text, model=args.model, file=args.file, treebank=args.treebank, sentence=args.sentence,
                 out=args.out, max_length=args.max_length, word_attention=args.word_attention,
-                device=args.device)
+                device=args.device, force=args.force)
     print(f"wrote {path}")
     return 0
 
