@@ -209,3 +209,21 @@ def test_page_and_summary_state_the_minimum_even_when_every_change_is_tested(tmp
     assert "min_n = 10" in result.summary["roles_gained_lost"]
     page = (result.save(tmp_path / "cmp") / "report" / "index.html").read_text(encoding="utf-8")
     assert "at least min_n = 10 scores" in page and "Not tested" not in page
+
+
+def test_no_role_gained_or_lost_is_a_sentence_not_an_all_zero_chart(tmp_path: Path) -> None:
+    """Role scores move by layer (layer 0 by 0.5, layer 1 by 0), no role is gained or lost: the page draws the
+    scores' panel only and says the constant one in a sentence."""
+    rng = np.random.default_rng(0)
+    base = {(layer, 0, "local"): rng.normal(1.0, 0.1, 40) for layer in (0, 1)}
+    moved = {key: s + (0.5 if key[0] == 0 else 0.0) for key, s in base.items()}
+    heads = pd.DataFrame({"layer": [0, 1], "head": [0, 0], "cls": [0.1, 0.2]})
+    result = compare(fake_run(heads, roles_table(base, set()), layers=2, n_heads=1),
+                     fake_run(heads, roles_table(moved, set()), layers=2, n_heads=1))
+    assert result.layers["mean_abs_delta_role_score"].tolist() == pytest.approx([0.5, 0.0])
+    assert (result.layers[["roles_gained", "roles_lost"]] == 0).all().all()
+    out = result.save(tmp_path / "cmp")
+    page = (out / "report" / "index.html").read_text(encoding="utf-8")
+    assert "By layer: no role was gained or lost in any layer." in page
+    svg = (out / "figures" / "compare_layers.svg").read_text(encoding="utf-8")
+    assert "mean |delta score|" in svg and "gained" not in svg  # one panel: the one that varies

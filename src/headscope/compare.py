@@ -47,7 +47,15 @@ from headscope.analyses.base import head_name
 from headscope.analyses.stats import Correction, adjust_pvalues, welch_t_test
 from headscope.engine.results import RunResult, write_json, write_table
 from headscope.report.page import render_page
-from headscope.report.section import ReportSection, SectionFigures, numbers
+from headscope.report.section import (
+    ReportSection,
+    SectionFigures,
+    fmt,
+    no_figure_html,
+    numbers,
+    value_range,
+    varies,
+)
 
 logger = logging.getLogger("headscope")
 
@@ -337,24 +345,48 @@ def delta_map(figs: SectionFigures, values: pd.DataFrame, column: str, title: st
                          vmin=-(limit or 1.0), vmax=limit or 1.0, marks=dots)
 
 
-def layer_figure(layers: pd.DataFrame) -> Any:
-    """Per layer: mean |change| of the role scores, and roles gained and lost."""
+def layer_figure(layers: pd.DataFrame, scores: bool = True, changes: bool = True) -> Any:
+    """Per layer: mean |change| of the role scores (``scores``), and roles gained and lost (``changes``); a
+    panel whose numbers do not vary is left out (the page says its value in a sentence)."""
     import matplotlib.pyplot as plt
 
     from headscope.report.figures import COLUMN_WIDTH
 
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(COLUMN_WIDTH, COLUMN_WIDTH), layout="constrained",
-                                      sharex=True)
-    top.bar(layers["layer"], layers["mean_abs_delta_role_score"], color="grey")
-    top.set_ylabel("mean |delta score|")
-    width = 0.4
-    bottom.bar(layers["layer"] - width / 2, layers["roles_gained"], width, label="gained", color="tab:blue")
-    bottom.bar(layers["layer"] + width / 2, layers["roles_lost"], width, label="lost", color="tab:red")
-    bottom.set_ylabel("head x role")
-    bottom.set_xlabel("layer")
-    bottom.set_xticks(layers["layer"])
-    bottom.legend(frameon=False)
+    panels = int(scores) + int(changes)
+    fig, axes = plt.subplots(panels, 1, figsize=(COLUMN_WIDTH, COLUMN_WIDTH * panels / 2), layout="constrained",
+                             sharex=True, squeeze=False)
+    axes = list(axes[:, 0])
+    if scores:
+        top = axes.pop(0)
+        top.bar(layers["layer"], layers["mean_abs_delta_role_score"], color="grey")
+        top.set_ylabel("mean |delta score|")
+    if changes:
+        bottom = axes.pop(0)
+        width = 0.4
+        bottom.bar(layers["layer"] - width / 2, layers["roles_gained"], width, label="gained", color="tab:blue")
+        bottom.bar(layers["layer"] + width / 2, layers["roles_lost"], width, label="lost", color="tab:red")
+        bottom.set_ylabel("head x role")
+        bottom.legend(frameon=False)
+    fig.axes[-1].set_xlabel("layer")
+    fig.axes[-1].set_xticks(layers["layer"])
     return fig
+
+
+def layer_constants(layers: pd.DataFrame) -> tuple[bool, bool, list[str]]:
+    """Which of the by-layer panels vary (the mean |change| of the role scores; the roles gained and lost),
+    and what each that does not says (a constant is said, not drawn)."""
+    scores = varies(layers["mean_abs_delta_role_score"])
+    changes = varies(numbers(layers["roles_gained"], layers["roles_lost"]))
+    said = []
+    if not scores and value_range(layers["mean_abs_delta_role_score"]) is not None:
+        value = float(layers["mean_abs_delta_role_score"].dropna().iloc[0])
+        said.append("no role score changed" if value == 0 else
+                    f"the mean |change| of the role scores is {fmt(value)} in every layer")
+    if not changes:
+        gained, lost = int(layers["roles_gained"].iloc[0]), int(layers["roles_lost"].iloc[0])
+        said.append("no role was gained or lost in any layer" if gained == lost == 0 else
+                    f"every layer gained {gained} and lost {lost} head x role pairs")
+    return scores, changes, said
 
 
 def _count(counts: dict[str, int]) -> str:
@@ -485,10 +517,14 @@ def roles_html(comparison: Comparison, figs: SectionFigures) -> str:
            if (~tested).any() else "")]
     layers = comparison.layers
     if "roles_gained" in layers.columns:
-        blocks.append(figs.plot(lambda: layer_figure(layers), "compare_layers", "Where the models differ, by layer",
-                                numbers(layers["mean_abs_delta_role_score"], layers["roles_gained"],
-                                        layers["roles_lost"]),
-                                "By layer: no role score changed and no role was gained or lost in any layer."))
+        scores, changes, said = layer_constants(layers)
+        if scores or changes:
+            shown = [layers["mean_abs_delta_role_score"]] if scores else []
+            shown += [layers["roles_gained"], layers["roles_lost"]] if changes else []
+            blocks.append(figs.plot(lambda: layer_figure(layers, scores, changes), "compare_layers",
+                                    "Where the models differ, by layer", numbers(*shown), ""))
+        if said:
+            blocks.append(no_figure_html(f"By layer: {' and '.join(said)}."))
     for role in dict.fromkeys(roles["role"]):
         part = roles[roles["role"] == role]
         blocks.append(delta_map(figs, part, "delta", f"{role}: change of mean score", f"compare_role_{role}",
