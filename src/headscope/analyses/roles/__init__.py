@@ -39,7 +39,7 @@ does (the notebooks score a sentence pair once). The summary (``unit``, ``units`
 
 A test needs at least ``roles_min_n`` units (default 30); below that the row is not tested (``tested`` False;
 ``t``, ``p``, ``p_adjusted`` NaN; ``significant`` and ``has_role`` False; left out of the multiple-testing
-family), the run's manifest gets one warning per such role, and the summary (``not_tested``) and the report
+family), the run's manifest gets one warning naming every such role, and the summary (``not_tested``) and the report
 count the rows. ``above_tau`` and the mean scores stay in ``roles.csv``, as descriptions; the per-head
 ``role_<role>`` columns of ``heads.csv`` (what the report's grid colours and ranks heads by) are empty for such
 a role, so no head is shown as strongest at a role on too few scores.
@@ -72,7 +72,7 @@ score them:
   (``--correction`` is not used).
 """
 
-from headscope.analyses.roles.accumulator import HeadRoles, one_sided_tests, units_summary, untested_reason
+from headscope.analyses.roles.accumulator import HeadRoles, one_sided_tests, units_summary, untested_summary
 from headscope.analyses.roles.arcs import (
     DependentSlots,
     PieceSlots,
@@ -111,5 +111,5 @@ __all__ = [
     "adjust_pvalues", "colocation", "dependent_slots", "first_occurrences", "one_sided_tests",
     "per_layer_counts", "piece_slots", "relation_matches",
     "sentence_of_piece", "sieve_from_sums", "sieve_norms", "sieve_row_sums", "surface_row_sums",
-    "surface_scores", "surface_targets", "syntactic_arcs", "unit_membership", "units_summary", "untested_reason",
+    "surface_scores", "surface_targets", "syntactic_arcs", "unit_membership", "units_summary", "untested_summary",
 ]

@@ -50,15 +50,22 @@ def one_sided_tests(n: np.ndarray, total: np.ndarray, total_sq: np.ndarray, tau:
     return one_sided_t_test(n, total, total_sq, tau, population_sd=conventions == "pande")
 
 
-def untested_reason(role: str, n: int, min_n: int) -> str:
-    """The manifest warning for a role whose t-tests were not run: how many units it had and what it needs."""
-    need = ""
-    if n == 0 and role.startswith("syntactic"):
-        need = " (syntactic roles need dependency trees: --treebank, or --parse spacy on raw text)"
-    elif n == 0 and role == "block":
-        need = " (block needs segment pairs [CLS] A [SEP] B [SEP])"
-    return (f"roles: {role} not tested in any head: it has {n} unit{'s' if n != 1 else ''} (scores), fewer "
-            f"than roles_min_n = {min_n}{need}; its rows have tested False, p NaN, has_role False")
+def untested_summary(untested: dict[str, int], min_n: int) -> str:
+    """One manifest warning for every role whose t-tests were not run (a raw-text run leaves five or six):
+    the roles grouped by their number of units, and what the missing ones need."""
+    by_n: dict[int, list[str]] = {}
+    for role, n in untested.items():
+        by_n.setdefault(int(n), []).append(role)
+    groups = "; ".join(f"{', '.join(roles)} ({n} unit{'s' if n != 1 else ''})" for n, roles in by_n.items())
+    needs = []
+    if any(role.startswith("syntactic") and n == 0 for role, n in untested.items()):
+        needs.append("syntactic roles need dependency trees: --treebank, or --parse spacy on raw text")
+    if untested.get("block") == 0:
+        needs.append("block needs segment pairs [CLS] A [SEP] B [SEP]")
+    count = len(untested)
+    return (f"roles: {count} role{'s' if count != 1 else ''} not tested in any head, fewer than roles_min_n = "
+            f"{min_n} units (scores): {groups}" + (f" ({'; '.join(needs)})" if needs else "")
+            + "; their rows have tested False, p NaN, has_role False")
 
 
 def units_summary(inputs: np.ndarray, sentences: np.ndarray, unit: str = "sentence") -> dict[str, Any]:
@@ -258,7 +265,9 @@ class HeadRoles(Analysis):
         frame = self.table()
         sentences = dict(zip(self.roles_, self.count_.cpu().numpy().astype(int).tolist(), strict=True))
         untested = {role: n for role, n in sentences.items() if n < opts.roles_min_n}
-        warnings = [untested_reason(role, n, opts.roles_min_n) for role, n in untested.items()]
+        # One line for them all: a raw-text run leaves every syntactic role and block untested, and a warning
+        # each buried the rest of the run's output (the per-role counts are in the summary's not_tested).
+        warnings = [untested_summary(untested, opts.roles_min_n)] if untested else []
         unit = units_summary(self.inputs_.cpu().numpy(), self.input_sentences_.cpu().numpy(), self.unit_)
         held = frame[frame["has_role"]]
         main = held[held["role"].isin(MAIN_ROLES)]
