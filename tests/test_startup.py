@@ -95,3 +95,25 @@ def test_lazy_names_are_the_real_ones(name: str) -> None:
     assert name in dir(headscope)
     with pytest.raises(AttributeError):
         headscope.no_such_name  # type: ignore[attr-defined]  # noqa: B018
+
+
+def test_help_of_run_is_readable_and_describes_the_python_keywords_positively() -> None:
+    import pydoc
+
+    import headscope
+
+    signature = inspect.signature(headscope.run)
+    assert len(signature.parameters) > 50  # every keyword is still there, for completion
+    shown = str(signature)
+    assert len(shown) < 160 and shown.endswith("**options) -> RunResult") and "model='minilm'" in shown
+    page = pydoc.render_doc(headscope.run, renderer=pydoc.plaintext)
+    assert max(len(line) for line in page.splitlines()) < 160
+    doc = headscope.run.__doc__ or ""
+
+    def entry(name: str) -> str:
+        return doc.split(f"\n{name} : ", 1)[1].split("\n\n", 1)[0].split("\n", 2)[1]
+
+    # The keywords whose command-line flags are negations (--no-cache-model, --no-report): said positively.
+    assert entry("cache_model").strip().startswith("Read the dequantized GGUF model from the cache")
+    assert entry("report").strip().startswith("Write report/")
+    assert "Neither" not in entry("cache_model") and "Skip" not in entry("report")

@@ -46,7 +46,7 @@ CONFIG_GROUPS = {
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = None, group: str | None = None,
-           **kwargs: Any) -> Any:
+           api_help: str | None = None, **kwargs: Any) -> Any:
     """A dataclass field that is also a command-line option.
 
     Parameters
@@ -61,8 +61,13 @@ def option(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = 
         The group of a :class:`RunConfig` field (a key of :data:`CONFIG_GROUPS`): ``headscope run --help`` and
         ``help(headscope.run)`` show the settings by group. An analysis's options form the group of the
         analysis.
+    api_help : str, optional
+        The keyword's description in ``help(headscope.run)`` when ``help`` describes a command-line negation
+        (``--no-report``: "Skip writing report/"; the keyword ``report``: "Write report/").
     """
     metadata = {"help": help}
+    if api_help is not None:
+        metadata["api_help"] = api_help
     if flag is not None:
         metadata["flag"] = flag
     if group is not None:
@@ -188,7 +193,10 @@ class RunConfig:
                                help="Neither read nor write the cache of dequantized GGUF models (by default the "
                                "first float32 load of a GGUF file saves it as safetensors under "
                                "$HEADSCOPE_CACHE/models, keyed by the file's sha256, and later runs load that in "
-                               "seconds).")
+                               "seconds).",
+                               api_help="Read the dequantized GGUF model from the cache, and write it there on the "
+                               "first float32 load (safetensors under $HEADSCOPE_CACHE/models, keyed by the file's "
+                               "sha256): later runs load it in seconds. False neither reads nor writes it.")
     text: list[str] = option(group="corpus", help="Raw text file(s): one sentence per line, a blank line between "
                              "documents. With no --text/--treebank/--coref the packaged Wikipedia sample is used.",
                              default_factory=list)
@@ -276,7 +284,9 @@ class RunConfig:
                                          default_factory=list)
     quiet: bool = option(False, group="output", help="No progress bar.")
     report: bool = option(True, group="output", help="Skip writing report/ and figures/ after the run (default: "
-                          "they are written).", flag="--no-report")
+                          "they are written).", flag="--no-report",
+                          api_help="Write report/ (the HTML report) and figures/ in out after the run; False skips "
+                          "them (headscope report DIR builds them later).")
 
     def __post_init__(self) -> None:
         if isinstance(self.analyses, str):

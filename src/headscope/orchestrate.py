@@ -138,10 +138,10 @@ def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
     ----------
     config : RunConfig, optional
         The run's settings; keyword arguments override its fields.
-    **kwargs
+    **options
         Fields of :class:`RunConfig` (``model``, ``text``, ``treebank``, ``analyses``, ``out`` ...) and
         of any analysis's ``Options``, by their namespaced names (``roles_tau``); every one is listed
-        below under "Keyword arguments", with its default.
+        below under "Keyword arguments", with its default (``inspect.signature(run)`` has them all).
 
     Returns
     -------
@@ -369,7 +369,9 @@ def _keyword_docs() -> str:
         out = []
         for f in dataclasses.fields(cls) if fields is None else fields:
             default = _field_default(f, None)
-            help_text = textwrap.fill(" ".join(str(f.metadata.get("help", "")).split()), 100,
+            # A keyword whose command-line flag is its negation (--no-report) is described as the keyword.
+            text = f.metadata.get("api_help") or f.metadata.get("help", "")
+            help_text = textwrap.fill(" ".join(str(text).split()), 100,
                                       initial_indent="    ", subsequent_indent="    ")
             out.append(f"{public(f.name)} : {f.type}, default {default!r}\n{help_text}")
         return out
@@ -377,11 +379,11 @@ def _keyword_docs() -> str:
     parts = ["Keyword arguments", "-----------------"]
     for group, description in CONFIG_GROUPS.items():
         fields = [f for f in dataclasses.fields(RunConfig) if f.metadata.get("group") == group]
-        parts += ["", f"Run settings: {group} ({description}):", "",
+        parts += ["", textwrap.fill(f"Run settings: {group} ({description}):", 104), "",
                   *entries(RunConfig, lambda name: name, fields)]
     for name, cls in sorted(REGISTRY.items()):
         if cls.Options is not None:
-            parts += ["", f"Options of ``{name}`` ({cls.description}):", "",
+            parts += ["", textwrap.fill(f"Options of ``{name}`` ({cls.description}):", 104), "",
                       *entries(cls.Options, functools.partial(public_name, cls))]
     return "\n".join(parts)
 
@@ -402,7 +404,21 @@ def run_signature() -> inspect.Signature:
     for cls in (REGISTRY[name] for name in sorted(REGISTRY)):
         if cls.Options is not None:
             params += parameters(cls.Options, functools.partial(public_name, cls))
-    return inspect.Signature(params, return_annotation="RunResult")
+    return RunSignature(params, return_annotation="RunResult")
+
+
+class RunSignature(inspect.Signature):
+    """:func:`run`'s signature: every keyword in ``parameters`` (completion in editors and notebooks), written
+    short (``help(headscope.run)``, ``run?``): the keywords most runs set, then ``**options`` for the hundred
+    others, which the docstring lists with their defaults. One line of every keyword ran to 3,500 characters."""
+
+    #: The keywords the short form names.
+    SHOWN = ("model", "text", "treebank", "analyses", "out")
+
+    def __str__(self) -> str:
+        shown = [str(p.replace(annotation=inspect.Parameter.empty)) for name, p in self.parameters.items()
+                 if name in self.SHOWN]
+        return f"(config=None, /, *, {', '.join(shown)}, **options) -> RunResult"
 
 
 def document_run() -> None:
