@@ -131,3 +131,31 @@ def test_a_warning_is_printed_once_on_a_terminal(tiny_bert: Path, tmp_path: Path
     assert "main pass" in err and "importance" in err  # the bars were drawn
     assert err.count("tokens cut to 16") == 1, err
     assert "headscope: truncated: " in err
+
+
+def _python_run(model: Path, text: Path, out: Path, quiet: bool) -> str:
+    """headscope.run from a plain Python process whose stderr is a pipe (not a terminal); its stderr."""
+    import subprocess
+
+    code = (f"import headscope\nheadscope.run(model={str(model)!r}, text=[{str(text)!r}], analyses=['roles'], "
+            f"out={str(out)!r}, report=False, quiet={quiet})\n")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("PYTEST")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stderr
+
+
+def test_the_python_api_logs_progress_lines_and_prefixed_warnings_like_the_cli(tiny_bert: Path, text_file: Path,
+                                                                               tmp_path: Path) -> None:
+    """As the CLI without a terminal: progress lines and ``headscope: warning: ...``; quiet keeps the warning
+    and drops the progress lines. Nothing else on stderr."""
+    err = _python_run(tiny_bert, text_file, tmp_path / "a", quiet=False)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert any(re.match(r"headscope: main pass: \d+/\d+ sentences, done in \d+ s$", line) for line in lines), err
+    warnings = [line for line in lines if "roles:" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("headscope: warning: roles: "), err
+    assert all(line.startswith("headscope: ") for line in lines), err
+    quiet = [line for line in _python_run(tiny_bert, text_file, tmp_path / "b", quiet=True).splitlines()
+             if line.strip()]
+    assert quiet == warnings

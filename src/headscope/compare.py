@@ -353,9 +353,9 @@ def layer_figure(layers: pd.DataFrame, scores: bool = True, changes: bool = True
     from headscope.report.figures import COLUMN_WIDTH
 
     panels = int(scores) + int(changes)
-    fig, axes = plt.subplots(panels, 1, figsize=(COLUMN_WIDTH, COLUMN_WIDTH * panels / 2), layout="constrained",
+    fig, grid = plt.subplots(panels, 1, figsize=(COLUMN_WIDTH, COLUMN_WIDTH * panels / 2), layout="constrained",
                              sharex=True, squeeze=False)
-    axes = list(axes[:, 0])
+    axes = list(grid[:, 0])
     if scores:
         top = axes.pop(0)
         top.bar(layers["layer"], layers["mean_abs_delta_role_score"], color="grey")

@@ -282,7 +282,7 @@ class RunConfig:
                                          "of the head atlas (atlas.csv), as NAME=VALUE, e.g. prev=0.6 or "
                                          "important_fraction=0.05 (names and defaults: docs/atlas.md).",
                                          default_factory=list)
-    quiet: bool = option(False, group="output", help="No progress bar.")
+    quiet: bool = option(False, group="output", help="No progress bar or progress lines (warnings still print).")
     report: bool = option(True, group="output", help="Skip writing report/ and figures/ after the run (default: "
                           "they are written).", flag="--no-report",
                           api_help="Write report/ (the HTML report) and figures/ in out after the run; False skips "

@@ -46,6 +46,7 @@ from headscope.corpus.memory import MemoryCorpus, check_tokenlists, open_dataset
 from headscope.engine.checkpoint import CheckpointError, Progress, differences, fingerprint, restore
 from headscope.engine.checkpoint import read as read_checkpoint
 from headscope.engine.checkpoint import remove as remove_checkpoint
+from headscope.engine.console import with_console_logging
 from headscope.engine.context import open_context
 from headscope.engine.intervene import run_passes
 from headscope.engine.outdir import prepare as prepare_output
@@ -131,6 +132,7 @@ def announce_plan(config: RunConfig, analyses: list[Any], ctx: Any, skipped: dic
         say("left out of all: %s", "; ".join(f"{', '.join(names)} ({why})" for why, names in by_reason.items()))
 
 
+@with_console_logging  # progress lines and headscope: warnings on stderr when the caller configured no logging
 def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
     """Analyse every attention head of a model over a corpus, in one pass.
 
