@@ -108,3 +108,28 @@ def test_a_worker_that_dies_is_retried_and_nothing_is_counted_twice(
         cols = expected.select_dtypes("number").columns
         np.testing.assert_allclose(table[cols].to_numpy(float), expected[cols].to_numpy(float), atol=1e-6,
                                    rtol=1e-4, err_msg=name)
+
+
+def test_a_ray_run_prints_none_of_rays_warnings_about_how_headscope_calls_it(tiny_bert: Path,
+                                                                             inputs: dict[str, list[str]],
+                                                                             tmp_path: Path) -> None:
+    """A run that starts its own local instance (a fresh process): no deprecated ``concurrency``, no failed
+    Arrow conversion of our batches, no notice about the progress bars we turn off or the token
+    authentication Ray turns on, no "Started a local Ray instance". Left: Ray Data's own core_worker line about
+    constructor arguments in the object store (every actor pool gets it: ray-project/ray#53727)."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "RAY_ADDRESS"))}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src")
+    done = subprocess.run([sys.executable, "-m", "headscope.cli", "run", "--model", str(tiny_bert), "--text",
+                           inputs["text"][0], "--analyses", "surface", "--engine", "ray", "--workers", "1",
+                           "--out", str(tmp_path / "out"), "--no-report"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert any(line.startswith("headscope: main pass on Ray") for line in lines), done.stderr
+    for noise in ("concurrency", "pyarrow", "Arrow", "Progress bars", "Token authentication", "Started a local"):
+        assert noise not in done.stderr, done.stderr
+    rest = [line for line in lines if not line.startswith("headscope: ")]
+    assert all("core_worker" in line and "constructor arguments in the object store" in line for line in rest), rest

@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import pickle
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -70,7 +72,7 @@ class BatchWorker:
             analyses = self.analyses
             for analysis in analyses:
                 analysis.reset()  # each batch's state is that batch's alone (declared defaults: add_state)
-            used = feed_batch(self.ctx, analyses, self.ctx.collate(list(examples)))
+            used = feed_batch(self.ctx, analyses, self.ctx.collate(list(pickle.loads(examples))))
             states.append(pack({a.name: a.state_dict() for a in analyses}, extra={"used": used}))
             ids.append(int(batch_id))
         return {"id": np.asarray(ids, dtype=np.int64), "state": np.asarray(states, dtype=object)}
@@ -94,18 +96,43 @@ def _init_ray(config: RunConfig) -> bool:
         raise ImportError('--engine ray needs Ray: pip install "headscope[ray]"') from exc
     import ray.data
 
-    # Our own progress bar and manifest speak for the run; Ray Data's per-operator logs are noise here.
+    # Our own progress bar and manifest speak for the run; Ray Data's per-operator logs are noise here, and so
+    # is the warning that says we turned its bars off (its progress module logs nothing else we want).
     ray.data.DataContext.get_current().enable_progress_bars = False
     for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     if ray.is_initialized():
         return False
     env = {"env_vars": {k: v for k, v in os.environ.items() if k == FAIL_ONCE_ENV}}
+    # logging_level: ray.init sets the "ray" logger to INFO by default ("Started a local Ray instance").
     if config.ray_address:
-        ray.init(address=config.ray_address, runtime_env=env, log_to_driver=False)
+        ray.init(address=config.ray_address, runtime_env=env, log_to_driver=False, logging_level=logging.WARNING)
     else:
-        ray.init(include_dashboard=False, runtime_env=env, log_to_driver=False)
+        # A local instance turns token authentication on by itself (recent Ray) and warns that it did: the
+        # secure default, kept; only that notice is held back while this instance starts (the warning that a
+        # cluster runs without authentication comes from the --ray-address path, untouched).
+        notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+        level = notice.level
+        notice.setLevel(logging.ERROR)
+        try:
+            ray.init(include_dashboard=False, runtime_env=env, log_to_driver=False, logging_level=logging.WARNING)
+        finally:
+            notice.setLevel(level)
     return True
+
+
+def _actor_pool(workers: int) -> dict[str, Any]:
+    """``map_batches``'s keyword for a pool of ``workers`` actors, in the spelling this Ray does not call
+    deprecated: ``compute=ActorPoolStrategy(size=n)`` from Ray 2.51 (which deprecates ``concurrency``),
+    ``concurrency=n`` before (Ray 2.9 to 2.50 deprecated ``compute``)."""
+    import ray
+    import ray.data
+
+    version = tuple(int(part) for part in re.findall(r"\d+", ray.__version__)[:2])
+    if version >= (2, 51):
+        return {"compute": ray.data.ActorPoolStrategy(size=workers)}
+    return {"concurrency": workers}
 
 
 def run_on_ray(ctx: RunContext, analyses: list[Analysis], progress: Progress, on_counted: Callable[[], Any],
@@ -122,7 +149,9 @@ def run_on_ray(ctx: RunContext, analyses: list[Analysis], progress: Progress, on
             n_examples += len(group)
             n_tokens += sum(ex.length for ex in group)
             if k not in progress.done:
-                items.append({"id": k, "examples": group})
+                # Pickled here: Ray Data cannot turn Example objects into an Arrow column and said so in a
+                # warning before pickling them itself; bytes convert as they are.
+                items.append({"id": k, "examples": pickle.dumps(group, protocol=pickle.HIGHEST_PROTOCOL)})
         if not items:
             return n_examples, n_tokens
         options = {a.name: dataclasses.asdict(a.options) if a.options is not None else None for a in analyses}
@@ -130,7 +159,7 @@ def run_on_ray(ctx: RunContext, analyses: list[Analysis], progress: Progress, on
         dataset = ray.data.from_items(items, override_num_blocks=len(items))
         results = dataset.map_batches(
             BatchWorker, fn_constructor_kwargs={"config": worker_config, "options": options}, batch_size=1,
-            concurrency=config.workers, num_gpus=config.gpus_per_worker or None, num_cpus=1)
+            num_gpus=config.gpus_per_worker or None, num_cpus=1, **_actor_pool(config.workers))
         # Ray Data restarts a dead actor and retries its task (max_restarts / max_task_retries default to -1).
         with Tracker(f"main pass on Ray ({config.workers} workers)", "batches", len(items), config.quiet) as tracker:
             for row in results.iter_rows():
