@@ -83,21 +83,13 @@ def split_sample(examples: int, sequences: int, mean_sequences: int, seed: int
     return held, (mean or held), bool(mean)
 
 
-def head_forwards(batch_size: int, n_layers: int, n_heads: int, rows: int, replace: np.ndarray | None
-                  ) -> list[Forward]:
-    """The forwards of one held-out batch: the baseline, attribution patching, then every head closed (in
-    forwards of ``rows // batch_size`` heads, the batch repeated once per head)."""
-    total = n_layers * n_heads
-    per = max(1, rows // max(batch_size, 1))
-    out = [Forward(tag=("base",), loss="objective", per_sequence=True),
-           Forward(tag=("atp",), loss="objective", atp=True, replace=replace)]
-    for start in range(0, total, per):
-        stop = min(total, start + per)
-        gates = np.ones((stop - start, total))
-        gates[np.arange(stop - start), np.arange(start, stop)] = 0.0
-        out.append(Forward(tag=("heads", start, stop), loss="objective", per_sequence=True,
-                           gates=gates.reshape(stop - start, n_layers, n_heads), replace=replace))
-    return out
+def head_forwards(rows: int, replace: np.ndarray | None, replay: bool = True) -> list[Forward]:
+    """The forwards of one held-out batch: attribution patching, then the baseline and every head closed
+    (:attr:`~headscope.engine.forwards.Forward.ablate`: replayed from each layer's cached input where exact,
+    ``rows // batch_size`` heads of a layer per forward)."""
+    return [Forward(tag=("atp",), loss="objective", atp=True, replace=replace),
+            Forward(tag=("heads",), loss="objective", per_sequence=True, ablate=True, rows=rows, replace=replace,
+                    replay=replay)]
 
 
 def bootstrap_effects(diff: np.ndarray, terms: np.ndarray, resamples: int, seed: int
@@ -156,6 +148,10 @@ class HeadEffectsOptions:
     head_effects_rows: int = option(0, help="Rows per forward of the ablations: a batch of B held-out sequences "
                                     "is repeated for rows // B heads at once (0: the run's --batch-size; 1: one "
                                     "head per forward).")
+    head_effects_replay: Literal["auto", "off"] = option(
+        "auto", help="auto: each head's ablation replays only its layer and those above, from the baseline's "
+        "cached layer inputs, where that is exact (an LM loss, layers found, the cache within --attention-memory); "
+        "off: every ablation a full forward (the reference; default: auto).")
     head_effects_top: int = option(10, help="Heads listed in the summary by exact effect, and AtP's blind spot: "
                                    "those among this many largest effects (at most half the heads) that "
                                    "attribution patching ranks in its bottom half (default 10).")
@@ -209,6 +205,9 @@ class HeadEffects(Analysis):
         self._total = total
         self._pending: dict[tuple[int, ...], dict[str, Any]] = {}  # a batch's rows until its last forward
         self._disjoint = True
+        self._replay: dict[str, int] = {}  # sequences measured by each mode (replay, full forwards)
+        self._replay_why: set[str] = set()
+        self._replay_head: set[str] = set()
 
     def replacement(self) -> np.ndarray | None:
         """What a closed head outputs: its mean output (mean ablation), None for 0 (zero ablation)."""
@@ -222,7 +221,6 @@ class HeadEffects(Analysis):
         """The means of every head's output over the mean sample (mean ablation), then on each held-out batch
         the baseline, attribution patching and every head ablated."""
         o = self.options
-        info = ctx.info
         mean_n = o.head_effects_mean_sequences if o.head_effects_ablation == "mean" else 0
         held, mean, self._disjoint = split_sample(ctx.examples, o.head_effects_sequences, mean_n, ctx.seed)
         keep = held | mean  # one stream of the corpus, cut in two
@@ -233,7 +231,7 @@ class HeadEffects(Analysis):
         rows = o.head_effects_rows or int(ctx.config.batch_size)
 
         def forwards(batch: Batch) -> list[Forward]:
-            return head_forwards(batch.size, info.n_layers, info.n_heads, rows, replace)
+            return head_forwards(rows, replace, o.head_effects_replay == "auto")
 
         yield Pass("head_effects: ablations", CorpusRows(keep, only=held), forwards)
 
@@ -247,25 +245,39 @@ class HeadEffects(Analysis):
             self.mean_index_ = np.concatenate([self.mean_index_, [int(ex.index) for ex in batch.examples]])
             return
         key = tuple(int(ex.index) for ex in batch.examples)
-        rows = self._pending.setdefault(key, {"ablated": np.full((batch.size, self._total), np.nan), "filled": 0})
-        if what == "base":
-            assert out.sequence_loss is not None and out.sequence_terms is not None
-            rows["base"], rows["terms"] = out.sequence_loss, out.sequence_terms
-        elif what == "atp":
+        rows = self._pending.setdefault(key, {})
+        if what == "atp":
             assert out.atp is not None
             rows["atp"] = out.atp.reshape(batch.size, -1)
         else:
-            assert out.sequence_loss is not None
-            start, stop = int(forward.tag[1]), int(forward.tag[2])
-            rows["ablated"][:, start:stop] = out.sequence_loss.T
-            rows["filled"] += stop - start
-        if "base" in rows and "atp" in rows and rows["filled"] == self._total:
+            assert out.sequence_loss is not None and out.sequence_terms is not None and out.ablated is not None
+            rows["base"], rows["terms"], rows["ablated"] = out.sequence_loss, out.sequence_terms, out.ablated.T
+            how = out.replay or {}
+            self._replay[str(how.get("mode"))] = self._replay.get(str(how.get("mode")), 0) + batch.size
+            if "why" in how:
+                self._replay_why.add(str(how["why"]))
+            if "lm_head" in how:
+                self._replay_head.add(str(how["lm_head"]))
+        if "base" in rows and "atp" in rows:
             del self._pending[key]
             self.index_ = np.concatenate([self.index_, np.asarray(key, dtype=np.int64)])
             self.base_ = np.concatenate([self.base_, rows["base"]])
             self.terms_ = np.concatenate([self.terms_, rows["terms"].astype(np.float64)])
             self.ablated_ = np.concatenate([self.ablated_, rows["ablated"]])
             self.atp_ = np.concatenate([self.atp_, rows["atp"]])
+
+    def replay_summary(self) -> dict[str, Any]:
+        """How the ablations ran in this process: replayed from the cached layer inputs, or full forwards and
+        why (empty after a merge of shards, whose processes each said so)."""
+        out: dict[str, Any] = {"sequences_by_mode": dict(sorted(self._replay.items()))}
+        modes = sorted(self._replay)
+        if modes:
+            out["mode"] = modes[0] if len(modes) == 1 else "mixed"
+        if self._replay_why:
+            out["why_not_replay"] = sorted(self._replay_why)
+        if self._replay_head:
+            out["lm_head"] = sorted(self._replay_head)[0] if len(self._replay_head) == 1 else "mixed"
+        return out
 
     def finalize(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
         if len(self.index_) == 0:
@@ -328,6 +340,7 @@ class HeadEffects(Analysis):
                                        f"(rank > {total / 2:g} of {total}) by the AtP estimate",
                     "blind_spot": [described(int(i)) for i in np.flatnonzero(blind)]},
         }
+        summary["replay"] = self.replay_summary()
         if self.kind == "mlm_loss":
             summary["mask_rate"] = MASK_RATE
         return AnalysisResult(name=self.name, heads=heads, tables={"head_effects": table}, summary=summary)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
+from headscope.engine.progress import Tracker
 from headscope.model.gates import HeadGates, HeadSums
 from headscope.model.losses import (  # noqa: F401 (MASK_RATE, CONTRASTIVE_TEMPERATURE: what analyses report)
     CONTRASTIVE_TEMPERATURE,
@@ -95,6 +96,16 @@ class Forward:
     """Attribution patching (``loss="objective"``, every gate open): per sequence, the first-order estimate of
     the change of its summed loss when each head's output is replaced by ``replace`` (0 when None),
     ``sum over its tokens (replace - x) . dL/dx`` (:func:`head_attribution`)."""
+    ablate: bool = False
+    """Every head ablated one at a time (``loss="objective"``, ``per_sequence``; closed onto ``replace``): the
+    baseline's per-sequence losses and each head's (:attr:`ForwardOutput.ablated`), replayed from the cached
+    input of the head's layer where that is exact (:mod:`headscope.engine.replay`), else by full forwards."""
+    rows: int = 0
+    """With ``ablate``: at most this many rows per forward (the batch repeated ``rows // batch`` times, one closed
+    head per copy); 0: the batch size."""
+    replay: bool = True
+    """With ``ablate``: replay from the cached layer inputs where possible (False: full forwards, the
+    reference)."""
     loss: Literal["none", "lm", "objective"] = "none"
     """``lm``: the LM loss when the model has one (masked-LM or next-token), else only the final hidden
     states; ``objective``: the run's loss (:func:`loss_kind`, contrastive for an encoder without LM head)."""
@@ -150,6 +161,11 @@ class ForwardOutput:
     """The real tokens in ``head_sums`` (each input the model read counted once)."""
     atp: np.ndarray | None = None
     """float64 of shape (batch, n_layers, n_heads) (``atp``): each sequence's estimated loss change per head."""
+    ablated: np.ndarray | None = None
+    """float64 of shape (n_layers * n_heads, batch) (``ablate``): each sequence's summed loss with head
+    ``layer * n_heads + head`` ablated (``sequence_loss``: the baseline's)."""
+    replay: dict[str, Any] | None = None
+    """``ablate``: how the ablations ran (``mode`` replay or full forwards, and why not replay)."""
     attention_gradients: list[tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], torch.Tensor,
                                     torch.Tensor]] = field(default_factory=list)
     """``attention="gradients"``: per encoded input (two for the contrastive loss), the per-layer attention
@@ -216,11 +232,12 @@ def has_lm_loss(loaded: LoadedModel) -> bool:
 
 def run_forward(loaded: LoadedModel, batch: Batch, forward: Forward | Generate, seed: int,
                 on_block: Callable[[Any], None] | None = None, budget_bytes: int = 0,
-                padding_side: Literal["left", "right"] = "right") -> ForwardOutput:
+                padding_side: Literal["left", "right"] = "right", quiet: bool = True) -> ForwardOutput:
     """Run one :class:`Forward` (or :class:`Generate`) of ``batch`` and return what it asked for.
 
     ``on_block`` receives each :class:`~headscope.engine.capture.LayerAttention` of a forward with
-    ``attention="weights"`` (captured within ``budget_bytes``, as the main pass).
+    ``attention="weights"`` (captured within ``budget_bytes``, as the main pass; also the memory of the layer
+    cache of ``ablate``). ``quiet``: no progress of the work inside one forward (``ablate``'s heads).
     """
     if isinstance(forward, Generate):
         out = ForwardOutput()
@@ -249,6 +266,11 @@ def run_forward(loaded: LoadedModel, batch: Batch, forward: Forward | Generate, 
                                budget_bytes, padding_side)
     kind = loss_kind(loaded) if forward.loss == "objective" or forward.gate_grad or forward.atp \
         or forward.attention == "gradients" else None
+    if forward.ablate:
+        assert kind is not None
+        if forward.loss != "objective" or not forward.per_sequence or forward.gates is not None or forward.atp:
+            raise ValueError("a forward with ablate takes loss='objective' with per_sequence, and no gates or atp")
+        return ablations(loaded, batch, kind, seed, forward, budget_bytes, quiet)
     if forward.atp:
         assert kind is not None
         if forward.gates is not None or forward.loss != "objective":
@@ -505,6 +527,55 @@ def variant_losses(loaded: LoadedModel, batch: Batch, kind: str, seed: int, gate
     losses, terms = losses.reshape(k, b), terms.reshape(k, b)
     return ForwardOutput(loss=float(losses.sum()), terms=int(terms.sum()), has_loss=True, sequence_loss=losses,
                          sequence_terms=terms)
+
+
+def ablations(loaded: LoadedModel, batch: Batch, kind: str, seed: int, forward: Forward, budget_bytes: int,
+              quiet: bool = True) -> ForwardOutput:
+    """:attr:`Forward.ablate`: replayed from the cached layer inputs when exact, else full forwards (the reason
+    in ``replay``)."""
+    from headscope.engine.replay import ReplayRefusedError, replay_ablations
+
+    rows = forward.rows or batch.size
+    how: dict[str, Any]
+    if not forward.replay:
+        how = {"mode": "full forwards", "why": "replay switched off"}
+    elif kind not in LM_LOSSES:
+        how = {"mode": "full forwards", "why": "replay computes LM losses; the contrastive loss is run in full"}
+    else:
+        try:
+            base, terms, ablated, how = replay_ablations(loaded, batch, seed, rows, forward.replace, budget_bytes,
+                                                         quiet)
+            return ForwardOutput(loss=float(base.sum()), terms=int(terms.sum()), has_loss=True, sequence_loss=base,
+                                 sequence_terms=terms, ablated=ablated, replay=how)
+        except ReplayRefusedError as exc:
+            how = {"mode": "full forwards", "why": str(exc)}
+    base, terms, ablated = full_ablations(loaded, batch, kind, seed, rows, forward.replace, quiet)
+    return ForwardOutput(loss=float(base.sum()), terms=int(terms.sum()), has_loss=True, sequence_loss=base,
+                         sequence_terms=terms, ablated=ablated, replay=how)
+
+
+def full_ablations(loaded: LoadedModel, batch: Batch, kind: str, seed: int, rows: int, replace: np.ndarray | None,
+                   quiet: bool = True, desc: str = "ablations of this batch"
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`~headscope.engine.replay.replay_ablations` by full forwards (any loss, any model): the baseline,
+    then the batch repeated once per head of a group of ``rows // B`` heads (per-row gates), every layer run."""
+    info = loaded.info
+    b, total = batch.size, info.n_layers * info.n_heads
+    with torch.inference_mode():
+        base, terms = sequence_losses(loaded, batch, kind, seed)
+    per = max(1, rows // max(b, 1))
+    ablated = np.full((total, b), np.nan)
+    with Tracker(desc, "heads", total, quiet, leave=False, final=False) as tracker:
+        for start in range(0, total, per):
+            stop = min(total, start + per)
+            gates = np.ones((stop - start, total))
+            gates[np.arange(stop - start), np.arange(start, stop)] = 0.0
+            out = variant_losses(loaded, batch, kind, seed, gates.reshape(stop - start, info.n_layers, info.n_heads),
+                                 replace)
+            assert out.sequence_loss is not None
+            ablated[start:stop] = out.sequence_loss
+            tracker.update(stop - start)
+    return base, terms, ablated
 
 
 def head_attribution(loaded: LoadedModel, batch: Batch, kind: str, seed: int, replace: np.ndarray | None = None

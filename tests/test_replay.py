@@ -1,0 +1,138 @@
+"""Replay of the head ablations from the cached layer inputs (issue 39): the same per-sequence losses as full
+forwards (every layer run) on Llama, GPT-2, a BERT masked LM, a Mistral and a Gemma-2 whose sliding windows are
+shorter than the sequences; the layers below the ablated one really skipped; and refused, with the reason,
+where it cannot be exact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from headscope.engine.forwards import Forward, run_forward
+from headscope.engine.replay import ReplayRefusedError, residual_layers
+from headscope.model.load import load_model
+from test_head_effects import _batch, _examples, documents  # noqa: F401 (documents: a fixture)
+
+BUDGET = 2**28
+
+
+def make_tiny_gemma2(directory: Path, llama: Path) -> Path:
+    """A 2-layer Gemma-2 (alternating sliding-window and global layers, window 3; final logit soft-capping) with
+    the tiny Llama's tokenizer."""
+    from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(llama)
+    tokenizer.save_pretrained(directory)
+    torch.manual_seed(0)
+    config = Gemma2Config(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, head_dim=8, intermediate_size=64, max_position_embeddings=128,
+                          sliding_window=3, bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    Gemma2ForCausalLM(config).save_pretrained(directory)
+    return directory
+
+
+def _ablations(loaded: Any, batch: Any, replay: bool, rows: int = 8, replace: np.ndarray | None = None,
+               budget: int = BUDGET) -> Any:
+    return run_forward(loaded, batch, Forward(loss="objective", per_sequence=True, ablate=True, rows=rows,
+                                              replace=replace, replay=replay), seed=0, budget_bytes=budget)
+
+
+@pytest.mark.parametrize("which", ["tiny_llama", "tiny_gpt2", "tiny_bert_mlm", "tiny_mistral", "gemma2"])
+def test_replay_equals_full_forwards(which: str, request: pytest.FixtureRequest, documents: Path,  # noqa: F811
+                                     tmp_path: Path) -> None:
+    path = make_tiny_gemma2(tmp_path / "gemma2", request.getfixturevalue("tiny_llama")) if which == "gemma2" \
+        else request.getfixturevalue(which)
+    loaded = load_model(str(path), device="cpu")
+    batch = _batch(loaded, _examples(loaded, documents, [0, 1, 2, 8]))
+    if which in ("tiny_mistral", "gemma2"):  # the window is shorter than the sequences: it matters
+        assert int(batch.lengths.max()) > 4
+    n_layers, n_heads = loaded.info.n_layers, loaded.info.n_heads
+    sums = run_forward(loaded, batch, Forward(loss="objective", head_sums=True), seed=0)
+    replace = sums.head_sums / sums.head_tokens  # mean ablation over these sequences
+    for rep in (None, replace):
+        for rows in (4, 8, 12):  # one head per forward, two, three (the last group of a layer shorter)
+            fast = _ablations(loaded, batch, True, rows, rep)
+            slow = _ablations(loaded, batch, False, rows, rep)
+            assert fast.replay["mode"] == "replay" and slow.replay["mode"] == "full forwards"
+            np.testing.assert_allclose(fast.sequence_loss, slow.sequence_loss, rtol=1e-6, atol=1e-6)
+            np.testing.assert_array_equal(fast.sequence_terms, slow.sequence_terms)
+            assert fast.ablated.shape == (n_layers * n_heads, 4)
+            np.testing.assert_allclose(fast.ablated, slow.ablated, rtol=1e-6, atol=1e-6)
+            # and each head's ablation changes the loss (the comparison is not of two baselines)
+            assert np.abs(slow.ablated - slow.sequence_loss).max() > 5e-5
+    expected = "model" if which == "gemma2" else "chunked"  # Gemma-2 soft-caps its logits after the head
+    assert fast.replay["lm_head"] == expected
+
+
+def test_the_layers_below_are_skipped(tiny_llama: Path, documents: Path) -> None:  # noqa: F811
+    loaded = load_model(str(tiny_llama), device="cpu")
+    batch = _batch(loaded, _examples(loaded, documents, [0, 1]))
+    _ablations(loaded, batch, True, rows=2)  # the first batch of a model also runs its checks
+    layers = residual_layers(loaded.model, 2)
+    calls = [0, 0]
+    handles = [layer.mlp.register_forward_pre_hook(lambda m, a, i=i: calls.__setitem__(i, calls[i] + 1))
+               for i, layer in enumerate(layers)]
+    try:
+        _ablations(loaded, batch, True, rows=2)  # 4 heads per layer, one per forward
+    finally:
+        for handle in handles:
+            handle.remove()
+    # the baseline, layer 0's 4 forwards; layer 1 also runs for layer 1's 4
+    assert calls == [1 + 4, 1 + 4 + 4]
+
+
+def test_replay_is_refused_with_the_reason(tiny_llama: Path, tiny_bert: Path, documents: Path) -> None:  # noqa: F811
+    loaded = load_model(str(tiny_llama), device="cpu")
+    batch = _batch(loaded, _examples(loaded, documents, [0, 1]))
+    small = _ablations(loaded, batch, True, budget=1024)
+    assert small.replay["mode"] == "full forwards" and "memory budget" in small.replay["why"]
+    full = _ablations(loaded, batch, False)
+    np.testing.assert_allclose(small.ablated, full.ablated, rtol=1e-6)
+    encoder = load_model(str(tiny_bert), device="cpu")  # no LM head: the contrastive loss
+    out = _ablations(encoder, _batch(encoder, _examples(encoder, documents, [0, 1, 2])), True)
+    assert out.replay["mode"] == "full forwards" and "contrastive" in out.replay["why"]
+    with pytest.raises(ReplayRefusedError, match="2 attention output projections for 3 layers"):
+        residual_layers(loaded.model, 3)
+
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.self_attn = torch.nn.Module()
+            self.self_attn.o_proj = torch.nn.Linear(4, 4)
+
+    loose = torch.nn.Module()  # two layers, but not in one list
+    loose.first, loose.second = Block(), Block()
+    with pytest.raises(ReplayRefusedError, match="no list of 2 layers"):
+        residual_layers(loose, 2)
+
+
+def test_a_model_passing_more_than_hidden_states_is_caught(tiny_llama: Path, documents: Path) -> None:  # noqa: F811
+    """Layer 1 reads something layer 0 computes besides its output (a side channel, as a position bias would
+    be): the first-batch check of a replay of the last layer finds the loss changed, and full forwards run."""
+    loaded = load_model(str(tiny_llama), device="cpu")
+    batch = _batch(loaded, _examples(loaded, documents, [0, 1]))
+    layers = residual_layers(loaded.model, 2)
+    side = {"x": 0.0}
+
+    def reset(module: torch.nn.Module, args: Any, kwargs: Any) -> None:
+        side["x"] = 0.0
+
+    def mark(module: torch.nn.Module, args: Any, output: Any) -> None:
+        side["x"] = 0.5
+
+    def read(module: torch.nn.Module, args: Any, kwargs: Any) -> Any:
+        if args:
+            return (args[0] + side["x"], *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": kwargs["hidden_states"] + side["x"]}
+
+    loaded.base.register_forward_pre_hook(reset, with_kwargs=True)
+    layers[0].mlp.register_forward_hook(mark)
+    layers[1].register_forward_pre_hook(read, with_kwargs=True)
+    out = _ablations(loaded, batch, True)
+    assert out.replay["mode"] == "full forwards" and "did not give the baseline loss" in out.replay["why"]
+    np.testing.assert_allclose(out.ablated, _ablations(loaded, batch, False).ablated, rtol=1e-6)
