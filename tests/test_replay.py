@@ -136,3 +136,75 @@ def test_a_model_passing_more_than_hidden_states_is_caught(tiny_llama: Path, doc
     out = _ablations(loaded, batch, True)
     assert out.replay["mode"] == "full forwards" and "did not give the baseline loss" in out.replay["why"]
     np.testing.assert_allclose(out.ablated, _ablations(loaded, batch, False).ablated, rtol=1e-6)
+
+
+# --- AtP*: GradDrop -----------------------------------------------------------------------------------------
+
+def _grad_drop_by_hand(loaded: Any, batch: Any, replace: np.ndarray, drop: int) -> np.ndarray:
+    """AtP with layer ``drop``'s residual contribution cut out of the backward, written plainly: a forward whose
+    layer ``drop`` outputs ``input + (output - input).detach()`` (the same value; the gradient reaches the
+    input through the skip connection only), the next-token loss summed, ``-dL/dxi`` of per-row gates."""
+    from headscope.model.gates import HeadGates
+
+    layers = residual_layers(loaded.model, loaded.info.n_layers)
+
+    def cut(module: torch.nn.Module, args: Any, kwargs: Any, output: Any) -> Any:
+        x = args[0] if args else kwargs["hidden_states"]
+        h = output if isinstance(output, torch.Tensor) else output[0]
+        h = x + (h - x).detach()
+        return h if isinstance(output, torch.Tensor) else (h, *output[1:])
+
+    handle = layers[drop].register_forward_hook(cut, with_kwargs=True)
+    try:
+        with HeadGates(loaded.model, 2, 4) as gates:
+            gates.values = torch.ones(batch.size, 2, 4, dtype=torch.float64, requires_grad=True)
+            gates.replacement = torch.as_tensor(replace)
+            logits = loaded.model(**batch.model_inputs()).logits
+            labels = batch.input_ids.masked_fill(~batch.mask, -100)[:, 1:]
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                                     ignore_index=-100, reduction="sum")
+            loss.backward()
+            return -gates.values.grad.numpy()
+    finally:
+        handle.remove()
+
+
+def test_grad_drop_equals_a_backward_with_the_layer_cut_by_hand(tiny_llama: Path, documents: Path) -> None:  # noqa: F811
+    """AtP*'s estimate for a head output (the QK fix does not apply to this node: its patch does not move its
+    own attention scores) is AtP with GradDrop: checked against the backward with each layer cut by hand."""
+    from headscope.analyses.head_effects import grad_drop_estimate
+
+    loaded = load_model(str(tiny_llama), device="cpu")
+    loaded.model.double()
+    batch = _batch(loaded, _examples(loaded, documents, [0, 1, 2]))
+    replace = np.random.default_rng(2).standard_normal((2, 4, 8))
+    out = run_forward(loaded, batch, Forward(loss="objective", atp=True, grad_drop=True, replace=replace), seed=0)
+    assert out.atp_dropped is not None and out.atp_dropped.shape == (3, 2, 2, 4)
+    for drop in (0, 1):
+        np.testing.assert_allclose(out.atp_dropped[:, drop], _grad_drop_by_hand(loaded, batch, replace, drop),
+                                   rtol=1e-7, atol=1e-10)
+    assert np.abs(out.atp_dropped[:, 1, 0] - out.atp[:, 0]).max() > 1e-6  # dropping layer 1 moves layer 0's
+    np.testing.assert_array_equal(out.atp_dropped[:, 0, 1], out.atp[:, 1])  # and not layer 1's
+    # the estimate: (|AtP_{-0}| + |AtP_{-1}|) / (L - 1) per head, each summed over sequences and normalised
+    dropped = out.atp_dropped.reshape(3, 2, 8)
+    by_hand = (np.abs(dropped[:, 0].sum(0)) + np.abs(dropped[:, 1].sum(0))) / 10.0 / 1
+    np.testing.assert_allclose(grad_drop_estimate(dropped, 10.0), by_hand)
+
+
+def test_the_analysis_gives_the_same_effects_replayed_and_reports_atp_star(tiny_llama: Path,
+                                                                          documents: Path) -> None:  # noqa: F811
+    from scipy.stats import spearmanr
+    from test_head_effects import _run
+
+    fast = _run(tiny_llama, documents, head_effects_atp_star=True)
+    slow = _run(tiny_llama, documents, head_effects_replay="off")
+    a, b = fast.tables["head_effects"], slow.tables["head_effects"]
+    for column in ("effect", "effect_low", "effect_high", "effect_atp"):
+        np.testing.assert_allclose(a[column].to_numpy(float), b[column].to_numpy(float), rtol=1e-6, atol=1e-6)
+    summary = fast.run["analyses"]["head_effects"]
+    assert summary["replay"]["mode"] == "replay" and summary["replay"]["lm_head"] == "chunked"
+    assert slow.run["analyses"]["head_effects"]["replay"]["mode"] == "full forwards"
+    star = summary["atp_star"]
+    expected = spearmanr(a["effect_atp_star"].to_numpy(float), np.abs(a["effect"].to_numpy(float))).statistic
+    assert star["spearman"] == pytest.approx(expected)
+    assert (a["effect_atp_star"] >= 0).all() and "effect_atp_star" not in b

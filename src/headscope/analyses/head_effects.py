@@ -83,11 +83,12 @@ def split_sample(examples: int, sequences: int, mean_sequences: int, seed: int
     return held, (mean or held), bool(mean)
 
 
-def head_forwards(rows: int, replace: np.ndarray | None, replay: bool = True) -> list[Forward]:
-    """The forwards of one held-out batch: attribution patching, then the baseline and every head closed
-    (:attr:`~headscope.engine.forwards.Forward.ablate`: replayed from each layer's cached input where exact,
-    ``rows // batch_size`` heads of a layer per forward)."""
-    return [Forward(tag=("atp",), loss="objective", atp=True, replace=replace),
+def head_forwards(rows: int, replace: np.ndarray | None, replay: bool = True, grad_drop: bool = False
+                  ) -> list[Forward]:
+    """The forwards of one held-out batch: attribution patching (with AtP*'s GradDrop when asked), then the
+    baseline and every head closed (:attr:`~headscope.engine.forwards.Forward.ablate`: replayed from each
+    layer's cached input where exact, ``rows // batch_size`` heads of a layer per forward)."""
+    return [Forward(tag=("atp",), loss="objective", atp=True, replace=replace, grad_drop=grad_drop),
             Forward(tag=("heads",), loss="objective", per_sequence=True, ablate=True, rows=rows, replace=replace,
                     replay=replay)]
 
@@ -125,6 +126,35 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     return value if np.isfinite(value) else None
 
 
+def grad_drop_estimate(dropped: np.ndarray, terms: float) -> np.ndarray:
+    """AtP*'s GradDrop estimate (Kramar et al. 2024, section 3.1.2) of every head's effect magnitude:
+    ``1 / (L - 1) * sum over layers l of |AtP_{-l}|``, each ``AtP_{-l}`` (the estimate with layer ``l``'s
+    gradient dropped) summed over sequences and normalised as the effect; a head's own layer gives 0 (hence
+    ``L - 1``).
+
+    Parameters
+    ----------
+    dropped : ndarray of shape (sequences, n_layers, heads)
+        Each sequence's ``AtP_{-l}`` per dropped layer ``l`` and head (flattened ``layer * n_heads + head``).
+    terms : float
+        The loss terms of the sequences.
+
+    Returns
+    -------
+    ndarray of shape (heads,)
+    """
+    n_layers = dropped.shape[1]
+    return np.abs(dropped.sum(0) / max(terms, 1.0)).sum(0) / max(n_layers - 1, 1)
+
+
+def recall_at(estimate: np.ndarray, exact: np.ndarray, k: int) -> float | None:
+    """The share of the ``k`` largest ``exact`` values that are among the ``k`` largest of ``estimate``."""
+    if k < 1:
+        return None
+    top = set(np.argsort(-exact, kind="stable")[:k].tolist())
+    return len(top & set(np.argsort(-estimate, kind="stable")[:k].tolist())) / k
+
+
 def ranks(values: np.ndarray) -> np.ndarray:
     """1 for the largest value, ties in head order."""
     out = np.empty(len(values), dtype=np.int64)
@@ -152,6 +182,9 @@ class HeadEffectsOptions:
         "auto", help="auto: each head's ablation replays only its layer and those above, from the baseline's "
         "cached layer inputs, where that is exact (an LM loss, layers found, the cache within --attention-memory); "
         "off: every ablation a full forward (the reference; default: auto).")
+    head_effects_atp_star: bool = option(
+        False, help="Also AtP* (Kramar et al. 2024): attribution patching with GradDrop (one more backward of "
+        "L(L-1)/2 layers per batch), reported beside the exact effects (effect_atp_star; default off).")
     head_effects_top: int = option(10, help="Heads listed in the summary by exact effect, and AtP's blind spot: "
                                    "those among this many largest effects (at most half the heads) that "
                                    "attribution patching ranks in its bottom half (default 10).")
@@ -174,6 +207,7 @@ class HeadEffects(Analysis):
     terms_: np.ndarray
     ablated_: np.ndarray
     atp_: np.ndarray
+    atp_drop_: np.ndarray
 
     name = "head_effects"
     costly = "one forward per head per batch of its sample"
@@ -202,6 +236,12 @@ class HeadEffects(Analysis):
         self.add_state("terms_", np.zeros(0), reduce="cat")
         self.add_state("ablated_", np.zeros((0, total)), reduce="cat")
         self.add_state("atp_", np.zeros((0, total)), reduce="cat")
+        # AtP*'s GradDrop: per sequence, the estimate with each layer's gradient dropped, [layer * total]
+        self.add_state("atp_drop_", np.zeros((0, ctx.info.n_layers * total)), reduce="cat")
+        self._star = bool(o.head_effects_atp_star)
+        if self._star and self.kind not in ("lm_loss", "mlm_loss"):
+            raise ValueError("head_effects_atp_star: GradDrop is computed for LM losses; this model's loss is "
+                             f"{self.kind}")
         self._total = total
         self._pending: dict[tuple[int, ...], dict[str, Any]] = {}  # a batch's rows until its last forward
         self._disjoint = True
@@ -231,7 +271,7 @@ class HeadEffects(Analysis):
         rows = o.head_effects_rows or int(ctx.config.batch_size)
 
         def forwards(batch: Batch) -> list[Forward]:
-            return head_forwards(rows, replace, o.head_effects_replay == "auto")
+            return head_forwards(rows, replace, o.head_effects_replay == "auto", self._star)
 
         yield Pass("head_effects: ablations", CorpusRows(keep, only=held), forwards)
 
@@ -249,6 +289,9 @@ class HeadEffects(Analysis):
         if what == "atp":
             assert out.atp is not None
             rows["atp"] = out.atp.reshape(batch.size, -1)
+            n_layers = out.atp.shape[1]
+            rows["drop"] = (np.zeros((batch.size, 0)) if out.atp_dropped is None
+                            else out.atp_dropped.reshape(batch.size, n_layers * self._total))
         else:
             assert out.sequence_loss is not None and out.sequence_terms is not None and out.ablated is not None
             rows["base"], rows["terms"], rows["ablated"] = out.sequence_loss, out.sequence_terms, out.ablated.T
@@ -265,6 +308,8 @@ class HeadEffects(Analysis):
             self.terms_ = np.concatenate([self.terms_, rows["terms"].astype(np.float64)])
             self.ablated_ = np.concatenate([self.ablated_, rows["ablated"]])
             self.atp_ = np.concatenate([self.atp_, rows["atp"]])
+            if rows["drop"].shape[1]:
+                self.atp_drop_ = np.concatenate([self.atp_drop_, rows["drop"]])
 
     def replay_summary(self) -> dict[str, Any]:
         """How the ablations ran in this process: replayed from the cached layer inputs, or full forwards and
@@ -297,22 +342,37 @@ class HeadEffects(Analysis):
         blind_top = min(o.head_effects_top, total // 2)  # on a small model, at most the top half
         blind = (effect_rank <= blind_top) & (atp_rank > total / 2)
         shape = (n_layers, n_heads)
-        heads = head_frame({"effect": effect.reshape(shape), "effect_low": low.reshape(shape),
-                            "effect_high": high.reshape(shape), "effect_atp": atp.reshape(shape)}, *shape)
+        columns = {"effect": effect.reshape(shape), "effect_low": low.reshape(shape),
+                   "effect_high": high.reshape(shape), "effect_atp": atp.reshape(shape)}
+        star = None
+        if len(self.atp_drop_):
+            star = grad_drop_estimate(self.atp_drop_[order].reshape(len(order), n_layers, -1), total_terms)
+            columns["effect_atp_star"] = star.reshape(shape)
+        heads = head_frame(columns, *shape)
         table = heads.copy()
         table.insert(2, "head_name", [head_name(la, he) for la, he in zip(table["layer"], table["head"],
                                                                           strict=True)])
         table["effect_rank"] = effect_rank
         table["atp_rank"] = atp_rank
         table["atp_blind_spot"] = blind
+        magnitude = np.abs(effect)
+        star_blind = None
+        if star is not None:
+            star_rank, magnitude_rank = ranks(star), ranks(magnitude)
+            star_blind = (magnitude_rank <= blind_top) & (star_rank > total / 2)
+            table["atp_star_rank"] = star_rank
+            table["atp_star_blind_spot"] = star_blind
         table["sequences"] = len(base)
         table["ablation"] = o.head_effects_ablation
         table["loss"] = self.kind
 
         def described(i: int) -> dict[str, Any]:
-            return {"head": head_name(i // n_heads, i % n_heads), "effect": float(effect[i]),
-                    "effect_low": float(low[i]), "effect_high": float(high[i]), "effect_atp": float(atp[i]),
-                    "effect_rank": int(effect_rank[i]), "atp_rank": int(atp_rank[i])}
+            out = {"head": head_name(i // n_heads, i % n_heads), "effect": float(effect[i]),
+                   "effect_low": float(low[i]), "effect_high": float(high[i]), "effect_atp": float(atp[i]),
+                   "effect_rank": int(effect_rank[i]), "atp_rank": int(atp_rank[i])}
+            if star is not None:
+                out["effect_atp_star"] = float(star[i])
+            return out
 
         n = len(base)
         interval: dict[str, Any] = {
@@ -340,6 +400,20 @@ class HeadEffects(Analysis):
                                        f"(rank > {total / 2:g} of {total}) by the AtP estimate",
                     "blind_spot": [described(int(i)) for i in np.flatnonzero(blind)]},
         }
+        if star is not None:
+            assert star_blind is not None
+            summary["atp_star"] = {
+                "method": "GradDrop (Kramar et al. 2024, section 3.1.2): 1/(L-1) sum over layers l of |AtP with "
+                          "layer l's gradient dropped|, an estimate of the effect's magnitude",
+                "qk_fix": "not applied: the node is a head's output, downstream of its own attention softmax; the "
+                          "QK fix concerns query and key nodes (docs/head_effects.md)",
+                "compared_with": "|effect|",
+                "spearman": spearman(star, magnitude),
+                "spearman_atp_magnitude": spearman(np.abs(atp), magnitude),
+                "recall_top": {"k": top, "atp_star": recall_at(star, magnitude, top),
+                               "atp": recall_at(np.abs(atp), magnitude, top)},
+                "blind_spot": [described(int(i)) for i in np.flatnonzero(star_blind)],
+            }
         summary["replay"] = self.replay_summary()
         if self.kind == "mlm_loss":
             summary["mask_rate"] = MASK_RATE

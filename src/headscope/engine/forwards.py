@@ -96,6 +96,8 @@ class Forward:
     """Attribution patching (``loss="objective"``, every gate open): per sequence, the first-order estimate of
     the change of its summed loss when each head's output is replaced by ``replace`` (0 when None),
     ``sum over its tokens (replace - x) . dL/dx`` (:func:`head_attribution`)."""
+    grad_drop: bool = False
+    """With ``atp``: AtP*'s GradDrop as well (:attr:`ForwardOutput.atp_dropped`, :func:`head_attribution`)."""
     ablate: bool = False
     """Every head ablated one at a time (``loss="objective"``, ``per_sequence``; closed onto ``replace``): the
     baseline's per-sequence losses and each head's (:attr:`ForwardOutput.ablated`), replayed from the cached
@@ -161,6 +163,9 @@ class ForwardOutput:
     """The real tokens in ``head_sums`` (each input the model read counted once)."""
     atp: np.ndarray | None = None
     """float64 of shape (batch, n_layers, n_heads) (``atp``): each sequence's estimated loss change per head."""
+    atp_dropped: np.ndarray | None = None
+    """float64 of shape (batch, n_layers, n_layers, n_heads) (``grad_drop``): ``[:, l]`` the AtP estimate with the
+    gradient through layer ``l``'s residual contribution dropped."""
     ablated: np.ndarray | None = None
     """float64 of shape (n_layers * n_heads, batch) (``ablate``): each sequence's summed loss with head
     ``layer * n_heads + head`` ablated (``sequence_loss``: the baseline's)."""
@@ -275,8 +280,8 @@ def run_forward(loaded: LoadedModel, batch: Batch, forward: Forward | Generate, 
         assert kind is not None
         if forward.gates is not None or forward.loss != "objective":
             raise ValueError("a forward with atp takes loss='objective' and no gates (every head open)")
-        estimate, loss, n = head_attribution(loaded, batch, kind, seed, forward.replace)
-        return ForwardOutput(loss=loss, terms=n, has_loss=True, atp=estimate)
+        estimate, loss, n, dropped = head_attribution(loaded, batch, kind, seed, forward.replace, forward.grad_drop)
+        return ForwardOutput(loss=loss, terms=n, has_loss=True, atp=estimate, atp_dropped=dropped)
     if forward.gates is not None and np.ndim(forward.gates) == 3:
         assert kind is not None
         if forward.loss != "objective" or not forward.per_sequence or forward.gate_grad or forward.hidden \
@@ -578,8 +583,8 @@ def full_ablations(loaded: LoadedModel, batch: Batch, kind: str, seed: int, rows
     return base, terms, ablated
 
 
-def head_attribution(loaded: LoadedModel, batch: Batch, kind: str, seed: int, replace: np.ndarray | None = None
-                     ) -> tuple[np.ndarray, float, int]:
+def head_attribution(loaded: LoadedModel, batch: Batch, kind: str, seed: int, replace: np.ndarray | None = None,
+                     grad_drop: bool = False) -> tuple[np.ndarray, float, int, np.ndarray | None]:
     """Attribution patching (Nanda 2023; Kramar et al. 2024, AtP): per sequence and head, the first-order
     estimate of the change of the sequence's summed loss when the head's output ``x`` is replaced by ``r``
     (``replace``, 0 when None) at every token: ``sum over tokens (r - x) . dL/dx``, from one forward and one
@@ -590,27 +595,57 @@ def head_attribution(loaded: LoadedModel, batch: Batch, kind: str, seed: int, re
     row also moves the other pairs' terms (its embeddings are their negatives); the sum over rows is the
     estimate for the batch.
 
+    ``grad_drop`` (AtP*'s GradDrop, Kramar et al. 2024, section 3.1.2): the same estimate once per layer ``l``
+    with the gradient through layer ``l``'s contribution to the residual stream dropped (only the skip
+    connection carries it down): for the heads of layers below ``l`` the backward of layers ``0 .. l-1``
+    seeded at layer ``l``'s input with the gradient at its output; for those of layer ``l``, 0; above, AtP's.
+    One forward, one backward, and the backwards of ``L (L - 1) / 2`` layers.
+
     Returns
     -------
     estimate : ndarray of shape (batch, n_layers, n_heads), float64
     loss_sum : float
         The summed loss.
     terms : int
+    dropped : ndarray of shape (batch, n_layers, n_layers, n_heads), float64, or None
+        With ``grad_drop``: ``dropped[:, l]``, the estimate with layer ``l``'s gradient dropped.
+
+    Raises
+    ------
+    ValueError
+        ``grad_drop`` on a model whose layers are not found (:func:`~headscope.engine.replay.residual_layers`).
     """
+    from headscope.engine.replay import recording, residual_layers
+
     info = loaded.info
+    if grad_drop and kind not in LM_LOSSES:
+        raise ValueError("GradDrop is computed for LM losses (the contrastive loss runs the base model twice)")
+    layers = residual_layers(loaded.model, info.n_layers) if grad_drop else []
     with torch.inference_mode(False), torch.enable_grad():
         batch = plain_batch(batch)
-        with HeadGates(loaded.model, info.n_layers, info.n_heads) as gates:
+        with HeadGates(loaded.model, info.n_layers, info.n_heads) as gates, recording(layers) as kept:
             like = gates.values
             gates.values = torch.ones(batch.size, info.n_layers, info.n_heads, dtype=like.dtype,
                                       device=like.device, requires_grad=True)
             if replace is not None:
                 gates.replacement = torch.as_tensor(replace, dtype=like.dtype).to(like.device)
             loss, n = batch_loss(loaded, batch, kind, seed)
-            loss.backward()
-            assert gates.values.grad is not None  # the gates require grad and are in the graph
-            estimate = -gates.values.grad.detach().double().cpu().numpy()
-    return estimate, float(loss.detach()), n
+            if not grad_drop:
+                loss.backward()
+                assert gates.values.grad is not None  # the gates require grad and are in the graph
+                return -gates.values.grad.detach().double().cpu().numpy(), float(loss.detach()), n, None
+            outputs = [out if isinstance(out, torch.Tensor) else out[0] for out in kept]
+            grads = torch.autograd.grad(loss, [gates.values, *outputs], retain_graph=True)
+            estimate = -grads[0].detach().double()
+            dropped = estimate[:, None].repeat(1, info.n_layers, 1, 1)  # [row, dropped layer, layer, head]
+            for layer in range(info.n_layers):
+                dropped[:, layer, layer] = 0.0  # its heads' contribution carries no gradient
+                if layer == 0:
+                    continue
+                below = torch.autograd.grad(outputs[layer - 1], gates.values, grad_outputs=grads[1 + layer],
+                                            retain_graph=layer < info.n_layers - 1)[0]
+                dropped[:, layer, :layer] = -below[:, :layer].detach().double()
+    return estimate.cpu().numpy(), float(loss.detach()), n, dropped.cpu().numpy()
 
 
 def separator_id(tok: PreTrainedTokenizerFast) -> int | None:

@@ -140,7 +140,7 @@ def _tile(output: Any, k: int) -> Any:
 
 
 @contextlib.contextmanager
-def _recording(layers: list[torch.nn.Module]) -> Iterator[list[Any]]:
+def recording(layers: list[torch.nn.Module]) -> Iterator[list[Any]]:
     """Each layer's output during the forward (in layer order)."""
     kept: list[Any] = [None] * len(layers)
 
@@ -285,7 +285,7 @@ def replay_ablations(loaded: LoadedModel, batch: Batch, seed: int, rows: int, re
             if mine.shape != logits.shape or not torch.allclose(mine, logits, rtol=CHECK_RTOL,
                                                                 atol=CHECK_RTOL * float(logits.abs().max())):
                 plan.head = None
-        with _recording(layers) as kept:
+        with recording(layers) as kept:
             base, terms = head_losses(loaded, plan.head, inputs, labels)
         for output in kept:
             reason = _check_output(output, b)
