@@ -194,6 +194,7 @@ def test_grad_drop_equals_a_backward_with_the_layer_cut_by_hand(tiny_llama: Path
 def test_the_analysis_gives_the_same_effects_replayed_and_reports_atp_star(tiny_llama: Path,
                                                                           documents: Path) -> None:  # noqa: F811
     from scipy.stats import spearmanr
+
     from test_head_effects import _run
 
     fast = _run(tiny_llama, documents, head_effects_atp_star=True)
