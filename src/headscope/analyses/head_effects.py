@@ -49,6 +49,7 @@ from headscope.analyses.registry import register
 from headscope.analyses.stats import CONFIDENCE
 from headscope.config import check_choices, check_minimum, option
 from headscope.engine.forwards import MASK_RATE, CorpusRows, Forward, Pass
+from headscope.engine.progress import Tracker
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
@@ -57,6 +58,9 @@ if TYPE_CHECKING:
 
 #: Mixed into the seed of the samples and of the bootstrap, so that they are independent of other draws.
 SALT = 30
+
+#: Bootstrap resamples per step of its progress.
+BOOTSTRAP_BLOCK = 250
 
 #: Fewer held-out sequences than this: the summary says the interval is rough.
 MIN_SEQUENCES = 10
@@ -93,7 +97,7 @@ def head_forwards(rows: int, replace: np.ndarray | None, replay: bool = True, gr
                     replay=replay)]
 
 
-def bootstrap_effects(diff: np.ndarray, terms: np.ndarray, resamples: int, seed: int
+def bootstrap_effects(diff: np.ndarray, terms: np.ndarray, resamples: int, seed: int, quiet: bool = True
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Percentile bootstrap intervals of ``sum(diff[:, h]) / sum(terms)`` over sequences, for every column.
 
@@ -103,6 +107,8 @@ def bootstrap_effects(diff: np.ndarray, terms: np.ndarray, resamples: int, seed:
         Each sequence's ablated minus baseline summed loss (paired: a resample takes both).
     terms : ndarray of shape (sequences,)
     resamples, seed : int
+    quiet : bool
+        No progress (the resamples, in blocks of :data:`BOOTSTRAP_BLOCK`).
 
     Returns
     -------
@@ -110,9 +116,14 @@ def bootstrap_effects(diff: np.ndarray, terms: np.ndarray, resamples: int, seed:
     """
     n = diff.shape[0]
     index = stats.bootstrap_indices(n, resamples, [seed, SALT])
-    counts = np.zeros((resamples, n))
-    np.add.at(counts, (np.arange(resamples)[:, None], index), 1.0)
-    values = (counts @ diff) / np.maximum(counts @ terms, 1.0)[:, None]
+    values = np.empty((resamples, diff.shape[1]))
+    with Tracker("head_effects: bootstrap", "resamples", resamples, quiet) as tracker:
+        for start in range(0, resamples, BOOTSTRAP_BLOCK):
+            stop = min(resamples, start + BOOTSTRAP_BLOCK)
+            counts = np.zeros((stop - start, n))
+            np.add.at(counts, (np.arange(stop - start)[:, None], index[start:stop]), 1.0)
+            values[start:stop] = (counts @ diff) / np.maximum(counts @ terms, 1.0)[:, None]
+            tracker.update(stop - start)
     return stats.percentile_intervals(values, CONFIDENCE)
 
 
@@ -273,7 +284,7 @@ class HeadEffects(Analysis):
         def forwards(batch: Batch) -> list[Forward]:
             return head_forwards(rows, replace, o.head_effects_replay == "auto", self._star)
 
-        yield Pass("head_effects: ablations", CorpusRows(keep, only=held), forwards)
+        yield Pass("head_effects: baseline, AtP and ablations", CorpusRows(keep, only=held), forwards)
 
     def update_pass(self, batch: Batch, forward: Forward | Generate, out: ForwardOutput) -> None:
         assert isinstance(forward, Forward) and isinstance(forward.tag, tuple)
@@ -335,7 +346,7 @@ class HeadEffects(Analysis):
         total_terms = float(terms.sum())
         effect = diff.sum(0) / max(total_terms, 1.0)
         atp = self.atp_[order].sum(0) / max(total_terms, 1.0)
-        low, high = bootstrap_effects(diff, terms, o.head_effects_bootstrap, ctx.seed)
+        low, high = bootstrap_effects(diff, terms, o.head_effects_bootstrap, ctx.seed, bool(ctx.config.quiet))
         effect_rank, atp_rank = ranks(effect), ranks(atp)
         total = n_layers * n_heads
         top = min(o.head_effects_top, total)
