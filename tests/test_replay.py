@@ -209,3 +209,29 @@ def test_the_analysis_gives_the_same_effects_replayed_and_reports_atp_star(tiny_
     expected = spearmanr(a["effect_atp_star"].to_numpy(float), np.abs(a["effect"].to_numpy(float))).statistic
     assert star["spearman"] == pytest.approx(expected)
     assert (a["effect_atp_star"] >= 0).all() and "effect_atp_star" not in b
+
+
+def test_verify_top_measures_atp_stars_top_and_a_random_control(tiny_llama: Path, documents: Path) -> None:  # noqa: F811
+    from test_head_effects import _run
+
+    every = _run(tiny_llama, documents, head_effects_atp_star=True).tables["head_effects"]
+    every = every.sort_values(["layer", "head"]).reset_index(drop=True)
+    result = _run(tiny_llama, documents, head_effects_verify_top=2)
+    table = result.tables["head_effects"].sort_values(["layer", "head"]).reset_index(drop=True)
+    verify = result.run["analyses"]["head_effects"]["verify_top"]
+    star = every["effect_atp_star"].to_numpy(float)
+    np.testing.assert_allclose(table["effect_atp_star"].to_numpy(float), star, rtol=1e-9)
+    assert verify["top"] == [int(i) for i in np.argsort(-star, kind="stable")[:2]]
+    assert len(verify["control"]) == 2 and not set(verify["control"]) & set(verify["top"])
+    measured = np.isfinite(table["effect"].to_numpy(float))
+    assert sorted(np.flatnonzero(measured).tolist()) == sorted(verify["top"] + verify["control"])
+    # the verified heads' exact effects are those of the run that measured every head
+    np.testing.assert_allclose(table["effect"].to_numpy(float)[measured], every["effect"].to_numpy(float)[measured],
+                               rtol=1e-6, atol=1e-6)
+    magnitude = np.abs(every["effect"].to_numpy(float))
+    threshold = np.sort(magnitude[measured])[::-1][1]
+    assert verify["threshold"] == pytest.approx(threshold)
+    assert verify["picked_above"] == int((magnitude[verify["top"]] >= threshold).sum())
+    assert verify["control_above"] == int((magnitude[verify["control"]] >= threshold).sum())
+    with pytest.raises(ValueError, match="more than the model's 8 heads"):
+        _run(tiny_llama, documents, head_effects_verify_top=5)

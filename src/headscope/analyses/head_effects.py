@@ -37,6 +37,7 @@ Writes the heads columns ``effect``, ``effect_low``, ``effect_high``, ``effect_a
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -128,9 +129,12 @@ def bootstrap_effects(diff: np.ndarray, terms: np.ndarray, resamples: int, seed:
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Spearman's rank correlation (scipy's), None when undefined (fewer than 2 values, or a constant one)."""
+    """Spearman's rank correlation (scipy's) over the pairs where both are defined, None when undefined (fewer
+    than 2 values, or a constant one)."""
     from scipy.stats import spearmanr
 
+    keep = np.isfinite(a) & np.isfinite(b)
+    a, b = a[keep], b[keep]
     if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return None
     value = float(spearmanr(a, b).statistic)
@@ -167,10 +171,41 @@ def recall_at(estimate: np.ndarray, exact: np.ndarray, k: int) -> float | None:
 
 
 def ranks(values: np.ndarray) -> np.ndarray:
-    """1 for the largest value, ties in head order."""
-    out = np.empty(len(values), dtype=np.int64)
-    out[np.argsort(-values, kind="stable")] = np.arange(1, len(values) + 1)
+    """1 for the largest value, ties in head order; NaN values (heads not measured) get no rank (NaN, the
+    array then float)."""
+    finite = np.isfinite(values)
+    out = np.empty(len(values), dtype=np.int64 if finite.all() else np.float64)
+    if not finite.all():
+        out[~finite] = np.nan
+    where = np.flatnonzero(finite)
+    out[where[np.argsort(-values[where], kind="stable")]] = np.arange(1, len(where) + 1)
     return out
+
+
+def verify_summary(effect: np.ndarray, star: np.ndarray, top: list[int], control: list[int]) -> dict[str, Any]:
+    """How well AtP*'s top K found the heads of largest exact effect magnitude, from the K heads it picked and
+    K random others (the control).
+
+    ``threshold`` is the K-th largest ``|effect|`` among the 2K verified heads. ``recall_verified``: the share
+    of the verified heads at or above it that AtP* picked. The control estimates how many unpicked heads reach
+    the threshold: ``control_above / K * (heads - K)``; ``recall_estimated`` = picked above / (picked above +
+    that estimate), an estimate of the recall of the model's exact top K.
+    """
+    k = len(top)
+    magnitude = np.abs(effect)
+    verified = np.asarray(top + control)
+    threshold = float(np.sort(magnitude[verified])[::-1][k - 1])
+    picked_above = int((magnitude[top] >= threshold).sum())
+    control_above = int((magnitude[control] >= threshold).sum())
+    unpicked = len(effect) - k
+    missed = control_above / k * unpicked
+    return {"k": k, "threshold": threshold, "top": top, "control": control,
+            "picked_above": picked_above, "control_above": control_above,
+            "recall_verified": picked_above / max(picked_above + control_above, 1),
+            "estimated_missed": missed, "recall_estimated": picked_above / max(picked_above + missed, 1e-12),
+            "spearman_verified": spearman(star[verified], magnitude[verified]),
+            "rule": "threshold: the K-th largest |effect| among the 2K verified heads; recall_estimated: picked "
+                    "heads above it over those plus control_above / K x (heads - K)"}
 
 
 @dataclass
@@ -196,6 +231,10 @@ class HeadEffectsOptions:
     head_effects_atp_star: bool = option(
         False, help="Also AtP* (Kramar et al. 2024): attribution patching with GradDrop (one more backward of "
         "L(L-1)/2 layers per batch), reported beside the exact effects (effect_atp_star; default off).")
+    head_effects_verify_top: int = option(
+        0, help="K > 0: AtP* for every head, then exact effects only for the K heads it ranks highest and K random "
+        "others (a control), with the recall of the exact top K estimated; the other heads' effects are empty. "
+        "For models where an exact effect for every head is out of reach (default 0: every head exact).")
     head_effects_top: int = option(10, help="Heads listed in the summary by exact effect, and AtP's blind spot: "
                                    "those among this many largest effects (at most half the heads) that "
                                    "attribution patching ranks in its bottom half (default 10).")
@@ -232,7 +271,8 @@ class HeadEffects(Analysis):
         o = self.options
         check_choices(o)  # again: the options may have been changed since
         check_minimum(o, 1, "head_effects_sequences", "head_effects_bootstrap")
-        check_minimum(o, 0, "head_effects_mean_sequences", "head_effects_rows", "head_effects_top")
+        check_minimum(o, 0, "head_effects_mean_sequences", "head_effects_rows", "head_effects_top",
+                      "head_effects_verify_top")
         if o.head_effects_ablation == "mean" and o.head_effects_mean_sequences < 1:
             raise ValueError("mean ablation needs head_effects_mean_sequences >= 1")
         self.kind = ctx.require_loss()
@@ -249,7 +289,11 @@ class HeadEffects(Analysis):
         self.add_state("atp_", np.zeros((0, total)), reduce="cat")
         # AtP*'s GradDrop: per sequence, the estimate with each layer's gradient dropped, [layer * total]
         self.add_state("atp_drop_", np.zeros((0, ctx.info.n_layers * total)), reduce="cat")
-        self._star = bool(o.head_effects_atp_star)
+        if 2 * o.head_effects_verify_top > total:
+            raise ValueError(f"head_effects_verify_top {o.head_effects_verify_top}: the top K and K random heads are "
+                             f"more than the model's {total} heads (use at most {total // 2}, or 0 for every head)")
+        self._star = bool(o.head_effects_atp_star or o.head_effects_verify_top)
+        self._verify: dict[str, list[int]] | None = None
         if self._star and self.kind not in ("lm_loss", "mlm_loss"):
             raise ValueError("head_effects_atp_star: GradDrop is computed for LM losses; this model's loss is "
                              f"{self.kind}")
@@ -281,10 +325,32 @@ class HeadEffects(Analysis):
         replace = self.replacement()
         rows = o.head_effects_rows or int(ctx.config.batch_size)
 
+        replay = o.head_effects_replay == "auto"
+        if o.head_effects_verify_top:
+            atp, ablate = head_forwards(rows, replace, replay, grad_drop=True)
+            yield Pass("head_effects: AtP*", CorpusRows(keep, only=held), [atp])
+            self._verify = self.verify_pick(ctx, o.head_effects_verify_top)
+            picked = tuple(sorted(self._verify["top"] + self._verify["control"]))
+            yield Pass("head_effects: baseline and verified ablations", CorpusRows(keep, only=held),
+                       [dataclasses.replace(ablate, heads=picked)])
+            return
+
         def forwards(batch: Batch) -> list[Forward]:
-            return head_forwards(rows, replace, o.head_effects_replay == "auto", self._star)
+            return head_forwards(rows, replace, replay, self._star)
 
         yield Pass("head_effects: baseline, AtP and ablations", CorpusRows(keep, only=held), forwards)
+
+    def verify_pick(self, ctx: AnalysisContext, k: int) -> dict[str, list[int]]:
+        """The ``k`` heads AtP* ranks highest over the held-out sequences, and ``k`` others drawn at random
+        (seeded) as a control."""
+        drops = [rows["drop"] for rows in self._pending.values() if "drop" in rows]
+        terms = 1.0  # a common scale: the ranking does not depend on it
+        dropped = np.concatenate(drops).reshape(-1, ctx.info.n_layers, self._total)
+        star = grad_drop_estimate(dropped, terms)
+        top = [int(i) for i in np.argsort(-star, kind="stable")[:k]]
+        rest = np.setdiff1d(np.arange(self._total), top)
+        control = np.random.default_rng([ctx.seed, SALT, 1]).choice(rest, size=k, replace=False)
+        return {"top": top, "control": sorted(int(i) for i in control)}
 
     def update_pass(self, batch: Batch, forward: Forward | Generate, out: ForwardOutput) -> None:
         assert isinstance(forward, Forward) and isinstance(forward.tag, tuple)
@@ -380,7 +446,8 @@ class HeadEffects(Analysis):
         def described(i: int) -> dict[str, Any]:
             out = {"head": head_name(i // n_heads, i % n_heads), "effect": float(effect[i]),
                    "effect_low": float(low[i]), "effect_high": float(high[i]), "effect_atp": float(atp[i]),
-                   "effect_rank": int(effect_rank[i]), "atp_rank": int(atp_rank[i])}
+                   "effect_rank": int(effect_rank[i]) if np.isfinite(effect_rank[i]) else None,
+               "atp_rank": int(atp_rank[i])}
             if star is not None:
                 out["effect_atp_star"] = float(star[i])
             return out
@@ -405,7 +472,7 @@ class HeadEffects(Analysis):
             "mean_examples": sorted(int(i) for i in self.mean_index_),
             "bootstrap": interval,
             "heads_raising_loss": int((low > 0).sum()), "heads_lowering_loss": int((high < 0).sum()),
-            "top": [described(int(i)) for i in np.argsort(-effect, kind="stable")[:top]],
+            "top": [described(int(i)) for i in np.argsort(-effect, kind="stable")[:top] if np.isfinite(effect[i])],
             "atp": {"spearman": spearman(atp, effect), "over": f"{total} heads",
                     "blind_spot_rule": f"among the {blind_top} largest exact effects, ranked in the bottom half "
                                        f"(rank > {total / 2:g} of {total}) by the AtP estimate",
@@ -425,6 +492,10 @@ class HeadEffects(Analysis):
                                "atp": recall_at(np.abs(atp), magnitude, top)},
                 "blind_spot": [described(int(i)) for i in np.flatnonzero(star_blind)],
             }
+        if self._verify is not None:
+            assert star is not None
+            summary["verify_top"] = verify_summary(effect, star, self._verify["top"], self._verify["control"])
+            summary["verified_heads"] = int(np.isfinite(effect).sum())
         summary["replay"] = self.replay_summary()
         if self.kind == "mlm_loss":
             summary["mask_rate"] = MASK_RATE

@@ -105,6 +105,9 @@ class Forward:
     rows: int = 0
     """With ``ablate``: at most this many rows per forward (the batch repeated ``rows // batch`` times, one closed
     head per copy); 0: the batch size."""
+    heads: tuple[int, ...] | None = None
+    """With ``ablate``: only these heads (``layer * n_heads + head``), the others' rows of ``ablated`` NaN; None:
+    every head."""
     replay: bool = True
     """With ``ablate``: replay from the cached layer inputs where possible (False: full forwards, the
     reference)."""
@@ -549,18 +552,19 @@ def ablations(loaded: LoadedModel, batch: Batch, kind: str, seed: int, forward: 
     else:
         try:
             base, terms, ablated, how = replay_ablations(loaded, batch, seed, rows, forward.replace, budget_bytes,
-                                                         quiet)
+                                                         quiet, heads=forward.heads)
             return ForwardOutput(loss=float(base.sum()), terms=int(terms.sum()), has_loss=True, sequence_loss=base,
                                  sequence_terms=terms, ablated=ablated, replay=how)
         except ReplayRefusedError as exc:
             how = {"mode": "full forwards", "why": str(exc)}
-    base, terms, ablated = full_ablations(loaded, batch, kind, seed, rows, forward.replace, quiet)
+    base, terms, ablated = full_ablations(loaded, batch, kind, seed, rows, forward.replace, quiet,
+                                          heads=forward.heads)
     return ForwardOutput(loss=float(base.sum()), terms=int(terms.sum()), has_loss=True, sequence_loss=base,
                          sequence_terms=terms, ablated=ablated, replay=how)
 
 
 def full_ablations(loaded: LoadedModel, batch: Batch, kind: str, seed: int, rows: int, replace: np.ndarray | None,
-                   quiet: bool = True, desc: str = "ablations of this batch"
+                   quiet: bool = True, desc: str = "ablations of this batch", heads: tuple[int, ...] | None = None
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`~headscope.engine.replay.replay_ablations` by full forwards (any loss, any model): the baseline,
     then the batch repeated once per head of a group of ``rows // B`` heads (per-row gates), every layer run."""
@@ -570,16 +574,17 @@ def full_ablations(loaded: LoadedModel, batch: Batch, kind: str, seed: int, rows
         base, terms = sequence_losses(loaded, batch, kind, seed)
     per = max(1, rows // max(b, 1))
     ablated = np.full((total, b), np.nan)
-    with Tracker(desc, "heads", total, quiet, leave=False, final=False) as tracker:
-        for start in range(0, total, per):
-            stop = min(total, start + per)
-            gates = np.ones((stop - start, total))
-            gates[np.arange(stop - start), np.arange(start, stop)] = 0.0
-            out = variant_losses(loaded, batch, kind, seed, gates.reshape(stop - start, info.n_layers, info.n_heads),
+    todo = np.arange(total) if heads is None else np.asarray(sorted(heads), dtype=np.int64)
+    with Tracker(desc, "heads", len(todo), quiet, leave=False, final=False) as tracker:
+        for start in range(0, len(todo), per):
+            group = todo[start:start + per]
+            gates = np.ones((len(group), total))
+            gates[np.arange(len(group)), group] = 0.0
+            out = variant_losses(loaded, batch, kind, seed, gates.reshape(len(group), info.n_layers, info.n_heads),
                                  replace)
             assert out.sequence_loss is not None
-            ablated[start:stop] = out.sequence_loss
-            tracker.update(stop - start)
+            ablated[group] = out.sequence_loss
+            tracker.update(len(group))
     return base, terms, ablated
 
 

@@ -232,8 +232,8 @@ def head_losses(loaded: LoadedModel, head: torch.nn.Module | None, inputs: dict[
 
 
 def replay_ablations(loaded: LoadedModel, batch: Batch, seed: int, rows: int, replace: np.ndarray | None,
-                     budget_bytes: int, quiet: bool = True, desc: str = "ablations of this batch"
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+                     budget_bytes: int, quiet: bool = True, desc: str = "ablations of this batch",
+                     heads: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """The baseline's and every single-head ablation's per-sequence losses of an LM loss, replayed from the
     cached layer inputs.
 
@@ -247,6 +247,8 @@ def replay_ablations(loaded: LoadedModel, batch: Batch, seed: int, rows: int, re
         What a closed head outputs (None: 0).
     budget_bytes : int
         The cache of every layer's output must fit in this.
+    heads : tuple of int, optional
+        Only these heads (``layer * n_heads + head``; the other rows of ``ablated`` NaN); None: every head.
 
     Returns
     -------
@@ -303,18 +305,19 @@ def replay_ablations(loaded: LoadedModel, batch: Batch, seed: int, rows: int, re
         plan.checked = True
         per = max(1, rows // max(b, 1))
         ablated = np.full((n_layers * n_heads, b), np.nan)
-        with Tracker(desc, "heads", n_layers * n_heads, quiet, leave=False, final=False) as tracker:
+        wanted = set(range(n_layers * n_heads)) if heads is None else set(heads)
+        with Tracker(desc, "heads", len(wanted), quiet, leave=False, final=False) as tracker:
             for layer in range(n_layers):
-                for start in range(0, n_heads, per):
-                    stop = min(n_heads, start + per)
-                    k = stop - start
+                mine = [h for h in range(n_heads) if layer * n_heads + h in wanted]
+                for start in range(0, len(mine), per):
+                    group = np.asarray(mine[start:start + per])
+                    k = len(group)
                     gates = np.ones((k, n_layers, n_heads))
-                    gates[np.arange(k), layer, np.arange(start, stop)] = 0.0
+                    gates[np.arange(k), layer, group] = 0.0
                     skip = _skipping(layers, layer, _tile(kept[layer - 1], k)) if layer else contextlib.nullcontext()
                     with skip, _gates(loaded, np.repeat(gates, b, axis=0), replace):
                         loss, _ = head_losses(loaded, plan.head, _tiled_inputs(inputs, k), labels.repeat(k, 1))
-                    first = layer * n_heads
-                    ablated[first + start:first + stop] = loss.reshape(k, b).cpu().numpy()
+                    ablated[layer * n_heads + group] = loss.reshape(k, b).cpu().numpy()
                     tracker.update(k)
     how = {"mode": "replay", "lm_head": "chunked" if plan.head is not None else "model"}
     return base.cpu().numpy(), terms.cpu().numpy().astype(np.int64), ablated, how
