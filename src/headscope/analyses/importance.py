@@ -115,6 +115,11 @@ class HeadImportance(Analysis):
         """One pass over a seeded sample: the gradient of each batch's mean loss at the (open) gates (none when
         the ranking is head_effects' exact effects)."""
         if self.options.importance_ranking == "effects":
+            # No forward: the examples head_effects measured on are what this importance rests on (counted as
+            # the analysis's input).
+            held = results["head_effects"].summary["held_out_examples"] if "head_effects" in results else []
+            yield Pass("importance: head_effects' held-out sequences", CorpusRows(frozenset(held)), [],
+                       progress=False)
             return
         yield Pass("importance", sample_rows(ctx, self.options.importance_sequences, salt=14),
                    [Forward(loss="objective", gate_grad=True)])

@@ -232,7 +232,7 @@ def head_losses(loaded: LoadedModel, head: torch.nn.Module | None, inputs: dict[
 
 
 def replay_ablations(loaded: LoadedModel, batch: Batch, seed: int, rows: int, replace: np.ndarray | None,
-                     budget_bytes: int, quiet: bool = True, desc: str = "ablations of this batch",
+                     budget_bytes: int, quiet: bool = True, desc: str = "head_effects: ablations of this batch",
                      heads: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """The baseline's and every single-head ablation's per-sequence losses of an LM loss, replayed from the
     cached layer inputs.
