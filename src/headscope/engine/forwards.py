@@ -564,8 +564,8 @@ def ablations(loaded: LoadedModel, batch: Batch, kind: str, seed: int, forward: 
 
 
 def full_ablations(loaded: LoadedModel, batch: Batch, kind: str, seed: int, rows: int, replace: np.ndarray | None,
-                   quiet: bool = True, desc: str = "head_effects: ablations of this batch", heads: tuple[int, ...] | None = None
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   quiet: bool = True, desc: str = "head_effects: ablations of this batch",
+                   heads: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`~headscope.engine.replay.replay_ablations` by full forwards (any loss, any model): the baseline,
     then the batch repeated once per head of a group of ``rows // B`` heads (per-row gates), every layer run."""
     info = loaded.info
