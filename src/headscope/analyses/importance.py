@@ -159,7 +159,7 @@ class HeadImportance(Analysis):
         effects = results["head_effects"]
         assert effects.heads is not None and "effect" in effects.heads
         frame = effects.heads.sort_values(["layer", "head"])
-        raw = frame["effect"].to_numpy(float).reshape(ctx.info.n_layers, ctx.info.n_heads)
+        raw = frame["effect"].to_numpy(float).copy().reshape(ctx.info.n_layers, ctx.info.n_heads)  # writable
         norm = normalize_importance(raw, o.importance_normalize_layers, o.importance_normalize_global)
         n_layers, n_heads = raw.shape
         heads = head_frame({"importance": norm, "importance_raw": raw}, n_layers, n_heads)
