@@ -15,7 +15,7 @@ SmolLM2-135M (30 x 9).
 
     python bench/head_effects.py [--model tiny|smollm2|<dir>] [--lengths 64,256] [--sequences 4]
                                  [--mean-sequences 4] [--batch-size 4] [--bootstrap 1000] [--repeats 3]
-                                 [--replay auto|off] [--atp-star]
+                                 [--replay auto|off|auto,off] [--atp-star]
 """
 
 from __future__ import annotations
@@ -105,7 +105,8 @@ def one_length(args: argparse.Namespace, model: str, text: list[str], length: in
             "sequences": sum(b.size for b in batches), "heads": heads, "floor_s": floor_s, "analysis_s": wall,
             "per_head": wall / (floor_s * heads), "replay": summary.get("replay", {}),
             "atp": summary["atp"].get("spearman"), "atp_star": (summary.get("atp_star") or {}).get("spearman"),
-            "atp_abs": (summary.get("atp_star") or {}).get("spearman_atp_magnitude")}
+            "atp_abs": (summary.get("atp_star") or {}).get("spearman_atp_magnitude"),
+            "recall": (summary.get("atp_star") or {}).get("recall_top")}
 
 
 def main() -> None:
@@ -117,7 +118,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--replay", default="auto", choices=["auto", "off"])
+    parser.add_argument("--replay", default="auto", help="auto, off, or both (auto,off): each in turn, same floor")
     parser.add_argument("--atp-star", action="store_true")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()
@@ -128,13 +129,15 @@ def main() -> None:
         print(f"model {args.model}, text {'EWT dev' if text else 'packaged Wikipedia sample'}, "
               f"{args.sequences} held-out + {args.mean_sequences} mean sequences, batch {args.batch_size}, "
               f"replay {args.replay}, {torch.get_num_threads()} threads")
-        for length in (int(x) for x in args.lengths.split(",")):
-            r = one_length(args, model, text, length)
+        for length, replay in ((int(x), m) for x in args.lengths.split(",") for m in args.replay.split(",")):
+            r = one_length(argparse.Namespace(**{**vars(args), "replay": replay}), model, text, length)
             replay = r["replay"]
             how = replay.get("mode", "full forwards") if isinstance(replay, dict) else replay
-            print(f"  {length:>4} tokens ({r['sequences']} seq, {r['tokens']} tok, {r['heads']} heads): floor "
+            print(f"  replay {replay}, {length:>4} tokens ({r['sequences']} seq, {r['tokens']} tok, {r['heads']} heads): floor "
                   f"{r['floor_s'] * 1e3:.1f} ms, analysis {r['analysis_s']:.2f} s -> {r['per_head']:.3f} "
-                  f"forwards per head (goal <= 0.6) [{how}]; Spearman AtP {r['atp']}, AtP* {r['atp_star']}")
+                  f"forwards per head (goal <= 0.6) [{how}]")
+            print(f"      Spearman: AtP vs effect {r['atp']}; vs |effect|: |AtP| {r['atp_abs']}, AtP* {r['atp_star']}; "
+                  f"recall of the top: {r['recall']}")
 
 
 if __name__ == "__main__":
