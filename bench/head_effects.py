@@ -131,9 +131,9 @@ def main() -> None:
               f"replay {args.replay}, {torch.get_num_threads()} threads")
         for length, replay in ((int(x), m) for x in args.lengths.split(",") for m in args.replay.split(",")):
             r = one_length(argparse.Namespace(**{**vars(args), "replay": replay}), model, text, length)
-            replay = r["replay"]
-            how = replay.get("mode", "full forwards") if isinstance(replay, dict) else replay
-            print(f"  replay {replay}, {length:>4} tokens ({r['sequences']} seq, {r['tokens']} tok, {r['heads']} heads): floor "
+            how = r["replay"].get("mode", "full forwards") if isinstance(r["replay"], dict) else r["replay"]
+            print(f"  replay {replay}, {length:>4} tokens ({r['sequences']} seq, {r['tokens']} tok, "
+                  f"{r['heads']} heads): floor "
                   f"{r['floor_s'] * 1e3:.1f} ms, analysis {r['analysis_s']:.2f} s -> {r['per_head']:.3f} "
                   f"forwards per head (goal <= 0.6) [{how}]")
             print(f"      Spearman: AtP vs effect {r['atp']}; vs |effect|: |AtP| {r['atp_abs']}, AtP* {r['atp_star']}; "
