@@ -93,6 +93,12 @@ def test_replay_is_refused_with_the_reason(tiny_llama: Path, tiny_bert: Path, do
     assert small.replay["mode"] == "full forwards" and "memory budget" in small.replay["why"]
     full = _ablations(loaded, batch, False)
     np.testing.assert_allclose(small.ablated, full.ablated, rtol=1e-6)
+    # a budget for one sequence's cache but not two: the batch is replayed in two parts, the same losses
+    one = 2 * batch.input_ids.shape[1] * 32 * 4  # layers x seq x hidden x float32
+    parts = _ablations(loaded, batch, True, budget=one + 1)
+    assert parts.replay["mode"] == "replay" and parts.replay["parts"] == 2
+    np.testing.assert_allclose(parts.ablated, full.ablated, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(parts.sequence_loss, full.sequence_loss, rtol=1e-6, atol=1e-6)
     encoder = load_model(str(tiny_bert), device="cpu")  # no LM head: the contrastive loss
     out = _ablations(encoder, _batch(encoder, _examples(encoder, documents, [0, 1, 2])), True)
     assert out.replay["mode"] == "full forwards" and "contrastive" in out.replay["why"]

@@ -15,9 +15,10 @@ fails the check and the model's own forward computes the logits).
 Replay is refused, with the reason, and every ablation is then a full forward
 (:func:`~headscope.engine.forwards.full_ablations`), when the layers cannot be located as one list of
 ``n_layers`` blocks each holding one attention output projection, when a layer returns more than its hidden
-states (T5's position bias), for the contrastive loss, when the cache of every layer's output exceeds the
-memory budget, or when a replay of the last layer with every head open does not give the baseline losses
-(1e-5, checked on the first batch of a model).
+states (T5's position bias), for the contrastive loss, when the cache of every layer's output for one
+sequence exceeds the memory budget (a batch whose cache does not fit is replayed in parts), or when a replay
+of the last layer with every head open does not give the baseline losses (1e-5, checked on the first batch of
+a model).
 """
 
 from __future__ import annotations
@@ -246,7 +247,8 @@ def replay_ablations(loaded: LoadedModel, batch: Batch, seed: int, rows: int, re
     replace : ndarray of shape (n_layers, n_heads, head_dim), optional
         What a closed head outputs (None: 0).
     budget_bytes : int
-        The cache of every layer's output must fit in this.
+        The cache of every layer's output must fit in this: the batch is replayed in parts of as many
+        sequences as fit (refused when one does not).
     heads : tuple of int, optional
         Only these heads (``layer * n_heads + head``; the other rows of ``ablated`` NaN); None: every head.
 
@@ -273,11 +275,18 @@ def replay_ablations(loaded: LoadedModel, batch: Batch, seed: int, rows: int, re
     layers = plan.layers
     b, n_layers, n_heads = batch.size, info.n_layers, info.n_heads
     param = next(loaded.model.parameters())
-    cache_bytes = n_layers * b * batch.input_ids.shape[1] * int(loaded.model.config.hidden_size) \
-        * param.element_size()
-    if cache_bytes > budget_bytes:
-        raise ReplayRefusedError(f"the cache of every layer's output ({cache_bytes / 2**20:.0f} MiB for a batch) "
+    hidden = int(loaded.model.get_input_embeddings().weight.shape[-1])
+    per_row = n_layers * batch.input_ids.shape[1] * hidden * param.element_size()
+    if per_row > budget_bytes:
+        raise ReplayRefusedError(f"the cache of every layer's output ({per_row / 2**20:.0f} MiB for one sequence) "
                                  f"exceeds the memory budget ({budget_bytes / 2**20:.0f} MiB, --attention-memory)")
+    if per_row * b > budget_bytes:  # the batch in parts whose caches fit (each row's loss is its own)
+        fit = budget_bytes // per_row
+        parts = [replay_ablations(loaded, batch.select(list(range(start, min(b, start + fit)))), seed, rows,
+                                  replace, budget_bytes, quiet, desc, heads) for start in range(0, b, fit)]
+        how = {**parts[0][3], "parts": len(parts)}
+        return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                np.concatenate([p[2] for p in parts], axis=1), how)
     inputs, labels = lm_labels(loaded, batch, seed)
     with torch.inference_mode():
         if not plan.checked and plan.head is not None:  # the chunked head gives the model's logits?
