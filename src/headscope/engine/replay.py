@@ -275,7 +275,9 @@ def replay_ablations(loaded: LoadedModel, batch: Batch, seed: int, rows: int, re
     layers = plan.layers
     b, n_layers, n_heads = batch.size, info.n_layers, info.n_heads
     param = next(loaded.model.parameters())
-    hidden = int(loaded.model.get_input_embeddings().weight.shape[-1])
+    embeddings = loaded.model.get_input_embeddings()
+    assert isinstance(embeddings.weight, torch.Tensor)
+    hidden = int(embeddings.weight.shape[-1])
     per_row = n_layers * batch.input_ids.shape[1] * hidden * param.element_size()
     if per_row > budget_bytes:
         raise ReplayRefusedError(f"the cache of every layer's output ({per_row / 2**20:.0f} MiB for one sequence) "
