@@ -295,8 +295,8 @@ class HeadEffects(Analysis):
         self._star = bool(o.head_effects_atp_star or o.head_effects_verify_top)
         self._verify: dict[str, list[int]] | None = None
         if self._star and self.kind not in ("lm_loss", "mlm_loss"):
-            raise ValueError("head_effects_atp_star: GradDrop is computed for LM losses; this model's loss is "
-                             f"{self.kind}")
+            raise ValueError("head_effects_atp_star / head_effects_verify_top: AtP*'s GradDrop is computed for LM "
+                             f"losses; this model's loss is {self.kind}")
         self._total = total
         self._pending: dict[tuple[int, ...], dict[str, Any]] = {}  # a batch's rows until its last forward
         self._disjoint = True
