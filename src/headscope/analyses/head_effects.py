@@ -22,7 +22,9 @@ summed loss kept, and
 a sequence's ablated and baseline losses together (paired), ``head_effects_bootstrap`` resamples shared by
 every head.
 
-Cost: one forward per head and batch of held-out sequences is the floor; the engine runs several heads in one
+Cost (issue 39): an ablation of a head in layer l changes nothing below l, so the engine replays it from the
+baseline's cached input of layer l (layers l..L-1 and the loss only; :mod:`headscope.engine.replay`, refused
+with the reason where not exact, ``head_effects_replay off`` for full forwards); heads of one layer share a
 forward (the batch repeated, one closed head per copy, per-row gates) up to ``head_effects_rows`` rows.
 
 **Attribution patching** (Nanda 2023; Kramar et al. 2024, AtP), ``effect_atp``: from one forward and backward
@@ -32,7 +34,13 @@ gives the Spearman correlation of the two over heads and AtP's blind spot: the h
 ``head_effects_top`` largest exact effects that the estimate ranks in its bottom half (saturated or cancelling
 heads, which a linear estimate misses).
 
-Writes the heads columns ``effect``, ``effect_low``, ``effect_high``, ``effect_atp`` and ``head_effects.csv``.
+**AtP*** (``head_effects_atp_star``; Kramar et al. 2024): GradDrop's estimate of each effect's magnitude,
+``1/(L-1) sum_l |AtP_{-l}|`` (:func:`grad_drop_estimate`); the QK fix concerns query and key nodes and does
+not apply to a head's output (docs/head_effects.md). ``head_effects_verify_top K``: AtP* for every head, exact
+effects for its top K and K random heads (:func:`verify_summary`).
+
+Writes the heads columns ``effect``, ``effect_low``, ``effect_high``, ``effect_atp`` (``effect_atp_star``) and
+``head_effects.csv``.
 """
 
 from __future__ import annotations
