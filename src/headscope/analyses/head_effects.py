@@ -268,7 +268,7 @@ class HeadEffects(Analysis):
     atp_drop_: np.ndarray
 
     name = "head_effects"
-    costly = "one forward per head per batch of its sample"
+    costly = "about half a forward per head per batch of its sample (replayed from the layer inputs)"
     report_order = 68
     description = ("each head's mean-ablation effect on the loss, bootstrap interval, and attribution patching "
                    "(AtP) beside it")
