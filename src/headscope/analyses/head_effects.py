@@ -312,6 +312,18 @@ class HeadEffects(Analysis):
         self._replay_why: set[str] = set()
         self._replay_head: set[str] = set()
 
+    def planned_forwards(self, ctx: AnalysisContext, sequences: int) -> int:
+        """The mean sample, then per held-out sequence AtP (3), the baseline and checks (about 2), and about 0.6
+        of a forward per ablated head replayed (1 in full forwards); AtP*'s GradDrop adds about L."""
+        o = self.options
+        info = ctx.info
+        held = min(o.head_effects_sequences, max(sequences // 2, 1))
+        mean = min(o.head_effects_mean_sequences, sequences) if o.head_effects_ablation == "mean" else 0
+        heads = 2 * o.head_effects_verify_top or info.n_layers * info.n_heads
+        per_head = 0.6 if o.head_effects_replay == "auto" else 1.0
+        star = info.n_layers if (o.head_effects_atp_star or o.head_effects_verify_top) else 0
+        return int(mean + held * (5 + star + per_head * heads))
+
     def replacement(self) -> np.ndarray | None:
         """What a closed head outputs: its mean output (mean ablation), None for 0 (zero ablation)."""
         if self.options.head_effects_ablation == "zero":

@@ -109,6 +109,8 @@ class HeadImportance(Analysis):
         self.add_state("batches_", np.zeros(1))
 
     def planned_forwards(self, ctx: AnalysisContext, sequences: int) -> int:
+        if self.options.importance_ranking == "effects":
+            return 0  # head_effects' effects, no pass of its own
         return 3 * min(self.options.importance_sequences, sequences)  # a forward and a backward each
 
     def passes(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> Iterator[Pass]:
