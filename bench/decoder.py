@@ -108,15 +108,22 @@ def timers(ctx: Any, batches: list[Any], effects_heads: int = 9) -> dict[str, Ca
         replace = sum(o.head_sums for o in sums) / sum(o.head_tokens for o in sums)
 
         def run() -> None:
+            import numpy as np
+
+            total = info.n_layers * info.n_heads
             for b in batches:
-                every = head_forwards(b.size, info.n_layers, info.n_heads,
-                                      effects_heads * b.size if kind == "heads" else b.size, replace)
                 if kind == "base":
-                    forwards = every[:1]
+                    forwards = [Forward(tag=("base",), loss="objective", per_sequence=True)]
                 elif kind == "atp":
-                    forwards = every[1:2]
+                    forwards = head_forwards(b.size, replace)[:1]
                 else:  # the first effects_heads heads, in one forward (per-row gates) or one per forward
-                    forwards = [f for f in every[2:] if f.tag[2] <= effects_heads]  # type: ignore[index]
+                    per = effects_heads if kind == "heads" else 1
+                    forwards = []
+                    for start in range(0, effects_heads, per):
+                        gates = np.ones((per, total))
+                        gates[np.arange(per), np.arange(start, start + per)] = 0.0
+                        forwards.append(Forward(loss="objective", per_sequence=True, replace=replace,
+                                                gates=gates.reshape(per, info.n_layers, info.n_heads)))
                 for forward in forwards:
                     run_forward(loaded, b, forward, seed)
             sync()

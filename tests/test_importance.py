@@ -105,3 +105,19 @@ def test_importance_run_end_to_end(which: str, request: pytest.FixtureRequest, t
     assert table["importance"].min() == 0 and table["importance"].max() == pytest.approx(1.0)
     assert set(table["loss"]) == {"mlm_loss" if which == "tiny_bert_mlm" else "lm_loss"}
     assert "importance" in result.heads.columns
+
+
+def test_importance_ranked_by_the_exact_effects(tiny_llama: Path, text_file: Path) -> None:
+    """``--importance-ranking effects``: importance_raw is head_effects' exact effect, normalised as bertology;
+    without head_effects in the run it stops before the model loads its passes."""
+    result = headscope.run(model=str(tiny_llama), text=[str(text_file)], analyses=["importance", "head_effects"],
+                           out=None, quiet=True, max_length=64, batch_size=4, importance_ranking="effects",
+                           head_effects_sequences=2, head_effects_mean_sequences=2, head_effects_bootstrap=50)
+    effects = result.tables["head_effects"].sort_values(["layer", "head"])["effect"].to_numpy(float).reshape(2, 4)
+    table = result.tables["importance"].sort_values(["layer", "head"])
+    np.testing.assert_array_equal(table["importance_raw"].to_numpy(float).reshape(2, 4), effects)
+    np.testing.assert_allclose(table["importance"].to_numpy(float).reshape(2, 4), normalize_importance(effects))
+    assert result.run["analyses"]["importance"]["ranking"] == "effects"
+    with pytest.raises(ValueError, match="add head_effects"):
+        headscope.run(model=str(tiny_llama), text=[str(text_file)], analyses=["importance"], out=None, quiet=True,
+                      max_length=64, importance_ranking="effects")

@@ -22,7 +22,9 @@ summed loss kept, and
 a sequence's ablated and baseline losses together (paired), ``head_effects_bootstrap`` resamples shared by
 every head.
 
-Cost: one forward per head and batch of held-out sequences is the floor; the engine runs several heads in one
+Cost (issue 39): an ablation of a head in layer l changes nothing below l, so the engine replays it from the
+baseline's cached input of layer l (layers l..L-1 and the loss only; :mod:`headscope.engine.replay`, refused
+with the reason where not exact, ``head_effects_replay off`` for full forwards); heads of one layer share a
 forward (the batch repeated, one closed head per copy, per-row gates) up to ``head_effects_rows`` rows.
 
 **Attribution patching** (Nanda 2023; Kramar et al. 2024, AtP), ``effect_atp``: from one forward and backward
@@ -32,11 +34,18 @@ gives the Spearman correlation of the two over heads and AtP's blind spot: the h
 ``head_effects_top`` largest exact effects that the estimate ranks in its bottom half (saturated or cancelling
 heads, which a linear estimate misses).
 
-Writes the heads columns ``effect``, ``effect_low``, ``effect_high``, ``effect_atp`` and ``head_effects.csv``.
+**AtP*** (``head_effects_atp_star``; Kramar et al. 2024): GradDrop's estimate of each effect's magnitude,
+``1/(L-1) sum_l |AtP_{-l}|`` (:func:`grad_drop_estimate`); the QK fix concerns query and key nodes and does
+not apply to a head's output (docs/head_effects.md). ``head_effects_verify_top K``: AtP* for every head, exact
+effects for its top K and K random heads (:func:`verify_summary`).
+
+Writes the heads columns ``effect``, ``effect_low``, ``effect_high``, ``effect_atp`` (``effect_atp_star``) and
+``head_effects.csv``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -49,6 +58,7 @@ from headscope.analyses.registry import register
 from headscope.analyses.stats import CONFIDENCE
 from headscope.config import check_choices, check_minimum, option
 from headscope.engine.forwards import MASK_RATE, CorpusRows, Forward, Pass
+from headscope.engine.progress import Tracker
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
@@ -57,6 +67,9 @@ if TYPE_CHECKING:
 
 #: Mixed into the seed of the samples and of the bootstrap, so that they are independent of other draws.
 SALT = 30
+
+#: Bootstrap resamples per step of its progress.
+BOOTSTRAP_BLOCK = 250
 
 #: Fewer held-out sequences than this: the summary says the interval is rough.
 MIN_SEQUENCES = 10
@@ -83,24 +96,17 @@ def split_sample(examples: int, sequences: int, mean_sequences: int, seed: int
     return held, (mean or held), bool(mean)
 
 
-def head_forwards(batch_size: int, n_layers: int, n_heads: int, rows: int, replace: np.ndarray | None
+def head_forwards(rows: int, replace: np.ndarray | None, replay: bool = True, grad_drop: bool = False
                   ) -> list[Forward]:
-    """The forwards of one held-out batch: the baseline, attribution patching, then every head closed (in
-    forwards of ``rows // batch_size`` heads, the batch repeated once per head)."""
-    total = n_layers * n_heads
-    per = max(1, rows // max(batch_size, 1))
-    out = [Forward(tag=("base",), loss="objective", per_sequence=True),
-           Forward(tag=("atp",), loss="objective", atp=True, replace=replace)]
-    for start in range(0, total, per):
-        stop = min(total, start + per)
-        gates = np.ones((stop - start, total))
-        gates[np.arange(stop - start), np.arange(start, stop)] = 0.0
-        out.append(Forward(tag=("heads", start, stop), loss="objective", per_sequence=True,
-                           gates=gates.reshape(stop - start, n_layers, n_heads), replace=replace))
-    return out
+    """The forwards of one held-out batch: attribution patching (with AtP*'s GradDrop when asked), then the
+    baseline and every head closed (:attr:`~headscope.engine.forwards.Forward.ablate`: replayed from each
+    layer's cached input where exact, ``rows // batch_size`` heads of a layer per forward)."""
+    return [Forward(tag=("atp",), loss="objective", atp=True, replace=replace, grad_drop=grad_drop),
+            Forward(tag=("heads",), loss="objective", per_sequence=True, ablate=True, rows=rows, replace=replace,
+                    replay=replay)]
 
 
-def bootstrap_effects(diff: np.ndarray, terms: np.ndarray, resamples: int, seed: int
+def bootstrap_effects(diff: np.ndarray, terms: np.ndarray, resamples: int, seed: int, quiet: bool = True
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Percentile bootstrap intervals of ``sum(diff[:, h]) / sum(terms)`` over sequences, for every column.
 
@@ -110,6 +116,8 @@ def bootstrap_effects(diff: np.ndarray, terms: np.ndarray, resamples: int, seed:
         Each sequence's ablated minus baseline summed loss (paired: a resample takes both).
     terms : ndarray of shape (sequences,)
     resamples, seed : int
+    quiet : bool
+        No progress (the resamples, in blocks of :data:`BOOTSTRAP_BLOCK`).
 
     Returns
     -------
@@ -117,27 +125,95 @@ def bootstrap_effects(diff: np.ndarray, terms: np.ndarray, resamples: int, seed:
     """
     n = diff.shape[0]
     index = stats.bootstrap_indices(n, resamples, [seed, SALT])
-    counts = np.zeros((resamples, n))
-    np.add.at(counts, (np.arange(resamples)[:, None], index), 1.0)
-    values = (counts @ diff) / np.maximum(counts @ terms, 1.0)[:, None]
+    values = np.empty((resamples, diff.shape[1]))
+    with Tracker("head_effects: bootstrap", "resamples", resamples, quiet) as tracker:
+        for start in range(0, resamples, BOOTSTRAP_BLOCK):
+            stop = min(resamples, start + BOOTSTRAP_BLOCK)
+            counts = np.zeros((stop - start, n))
+            np.add.at(counts, (np.arange(stop - start)[:, None], index[start:stop]), 1.0)
+            values[start:stop] = (counts @ diff) / np.maximum(counts @ terms, 1.0)[:, None]
+            tracker.update(stop - start)
     return stats.percentile_intervals(values, CONFIDENCE)
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Spearman's rank correlation (scipy's), None when undefined (fewer than 2 values, or a constant one)."""
+    """Spearman's rank correlation (scipy's) over the pairs where both are defined, None when undefined (fewer
+    than 2 values, or a constant one)."""
     from scipy.stats import spearmanr
 
+    keep = np.isfinite(a) & np.isfinite(b)
+    a, b = a[keep], b[keep]
     if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return None
     value = float(spearmanr(a, b).statistic)
     return value if np.isfinite(value) else None
 
 
+def grad_drop_estimate(dropped: np.ndarray, terms: float) -> np.ndarray:
+    """AtP*'s GradDrop estimate (Kramar et al. 2024, section 3.1.2) of every head's effect magnitude:
+    ``1 / (L - 1) * sum over layers l of |AtP_{-l}|``, each ``AtP_{-l}`` (the estimate with layer ``l``'s
+    gradient dropped) summed over sequences and normalised as the effect; a head's own layer gives 0 (hence
+    ``L - 1``).
+
+    Parameters
+    ----------
+    dropped : ndarray of shape (sequences, n_layers, heads)
+        Each sequence's ``AtP_{-l}`` per dropped layer ``l`` and head (flattened ``layer * n_heads + head``).
+    terms : float
+        The loss terms of the sequences.
+
+    Returns
+    -------
+    ndarray of shape (heads,)
+    """
+    n_layers = dropped.shape[1]
+    return np.abs(dropped.sum(0) / max(terms, 1.0)).sum(0) / max(n_layers - 1, 1)
+
+
+def recall_at(estimate: np.ndarray, exact: np.ndarray, k: int) -> float | None:
+    """The share of the ``k`` largest ``exact`` values that are among the ``k`` largest of ``estimate``."""
+    if k < 1:
+        return None
+    top = set(np.argsort(-exact, kind="stable")[:k].tolist())
+    return len(top & set(np.argsort(-estimate, kind="stable")[:k].tolist())) / k
+
+
 def ranks(values: np.ndarray) -> np.ndarray:
-    """1 for the largest value, ties in head order."""
-    out = np.empty(len(values), dtype=np.int64)
-    out[np.argsort(-values, kind="stable")] = np.arange(1, len(values) + 1)
+    """1 for the largest value, ties in head order; NaN values (heads not measured) get no rank (NaN, the
+    array then float)."""
+    finite = np.isfinite(values)
+    out = np.empty(len(values), dtype=np.int64 if finite.all() else np.float64)
+    if not finite.all():
+        out[~finite] = np.nan
+    where = np.flatnonzero(finite)
+    out[where[np.argsort(-values[where], kind="stable")]] = np.arange(1, len(where) + 1)
     return out
+
+
+def verify_summary(effect: np.ndarray, star: np.ndarray, top: list[int], control: list[int]) -> dict[str, Any]:
+    """How well AtP*'s top K found the heads of largest exact effect magnitude, from the K heads it picked and
+    K random others (the control).
+
+    ``threshold`` is the K-th largest ``|effect|`` among the 2K verified heads. ``recall_verified``: the share
+    of the verified heads at or above it that AtP* picked. The control estimates how many unpicked heads reach
+    the threshold: ``control_above / K * (heads - K)``; ``recall_estimated`` = picked above / (picked above +
+    that estimate), an estimate of the recall of the model's exact top K.
+    """
+    k = len(top)
+    magnitude = np.abs(effect)
+    verified = np.asarray(top + control)
+    threshold = float(np.sort(magnitude[verified])[::-1][k - 1])
+    picked_above = int((magnitude[top] >= threshold).sum())
+    control_above = int((magnitude[control] >= threshold).sum())
+    unpicked = len(effect) - k
+    missed = control_above / k * unpicked
+    return {"k": k, "threshold": threshold, "top": top, "control": control,
+            "picked_above": picked_above, "control_above": control_above,
+            "recall_verified": picked_above / max(picked_above + control_above, 1),
+            "estimated_missed": missed, "recall_estimated": picked_above / max(picked_above + missed, 1e-12),
+            "spearman_verified": spearman(star[verified], magnitude[verified]),
+            "rule": "threshold: the K-th largest |effect| among the 2K verified heads; recall_estimated: picked "
+                    "heads above it over those plus control_above / K x (heads - K)"}
 
 
 @dataclass
@@ -156,6 +232,17 @@ class HeadEffectsOptions:
     head_effects_rows: int = option(0, help="Rows per forward of the ablations: a batch of B held-out sequences "
                                     "is repeated for rows // B heads at once (0: the run's --batch-size; 1: one "
                                     "head per forward).")
+    head_effects_replay: Literal["auto", "off"] = option(
+        "auto", help="auto: each head's ablation replays only its layer and those above, from the baseline's "
+        "cached layer inputs, where that is exact (an LM loss, layers found, the cache within --attention-memory); "
+        "off: every ablation a full forward (the reference; default: auto).")
+    head_effects_atp_star: bool = option(
+        False, help="Also AtP* (Kramar et al. 2024): attribution patching with GradDrop (one more backward of "
+        "L(L-1)/2 layers per batch), reported beside the exact effects (effect_atp_star; default off).")
+    head_effects_verify_top: int = option(
+        0, help="K > 0: AtP* for every head, then exact effects only for the K heads it ranks highest and K random "
+        "others (a control), with the recall of the exact top K estimated; the other heads' effects are empty. "
+        "For models where an exact effect for every head is out of reach (default 0: every head exact).")
     head_effects_top: int = option(10, help="Heads listed in the summary by exact effect, and AtP's blind spot: "
                                    "those among this many largest effects (at most half the heads) that "
                                    "attribution patching ranks in its bottom half (default 10).")
@@ -178,9 +265,10 @@ class HeadEffects(Analysis):
     terms_: np.ndarray
     ablated_: np.ndarray
     atp_: np.ndarray
+    atp_drop_: np.ndarray
 
     name = "head_effects"
-    costly = "one forward per head per batch of its sample"
+    costly = "about half a forward per head per batch of its sample (replayed from the layer inputs)"
     report_order = 68
     description = ("each head's mean-ablation effect on the loss, bootstrap interval, and attribution patching "
                    "(AtP) beside it")
@@ -191,7 +279,8 @@ class HeadEffects(Analysis):
         o = self.options
         check_choices(o)  # again: the options may have been changed since
         check_minimum(o, 1, "head_effects_sequences", "head_effects_bootstrap")
-        check_minimum(o, 0, "head_effects_mean_sequences", "head_effects_rows", "head_effects_top")
+        check_minimum(o, 0, "head_effects_mean_sequences", "head_effects_rows", "head_effects_top",
+                      "head_effects_verify_top")
         if o.head_effects_ablation == "mean" and o.head_effects_mean_sequences < 1:
             raise ValueError("mean ablation needs head_effects_mean_sequences >= 1")
         self.kind = ctx.require_loss()
@@ -206,9 +295,34 @@ class HeadEffects(Analysis):
         self.add_state("terms_", np.zeros(0), reduce="cat")
         self.add_state("ablated_", np.zeros((0, total)), reduce="cat")
         self.add_state("atp_", np.zeros((0, total)), reduce="cat")
+        # AtP*'s GradDrop: per sequence, the estimate with each layer's gradient dropped, [layer * total]
+        self.add_state("atp_drop_", np.zeros((0, ctx.info.n_layers * total)), reduce="cat")
+        if 2 * o.head_effects_verify_top > total:
+            raise ValueError(f"head_effects_verify_top {o.head_effects_verify_top}: the top K and K random heads are "
+                             f"more than the model's {total} heads (use at most {total // 2}, or 0 for every head)")
+        self._star = bool(o.head_effects_atp_star or o.head_effects_verify_top)
+        self._verify: dict[str, list[int]] | None = None
+        if self._star and self.kind not in ("lm_loss", "mlm_loss"):
+            raise ValueError("head_effects_atp_star / head_effects_verify_top: AtP*'s GradDrop is computed for LM "
+                             f"losses; this model's loss is {self.kind}")
         self._total = total
         self._pending: dict[tuple[int, ...], dict[str, Any]] = {}  # a batch's rows until its last forward
         self._disjoint = True
+        self._replay: dict[str, int] = {}  # sequences measured by each mode (replay, full forwards)
+        self._replay_why: set[str] = set()
+        self._replay_head: set[str] = set()
+
+    def planned_forwards(self, ctx: AnalysisContext, sequences: int) -> int:
+        """The mean sample, then per held-out sequence AtP (3), the baseline and checks (about 2), and about 0.6
+        of a forward per ablated head replayed (1 in full forwards); AtP*'s GradDrop adds about L."""
+        o = self.options
+        info = ctx.info
+        held = min(o.head_effects_sequences, max(sequences // 2, 1))
+        mean = min(o.head_effects_mean_sequences, sequences) if o.head_effects_ablation == "mean" else 0
+        heads = 2 * o.head_effects_verify_top or info.n_layers * info.n_heads
+        per_head = 0.6 if o.head_effects_replay == "auto" else 1.0
+        star = info.n_layers if (o.head_effects_atp_star or o.head_effects_verify_top) else 0
+        return int(mean + held * (5 + star + per_head * heads))
 
     def replacement(self) -> np.ndarray | None:
         """What a closed head outputs: its mean output (mean ablation), None for 0 (zero ablation)."""
@@ -222,7 +336,6 @@ class HeadEffects(Analysis):
         """The means of every head's output over the mean sample (mean ablation), then on each held-out batch
         the baseline, attribution patching and every head ablated."""
         o = self.options
-        info = ctx.info
         mean_n = o.head_effects_mean_sequences if o.head_effects_ablation == "mean" else 0
         held, mean, self._disjoint = split_sample(ctx.examples, o.head_effects_sequences, mean_n, ctx.seed)
         keep = held | mean  # one stream of the corpus, cut in two
@@ -232,10 +345,32 @@ class HeadEffects(Analysis):
         replace = self.replacement()
         rows = o.head_effects_rows or int(ctx.config.batch_size)
 
-        def forwards(batch: Batch) -> list[Forward]:
-            return head_forwards(batch.size, info.n_layers, info.n_heads, rows, replace)
+        replay = o.head_effects_replay == "auto"
+        if o.head_effects_verify_top:
+            atp, ablate = head_forwards(rows, replace, replay, grad_drop=True)
+            yield Pass("head_effects: AtP*", CorpusRows(keep, only=held), [atp])
+            self._verify = self.verify_pick(ctx, o.head_effects_verify_top)
+            picked = tuple(sorted(self._verify["top"] + self._verify["control"]))
+            yield Pass("head_effects: baseline and verified ablations", CorpusRows(keep, only=held),
+                       [dataclasses.replace(ablate, heads=picked)])
+            return
 
-        yield Pass("head_effects: ablations", CorpusRows(keep, only=held), forwards)
+        def forwards(batch: Batch) -> list[Forward]:
+            return head_forwards(rows, replace, replay, self._star)
+
+        yield Pass("head_effects: baseline, AtP and ablations", CorpusRows(keep, only=held), forwards)
+
+    def verify_pick(self, ctx: AnalysisContext, k: int) -> dict[str, list[int]]:
+        """The ``k`` heads AtP* ranks highest over the held-out sequences, and ``k`` others drawn at random
+        (seeded) as a control."""
+        drops = [rows["drop"] for rows in self._pending.values() if "drop" in rows]
+        terms = 1.0  # a common scale: the ranking does not depend on it
+        dropped = np.concatenate(drops).reshape(-1, ctx.info.n_layers, self._total)
+        star = grad_drop_estimate(dropped, terms)
+        top = [int(i) for i in np.argsort(-star, kind="stable")[:k]]
+        rest = np.setdiff1d(np.arange(self._total), top)
+        control = np.random.default_rng([ctx.seed, SALT, 1]).choice(rest, size=k, replace=False)
+        return {"top": top, "control": sorted(int(i) for i in control)}
 
     def update_pass(self, batch: Batch, forward: Forward | Generate, out: ForwardOutput) -> None:
         assert isinstance(forward, Forward) and isinstance(forward.tag, tuple)
@@ -247,25 +382,44 @@ class HeadEffects(Analysis):
             self.mean_index_ = np.concatenate([self.mean_index_, [int(ex.index) for ex in batch.examples]])
             return
         key = tuple(int(ex.index) for ex in batch.examples)
-        rows = self._pending.setdefault(key, {"ablated": np.full((batch.size, self._total), np.nan), "filled": 0})
-        if what == "base":
-            assert out.sequence_loss is not None and out.sequence_terms is not None
-            rows["base"], rows["terms"] = out.sequence_loss, out.sequence_terms
-        elif what == "atp":
+        rows = self._pending.setdefault(key, {})
+        if what == "atp":
             assert out.atp is not None
             rows["atp"] = out.atp.reshape(batch.size, -1)
+            n_layers = out.atp.shape[1]
+            rows["drop"] = (np.zeros((batch.size, 0)) if out.atp_dropped is None
+                            else out.atp_dropped.reshape(batch.size, n_layers * self._total))
         else:
-            assert out.sequence_loss is not None
-            start, stop = int(forward.tag[1]), int(forward.tag[2])
-            rows["ablated"][:, start:stop] = out.sequence_loss.T
-            rows["filled"] += stop - start
-        if "base" in rows and "atp" in rows and rows["filled"] == self._total:
+            assert out.sequence_loss is not None and out.sequence_terms is not None and out.ablated is not None
+            rows["base"], rows["terms"], rows["ablated"] = out.sequence_loss, out.sequence_terms, out.ablated.T
+            how = out.replay or {}
+            self._replay[str(how.get("mode"))] = self._replay.get(str(how.get("mode")), 0) + batch.size
+            if "why" in how:
+                self._replay_why.add(str(how["why"]))
+            if "lm_head" in how:
+                self._replay_head.add(str(how["lm_head"]))
+        if "base" in rows and "atp" in rows:
             del self._pending[key]
             self.index_ = np.concatenate([self.index_, np.asarray(key, dtype=np.int64)])
             self.base_ = np.concatenate([self.base_, rows["base"]])
             self.terms_ = np.concatenate([self.terms_, rows["terms"].astype(np.float64)])
             self.ablated_ = np.concatenate([self.ablated_, rows["ablated"]])
             self.atp_ = np.concatenate([self.atp_, rows["atp"]])
+            if rows["drop"].shape[1]:
+                self.atp_drop_ = np.concatenate([self.atp_drop_, rows["drop"]])
+
+    def replay_summary(self) -> dict[str, Any]:
+        """How the ablations ran in this process: replayed from the cached layer inputs, or full forwards and
+        why (empty after a merge of shards, whose processes each said so)."""
+        out: dict[str, Any] = {"sequences_by_mode": dict(sorted(self._replay.items()))}
+        modes = sorted(self._replay)
+        if modes:
+            out["mode"] = modes[0] if len(modes) == 1 else "mixed"
+        if self._replay_why:
+            out["why_not_replay"] = sorted(self._replay_why)
+        if self._replay_head:
+            out["lm_head"] = sorted(self._replay_head)[0] if len(self._replay_head) == 1 else "mixed"
+        return out
 
     def finalize(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
         if len(self.index_) == 0:
@@ -278,29 +432,45 @@ class HeadEffects(Analysis):
         total_terms = float(terms.sum())
         effect = diff.sum(0) / max(total_terms, 1.0)
         atp = self.atp_[order].sum(0) / max(total_terms, 1.0)
-        low, high = bootstrap_effects(diff, terms, o.head_effects_bootstrap, ctx.seed)
+        low, high = bootstrap_effects(diff, terms, o.head_effects_bootstrap, ctx.seed, bool(ctx.config.quiet))
         effect_rank, atp_rank = ranks(effect), ranks(atp)
         total = n_layers * n_heads
         top = min(o.head_effects_top, total)
         blind_top = min(o.head_effects_top, total // 2)  # on a small model, at most the top half
         blind = (effect_rank <= blind_top) & (atp_rank > total / 2)
         shape = (n_layers, n_heads)
-        heads = head_frame({"effect": effect.reshape(shape), "effect_low": low.reshape(shape),
-                            "effect_high": high.reshape(shape), "effect_atp": atp.reshape(shape)}, *shape)
+        columns = {"effect": effect.reshape(shape), "effect_low": low.reshape(shape),
+                   "effect_high": high.reshape(shape), "effect_atp": atp.reshape(shape)}
+        star = None
+        if len(self.atp_drop_):
+            star = grad_drop_estimate(self.atp_drop_[order].reshape(len(order), n_layers, -1), total_terms)
+            columns["effect_atp_star"] = star.reshape(shape)
+        heads = head_frame(columns, *shape)
         table = heads.copy()
         table.insert(2, "head_name", [head_name(la, he) for la, he in zip(table["layer"], table["head"],
                                                                           strict=True)])
         table["effect_rank"] = effect_rank
         table["atp_rank"] = atp_rank
         table["atp_blind_spot"] = blind
+        magnitude = np.abs(effect)
+        star_blind = None
+        if star is not None:
+            star_rank, magnitude_rank = ranks(star), ranks(magnitude)
+            star_blind = (magnitude_rank <= blind_top) & (star_rank > total / 2)
+            table["atp_star_rank"] = star_rank
+            table["atp_star_blind_spot"] = star_blind
         table["sequences"] = len(base)
         table["ablation"] = o.head_effects_ablation
         table["loss"] = self.kind
 
         def described(i: int) -> dict[str, Any]:
-            return {"head": head_name(i // n_heads, i % n_heads), "effect": float(effect[i]),
-                    "effect_low": float(low[i]), "effect_high": float(high[i]), "effect_atp": float(atp[i]),
-                    "effect_rank": int(effect_rank[i]), "atp_rank": int(atp_rank[i])}
+            out = {"head": head_name(i // n_heads, i % n_heads), "effect": float(effect[i]),
+                   "effect_low": float(low[i]), "effect_high": float(high[i]), "effect_atp": float(atp[i]),
+                   "effect_rank": int(effect_rank[i]) if np.isfinite(effect_rank[i]) else None,
+               "atp_rank": int(atp_rank[i])}
+            if star is not None:
+                out["effect_atp_star"] = float(star[i])
+            return out
 
         n = len(base)
         interval: dict[str, Any] = {
@@ -322,12 +492,31 @@ class HeadEffects(Analysis):
             "mean_examples": sorted(int(i) for i in self.mean_index_),
             "bootstrap": interval,
             "heads_raising_loss": int((low > 0).sum()), "heads_lowering_loss": int((high < 0).sum()),
-            "top": [described(int(i)) for i in np.argsort(-effect, kind="stable")[:top]],
+            "top": [described(int(i)) for i in np.argsort(-effect, kind="stable")[:top] if np.isfinite(effect[i])],
             "atp": {"spearman": spearman(atp, effect), "over": f"{total} heads",
                     "blind_spot_rule": f"among the {blind_top} largest exact effects, ranked in the bottom half "
                                        f"(rank > {total / 2:g} of {total}) by the AtP estimate",
                     "blind_spot": [described(int(i)) for i in np.flatnonzero(blind)]},
         }
+        if star is not None:
+            assert star_blind is not None
+            summary["atp_star"] = {
+                "method": "GradDrop (Kramar et al. 2024, section 3.1.2): 1/(L-1) sum over layers l of |AtP with "
+                          "layer l's gradient dropped|, an estimate of the effect's magnitude",
+                "qk_fix": "not applied: the node is a head's output, downstream of its own attention softmax; the "
+                          "QK fix concerns query and key nodes (docs/head_effects.md)",
+                "compared_with": "|effect|",
+                "spearman": spearman(star, magnitude),
+                "spearman_atp_magnitude": spearman(np.abs(atp), magnitude),
+                "recall_top": {"k": top, "atp_star": recall_at(star, magnitude, top),
+                               "atp": recall_at(np.abs(atp), magnitude, top)},
+                "blind_spot": [described(int(i)) for i in np.flatnonzero(star_blind)],
+            }
+        if self._verify is not None:
+            assert star is not None
+            summary["verify_top"] = verify_summary(effect, star, self._verify["top"], self._verify["control"])
+            summary["verified_heads"] = int(np.isfinite(effect).sum())
+        summary["replay"] = self.replay_summary()
         if self.kind == "mlm_loss":
             summary["mask_rate"] = MASK_RATE
         return AnalysisResult(name=self.name, heads=heads, tables={"head_effects": table}, summary=summary)

@@ -13,19 +13,22 @@ loss, as transformers' ``bertology`` script (the estimate therefore depends on t
 
 Normalisation (both on by default, as ``bertology``): each layer divided by its L2 norm, then min-max over
 the model. Writes ``importance.csv`` and the heads columns ``importance`` and ``importance_raw``.
+
+``importance_ranking effects`` (issue 39): the raw importance is instead ``head_effects``' exact ablation
+effect of each head on the loss (that analysis must be in the run; no gradient pass), normalised the same way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame
 from headscope.analyses.registry import register
-from headscope.config import check_minimum, option
+from headscope.config import check_choices, check_minimum, option
 from headscope.engine.forwards import CONTRASTIVE_TEMPERATURE, CorpusRows, Forward, Pass
 
 if TYPE_CHECKING:
@@ -67,6 +70,12 @@ class ImportanceOptions:
                                                "as bertology (default on).")
     importance_normalize_global: bool = option(True, help="Then min-max the importances over the model "
                                                "(default on).")
+    importance_ranking: Literal["gradient", "effects"] = option(
+        "gradient", help="gradient: Michel et al.'s E|dL/dxi| (default); effects: head_effects' exact ablation "
+        "effect of each head (needs head_effects in --analyses; no gradient pass).")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
 
 
 @register
@@ -84,9 +93,14 @@ class HeadImportance(Analysis):
     description = "head importance E|dL/dxi| (Michel et al. 2019): MLM, next-token or contrastive loss"
     Options = ImportanceOptions
     intervenes = True
+    after_if_run = ("head_effects",)
 
     def start(self, ctx: AnalysisContext) -> None:
+        check_choices(self.options)
         check_minimum(self.options, 1, "importance_sequences")
+        if self.options.importance_ranking == "effects" and "head_effects" not in ctx.config.analyses:
+            raise ValueError("importance_ranking effects reads head_effects' exact effects: add head_effects to "
+                             "--analyses")
         self.kind = ctx.require_loss()
         info = ctx.info
         self.add_state("grad_abs_", np.zeros((info.n_layers, info.n_heads)))
@@ -95,10 +109,20 @@ class HeadImportance(Analysis):
         self.add_state("batches_", np.zeros(1))
 
     def planned_forwards(self, ctx: AnalysisContext, sequences: int) -> int:
+        if self.options.importance_ranking == "effects":
+            return 0  # head_effects' effects, no pass of its own
         return 3 * min(self.options.importance_sequences, sequences)  # a forward and a backward each
 
     def passes(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> Iterator[Pass]:
-        """One pass over a seeded sample: the gradient of each batch's mean loss at the (open) gates."""
+        """One pass over a seeded sample: the gradient of each batch's mean loss at the (open) gates (none when
+        the ranking is head_effects' exact effects)."""
+        if self.options.importance_ranking == "effects":
+            # No forward: the examples head_effects measured on are what this importance rests on (counted as
+            # the analysis's input).
+            held = results["head_effects"].summary["held_out_examples"] if "head_effects" in results else []
+            yield Pass("importance: head_effects' held-out sequences", CorpusRows(frozenset(held)), [],
+                       progress=False)
+            return
         yield Pass("importance", sample_rows(ctx, self.options.importance_sequences, salt=14),
                    [Forward(loss="objective", gate_grad=True)])
 
@@ -110,10 +134,12 @@ class HeadImportance(Analysis):
         self.batches_ += 1
 
     def finalize(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
+        o = self.options
+        if o.importance_ranking == "effects":
+            return self._from_effects(ctx, results)
         if self.batches_[0] == 0:
             raise RuntimeError("the importance pass saw no batch")
         raw = self.grad_abs_ / self.batches_[0]
-        o = self.options
         norm = normalize_importance(raw, o.importance_normalize_layers, o.importance_normalize_global)
         n_layers, n_heads = raw.shape
         heads = head_frame({"importance": norm, "importance_raw": raw}, n_layers, n_heads)
@@ -122,7 +148,28 @@ class HeadImportance(Analysis):
         summary = {"loss": self.kind, "mean_loss": float(self.loss_[0] / max(self.terms_[0], 1)),
                    "batches": int(self.batches_[0]), "terms": int(self.terms_[0]),
                    "normalize_layers": bool(o.importance_normalize_layers),
-                   "normalize_global": bool(o.importance_normalize_global)}
+                   "normalize_global": bool(o.importance_normalize_global), "ranking": "gradient"}
         if self.kind == "contrastive_loss":
             summary["temperature"] = CONTRASTIVE_TEMPERATURE
+        return AnalysisResult(name=self.name, heads=heads, tables={"importance": table}, summary=summary)
+
+    def _from_effects(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
+        """The importance as head_effects' exact effects (raw), normalised as the gradient importance."""
+        if "head_effects" not in results:
+            raise RuntimeError("importance_ranking effects: head_effects did not finalize before importance")
+        o = self.options
+        effects = results["head_effects"]
+        assert effects.heads is not None and "effect" in effects.heads
+        frame = effects.heads.sort_values(["layer", "head"])
+        raw = frame["effect"].to_numpy(float).copy().reshape(ctx.info.n_layers, ctx.info.n_heads)  # writable
+        norm = normalize_importance(raw, o.importance_normalize_layers, o.importance_normalize_global)
+        n_layers, n_heads = raw.shape
+        heads = head_frame({"importance": norm, "importance_raw": raw}, n_layers, n_heads)
+        table = heads.copy()
+        table["loss"] = self.kind
+        summary = {"loss": self.kind, "ranking": "effects",
+                   "source": f"head_effects: exact {effects.summary.get('ablation')}-ablation effect on the loss "
+                             f"over {effects.summary.get('held_out_sequences')} held-out sequences",
+                   "normalize_layers": bool(o.importance_normalize_layers),
+                   "normalize_global": bool(o.importance_normalize_global)}
         return AnalysisResult(name=self.name, heads=heads, tables={"importance": table}, summary=summary)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
+from headscope.engine.progress import Tracker
 from headscope.model.gates import HeadGates, HeadSums
 from headscope.model.losses import (  # noqa: F401 (MASK_RATE, CONTRASTIVE_TEMPERATURE: what analyses report)
     CONTRASTIVE_TEMPERATURE,
@@ -95,6 +96,21 @@ class Forward:
     """Attribution patching (``loss="objective"``, every gate open): per sequence, the first-order estimate of
     the change of its summed loss when each head's output is replaced by ``replace`` (0 when None),
     ``sum over its tokens (replace - x) . dL/dx`` (:func:`head_attribution`)."""
+    grad_drop: bool = False
+    """With ``atp``: AtP*'s GradDrop as well (:attr:`ForwardOutput.atp_dropped`, :func:`head_attribution`)."""
+    ablate: bool = False
+    """Every head ablated one at a time (``loss="objective"``, ``per_sequence``; closed onto ``replace``): the
+    baseline's per-sequence losses and each head's (:attr:`ForwardOutput.ablated`), replayed from the cached
+    input of the head's layer where that is exact (:mod:`headscope.engine.replay`), else by full forwards."""
+    rows: int = 0
+    """With ``ablate``: at most this many rows per forward (the batch repeated ``rows // batch`` times, one closed
+    head per copy); 0: the batch size."""
+    heads: tuple[int, ...] | None = None
+    """With ``ablate``: only these heads (``layer * n_heads + head``), the others' rows of ``ablated`` NaN; None:
+    every head."""
+    replay: bool = True
+    """With ``ablate``: replay from the cached layer inputs where possible (False: full forwards, the
+    reference)."""
     loss: Literal["none", "lm", "objective"] = "none"
     """``lm``: the LM loss when the model has one (masked-LM or next-token), else only the final hidden
     states; ``objective``: the run's loss (:func:`loss_kind`, contrastive for an encoder without LM head)."""
@@ -150,6 +166,14 @@ class ForwardOutput:
     """The real tokens in ``head_sums`` (each input the model read counted once)."""
     atp: np.ndarray | None = None
     """float64 of shape (batch, n_layers, n_heads) (``atp``): each sequence's estimated loss change per head."""
+    atp_dropped: np.ndarray | None = None
+    """float64 of shape (batch, n_layers, n_layers, n_heads) (``grad_drop``): ``[:, l]`` the AtP estimate with the
+    gradient through layer ``l``'s residual contribution dropped."""
+    ablated: np.ndarray | None = None
+    """float64 of shape (n_layers * n_heads, batch) (``ablate``): each sequence's summed loss with head
+    ``layer * n_heads + head`` ablated (``sequence_loss``: the baseline's)."""
+    replay: dict[str, Any] | None = None
+    """``ablate``: how the ablations ran (``mode`` replay or full forwards, and why not replay)."""
     attention_gradients: list[tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], torch.Tensor,
                                     torch.Tensor]] = field(default_factory=list)
     """``attention="gradients"``: per encoded input (two for the contrastive loss), the per-layer attention
@@ -216,11 +240,12 @@ def has_lm_loss(loaded: LoadedModel) -> bool:
 
 def run_forward(loaded: LoadedModel, batch: Batch, forward: Forward | Generate, seed: int,
                 on_block: Callable[[Any], None] | None = None, budget_bytes: int = 0,
-                padding_side: Literal["left", "right"] = "right") -> ForwardOutput:
+                padding_side: Literal["left", "right"] = "right", quiet: bool = True) -> ForwardOutput:
     """Run one :class:`Forward` (or :class:`Generate`) of ``batch`` and return what it asked for.
 
     ``on_block`` receives each :class:`~headscope.engine.capture.LayerAttention` of a forward with
-    ``attention="weights"`` (captured within ``budget_bytes``, as the main pass).
+    ``attention="weights"`` (captured within ``budget_bytes``, as the main pass; also the memory of the layer
+    cache of ``ablate``). ``quiet``: no progress of the work inside one forward (``ablate``'s heads).
     """
     if isinstance(forward, Generate):
         out = ForwardOutput()
@@ -249,12 +274,17 @@ def run_forward(loaded: LoadedModel, batch: Batch, forward: Forward | Generate, 
                                budget_bytes, padding_side)
     kind = loss_kind(loaded) if forward.loss == "objective" or forward.gate_grad or forward.atp \
         or forward.attention == "gradients" else None
+    if forward.ablate:
+        assert kind is not None
+        if forward.loss != "objective" or not forward.per_sequence or forward.gates is not None or forward.atp:
+            raise ValueError("a forward with ablate takes loss='objective' with per_sequence, and no gates or atp")
+        return ablations(loaded, batch, kind, seed, forward, budget_bytes, quiet)
     if forward.atp:
         assert kind is not None
         if forward.gates is not None or forward.loss != "objective":
             raise ValueError("a forward with atp takes loss='objective' and no gates (every head open)")
-        estimate, loss, n = head_attribution(loaded, batch, kind, seed, forward.replace)
-        return ForwardOutput(loss=loss, terms=n, has_loss=True, atp=estimate)
+        estimate, loss, n, dropped = head_attribution(loaded, batch, kind, seed, forward.replace, forward.grad_drop)
+        return ForwardOutput(loss=loss, terms=n, has_loss=True, atp=estimate, atp_dropped=dropped)
     if forward.gates is not None and np.ndim(forward.gates) == 3:
         assert kind is not None
         if forward.loss != "objective" or not forward.per_sequence or forward.gate_grad or forward.hidden \
@@ -507,8 +537,59 @@ def variant_losses(loaded: LoadedModel, batch: Batch, kind: str, seed: int, gate
                          sequence_terms=terms)
 
 
-def head_attribution(loaded: LoadedModel, batch: Batch, kind: str, seed: int, replace: np.ndarray | None = None
-                     ) -> tuple[np.ndarray, float, int]:
+def ablations(loaded: LoadedModel, batch: Batch, kind: str, seed: int, forward: Forward, budget_bytes: int,
+              quiet: bool = True) -> ForwardOutput:
+    """:attr:`Forward.ablate`: replayed from the cached layer inputs when exact, else full forwards (the reason
+    in ``replay``)."""
+    from headscope.engine.replay import ReplayRefusedError, replay_ablations
+
+    rows = forward.rows or batch.size
+    how: dict[str, Any]
+    if not forward.replay:
+        how = {"mode": "full forwards", "why": "replay switched off"}
+    elif kind not in LM_LOSSES:
+        how = {"mode": "full forwards", "why": "replay computes LM losses; the contrastive loss is run in full"}
+    else:
+        try:
+            base, terms, ablated, how = replay_ablations(loaded, batch, seed, rows, forward.replace, budget_bytes,
+                                                         quiet, heads=forward.heads)
+            return ForwardOutput(loss=float(base.sum()), terms=int(terms.sum()), has_loss=True, sequence_loss=base,
+                                 sequence_terms=terms, ablated=ablated, replay=how)
+        except ReplayRefusedError as exc:
+            how = {"mode": "full forwards", "why": str(exc)}
+    base, terms, ablated = full_ablations(loaded, batch, kind, seed, rows, forward.replace, quiet,
+                                          heads=forward.heads)
+    return ForwardOutput(loss=float(base.sum()), terms=int(terms.sum()), has_loss=True, sequence_loss=base,
+                         sequence_terms=terms, ablated=ablated, replay=how)
+
+
+def full_ablations(loaded: LoadedModel, batch: Batch, kind: str, seed: int, rows: int, replace: np.ndarray | None,
+                   quiet: bool = True, desc: str = "head_effects: ablations of this batch",
+                   heads: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`~headscope.engine.replay.replay_ablations` by full forwards (any loss, any model): the baseline,
+    then the batch repeated once per head of a group of ``rows // B`` heads (per-row gates), every layer run."""
+    info = loaded.info
+    b, total = batch.size, info.n_layers * info.n_heads
+    with torch.inference_mode():
+        base, terms = sequence_losses(loaded, batch, kind, seed)
+    per = max(1, rows // max(b, 1))
+    ablated = np.full((total, b), np.nan)
+    todo = np.arange(total) if heads is None else np.asarray(sorted(heads), dtype=np.int64)
+    with Tracker(desc, "heads", len(todo), quiet, leave=False, final=False) as tracker:
+        for start in range(0, len(todo), per):
+            group = todo[start:start + per]
+            gates = np.ones((len(group), total))
+            gates[np.arange(len(group)), group] = 0.0
+            out = variant_losses(loaded, batch, kind, seed, gates.reshape(len(group), info.n_layers, info.n_heads),
+                                 replace)
+            assert out.sequence_loss is not None
+            ablated[group] = out.sequence_loss
+            tracker.update(len(group))
+    return base, terms, ablated
+
+
+def head_attribution(loaded: LoadedModel, batch: Batch, kind: str, seed: int, replace: np.ndarray | None = None,
+                     grad_drop: bool = False) -> tuple[np.ndarray, float, int, np.ndarray | None]:
     """Attribution patching (Nanda 2023; Kramar et al. 2024, AtP): per sequence and head, the first-order
     estimate of the change of the sequence's summed loss when the head's output ``x`` is replaced by ``r``
     (``replace``, 0 when None) at every token: ``sum over tokens (r - x) . dL/dx``, from one forward and one
@@ -519,27 +600,57 @@ def head_attribution(loaded: LoadedModel, batch: Batch, kind: str, seed: int, re
     row also moves the other pairs' terms (its embeddings are their negatives); the sum over rows is the
     estimate for the batch.
 
+    ``grad_drop`` (AtP*'s GradDrop, Kramar et al. 2024, section 3.1.2): the same estimate once per layer ``l``
+    with the gradient through layer ``l``'s contribution to the residual stream dropped (only the skip
+    connection carries it down): for the heads of layers below ``l`` the backward of layers ``0 .. l-1``
+    seeded at layer ``l``'s input with the gradient at its output; for those of layer ``l``, 0; above, AtP's.
+    One forward, one backward, and the backwards of ``L (L - 1) / 2`` layers.
+
     Returns
     -------
     estimate : ndarray of shape (batch, n_layers, n_heads), float64
     loss_sum : float
         The summed loss.
     terms : int
+    dropped : ndarray of shape (batch, n_layers, n_layers, n_heads), float64, or None
+        With ``grad_drop``: ``dropped[:, l]``, the estimate with layer ``l``'s gradient dropped.
+
+    Raises
+    ------
+    ValueError
+        ``grad_drop`` on a model whose layers are not found (:func:`~headscope.engine.replay.residual_layers`).
     """
+    from headscope.engine.replay import recording, residual_layers
+
     info = loaded.info
+    if grad_drop and kind not in LM_LOSSES:
+        raise ValueError("GradDrop is computed for LM losses (the contrastive loss runs the base model twice)")
+    layers = residual_layers(loaded.model, info.n_layers) if grad_drop else []
     with torch.inference_mode(False), torch.enable_grad():
         batch = plain_batch(batch)
-        with HeadGates(loaded.model, info.n_layers, info.n_heads) as gates:
+        with HeadGates(loaded.model, info.n_layers, info.n_heads) as gates, recording(layers) as kept:
             like = gates.values
             gates.values = torch.ones(batch.size, info.n_layers, info.n_heads, dtype=like.dtype,
                                       device=like.device, requires_grad=True)
             if replace is not None:
                 gates.replacement = torch.as_tensor(replace, dtype=like.dtype).to(like.device)
             loss, n = batch_loss(loaded, batch, kind, seed)
-            loss.backward()
-            assert gates.values.grad is not None  # the gates require grad and are in the graph
-            estimate = -gates.values.grad.detach().double().cpu().numpy()
-    return estimate, float(loss.detach()), n
+            if not grad_drop:
+                loss.backward()
+                assert gates.values.grad is not None  # the gates require grad and are in the graph
+                return -gates.values.grad.detach().double().cpu().numpy(), float(loss.detach()), n, None
+            outputs = [out if isinstance(out, torch.Tensor) else out[0] for out in kept]
+            grads = torch.autograd.grad(loss, [gates.values, *outputs], retain_graph=True)
+            estimate = -grads[0].detach().double()
+            dropped = estimate[:, None].repeat(1, info.n_layers, 1, 1)  # [row, dropped layer, layer, head]
+            for layer in range(info.n_layers):
+                dropped[:, layer, layer] = 0.0  # its heads' contribution carries no gradient
+                if layer == 0:
+                    continue
+                below = torch.autograd.grad(outputs[layer - 1], gates.values, grad_outputs=grads[1 + layer],
+                                            retain_graph=layer < info.n_layers - 1)[0]
+                dropped[:, layer, :layer] = -below[:, :layer].detach().double()
+    return estimate.cpu().numpy(), float(loss.detach()), n, dropped.cpu().numpy()
 
 
 def separator_id(tok: PreTrainedTokenizerFast) -> int | None:

@@ -92,5 +92,6 @@ def _run_batch(ctx: RunContext, analysis: Analysis, spec: Pass, batch: Batch) ->
             analysis.update_pass_attention(batch, forward, block)
 
         out = run_forward(ctx.loaded, batch, forward, int(config.seed), on_block=on_block,
-                          budget_bytes=config.attention_bytes(), padding_side=config.padding_side)
+                          budget_bytes=config.attention_bytes(), padding_side=config.padding_side,
+                          quiet=bool(config.quiet))
         analysis.update_pass(batch, forward, out)
