@@ -24,7 +24,7 @@ PaddingSide = Literal["right", "left"]
 Engine = Literal["local", "ray"]
 WordMode = Literal["mean", "first"]
 Punctuation = Literal["clark", "all"]
-Conventions = Literal["headscope", "clark", "pande"]
+Conventions = Literal["headscope", "clark", "pande", "gu", "wu"]
 Parse = Literal["none", "spacy"]
 TreebankInput = Literal["text", "forms"]
 Bos = Literal["auto", "yes", "no"]
@@ -137,6 +137,9 @@ ENCODER_DEFAULT_LENGTH = 128
 #: Default ``max_length`` of a decoder LM: long enough for induction and sinks, short enough that the default
 #: run ends in minutes (a decoder's own limit, often 8k tokens or more, makes each window a long pass on CPU).
 DECODER_DEFAULT_LENGTH = 1024
+#: Default ``max_length`` under ``--conventions gu``: the T = 64 tokens each prompt is cut to in Gu et al.'s
+#: released ``eval_sink_open_source.py``.
+GU_LENGTH = 64
 
 
 @dataclass
@@ -216,8 +219,10 @@ class RunConfig:
                                       "clark (tokens exactly '.' or ',') or all (every punctuation-only token).")
     conventions: Conventions = option("headscope", group="capture", help="Definitions of the statistics: headscope "
                                       "(ours, docs/conventions.md), clark (as Clark et al.'s released code: "
-                                      "surface, syntax, similarity) or pande (as the heads-hypothesis notebooks: "
-                                      "roles).")
+                                      "surface, syntax, similarity), pande (as the heads-hypothesis notebooks: "
+                                      "roles), gu (Gu et al. 2025's sink-rate protocol: each document cut to its "
+                                      "first --max-length tokens, default 64; decoder_heads) or wu (as Wu et al. "
+                                      "2024's retrieval_head_detection.py: retrieval).")
     parse: Parse = option("none", group="corpus", help="Dependency parses for raw text: none or spacy (silver "
                           "parses from en_core_web_sm).")
     treebank_input: TreebankInput | None = option(None, group="corpus", help="What the model reads of a CoNLL-U "
@@ -279,6 +284,8 @@ class RunConfig:
     def resolved_max_length(self, model_limit: int, is_causal: bool) -> int:
         """The sequence length used: ``max_length`` or its default, capped by the model's limit."""
         default = DECODER_DEFAULT_LENGTH if is_causal else ENCODER_DEFAULT_LENGTH
+        if self.conventions == "gu":
+            default = GU_LENGTH  # T = 64 in Gu et al.'s eval_sink_open_source.py
         return min(self.max_length if self.max_length is not None else default, model_limit)
 
     def resolved_treebank_input(self) -> TreebankInput:
