@@ -255,18 +255,13 @@ class Prompt:
     """What the answer's ROUGE-1 recall is measured against: the needle (headscope) or its answer part (wu)."""
 
 
-def _detokenize(words: list[str]) -> str:
-    """A sentence's words as text, without the space the word split put before punctuation."""
-    return re.sub(r"\s+([.,;:!?%)\]}'])", r"\1", " ".join(words))
-
-
 def haystack_sentences(ctx: AnalysisContext, tokens: int) -> list[tuple[str, int]]:
-    """Sentences of the corpus's raw text in order, with their token counts, until ``tokens`` are collected."""
+    """Sentences of the corpus's raw text as written, in order, with their token counts, until ``tokens`` are
+    collected."""
     out: list[tuple[str, int]] = []
     total = 0
     tokenizer = ctx.tokenizer
-    for words in ctx.sentences():  # read (and reported) by the main pass
-        text = _detokenize(words)
+    for text in ctx.sentences():  # read (and reported) by the main pass
         n = len(tokenizer(" " + text, add_special_tokens=False)["input_ids"])
         out.append((text, n))
         total += n

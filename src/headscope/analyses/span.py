@@ -45,7 +45,6 @@ import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame
 from headscope.analyses.registry import register
-from headscope.analyses.retrieval import _detokenize
 from headscope.analyses.stats import CONFIDENCE, bootstrap_indices, percentile_interval
 from headscope.config import check_minimum, option
 from headscope.engine.forwards import Forward, Pass, TokenRows
@@ -210,8 +209,8 @@ def text_windows(ctx: AnalysisContext, count: int, length: int) -> list[np.ndarr
                 ids.extend(row)
             pending.clear()
 
-    for words in ctx.sentences():
-        pending.append(" " + _detokenize(words))
+    for text in ctx.sentences():  # each sentence as written
+        pending.append(" " + text)
         if len(pending) >= 64:
             flush()
             if len(ids) >= need:

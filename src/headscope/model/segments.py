@@ -70,7 +70,8 @@ def document_sequences(documents: Iterable[Document], encoder: Encoder, manifest
     Gu et al.'s released ``eval_sink_open_source.py`` tokenizes each prompt whole (with the tokenizer's own
     special tokens: BOS where it adds one), asserts it has at least T tokens and keeps its first T. Here a
     document (a blank-line-separated block of raw text, its sentences joined by one space) is a prompt; one
-    shorter than ``max_length`` tokens is left out and recorded with file and line (their script would stop).
+    shorter than ``max_length`` tokens is left out and recorded with file and line (their script would stop);
+    the documents cut are counted (``documents_cut``) rather than each reported.
 
     Yields
     ------
@@ -83,7 +84,16 @@ def document_sequences(documents: Iterable[Document], encoder: Encoder, manifest
     for doc in documents:
         if not doc.sentences:
             continue
-        ex = encoder.encode(index, "segment", list(doc.sentences), None, manifest, truncate=True)
+        # The cut is the protocol, not a problem of the input: counted (documents_cut), not a warning each.
+        scratch = Manifest(log_events=False)
+        ex = encoder.encode(index, "segment", list(doc.sentences), None, scratch, truncate=True)
+        for event in scratch.events:
+            if event.kind == "truncated":
+                manifest.count("documents_cut")
+            elif event.kind == "skipped":
+                manifest.skip(event.file, event.line, event.reason)
+            else:
+                manifest.warn(event.file, event.line, event.reason)
         if ex is None:
             continue
         if ex.length < encoder.max_length:
