@@ -538,6 +538,16 @@ class DecoderHeads(Analysis):
         bos = int(tokenizer.bos_token_id) if has_bos else None
         candidates = probe_candidates(tokenizer, ctx.vocab_size)
         sequences = probe_sequences(candidates, o.induction_probe, o.induction_length, ctx.seed, bos)
+        offset = int(has_bos)
+        length = int(o.induction_length)
+        # Written out (probes/decoder_heads.jsonl): each sequence, its repeats and the seed that drew it.
+        self._probe_records = [
+            {"kind": "induction_probe", "index": k, "ids": ids.tolist(), "text": tokenizer.decode(ids.tolist()),
+             "bos": bool(has_bos), "length": length, "first_repeat": [offset, offset + length],
+             "second_repeat": [offset + length, offset + 2 * length],
+             "scored_rows": [offset + length, offset + 2 * length], "target": "key i - length + 1 of row i",
+             "seed": [int(ctx.seed), PROBE_STREAM, k]}
+            for k, ids in enumerate(sequences)]
         yield Pass("decoder_heads: induction probe", TokenRows(tuple(sequences), has_bos),
                    [Forward(attention="weights")])
 
@@ -650,7 +660,8 @@ class DecoderHeads(Analysis):
             "above_chance": {k: int(table[f"{k}_above_chance"].sum()) for k in TESTED},
         }
         return AnalysisResult(name=self.name, heads=table.copy(), tables={"decoder_heads": table,
-                                                                          "sink_curve": curve}, summary=summary)
+                                                                          "sink_curve": curve}, summary=summary,
+                              probes=list(getattr(self, "_probe_records", [])))
 
     def sink_share(self) -> np.ndarray:
         """Per head, the share of sequences in which its ``alpha_0`` exceeds epsilon: (n_layers, n_heads), NaN

@@ -253,6 +253,8 @@ class Prompt:
     generated_tokens: int = 0
     reference: str = ""
     """What the answer's ROUGE-1 recall is measured against: the needle (headscope) or its answer part (wu)."""
+    generated_ids: tuple[int, ...] = ()
+    """The tokens the model generated (greedy)."""
 
 
 def haystack_sentences(ctx: AnalysisContext, tokens: int) -> list[tuple[str, int]]:
@@ -444,6 +446,7 @@ class RetrievalHeads(Analysis):
             assert isinstance(answer, str)  # one sequence of ids decodes to one string
             prompt.answer = answer
             prompt.generated_tokens = int(generated.shape[0])
+            prompt.generated_ids = tuple(int(t) for t in generated.tolist())
             wu = self.conventions_ == "wu"
             # Wu et al. strip the decoded answer and score it against the answer part (real_needle), stemmed.
             prompt.rouge1_recall = (rouge1_recall_stemmed(prompt.reference, answer.strip()) if wu
@@ -508,4 +511,24 @@ class RetrievalHeads(Analysis):
         }
         return AnalysisResult(name=self.name, heads=heads.copy(), tables={"retrieval": heads,
                                                                          "retrieval_prompts": prompts},
-                              summary=summary)
+                              summary=summary, probes=self.probe_records())
+
+    def probe_records(self) -> list[dict[str, Any]]:
+        """Each prompt as written out (``probes/retrieval.jsonl``): its ids and text, the needle's span and the
+        decoys' spans (token positions ``[start, stop)``), the depth and the seed, and what the model answered."""
+        tokenizer = getattr(self, "_tokenizer", None)
+        out = []
+        for k in sorted(self._prompts):
+            p = self._prompts[k]
+            ids = p.ids.tolist()
+            out.append({
+                "kind": "needle_haystack", "index": p.index, "conventions": self.conventions_, "ids": ids,
+                "text": tokenizer.decode(ids) if tokenizer is not None else None,
+                "needle": p.needle, "question": p.question, "reference": p.reference,
+                "needle_span": list(p.span), "context_span": list(p.context), "depth": p.depth,
+                "decoy_spans": [list(s) for s in decoy_spans(p, self.options.retrieval_decoys, self._seed)],
+                "seed": {"depths": [self._seed, DEPTH_STREAM] if self.conventions_ != "wu" else None,
+                         "decoys": [self._seed, DECOY_STREAM, p.index]},
+                "answer": p.answer, "generated_ids": list(p.generated_ids), "rouge1_recall": p.rouge1_recall,
+                "used": bool(p.rouge1_recall > self.options.retrieval_rouge)})
+        return out
