@@ -8,6 +8,7 @@ drift apart.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import types
 import typing
@@ -260,6 +261,9 @@ class RunConfig:
         if self.conventions == "clark" and self.punctuation != "clark":
             raise ValueError("--conventions clark counts the tokens '.' and ',' as punctuation, as Clark et al.'s "
                              "code does; it cannot be combined with --punctuation all")
+        if self.conventions == "wu" and importlib.util.find_spec("rouge_score") is None:
+            raise ValueError("--conventions wu measures ROUGE-1 with rouge-score's stemmer, as Wu et al.'s code: "
+                             "pip install 'headscope[papers]' (or rouge-score)")
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
         if self.checkpoint_every < 0:
