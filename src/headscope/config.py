@@ -178,7 +178,7 @@ class RunConfig:
     max_length: int | None = option(None, group="corpus", help="Maximum sequence length in model tokens, capped by "
                                     "the model (default: 128 for encoders, as in Clark et al.; 1024 for decoder "
                                     "LMs, whose raw text is packed into windows of this length: pass more for long "
-                                    "context).")
+                                    "context; 64 under --conventions gu, each document cut to it).")
     max_segments: int | None = option(None, group="corpus", help="Stop after this many raw-text segments (default: "
                                       "all; 1000 for the packaged Wikipedia sample, as in Clark et al.).")
     max_sentences: int | None = option(None, group="corpus", help="Read at most this many sentences per treebank "
