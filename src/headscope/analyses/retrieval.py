@@ -436,7 +436,8 @@ class RetrievalHeads(Analysis):
             self._prompts[k] = prompt
         # Each prompt is a generation of up to retrieval_new_tokens steps over a long context.
         yield Pass("retrieval: generating answers", TokenRows(tuple(p.ids for p in self._prompts.values())),
-                   [Generate(new_tokens=o.retrieval_new_tokens)], unit="prompts")
+                   [Generate(new_tokens=o.retrieval_new_tokens, stop_at_eos=self.conventions_ != "wu")],
+                   unit="prompts")
 
     def update_pass(self, batch: Batch, forward: Forward | Generate, out: ForwardOutput) -> None:
         o = self.options
