@@ -331,7 +331,8 @@ def test_run_end_to_end(model: str, request: pytest.FixtureRequest, tmp_path: Pa
         assert heads[key].between(0, 1).all(), key
     summary = result.run["analyses"]["decoder_heads"]
     assert summary["probe_sequences"] == 3 and summary["sequences"] > 1
-    assert summary["sink_rate"] == pytest.approx((heads["sink_first"] > 0.3).mean())
+    assert summary["sink_rate_of_means"] == pytest.approx((heads["sink_first"] > 0.3).mean())
+    assert summary["sink_rate"] == pytest.approx(heads["sink_share"].mean())
     assert result.run["analysis_options"]["decoder_heads"]["induction_length"] == 8
     if model == "tiny_llama":
         assert summary["tokenizer_adds_bos"] is True

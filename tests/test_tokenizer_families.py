@@ -29,7 +29,10 @@ from headscope.model.encode import Encoder
 #: Hard cases: a contraction, an abbreviation, a hyphenated compound, emoji, CJK, a tab and a double space.
 HARD = "I don't  like\tthe U.S. New York-based café 😀 日本語 tests."
 SIMPLE = "The cat sat on the mat."
-TRAINING = [HARD, SIMPLE, "the cat and the dog ?! ran , she said .", "?! ?! ?! wow?! yes?!"] * 20
+#: The retrieval prompt's own words, so that the small vocabularies can spell a whole prompt (issue 36).
+PROMPT_WORDS = ("The old dog was big and brown.\nBased on the content of the text book, Question: What was the old "
+                "dog?\nAnswer:")
+TRAINING = [HARD, SIMPLE, "the cat and the dog ?! ran , she said .", "?! ?! ?! wow?! yes?!", PROMPT_WORDS] * 20
 
 
 def _wordpiece(lowercase: bool, mpnet: bool = False) -> Any:
@@ -368,3 +371,56 @@ def test_real_mpnet_tokenizer() -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(MPNET))
     _check_reads_the_string("mpnet-real", tokenizer, HARD)
     _check_reads_the_string("mpnet-real", tokenizer, SIMPLE)
+
+
+# --- inputs headscope builds itself: retrieval's haystacks, span's windows (issue 36) ---------------------------
+
+#: The decoder families (retrieval and span run on causal LMs only).
+DECODER_FAMILIES = ("metaspace-bpe", "byte-level")
+#: Sentences as written (characters the families' small vocabularies know): a tab, a double space, "?!" glued on.
+STORY = [HARD, SIMPLE, "the cat  and the dog ?! ran , she said .", "wow?! yes?!"]
+
+
+def _generated_ctx(tokenizer: Any, adds_bos: bool) -> Any:
+    from types import SimpleNamespace
+
+    return SimpleNamespace(tokenizer=tokenizer, adds_bos=adds_bos, sentences=lambda: iter(STORY * 6))
+
+
+@pytest.mark.parametrize("name", DECODER_FAMILIES)
+def test_span_windows_read_the_text_as_written(name: str) -> None:
+    from headscope.analyses.span import text_windows
+
+    tokenizer = FAMILIES[name]()
+    windows = text_windows(_generated_ctx(tokenizer, adds_bos=True), 3, 40)
+    assert len(windows) == 3 and all(len(w) == 40 for w in windows)
+    assert all(int(w[0]) == tokenizer.bos_token_id for w in windows)
+    # The windows, one after the other, decode to the sentences as written joined by one space (the last
+    # window ends inside a sentence).
+    stream = tokenizer.decode([i for w in windows for i in w[1:].tolist()])
+    whole = " ".join(STORY * 6)
+    assert stream.strip() and whole.startswith(stream.strip()), name
+
+
+@pytest.mark.parametrize("name", DECODER_FAMILIES)
+@pytest.mark.parametrize("wu", [False, True])
+def test_retrieval_haystacks_read_the_text_as_written(name: str, wu: bool) -> None:
+    from headscope.analyses.retrieval import build_prompt, build_prompt_wu, haystack_sentences
+
+    tokenizer = FAMILIES[name]()
+    pool = haystack_sentences(_generated_ctx(tokenizer, adds_bos=True), 60)
+    texts = [t for t, _ in pool]
+    assert texts == (STORY * 6)[:len(texts)]  # each sentence as written: double space, tab kept
+    counts = [n for _, n in pool]
+    needle, question = "The old dog was big and brown.", "What was the old dog?"
+    prompt = (build_prompt_wu(tokenizer, texts, counts, needle, question, "big and brown", 0.5, 0) if wu
+              else build_prompt(tokenizer, texts, counts, needle, question, 0.5, 0))
+    decoded = tokenizer.decode(prompt.ids.tolist(), skip_special_tokens=True)
+    cut = next(k for k in range(len(texts) + 1) if " ".join([*texts[:k], needle, *texts[k:]]) in decoded)
+    context = " ".join([*texts[:cut], needle, *texts[cut:]])
+    ask = (f"{context}Based on the content of the book, Question: {question}\nAnswer:" if wu
+           else f"{context}\nBased on the content of the text, Question: {question}\nAnswer:")
+    assert decoded.strip() == ask, name
+    if not wu:  # headscope's span is the needle sentence exactly
+        start, stop = prompt.span
+        assert tokenizer.decode(prompt.ids[start:stop].tolist()).strip() == needle

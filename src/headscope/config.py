@@ -8,6 +8,7 @@ drift apart.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import re
 import types
@@ -29,7 +30,7 @@ PaddingSide = Literal["right", "left"]
 Engine = Literal["local", "ray"]
 WordMode = Literal["mean", "first"]
 Punctuation = Literal["clark", "all"]
-Conventions = Literal["headscope", "clark", "pande"]
+Conventions = Literal["headscope", "clark", "pande", "gu", "wu"]
 Parse = Literal["none", "spacy"]
 TreebankInput = Literal["text", "forms"]
 Bos = Literal["auto", "yes", "no"]
@@ -173,6 +174,9 @@ ENCODER_DEFAULT_LENGTH = 128
 #: Default ``max_length`` of a decoder LM: long enough for induction and sinks, short enough that the default
 #: run ends in minutes (a decoder's own limit, often 8k tokens or more, makes each window a long pass on CPU).
 DECODER_DEFAULT_LENGTH = 1024
+#: Default ``max_length`` under ``--conventions gu``: the T = 64 tokens each prompt is cut to in Gu et al.'s
+#: released ``eval_sink_open_source.py``.
+GU_LENGTH = 64
 
 
 @dataclass
@@ -223,7 +227,7 @@ class RunConfig:
     max_length: int | None = option(None, group="corpus", help="Maximum sequence length in model tokens, capped by "
                                     "the model (default: 128 for encoders, as in Clark et al.; 1024 for decoder "
                                     "LMs, whose raw text is packed into windows of this length: pass more for long "
-                                    "context).")
+                                    "context; 64 under --conventions gu, each document cut to it).")
     max_segments: int | None = option(None, group="corpus", help="Stop after this many raw-text segments (default: "
                                       "all; 1000 for the packaged Wikipedia sample, as in Clark et al.).")
     max_sentences: int | None = option(None, group="corpus", help="Read at most this many sentences per treebank "
@@ -265,8 +269,10 @@ class RunConfig:
                                       "clark (tokens exactly '.' or ',') or all (every punctuation-only token).")
     conventions: Conventions = option("headscope", group="capture", help="Definitions of the statistics: headscope "
                                       "(ours, docs/conventions.md), clark (as Clark et al.'s released code: "
-                                      "surface, syntax, similarity) or pande (as the heads-hypothesis notebooks: "
-                                      "roles).")
+                                      "surface, syntax, similarity), pande (as the heads-hypothesis notebooks: "
+                                      "roles), gu (Gu et al. 2025's sink-rate protocol: each document cut to its "
+                                      "first --max-length tokens, default 64; decoder_heads) or wu (as Wu et al. "
+                                      "2024's retrieval_head_detection.py: retrieval).")
     parse: Parse = option("none", group="corpus", help="Dependency parses for raw text: none or spacy (silver "
                           "parses from en_core_web_sm).")
     treebank_input: TreebankInput | None = option(None, group="corpus", help="What the model reads of a CoNLL-U "
@@ -308,6 +314,9 @@ class RunConfig:
         if self.conventions == "clark" and self.punctuation != "clark":
             raise ValueError("--conventions clark counts the tokens '.' and ',' as punctuation, as Clark et al.'s "
                              "code does; it cannot be combined with --punctuation all")
+        if self.conventions == "wu" and importlib.util.find_spec("rouge_score") is None:
+            raise ValueError("--conventions wu measures ROUGE-1 with rouge-score's stemmer, as Wu et al.'s code: "
+                             "pip install 'headscope[papers]' (or rouge-score)")
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
         if self.checkpoint_every < 0:
@@ -332,6 +341,8 @@ class RunConfig:
     def resolved_max_length(self, model_limit: int, is_causal: bool) -> int:
         """The sequence length used: ``max_length`` or its default, capped by the model's limit."""
         default = DECODER_DEFAULT_LENGTH if is_causal else ENCODER_DEFAULT_LENGTH
+        if self.conventions == "gu":
+            default = GU_LENGTH  # T = 64 in Gu et al.'s eval_sink_open_source.py
         return min(self.max_length if self.max_length is not None else default, model_limit)
 
     def resolved_treebank_input(self) -> TreebankInput:

@@ -445,10 +445,13 @@ def assemble(results: dict[str, AnalysisResult], run: dict[str, Any]) -> RunResu
         heads = pd.DataFrame(columns=["layer", "head"])
     tables: dict[str, pd.DataFrame] = {}
     documents: dict[str, Any] = {}
+    probes: dict[str, list[dict[str, Any]]] = {}
     for r in results.values():
         tables.update(r.tables)
         documents.update(r.documents)
-    return RunResult(heads=heads, tables=tables, documents=documents, run=run)
+        if r.probes:
+            probes[r.name] = r.probes
+    return RunResult(heads=heads, tables=tables, documents=documents, run=run, probes=probes)
 
 
 def add_atlas(result: RunResult) -> None:

@@ -68,6 +68,10 @@ class AnalysisResult:
     """JSON-serialisable objects written as ``DIR/{key}.json``."""
     summary: dict[str, Any] = field(default_factory=dict)
     """A few numbers for ``run.json`` (sizes, what was used, choices made)."""
+    probes: list[dict[str, Any]] = field(default_factory=list)
+    """The inputs the analysis built itself (needle-in-a-haystack prompts, induction-probe sequences, span's
+    windows), one JSON-serialisable record each (``ids``, ``text`` as decoded, the spans that matter, the seed):
+    written as ``DIR/probes/{name}.jsonl`` so that any peer can be run on exactly these inputs."""
     warnings: list[str] = field(default_factory=list)
     """Caveats about the whole run found in ``finalize`` (a role left untested); the run counts each one in
     ``run.json`` and logs it."""

@@ -22,8 +22,15 @@ of the blocks of query rows the engine hands over:
   ``A[i, i-L+1]`` over those rows. These sequences go through the model in a pass of their own.
 - ``sink_first``: the mean over rows of ``A[i, 0]``; ``sink_bos``: the mean over rows of the attention to
   the BOS token the tokenizer adds (NaN when it adds none; where it does, BOS is position 0 and the two
-  agree). ``sink`` is ``sink_first > sink_epsilon`` and the model's sink rate is the share of heads with
-  ``sink`` (Gu et al. 2025). The exclusions do not apply to the sink scores.
+  agree). ``sink`` is ``sink_first > sink_epsilon`` (the threshold of the corpus mean); the share of heads with
+  ``sink`` is the summary's ``sink_rate_of_means``. The exclusions do not apply to the sink scores.
+- The sink rate of Gu et al. (ICLR 2025), as their released ``eval_sink_open_source.py`` computes it: per
+  sequence of ``n`` tokens, per head, ``alpha_k = sum_{i >= k} A[i, k] / (n - k)`` for every key position
+  ``k``; the indicator ``alpha_k > sink_epsilon`` averaged over sequences, layers and heads is the curve
+  ``sink_curve`` (one row per ``k``), and its value at ``k = 0`` is the summary's ``sink_rate``. Per head,
+  ``sink_share`` is that indicator at ``k = 0`` averaged over sequences (``sink_rate`` is their mean over
+  heads). The released script feeds each prompt cut to its first T = 64 tokens; ``--conventions gu`` does the
+  same (one sequence per document, shorter documents left out), see ``docs/conventions.md``.
 
 The summary's ``top`` (and the report's top heads) ranks, per score, only the heads whose score was defined on
 at least ``--decoder-min-n`` sequences (default 20; for ``prefix_matching`` the probe sequences), and records
@@ -51,6 +58,7 @@ import pandas as pd
 import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name
+from headscope.analyses.conventions import effective_conventions
 from headscope.analyses.registry import register
 from headscope.analyses.stats import CONFIDENCE, mean_or_nan, means_or_nan, percentile_intervals, poisson_weights
 from headscope.config import check_minimum, option
@@ -102,6 +110,17 @@ RESAMPLES = 200
 #: Mixed into the bootstrap's seed (main pass; the probe adds 1) so its draws are independent of the others.
 BOOTSTRAP_STREAM = 30
 
+#: Key positions of the sink curve when the context says no sequence length (tests that feed hand-made maps).
+CURVE_POSITIONS = 1024
+
+#: What each ``--conventions`` value means here (``run.json`` and the report).
+CONVENTIONS = {
+    "headscope": "headscope's inputs: the run's sequences (raw text packed into windows of --max-length tokens)",
+    "gu": ("Gu et al. (ICLR 2025)'s protocol, as their eval_sink_open_source.py: each document cut to its first "
+           "--max-length (default 64) tokens, one sequence each, documents shorter than that left out; the sink "
+           "rate per key position in sink_curve.csv"),
+}
+
 
 @dataclass
 class DecoderHeadsOptions:
@@ -110,8 +129,9 @@ class DecoderHeadsOptions:
     induction_probe: int = option(20, help="Sequences of random tokens repeated twice for the prefix-matching "
                                   "(induction) score, run in a pass of their own.")
     induction_length: int = option(50, help="Random tokens in each repeat of an induction-probe sequence.")
-    sink_epsilon: float = option(0.3, help="A head is an attention sink when its mean attention to the first "
-                                 "position exceeds this (Gu et al. 2025).")
+    sink_epsilon: float = option(0.3, help="Gu et al. (2025)'s epsilon: the sink rate counts a head in a sequence "
+                                 "when its mean attention to the first position there exceeds this (and the column "
+                                 "sink marks heads whose corpus mean exceeds it).")
     exclude_bos: bool = option(False, help="Leave attention to the first position (BOS) out of the "
                                "previous-token, duplicate, induction and prefix-matching scores (TransformerLens).")
     exclude_current_token: bool = option(False, help="Leave attention of each token to itself out of the "
@@ -286,6 +306,35 @@ def uniform_block(lengths: torch.Tensor, query_start: int, rows: int, keys: int)
     return (seen.to(torch.float32) / (pos + 1).to(torch.float32))[:, None]
 
 
+def sink_alphas(column_sums: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gu et al.'s ``alpha_k`` of each sequence and head: the mean attention to key ``k`` over the rows that see it.
+
+    ``alpha_k = sum_{i >= k} A[i, k] / (n - k)``, as ``compute_attention_sink`` of their released
+    ``eval_sink_open_source.py`` (``(A / ratios).sum(dim=-2)`` with ``ratios[..., i, k] = T - k``; a causal
+    ``A[i, k]`` is 0 for ``i < k``).
+
+    Parameters
+    ----------
+    column_sums : Tensor of shape [batch, layer, head, key]
+        ``sum_i A[i, k]`` over every real row of each sequence (padding exactly 0).
+    lengths : Tensor of shape [batch]
+        Real tokens ``n`` of each sequence (positions ``0 .. n - 1``).
+
+    Returns
+    -------
+    alpha : Tensor of shape [batch, layer, head, key]
+        float64, 0 at ``k >= n``.
+    defined : Tensor of shape [batch, 1, 1, key]
+        bool: ``k < n``.
+    """
+    keys = column_sums.shape[-1]
+    k = torch.arange(keys, device=column_sums.device, dtype=torch.float64)
+    n = lengths.to(column_sums.device, torch.float64)[:, None, None, None]
+    defined = k < n
+    alpha = torch.where(defined, column_sums.double() / (n - k).clamp_min(1.0), 0.0)
+    return alpha, defined
+
+
 # --- the induction probe -------------------------------------------------------------------------------------
 
 def probe_candidates(tokenizer: Any, vocab_size: int | None = None) -> np.ndarray:
@@ -334,6 +383,9 @@ class DecoderHeads(Analysis):
     boot_counts_: dict[str, torch.Tensor]
     sequences_: int
     probe_sequences_: int
+    sink_hits_: torch.Tensor
+    curve_hits_: torch.Tensor
+    curve_seen_: torch.Tensor
 
     name = "decoder_heads"
     option_prefix = "decoder"
@@ -375,6 +427,13 @@ class DecoderHeads(Analysis):
                                         for k in TESTED})
         self.add_state("sequences_", 0)
         self.add_state("probe_sequences_", 0)
+        # Gu et al.'s sink rate: per head, the sequences in which alpha_0 > epsilon; per key position k, that
+        # indicator summed over sequences, layers and heads, and the sequences long enough to have a k.
+        positions = int(getattr(ctx, "max_length", 0) or 0) or CURVE_POSITIONS
+        self.add_state("sink_hits_", torch.zeros(shape, dtype=torch.float64, device=ctx.device))
+        self.add_state("curve_hits_", torch.zeros(positions, dtype=torch.float64, device=ctx.device))
+        self.add_state("curve_seen_", torch.zeros(positions, dtype=torch.float64, device=ctx.device))
+        self.conventions_ = effective_conventions(ctx, tuple(CONVENTIONS))
         config = getattr(ctx, "config", None)  # (tests that feed hand-made maps have none: seed 0)
         self.seed_ = int(getattr(config, "seed", 0) or 0)
         self._chance_probe: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -383,7 +442,8 @@ class DecoderHeads(Analysis):
         if getattr(ctx, "tokenizer", None) is not None:  # (tests that feed hand-made maps have no model)
             self.adds_bos_ = ctx.adds_bos  # the tokenizer's choice, or --bos
             longest = 2 * o.induction_length + int(self.adds_bos_)
-            limit = int(ctx.max_length)
+            # Under gu, --max-length is the paper's T for the corpus's documents, not a limit on the probe.
+            limit = int(ctx.info.max_length) if self.conventions_ == "gu" else int(ctx.max_length)
             if longest > limit:
                 raise ValueError(f"an induction-probe sequence takes {longest} tokens (2 x --decoder-induction-length "
                                  f"{o.induction_length}{' + BOS' if self.adds_bos_ else ''}), more than the "
@@ -400,6 +460,9 @@ class DecoderHeads(Analysis):
         # The chance level's sums, per sequence (uniform attention is the same in every layer).
         self._batch.update({f"chance_{k}": torch.zeros(batch.size, dtype=torch.float64, device=dev)
                             for k in (*PATTERN_SCORES, "sink_first", "mass")})
+        # sum_i A[i, k] of every key of every sequence, for Gu et al.'s alpha_k (only the keys the curve keeps).
+        keys = min(int(batch.input_ids.shape[1]), int(self.curve_hits_.shape[0]))
+        self._batch["columns"] = torch.zeros((*shape, keys), dtype=torch.float64, device=dev)
 
     def update(self, batch: Batch, block: LayerAttention) -> None:
         o = self.options
@@ -410,6 +473,8 @@ class DecoderHeads(Analysis):
         # Attention to the BOS the tokenizer added (the encoder marks it as is_cls, at position 0 only).
         bos = batch.is_cls.to(block.weights.dtype)
         self._batch["sink_bos"][:, block.layer] += torch.einsum("bhqk,bk->bh", block.weights, bos).double()
+        columns = self._batch["columns"]
+        self._batch["columns"][:, block.layer] += block.weights[..., :columns.shape[-1]].sum(-2).double()
         if block.layer == 0:  # the same rows, patterns and exclusions, attended uniformly: the chance level
             rows, keys = block.weights.shape[-2:]
             uniform = uniform_block(batch.lengths.to(block.weights.device), block.query_start, rows, keys)
@@ -432,6 +497,13 @@ class DecoderHeads(Analysis):
         self._add("sink_first", acc["sink_first"] / lengths.clamp_min(1), (batch.lengths > 0)[:, None, None],
                   acc["chance_sink_first"] / lengths[:, 0, 0].clamp_min(1), weights)
         self._add("sink_bos", acc["sink_bos"] / lengths.clamp_min(1), batch.is_cls.any(-1)[:, None, None])
+        # Gu et al.'s indicator, per sequence (not of the corpus mean): alpha_k > epsilon.
+        alpha, defined = sink_alphas(acc["columns"], batch.lengths)
+        hits = (alpha > self.options.sink_epsilon) & defined
+        keys = hits.shape[-1]
+        self.sink_hits_ += hits[..., 0].sum(0).to(self.sink_hits_)
+        self.curve_hits_[:keys] += hits.sum((0, 1, 2)).to(self.curve_hits_)
+        self.curve_seen_[:keys] += defined.sum((0, 1, 2)).to(self.curve_seen_)
         self.sequences_ += batch.size
         self._batch = {}
 
@@ -469,6 +541,16 @@ class DecoderHeads(Analysis):
         bos = int(tokenizer.bos_token_id) if has_bos else None
         candidates = probe_candidates(tokenizer, ctx.vocab_size)
         sequences = probe_sequences(candidates, o.induction_probe, o.induction_length, ctx.seed, bos)
+        offset = int(has_bos)
+        length = int(o.induction_length)
+        # Written out (probes/decoder_heads.jsonl): each sequence, its repeats and the seed that drew it.
+        self._probe_records = [
+            {"kind": "induction_probe", "index": k, "ids": ids.tolist(), "text": tokenizer.decode(ids.tolist()),
+             "bos": bool(has_bos), "length": length, "first_repeat": [offset, offset + length],
+             "second_repeat": [offset + length, offset + 2 * length],
+             "scored_rows": [offset + length, offset + 2 * length], "target": "key i - length + 1 of row i",
+             "seed": [int(ctx.seed), PROBE_STREAM, k]}
+            for k, ids in enumerate(sequences)]
         yield Pass("decoder_heads: induction probe", TokenRows(tuple(sequences), has_bos),
                    [Forward(attention="weights")])
 
@@ -530,7 +612,9 @@ class DecoderHeads(Analysis):
         means = self.means()
         table = head_frame(means, self.n_layers_, self.n_heads_)
         table["sink"] = table["sink_first"] > o.sink_epsilon
-        sink_rate = float(table["sink"].mean())
+        rate_of_means = float(table["sink"].mean())
+        curve, sink_share = self.sink_curve(), self.sink_share()
+        sink_rate = float(curve["sink_rate"].iloc[0]) if len(curve) else float("nan")
         counts = head_frame({k: self.counts_[k].cpu() for k in SCORES}, self.n_layers_, self.n_heads_)
         min_n = int(o.decoder_min_n)
         chance = self.chance()
@@ -543,6 +627,7 @@ class DecoderHeads(Analysis):
             # NaN compares False: a head without an interval is never above chance.
             table[f"{key}_above_chance"] = ((table[f"{key}_low"] > table[f"{key}_chance"] + o.decoder_margin)
                                             & (counts[key] >= min_n))
+        table["sink_share"] = sink_share.reshape(-1)  # (last: the columns before keep their places)
         # Top heads only among heads scored on at least min_n sequences: a mean of one or two is no ranking.
         eligible = table.assign(**{k: table[k].where(counts[k] >= min_n) for k in SCORES})
         summary = {
@@ -552,7 +637,15 @@ class DecoderHeads(Analysis):
             "tokenizer_adds_bos": self.adds_bos_,
             "sink_epsilon": o.sink_epsilon,
             "sink_rate": sink_rate,
+            "sink_rate_definition": ("Gu et al. (ICLR 2025), eval_sink_open_source.py: the share of (sequence, "
+                                     "layer, head) with alpha_0 = mean over rows of A[i, 0] > sink_epsilon"),
+            "sink_rate_sequences": int(self.curve_seen_[0]) if len(self.curve_seen_) else 0,
+            "sink_rate_of_means": rate_of_means,
+            "sink_rate_of_means_definition": "the share of heads whose sink_first (mean over the corpus) > "
+                                             "sink_epsilon (the column sink)",
             "sink_heads": int(table["sink"].sum()),
+            "conventions": self.conventions_,
+            "definitions": CONVENTIONS[self.conventions_],
             "exclude_bos": o.exclude_bos,
             "exclude_current_token": o.exclude_current_token,
             "min_n": min_n,
@@ -569,7 +662,26 @@ class DecoderHeads(Analysis):
                                   "sequences"),
             "above_chance": {k: int(table[f"{k}_above_chance"].sum()) for k in TESTED},
         }
-        return AnalysisResult(name=self.name, heads=table.copy(), tables={"decoder_heads": table}, summary=summary)
+        return AnalysisResult(name=self.name, heads=table.copy(), tables={"decoder_heads": table,
+                                                                          "sink_curve": curve}, summary=summary,
+                              probes=list(getattr(self, "_probe_records", [])))
+
+    def sink_share(self) -> np.ndarray:
+        """Per head, the share of sequences in which its ``alpha_0`` exceeds epsilon: (n_layers, n_heads), NaN
+        before any sequence."""
+        seen = float(self.curve_seen_[0]) if len(self.curve_seen_) else 0.0
+        return np.asarray(mean_or_nan(self.sink_hits_.cpu().numpy(), seen), dtype=np.float64)
+
+    def sink_curve(self) -> pd.DataFrame:
+        """Gu et al.'s sink rate at each key position ``k`` (their ``metric1``, as a fraction, not in percent):
+        the indicator ``alpha_k > epsilon`` averaged over the sequences with more than ``k`` tokens, the layers
+        and the heads. Columns ``position, sink_rate, sequences``; positions no sequence reached are left out."""
+        seen = self.curve_seen_.cpu().numpy()
+        hits = self.curve_hits_.cpu().numpy()
+        keep = np.flatnonzero(seen > 0)
+        heads = self.n_layers_ * self.n_heads_
+        return pd.DataFrame({"position": keep.astype(np.int64), "sink_rate": hits[keep] / (seen[keep] * heads),
+                             "sequences": seen[keep].astype(np.int64)})
 
 def top_heads(table: pd.DataFrame, column: str, k: int) -> list[dict[str, Any]]:
     """The ``k`` heads with the largest ``column`` (ties: earlier layer, then head), as ``{"head", "score"}``."""

@@ -18,6 +18,17 @@ matches from anywhere scores there too), ``retrieval_score_chance``. ``retrieval
 ``retrieval_score_high`` is a 95% bootstrap interval over the prompts used, and ``retrieval_above_chance`` is
 ``retrieval_score_low > retrieval_score_chance + retrieval_margin`` with at least ``retrieval_min_n`` prompts used.
 
+``--conventions wu`` scores as Wu et al.'s released ``retrieval_head_detection.py`` (nightdessert/Retrieval_Head
+at ``3ac171a``) does: the needle span is the *answer* part of the needle (their ``real_needle``), found as their
+``find_needle_idx`` finds it (the answer tokenized alone; the first prompt window of that many tokens whose
+distinct ids cover more than 90% of the answer's); every decoding step whose token a head copies from the span
+adds ``1 / |span|`` (a position copied twice counts twice, so a score can exceed 1); the ROUGE-1 recall is
+``rouge_score``'s (Porter stemmer) of the answer; the prompt is ``{context}Based on the content of the book,
+Question: {question}\\nAnswer:`` with the tokenizer's special tokens and no chat template; the depths are
+their grid, ``round(linspace(0, 100, retrieval_prompts))`` percent, the needle placed after the last sentence
+that ends before that depth. ``docs/conventions.md`` lists what stays headscope's (haystack text, needles, one
+haystack length, the stopping rule).
+
 Generation needs each decoding step's attention for one query row: the prompt is run once with the model's
 own attention (no weights), then each step runs with the KV cache and transformers' eager attention, which
 returns the [batch, head, 1, key] weights of the new token (headscope's capture has no decoding mode).
@@ -25,6 +36,7 @@ returns the [batch, head, 1, key] weights of the new token (headscope's capture 
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -36,6 +48,7 @@ import pandas as pd
 import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name
+from headscope.analyses.conventions import effective_conventions
 from headscope.analyses.registry import register
 from headscope.analyses.stats import bootstrap_indices, mean_or_nan, percentile_intervals
 from headscope.config import check_minimum, option
@@ -46,16 +59,29 @@ if TYPE_CHECKING:
     from headscope.engine.context import AnalysisContext
     from headscope.engine.forwards import Forward, ForwardOutput
 
-#: The needles and their questions: made-up facts that no haystack holds, so the answer must come from the
-#: prompt. (Wu et al. use their own set of needles; these are headscope's.)
+#: The needles, their questions and the part of each needle that answers it: made-up facts that no haystack
+#: holds, so the answer must come from the prompt. (Wu et al. use their own set of needles, each with its
+#: ``real_needle``, the answer; these are headscope's.)
 NEEDLES = (
     ("The secret ingredient of the famous harbour soup is a spoonful of orange peel and smoked paprika.",
-     "What is the secret ingredient of the famous harbour soup?"),
+     "What is the secret ingredient of the famous harbour soup?",
+     "a spoonful of orange peel and smoked paprika"),
     ("The best way to cross the northern mountains is to take the old railway from the valley at sunrise.",
-     "What is the best way to cross the northern mountains?"),
+     "What is the best way to cross the northern mountains?",
+     "take the old railway from the valley at sunrise"),
     ("The lighthouse keeper kept a small green atlas of the islands under his pillow every night.",
-     "What did the lighthouse keeper keep under his pillow every night?"),
+     "What did the lighthouse keeper keep under his pillow every night?",
+     "a small green atlas of the islands"),
 )
+
+#: What each ``--conventions`` value means here (``run.json`` and the report).
+CONVENTIONS = {
+    "headscope": ("headscope's retrieval score: the share of the needle sentence's token positions a head copied "
+                  "(each counted once), ROUGE-1 recall of the needle sentence without stemming, seeded depths"),
+    "wu": ("as Wu et al.'s retrieval_head_detection.py: the span of the needle's answer found by their "
+           "find_needle_idx, 1/|span| per copying step (repeats count), rouge_score's ROUGE-1 recall (stemmed) of "
+           "the answer, their prompt format and depth grid"),
+}
 
 #: Mixed into the seed of the depth draw so it is independent of the other seeded choices of a run.
 DEPTH_STREAM = 24
@@ -79,6 +105,9 @@ class RetrievalOptions:
     retrieval_needle: str = option("", help="A needle sentence of one's own (default: headscope's three "
                                    "made-up facts, in turn); needs --retrieval-question.")
     retrieval_question: str = option("", help="The question whose answer is --retrieval-needle.")
+    retrieval_answer: str = option("", help="The part of --retrieval-needle that answers --retrieval-question "
+                                   "(Wu et al.'s real_needle: the span scored and the ROUGE reference under "
+                                   "--conventions wu; default: the whole needle).")
     retrieval_margin: float = option(0.1, help="A head is above chance when the lower bound of its score's 95 percent "
                                      "bootstrap interval over prompts exceeds the score of the same copies on decoy "
                                      "spans (the chance level) by this much, absolute.")
@@ -140,6 +169,68 @@ def copy_scores(argmax: torch.Tensor, generated: torch.Tensor, prompt_ids: torch
     return (copied > 0).sum(-1).to(torch.float64) / size
 
 
+def wu_scores(argmax: torch.Tensor, generated: torch.Tensor, prompt_ids: torch.Tensor, span: tuple[int, int]
+              ) -> torch.Tensor:
+    """Each head's retrieval score over one generation as Wu et al.'s ``retrieval_calculate`` adds it up.
+
+    At each step, a head whose top-1 key (of the last query row, in the forward that produced the token) lies in
+    ``span`` and holds the generated token adds ``1 / (stop - start)``; a position copied at two steps counts
+    twice (``retrieval_head_detection.py``, ``retrieval_calculate`` with ``topk=1``).
+
+    Parameters
+    ----------
+    argmax : Tensor of shape [step, layer, head]
+    generated : Tensor of shape [step]
+    prompt_ids : Tensor of shape [prompt]
+    span : (int, int)
+        ``needle_start, needle_end``; ``(-1, -1)`` when their search found no span (then nothing is ever inside).
+
+    Returns
+    -------
+    Tensor of shape [layer, head]
+        float64, >= 0 (above 1 when the answer copies the span more than once).
+    """
+    start, stop = span
+    steps, n_layers, n_heads = argmax.shape
+    if steps == 0 or stop <= start:
+        return torch.zeros(n_layers, n_heads, dtype=torch.float64)
+    inside = (argmax >= start) & (argmax < stop)
+    source = prompt_ids[argmax.clamp(0, prompt_ids.shape[0] - 1)]
+    hit = inside & (source == generated[:, None, None])
+    return hit.sum(0).to(torch.float64) / (stop - start)
+
+
+def wu_needle_span(tokenizer: Any, prompt_ids: np.ndarray, answer: str) -> tuple[int, int]:
+    """Where Wu et al.'s ``find_needle_idx`` puts the needle: the answer tokenized alone (no special tokens),
+    and the first window of the prompt of that many tokens whose distinct ids cover more than 90% of the
+    answer's distinct ids; ``(-1, -1)`` when none does.
+
+    With more than 10 distinct ids in the answer, a window starting a token or two before the answer already
+    covers 90%, so the span found often starts early and ends early; this is their code's span, kept as it is.
+    """
+    needle_ids = list(tokenizer(answer, add_special_tokens=False)["input_ids"])
+    wanted = set(needle_ids)
+    size = len(needle_ids)
+    if not wanted:
+        return -1, -1
+    ids = np.asarray(prompt_ids).tolist()
+    for i in range(len(ids)):
+        overlap = len(set(ids[i:i + size]) & wanted) / len(wanted)
+        if overlap > 0.9:
+            return i, i + size
+    return -1, -1
+
+
+def rouge1_recall_stemmed(reference: str, candidate: str) -> float:
+    """ROUGE-1 recall as Wu et al.'s code measures it: ``rouge_score``'s scorer with the Porter stemmer."""
+    try:
+        from rouge_score import rouge_scorer
+    except ImportError as e:  # checked in start; this is for direct calls
+        raise ImportError("ROUGE under --conventions wu needs rouge-score: pip install 'headscope[papers]'") from e
+    scorer = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
+    return float(scorer.score(reference, candidate)["rouge1"].recall)
+
+
 # --- prompts -------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -160,20 +251,19 @@ class Prompt:
     answer: str = ""
     rouge1_recall: float = float("nan")
     generated_tokens: int = 0
-
-
-def _detokenize(words: list[str]) -> str:
-    """A sentence's words as text, without the space the word split put before punctuation."""
-    return re.sub(r"\s+([.,;:!?%)\]}'])", r"\1", " ".join(words))
+    reference: str = ""
+    """What the answer's ROUGE-1 recall is measured against: the needle (headscope) or its answer part (wu)."""
+    generated_ids: tuple[int, ...] = ()
+    """The tokens the model generated (greedy)."""
 
 
 def haystack_sentences(ctx: AnalysisContext, tokens: int) -> list[tuple[str, int]]:
-    """Sentences of the corpus's raw text in order, with their token counts, until ``tokens`` are collected."""
+    """Sentences of the corpus's raw text as written, in order, with their token counts, until ``tokens`` are
+    collected."""
     out: list[tuple[str, int]] = []
     total = 0
     tokenizer = ctx.tokenizer
-    for words in ctx.sentences():  # read (and reported) by the main pass
-        text = _detokenize(words)
+    for text in ctx.sentences():  # read (and reported) by the main pass
         n = len(tokenizer(" " + text, add_special_tokens=False)["input_ids"])
         out.append((text, n))
         total += n
@@ -207,7 +297,24 @@ def build_prompt(tokenizer: Any, sentences: list[str], counts: list[int], needle
     around = [k for k, (s, e) in enumerate(enc["offset_mapping"]) if e > s and s < begin + len(context) and e > begin]
     return Prompt(index=index, needle=needle, question=question, depth=float(depth),
                   ids=np.asarray(enc["input_ids"], dtype=np.int64), span=(inside[0], inside[-1] + 1),
-                  context=(around[0], around[-1] + 1))
+                  context=(around[0], around[-1] + 1), reference=needle)
+
+
+def build_prompt_wu(tokenizer: Any, sentences: list[str], counts: list[int], needle: str, question: str,
+                    answer: str, depth: float, index: int) -> Prompt:
+    """The prompt as Wu et al.'s ``evaluate_and_log`` builds it (no chat template): ``{context}Based on the content
+    of the book, Question: {question}\\nAnswer:``, tokenized with the tokenizer's special tokens; the needle
+    after the last sentence that ends at or before ``depth`` of the haystack's tokens (their ``insert_needle``
+    backs up to a period); the span found by :func:`wu_needle_span` on ``answer``."""
+    cumulative = np.concatenate([[0], np.cumsum(counts)])
+    cut = int(np.searchsorted(cumulative, depth * cumulative[-1], side="right")) - 1
+    context = " ".join([*sentences[:cut], needle, *sentences[cut:]])
+    text = f"{context}Based on the content of the book, Question: {question}\nAnswer:"
+    enc = tokenizer(text, return_offsets_mapping=True)
+    ids = np.asarray(enc["input_ids"], dtype=np.int64)
+    around = [k for k, (s, e) in enumerate(enc["offset_mapping"]) if e > s and s < len(context)]
+    return Prompt(index=index, needle=needle, question=question, depth=float(depth), ids=ids,
+                  span=wu_needle_span(tokenizer, ids, answer), context=(around[0], around[-1] + 1), reference=answer)
 
 
 def decoy_spans(prompt: Prompt, count: int, seed: int) -> list[tuple[int, int]]:
@@ -218,7 +325,7 @@ def decoy_spans(prompt: Prompt, count: int, seed: int) -> list[tuple[int, int]]:
     first, last = prompt.context
     starts = np.arange(first, last - size + 1)
     starts = starts[(starts + size <= start) | (starts >= stop)]
-    if len(starts) == 0 or count < 1:
+    if len(starts) == 0 or count < 1 or size < 1:
         return []
     picked = np.random.default_rng([seed, DECOY_STREAM, prompt.index]).choice(starts, size=min(count, len(starts)),
                                                                               replace=False)
@@ -259,6 +366,15 @@ class RetrievalHeads(Analysis):
             raise ValueError("haystack_tokens and retrieval_new_tokens must be at least 1")
         if bool(o.retrieval_needle) != bool(o.retrieval_question):
             raise ValueError("retrieval_needle and retrieval_question go together: give both or neither")
+        if o.retrieval_answer and not o.retrieval_needle:
+            raise ValueError("retrieval_answer is the answer part of --retrieval-needle: give the needle too")
+        if o.retrieval_answer and o.retrieval_answer not in o.retrieval_needle:
+            raise ValueError(f"retrieval_answer {o.retrieval_answer!r} is not part of the needle "
+                             f"{o.retrieval_needle!r}")
+        self.conventions_ = effective_conventions(ctx, tuple(CONVENTIONS))
+        if self.conventions_ == "wu" and importlib.util.find_spec("rouge_score") is None:
+            raise ValueError("--conventions wu measures ROUGE-1 with rouge-score's stemmer, as Wu et al.'s code: "
+                             "pip install 'headscope[papers]' (or rouge-score)")
         if not 0 <= o.retrieval_margin < 1 or o.retrieval_min_n < 1 or o.retrieval_decoys < 1 \
                 or o.retrieval_resamples < 10:
             raise ValueError("retrieval_margin must be in [0, 1), retrieval_min_n and retrieval_decoys at least 1, "
@@ -297,7 +413,10 @@ class RetrievalHeads(Analysis):
         if not pool:
             raise ValueError("the retrieval analysis builds its haystacks from raw text (--text, or the packaged "
                              "sample when no corpus is given); this corpus has none")
-        depths = np.random.default_rng([int(ctx.config.seed), DEPTH_STREAM]).random(o.retrieval_prompts)
+        if self.conventions_ == "wu":  # their grid: np.round(np.linspace(0, 100, intervals)) percent
+            depths = np.round(np.linspace(0, 100, o.retrieval_prompts)) / 100
+        else:
+            depths = np.random.default_rng([int(ctx.config.seed), DEPTH_STREAM]).random(o.retrieval_prompts)
         at = 0
         for k in range(o.retrieval_prompts):
             # Consecutive haystacks take the next sentences of the corpus, from the start again when it runs out.
@@ -308,9 +427,13 @@ class RetrievalHeads(Analysis):
                 texts.append(text)
                 counts.append(n)
                 at += 1
-            needles = [(o.retrieval_needle, o.retrieval_question)] if o.retrieval_needle else NEEDLES
-            needle, question = needles[k % len(needles)]
-            prompt = build_prompt(tokenizer, texts, counts, needle, question, float(depths[k]), k)
+            needles = ([(o.retrieval_needle, o.retrieval_question, o.retrieval_answer or o.retrieval_needle)]
+                       if o.retrieval_needle else NEEDLES)
+            needle, question, answer = needles[k % len(needles)]
+            if self.conventions_ == "wu":
+                prompt = build_prompt_wu(tokenizer, texts, counts, needle, question, answer, float(depths[k]), k)
+            else:
+                prompt = build_prompt(tokenizer, texts, counts, needle, question, float(depths[k]), k)
             longest = len(prompt.ids) + o.retrieval_new_tokens
             if longest > ctx.info.max_length:
                 raise ValueError(f"a retrieval prompt takes {len(prompt.ids)} tokens and its answer up to "
@@ -319,7 +442,8 @@ class RetrievalHeads(Analysis):
             self._prompts[k] = prompt
         # Each prompt is a generation of up to retrieval_new_tokens steps over a long context.
         yield Pass("retrieval: generating answers", TokenRows(tuple(p.ids for p in self._prompts.values())),
-                   [Generate(new_tokens=o.retrieval_new_tokens)], unit="prompts")
+                   [Generate(new_tokens=o.retrieval_new_tokens, stop_at_eos=self.conventions_ != "wu")],
+                   unit="prompts")
 
     def update_pass(self, batch: Batch, forward: Forward | Generate, out: ForwardOutput) -> None:
         o = self.options
@@ -329,14 +453,19 @@ class RetrievalHeads(Analysis):
             assert isinstance(answer, str)  # one sequence of ids decodes to one string
             prompt.answer = answer
             prompt.generated_tokens = int(generated.shape[0])
-            prompt.rouge1_recall = rouge1_recall(prompt.needle, prompt.answer)
+            prompt.generated_ids = tuple(int(t) for t in generated.tolist())
+            wu = self.conventions_ == "wu"
+            # Wu et al. strip the decoded answer and score it against the answer part (real_needle), stemmed.
+            prompt.rouge1_recall = (rouge1_recall_stemmed(prompt.reference, answer.strip()) if wu
+                                    else rouge1_recall(prompt.reference, prompt.answer))
             used = prompt.rouge1_recall > o.retrieval_rouge
+            scorer = wu_scores if wu else copy_scores
             if used:
                 ids = torch.as_tensor(prompt.ids)
-                score = copy_scores(argmax, generated, ids, prompt.span)
+                score = scorer(argmax, generated, ids, prompt.span)
                 self.sums_ += score
                 self.used_ += 1
-                decoys = [copy_scores(argmax, generated, ids, span).numpy()
+                decoys = [scorer(argmax, generated, ids, span).numpy()
                           for span in decoy_spans(prompt, o.retrieval_decoys, self._seed)]
                 chance = np.mean(decoys, axis=0) if decoys else np.full(score.shape, np.nan)
                 self.prompt_scores_ = np.concatenate([self.prompt_scores_, score.numpy()[None]])
@@ -346,7 +475,8 @@ class RetrievalHeads(Analysis):
                 "prompt": prompt.index, "depth": prompt.depth, "prompt_tokens": len(prompt.ids),
                 "needle_start": prompt.span[0], "needle_tokens": prompt.span[1] - prompt.span[0],
                 "needle": prompt.needle, "answer": prompt.answer, "generated_tokens": prompt.generated_tokens,
-                "rouge1_recall": prompt.rouge1_recall, "used": bool(used)})
+                "rouge1_recall": prompt.rouge1_recall, "used": bool(used), "reference": prompt.reference,
+                "needle_found": prompt.span[1] > prompt.span[0]})
 
     def finalize(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
         o = self.options
@@ -376,6 +506,7 @@ class RetrievalHeads(Analysis):
             "threshold": o.retrieval_threshold, "retrieval_heads": int(heads["retrieval_head"].sum()),
             "margin": o.retrieval_margin, "min_n": o.retrieval_min_n, "decoys": o.retrieval_decoys,
             "resamples": o.retrieval_resamples,
+            "conventions": self.conventions_, "definitions": CONVENTIONS[self.conventions_],
             "above_chance": int(heads["retrieval_above_chance"].sum()),
             "significance_rule": (f"retrieval_above_chance: the lower bound of the 95% bootstrap interval over the "
                                   f"prompts used > retrieval_score_chance (the same copies scored on "
@@ -387,4 +518,24 @@ class RetrievalHeads(Analysis):
         }
         return AnalysisResult(name=self.name, heads=heads.copy(), tables={"retrieval": heads,
                                                                          "retrieval_prompts": prompts},
-                              summary=summary)
+                              summary=summary, probes=self.probe_records())
+
+    def probe_records(self) -> list[dict[str, Any]]:
+        """Each prompt as written out (``probes/retrieval.jsonl``): its ids and text, the needle's span and the
+        decoys' spans (token positions ``[start, stop)``), the depth and the seed, and what the model answered."""
+        tokenizer = getattr(self, "_tokenizer", None)
+        out = []
+        for k in sorted(self._prompts):
+            p = self._prompts[k]
+            ids = p.ids.tolist()
+            out.append({
+                "kind": "needle_haystack", "index": p.index, "conventions": self.conventions_, "ids": ids,
+                "text": tokenizer.decode(ids) if tokenizer is not None else None,
+                "needle": p.needle, "question": p.question, "reference": p.reference,
+                "needle_span": list(p.span), "context_span": list(p.context), "depth": p.depth,
+                "decoy_spans": [list(s) for s in decoy_spans(p, self.options.retrieval_decoys, self._seed)],
+                "seed": {"depths": [self._seed, DEPTH_STREAM] if self.conventions_ != "wu" else None,
+                         "decoys": [self._seed, DECOY_STREAM, p.index]},
+                "answer": p.answer, "generated_ids": list(p.generated_ids), "rouge1_recall": p.rouge1_recall,
+                "used": bool(p.rouge1_recall > self.options.retrieval_rouge)})
+        return out

@@ -45,7 +45,6 @@ import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame
 from headscope.analyses.registry import register
-from headscope.analyses.retrieval import _detokenize
 from headscope.analyses.stats import CONFIDENCE, bootstrap_indices, percentile_interval
 from headscope.config import check_minimum, option
 from headscope.engine.forwards import Forward, Pass, TokenRows
@@ -210,8 +209,8 @@ def text_windows(ctx: AnalysisContext, count: int, length: int) -> list[np.ndarr
                 ids.extend(row)
             pending.clear()
 
-    for words in ctx.sentences():
-        pending.append(" " + _detokenize(words))
+    for text in ctx.sentences():  # each sentence as written
+        pending.append(" " + text)
         if len(pending) >= 64:
             flush()
             if len(ids) >= need:
@@ -312,6 +311,13 @@ class AttentionSpan(Analysis):
         held = min(check, len(windows) // 2) if check else 0
         measured = windows[:min(o.span_texts, len(windows) - held)]
         held_out = windows[len(measured):len(measured) + held]
+        # Written out (probes/span.jsonl): every window at its longest length (each length reads its first tokens).
+        tokenizer = ctx.tokenizer
+        self._probe_records = [
+            {"kind": "span_window", "index": k, "role": role, "ids": w.tolist(), "text": tokenizer.decode(w.tolist()),
+             "bos": bool(ctx.adds_bos), "lengths": [x for x in kept if x <= len(w)] if role == "measured" else [len(w)],
+             "seed": int(self.seed_)}
+            for k, (role, w) in enumerate([*(("measured", w) for w in measured), *(("held_out", w) for w in held_out)])]
         self.plan_ = {"lengths": kept, "dropped": [x for x in self.lengths_ if x not in kept],
                       "texts": len(measured), "check_texts": len(held_out)}
         has_bos = bool(ctx.adds_bos)
@@ -441,7 +447,7 @@ class AttentionSpan(Analysis):
         if check is not None:
             tables["span_check"] = check
         return AnalysisResult(name=self.name, heads=heads, tables=tables, documents={"kv_budget": document},
-                              summary=summary)
+                              summary=summary, probes=list(getattr(self, "_probe_records", [])))
 
     def _check_table(self) -> pd.DataFrame | None:
         """``span_check.csv``: one row per forward of the check (and ``budget_vs_random``); None without it."""

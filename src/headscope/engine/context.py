@@ -57,8 +57,9 @@ class AnalysisContext:
     silver_parser: Any = field(default=None, repr=False)
     """``silver_parser()``: what parsed the silver trees (``--parse spacy``), for the summaries."""
     sentences: Any = field(default=None, repr=False)
-    """``sentences()`` iterates over the words of each raw-text sentence of the corpus, in order (retrieval's
-    haystacks), read again without reporting (the main pass has reported every problem)."""
+    """``sentences()`` iterates over each raw-text sentence of the corpus as written (its line, without the
+    line's leading and trailing white space), in order (retrieval's haystacks, span's windows), read again
+    without reporting (the main pass has reported every problem)."""
 
     @property
     def seed(self) -> int:
@@ -118,10 +119,10 @@ class RunContext:
         except ValueError as e:
             kind, problem = None, str(e)
 
-        def sentences() -> Iterator[list[str]]:
+        def sentences() -> Iterator[str]:
             for doc in self.corpus.documents(Manifest(log_events=False)):
                 for sentence in doc.sentences:
-                    yield list(sentence.words)
+                    yield sentence.as_text()[0]  # the text as written (words joined only without one)
 
         return AnalysisContext(info=self.info, device=self.device, config=self.config,
                                tokenizer=self.loaded.tokenizer, adds_bos=self.encoder.adds_bos,

@@ -139,6 +139,9 @@ class Generate:
     tag: Hashable = None
     new_tokens: int = 32
     """At most this many tokens (decoding stops at EOS, or at a line break after some text)."""
+    stop_at_eos: bool = True
+    """Stop at the end-of-sequence token; False decodes past it, as Wu et al.'s ``decode`` loop does (their
+    only stop is a line break)."""
 
 
 @dataclass
@@ -251,7 +254,7 @@ def run_forward(loaded: LoadedModel, batch: Batch, forward: Forward | Generate, 
         out = ForwardOutput()
         for row in range(batch.size):
             ids = batch.input_ids[row, :int(batch.lengths[row])]
-            generated, argmax = greedy_with_attention(loaded, ids, forward.new_tokens)
+            generated, argmax = greedy_with_attention(loaded, ids, forward.new_tokens, forward.stop_at_eos)
             out.generated.append(generated)
             out.argmax.append(argmax)
         return out
@@ -713,7 +716,7 @@ def forward_with_attention(loaded: LoadedModel, batch: Batch, kind: str, seed: i
     return objective, float(loss.detach()), terms, seen
 
 
-def greedy_with_attention(loaded: LoadedModel, ids: torch.Tensor, max_new_tokens: int
+def greedy_with_attention(loaded: LoadedModel, ids: torch.Tensor, max_new_tokens: int, stop_at_eos: bool = True
                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy decoding of one prompt, keeping each step's arg-max key per head.
 
@@ -724,6 +727,8 @@ def greedy_with_attention(loaded: LoadedModel, ids: torch.Tensor, max_new_tokens
     ids : Tensor of shape [prompt]
         int64 prompt ids on the model's device.
     max_new_tokens : int
+    stop_at_eos : bool
+        Stop at the end-of-sequence token (else only at a line break after some text, or the limit).
 
     Returns
     -------
@@ -734,7 +739,8 @@ def greedy_with_attention(loaded: LoadedModel, ids: torch.Tensor, max_new_tokens
     """
     model = loaded.model
     tokenizer = loaded.tokenizer
-    stops = {t for t in (tokenizer.eos_token_id, getattr(model.config, "eos_token_id", None)) if isinstance(t, int)}
+    stops = {t for t in (tokenizer.eos_token_id, getattr(model.config, "eos_token_id", None)) if isinstance(t, int)
+             and stop_at_eos}
     current = model.config._attn_implementation
     generated: list[int] = []
     argmax: list[torch.Tensor] = []

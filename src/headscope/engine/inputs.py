@@ -14,7 +14,7 @@ from headscope.corpus.types import Document
 from headscope.corpus.wiki import wikipedia_sample_text
 from headscope.manifest import Manifest
 from headscope.model.encode import Encoder, Example
-from headscope.model.segments import pack_segments
+from headscope.model.segments import document_sequences, pack_segments
 
 if TYPE_CHECKING:
     from headscope.corpus.vectors import WordVectors
@@ -110,8 +110,12 @@ class Corpus:
         without it says nothing, as the main pass already reported every skipped or truncated input)."""
         manifest = manifest if manifest is not None else Manifest(log_events=False)
         index = 0
-        for ex in pack_segments(self.documents(manifest), self.encoder, manifest, self.config.seed,
-                                start_index=index, limit=self.segment_limit):
+        # --conventions gu: Gu et al.'s prompts, one document each cut to --max-length tokens; else packed windows.
+        raw = (document_sequences(self.documents(manifest), self.encoder, manifest, start_index=index,
+                                  limit=self.segment_limit) if self.config.conventions == "gu"
+               else pack_segments(self.documents(manifest), self.encoder, manifest, self.config.seed,
+                                  start_index=index, limit=self.segment_limit))
+        for ex in raw:
             index = ex.index + 1
             yield ex
         for path in self.config.treebank:

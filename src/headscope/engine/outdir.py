@@ -9,7 +9,7 @@ from pathlib import Path
 
 #: What headscope writes into an output directory (files by suffix at its top level, and folders).
 OUTPUT_SUFFIXES = (".csv", ".parquet", ".json")
-OUTPUT_FOLDERS = ("report", "figures", "checkpoint")
+OUTPUT_FOLDERS = ("report", "figures", "checkpoint", "probes")
 
 
 class OutputExistsError(FileExistsError):

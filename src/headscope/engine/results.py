@@ -57,6 +57,16 @@ def write_json(path: Path, obj: Any) -> None:
     write_text(path, json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n")
 
 
+#: The folder of an output directory holding the inputs the analyses built (``probes/<analysis>.jsonl``).
+PROBES = "probes"
+
+
+def read_probes(path: str | Path) -> list[dict[str, Any]]:
+    """The records of one ``probes/<analysis>.jsonl`` file."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def write_table(out: Path, name: str, table: pd.DataFrame) -> list[str]:
     """``name.csv``, plus ``name.parquet`` when pyarrow is installed; returns the file names written."""
     with atomic_path(out / f"{name}.csv") as tmp:
@@ -88,6 +98,8 @@ class RunResult:
         Every other table by file stem (``syntax``, ``roles``, ...).
     documents : dict of str to object
         JSON outputs by file stem (``probe``, ...).
+    probes : dict of str to list of dict
+        The inputs each analysis built itself, by analysis (``probes/<analysis>.jsonl``, one record a line).
     run : dict
         The content of ``run.json``.
     directory : Path or None
@@ -99,6 +111,7 @@ class RunResult:
     documents: dict[str, Any] = field(default_factory=dict)
     run: dict[str, Any] = field(default_factory=dict)
     directory: Path | None = field(default=None, compare=False)
+    probes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> pd.DataFrame:
         return self.heads if name == "heads" else self.tables[name]
@@ -113,6 +126,12 @@ class RunResult:
         for name, doc in self.documents.items():
             write_json(out / f"{name}.json", doc)
             written.append(f"{name}.json")
+        if self.probes:
+            (out / PROBES).mkdir(exist_ok=True)
+        for name, records in self.probes.items():
+            write_text(out / PROBES / f"{name}.jsonl",
+                       "".join(json.dumps(_jsonable(r), allow_nan=False) + "\n" for r in records))
+            written.append(f"{PROBES}/{name}.jsonl")
         # run.json names this run's files, so readers never pick up another run's leftovers.
         self.run["outputs"] = sorted(written)
         write_json(out / "run.json", self.run)
@@ -134,7 +153,8 @@ class RunResult:
                  else sorted(out.glob("*.json")))
         tables = {p.stem: pd.read_csv(p) for p in csvs if p.stem != "heads"}
         documents = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in jsons if p.stem != "run"}
-        return cls(heads=heads, tables=tables, documents=documents, run=run, directory=out)
+        probes = {Path(n).stem: read_probes(out / n) for n in (listed or []) if n.startswith(f"{PROBES}/")}
+        return cls(heads=heads, tables=tables, documents=documents, run=run, directory=out, probes=probes)
 
     @property
     def report_path(self) -> Path | None:

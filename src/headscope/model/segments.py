@@ -61,3 +61,49 @@ def pack_segments(documents: Iterable[Document], encoder: Encoder, manifest: Man
         index += 1
         if limit is not None and index - start_index >= limit:
             return
+
+
+def document_sequences(documents: Iterable[Document], encoder: Encoder, manifest: Manifest, start_index: int = 0,
+                       limit: int | None = None) -> Iterator[Example]:
+    """One sequence per document, cut to its first ``encoder.max_length`` tokens, no packing (``--conventions gu``).
+
+    Gu et al.'s released ``eval_sink_open_source.py`` tokenizes each prompt whole (with the tokenizer's own
+    special tokens: BOS where it adds one), asserts it has at least T tokens and keeps its first T. Here a
+    document (a blank-line-separated block of raw text, its sentences joined by one space) is a prompt; one
+    shorter than ``max_length`` tokens is left out and recorded with file and line (their script would stop);
+    the documents cut are counted (``documents_cut``) rather than each reported.
+
+    Yields
+    ------
+    Example
+        ``kind == "segment"``, exactly ``encoder.max_length`` tokens, indices from ``start_index`` on.
+    """
+    if limit is not None and limit <= 0:
+        return
+    index = start_index
+    for doc in documents:
+        if not doc.sentences:
+            continue
+        # The cut is the protocol, not a problem of the input: counted (documents_cut), not a warning each.
+        scratch = Manifest(log_events=False)
+        ex = encoder.encode(index, "segment", list(doc.sentences), None, scratch, truncate=True)
+        for event in scratch.events:
+            if event.kind == "truncated":
+                manifest.count("documents_cut")
+            elif event.kind == "skipped":
+                manifest.skip(event.file, event.line, event.reason)
+            else:
+                manifest.warn(event.file, event.line, event.reason)
+        if ex is None:
+            continue
+        if ex.length < encoder.max_length:
+            manifest.skip(doc.file, doc.line, f"document of {ex.length} tokens, fewer than --max-length "
+                          f"{encoder.max_length} (--conventions gu: Gu et al.'s script requires every prompt to "
+                          "have at least T tokens)")
+            continue
+        manifest.count("segments")
+        manifest.count("sentences_used", len(doc.sentences))
+        yield ex
+        index += 1
+        if limit is not None and index - start_index >= limit:
+            return

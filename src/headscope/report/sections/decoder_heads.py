@@ -19,6 +19,8 @@ MEANINGS = {
     "sink_first": "mean attention to the first position (attention sink, Gu et al. 2025)",
     "sink_bos": "mean attention to the BOS token",
     "sink": "1 when the head is an attention sink (sink_first above the run's epsilon)",
+    "sink_share": "share of sequences in which the head's mean attention to the first position exceeds epsilon "
+                  "(Gu et al. 2025's per-sequence indicator)",
 }
 
 SHOWN = ("previous_token", "duplicate_token", "induction", "prefix_matching", "sink_first")
@@ -35,8 +37,11 @@ def section(run: RunResult, figures: Path) -> ReportSection | None:
     # One colour scale for every score (all are shares of attention), so the maps compare at a glance.
     maps = "".join(figs.head_map(head_grid(table, column), f"decoder_heads_{column}", LABELS[column], LABELS[column],
                                  label=column, vmin=0.0, vmax=1.0) for column in shown)
-    sink_rate = float((table["sink_first"] > epsilon).mean()) if "sink_first" in table.columns else float("nan")
     summary = run.run.get("analyses", {}).get("decoder_heads", {})
+    # Gu et al.'s sink rate (per sequence) is in the summary; the threshold of the per-head means is not theirs.
+    of_means = float((table["sink_first"] > epsilon).mean()) if "sink_first" in table.columns else float("nan")
+    # (before 0.3 the summary's sink_rate was the threshold of the means, and sink_rate_of_means did not exist)
+    sink_rate = float(summary["sink_rate"]) if "sink_rate_of_means" in summary else float("nan")
     # The summary's top heads rest on decoder_min_n scored sequences; a run from before has none recorded.
     recorded = summary.get("top") if "min_n" in summary else None
     min_n = summary.get("min_n")
@@ -51,7 +56,17 @@ def section(run: RunResult, figures: Path) -> ReportSection | None:
             f"{html.escape(str(min_n))} sequences (prefix matching: probe sequences)." if min_n is not None
             else "")
     body = (f"<p>Per head, averaged over the corpus's sequences (prefix matching: over sequences of random "
-            f"tokens repeated twice). Sink rate (share of heads whose mean attention to the first position "
-            f"exceeds {epsilon:g}, Gu et al. 2025): <b>{100 * sink_rate:.1f}%</b>.{rule}</p>"
+            f"tokens repeated twice). {sink_line(sink_rate, of_means, epsilon)}{rule}</p>"
             f"<table><tr><th>score</th><th>top 5 heads</th></tr>{rows}</table>" + maps)
     return ReportSection(key="decoder_heads", title="Decoder-LM heads", html=body, figures=figs.names)
+
+
+def sink_line(sink_rate: float, of_means: float, epsilon: float) -> str:
+    """The sentence giving Gu et al.'s sink rate (NaN for a run from before it was recorded) and the threshold
+    of the per-head means."""
+    means = (f"share of heads whose mean attention to the first position exceeds {epsilon:g}: "
+             f"<b>{100 * of_means:.1f}%</b>")
+    if sink_rate != sink_rate:  # NaN
+        return f"Sink heads ({means})."
+    return (f"Sink rate (Gu et al. 2025: share of sequence x head pairs whose mean attention to the first position "
+            f"exceeds {epsilon:g}): <b>{100 * sink_rate:.1f}%</b>; {means}.")
