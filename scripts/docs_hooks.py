@@ -80,7 +80,7 @@ def cli_reference() -> str:
     lines = ["# Command line reference", "", GENERATED_NOTE.format(
         source="from `headscope.cli.build_parser()`: every subcommand, option, default and choice. "
                "`headscope COMMAND --help` prints the same."), ""]
-    lines += [f"`headscope` — {' '.join((parser.description or '').split())}", "", "```text",
+    lines += [" ".join((parser.description or "").split()), "", "```text",
               parser.format_usage().strip(), "```", ""]
     lines += _parser_section(parser, "##")
     lines += ["## Commands", "", "| command | what it does |", "| --- | --- |"]
