@@ -69,6 +69,21 @@ def test_every_page_of_the_navigation_opens_without_an_error(page: tuple[Any, li
         assert problems == [], f"{link}: {problems}"
 
 
+def test_the_gallery_pages_open_with_their_screenshot(page: tuple[Any, list[str]]) -> None:
+    """The gallery's per-model pages are linked from its index, not from the navigation."""
+    tab, problems = page
+    tab.goto((SITE / "gallery" / "index.html").as_uri())
+    links = sorted({h.split("#")[0] for h in tab.eval_on_selector_all(
+        "article a[href$='.html']", "els => els.map(e => e.href)") if "/gallery/" in h})
+    for link in links:
+        problems.clear()
+        tab.goto(link)
+        image = tab.locator("article img").first
+        assert image.count() == 1, link
+        assert tab.evaluate("img => img.complete && img.naturalWidth > 0", image.element_handle()), link
+        assert problems == [], f"{link}: {problems}"
+
+
 def test_the_reference_pages_hold_the_generated_tables(page: tuple[Any, list[str]]) -> None:
     tab, problems = page
     tab.goto((SITE / "reference" / "cli.html").as_uri())
