@@ -114,7 +114,8 @@ def run_model(name: str, model: str, encoder: bool, args: argparse.Namespace, wo
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(out / "atlas.csv", target / "atlas.csv")
     screenshot(out / "report" / "index.html", target / "report.png")
-    shown_model = name if name in MODELS else "all-mpnet-base-v2"
+    # MPNet is not packaged: the directory that /work/shared/tools/get-mpnet.sh assembles from PyPI.
+    shown_model = name if name in MODELS else "~/.cache/headscope-dev/all-mpnet-base-v2"
     display = ["headscope", "run", "--model", shown_model, *shown, "--analyses", analyses, "--out", f"runs/{name}"]
     made = {"name": name, "command": shlex.join(display), "seconds": round(seconds)}
     (target / "made.json").write_text(json.dumps(made, indent=1) + "\n", encoding="utf-8")
