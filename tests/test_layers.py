@@ -17,7 +17,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "headscope"
 
 #: Layers from the bottom up; a module may import its own layer and those below it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("settings", ("headscope.version", "headscope.lazy", "headscope.errors", "headscope.config", "headscope.manifest")),
+    ("settings", ("headscope.version", "headscope.lazy", "headscope.errors", "headscope.config", "headscope.manifest",
+                  "headscope.columns")),
     ("corpus", ("headscope.corpus",)),
     ("model", ("headscope.model",)),
     ("engine core", ("headscope.engine.batch", "headscope.engine.capture", "headscope.engine.scratch",
