@@ -133,7 +133,7 @@ def announce_plan(config: RunConfig, analyses: list[Any], ctx: Any, skipped: dic
 
 
 @with_console_logging  # progress lines and headscope: warnings on stderr when the caller configured no logging
-def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
+def run(config: RunConfig | None = None, /, **options: Any) -> RunResult:
     """Analyse every attention head of a model over a corpus, in one pass.
 
     Parameters
@@ -152,7 +152,7 @@ def run(config: RunConfig | None = None, /, **kwargs: Any) -> RunResult:
         When ``out`` is set (default ``headscope-out``; pass ``out=None`` to keep everything in memory),
         the files are written there too.
     """
-    return run_with(config, kwargs)
+    return run_with(config, options)
 
 
 def run_with(config: RunConfig | None, kwargs: dict[str, Any], loaded: LoadedModel | None = None) -> RunResult:
