@@ -432,21 +432,13 @@ def test_rouge1_recall() -> None:
 
 def test_copy_scores_on_a_hand_made_trace() -> None:
     from headscope.analyses.retrieval import copy_scores
+    from test_retrieval_conventions import ARGMAX, GENERATED, PROMPT
 
-    # Prompt positions 0..8; the needle is positions 3..6 (ids 20 21 22 23); id 21 also sits at 8, outside it.
-    prompt = torch.tensor([10, 11, 12, 20, 21, 22, 23, 13, 21])
-    generated = torch.tensor([20, 21, 99, 21, 23])
-    argmax = torch.tensor([
-        # step: [[L0H0, L0H1], [L1H0, L1H1]]
-        [[3, 0], [4, 0]],   # 20: L0H0 on its source; L1H0 on the needle but on 21
-        [[4, 0], [3, 8]],   # 21: L0H0 on its source; L1H1 on a 21 outside the needle
-        [[0, 0], [5, 9]],   # 99 is in no needle; position 9 is the first generated token, past the prompt
-        [[4, 0], [5, 8]],   # 21 again: L0H0's second copy of position 4 counts once
-        [[6, 0], [5, 6]],   # 23: L0H0 and L1H1 on its source
-    ])
-    scores = copy_scores(argmax, generated, prompt, (3, 7))
+    # The trace of test_retrieval_conventions: L0H0 copies positions 3, 4, 4 again and 6 (its second copy of
+    # position 4 counts once here), L1H1 position 6 only.
+    scores = copy_scores(ARGMAX, GENERATED, PROMPT, (3, 7))
     np.testing.assert_allclose(scores.numpy(), [[3 / 4, 0.0], [0.0, 1 / 4]])
-    assert copy_scores(argmax[:0], generated[:0], prompt, (3, 7)).shape == (2, 2)
+    assert copy_scores(ARGMAX[:0], GENERATED[:0], PROMPT, (3, 7)).shape == (2, 2)
 
 
 def test_build_prompt_finds_the_needle(llama) -> None:

@@ -193,20 +193,25 @@ def test_the_model_is_restored_after_ctrl_c(how: str, bert_dir: Path, tmp_path: 
     handle.remove()
 
 
+def interrupt_at(n: int) -> Any:
+    """A forward hook that sends SIGINT (Ctrl-C) to this process on its ``n``-th call."""
+    calls = []
+
+    def interrupt(module: Any, args: Any, output: Any) -> None:
+        calls.append(1)
+        if len(calls) == n:
+            signal.raise_signal(signal.SIGINT)
+
+    return interrupt
+
+
 def test_resume_needs_the_same_weights(bert_dir: Path, tmp_path: Path) -> None:
     model, tokenizer = load(bert_dir)
     texts = TEXTS * 3
     whole = headscope.run(model=model, tokenizer=tokenizer, texts=texts, analyses=["surface"], batch_size=1,
                           out=None, quiet=True)
-    calls = []
-
-    def interrupt(module: Any, args: Any, output: Any) -> None:
-        calls.append(1)
-        if len(calls) == 4:
-            signal.raise_signal(signal.SIGINT)
-
     out = tmp_path / "run"
-    handle = model.bert.encoder.layer[0].register_forward_hook(interrupt)
+    handle = model.bert.encoder.layer[0].register_forward_hook(interrupt_at(4))
     with pytest.raises(KeyboardInterrupt):
         headscope.run(model=model, tokenizer=tokenizer, texts=texts, analyses=["surface"], batch_size=1,
                       out=str(out), quiet=True, report=False)
@@ -369,15 +374,8 @@ def test_a_session_on_a_named_model_resumes_its_checkpoint(bert_dir: Path, tmp_p
     session = headscope.Session(model=str(bert_dir))
     texts = TEXTS * 3
     whole = session.run(texts=texts, analyses=["surface"], batch_size=1, out=None, quiet=True)
-    calls = []
-
-    def interrupt(module: Any, args: Any, output: Any) -> None:
-        calls.append(1)
-        if len(calls) == 3:
-            signal.raise_signal(signal.SIGINT)
-
     out = tmp_path / "run"
-    handle = session.loaded.base.encoder.layer[0].register_forward_hook(interrupt)
+    handle = session.loaded.base.encoder.layer[0].register_forward_hook(interrupt_at(3))
     with pytest.raises(KeyboardInterrupt):
         session.run(texts=texts, analyses=["surface"], batch_size=1, out=str(out), quiet=True, report=False)
     handle.remove()

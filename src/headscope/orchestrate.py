@@ -108,12 +108,12 @@ def check_device(device: str) -> None:
         raise UsageError("--device mps: torch cannot use Apple's MPS on this machine; use --device cpu or auto")
 
 
-def announce_plan(config: RunConfig, analyses: list[Any], ctx: Any, skipped: dict[str, str], expanded: bool
+def announce_plan(sequences: int | None, analyses: list[Any], ctx: Any, skipped: dict[str, str], expanded: bool
                   ) -> None:
     """Say before the main pass what the run will do and roughly what its analyses' own passes cost, in forwards
     of one sequence against the main pass's sequences (for ``--analyses all``, or whenever an analysis runs
-    passes of its own), and what ``all`` left out and why. On the progress log: shown unless ``--quiet``."""
-    sequences = config.max_segments or 1000 if config.uses_default_corpus else config.max_segments
+    passes of its own), and what ``all`` left out and why. On the progress log: shown unless ``--quiet``.
+    ``sequences`` is the corpus's segment limit (None: the whole corpus, its size unknown before the pass)."""
     costs = {a.name: a.planned_forwards(ctx, sequences or 1000) for a in analyses}
     extra = {name: n for name, n in costs.items() if n}
     if not expanded and not extra:
@@ -236,7 +236,7 @@ def _run(config: RunConfig, analysis_kwargs: dict[str, dict[str, Any]], checkpoi
         unmet = [n for n in analysis.needs if n == "trained_loss" and loss_kind not in TRAINED_LOSSES]
         if unmet:  # named: it runs, but the user hears now what the run would say only at its end
             manifest.warn_run(f"{analysis.name} {NEED_HINTS['trained_loss']}: its result is likely uninformative")
-    announce_plan(config, analyses, actx, skipped, asked_all)
+    announce_plan(ctx.corpus.segment_limit, analyses, actx, skipped, asked_all)
 
     fp = fingerprint(config, info, analyses, manifest)
     progress = Progress(used={analysis.name: 0 for analysis in analyses})
