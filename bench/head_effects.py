@@ -15,7 +15,10 @@ SmolLM2-135M (30 x 9).
 
     python bench/head_effects.py [--model tiny|smollm2|<dir>] [--lengths 64,256] [--sequences 4]
                                  [--mean-sequences 4] [--batch-size 4] [--bootstrap 1000] [--repeats 3]
-                                 [--replay auto|off|auto,off] [--atp-star]
+                                 [--replay auto|off|auto,off] [--atp-star] [--dump DIR]
+
+``--dump DIR`` writes each run's ``head_effects.csv`` and its summary (``head_effects-<length>-<replay>.csv``,
+``.json``), from which the noise of the exact effects is read (how many intervals contain 0).
 """
 
 from __future__ import annotations
@@ -101,6 +104,13 @@ def one_length(args: argparse.Namespace, model: str, text: list[str], length: in
     floor_s = min(floor_s, *(floor() for _ in range(args.repeats)))  # again after: the machine is shared
     heads = loaded.info.n_layers * loaded.info.n_heads
     summary = result.summary
+    if args.dump:
+        import json
+
+        stem = Path(args.dump) / f"head_effects-{length}-{args.replay}-{args.sequences}"
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        result.tables["head_effects"].to_csv(f"{stem}.csv", index=False)
+        Path(f"{stem}.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
     return {"length": length, "tokens": sum(int(b.lengths.sum()) for b in batches),
             "sequences": sum(b.size for b in batches), "heads": heads, "floor_s": floor_s, "analysis_s": wall,
             "per_head": wall / (floor_s * heads), "replay": summary.get("replay", {}),
@@ -121,6 +131,7 @@ def main() -> None:
     parser.add_argument("--replay", default="auto", help="auto, off, or both (auto,off): each in turn, same floor")
     parser.add_argument("--atp-star", action="store_true")
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--dump", default="", help="a directory for each run's head_effects.csv and summary")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
