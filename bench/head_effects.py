@@ -17,8 +17,9 @@ SmolLM2-135M (30 x 9).
                                  [--mean-sequences 4] [--batch-size 4] [--bootstrap 1000] [--repeats 3]
                                  [--replay auto|off|auto,off] [--atp-star] [--dump DIR]
 
-``--dump DIR`` writes each run's ``head_effects.csv`` and its summary (``head_effects-<length>-<replay>.csv``,
-``.json``), from which the noise of the exact effects is read (how many intervals contain 0).
+``--dump DIR`` writes each run's ``head_effects.csv``, its summary and the per-sequence losses and estimates
+(``head_effects-<length>-<replay>-<sequences>.csv``, ``.json``, ``.npz``), from which the noise of the exact
+effects is read (how many intervals contain 0, the agreement of two halves of the sequences).
 """
 
 from __future__ import annotations
@@ -111,6 +112,10 @@ def one_length(args: argparse.Namespace, model: str, text: list[str], length: in
         stem.parent.mkdir(parents=True, exist_ok=True)
         result.tables["head_effects"].to_csv(f"{stem}.csv", index=False)
         Path(f"{stem}.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
+        import numpy as np  # the per-sequence losses and estimates, for the noise of the exact effects
+
+        np.savez(f"{stem}.npz", index=analysis.index_, base=analysis.base_, terms=analysis.terms_,
+                 ablated=analysis.ablated_, atp=analysis.atp_, atp_drop=analysis.atp_drop_)
     return {"length": length, "tokens": sum(int(b.lengths.sum()) for b in batches),
             "sequences": sum(b.size for b in batches), "heads": heads, "floor_s": floor_s, "analysis_s": wall,
             "per_head": wall / (floor_s * heads), "replay": summary.get("replay", {}),

@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                      "headscope.engine.state", "headscope.engine.results", "headscope.engine.context",
                      "headscope.engine.inputs", "headscope.engine.outdir", "headscope.engine.interrupt",
                      "headscope.engine.progress", "headscope.engine.forwards",
-                     "headscope.engine.replay")),
+                     "headscope.engine.replay", "headscope.engine.atp_star")),
     ("report parts", ("headscope.report.section", "headscope.report.figures", "headscope.report.heatmap",
                       "headscope.report.page", "headscope.report.viewpage")),
     ("analyses", ("headscope.analyses",)),
