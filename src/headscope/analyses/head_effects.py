@@ -38,8 +38,9 @@ heads, which a linear estimate misses).
 ``1/(L-1) sum_l |AtP_{-l}|`` (:func:`~headscope.analyses.effect_stats.grad_drop_estimate`). Its QK fix is 0
 for this node: a head's output replaced by r is its values replaced by r at every key (each row of its attention
 sums to 1), its queries and keys untouched, so the QK-fixed query and key terms
-(:mod:`headscope.engine.atp_star`) vanish (docs/head_effects.md). ``head_effects_verify_top K``: AtP* for every head, exact
-effects for its top K and K random heads (:func:`verify_summary`).
+(:mod:`headscope.engine.atp_star`) vanish (docs/head_effects.md). ``head_effects_verify_top K``: AtP* for
+every head, exact effects for its top K and K random heads
+(:func:`~headscope.analyses.effect_stats.verify_summary`).
 
 Writes the heads columns ``effect``, ``effect_low``, ``effect_high``, ``effect_atp`` (``effect_atp_star``) and
 ``head_effects.csv``.
