@@ -43,19 +43,19 @@ from headscope.analyses.registry import (
 from headscope.atlas import atlas_summary, build_atlas, parse_thresholds
 from headscope.config import CONFIG_GROUPS, MEMORY, RunConfig
 from headscope.corpus.memory import MemoryCorpus, check_tokenlists, open_dataset, text_source
-from headscope.engine.checkpoint import CheckpointError, Progress, differences, fingerprint, restore
-from headscope.engine.checkpoint import read as read_checkpoint
-from headscope.engine.checkpoint import remove as remove_checkpoint
-from headscope.engine.console import with_console_logging
 from headscope.engine.context import open_context
-from headscope.engine.intervene import run_passes
 from headscope.engine.outdir import prepare as prepare_output
-from headscope.engine.passes import local_pass, ray_pass
-from headscope.engine.preflight import check_dependencies
 from headscope.engine.results import RunResult, write_json
 from headscope.errors import UsageError
 from headscope.model.inmemory import MemoryModelInfo, from_memory, preserved, refresh
 from headscope.model.load import LoadedModel
+from headscope.runner.checkpoint import CheckpointError, Progress, differences, fingerprint, restore
+from headscope.runner.checkpoint import read as read_checkpoint
+from headscope.runner.checkpoint import remove as remove_checkpoint
+from headscope.runner.console import with_console_logging
+from headscope.runner.intervene import run_passes
+from headscope.runner.passes import local_pass, ray_pass
+from headscope.runner.preflight import check_dependencies
 
 logger = logging.getLogger("headscope")
 
@@ -464,7 +464,7 @@ def add_atlas(result: RunResult) -> None:
 def _resumed_config(config: RunConfig, saved: dict[str, Any], explicit: dict[str, Any],
                     analysis_kwargs: dict[str, dict[str, Any]]) -> tuple[RunConfig, dict[str, dict[str, Any]]]:
     """The configuration of the run to resume: the checkpoint's, refusing any explicit option that differs."""
-    from headscope.engine.checkpoint import FREE_SETTINGS
+    from headscope.runner.checkpoint import FREE_SETTINGS
 
     free = {k: v for k, v in explicit.items() if k in FREE_SETTINGS}
     resumed = RunConfig(**{**saved["config"], **free, "out": config.resume, "resume": config.resume})
