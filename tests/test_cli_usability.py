@@ -285,7 +285,7 @@ def test_a_gpu_device_without_a_gpu_is_one_line_before_the_load(monkeypatch: pyt
     import torch
 
     from headscope.errors import UsageError
-    from headscope.runner.orchestrate import check_device
+    from headscope.runner.usage import check_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UsageError, match=r"--device cuda: .*use --device cpu or auto"):
