@@ -18,12 +18,13 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "headscope"
 #: Layers from the bottom up; a module may import its own layer and those below it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("settings", ("headscope.version", "headscope.lazy", "headscope.errors", "headscope.config", "headscope.manifest",
-                  "headscope.columns")),
+                  "headscope.columns", "headscope.seeds")),
     ("corpus", ("headscope.corpus",)),
     ("model", ("headscope.model",)),
     ("engine core", ("headscope.engine.batch", "headscope.engine.capture", "headscope.engine.scratch",
                      "headscope.engine.wordlevel", "headscope.engine.norm_weights", "headscope.engine.rollout",
                      "headscope.engine.state", "headscope.engine.results", "headscope.engine.context",
+                     "headscope.engine.codec",
                      "headscope.engine.inputs", "headscope.engine.outdir", "headscope.engine.interrupt",
                      "headscope.engine.progress", "headscope.engine.forwards",
                      "headscope.engine.replay")),

@@ -34,6 +34,8 @@ from headscope.analyses.registry import (
     REGISTRY,
     TRAINED_LOSSES,
     check_inputs,
+    check_model_needs,
+    check_options,
     check_weights,
     expand_all,
     public_name,
@@ -205,6 +207,7 @@ def _run(config: RunConfig, analysis_kwargs: dict[str, dict[str, Any]], checkpoi
         # Check the names now (before the model loads); ``all`` is expanded once the model is known.
         analyses = resolve_analyses([name for name in config.analyses if name != ALL], analysis_kwargs)
         check_weights(config)
+        check_options(config, analyses)  # each analysis's options against the run's settings
         parse_thresholds(config.atlas_thresholds)  # an unknown atlas threshold: refused before the model loads
         check_inputs(config, config.analyses)  # an analysis named without its data: refused now, not after the pass
         check_dependencies(config, analyses)  # optional packages, found without importing them
@@ -220,12 +223,16 @@ def _run(config: RunConfig, analysis_kwargs: dict[str, dict[str, Any]], checkpoi
     ctx = open_context(config, loaded, memory)
     timings["load_model"] = time.perf_counter() - t0
     info, manifest = ctx.info, ctx.manifest
+    with usage_errors():  # the analyses' declared needs of the model (causal, encoder), now that it is read
+        check_model_needs(config.analyses, info.name, info.is_causal)
     loss_kind = ctx.for_analyses().loss_kind
     asked_all = ALL in config.analyses
     if asked_all:
         config, skipped = expand_all(config, info.is_causal, loss_kind)
         ctx = dataclasses.replace(ctx, config=config)  # the resolved config; nothing changes it from here
         analyses = resolve_analyses(config.analyses, analysis_kwargs)
+        with usage_errors():
+            check_options(config, analyses)
         manifest.notes["analyses_all"] = {"ran": list(config.analyses), "skipped": skipped}
     else:
         skipped = {}

@@ -43,6 +43,7 @@ import torch
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from headscope.config import RunConfig
     from headscope.engine.batch import Batch
     from headscope.engine.capture import LayerAttention
     from headscope.engine.context import AnalysisContext
@@ -124,6 +125,15 @@ class Analysis(ABC):
         """Importable top-level modules this analysis needs with its options, beyond headscope's own
         dependencies; the run checks them (``importlib.util.find_spec``) before the model loads."""
         return ()
+
+    def check_run(self, config: RunConfig) -> None:  # noqa: B027 (optional hook)
+        """Refuse (ValueError, one line) options that do not fit the run's settings, before the model loads.
+
+        Options are checked in one place each: a value alone in ``Options.__post_init__`` (minimums, choices,
+        ranges; the options are frozen, so they stay checked), a value against the run's settings here (the
+        other analyses asked for, ``--conventions``), a need of the model in ``needs``
+        (:func:`~headscope.analyses.registry.check_model_needs`). Only what the loaded model alone can tell
+        (its longest input, its tokenizer's special tokens) is checked in :meth:`start`."""
 
     def wants(self, example: Example) -> bool:
         """Whether this analysis uses ``example``; others are masked out of its updates."""

@@ -178,7 +178,7 @@ def mention_queries(batch: Batch, candidates: str = "all") -> MentionQueries | N
                           baseline_correct)
 
 
-@dataclass
+@dataclass(frozen=True)
 class CorefOptions:
     """Options of the ``coref`` analysis."""
 

@@ -63,10 +63,12 @@ from headscope.analyses.registry import register
 from headscope.analyses.stats import CONFIDENCE, mean_or_nan, means_or_nan, percentile_intervals, poisson_weights
 from headscope.config import check_minimum, option
 from headscope.engine.forwards import Forward, Pass, TokenRows
+from headscope.seeds import Seeds
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
     from headscope.engine.capture import LayerAttention
+    from headscope.engine.codec import TokenCodec
     from headscope.engine.context import AnalysisContext
     from headscope.engine.forwards import ForwardOutput, Generate
 
@@ -91,9 +93,6 @@ LABELS = {
 #: nothing left keeps a rounding residue of this order rather than an exact 0.
 ROUNDING = 1e-6
 
-#: Mixed into the probe's seed so its draw is independent of the other seeded choices of a run.
-PROBE_STREAM = 15
-
 #: Default of ``--decoder-min-n``: fewest sequences scored for a head to be named among the top heads.
 MIN_N = 20
 
@@ -107,12 +106,6 @@ MARGIN = 0.1
 #: Default of ``--decoder-resamples``: resamples of the bootstrap intervals.
 RESAMPLES = 200
 
-#: Mixed into the bootstrap's seed (main pass; the probe adds 1) so its draws are independent of the others.
-BOOTSTRAP_STREAM = 30
-
-#: Key positions of the sink curve when the context says no sequence length (tests that feed hand-made maps).
-CURVE_POSITIONS = 1024
-
 #: What each ``--conventions`` value means here (``run.json`` and the report).
 CONVENTIONS = {
     "headscope": "headscope's inputs: the run's sequences (raw text packed into windows of --max-length tokens)",
@@ -122,7 +115,7 @@ CONVENTIONS = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class DecoderHeadsOptions:
     """Options of the ``decoder_heads`` analysis."""
 
@@ -146,6 +139,18 @@ class DecoderHeadsOptions:
                                    "decoder labels).")
     decoder_resamples: int = option(RESAMPLES, help="Bootstrap resamples of the decoder scores' intervals over "
                                     "sequences.")
+
+    def __post_init__(self) -> None:
+        o = self
+        check_minimum(o, 1, "induction_probe")
+        check_minimum(o, 2, "induction_length")
+        if not 0 <= o.sink_epsilon <= 1:
+            raise ValueError(f"sink_epsilon must be between 0 and 1, got {o.sink_epsilon}")
+        check_minimum(o, 1, "decoder_min_n")
+        if not 0 <= o.decoder_margin < 1:
+            raise ValueError(f"decoder_margin must be in [0, 1), got {o.decoder_margin}")
+        if o.decoder_resamples < 10:
+            raise ValueError(f"decoder_resamples must be at least 10, got {o.decoder_resamples}")
 
 
 # --- the scores of one block of query rows ------------------------------------------------------------------
@@ -337,11 +342,11 @@ def sink_alphas(column_sums: torch.Tensor, lengths: torch.Tensor) -> tuple[torch
 
 # --- the induction probe -------------------------------------------------------------------------------------
 
-def probe_candidates(tokenizer: Any, vocab_size: int | None = None) -> np.ndarray:
+def probe_candidates(codec: TokenCodec, vocab_size: int | None = None) -> np.ndarray:
     """int64 ids a probe token may be drawn from: the vocabulary (capped by the model's) without special tokens."""
-    size = len(tokenizer) if vocab_size is None else min(len(tokenizer), int(vocab_size))
+    size = codec.size if vocab_size is None else min(codec.size, int(vocab_size))
     keep = np.ones(size, dtype=bool)
-    special = np.asarray([i for i in tokenizer.all_special_ids if 0 <= i < size], dtype=np.int64)
+    special = np.asarray([i for i in codec.special_ids if 0 <= i < size], dtype=np.int64)
     keep[special] = False
     return np.flatnonzero(keep).astype(np.int64)
 
@@ -364,7 +369,7 @@ def probe_sequences(candidates: np.ndarray, n: int, length: int, seed: int, bos:
     head = np.asarray([] if bos is None else [bos], dtype=np.int64)
     out = []
     for k in range(n):
-        tokens = np.random.default_rng([seed, PROBE_STREAM, k]).choice(candidates, size=length, replace=False)
+        tokens = Seeds(seed).rng("decoder_heads.probe", k).choice(candidates, size=length, replace=False)
         out.append(np.concatenate([head, tokens, tokens]).astype(np.int64))
     return out
 
@@ -399,21 +404,6 @@ class DecoderHeads(Analysis):
 
     def start(self, ctx: AnalysisContext) -> None:
         o = self.options
-        if not ctx.info.is_causal:
-            raise ValueError(
-                f"{ctx.info.name} is not a causal language model (its attention is bidirectional): the "
-                f"{self.name} analysis scores heads of decoder LMs (previous-token, induction, attention sinks) "
-                "and its numbers would mean nothing here; run it on a decoder LM, or use surface/distance for "
-                "an encoder")
-        check_minimum(o, 1, "induction_probe")
-        check_minimum(o, 2, "induction_length")
-        if not 0 <= o.sink_epsilon <= 1:
-            raise ValueError(f"sink_epsilon must be between 0 and 1, got {o.sink_epsilon}")
-        check_minimum(o, 1, "decoder_min_n")
-        if not 0 <= o.decoder_margin < 1:
-            raise ValueError(f"decoder_margin must be in [0, 1), got {o.decoder_margin}")
-        if o.decoder_resamples < 10:
-            raise ValueError(f"decoder_resamples must be at least 10, got {o.decoder_resamples}")
         shape = (ctx.info.n_layers, ctx.info.n_heads)
         self.n_layers_, self.n_heads_ = shape
         self.add_state("sums_", {k: torch.zeros(shape, dtype=torch.float64, device=ctx.device) for k in SCORES})
@@ -429,25 +419,22 @@ class DecoderHeads(Analysis):
         self.add_state("probe_sequences_", 0)
         # Gu et al.'s sink rate: per head, the sequences in which alpha_0 > epsilon; per key position k, that
         # indicator summed over sequences, layers and heads, and the sequences long enough to have a k.
-        positions = int(getattr(ctx, "max_length", 0) or 0) or CURVE_POSITIONS
+        positions = int(ctx.max_length)
         self.add_state("sink_hits_", torch.zeros(shape, dtype=torch.float64, device=ctx.device))
         self.add_state("curve_hits_", torch.zeros(positions, dtype=torch.float64, device=ctx.device))
         self.add_state("curve_seen_", torch.zeros(positions, dtype=torch.float64, device=ctx.device))
         self.conventions_ = effective_conventions(ctx, tuple(CONVENTIONS))
-        config = getattr(ctx, "config", None)  # (tests that feed hand-made maps have none: seed 0)
-        self.seed_ = int(getattr(config, "seed", 0) or 0)
+        self.seed_ = ctx.seeds.seed
         self._chance_probe: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.adds_bos_: bool | None = None
         self._probe: tuple[torch.Tensor, torch.Tensor] | None = None
-        if getattr(ctx, "tokenizer", None) is not None:  # (tests that feed hand-made maps have no model)
-            self.adds_bos_ = ctx.adds_bos  # the tokenizer's choice, or --bos
-            longest = 2 * o.induction_length + int(self.adds_bos_)
-            # Under gu, --max-length is the paper's T for the corpus's documents, not a limit on the probe.
-            limit = int(ctx.info.max_length) if self.conventions_ == "gu" else int(ctx.max_length)
-            if longest > limit:
-                raise ValueError(f"an induction-probe sequence takes {longest} tokens (2 x --decoder-induction-length "
-                                 f"{o.induction_length}{' + BOS' if self.adds_bos_ else ''}), more than the "
-                                 f"{limit} allowed here; lower --decoder-induction-length")
+        self.adds_bos_ = ctx.adds_bos  # the tokenizer's choice, or --bos
+        longest = 2 * o.induction_length + int(self.adds_bos_)
+        # Under gu, --max-length is the paper's T for the corpus's documents, not a limit on the probe.
+        limit = int(ctx.info.max_length) if self.conventions_ == "gu" else int(ctx.max_length)
+        if longest > limit:
+            raise ValueError(f"an induction-probe sequence takes {longest} tokens (2 x --decoder-induction-length "
+                             f"{o.induction_length}{' + BOS' if self.adds_bos_ else ''}), more than the "
+                             f"{limit} allowed here; lower --decoder-induction-length")
         self._batch: dict[str, torch.Tensor] = {}
 
     # main pass: per-sequence sums of the current batch, turned into per-sequence scores at its end
@@ -490,7 +477,7 @@ class DecoderHeads(Analysis):
         mass = acc["mass"]
         # TransformerLens asserts a sequence longer than 1; with every weight excluded its score is 0/0.
         defined = multi & (mass > ROUNDING * lengths)
-        weights = self._weights(batch, BOOTSTRAP_STREAM)
+        weights = self._weights(batch, "decoder_heads.bootstrap")
         chance_mass = acc["chance_mass"].clamp_min(1e-300)
         for key in PATTERN_SCORES:
             self._add(key, acc[key] / mass.clamp_min(1e-300), defined, acc[f"chance_{key}"] / chance_mass, weights)
@@ -507,10 +494,10 @@ class DecoderHeads(Analysis):
         self.sequences_ += batch.size
         self._batch = {}
 
-    def _weights(self, batch: Batch, stream: int) -> torch.Tensor:
+    def _weights(self, batch: Batch, stream: str) -> torch.Tensor:
         """Poisson bootstrap weights [resample, batch] of the batch's sequences (by their stream position)."""
         keys = [int(ex.index) for ex in batch.examples] if batch.examples else list(range(batch.size))
-        w = poisson_weights(keys, int(self.options.decoder_resamples), [self.seed_, stream])
+        w = poisson_weights(keys, int(self.options.decoder_resamples), Seeds(self.seed_).key(stream))
         return torch.as_tensor(w, dtype=torch.float64, device=next(iter(self.boot_sums_.values())).device)
 
     def _add(self, key: str, values: torch.Tensor, valid: torch.Tensor, chance: torch.Tensor | None = None,
@@ -536,20 +523,20 @@ class DecoderHeads(Analysis):
     def passes(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> Iterator[Pass]:
         """The induction probe: random tokens repeated twice, their attention captured as in the main pass."""
         o = self.options
-        tokenizer = ctx.tokenizer
-        has_bos = ctx.adds_bos if self.adds_bos_ is None else self.adds_bos_
-        bos = int(tokenizer.bos_token_id) if has_bos else None
-        candidates = probe_candidates(tokenizer, ctx.vocab_size)
-        sequences = probe_sequences(candidates, o.induction_probe, o.induction_length, ctx.seed, bos)
+        codec = ctx.require_codec()
+        has_bos = self.adds_bos_
+        bos = codec.require_bos() if has_bos else None
+        candidates = probe_candidates(codec, ctx.vocab_size)
+        sequences = probe_sequences(candidates, o.induction_probe, o.induction_length, ctx.seeds.seed, bos)
         offset = int(has_bos)
         length = int(o.induction_length)
         # Written out (probes/decoder_heads.jsonl): each sequence, its repeats and the seed that drew it.
         self._probe_records = [
-            {"kind": "induction_probe", "index": k, "ids": ids.tolist(), "text": tokenizer.decode(ids.tolist()),
+            {"kind": "induction_probe", "index": k, "ids": ids.tolist(), "text": codec.decode(ids.tolist()),
              "bos": bool(has_bos), "length": length, "first_repeat": [offset, offset + length],
              "second_repeat": [offset + length, offset + 2 * length],
              "scored_rows": [offset + length, offset + 2 * length], "target": "key i - length + 1 of row i",
-             "seed": [int(ctx.seed), PROBE_STREAM, k]}
+             "seed": ctx.seeds.key("decoder_heads.probe", k)}
             for k, ids in enumerate(sequences)]
         yield Pass("decoder_heads: induction probe", TokenRows(tuple(sequences), has_bos),
                    [Forward(attention="weights")])
@@ -588,7 +575,7 @@ class DecoderHeads(Analysis):
         self._chance_probe = None
         length = self.options.induction_length
         self._add("prefix_matching", numerator / denominator.clamp_min(1e-300), denominator > ROUNDING * length,
-                  chance_num / chance_den.clamp_min(1e-300), self._weights(batch, BOOTSTRAP_STREAM + 1))
+                  chance_num / chance_den.clamp_min(1e-300), self._weights(batch, "decoder_heads.chance"))
         self.probe_sequences_ += batch.size
 
     def means(self) -> dict[str, torch.Tensor]:

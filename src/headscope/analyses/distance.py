@@ -354,7 +354,7 @@ def cluster_table(heads: pd.DataFrame, fit: ClusterFit) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DistanceOptions:
     """Options of the ``distance`` analysis."""
 
@@ -384,7 +384,6 @@ class DistancePatterns(Analysis):
     Options = DistanceOptions
 
     def start(self, ctx: AnalysisContext) -> None:
-        check_choices(self.options)  # again: the options may have been changed since
         shape = (ctx.info.n_layers, ctx.info.n_heads)
         self.causal_ = bool(ctx.info.is_causal)
         self.add_state("sums_", {k: torch.zeros(shape, dtype=torch.float64, device=ctx.device) for k in _SUMS})
@@ -419,7 +418,7 @@ class DistancePatterns(Analysis):
         heads = head_frame(means, n_layers, n_heads)
         opts = self.options
         fit = cluster_heads(heads[list(FEATURES)], k=opts.clusters, method=opts.cluster_method,
-                            seed=int(ctx.config.seed), max_clusters=opts.max_clusters)
+                            seed=ctx.seeds.seed, max_clusters=opts.max_clusters)
         clusters = cluster_table(heads, fit)
         heads["cluster"] = fit.labels
         heads["pattern"] = clusters["pattern"].to_numpy()[fit.labels]

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from headscope.model.encode import Example
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExampleMapsOptions:
     """Options of :class:`ExampleMaps`."""
 
@@ -52,6 +52,10 @@ class ExampleMapsOptions:
                                      "longer sequences give their first this-many tokens, exact for a causal "
                                      "model).")
     """Upper bound on a kept sequence's length, so ``examples.json`` stays small."""
+
+    def __post_init__(self) -> None:
+        if self.example_maps < 0 or self.example_max_tokens < 1:
+            raise ValueError("example_maps must be >= 0 and example_max_tokens >= 1")
 
 
 @dataclass
@@ -147,12 +151,10 @@ class ExampleMaps(Analysis):
     Options = ExampleMapsOptions
 
     def start(self, ctx: AnalysisContext) -> None:
-        if self.options.example_maps < 0 or self.options.example_max_tokens < 1:
-            raise ValueError("example_maps must be >= 0 and example_max_tokens >= 1")
         # A causal model's prefix is exact (see the module docstring); an encoder's is not, so it keeps only
         # sequences that fit whole.
         self._causal = bool(ctx.info.is_causal) if ctx is not None else False
-        self._forms = ctx.config.resolved_treebank_input() == "forms" if ctx is not None else False
+        self._forms = ctx.treebank_input == "forms" if ctx is not None else False
         self.add_state("kept_", [], reduce=self._best)
         self._rows: list[int] = []
         self._layers: list[torch.Tensor] = []

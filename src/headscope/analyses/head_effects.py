@@ -59,14 +59,13 @@ from headscope.analyses.stats import CONFIDENCE
 from headscope.config import check_choices, check_minimum, option
 from headscope.engine.forwards import MASK_RATE, CorpusRows, Forward, Pass
 from headscope.engine.progress import Tracker
+from headscope.seeds import Seeds
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
     from headscope.engine.context import AnalysisContext
     from headscope.engine.forwards import ForwardOutput, Generate
 
-#: Mixed into the seed of the samples and of the bootstrap, so that they are independent of other draws.
-SALT = 30
 
 #: Bootstrap resamples per step of its progress.
 BOOTSTRAP_BLOCK = 250
@@ -89,7 +88,7 @@ def split_sample(examples: int, sequences: int, mean_sequences: int, seed: int
         Positions in the corpus's example stream.
     disjoint : bool
     """
-    order = np.random.default_rng([seed, SALT]).permutation(examples)
+    order = Seeds(seed).rng("head_effects.split").permutation(examples)
     n = min(sequences, examples // 2) or min(sequences, examples)
     held = frozenset(int(i) for i in order[:n])
     mean = frozenset(int(i) for i in order[n:n + mean_sequences])
@@ -124,7 +123,7 @@ def bootstrap_effects(diff: np.ndarray, terms: np.ndarray, resamples: int, seed:
     low, high : ndarray of shape (heads,)
     """
     n = diff.shape[0]
-    index = stats.bootstrap_indices(n, resamples, [seed, SALT])
+    index = stats.bootstrap_indices(n, resamples, Seeds(seed).key("head_effects.bootstrap"))
     values = np.empty((resamples, diff.shape[1]))
     with Tracker("head_effects: bootstrap", "resamples", resamples, quiet) as tracker:
         for start in range(0, resamples, BOOTSTRAP_BLOCK):
@@ -216,7 +215,7 @@ def verify_summary(effect: np.ndarray, star: np.ndarray, top: list[int], control
                     "heads above it over those plus control_above / K x (heads - K)"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class HeadEffectsOptions:
     """Options of the ``head_effects`` analysis."""
 
@@ -249,6 +248,11 @@ class HeadEffectsOptions:
 
     def __post_init__(self) -> None:
         check_choices(self)
+        check_minimum(self, 1, "head_effects_sequences", "head_effects_bootstrap")
+        check_minimum(self, 0, "head_effects_mean_sequences", "head_effects_rows", "head_effects_top",
+                      "head_effects_verify_top")
+        if self.head_effects_ablation == "mean" and self.head_effects_mean_sequences < 1:
+            raise ValueError("mean ablation needs head_effects_mean_sequences >= 1")
 
 
 @register
@@ -277,12 +281,6 @@ class HeadEffects(Analysis):
 
     def start(self, ctx: AnalysisContext) -> None:
         o = self.options
-        check_choices(o)  # again: the options may have been changed since
-        check_minimum(o, 1, "head_effects_sequences", "head_effects_bootstrap")
-        check_minimum(o, 0, "head_effects_mean_sequences", "head_effects_rows", "head_effects_top",
-                      "head_effects_verify_top")
-        if o.head_effects_ablation == "mean" and o.head_effects_mean_sequences < 1:
-            raise ValueError("mean ablation needs head_effects_mean_sequences >= 1")
         self.kind = ctx.require_loss()
         total = ctx.info.n_layers * ctx.info.n_heads
         # The mean's sums (one array, [layer, head, head_dim], once the first forward gives head_dim).
@@ -337,13 +335,13 @@ class HeadEffects(Analysis):
         the baseline, attribution patching and every head ablated."""
         o = self.options
         mean_n = o.head_effects_mean_sequences if o.head_effects_ablation == "mean" else 0
-        held, mean, self._disjoint = split_sample(ctx.examples, o.head_effects_sequences, mean_n, ctx.seed)
+        held, mean, self._disjoint = split_sample(ctx.examples, o.head_effects_sequences, mean_n, ctx.seeds.seed)
         keep = held | mean  # one stream of the corpus, cut in two
         if o.head_effects_ablation == "mean":
             yield Pass("head_effects: mean outputs", CorpusRows(keep, only=mean),
                        [Forward(tag=("mean",), loss="objective", head_sums=True)])
         replace = self.replacement()
-        rows = o.head_effects_rows or int(ctx.config.batch_size)
+        rows = o.head_effects_rows or ctx.batch_size
 
         replay = o.head_effects_replay == "auto"
         if o.head_effects_verify_top:
@@ -369,7 +367,7 @@ class HeadEffects(Analysis):
         star = grad_drop_estimate(dropped, terms)
         top = [int(i) for i in np.argsort(-star, kind="stable")[:k]]
         rest = np.setdiff1d(np.arange(self._total), top)
-        control = np.random.default_rng([ctx.seed, SALT, 1]).choice(rest, size=k, replace=False)
+        control = ctx.seeds.rng("head_effects.control").choice(rest, size=k, replace=False)
         return {"top": top, "control": sorted(int(i) for i in control)}
 
     def update_pass(self, batch: Batch, forward: Forward | Generate, out: ForwardOutput) -> None:
@@ -432,7 +430,7 @@ class HeadEffects(Analysis):
         total_terms = float(terms.sum())
         effect = diff.sum(0) / max(total_terms, 1.0)
         atp = self.atp_[order].sum(0) / max(total_terms, 1.0)
-        low, high = bootstrap_effects(diff, terms, o.head_effects_bootstrap, ctx.seed, bool(ctx.config.quiet))
+        low, high = bootstrap_effects(diff, terms, o.head_effects_bootstrap, ctx.seeds.seed, ctx.quiet)
         effect_rank, atp_rank = ranks(effect), ranks(atp)
         total = n_layers * n_heads
         top = min(o.head_effects_top, total)

@@ -384,7 +384,7 @@ def _epochs(model: nn.Module, optimiser: torch.optim.Optimizer, train: ProbeSent
     return losses
 
 
-@dataclass
+@dataclass(frozen=True)
 class ProbeOptions:
     """Options of the ``probe`` analysis."""
 
@@ -396,6 +396,11 @@ class ProbeOptions:
     probe_variants: str = option(",".join(VARIANTS), help="Comma-separated probes to train and score.")
     probe_memory_mb: int = option(512, help="Attention features above this size spill to a memory-mapped "
                                   "temporary file.")
+
+    def __post_init__(self) -> None:
+        unknown = {v.strip() for v in self.probe_variants.split(",") if v.strip()} - set(VARIANTS)
+        if unknown:
+            raise ValueError(f"unknown probe variant(s) {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
 
 
 def merge_sentences(mine: list[ProbeSentences], theirs: list[ProbeSentences]) -> list[ProbeSentences]:
@@ -428,13 +433,10 @@ class AttentionProbe(Analysis):
         return example.has_tree
 
     def start(self, ctx: AnalysisContext) -> None:
-        unknown = set(self.variants()) - set(VARIANTS)
-        if unknown:
-            raise ValueError(f"unknown probe variant(s) {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
         self.n_features_ = int(ctx.info.n_layers) * int(ctx.info.n_heads)
-        self.mode_ = ctx.config.word_attention
-        self.treebanks_ = [str(t) for t in ctx.config.treebank]
-        self.seed_ = int(ctx.config.seed)
+        self.mode_ = ctx.word_attention
+        self.treebanks_ = list(ctx.treebanks)
+        self.seed_ = ctx.seeds.seed
         spill = int(self.options.probe_memory_mb) * 2**20 // 2  # two stores share the budget
         # Every sentence's features, kept for fitting the probes at the end (training and evaluation split):
         # merged sentence by sentence (merge_sentences), saved by state_dict below.

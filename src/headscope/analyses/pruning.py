@@ -42,6 +42,7 @@ from headscope.analyses.registry import register
 from headscope.analyses.stats import CONFIDENCE, percentile_interval
 from headscope.config import check_minimum, option
 from headscope.engine.forwards import CorpusRows, Forward, Pass
+from headscope.seeds import Seeds
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
@@ -53,7 +54,7 @@ def bootstrap_indices(n: int, resamples: int, seed: int) -> np.ndarray:
     """Seeded resamples (with replacement) of ``n`` held-out sequences: int array of shape (resamples, n).
 
     The same resamples serve every point of every order, so intervals of differences are paired."""
-    return stats.bootstrap_indices(n, resamples, [seed, 18])
+    return stats.bootstrap_indices(n, resamples, Seeds(seed).key("pruning.bootstrap"))
 
 
 def pooled_loss(losses: np.ndarray, terms: np.ndarray, index: np.ndarray | None = None) -> np.ndarray | float:
@@ -177,7 +178,7 @@ def importance_vs_random(curves: dict[tuple[str, int | None, float], np.ndarray]
     return {"fractions": inner, "difference_low": low, "difference_high": high, "better": bool(high < 0)}
 
 
-@dataclass
+@dataclass(frozen=True)
 class PruningOptions:
     """Options of the ``pruning`` analysis."""
 
@@ -187,6 +188,12 @@ class PruningOptions:
                                     "many others estimate importance (default 64).")
     pruning_bootstrap: int = option(1000, help="Bootstrap resamples of the held-out sequences (seeded) for the 95 "
                                     "percent interval of every point of the pruning curve (default 1000).")
+
+    def __post_init__(self) -> None:
+        if not 0 < self.pruning_step <= 1:
+            raise ValueError(f"pruning_step must be in (0, 1], got {self.pruning_step}")
+        check_minimum(self, 0, "pruning_seeds")
+        check_minimum(self, 1, "pruning_sequences", "pruning_bootstrap")
 
 
 @register
@@ -205,11 +212,6 @@ class HeadPruning(Analysis):
     after_if_run = tuple(dict.fromkeys((*RANKING_ANALYSES, *MEASURED_RANKINGS, *BEHAVIOUR_ANALYSES)))
 
     def start(self, ctx: AnalysisContext) -> None:
-        o = self.options
-        if not 0 < o.pruning_step <= 1:
-            raise ValueError(f"pruning_step must be in (0, 1], got {o.pruning_step}")
-        check_minimum(o, 0, "pruning_seeds")
-        check_minimum(o, 1, "pruning_sequences", "pruning_bootstrap")
         self.kind = ctx.require_loss()
         # No state of the main pass: pruning's measurements are its own passes' (a curve, not sums to merge).
         self._sequences: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
@@ -236,11 +238,11 @@ class HeadPruning(Analysis):
     def passes(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> Iterator[Pass]:
         """Two seeded halves of a sample: importance re-estimated on one after each step (a pass of
         gradients), the loss of every order's gates measured on the other (a pass per set of open heads)."""
-        seed, o = ctx.seed, self.options
+        seed, o = ctx.seeds.seed, self.options
         n_layers, n_heads = ctx.info.n_layers, ctx.info.n_heads
         total = n_layers * n_heads
         n = min(o.pruning_sequences, ctx.examples // 2) or ctx.examples
-        order = np.random.default_rng([seed, 16]).permutation(ctx.examples)
+        order = Seeds(seed).rng("pruning.order").permutation(ctx.examples)
         held = frozenset(int(i) for i in order[:n])
         keep = held | (frozenset(int(i) for i in order[n:2 * n]) or held)
         # Both halves are cut from the same batches of the sample; importance is estimated on the held-out
@@ -279,7 +281,7 @@ class HeadPruning(Analysis):
         survivors: list[int] | None = None
         from headscope.engine.progress import track
 
-        quiet = ctx.config.quiet
+        quiet = ctx.quiet
         for f in track(steps, "pruning: importance order", "steps", quiet=quiet):
             target = round(f * total)
             if target > len(pruned):
@@ -296,7 +298,7 @@ class HeadPruning(Analysis):
             if survivors is None and f >= 0.5:
                 survivors = [i for i in range(total) if gates.reshape(-1)[i] > 0]
         for s in track(range(o.pruning_seeds), "pruning: random orders", "orders", quiet=quiet):
-            perm = np.random.default_rng([seed, 17, s]).permutation(total)
+            perm = Seeds(seed).rng("pruning.shuffle", s).permutation(total)
             for f in steps:
                 g = np.ones(total)
                 k = round(f * total)

@@ -48,6 +48,7 @@ from headscope.analyses.registry import register
 from headscope.analyses.stats import CONFIDENCE, bootstrap_indices, percentile_interval
 from headscope.config import check_minimum, option
 from headscope.engine.forwards import Forward, Pass, TokenRows
+from headscope.seeds import Seeds
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
@@ -63,13 +64,11 @@ BUCKETS = ("sink", "local", "mid", "far")
 #: The check's forwards: every head whole, the budget, the budget on random heads.
 CHECKS = ("base", "budget", "random")
 #: Mixed into the seeds of the random control's heads and of the check's bootstrap.
-RANDOM_STREAM = 33
-BOOTSTRAP_STREAM = 34
 #: An edge past every position (the sink's: ``max(i - e, 0) = 0``).
 BEYOND = 1 << 40
 
 
-@dataclass
+@dataclass(frozen=True)
 class SpanOptions:
     """Options of the ``span`` analysis."""
 
@@ -84,6 +83,17 @@ class SpanOptions:
     span_check_texts: int = option(8, help="Held-out windows of the causal check (the loss with the KV budget "
                                    "against the same budget on random heads) at the longest length; 0 skips it.")
     span_resamples: int = option(1000, help="Bootstrap resamples of the causal check's intervals.")
+
+    def __post_init__(self) -> None:
+        o = self
+        parse_lengths(o.span_lengths)
+        check_minimum(o, 1, "span_window")
+        if not 0 < o.span_coverage <= 1:
+            raise ValueError(f"span_coverage must be in (0, 1], got {o.span_coverage}")
+        if o.span_texts < 1 or o.span_check_texts < 0:
+            raise ValueError("span_texts must be at least 1 and span_check_texts at least 0")
+        if o.span_resamples < 10:
+            raise ValueError(f"span_resamples must be at least 10, got {o.span_resamples}")
 
 
 def parse_lengths(text: str) -> list[int]:
@@ -196,8 +206,8 @@ def budget_document(streaming: np.ndarray, window: int, **about: Any) -> dict[st
 def text_windows(ctx: AnalysisContext, count: int, length: int) -> list[np.ndarray]:
     """Up to ``count`` consecutive windows of ``length`` ids of the corpus's raw text (BOS first when the run
     adds one), fewer when the text runs out."""
-    tokenizer = ctx.tokenizer
-    bos = [int(tokenizer.bos_token_id)] if ctx.adds_bos else []
+    codec = ctx.require_codec()
+    bos = [codec.require_bos()] if ctx.adds_bos else []
     body = length - len(bos)
     need = count * body
     ids: list[int] = []
@@ -205,11 +215,11 @@ def text_windows(ctx: AnalysisContext, count: int, length: int) -> list[np.ndarr
 
     def flush() -> None:
         if pending:
-            for row in tokenizer(pending, add_special_tokens=False)["input_ids"]:
+            for row in codec.encode_many(pending):
                 ids.extend(row)
             pending.clear()
 
-    for text in ctx.sentences():  # each sentence as written
+    for text in ctx.texts:  # each sentence as written
         pending.append(" " + text)
         if len(pending) >= 64:
             flush()
@@ -224,7 +234,7 @@ def loss_change(losses: dict[str, np.ndarray], terms: np.ndarray, resamples: int
     """Mean loss per token of each forward and its change from ``base``, with paired bootstrap intervals over
     sequences (the same resamples for every forward), and ``budget`` against ``random``."""
     n = len(terms)
-    picks = bootstrap_indices(n, resamples, [seed, BOOTSTRAP_STREAM])
+    picks = bootstrap_indices(n, resamples, Seeds(seed).key("span.bootstrap"))
     sample_terms = terms[picks].sum(1)
     out: dict[str, dict[str, float]] = {}
     for tag, values in losses.items():
@@ -264,21 +274,10 @@ class AttentionSpan(Analysis):
 
     def start(self, ctx: AnalysisContext) -> None:
         o = self.options
-        if not ctx.info.is_causal:
-            raise ValueError(
-                f"{ctx.info.name} is not a causal language model (its attention is bidirectional): the {self.name} "
-                "analysis measures how far back each head of a decoder LM looks; run it on a decoder LM")
         requested = parse_lengths(o.span_lengths)
         limit = int(ctx.info.max_length)
         self.lengths_ = sorted({min(length, limit) for length in requested})
         self.requested_ = requested
-        check_minimum(o, 1, "span_window")
-        if not 0 < o.span_coverage <= 1:
-            raise ValueError(f"span_coverage must be in (0, 1], got {o.span_coverage}")
-        if o.span_texts < 1 or o.span_check_texts < 0:
-            raise ValueError("span_texts must be at least 1 and span_check_texts at least 0")
-        if o.span_resamples < 10:
-            raise ValueError(f"span_resamples must be at least 10, got {o.span_resamples}")
         shape = (ctx.info.n_layers, ctx.info.n_heads)
         self.n_layers_, self.n_heads_ = shape
         self.edges_ = span_edges(self.lengths_[-1], o.span_window)
@@ -289,7 +288,7 @@ class AttentionSpan(Analysis):
         self.add_state("windows_", torch.zeros(n, dtype=torch.float64))
         # The check's per-sequence losses, as records (sequence, forward, loss, terms).
         self.add_state("check_", [], reduce="cat")
-        self.seed_ = int(getattr(getattr(ctx, "config", None), "seed", 0) or 0)
+        self.seed_ = ctx.seeds.seed
         self.plan_: dict[str, Any] = {}
 
     # the passes: one capture per length, then the check
@@ -312,9 +311,9 @@ class AttentionSpan(Analysis):
         measured = windows[:min(o.span_texts, len(windows) - held)]
         held_out = windows[len(measured):len(measured) + held]
         # Written out (probes/span.jsonl): every window at its longest length (each length reads its first tokens).
-        tokenizer = ctx.tokenizer
+        codec = ctx.require_codec()
         self._probe_records = [
-            {"kind": "span_window", "index": k, "role": role, "ids": w.tolist(), "text": tokenizer.decode(w.tolist()),
+            {"kind": "span_window", "index": k, "role": role, "ids": w.tolist(), "text": codec.decode(w.tolist()),
              "bos": bool(ctx.adds_bos), "lengths": [x for x in kept if x <= len(w)] if role == "measured" else [len(w)],
              "seed": int(self.seed_)}
             for k, (role, w) in enumerate([*(("measured", w) for w in measured), *(("held_out", w) for w in held_out)])]
@@ -336,7 +335,7 @@ class AttentionSpan(Analysis):
         if count == 0:
             self.plan_["check_skipped"] = "no streaming head: the budget changes nothing"
             return
-        rng = np.random.default_rng([self.seed_, RANDOM_STREAM])
+        rng = Seeds(self.seed_).rng("span.random_heads")
         flat = np.zeros(streaming.size, dtype=bool)
         flat[rng.choice(streaming.size, size=count, replace=False)] = True
         random = flat.reshape(streaming.shape)

@@ -317,7 +317,7 @@ def most_attended_words(word_attn: torch.Tensor, is_word: torch.Tensor, self_wei
     return torch.stack(out)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SyntaxOptions:
     """Options of the ``syntax`` analysis."""
 
@@ -375,9 +375,9 @@ class SyntaxHeads(Analysis):
         self.n_layers_ = int(ctx.info.n_layers)
         self.n_heads_ = int(ctx.info.n_heads)
         self.device_ = ctx.device
-        self.mode_ = "first" if self.conventions_ == "clark" else ctx.config.word_attention
-        self.treebanks_ = [str(t) for t in ctx.config.treebank]
-        self.seed_ = int(ctx.config.seed)
+        self.mode_ = "first" if self.conventions_ == "clark" else ctx.word_attention
+        self.treebanks_ = list(ctx.treebanks)
+        self.seed_ = ctx.seeds.seed
         # Counts indexed by the relations seen so far, in the order first seen: merged by relation name (merge).
         self.add_state("relations_", [], reduce=None)
         # [direction, split, relation, layer, head]: direction first so correct_[d] is a contiguous view.

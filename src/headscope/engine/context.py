@@ -1,11 +1,12 @@
 """The run's context: :class:`RunContext` (the engine's: model, corpus, manifest) and :class:`AnalysisContext`
-(what an analysis sees: sizes, device, token facts, the resolved options; never the model or the corpus)."""
+(what an analysis sees: sizes, device, named seed streams, token facts, the corpus's texts; never the model, the
+tokenizer, the corpus or the run's whole settings)."""
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,30 +16,45 @@ from headscope.config import RunConfig
 from headscope.corpus.memory import MemoryCorpus
 from headscope.engine.batch import Batch, bucket_batches, collate, split_for_memory
 from headscope.engine.capture import ensure_route
+from headscope.engine.codec import TokenCodec
 from headscope.engine.inputs import Corpus
 from headscope.engine.progress import Tracker
 from headscope.manifest import Manifest
 from headscope.model.encode import Encoder, Example
 from headscope.model.load import LoadedModel, ModelInfo, load_model
+from headscope.seeds import Seeds
 
 logger = logging.getLogger("headscope")
 
 
 @dataclass(frozen=True)
 class AnalysisContext:
-    """What an analysis sees of the run (``start``, ``passes``, ``finalize``): sizes, device, token facts and
-    the resolved options. It holds no model, corpus or manifest: an analysis that needs the model declares
-    passes (:mod:`headscope.engine.forwards`), which the engine runs."""
+    """What an analysis sees of the run (``start``, ``passes``, ``finalize``): typed facts, built by
+    :meth:`RunContext.for_analyses`. It holds no model, tokenizer, corpus, manifest or run settings beyond
+    these: an analysis that needs the model declares passes (:mod:`headscope.engine.forwards`), which the
+    engine runs, and builds its own inputs with :attr:`codec` and :attr:`texts`."""
 
     info: ModelInfo
     """The model's name, layers, heads, whether it is causal, whether it has an LM head, its longest input."""
     device: torch.device
     """Where the attention blocks handed to ``update`` live (state on it avoids copies)."""
-    config: RunConfig
-    """The run's settings, resolved (``--analyses all`` expanded); never changed once the run starts."""
-    tokenizer: Any = None
-    """The model's tokenizer, to build inputs of a pass (ids, special tokens, chat template) and to decode;
-    None in tests that feed hand-made maps."""
+    seeds: Seeds = field(default_factory=lambda: Seeds(0))
+    """The run's seed and its named streams (:mod:`headscope.seeds`)."""
+    batch_size: int = 16
+    """Sequences per forward (``--batch-size``)."""
+    quiet: bool = True
+    """No progress (``--quiet``)."""
+    conventions: str = "headscope"
+    """``--conventions``: whose definitions the statistics follow."""
+    word_attention: str = "mean"
+    """``--word-attention``: how a split word attends."""
+    treebanks: tuple[str, ...] = ()
+    """The ``--treebank`` files, in the order given (the last one is held out when there are several)."""
+    treebank_input: str = "text"
+    """What a treebank sentence is fed as (``forms`` or ``text``, ``--treebank-input`` resolved)."""
+    codec: TokenCodec | None = None
+    """The model's tokenizer as far as analyses use it (ids of text, text of ids, special tokens, chat
+    template); None only in tests that feed hand-made maps."""
     adds_bos: bool = False
     """Whether the run's inputs start with BOS (the tokenizer's choice, or ``--bos``)."""
     max_length: int = 0
@@ -52,24 +68,38 @@ class AnalysisContext:
     """Why the model has no loss, when ``loss_kind`` is None."""
     examples: int = 0
     """Examples the main pass counted (set for ``passes``; 0 in ``start``)."""
+    texts: Iterable[str] = ()
+    """Each raw-text sentence of the corpus as written (its line, without the line's leading and trailing white
+    space), in order, each time it is iterated (retrieval's haystacks, span's windows); read lazily, without
+    reporting (the main pass has reported every problem)."""
     word_vectors: Any = field(default=None, repr=False)
     """``word_vectors()``: static word vectors (GloVe 6B 50-d, loaded on first call) for the probe's variants."""
     silver_parser: Any = field(default=None, repr=False)
     """``silver_parser()``: what parsed the silver trees (``--parse spacy``), for the summaries."""
-    sentences: Any = field(default=None, repr=False)
-    """``sentences()`` iterates over each raw-text sentence of the corpus as written (its line, without the
-    line's leading and trailing white space), in order (retrieval's haystacks, span's windows), read again
-    without reporting (the main pass has reported every problem)."""
-
-    @property
-    def seed(self) -> int:
-        return int(self.config.seed)
 
     def require_loss(self) -> str:
         """:attr:`loss_kind`, or a ValueError saying why the model has none."""
         if self.loss_kind is None:
             raise ValueError(self.loss_problem or f"{self.info.name}: no loss for this model")
         return self.loss_kind
+
+    def require_codec(self) -> TokenCodec:
+        """:attr:`codec` (an analysis that builds inputs runs with a model, so the engine always gives one)."""
+        if self.codec is None:
+            raise ValueError(f"{self.info.name}: this analysis builds its own inputs and needs the model's tokenizer")
+        return self.codec
+
+
+@dataclass(frozen=True)
+class CorpusTexts:
+    """The corpus's raw-text sentences as written, read again from the start each time it is iterated."""
+
+    corpus: Corpus = field(repr=False)
+
+    def __iter__(self) -> Iterator[str]:
+        for doc in self.corpus.documents(Manifest(log_events=False)):
+            for sentence in doc.sentences:
+                yield sentence.as_text()[0]  # the text as written (words joined only without one)
 
 
 @dataclass
@@ -119,18 +149,17 @@ class RunContext:
         except ValueError as e:
             kind, problem = None, str(e)
 
-        def sentences() -> Iterator[str]:
-            for doc in self.corpus.documents(Manifest(log_events=False)):
-                for sentence in doc.sentences:
-                    yield sentence.as_text()[0]  # the text as written (words joined only without one)
-
-        return AnalysisContext(info=self.info, device=self.device, config=self.config,
-                               tokenizer=self.loaded.tokenizer, adds_bos=self.encoder.adds_bos,
+        config = self.config
+        return AnalysisContext(info=self.info, device=self.device, seeds=Seeds(int(config.seed)),
+                               batch_size=int(config.batch_size), quiet=bool(config.quiet),
+                               conventions=str(config.conventions), word_attention=str(config.word_attention),
+                               treebanks=tuple(str(t) for t in config.treebank),
+                               treebank_input=str(config.resolved_treebank_input()),
+                               codec=TokenCodec.of(self.loaded.tokenizer), adds_bos=self.encoder.adds_bos,
                                max_length=int(self.encoder.max_length),
                                vocab_size=getattr(self.loaded.model.config, "vocab_size", None), loss_kind=kind,
-                               loss_problem=problem,
-                               examples=examples, sentences=sentences, word_vectors=self.corpus.word_vectors,
-                               silver_parser=self.corpus.silver_parser)
+                               loss_problem=problem, examples=examples, texts=CorpusTexts(self.corpus),
+                               word_vectors=self.corpus.word_vectors, silver_parser=self.corpus.silver_parser)
 
     def batches(self, examples: Iterator[Example] | None = None) -> Iterator[Batch]:
         """Length-bucketed batches on the model's device; by default a fresh pass over the corpus."""
