@@ -23,6 +23,7 @@ from headscope.manifest import Manifest
 from headscope.model.encode import Encoder
 from headscope.model.gates import HeadGates
 from headscope.model.load import load_model
+from headscope.seeds import STREAMS
 
 DESIGN = Path(__file__).resolve().parents[1] / "docs" / "design.md"
 
@@ -33,7 +34,8 @@ def _blocks() -> list[str]:
 
 
 @pytest.fixture()
-def examples_registered() -> Iterator[None]:
+def examples_registered(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setitem(STREAMS, "layer_off.sample", 40)  # the line the page says to add to headscope/seeds.py
     before = dict(registry.REGISTRY)
     namespace = {"register": registry.register, "Analysis": Analysis, "AnalysisResult": AnalysisResult,
                  "head_frame": head_frame, "mean_or_nan": mean_or_nan, "torch": torch, "np": np, "pd": pd,

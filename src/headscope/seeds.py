@@ -65,6 +65,10 @@ class Seeds:
         """A generator of stream ``name`` (``more``: the item drawn for, when the stream is drawn per item)."""
         return np.random.default_rng(self.key(name, *more))
 
+    def per_example(self, name: str, index: int) -> np.random.Generator:
+        """A generator of draw ``name`` of :data:`PER_EXAMPLE` for the corpus example ``index``."""
+        return np.random.default_rng([int(self.seed), int(index), *PER_EXAMPLE[name]])
+
     def root(self, name: str) -> np.random.Generator:
         """``default_rng(seed)``: the draws listed in :data:`ROOT` only."""
         if name not in ROOT:

@@ -35,6 +35,7 @@ from headscope.analyses.conventions import as_float16, effective_conventions, fl
 from headscope.analyses.registry import register
 from headscope.config import option
 from headscope.engine.scratch import Scratch
+from headscope.seeds import Seeds
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
@@ -210,7 +211,7 @@ def sample_queries(batch: Batch, rate: float, seed: int) -> torch.Tensor:
     keep = np.zeros((b, n), dtype=bool)
     for row, ex in enumerate(batch.examples):
         length = int(batch.lengths[row])
-        keep[row, :length] = np.random.default_rng([seed, ex.index]).random(length) < rate
+        keep[row, :length] = Seeds(seed).per_example("similarity.queries", ex.index).random(length) < rate
     return torch.from_numpy(keep).to(batch.input_ids.device)
 
 
