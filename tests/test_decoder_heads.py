@@ -11,14 +11,9 @@ import torch
 
 import headscope
 from contexts import analysis_context
-from headscope.analyses.decoder_heads import (
-    SCORES,
-    DecoderHeads,
-    DecoderHeadsOptions,
-    prefix_matching_sums,
-    probe_candidates,
-    probe_sequences,
-)
+from headscope.analyses.decoder_heads import SCORES, DecoderHeads, DecoderHeadsOptions
+from headscope.analyses.decoder_scores import prefix_matching_sums
+from headscope.analyses.induction_probe import probe_candidates, probe_sequences
 from headscope.analyses.registry import check_model_needs
 from headscope.engine.batch import collate
 from headscope.engine.capture import LayerAttention, capture_stacked
@@ -447,7 +442,7 @@ def test_copy_scores_on_a_hand_made_trace() -> None:
 
 
 def test_build_prompt_finds_the_needle(llama) -> None:
-    from headscope.analyses.retrieval import build_prompt
+    from headscope.analyses.retrieval_prompts import build_prompt
 
     tok = llama.tokenizer
     sentences = ["the king saw a red house.", "the queen ran to the city.", "a man ate a book."]

@@ -7,8 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from headscope.analyses.decoder_heads import TESTED, DecoderHeads, DecoderHeadsOptions, probe_sequences
-from headscope.analyses.retrieval import Prompt, copy_scores, decoy_spans
+from headscope.analyses.decoder_heads import TESTED, DecoderHeads, DecoderHeadsOptions
+from headscope.analyses.induction_probe import probe_sequences
+from headscope.analyses.retrieval import copy_scores
+from headscope.analyses.retrieval_prompts import Prompt, decoy_spans
 from headscope.analyses.stats import percentile_intervals, poisson_weights
 from headscope.atlas import build_atlas
 from headscope.engine.batch import collate

@@ -17,9 +17,9 @@ from headscope.analyses.retrieval import (
     copy_scores,
     rouge1_recall,
     rouge1_recall_stemmed,
-    wu_needle_span,
     wu_scores,
 )
+from headscope.analyses.retrieval_prompts import wu_needle_span
 from headscope.engine.codec import TokenCodec
 
 #: Prompt positions 0..8; the needle is positions 3..6 (ids 20 21 22 23); id 21 also sits at 8, outside it.

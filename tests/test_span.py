@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import headscope
-from headscope.analyses.span import (
+from headscope.analyses.span import loss_change, parse_lengths
+from headscope.analyses.span_masses import (
     BEYOND,
     BUCKETS,
     FAR,
@@ -23,8 +24,6 @@ from headscope.analyses.span import (
     cumulative_masses,
     fractions,
     histogram_bins,
-    loss_change,
-    parse_lengths,
     span_edges,
 )
 from headscope.engine.batch import collate

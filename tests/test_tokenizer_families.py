@@ -406,7 +406,7 @@ def test_span_windows_read_the_text_as_written(name: str) -> None:
 @pytest.mark.parametrize("name", DECODER_FAMILIES)
 @pytest.mark.parametrize("wu", [False, True])
 def test_retrieval_haystacks_read_the_text_as_written(name: str, wu: bool) -> None:
-    from headscope.analyses.retrieval import build_prompt, build_prompt_wu, haystack_sentences
+    from headscope.analyses.retrieval_prompts import build_prompt, build_prompt_wu, haystack_sentences
     from headscope.engine.codec import TokenCodec
 
     tokenizer = FAMILIES[name]()

@@ -59,6 +59,14 @@ import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name
 from headscope.analyses.conventions import effective_conventions
+from headscope.analyses.decoder_scores import (
+    ROUNDING,
+    pattern_sums,
+    prefix_matching_sums,
+    sink_alphas,
+    uniform_block,
+)
+from headscope.analyses.induction_probe import probe_candidates, probe_sequences
 from headscope.analyses.registry import register
 from headscope.analyses.stats import CONFIDENCE, mean_or_nan, means_or_nan, percentile_intervals, poisson_weights
 from headscope.config import check_minimum, option
@@ -68,7 +76,6 @@ from headscope.seeds import Seeds
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
     from headscope.engine.capture import LayerAttention
-    from headscope.engine.codec import TokenCodec
     from headscope.engine.context import AnalysisContext
     from headscope.engine.forwards import ForwardOutput, Generate
 
@@ -88,10 +95,6 @@ LABELS = {
     "sink_first": "attention to the first position",
     "sink_bos": "attention to BOS",
 }
-
-#: Kept attention per row below which a score is undefined: the exclusions subtract float32 sums, so a row with
-#: nothing left keeps a rounding residue of this order rather than an exact 0.
-ROUNDING = 1e-6
 
 #: Default of ``--decoder-min-n``: fewest sequences scored for a head to be named among the top heads.
 MIN_N = 20
@@ -151,227 +154,6 @@ class DecoderHeadsOptions:
             raise ValueError(f"decoder_margin must be in [0, 1), got {o.decoder_margin}")
         if o.decoder_resamples < 10:
             raise ValueError(f"decoder_resamples must be at least 10, got {o.decoder_resamples}")
-
-
-# --- the scores of one block of query rows ------------------------------------------------------------------
-
-def kept_row_mass(weights: torch.Tensor, query_start: int, exclude_bos: bool, exclude_current_token: bool
-                  ) -> torch.Tensor:
-    """Each row's attention left once the exclusions have zeroed column 0 and/or the diagonal.
-
-    Parameters
-    ----------
-    weights : Tensor of shape [batch, head, query, key]
-        One block of query rows, the first at position ``query_start``; padding exactly 0.
-    query_start : int
-    exclude_bos, exclude_current_token : bool
-
-    Returns
-    -------
-    Tensor of shape [batch, head, query]
-        float64: the denominator of TransformerLens's ``mul`` score, row by row.
-    """
-    # In float64 (rows are few next to the block): the subtractions then add no rounding of their own.
-    mass = weights.sum(-1).double()
-    if exclude_bos:
-        mass -= weights[..., 0].double()
-    if exclude_current_token:
-        mass -= torch.diagonal(weights, query_start, dim1=-2, dim2=-1).double()
-        if exclude_bos and query_start == 0:
-            mass[..., 0] += weights[..., 0, 0].double()  # A[0, 0] is both column 0 and the diagonal: out once
-    return mass
-
-
-def token_patterns(input_ids: torch.Tensor, query_start: int, query_stop: int, exclude_bos: bool,
-                   exclude_current_token: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The duplicate-token and induction detection patterns of a block of query rows.
-
-    Parameters
-    ----------
-    input_ids : Tensor of shape [batch, seq]
-        int64 ids (right padding; padded positions may hold any id: their weights are 0).
-    query_start, query_stop : int
-        The block's query positions.
-    exclude_bos, exclude_current_token : bool
-        Zero column 0 / the diagonal, as zeroing them in the attention would.
-
-    Returns
-    -------
-    duplicate, induction : Tensor of shape [batch, query, seq], bool
-        ``duplicate[b, r, j]``: ``j < i`` and ``ids[j] == ids[i]`` for ``i = query_start + r``;
-        ``induction[b, r, j]``: ``1 <= j <= i`` and ``ids[j - 1] == ids[i]``.
-    """
-    n = input_ids.shape[1]
-    dev = input_ids.device
-    pos = torch.arange(query_start, query_stop, device=dev)[:, None]
-    keys = torch.arange(n, device=dev)[None, :]
-    query_ids = input_ids[:, query_start:query_stop, None]
-    duplicate = (query_ids == input_ids[:, None, :]) & (keys < pos)
-    # The token just before each key; -1 before key 0 matches no id, so key 0 is never an induction target.
-    before = torch.nn.functional.pad(input_ids[:, :-1], (1, 0), value=-1)
-    induction = (query_ids == before[:, None, :]) & (keys <= pos)
-    if exclude_bos:
-        duplicate[..., 0] = False
-        induction[..., 0] = False
-    if exclude_current_token:  # the duplicate pattern is 0 on its diagonal already
-        induction &= keys != pos
-    return duplicate, induction
-
-
-def pattern_sums(weights: torch.Tensor, input_ids: torch.Tensor, query_start: int, exclude_bos: bool = False,
-                 exclude_current_token: bool = False) -> dict[str, torch.Tensor]:
-    """Numerators and denominator of the main-pass scores for one block of query rows.
-
-    Every quantity is a sum over the block's rows, so a layer's blocks add up to the whole layer.
-
-    Parameters
-    ----------
-    weights : Tensor of shape [batch, head, query, key]
-        One block, first row at ``query_start``; padded rows and columns exactly 0.
-    input_ids : Tensor of shape [batch, seq]
-    query_start : int
-    exclude_bos, exclude_current_token : bool
-
-    Returns
-    -------
-    dict of str to Tensor of shape [batch, head]
-        ``previous_token``, ``duplicate_token``, ``induction``: ``sum(A * P)``; ``mass``: ``sum(A)`` after
-        the exclusions (their common denominator); ``sink_first``: ``sum_i A[i, 0]`` (no exclusions).
-    """
-    q0 = query_start
-    q1 = q0 + weights.shape[-2]
-    # Row r is position q0 + r, so the previous-token entries A[i, i-1] are the block's diagonal q0 - 1.
-    previous = torch.diagonal(weights, q0 - 1, dim1=-2, dim2=-1).sum(-1)
-    if exclude_bos and q0 <= 1 < q1:
-        previous = previous - weights[:, :, 1 - q0, 0]  # A[1, 0] lies in column 0
-    duplicate, induction = token_patterns(input_ids, q0, q1, exclude_bos, exclude_current_token)
-    # einsum contracts query and key in one matrix product: no temporary as large as the block.
-    dtype = weights.dtype
-    return {
-        "previous_token": previous,
-        "duplicate_token": torch.einsum("bhqk,bqk->bh", weights, duplicate.to(dtype)),
-        "induction": torch.einsum("bhqk,bqk->bh", weights, induction.to(dtype)),
-        "mass": kept_row_mass(weights, q0, exclude_bos, exclude_current_token).sum(-1),
-        "sink_first": weights[..., 0].sum(-1),
-    }
-
-
-def prefix_matching_sums(weights: torch.Tensor, query_start: int, length: int, offset: int,
-                         exclude_bos: bool = False, exclude_current_token: bool = False
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Numerator and denominator of the prefix-matching score for one block of an induction-probe sequence.
-
-    The sequence is ``offset`` leading tokens (1 for a BOS, else 0) and then ``length`` random tokens twice;
-    the rows of the second repeat are positions ``offset + length .. offset + 2 * length - 1``, and row ``i``
-    is scored on key ``i - length + 1``, the token after the earlier copy of token ``i``.
-
-    Parameters
-    ----------
-    weights : Tensor of shape [batch, head, query, key]
-        One block of query rows, the first at ``query_start``.
-    query_start, length, offset : int
-    exclude_bos, exclude_current_token : bool
-        Only change the denominator: the scored key is never position 0 nor the query itself (length >= 2).
-
-    Returns
-    -------
-    numerator, denominator : Tensor of shape [batch, head]
-        ``sum_i A[i, i - length + 1]`` and ``sum_i sum_j A[i, j]`` (after exclusions) over the block's rows
-        of the second repeat.
-    """
-    b, h, rows, _ = weights.shape
-    pos = torch.arange(query_start, query_start + rows, device=weights.device)
-    second = ((pos >= offset + length) & (pos < offset + 2 * length)).to(weights.dtype)
-    target = (pos - length + 1).clamp_min(0)
-    picked = weights.gather(-1, target.view(1, 1, rows, 1).expand(b, h, rows, 1)).squeeze(-1)
-    numerator = (picked * second).sum(-1)
-    denominator = (kept_row_mass(weights, query_start, exclude_bos, exclude_current_token) * second.double()).sum(-1)
-    return numerator, denominator
-
-
-def uniform_block(lengths: torch.Tensor, query_start: int, rows: int, keys: int) -> torch.Tensor:
-    """The block a head attending uniformly over its keys would give: the chance level's attention.
-
-    Parameters
-    ----------
-    lengths : Tensor of shape [batch]
-        Real tokens of each sequence (right-aligned, as the capture hands blocks over).
-    query_start, rows, keys : int
-        The block's first query position, its rows and the keys of the batch.
-
-    Returns
-    -------
-    Tensor of shape [batch, 1, rows, keys]
-        float32: ``1/(i+1)`` on keys ``0..i`` of each real row ``i``; padded rows and keys 0.
-    """
-    dev = lengths.device
-    pos = torch.arange(query_start, query_start + rows, device=dev)[:, None]
-    key = torch.arange(keys, device=dev)[None, :]
-    seen = (key <= pos)[None] & (pos[None] < lengths[:, None, None])
-    return (seen.to(torch.float32) / (pos + 1).to(torch.float32))[:, None]
-
-
-def sink_alphas(column_sums: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gu et al.'s ``alpha_k`` of each sequence and head: the mean attention to key ``k`` over the rows that see it.
-
-    ``alpha_k = sum_{i >= k} A[i, k] / (n - k)``, as ``compute_attention_sink`` of their released
-    ``eval_sink_open_source.py`` (``(A / ratios).sum(dim=-2)`` with ``ratios[..., i, k] = T - k``; a causal
-    ``A[i, k]`` is 0 for ``i < k``).
-
-    Parameters
-    ----------
-    column_sums : Tensor of shape [batch, layer, head, key]
-        ``sum_i A[i, k]`` over every real row of each sequence (padding exactly 0).
-    lengths : Tensor of shape [batch]
-        Real tokens ``n`` of each sequence (positions ``0 .. n - 1``).
-
-    Returns
-    -------
-    alpha : Tensor of shape [batch, layer, head, key]
-        float64, 0 at ``k >= n``.
-    defined : Tensor of shape [batch, 1, 1, key]
-        bool: ``k < n``.
-    """
-    keys = column_sums.shape[-1]
-    k = torch.arange(keys, device=column_sums.device, dtype=torch.float64)
-    n = lengths.to(column_sums.device, torch.float64)[:, None, None, None]
-    defined = k < n
-    alpha = torch.where(defined, column_sums.double() / (n - k).clamp_min(1.0), 0.0)
-    return alpha, defined
-
-
-# --- the induction probe -------------------------------------------------------------------------------------
-
-def probe_candidates(codec: TokenCodec, vocab_size: int | None = None) -> np.ndarray:
-    """int64 ids a probe token may be drawn from: the vocabulary (capped by the model's) without special tokens."""
-    size = codec.size if vocab_size is None else min(codec.size, int(vocab_size))
-    keep = np.ones(size, dtype=bool)
-    special = np.asarray([i for i in codec.special_ids if 0 <= i < size], dtype=np.int64)
-    keep[special] = False
-    return np.flatnonzero(keep).astype(np.int64)
-
-
-def probe_sequences(candidates: np.ndarray, n: int, length: int, seed: int, bos: int | None = None
-                    ) -> list[np.ndarray]:
-    """``n`` sequences of ``length`` distinct random tokens repeated twice, BOS first when ``bos`` is given.
-
-    Sequence ``k`` depends only on ``seed`` and ``k``. Tokens are distinct within a repeat so that each query
-    of the second repeat has exactly one earlier copy (and so one prefix-matching target).
-
-    Returns
-    -------
-    list of ndarray of shape (offset + 2 * length,)
-        int64 ids, ``offset`` = 1 with a BOS, else 0.
-    """
-    if length > len(candidates):
-        raise ValueError(f"induction_length {length} is more than the {len(candidates)} ordinary tokens of the "
-                         "vocabulary")
-    head = np.asarray([] if bos is None else [bos], dtype=np.int64)
-    out = []
-    for k in range(n):
-        tokens = Seeds(seed).rng("decoder_heads.probe", k).choice(candidates, size=length, replace=False)
-        out.append(np.concatenate([head, tokens, tokens]).astype(np.int64))
-    return out
 
 
 # --- the analysis --------------------------------------------------------------------------------------------
@@ -496,7 +278,7 @@ class DecoderHeads(Analysis):
 
     def _weights(self, batch: Batch, stream: str) -> torch.Tensor:
         """Poisson bootstrap weights [resample, batch] of the batch's sequences (by their stream position)."""
-        keys = [int(ex.index) for ex in batch.examples] if batch.examples else list(range(batch.size))
+        keys = [int(ex.index) for ex in batch.examples]
         w = poisson_weights(keys, int(self.options.decoder_resamples), Seeds(self.seed_).key(stream))
         return torch.as_tensor(w, dtype=torch.float64, device=next(iter(self.boot_sums_.values())).device)
 
