@@ -237,8 +237,9 @@ def _run(config: RunConfig, analysis_kwargs: dict[str, dict[str, Any]], checkpoi
     else:
         skipped = {}
     actx = ctx.for_analyses()
-    for analysis in analyses:
-        analysis.start(actx)
+    with usage_errors():  # what start refuses is an option the loaded model cannot take (before any pass)
+        for analysis in analyses:
+            analysis.start(actx)
     for analysis in analyses:
         unmet = [n for n in analysis.needs if n == "trained_loss" and loss_kind not in TRAINED_LOSSES]
         if unmet:  # named: it runs, but the user hears now what the run would say only at its end

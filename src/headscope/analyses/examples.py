@@ -153,8 +153,8 @@ class ExampleMaps(Analysis):
     def start(self, ctx: AnalysisContext) -> None:
         # A causal model's prefix is exact (see the module docstring); an encoder's is not, so it keeps only
         # sequences that fit whole.
-        self._causal = bool(ctx.info.is_causal) if ctx is not None else False
-        self._forms = ctx.treebank_input == "forms" if ctx is not None else False
+        self._causal = bool(ctx.info.is_causal)
+        self._forms = ctx.treebank_input == "forms"
         self.add_state("kept_", [], reduce=self._best)
         self._rows: list[int] = []
         self._layers: list[torch.Tensor] = []
