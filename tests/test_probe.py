@@ -26,8 +26,8 @@ from headscope.analyses.probe import (
 from headscope.corpus.types import Sentence
 from headscope.corpus.vectors import WordVectors
 from headscope.engine.batch import collate
-from headscope.engine.feed import feed_attention
 from headscope.model.encode import Example
+from headscope.runner.feed import feed_attention
 from reference import word_attention_reference
 
 SMALL_TREEBANK = """# sent_id = a

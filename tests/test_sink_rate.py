@@ -17,7 +17,7 @@ from contexts import analysis_context
 from headscope.analyses.decoder_heads import DecoderHeads, DecoderHeadsOptions
 from headscope.engine.batch import collate
 from headscope.engine.context import AnalysisContext
-from headscope.engine.feed import feed_attention
+from headscope.runner.feed import feed_attention
 from test_decoder_heads import _example, _padded
 
 
