@@ -227,7 +227,8 @@ class Analysis(ABC):
 
     def update_pass_attention(self, batch: Batch, forward: Forward | Generate,  # noqa: B027 (optional hook)
                               block: LayerAttention) -> None:
-        """Add one attention block of a forward with ``attention="weights"`` (the shape of :meth:`update`'s)."""
+        """Add one attention block of an :class:`~headscope.engine.forwards.Observe` forward (the shape of
+        :meth:`update`'s)."""
 
     def state_dict(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """The running state as (numpy arrays by name, JSON-able dict): checkpoints and distributed merges.
