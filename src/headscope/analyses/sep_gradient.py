@@ -111,7 +111,8 @@ def with_eos(batch: Batch, eos_id: int, limit: int, bos_id: int | None = None) -
 
 
 def sep_sums(out: ForwardOutput, sep_id: int, causal: bool, examples: int) -> dict[str, np.ndarray]:
-    """The summed :func:`sep_statistics` of one :class:`~headscope.engine.forwards.AttentionGradients` forward over ``examples``."""
+    """The summed :func:`sep_statistics` of one :class:`~headscope.engine.forwards.AttentionGradients` forward
+    over ``examples``."""
     total: dict[str, np.ndarray] = {}
     for atts, grads, ids, mask in out.attention_gradients:
         stats = sep_statistics(atts, grads, ids, mask, sep_id, causal)

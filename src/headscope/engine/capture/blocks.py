@@ -64,10 +64,9 @@ def query_block_rows(batch_size: int, n_heads: int, seq: int, budget_bytes: int)
     return max(1, min(seq, budget_bytes // max(per_row, 1)))
 
 
-
 def emit_blocks(stream: Stream, layer: int, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None,
-                 scaling: float, softcap: float | None, bias: torch.Tensor | None, causal: bool,
-                 value: torch.Tensor | None = None, norms: torch.Tensor | None = None) -> torch.Tensor | None:
+                scaling: float, softcap: float | None, bias: torch.Tensor | None, causal: bool,
+                value: torch.Tensor | None = None, norms: torch.Tensor | None = None) -> torch.Tensor | None:
     """Compute float32 weights from ``query`` [batch, head, seq, dim] and ``key`` block by block.
 
     With ``value`` (a float32 model, right padding), also return the layer's output ``weights @ value``
@@ -214,7 +213,6 @@ def head_value_norms(stream: Stream, layer: int, value: torch.Tensor) -> torch.T
     if stream.align is not None:
         norms = gather_positions(norms, stream.align, 2)
     return norms
-
 
 
 def emit_whole(stream: Stream, layer: int, weights: torch.Tensor) -> None:

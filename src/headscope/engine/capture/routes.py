@@ -72,7 +72,7 @@ def capture(loaded: LoadedModel, batch: Batch, consume: Consumer, budget_bytes: 
         raise ValueError(keys.refusal)
     align = shift(batch, 1) if padding_side == "left" else None
     stream = Stream(consume, loaded.capture_state.setdefault("layer_of", {}), budget_bytes, align, batch.mask,
-                     weights, projections)
+                    weights, projections)
     inputs = model_inputs(loaded, batch, padding_side)
     with torch.inference_mode():
         if route == "interface":
@@ -123,7 +123,6 @@ def layer_projections(loaded: LoadedModel) -> list[torch.nn.Module]:
         raise ValueError(f"{loaded.info.name}: a forward pass calls the attention output projections "
                          f"{len(order)} times for {n_layers} layers")
     return order
-
 
 
 @contextlib.contextmanager
@@ -204,10 +203,10 @@ def _hooks(loaded: LoadedModel, stream: Stream) -> Iterator[None]:
 
 def probe_batch(loaded: LoadedModel) -> Batch:
     """Two words through the tokenizer: the input of the probe passes made when a model is loaded."""
-    from headscope.engine.batch import probe_batch
+    from headscope.engine.batch import probe_batch as batch_of_ids
 
     enc = loaded.tokenizer("attention check", return_tensors="np")
-    return probe_batch(enc["input_ids"][0], loaded.device)
+    return batch_of_ids(enc["input_ids"][0], loaded.device)
 
 
 def ensure_route(loaded: LoadedModel) -> Route:

@@ -139,7 +139,6 @@ class CallOrder:
         return layers[k % len(layers)]
 
 
-
 def gather_positions(x: torch.Tensor, align: torch.Tensor, dim: int) -> torch.Tensor:
     """Reorder dimension ``dim`` (the sequence) of ``x`` [batch, ...] by ``align`` [batch, seq] per sequence."""
     shape = [1] * x.dim()

@@ -141,7 +141,6 @@ def differentiable_inputs(loaded: LoadedModel) -> Iterator[None]:
         handle.remove()
 
 
-
 def forward_with_attention(loaded: LoadedModel, batch: Batch, kind: str, seed: int
                            ) -> tuple[torch.Tensor, float, int, list[Seen]]:
     """The objective to backpropagate, the summed loss, its terms, and (attentions, ids, mask) per forward.

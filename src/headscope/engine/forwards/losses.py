@@ -129,11 +129,9 @@ def split_halves(batch: Batch, cls_id: int, sep_id: int, pad_id: int
     return out[0], out[1]
 
 
-
 def separator_id(tok: PreTrainedTokenizerFast) -> int | None:
     """The separator: ``sep_token_id``, else ``eos_token_id`` (None when the tokenizer has neither)."""
     return tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
-
 
 
 def contrastive_forward(loaded: LoadedModel, batch: Batch, attentions: bool = False
