@@ -52,7 +52,11 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                   "headscope.analyses.roles.options", "headscope.analyses.roles.scores",
                   "headscope.analyses.roles.tables", "headscope.analyses.roles.targets",
                   "headscope.analyses.sep_gradient", "headscope.analyses.similarity", "headscope.analyses.span",
-                  "headscope.analyses.surface", "headscope.analyses.syntax")),
+                  "headscope.analyses.surface", "headscope.analyses.syntax", "headscope.analyses.syntax.analysis",
+                  "headscope.analyses.syntax.arcs", "headscope.analyses.syntax.predict",
+                  "headscope.analyses.syntax.selection", "headscope.analyses.probe.analysis",
+                  "headscope.analyses.probe.features", "headscope.analyses.probe.store",
+                  "headscope.analyses.probe.training", "headscope.analyses.trees")),
     ("atlas", ("headscope.atlas",)),
     ("report", ("headscope.report", "headscope.report.build", "headscope.report.overview",
                 "headscope.report.sections", *(f"headscope.report.sections.{name}" for name in (
