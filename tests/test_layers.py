@@ -36,7 +36,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                   "headscope.engine.intervene",
                   "headscope.engine.ray_engine", "headscope.engine")),
     ("orchestration", ("headscope.orchestrate", "headscope.atlas")),
-    ("commands", ("headscope.compare", "headscope.viewer", "headscope.report.command", "headscope.session")),
+    ("commands", ("headscope.comparison", "headscope.viewer", "headscope.report.command", "headscope.session")),
     ("api and cli", ("headscope.cli", "headscope.catalog", "headscope")),
 ]
 
