@@ -178,3 +178,46 @@ class ReportSection:
     """Names of the figures written under ``DIR/figures/`` (without extension)."""
     order: int = 50
     """Position on the page, smaller first."""
+
+
+@dataclass
+class SectionStart:
+    """What every analysis's section starts from (:func:`start_section`)."""
+
+    key: str
+    """The analysis's name: the section's anchor."""
+    table: pd.DataFrame
+    """The analysis's table (``DIR/{table}.csv``)."""
+    summary: dict[str, Any]
+    """The analysis's summary in ``run.json`` (``analyses.<name>``; empty when absent)."""
+    options: dict[str, Any]
+    """The analysis's options in ``run.json`` (``analysis_options.<name>``; empty when absent)."""
+    figs: SectionFigures
+    """The section's figures."""
+
+    def section(self, title: str, body: str) -> ReportSection:
+        """The section: ``body`` under ``title``, with the figures drawn so far."""
+        return ReportSection(key=self.key, title=title, html=body, figures=self.figs.names)
+
+
+def start_section(run: RunResult, figures: Path, name: str, table: str | None = None, rows: bool = False
+                  ) -> SectionStart | None:
+    """The opening of analysis ``name``'s section, or None when the run has no output of it.
+
+    Parameters
+    ----------
+    run : RunResult
+    figures : Path
+        Where the section's figures go.
+    name : str
+        The analysis (its summary and options in ``run.json``; the section's key).
+    table : str, optional
+        The table the section needs (default: ``name``); None is returned when the run has none.
+    rows : bool
+        Return None for an empty table too.
+    """
+    frame = run.tables.get(table or name)
+    if frame is None or (rows and frame.empty):
+        return None
+    return SectionStart(name, frame, run.run.get("analyses", {}).get(name, {}),
+                        run.run.get("analysis_options", {}).get(name, {}), SectionFigures(figures))

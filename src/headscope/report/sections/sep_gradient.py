@@ -10,7 +10,7 @@ import pandas as pd
 
 from headscope.engine.results import RunResult
 from headscope.report.figures import COLUMN_WIDTH
-from headscope.report.section import ReportSection, SectionFigures, numbers
+from headscope.report.section import ReportSection, numbers, start_section
 
 #: What each per-head column means, for the head grid's chooser.
 MEANINGS = {
@@ -20,14 +20,14 @@ MEANINGS = {
 
 
 def section(run: RunResult, figures: Path) -> ReportSection | None:
-    if "sep_gradient" not in run.tables:
+    start = start_section(run, figures, "sep_gradient")
+    if start is None:
         return None
-    table = run.tables["sep_gradient"]
+    table, figs = start.table, start.figs
     loss = str(table["loss"].iloc[0]) if len(table) else "?"
     per_layer = table.groupby("layer")[["sep_attention", "sep_gradient"]].mean()
     rows = "".join(f"<tr><td>{int(layer)}</td><td>{r.sep_attention:.3g}</td><td>{r.sep_gradient:.3g}</td></tr>"
                    for layer, r in per_layer.iterrows())
-    figs = SectionFigures(figures)
     body = ("<p>Per layer, the mean attention to [SEP] (the separator, or EOS) and the mean gradient magnitude "
             f"|dL/dA| of the loss ({html.escape(loss)}) with respect to that attention, as Clark et al. "
             "(2019) Figure 3. Averaged over the layer's heads.</p>"
@@ -36,8 +36,7 @@ def section(run: RunResult, figures: Path) -> ReportSection | None:
                         "Attention to [SEP] and its gradient, per layer",
                         numbers(table["sep_attention"], table["sep_gradient"]),
                         "Attention to [SEP] and its gradient: the same value for every head."))
-    return ReportSection(key="sep_gradient", title="Attention to [SEP] and its gradient", html=body,
-                         figures=figs.names)
+    return start.section("Attention to [SEP] and its gradient", body)
 
 
 def sep_gradient_figure(table: pd.DataFrame) -> Any:

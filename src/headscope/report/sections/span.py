@@ -11,7 +11,7 @@ import pandas as pd
 
 from headscope.engine.results import RunResult
 from headscope.report.figures import head_grid
-from headscope.report.section import ReportSection, SectionFigures
+from headscope.report.section import ReportSection, start_section
 
 #: What each per-head column means, for the head grid's chooser.
 MEANINGS = {
@@ -36,10 +36,10 @@ def _check(table: pd.DataFrame) -> str:
 
 
 def section(run: RunResult, figures: Path) -> ReportSection | None:
-    if "span" not in run.tables:
+    start = start_section(run, figures, "span")
+    if start is None:
         return None
-    summary = run.run.get("analyses", {}).get("span", {})
-    span = run.tables["span"]
+    span, summary, figs = start.table, start.summary, start.figs
     lengths = [int(x) for x in summary.get("lengths", sorted(span["length"].unique()))]
     parts = [f"<p>{html.escape(str(summary.get('rule', '')))}. {int(summary.get('streaming_heads', 0))} of "
              f"{int(summary.get('streaming_heads', 0)) + int(summary.get('retrieval_heads', 0))} heads are "
@@ -59,7 +59,6 @@ def section(run: RunResult, figures: Path) -> ReportSection | None:
                      + _check(run.tables["span_check"]))
     elif summary.get("check_skipped"):
         parts.append(f"<p>No causal check: {html.escape(str(summary['check_skipped']))}.</p>")
-    figs = SectionFigures(figures)
     heads = run.heads
     if "span_coverage_min" in heads.columns:
         parts.append(figs.head_map(head_grid(heads, "span_coverage_min"), "span_coverage",
@@ -71,4 +70,4 @@ def section(run: RunResult, figures: Path) -> ReportSection | None:
         parts.append(figs.head_map(head_grid(heads, far), "span_far", f"Attention beyond 512 at {lengths[-1]}",
                                    f"Share of each head's attention more than 512 tokens back, at {lengths[-1]} "
                                    "tokens", label="share"))
-    return ReportSection(key="span", title="Attention span and KV budget", html="".join(parts), figures=figs.names)
+    return start.section("Attention span and KV budget", "".join(parts))
