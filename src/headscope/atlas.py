@@ -34,34 +34,43 @@ def declarations() -> list[tuple[str, AtlasLabels]]:
     return declared_atlas_labels()
 
 
-#: Thresholds of the atlas's rules (``--atlas-threshold NAME=VALUE`` overrides one), from the analyses'
-#: declarations. A head gets the label of a statistic when its value is strictly above the threshold;
-#: ``important_fraction`` is the share of heads, ranked by importance, labelled important.
-THRESHOLDS: dict[str, float] = {name: value for _, labels in declarations()
-                               for name, value in labels.thresholds.items()}
-#: The thresholds that are a share of the heads, in (0, 1].
-SHARES = frozenset(name for _, labels in declarations() for name in labels.shares)
+def default_thresholds() -> dict[str, float]:
+    """The thresholds of the atlas's rules by name, with their defaults, from the analyses' declarations."""
+    return {name: value for _, labels in declarations() for name, value in labels.thresholds.items()}
+
+
+def groups() -> tuple[str, ...]:
+    """The groups in the order the atlas lists them, from the analyses' declarations, then ``unlabelled``."""
+    return (*dict.fromkeys(group for _, labels in declarations() for group in labels.groups), "unlabelled")
+
+
+#: Thresholds of the atlas's rules (``--atlas-threshold NAME=VALUE`` overrides one), from the packaged
+#: analyses' declarations. A head gets the label of a statistic when its value is strictly above the
+#: threshold; ``important_fraction`` is the share of heads, ranked by importance, labelled important.
+THRESHOLDS: dict[str, float] = default_thresholds()
 #: The groups in the order the atlas lists them (names ending in ``:`` are families: ``role:``, ``pattern:``).
-GROUPS = (*dict.fromkeys(group for _, labels in declarations() for group in labels.groups), "unlabelled")
+GROUPS = groups()
 
 
 def parse_thresholds(items: Iterable[str]) -> dict[str, float]:
     """``NAME=VALUE`` overrides as a dict; ValueError for a malformed item, an unknown name or a bad value."""
     out: dict[str, float] = {}
+    known = default_thresholds()
+    shares = {name for _, labels in declarations() for name in labels.shares}
     for item in items:
         name, sep, text = str(item).partition("=")
         name = name.strip()
         if not sep or not name:
             raise ValueError(f"atlas threshold {item!r}: expected NAME=VALUE (e.g. prev=0.6)")
-        if name not in THRESHOLDS:
-            raise ValueError(f"atlas threshold {name!r} is not one of {', '.join(THRESHOLDS)}")
+        if name not in known:
+            raise ValueError(f"atlas threshold {name!r} is not one of {', '.join(known)}")
         try:
             value = float(text)
         except ValueError:
             raise ValueError(f"atlas threshold {item!r}: {text.strip()!r} is not a number") from None
         if not math.isfinite(value) or value < 0:
             raise ValueError(f"atlas threshold {item!r}: the value must be a finite number >= 0")
-        if name in SHARES and not 0 < value <= 1:
+        if name in shares and not 0 < value <= 1:
             raise ValueError(f"atlas threshold {item!r}: {name} must be in (0, 1]")
         out[name] = value
     return out
@@ -70,7 +79,7 @@ def parse_thresholds(items: Iterable[str]) -> dict[str, float]:
 def thresholds_for(run: Mapping[str, Any]) -> dict[str, float]:
     """The thresholds of a run: the defaults, those the run's analysis options set (decoder_heads' sink
     epsilon), then ``atlas_thresholds``."""
-    values = dict(THRESHOLDS)
+    values = default_thresholds()
     options = run.get("analysis_options", {}) or {}
     for name, labels in declarations():
         mine = options.get(name, {}) or {}
@@ -111,24 +120,27 @@ def build_atlas(heads: pd.DataFrame, tables: Mapping[str, pd.DataFrame], run: Ma
             out.add(row.layer, row.head, "unlabelled", "", float("nan"), "-", "below every threshold measured",
                     "", "fits none of the labels this run measured")
     atlas = pd.DataFrame(out.rows, columns=COLUMNS)
-    atlas["order"] = atlas["group"].map(group_order)
+    order = groups()
+    atlas["order"] = atlas["group"].map(lambda group: group_order(group, order))
     atlas = atlas.sort_values(["layer", "head", "order"], kind="stable").drop(columns="order")
     return atlas.reset_index(drop=True)
 
 
-def group_order(group: str) -> int:
-    """Position of ``group`` in :data:`GROUPS` (families by their prefix)."""
-    for k, name in enumerate(GROUPS):
+def group_order(group: str, order: tuple[str, ...] | None = None) -> int:
+    """Position of ``group`` in ``order`` (default: :func:`groups`; families by their prefix)."""
+    order = groups() if order is None else order
+    for k, name in enumerate(order):
         if group == name or (name.endswith(":") and group.startswith(name)):
             return k
-    return len(GROUPS)
+    return len(order)
 
 
 def atlas_summary(atlas: pd.DataFrame, run: Mapping[str, Any]) -> dict[str, Any]:
     """What ``run.json`` records of the atlas: labels per group, unlabelled heads, the thresholds used."""
     labelled = atlas[atlas["group"] != "unlabelled"]
     counts = labelled.groupby("group", sort=False).size()
-    return {"labels": {g: int(counts[g]) for g in sorted(counts.index, key=lambda g: (group_order(g), g))},
+    order = groups()
+    return {"labels": {g: int(counts[g]) for g in sorted(counts.index, key=lambda g: (group_order(g, order), g))},
             "labelled_heads": int(labelled[["layer", "head"]].drop_duplicates().shape[0]),
             "unlabelled": int((atlas["group"] == "unlabelled").sum()),
             "thresholds": thresholds_for(run),
