@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import html
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from headscope.engine.results import RunResult
 from headscope.report.figures import COLUMN_WIDTH
-from headscope.report.section import ReportSection, numbers, start_section
+from headscope.report.section import ReportSection, SectionStart, numbers, opens
 
 
-def section(run: RunResult, figures: Path) -> ReportSection | None:
-    start = start_section(run, figures, "ablation")
-    if start is None:
-        return None
+@opens("ablation")
+def section(start: SectionStart) -> ReportSection:
     table, figs = start.table, start.figs
     metric = start.summary.get("metric", "?")
     clusters = table[table["kind"] == "cluster"]

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import html
-from pathlib import Path
 
 from headscope.analyses.base import head_name
 from headscope.analyses.coref import BASELINES, MIN_N, best_heads
-from headscope.engine.results import RunResult
 from headscope.report.figures import head_grid
-from headscope.report.section import ReportSection, percent, start_section
+from headscope.report.section import ReportSection, SectionStart, opens, percent
 
 #: What each per-head column means, for the head grid's chooser.
 MEANINGS = {"coref_accuracy": "share of mentions whose head word attends most to an antecedent's head word"}
 
 
-def section(run: RunResult, figures: Path) -> ReportSection | None:
-    start = start_section(run, figures, "coref", rows=True)
-    if start is None:
-        return None
+@opens("coref", rows=True)
+def section(start: SectionStart) -> ReportSection:
     table, summary, figs = start.table, start.summary, start.figs
     min_n = int(summary.get("min_n", start.options.get("coref_min_n", MIN_N)))
     best = best_heads(table, min_n)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import html
-from pathlib import Path
 
 from headscope.analyses.decoder_heads import LABELS, DecoderHeadsOptions, top_heads
-from headscope.engine.results import RunResult
 from headscope.report.figures import head_grid
-from headscope.report.section import ReportSection, start_section
+from headscope.report.section import ReportSection, SectionStart, opens
 
 #: What each per-head column means, for the head grid's chooser.
 MEANINGS = {
@@ -26,10 +24,8 @@ MEANINGS = {
 SHOWN = ("previous_token", "duplicate_token", "induction", "prefix_matching", "sink_first")
 
 
-def section(run: RunResult, figures: Path) -> ReportSection | None:
-    start = start_section(run, figures, "decoder_heads", rows=True)
-    if start is None:
-        return None
+@opens("decoder_heads", rows=True)
+def section(start: SectionStart) -> ReportSection:
     table, summary, figs = start.table, start.summary, start.figs
     epsilon = float(start.options.get("sink_epsilon", DecoderHeadsOptions.sink_epsilon))
     shown = [c for c in SHOWN if c in table.columns and table[c].notna().any()]

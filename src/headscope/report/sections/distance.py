@@ -4,17 +4,15 @@ look like."""
 from __future__ import annotations
 
 import html
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from headscope.analyses.distance import FEATURES, LABELS, PATTERNS
-from headscope.engine.results import RunResult
 from headscope.report.figures import COLUMN_WIDTH, head_grid
 from headscope.report.heatmap import MARGINS, heatmap_size, label_step
-from headscope.report.section import ReportSection, no_figure_html, start_section
+from headscope.report.section import ReportSection, SectionStart, no_figure_html, opens
 
 #: What each per-head column means, for the head grid's chooser.
 MEANINGS = {**LABELS, "cluster_distance": "distance of the head from its cluster's centre (standardised features)"}
@@ -27,9 +25,10 @@ def pattern_colour(pattern: str) -> tuple[float, float, float, float]:
     return plt.get_cmap("tab10")(PATTERNS.index(pattern)) if pattern in PATTERNS else (0.6, 0.6, 0.6, 1.0)
 
 
-def section(run: RunResult, figures: Path) -> ReportSection | None:
-    start = start_section(run, figures, "distance", table="clusters")
-    if start is None or "pattern" not in run.heads.columns:
+@opens("distance", table="clusters")
+def section(start: SectionStart) -> ReportSection | None:
+    run = start.run
+    if "pattern" not in run.heads.columns:
         return None
     heads, clusters, figs = run.heads, start.table, start.figs
     rows = "".join(

@@ -4,12 +4,10 @@ attribution patching's estimate of it."""
 from __future__ import annotations
 
 import html
-from pathlib import Path
 from typing import Any
 
-from headscope.engine.results import RunResult
 from headscope.report.figures import head_grid
-from headscope.report.section import ReportSection, start_section
+from headscope.report.section import ReportSection, SectionStart, opens
 
 #: What each per-head column means, for the head grid's chooser.
 MEANINGS = {
@@ -26,10 +24,8 @@ def _row(d: dict[str, Any]) -> str:
             f"<td>{d['effect_rank']}</td><td>{d['atp_rank']}</td></tr>")
 
 
-def section(run: RunResult, figures: Path) -> ReportSection | None:
-    start = start_section(run, figures, "head_effects")
-    if start is None:
-        return None
+@opens("head_effects")
+def section(start: SectionStart) -> ReportSection:
     table, summary, figs = start.table, start.summary, start.figs
     boot = summary.get("bootstrap", {})
     atp = summary.get("atp", {})

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import html
-from pathlib import Path
 
-from headscope.engine.results import RunResult
 from headscope.report.figures import head_grid
-from headscope.report.section import ReportSection, start_section
+from headscope.report.section import ReportSection, SectionStart, opens
 
 #: What each per-head column means, for the head grid's chooser.
 MEANINGS = {
@@ -16,12 +14,9 @@ MEANINGS = {
 }
 
 
-def section(run: RunResult, figures: Path) -> ReportSection | None:
-    start = start_section(run, figures, "importance")
-    if start is None:
-        return None
-    table, figs = start.table, start.figs
-    loss = str(table["loss"].iloc[0]) if len(table) else "?"
+@opens("importance")
+def section(start: SectionStart) -> ReportSection:
+    table, figs, loss = start.table, start.figs, start.first("loss")
     top = table.sort_values("importance", ascending=False).head(10)
     rows = "".join(f"<tr><td>L{int(r.layer)}H{int(r.head)}</td><td>{r.importance:.3g}</td>"
                    f"<td>{r.importance_raw:.3g}</td></tr>" for r in top.itertuples())

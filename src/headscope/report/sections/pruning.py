@@ -4,21 +4,17 @@ whether the surviving heads are those with an identified behaviour."""
 from __future__ import annotations
 
 import html
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from headscope.analyses.stats import CONFIDENCE
-from headscope.engine.results import RunResult
 from headscope.report.figures import COLUMN_WIDTH
-from headscope.report.section import ReportSection, numbers, start_section
+from headscope.report.section import ReportSection, SectionStart, numbers, opens
 
 
-def section(run: RunResult, figures: Path) -> ReportSection | None:
-    start = start_section(run, figures, "pruning")
-    if start is None:
-        return None
+@opens("pruning")
+def section(start: SectionStart) -> ReportSection:
     table, summary, figs = start.table, start.summary, start.figs
     claim = summary.get("seed_claim", {})
     if claim.get("analyses"):

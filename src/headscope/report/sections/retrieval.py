@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import html
-from pathlib import Path
 
 from headscope.analyses.base import head_name
-from headscope.engine.results import RunResult
 from headscope.report.figures import head_grid
-from headscope.report.section import ReportSection, start_section
+from headscope.report.section import ReportSection, SectionStart, opens
 
 #: What each per-head column means, for the head grid's chooser.
 MEANINGS = {
@@ -17,10 +15,9 @@ MEANINGS = {
 }
 
 
-def section(run: RunResult, figures: Path) -> ReportSection | None:
-    start = start_section(run, figures, "retrieval", rows=True)
-    if start is None:
-        return None
+@opens("retrieval", rows=True)
+def section(start: SectionStart) -> ReportSection:
+    run = start.run
     table, summary, figs = start.table, start.summary, start.figs
     prompts = run.tables.get("retrieval_prompts")
     used = int(summary.get("used", 0))

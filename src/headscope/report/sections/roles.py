@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import html
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from headscope.analyses.roles import ABBREVIATIONS, CONVENTIONS, colocation, per_layer_counts
-from headscope.engine.results import RunResult
 from headscope.report.figures import COLUMN_WIDTH
 from headscope.report.heatmap import CHAR, FONT, MARGINS
-from headscope.report.section import ReportSection, conventions_html, numbers, silver_note, start_section
+from headscope.report.section import ReportSection, SectionStart, conventions_html, numbers, opens, silver_note
 
 #: What each per-head column means, for the head grid's chooser (``role_<role>``, see :func:`meaning`).
 MEANINGS: dict[str, str] = {}
@@ -25,10 +23,9 @@ def meaning(column: str) -> str | None:
     return None
 
 
-def section(run: RunResult, figures: Path) -> ReportSection | None:
-    start = start_section(run, figures, "roles")
-    if start is None:
-        return None
+@opens("roles")
+def section(start: SectionStart) -> ReportSection:
+    run = start.run
     table, summary, figs = start.table, start.summary, start.figs
     opts = {**start.options, **{k: v for k, v in summary.items() if k == "correction"}}
     # Runs from before roles_min_n have no tested column: they tested from two scores on.

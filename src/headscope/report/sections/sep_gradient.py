@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import html
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from headscope.engine.results import RunResult
 from headscope.report.figures import COLUMN_WIDTH
-from headscope.report.section import ReportSection, numbers, start_section
+from headscope.report.section import ReportSection, SectionStart, numbers, opens
 
 #: What each per-head column means, for the head grid's chooser.
 MEANINGS = {
@@ -19,12 +17,9 @@ MEANINGS = {
 }
 
 
-def section(run: RunResult, figures: Path) -> ReportSection | None:
-    start = start_section(run, figures, "sep_gradient")
-    if start is None:
-        return None
-    table, figs = start.table, start.figs
-    loss = str(table["loss"].iloc[0]) if len(table) else "?"
+@opens("sep_gradient")
+def section(start: SectionStart) -> ReportSection:
+    table, figs, loss = start.table, start.figs, start.first("loss")
     per_layer = table.groupby("layer")[["sep_attention", "sep_gradient"]].mean()
     rows = "".join(f"<tr><td>{int(layer)}</td><td>{r.sep_attention:.3g}</td><td>{r.sep_gradient:.3g}</td></tr>"
                    for layer, r in per_layer.iterrows())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,16 +11,14 @@ import pandas as pd
 from headscope.analyses.base import head_name
 from headscope.analyses.distance import PATTERNS
 from headscope.analyses.similarity import CONVENTIONS
-from headscope.engine.results import RunResult
 from headscope.report.figures import COLUMN_WIDTH, MIN_FONT
-from headscope.report.section import ReportSection, conventions_html, start_section
+from headscope.report.section import ReportSection, SectionStart, conventions_html, opens
 from headscope.report.sections.distance import pattern_colour
 
 
-def section(run: RunResult, figures: Path) -> ReportSection | None:
-    start = start_section(run, figures, "similarity", table="mds")
-    if start is None:
-        return None
+@opens("similarity", table="mds")
+def section(start: SectionStart) -> ReportSection:
+    run = start.run
     mds, figs = start.table, start.figs
     xy = mds[["x", "y"]].to_numpy(float)
     layer = mds["layer"].to_numpy(int)

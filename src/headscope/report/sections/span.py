@@ -4,14 +4,12 @@ length, which heads are streaming, and what the KV budget built from that costs 
 from __future__ import annotations
 
 import html
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from headscope.engine.results import RunResult
 from headscope.report.figures import head_grid
-from headscope.report.section import ReportSection, start_section
+from headscope.report.section import ReportSection, SectionStart, opens
 
 #: What each per-head column means, for the head grid's chooser.
 MEANINGS = {
@@ -35,10 +33,9 @@ def _check(table: pd.DataFrame) -> str:
             + "".join(rows) + "</table>")
 
 
-def section(run: RunResult, figures: Path) -> ReportSection | None:
-    start = start_section(run, figures, "span")
-    if start is None:
-        return None
+@opens("span")
+def section(start: SectionStart) -> ReportSection:
+    run = start.run
     span, summary, figs = start.table, start.summary, start.figs
     lengths = [int(x) for x in summary.get("lengths", sorted(span["length"].unique()))]
     parts = [f"<p>{html.escape(str(summary.get('rule', '')))}. {int(summary.get('streaming_heads', 0))} of "

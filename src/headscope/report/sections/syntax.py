@@ -4,15 +4,13 @@ fixed offset, and one layer x head map per frequent relation."""
 from __future__ import annotations
 
 import html
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from headscope.analyses.syntax import CONVENTIONS
-from headscope.engine.results import RunResult
 from headscope.report.figures import head_grid
-from headscope.report.section import ReportSection, conventions_html, percent, silver_note, start_section
+from headscope.report.section import ReportSection, SectionStart, conventions_html, opens, percent, silver_note
 
 #: Relations with at least this many held-out dependents get a heat map.
 MIN_DEPENDENTS = 100
@@ -26,9 +24,10 @@ MEANINGS = {
 }
 
 
-def section(run: RunResult, figures: Path) -> ReportSection | None:
-    start = start_section(run, figures, "syntax")
-    if start is None or "syntax_best" not in run.tables:
+@opens("syntax")
+def section(start: SectionStart) -> ReportSection | None:
+    run = start.run
+    if "syntax_best" not in run.tables:
         return None
     best = run.tables["syntax_best"]
     table, summary, figs = start.table, start.summary, start.figs
