@@ -61,7 +61,7 @@ def timers(ctx: Any, batches: list[Any], effects_heads: int = 9) -> dict[str, Ca
     from headscope.analyses.examples import ExampleMaps
     from headscope.analyses.surface import SurfaceStatistics
     from headscope.engine.capture import capture
-    from headscope.engine.feed import feed_batch
+    from headscope.runner.feed import feed_batch
 
     loaded = ctx.loaded
     budget = ctx.config.attention_bytes()

@@ -61,7 +61,7 @@ def one_length(args: argparse.Namespace, model: str, text: list[str], length: in
     from headscope.config import RunConfig
     from headscope.engine.context import open_context
     from headscope.engine.forwards import CorpusRows, loss_kind, sequence_losses
-    from headscope.engine.intervene import _Batches, run_passes
+    from headscope.runner.intervene import _Batches, run_passes
 
     config = RunConfig(model=model, text=text, max_length=length, batch_size=args.batch_size, out=None,
                        quiet=not args.progress, analyses=["head_effects"])

@@ -95,8 +95,8 @@ def truncate_layers(loaded: Any, k: int) -> None:
 
 def child(args: argparse.Namespace) -> None:
     import headscope
-    from headscope import orchestrate
     from headscope.engine import context
+    from headscope.runner import orchestrate
 
     t = time.perf_counter()
     if args.layers_child:
@@ -112,7 +112,7 @@ def child(args: argparse.Namespace) -> None:
                   dtype=args.dtype, attention_memory=args.attention_memory, out=None, quiet=True)
     sampler = PassSampler(args.device)
     if args.mode == "run":
-        from headscope.engine import passes
+        from headscope.runner import passes
 
         real_pass = passes.local_pass
 

@@ -33,11 +33,11 @@ def timing(args: argparse.Namespace) -> None:
     from headscope.config import RunConfig
     from headscope.engine.capture import capture, ensure_route
     from headscope.engine.context import RunContext
-    from headscope.engine.feed import feed_batch
     from headscope.engine.inputs import Corpus
     from headscope.manifest import Manifest
     from headscope.model.encode import Encoder
     from headscope.model.load import load_model
+    from headscope.runner.feed import feed_batch
 
     config = RunConfig(model=args.model, max_segments=args.segments, batch_size=args.batch_size, out=None,
                        device=args.device, dtype=args.dtype)

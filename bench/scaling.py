@@ -64,7 +64,7 @@ def main() -> None:
         print(f"checkpoint every {args.checkpoint_every} batches: {every:.1f} s against {never:.1f} s without: "
               f"+{(every - never) / never:.1%} of the run")
 
-        from headscope.engine import passes
+        from headscope.runner import passes
 
         real, seen = passes.feed_batch, {"n": 0}
         batches = sum(s["batches"] for s in result.run["segments"])

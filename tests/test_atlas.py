@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import headscope
-import headscope.orchestrate
+import headscope.runner.orchestrate
 from headscope.atlas import THRESHOLDS, build_atlas, parse_thresholds, thresholds_for
 from headscope.cli import main
 from headscope.config import RunConfig
@@ -150,7 +150,7 @@ def test_bad_override_refused_before_the_model_loads(monkeypatch: pytest.MonkeyP
     def no_load(*args: object, **kwargs: object) -> None:
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(headscope.orchestrate, "open_context", no_load)
+    monkeypatch.setattr(headscope.runner.orchestrate, "open_context", no_load)
     with pytest.raises(ValueError, match="atlas threshold 'nope'"):
         headscope.run(model="minilm", atlas_thresholds=["nope=1"], out=None)
     with pytest.raises(ValueError, match="atlas_thresholds"):

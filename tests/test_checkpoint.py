@@ -16,11 +16,11 @@ import pandas as pd
 import pytest
 
 import headscope
-from headscope.engine import passes
-from headscope.engine.checkpoint import CheckpointError
 from headscope.engine.interrupt import RunInterrupted
 from headscope.engine.outdir import OutputExistsError
 from headscope.engine.state import StateError, pack, unpack
+from headscope.runner import passes
+from headscope.runner.checkpoint import CheckpointError
 from test_coref import _random_corefud
 from test_streaming import ANALYSES, _treebank
 

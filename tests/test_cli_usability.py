@@ -200,8 +200,8 @@ def test_progress_bar_counts_segments_and_writes_warnings_through_tqdm(
         tiny_bert: Path, text_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import tqdm
 
-    from headscope.engine import passes
     from headscope.engine.context import open_context
+    from headscope.runner import passes
 
     written: list[str] = []
     monkeypatch.setattr(tqdm.tqdm, "write", classmethod(lambda cls, s, *a, **k: written.append(s)))
@@ -285,7 +285,7 @@ def test_a_gpu_device_without_a_gpu_is_one_line_before_the_load(monkeypatch: pyt
     import torch
 
     from headscope.errors import UsageError
-    from headscope.orchestrate import check_device
+    from headscope.runner.usage import check_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UsageError, match=r"--device cuda: .*use --device cpu or auto"):

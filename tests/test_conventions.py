@@ -36,9 +36,9 @@ from headscope.comparison import MixedConventionsError, compare
 from headscope.config import RunConfig
 from headscope.corpus.types import Sentence
 from headscope.engine.batch import collate
-from headscope.engine.feed import feed_attention
 from headscope.engine.results import RunResult
 from headscope.model.encode import Example
+from headscope.runner.feed import feed_attention
 
 EWT_DEV = "data/ud-english-ewt/en_ewt-ud-dev.conllu"
 

@@ -17,10 +17,10 @@ from headscope.corpus.coref_windows import nearest_antecedents, plan_windows
 from headscope.corpus.mentions import MENTION_TYPES, Mention
 from headscope.corpus.types import Sentence
 from headscope.engine.batch import collate
-from headscope.engine.feed import feed_attention
 from headscope.manifest import Manifest
 from headscope.model.coref_encode import WindowExample, WindowMention, iter_coref_examples, window_mentions
 from headscope.model.encode import Encoder
+from headscope.runner.feed import feed_attention
 from reference import word_attention_reference
 
 

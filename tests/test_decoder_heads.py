@@ -20,8 +20,8 @@ from headscope.analyses.decoder_heads import (
 )
 from headscope.engine.batch import collate
 from headscope.engine.capture import LayerAttention, capture_stacked
-from headscope.engine.feed import feed_attention
 from headscope.model.encode import adds_bos, probe_example
+from headscope.runner.feed import feed_attention
 from reference import random_attention
 
 _NAMES = SimpleNamespace(convert_ids_to_tokens=lambda ids: [f"t{i}" for i in ids])

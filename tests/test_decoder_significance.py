@@ -13,8 +13,8 @@ from headscope.analyses.stats import percentile_intervals, poisson_weights
 from headscope.atlas import build_atlas
 from headscope.engine.batch import collate
 from headscope.engine.capture import LayerAttention
-from headscope.engine.feed import feed_attention
 from headscope.engine.forwards import Forward, ForwardOutput
+from headscope.runner.feed import feed_attention
 from reference import random_attention
 from test_decoder_heads import _ctx, _example, _padded
 

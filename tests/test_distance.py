@@ -21,7 +21,7 @@ from headscope.analyses.distance import (
     name_pattern,
     offset_weights,
 )
-from headscope.engine.feed import feed_attention
+from headscope.runner.feed import feed_attention
 
 
 def _reference(A: np.ndarray, special: np.ndarray, punct: np.ndarray, segment: np.ndarray) -> dict[str, list]:

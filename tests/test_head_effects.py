@@ -17,10 +17,10 @@ from headscope.config import RunConfig
 from headscope.engine.batch import Batch, collate
 from headscope.engine.context import open_context
 from headscope.engine.forwards import Forward, loss_kind, run_forward
-from headscope.engine.intervene import _Batches, run_passes
 from headscope.engine.results import RunResult
 from headscope.model.gates import HeadGates, find_output_projections
 from headscope.model.load import load_model
+from headscope.runner.intervene import _Batches, run_passes
 
 SENTENCES = ["The dog saw the cat.", "The cat ran to the house.", "She said it was red.", "The king ate a book.",
              "A man saw the river.", "The city was big and old.", "He ran, she ran.", "The house was red.",

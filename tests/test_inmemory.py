@@ -15,9 +15,9 @@ import torch
 
 import headscope
 from conftest import make_tiny_bert
-from headscope.engine.checkpoint import CheckpointError
 from headscope.errors import AttentionUnavailableError, UnsupportedModelError, UsageError
 from headscope.model.inmemory import weights_fingerprint
+from headscope.runner.checkpoint import CheckpointError
 
 TEXTS = ["The dog saw the cat.\nThe cat ran to the house.\nShe said it was red.",
          "A man and a woman saw the river.\nThe city was big and old.",

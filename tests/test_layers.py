@@ -15,30 +15,60 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "headscope"
 
-#: Layers from the bottom up; a module may import its own layer and those below it.
+#: Layers from the bottom up; a module may import its own layer and those below it. Every module of the package
+#: is named here (a package by its ``__init__``'s name): a module that is not fails
+#: :func:`test_every_module_has_a_layer`, so a new one is placed on purpose.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("settings", ("headscope.version", "headscope.lazy", "headscope.errors", "headscope.config", "headscope.manifest",
                   "headscope.columns")),
-    ("corpus", ("headscope.corpus",)),
-    ("model", ("headscope.model",)),
-    ("engine core", ("headscope.engine.batch", "headscope.engine.capture", "headscope.engine.scratch",
-                     "headscope.engine.wordlevel", "headscope.engine.norm_weights", "headscope.engine.rollout",
-                     "headscope.engine.state", "headscope.engine.results", "headscope.engine.context",
-                     "headscope.engine.inputs", "headscope.engine.outdir", "headscope.engine.interrupt",
-                     "headscope.engine.progress", "headscope.engine.forwards",
-                     "headscope.engine.replay")),
+    ("corpus", ("headscope.corpus", "headscope.corpus.types", "headscope.corpus.text", "headscope.corpus.conllu",
+                "headscope.corpus.wiki", "headscope.corpus.parse", "headscope.corpus.vectors",
+                "headscope.corpus.coref", "headscope.corpus.coref_readers", "headscope.corpus.coref_windows",
+                "headscope.corpus.mentions", "headscope.corpus.memory")),
+    ("model", ("headscope.model", "headscope.model.support", "headscope.model.packaged", "headscope.model.gguf_cache",
+               "headscope.model.load", "headscope.model.inmemory", "headscope.model.segments",
+               "headscope.model.encode", "headscope.model.coref_encode", "headscope.model.gates",
+               "headscope.model.losses")),
+    ("engine", ("headscope.engine", "headscope.engine.batch", "headscope.engine.capture", "headscope.engine.scratch",
+                "headscope.engine.wordlevel", "headscope.engine.norm_weights", "headscope.engine.rollout",
+                "headscope.engine.state", "headscope.engine.results", "headscope.engine.context",
+                "headscope.engine.inputs", "headscope.engine.outdir", "headscope.engine.interrupt",
+                "headscope.engine.progress", "headscope.engine.forwards", "headscope.engine.replay")),
     ("report parts", ("headscope.report.section", "headscope.report.figures", "headscope.report.heatmap",
                       "headscope.report.page", "headscope.report.viewpage")),
-    ("analyses", ("headscope.analyses",)),
-    ("report", ("headscope.report.build", "headscope.report.overview", "headscope.report.sections",
-                "headscope.report")),
-    ("run loop", ("headscope.engine.feed", "headscope.engine.checkpoint", "headscope.engine.passes",
-                  "headscope.engine.intervene",
-                  "headscope.engine.ray_engine", "headscope.engine")),
-    ("orchestration", ("headscope.orchestrate", "headscope.atlas")),
-    ("commands", ("headscope.comparison", "headscope.viewer", "headscope.report.command", "headscope.session")),
-    ("api and cli", ("headscope.cli", "headscope.catalog", "headscope")),
+    ("analyses", ("headscope.analyses", "headscope.analyses.base", "headscope.analyses.registry",
+                  "headscope.analyses.splits", "headscope.analyses.stats", "headscope.analyses.conventions",
+                  "headscope.analyses.relations", "headscope.analyses.ablation", "headscope.analyses.coref",
+                  "headscope.analyses.decoder_heads", "headscope.analyses.distance", "headscope.analyses.examples",
+                  "headscope.analyses.head_effects", "headscope.analyses.importance", "headscope.analyses.probe",
+                  "headscope.analyses.pruning", "headscope.analyses.retrieval", "headscope.analyses.roles",
+                  "headscope.analyses.roles.accumulator", "headscope.analyses.roles.arcs",
+                  "headscope.analyses.roles.options", "headscope.analyses.roles.scores",
+                  "headscope.analyses.roles.tables", "headscope.analyses.roles.targets",
+                  "headscope.analyses.sep_gradient", "headscope.analyses.similarity", "headscope.analyses.span",
+                  "headscope.analyses.surface", "headscope.analyses.syntax", "headscope.analyses.findings",
+                  "headscope.analyses.labels", *(f"headscope.analyses.labels.{name}" for name in (
+                      "coref", "decoder_heads", "distance", "head_effects", "importance", "retrieval", "roles",
+                      "span", "surface", "syntax")))),
+    ("atlas", ("headscope.atlas",)),
+    ("report", ("headscope.report", "headscope.report.build", "headscope.report.overview",
+                "headscope.report.sections", *(f"headscope.report.sections.{name}" for name in (
+                    "ablation", "coref", "decoder_heads", "distance", "examples", "head_effects", "importance",
+                    "probe", "pruning", "retrieval", "roles", "sep_gradient", "similarity", "span", "surface",
+                    "syntax")))),
+    ("run loop", ("headscope.runner", "headscope.runner.feed", "headscope.runner.checkpoint",
+                  "headscope.runner.passes", "headscope.runner.intervene", "headscope.runner.ray_engine",
+                  "headscope.runner.preflight", "headscope.runner.console", "headscope.runner.usage",
+                  "headscope.runner.plan", "headscope.runner.signature")),
+    ("orchestration", ("headscope.runner.orchestrate",)),
+    ("commands", ("headscope.comparison", *(f"headscope.comparison.{name}" for name in (
+        "result", "stats", "figures", "page", "save", "command")), "headscope.viewer", "headscope.report.command",
+        "headscope.session")),
+    ("api and cli", ("headscope.cli", "headscope.catalog", "headscope.__main__", "headscope")),
 ]
+
+MODULES = {"headscope" + "".join("." + part for part in p.relative_to(SRC).with_suffix("").parts
+                                 if part != "__init__") for p in SRC.rglob("*.py")}
 
 
 def module_name(path: Path) -> str:
@@ -47,7 +77,13 @@ def module_name(path: Path) -> str:
 
 
 def imports(path: Path, typing_too: bool = True) -> set[str]:
-    """The ``headscope`` modules ``path`` imports (without ``typing_too``: leaving out ``TYPE_CHECKING`` blocks)."""
+    """The ``headscope`` modules ``path`` imports (without ``typing_too``: leaving out ``TYPE_CHECKING`` blocks).
+
+    ``from headscope.model import gguf_cache`` imports the module ``headscope.model.gguf_cache`` (and the package).
+    A string literal that names a module of the package is an import too: lazy exports (``_EXPORTS``),
+    ``importlib.import_module(...)`` and the CLI's table of subcommand modules import by name. The module's
+    own packages are left out (they run before it).
+    """
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
@@ -56,24 +92,42 @@ def imports(path: Path, typing_too: bool = True) -> set[str]:
             return
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("headscope"):
             found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in MODULES)
         elif isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.startswith("headscope"))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in MODULES:
+            found.add(node.value)
         for child in ast.iter_child_nodes(node):
             visit(child)
 
     visit(ast.parse(path.read_text(encoding="utf-8")))
-    return found
+    # Its own packages have run before the module does (importing ``a.b.c`` runs ``a`` and ``a.b`` first), so
+    # naming one (the logger "headscope", ``resources.files("headscope.report")``) adds no dependency.
+    name = module_name(path)
+    parts = name.split(".")
+    return found - {".".join(parts[:k]) for k in range(1, len(parts) + 1)}
+
+
+LISTED = {module: rank for rank, (_, modules) in enumerate(LAYERS) for module in modules}
 
 
 def layer_of(module: str) -> int:
-    best, rank = -1, -1
-    for k, (_, prefixes) in enumerate(LAYERS):
-        for prefix in prefixes:
-            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best:
-                best, rank = len(prefix), k
-    if rank < 0:
+    """The layer of ``module`` (a name a module imports may be a class or function of a module: its module's)."""
+    name = module
+    while name not in LISTED and "." in name:
+        name = name.rpartition(".")[0]
+    if name not in LISTED:
         raise AssertionError(f"{module} is in no layer of tests/test_layers.py")
-    return rank
+    return LISTED[name]
+
+
+def test_every_module_has_a_layer() -> None:
+    unlisted = sorted(MODULES - set(LISTED))
+    assert not unlisted, f"modules in no layer of tests/test_layers.py (place each in LAYERS): {unlisted}"
+    gone = sorted(set(LISTED) - MODULES)
+    assert not gone, f"LAYERS names modules that do not exist: {gone}"
+    twice = sorted(m for m in LISTED if sum(m in modules for _, modules in LAYERS) > 1)
+    assert not twice, f"modules in two layers: {twice}"
 
 
 GRAPH = {module_name(p): imports(p) for p in SRC.rglob("*.py")}
@@ -204,3 +258,12 @@ def test_analyses_import_no_model_or_corpus_at_run_time(path: Path) -> None:
                        + ", ".join(f"{where}:{line} {name}" for line, name in found)
                        + "; an analysis reads what the corpus and the encoder put on the example, or asks the "
                        "run's context (docs/design.md, Adding an analysis)")
+
+
+def test_imports_by_name_are_followed() -> None:
+    """Lazy exports, ``from package import module`` and the CLI's subcommand table count as imports."""
+    assert "headscope.runner.orchestrate" in GRAPH["headscope"]  # _EXPORTS: headscope.run
+    assert "headscope.comparison.command" in GRAPH["headscope.cli"]  # MODULE_COMMANDS, imported with import_module
+    assert "headscope.report.build" in GRAPH["headscope.report"]
+    assert "headscope.engine.capture" in GRAPH["headscope.session"]
+    assert "headscope.runner.passes" in GRAPH["headscope.runner.orchestrate"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import headscope.orchestrate
+import headscope.runner.orchestrate
 from headscope.cli import main
 
 
@@ -25,7 +25,7 @@ def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise ModelLoaded
 
-    monkeypatch.setattr(headscope.orchestrate, "open_context", refuse)
+    monkeypatch.setattr(headscope.runner.orchestrate, "open_context", refuse)
 
 
 def missing(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:

@@ -27,8 +27,8 @@ from headscope.config import RunConfig
 from headscope.corpus.types import Sentence
 from headscope.corpus.vectors import WordVectors
 from headscope.engine.batch import collate
-from headscope.engine.feed import feed_attention
 from headscope.model.encode import Example
+from headscope.runner.feed import feed_attention
 from reference import word_attention_reference
 
 SMALL_TREEBANK = """# sent_id = a

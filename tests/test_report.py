@@ -18,13 +18,13 @@ from headscope.cli import main
 from headscope.corpus.text import split_words
 from headscope.corpus.types import Sentence
 from headscope.engine.batch import collate
-from headscope.engine.feed import feed_attention
 from headscope.engine.results import RunResult
 from headscope.manifest import Manifest
 from headscope.model.encode import Encoder
 from headscope.report.build import ROWS_PER_HEAD, head_columns, head_tables
 from headscope.report.figures import COLUMN_WIDTH
 from headscope.report.page import script_json
+from headscope.runner.feed import feed_attention
 
 XSS = ("<script>alert(1)</script>", '"><img src=x onerror=alert(1)>')
 

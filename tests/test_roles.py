@@ -23,9 +23,9 @@ from headscope.analyses.roles import (
 )
 from headscope.corpus.types import Sentence
 from headscope.engine.batch import collate
-from headscope.engine.feed import feed_attention
 from headscope.manifest import Manifest
 from headscope.model.encode import Encoder
+from headscope.runner.feed import feed_attention
 from reference import sieve_scores, word_attention_reference
 
 LAYERS, HEADS = 2, 3

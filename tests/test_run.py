@@ -15,7 +15,7 @@ from headscope.analyses.surface import STATISTICS
 from headscope.cli import main
 from headscope.errors import UsageError
 from headscope.model.load import AttentionUnavailableError, check_attention
-from headscope.orchestrate import NoUsableInputError
+from headscope.runner.orchestrate import NoUsableInputError
 
 CONLLU = """# sent_id = s1
 1\tThe\tthe\tDET\t_\t_\t2\tdet\t_\t_

@@ -19,7 +19,7 @@ from headscope.analyses.similarity import (
     pairwise_js_sum,
     smooth_rows,
 )
-from headscope.engine.feed import feed_attention
+from headscope.runner.feed import feed_attention
 from reference import js_divergence
 
 N_LAYERS, N_HEADS = 2, 3

@@ -16,7 +16,7 @@ import torch
 import headscope
 from headscope.analyses.decoder_heads import DecoderHeads, DecoderHeadsOptions
 from headscope.engine.batch import collate
-from headscope.engine.feed import feed_attention
+from headscope.runner.feed import feed_attention
 from test_decoder_heads import _example, _padded
 
 

@@ -23,9 +23,9 @@ from headscope.analyses.syntax import (
 from headscope.config import RunConfig
 from headscope.corpus.types import Sentence
 from headscope.engine.batch import collate
-from headscope.engine.feed import feed_attention
 from headscope.manifest import Manifest
 from headscope.model.encode import Example
+from headscope.runner.feed import feed_attention
 
 
 def make_example(index: int, heads: list[int], deprels: list[str], file: str = "tb.conllu",

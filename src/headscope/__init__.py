@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from headscope.engine import RunResult, word_attention
     from headscope.manifest import Manifest
     from headscope.model import Encoder, Example, load_model
-    from headscope.orchestrate import document_run, run  # noqa: F401 (document_run: not in __all__)
     from headscope.report import build_report
+    from headscope.runner.orchestrate import document_run, run  # noqa: F401 (document_run: not in __all__)
     from headscope.session import Session
     from headscope.viewer import view
 
@@ -35,7 +35,8 @@ _EXPORTS = {
     "register": "headscope.analyses", "Comparison": "headscope.comparison", "compare": "headscope.comparison",
     "RunConfig": "headscope.config", "RunResult": "headscope.engine", "word_attention": "headscope.engine",
     "Manifest": "headscope.manifest", "Encoder": "headscope.model", "Example": "headscope.model",
-    "load_model": "headscope.model", "run": "headscope.orchestrate", "document_run": "headscope.orchestrate",
+    "load_model": "headscope.model", "run": "headscope.runner.orchestrate",
+    "document_run": "headscope.runner.orchestrate",
     "build_report": "headscope.report", "view": "headscope.viewer", "Session": "headscope.session",
 }
 

@@ -112,7 +112,7 @@ def main_run(args: argparse.Namespace) -> int:
     if not kwargs.get("quiet"):
         kwargs.pop("quiet", None)
     check_run_arguments(kwargs)
-    from headscope.orchestrate import run
+    from headscope.runner.orchestrate import run
 
     result = run(**kwargs)
     out = result.run["config"]["out"]

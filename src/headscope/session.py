@@ -20,7 +20,7 @@ from headscope.engine.capture import ensure_route
 from headscope.errors import UsageError
 from headscope.model.inmemory import MemoryModelInfo, from_memory, preserved
 from headscope.model.load import LoadedModel, load_model
-from headscope.orchestrate import run_with
+from headscope.runner.orchestrate import run_with
 
 if TYPE_CHECKING:
     from headscope.engine.results import RunResult

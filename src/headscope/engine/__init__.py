@@ -1,5 +1,5 @@
 """Batching, layer-by-layer attention capture, word-level attention and the passes (the run itself is
-:func:`headscope.orchestrate.run`, one layer above)."""
+:func:`headscope.runner.orchestrate.run`, one layer above)."""
 
 from headscope.engine.batch import Batch, bucket_batches, collate
 from headscope.engine.capture import LayerAttention, capture, capture_stacked

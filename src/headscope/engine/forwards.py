@@ -3,7 +3,7 @@
 An analysis that needs more than the attention maps of the main pass (gates on head outputs, gradients,
 inputs of its own, generation) is an *intervention*: it describes each pass it needs as a :class:`Pass`
 (which examples, and for each batch which :class:`Forward` runs), and the engine runs them
-(:mod:`headscope.engine.intervene`), with progress, on the model's device, handing each forward's
+(:mod:`headscope.runner.intervene`), with progress, on the model's device, handing each forward's
 :class:`ForwardOutput` (losses, hidden states, gate gradients, attention blocks) back to the analysis. The
 analysis never holds the model, the corpus or the manifest; what a pass needs of them is here.
 

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import inspect
 import logging
 import platform
 import sys
-import textwrap
 import time
-from collections.abc import Callable, Iterator
 from functools import reduce
 from pathlib import Path
 from typing import Any
@@ -31,31 +28,32 @@ from headscope.analyses import AnalysisResult
 from headscope.analyses.registry import (
     ALL,
     NEED_HINTS,
-    REGISTRY,
     TRAINED_LOSSES,
     check_inputs,
     check_weights,
     expand_all,
-    public_name,
     resolve_analyses,
     split_options,
 )
 from headscope.atlas import atlas_summary, build_atlas, parse_thresholds
-from headscope.config import CONFIG_GROUPS, MEMORY, RunConfig
+from headscope.config import MEMORY, RunConfig
 from headscope.corpus.memory import MemoryCorpus, check_tokenlists, open_dataset, text_source
-from headscope.engine.checkpoint import CheckpointError, Progress, differences, fingerprint, restore
-from headscope.engine.checkpoint import read as read_checkpoint
-from headscope.engine.checkpoint import remove as remove_checkpoint
-from headscope.engine.console import with_console_logging
 from headscope.engine.context import open_context
-from headscope.engine.intervene import run_passes
 from headscope.engine.outdir import prepare as prepare_output
-from headscope.engine.passes import local_pass, ray_pass
-from headscope.engine.preflight import check_dependencies
 from headscope.engine.results import RunResult, write_json
 from headscope.errors import UsageError
 from headscope.model.inmemory import MemoryModelInfo, from_memory, preserved, refresh
 from headscope.model.load import LoadedModel
+from headscope.runner.checkpoint import CheckpointError, Progress, differences, fingerprint, restore
+from headscope.runner.checkpoint import read as read_checkpoint
+from headscope.runner.checkpoint import remove as remove_checkpoint
+from headscope.runner.console import with_console_logging
+from headscope.runner.intervene import run_passes
+from headscope.runner.passes import local_pass, ray_pass
+from headscope.runner.plan import announce_plan
+from headscope.runner.preflight import check_dependencies
+from headscope.runner.signature import keyword_docs, run_signature
+from headscope.runner.usage import check_device, check_files, usage_errors
 
 logger = logging.getLogger("headscope")
 
@@ -73,63 +71,6 @@ def _versions() -> dict[str, str]:
     return {"headscope": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
             "transformers": transformers.__version__, "numpy": np.__version__, "pandas": pandas.__version__,
             "platform": platform.platform()}
-
-
-@contextlib.contextmanager
-def usage_errors() -> Iterator[None]:
-    """A ValueError raised inside is a :class:`UsageError` (the run as asked for cannot be done; exit status 2)."""
-    try:
-        yield
-    except UsageError:
-        raise
-    except CheckpointError:
-        raise
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
-
-
-def check_files(config: RunConfig) -> None:
-    """Refuse input files that are missing, empty or not text (unless ``--skip-missing``), before the load."""
-    problem = config.file_problems()
-    if problem:
-        raise UsageError(problem)
-
-
-def check_device(device: str) -> None:
-    """Refuse a GPU device that torch cannot use on this machine, in one line, before the load."""
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        why = ("this torch is a CPU build" if torch.version.cuda is None  # type: ignore[attr-defined]
-               else "torch sees no CUDA GPU on this machine")
-        raise UsageError(f"--device {device}: {why} (torch {torch.__version__}); use --device cpu or auto")
-    if device.startswith("cuda:") and int(device.split(":")[1]) >= torch.cuda.device_count():
-        raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
-                         f"numbered from 0")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise UsageError("--device mps: torch cannot use Apple's MPS on this machine; use --device cpu or auto")
-
-
-def announce_plan(sequences: int | None, analyses: list[Any], ctx: Any, skipped: dict[str, str], expanded: bool
-                  ) -> None:
-    """Say before the main pass what the run will do and roughly what its analyses' own passes cost, in forwards
-    of one sequence against the main pass's sequences (for ``--analyses all``, or whenever an analysis runs
-    passes of its own), and what ``all`` left out and why. On the progress log: shown unless ``--quiet``.
-    ``sequences`` is the corpus's segment limit (None: the whole corpus, its size unknown before the pass)."""
-    costs = {a.name: a.planned_forwards(ctx, sequences or 1000) for a in analyses}
-    extra = {name: n for name, n in costs.items() if n}
-    if not expanded and not extra:
-        return
-    say = logging.getLogger("headscope.progress").info
-    say("%s runs: %s", "--analyses all" if expanded else "the run", ", ".join(a.name for a in analyses))
-    if extra:
-        parts = ", ".join(f"{name} ~{n:,}" for name, n in sorted(extra.items(), key=lambda kv: -kv[1]))
-        ratio = f", about {sum(extra.values()) / sequences:.0f}x the main pass" if sequences else ""
-        say("besides the main pass (%s), their own passes run %s forwards of one sequence (a backward counts 2)%s",
-            f"~{sequences} sequences" if sequences else "every sequence of the corpus", parts, ratio)
-    if skipped:
-        by_reason: dict[str, list[str]] = {}
-        for name, why in skipped.items():
-            by_reason.setdefault(why, []).append(name)
-        say("left out of all: %s", "; ".join(f"{', '.join(names)} ({why})" for why, names in by_reason.items()))
 
 
 @with_console_logging  # progress lines and headscope: warnings on stderr when the caller configured no logging
@@ -354,75 +295,6 @@ def _memory_inputs(kwargs: dict[str, Any]) -> tuple[Any, Any, Any, list[Any] | N
     return memory_model, tokenizer, texts, tokenlists
 
 
-def _field_default(f: dataclasses.Field, missing: Any) -> Any:
-    """The default of dataclass field ``f`` (its factory called), or ``missing`` when it has none."""
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return missing
-
-
-def _keyword_docs() -> str:
-    """The "Keyword arguments" part of :func:`run`'s docstring: every field of :class:`RunConfig` and of each
-    analysis's ``Options``, under its public (namespaced) name, with its type, default and help."""
-
-    def entries(cls: type, public: Callable[[str], str], fields: list[dataclasses.Field] | None = None) -> list[str]:
-        out = []
-        for f in dataclasses.fields(cls) if fields is None else fields:
-            default = _field_default(f, None)
-            # A keyword whose command-line flag is its negation (--no-report) is described as the keyword.
-            text = f.metadata.get("api_help") or f.metadata.get("help", "")
-            help_text = textwrap.fill(" ".join(str(text).split()), 100,
-                                      initial_indent="    ", subsequent_indent="    ")
-            out.append(f"{public(f.name)} : {f.type}, default {default!r}\n{help_text}")
-        return out
-
-    parts = ["Keyword arguments", "-----------------"]
-    for group, description in CONFIG_GROUPS.items():
-        fields = [f for f in dataclasses.fields(RunConfig) if f.metadata.get("group") == group]
-        parts += ["", textwrap.fill(f"Run settings: {group} ({description}):", 104), "",
-                  *entries(RunConfig, lambda name: name, fields)]
-    for name, cls in sorted(REGISTRY.items()):
-        if cls.Options is not None:
-            parts += ["", textwrap.fill(f"Options of ``{name}`` ({cls.description}):", 104), "",
-                      *entries(cls.Options, functools.partial(public_name, cls))]
-    return "\n".join(parts)
-
-
-def run_signature() -> inspect.Signature:
-    """:func:`run`'s signature: ``config`` (positional only), then every field of :class:`RunConfig` and of
-    each registered analysis's ``Options`` as a keyword-only parameter, under its public name, with its default
-    and type (as written in the dataclass)."""
-
-    def parameters(cls: type, public: Callable[[str], str]) -> list[inspect.Parameter]:
-        return [inspect.Parameter(public(f.name), inspect.Parameter.KEYWORD_ONLY, annotation=f.type,
-                                  default=_field_default(f, inspect.Parameter.empty))
-                for f in dataclasses.fields(cls)]
-
-    params = [inspect.Parameter("config", inspect.Parameter.POSITIONAL_ONLY, default=None,
-                                annotation="RunConfig | None"),
-              *parameters(RunConfig, lambda name: name)]
-    for cls in (REGISTRY[name] for name in sorted(REGISTRY)):
-        if cls.Options is not None:
-            params += parameters(cls.Options, functools.partial(public_name, cls))
-    return RunSignature(params, return_annotation="RunResult")
-
-
-class RunSignature(inspect.Signature):
-    """:func:`run`'s signature: every keyword in ``parameters`` (completion in editors and notebooks), written
-    short (``help(headscope.run)``, ``run?``): the keywords most runs set, then ``**options`` for the hundred
-    others, which the docstring lists with their defaults. One line of every keyword ran to 3,500 characters."""
-
-    #: The keywords the short form names.
-    SHOWN = ("model", "text", "treebank", "analyses", "out")
-
-    def __str__(self) -> str:
-        shown = [str(p.replace(annotation=inspect.Parameter.empty)) for name, p in self.parameters.items()
-                 if name in self.SHOWN]
-        return f"(config=None, /, *, {', '.join(shown)}, **options) -> RunResult"
-
-
 def document_run() -> None:
     """Give :func:`run` its signature (:func:`run_signature`) and append every keyword (run settings by group,
     each registered analysis's options) to its docstring.
@@ -431,7 +303,7 @@ def document_run() -> None:
     registering another analysis) rebuilds both.
     """
     head = inspect.cleandoc(run.__doc__ or "").split("\n\nKeyword arguments\n")[0]
-    run.__doc__ = f"{head}\n\n{_keyword_docs()}\n"
+    run.__doc__ = f"{head}\n\n{keyword_docs()}\n"
     run.__signature__ = run_signature()  # type: ignore[attr-defined]
 
 
@@ -464,7 +336,7 @@ def add_atlas(result: RunResult) -> None:
 def _resumed_config(config: RunConfig, saved: dict[str, Any], explicit: dict[str, Any],
                     analysis_kwargs: dict[str, dict[str, Any]]) -> tuple[RunConfig, dict[str, dict[str, Any]]]:
     """The configuration of the run to resume: the checkpoint's, refusing any explicit option that differs."""
-    from headscope.engine.checkpoint import FREE_SETTINGS
+    from headscope.runner.checkpoint import FREE_SETTINGS
 
     free = {k: v for k, v in explicit.items() if k in FREE_SETTINGS}
     resumed = RunConfig(**{**saved["config"], **free, "out": config.resume, "resume": config.resume})

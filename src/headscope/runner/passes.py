@@ -2,7 +2,7 @@
 
 Both number the batches in the run's deterministic order (:meth:`RunContext.batches`), count every batch
 exactly once into the analyses' accumulators, record the counted batch numbers in a
-:class:`~headscope.engine.checkpoint.Progress`, checkpoint every ``--checkpoint-every`` batches, and on
+:class:`~headscope.runner.checkpoint.Progress`, checkpoint every ``--checkpoint-every`` batches, and on
 Ctrl-C/SIGTERM checkpoint and raise :class:`~headscope.engine.interrupt.RunInterrupted`.
 """
 
@@ -16,12 +16,12 @@ from typing import Any
 
 from headscope.analyses.base import Analysis
 from headscope.engine.batch import Batch
-from headscope.engine.checkpoint import Progress
-from headscope.engine.checkpoint import save as save_checkpoint
 from headscope.engine.context import RunContext
-from headscope.engine.feed import feed_batch
 from headscope.engine.interrupt import RunInterrupted, StopOnSignal
 from headscope.engine.progress import Tracker
+from headscope.runner.checkpoint import Progress
+from headscope.runner.checkpoint import save as save_checkpoint
+from headscope.runner.feed import feed_batch
 
 logger = logging.getLogger("headscope")
 
@@ -122,8 +122,8 @@ def local_pass(ctx: RunContext, analyses: list[Analysis], progress: Progress, fp
 
 def ray_pass(ctx: RunContext, analyses: list[Analysis], progress: Progress, fp: dict[str, Any]
              ) -> tuple[int, int]:
-    """The batches on a Ray cluster (:mod:`headscope.engine.ray_engine`)."""
-    from headscope.engine.ray_engine import run_on_ray
+    """The batches on a Ray cluster (:mod:`headscope.runner.ray_engine`)."""
+    from headscope.runner.ray_engine import run_on_ray
 
     checkpointer = _Checkpointer(ctx, analyses, progress, fp)
     segment = _Segment(progress, "ray")

@@ -19,25 +19,19 @@ import os
 import pickle
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from headscope.analyses.base import Analysis
 from headscope.config import RunConfig
-from headscope.engine.checkpoint import Progress
 from headscope.engine.context import RunContext
 from headscope.engine.interrupt import RunInterrupted
 from headscope.engine.progress import Tracker
 from headscope.engine.state import pack, unpack
+from headscope.runner.checkpoint import Progress
 
 logger = logging.getLogger("headscope")
-
-#: Fault injection for tests: ``"<batch number>:<marker file>"`` makes the worker that gets that batch exit
-#: abruptly once (the marker records that it did), as a killed process would.
-FAIL_ONCE_ENV = "HEADSCOPE_RAY_FAIL_ONCE"
-
 
 def _fresh(analyses: list[Analysis], ctx: RunContext) -> list[Analysis]:
     fresh = [type(a)(a.options) for a in analyses]
@@ -64,11 +58,10 @@ class BatchWorker:
             analysis.start(self.ctx.for_analyses())
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from headscope.engine.feed import feed_batch
+        from headscope.runner.feed import feed_batch
 
         ids, states = [], []
         for batch_id, examples in zip(rows["id"], rows["examples"], strict=True):
-            _maybe_fail(int(batch_id))
             analyses = self.analyses
             for analysis in analyses:
                 analysis.reset()  # each batch's state is that batch's alone (declared defaults: add_state)
@@ -76,16 +69,6 @@ class BatchWorker:
             states.append(pack({a.name: a.state_dict() for a in analyses}, extra={"used": used}))
             ids.append(int(batch_id))
         return {"id": np.asarray(ids, dtype=np.int64), "state": np.asarray(states, dtype=object)}
-
-
-def _maybe_fail(batch_id: int) -> None:
-    spec = os.environ.get(FAIL_ONCE_ENV)
-    if not spec:
-        return
-    target, marker = spec.split(":", 1)
-    if int(target) == batch_id and not Path(marker).exists():
-        Path(marker).write_text(str(os.getpid()), encoding="utf-8")
-        os._exit(1)
 
 
 def _init_ray(config: RunConfig) -> bool:
@@ -104,10 +87,9 @@ def _init_ray(config: RunConfig) -> bool:
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     if ray.is_initialized():
         return False
-    env = {"env_vars": {k: v for k, v in os.environ.items() if k == FAIL_ONCE_ENV}}
     # logging_level: ray.init sets the "ray" logger to INFO by default ("Started a local Ray instance").
     if config.ray_address:
-        ray.init(address=config.ray_address, runtime_env=env, log_to_driver=False, logging_level=logging.WARNING)
+        ray.init(address=config.ray_address, log_to_driver=False, logging_level=logging.WARNING)
     else:
         # A local instance turns token authentication on by itself (recent Ray) and warns that it did: the
         # secure default, kept; only that notice is held back while this instance starts (the warning that a
@@ -116,7 +98,7 @@ def _init_ray(config: RunConfig) -> bool:
         level = notice.level
         notice.setLevel(logging.ERROR)
         try:
-            ray.init(include_dashboard=False, runtime_env=env, log_to_driver=False, logging_level=logging.WARNING)
+            ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
         finally:
             notice.setLevel(level)
     return True
