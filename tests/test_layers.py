@@ -56,7 +56,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                   "headscope.analyses.syntax.arcs", "headscope.analyses.syntax.predict",
                   "headscope.analyses.syntax.selection", "headscope.analyses.probe.analysis",
                   "headscope.analyses.probe.features", "headscope.analyses.probe.store",
-                  "headscope.analyses.probe.training", "headscope.analyses.trees")),
+                  "headscope.analyses.probe.training", "headscope.analyses.trees", "headscope.analyses.findings",
+                  "headscope.analyses.labels", *(f"headscope.analyses.labels.{name}" for name in (
+                      "coref", "decoder_heads", "distance", "head_effects", "importance", "retrieval", "roles",
+                      "span", "surface", "syntax")))),
     ("atlas", ("headscope.atlas",)),
     ("report", ("headscope.report", "headscope.report.build", "headscope.report.overview",
                 "headscope.report.sections", *(f"headscope.report.sections.{name}" for name in (
@@ -68,7 +71,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                   "headscope.runner.preflight", "headscope.runner.console", "headscope.runner.usage",
                   "headscope.runner.plan", "headscope.runner.signature")),
     ("orchestration", ("headscope.runner.orchestrate",)),
-    ("commands", ("headscope.compare", "headscope.viewer", "headscope.report.command", "headscope.session")),
+    ("commands", ("headscope.comparison", *(f"headscope.comparison.{name}" for name in (
+        "result", "stats", "figures", "page", "save", "command")), "headscope.viewer", "headscope.report.command",
+        "headscope.session")),
     ("api and cli", ("headscope.cli", "headscope.catalog", "headscope.__main__", "headscope")),
 ]
 
@@ -268,7 +273,7 @@ def test_analyses_import_no_model_or_corpus_at_run_time(path: Path) -> None:
 def test_imports_by_name_are_followed() -> None:
     """Lazy exports, ``from package import module`` and the CLI's subcommand table count as imports."""
     assert "headscope.runner.orchestrate" in GRAPH["headscope"]  # _EXPORTS: headscope.run
-    assert "headscope.compare" in GRAPH["headscope.cli"]  # MODULE_COMMANDS, imported with import_module
+    assert "headscope.comparison.command" in GRAPH["headscope.cli"]  # MODULE_COMMANDS, imported with import_module
     assert "headscope.report.build" in GRAPH["headscope.report"]
     assert "headscope.engine.capture" in GRAPH["headscope.session"]
     assert "headscope.runner.passes" in GRAPH["headscope.runner.orchestrate"]

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
     import numpy as np
 
+    from headscope.analyses.findings import AtlasLabels, Behaviour, Ranking
     from headscope.engine.batch import Batch
     from headscope.engine.capture import LayerAttention
     from headscope.engine.context import AnalysisContext
@@ -109,6 +110,14 @@ class Analysis(ABC):
     needs: ClassVar[tuple[str, ...]] = ()
     """What the run must offer for ``--analyses all`` to include this analysis: ``treebank``,
     ``coreference``, ``causal`` (a decoder LM) or ``encoder``."""
+    ranking: ClassVar[Ranking | None] = None
+    """A per-head score of its results that pruning prunes by, weakest first (:mod:`~headscope.analyses.findings`)."""
+    behaviour: ClassVar[Behaviour | None] = None
+    """The heads in which it identified a behaviour (pruning's seed claim)."""
+    atlas_labels: ClassVar[AtlasLabels | None] = None
+    """The head atlas's labels it gives: groups, thresholds and the rule (:mod:`headscope.analyses.labels`)."""
+    reads_findings: ClassVar[bool] = False
+    """True when it reads the others' declared rankings and behaviours: those that run finalize first."""
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None or self.Options is None else self.Options()

@@ -59,6 +59,7 @@ import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name
 from headscope.analyses.conventions import effective_conventions
+from headscope.analyses.labels.decoder_heads import LABELS as ATLAS_LABELS
 from headscope.analyses.registry import register
 from headscope.analyses.stats import CONFIDENCE, mean_or_nan, means_or_nan, percentile_intervals, poisson_weights
 from headscope.config import check_minimum, option
@@ -390,6 +391,7 @@ class DecoderHeads(Analysis):
     name = "decoder_heads"
     option_prefix = "decoder"
     report_order = 15
+    atlas_labels = ATLAS_LABELS
     reads_pieces = True
     needs = ("causal",)
     description = ("decoder LMs: previous-token, duplicate-token, induction, prefix-matching and attention-sink "

@@ -54,6 +54,8 @@ import numpy as np
 
 from headscope.analyses import stats
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name
+from headscope.analyses.findings import Ranking
+from headscope.analyses.labels.head_effects import LABELS as ATLAS_LABELS
 from headscope.analyses.registry import register
 from headscope.analyses.stats import CONFIDENCE
 from headscope.config import check_choices, check_minimum, option
@@ -269,6 +271,8 @@ class HeadEffects(Analysis):
     name = "head_effects"
     costly = "about half a forward per head per batch of its sample (replayed from the layer inputs)"
     report_order = 68
+    ranking = Ranking("effect", measured=True, order=40, describe="the head's exact ablation effect on the loss")
+    atlas_labels = ATLAS_LABELS
     description = ("each head's mean-ablation effect on the loss, bootstrap interval, and attribution patching "
                    "(AtP) beside it")
     Options = HeadEffectsOptions

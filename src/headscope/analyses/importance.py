@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame
+from headscope.analyses.labels.importance import LABELS as ATLAS_LABELS
 from headscope.analyses.registry import register
 from headscope.config import check_choices, check_minimum, option
 from headscope.engine.forwards import CONTRASTIVE_TEMPERATURE, CorpusRows, GateGradient, Pass
@@ -90,6 +91,7 @@ class HeadImportance(Analysis):
 
     name = "importance"
     report_order = 65
+    atlas_labels = ATLAS_LABELS
     description = "head importance E|dL/dxi| (Michel et al. 2019): MLM, next-token or contrastive loss"
     Options = ImportanceOptions
     intervenes = True

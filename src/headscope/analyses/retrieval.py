@@ -49,6 +49,7 @@ import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name
 from headscope.analyses.conventions import effective_conventions
+from headscope.analyses.labels.retrieval import LABELS as ATLAS_LABELS
 from headscope.analyses.registry import register
 from headscope.analyses.stats import bootstrap_indices, mean_or_nan, percentile_intervals
 from headscope.config import check_minimum, option
@@ -350,6 +351,7 @@ class RetrievalHeads(Analysis):
 
     name = "retrieval"
     report_order = 16
+    atlas_labels = ATLAS_LABELS
     needs = ("causal",)
     description = "decoder LMs: retrieval heads, which copy a needle from a long context (Wu et al. 2024)"
     Options = RetrievalOptions

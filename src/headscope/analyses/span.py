@@ -44,6 +44,7 @@ import pandas as pd
 import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame
+from headscope.analyses.labels.span import LABELS as ATLAS_LABELS
 from headscope.analyses.registry import register
 from headscope.analyses.stats import CONFIDENCE, bootstrap_indices, percentile_interval
 from headscope.config import check_minimum, option
@@ -256,6 +257,7 @@ class AttentionSpan(Analysis):
     name = "span"
     costly = "several passes at long context and a causal check"
     report_order = 17
+    atlas_labels = ATLAS_LABELS
     needs = ("causal",)
     description = ("decoder LMs: attention mass by distance at several context lengths, streaming (sink + "
                    "window) vs retrieval heads, a KV budget and its causal check (StreamingLLM, DuoAttention)")
