@@ -33,7 +33,7 @@ from headscope.analyses.syntax import (
     most_attended_words,
     word_unit_mask,
 )
-from headscope.compare import MixedConventionsError, compare
+from headscope.comparison import MixedConventionsError, compare
 from headscope.config import RunConfig
 from headscope.corpus.types import Sentence
 from headscope.engine.batch import collate

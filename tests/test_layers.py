@@ -33,8 +33,14 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                 "headscope.engine.wordlevel", "headscope.engine.norm_weights", "headscope.engine.rollout",
                 "headscope.engine.state", "headscope.engine.results", "headscope.engine.context",
                 "headscope.engine.codec", "headscope.engine.inputs", "headscope.engine.outdir",
-                "headscope.engine.interrupt", "headscope.engine.progress", "headscope.engine.forwards",
-                "headscope.engine.replay")),
+                "headscope.engine.interrupt",
+                "headscope.engine.progress", "headscope.engine.forwards", "headscope.engine.replay",
+                "headscope.engine.capture.blocks", "headscope.engine.capture.stream",
+                "headscope.engine.capture.attention", "headscope.engine.capture.padding",
+                "headscope.engine.capture.routes", "headscope.engine.forwards.vocabulary",
+                "headscope.engine.forwards.executor", "headscope.engine.forwards.losses",
+                "headscope.engine.forwards.gradients", "headscope.engine.forwards.ablations",
+                "headscope.engine.forwards.kv_budget", "headscope.engine.forwards.generation")),
     ("report parts", ("headscope.report.section", "headscope.report.figures", "headscope.report.heatmap",
                       "headscope.report.page", "headscope.report.viewpage")),
     ("analyses", ("headscope.analyses", "headscope.analyses.base", "headscope.analyses.registry",
@@ -49,7 +55,15 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                   "headscope.analyses.roles.options", "headscope.analyses.roles.scores",
                   "headscope.analyses.roles.tables", "headscope.analyses.roles.targets",
                   "headscope.analyses.sep_gradient", "headscope.analyses.similarity", "headscope.analyses.span",
-                  "headscope.analyses.span_masses", "headscope.analyses.surface", "headscope.analyses.syntax")),
+                  "headscope.analyses.span_masses", "headscope.analyses.surface", "headscope.analyses.syntax",
+                  "headscope.analyses.syntax.analysis",
+                  "headscope.analyses.syntax.arcs", "headscope.analyses.syntax.predict",
+                  "headscope.analyses.syntax.selection", "headscope.analyses.probe.analysis",
+                  "headscope.analyses.probe.features", "headscope.analyses.probe.store",
+                  "headscope.analyses.probe.training", "headscope.analyses.trees", "headscope.analyses.findings",
+                  "headscope.analyses.labels", *(f"headscope.analyses.labels.{name}" for name in (
+                      "coref", "decoder_heads", "distance", "head_effects", "importance", "retrieval", "roles",
+                      "span", "surface", "syntax")))),
     ("atlas", ("headscope.atlas",)),
     ("report", ("headscope.report", "headscope.report.build", "headscope.report.overview",
                 "headscope.report.sections", *(f"headscope.report.sections.{name}" for name in (
@@ -61,7 +75,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                   "headscope.runner.preflight", "headscope.runner.console", "headscope.runner.usage",
                   "headscope.runner.plan", "headscope.runner.signature")),
     ("orchestration", ("headscope.runner.orchestrate",)),
-    ("commands", ("headscope.compare", "headscope.viewer", "headscope.report.command", "headscope.session")),
+    ("commands", ("headscope.comparison", *(f"headscope.comparison.{name}" for name in (
+        "result", "stats", "figures", "page", "save", "command")), "headscope.viewer", "headscope.report.command",
+        "headscope.session")),
     ("api and cli", ("headscope.cli", "headscope.catalog", "headscope.__main__", "headscope")),
 ]
 
@@ -261,7 +277,7 @@ def test_analyses_import_no_model_or_corpus_at_run_time(path: Path) -> None:
 def test_imports_by_name_are_followed() -> None:
     """Lazy exports, ``from package import module`` and the CLI's subcommand table count as imports."""
     assert "headscope.runner.orchestrate" in GRAPH["headscope"]  # _EXPORTS: headscope.run
-    assert "headscope.compare" in GRAPH["headscope.cli"]  # MODULE_COMMANDS, imported with import_module
+    assert "headscope.comparison.command" in GRAPH["headscope.cli"]  # MODULE_COMMANDS, imported with import_module
     assert "headscope.report.build" in GRAPH["headscope.report"]
     assert "headscope.engine.capture" in GRAPH["headscope.session"]
     assert "headscope.runner.passes" in GRAPH["headscope.runner.orchestrate"]

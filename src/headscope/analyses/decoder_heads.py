@@ -67,10 +67,11 @@ from headscope.analyses.decoder_scores import (
     uniform_block,
 )
 from headscope.analyses.induction_probe import probe_candidates, probe_sequences
+from headscope.analyses.labels.decoder_heads import LABELS as ATLAS_LABELS
 from headscope.analyses.registry import register
 from headscope.analyses.stats import CONFIDENCE, mean_or_nan, means_or_nan, percentile_intervals, poisson_weights
 from headscope.config import check_minimum, option
-from headscope.engine.forwards import Forward, Pass, TokenRows
+from headscope.engine.forwards import Forward, Observe, Pass, TokenRows
 from headscope.seeds import Seeds
 
 if TYPE_CHECKING:
@@ -177,6 +178,7 @@ class DecoderHeads(Analysis):
     name = "decoder_heads"
     option_prefix = "decoder"
     report_order = 15
+    atlas_labels = ATLAS_LABELS
     reads_pieces = True
     needs = ("causal",)
     description = ("decoder LMs: previous-token, duplicate-token, induction, prefix-matching and attention-sink "
@@ -321,7 +323,7 @@ class DecoderHeads(Analysis):
              "seed": ctx.seeds.key("decoder_heads.probe", k)}
             for k, ids in enumerate(sequences)]
         yield Pass("decoder_heads: induction probe", TokenRows(tuple(sequences), has_bos),
-                   [Forward(attention="weights")])
+                   [Observe()])
 
     def update_pass_attention(self, batch: Batch, forward: Forward | Generate, block: LayerAttention) -> None:
         o = self.options

@@ -31,6 +31,8 @@ import pandas as pd
 import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name
+from headscope.analyses.findings import Behaviour
+from headscope.analyses.labels.distance import LABELS as ATLAS_LABELS
 from headscope.analyses.registry import register
 from headscope.analyses.stats import mean_or_nan
 from headscope.config import check_choices, option
@@ -378,6 +380,8 @@ class DistancePatterns(Analysis):
     name = "distance"
     accepts_rollout = True
     report_order = 62
+    behaviour = Behaviour(where=lambda heads: heads["pattern"] != "mixed", order=20)  # a named pattern
+    atlas_labels = ATLAS_LABELS
     reads_pieces = True
     description = "how far each head looks (signed-distance histogram, spread, entropy ...), clustered into " \
                   "named patterns (after Guan et al. 2020)"

@@ -237,9 +237,10 @@ def check_model_needs(names: list[str], model: str, is_causal: bool) -> None:
 
 
 def finalize_order(names: list[str]) -> list[str]:
-    """``names`` reordered so that every analysis comes after those of its ``after`` and ``after_if_run`` that
-    are among ``names``: a stable topological order (each step takes the first name, in the given order, whose
-    dependencies are all placed), so analyses without dependencies keep the order given.
+    """``names`` reordered so that every analysis comes after those of its ``after`` and ``after_if_run`` (and,
+    when it ``reads_findings``, those declaring a ranking or a behaviour) that are among ``names``: a stable
+    topological order (each step takes the first name, in the given order, whose dependencies are all placed),
+    so analyses without dependencies keep the order given.
 
     Raises
     ------
@@ -247,7 +248,10 @@ def finalize_order(names: list[str]) -> list[str]:
         On a cycle.
     """
     present = set(names)
-    deps = {name: {d for d in (*REGISTRY[name].after, *REGISTRY[name].after_if_run) if d in present and d != name}
+    # An analysis that reads the declared rankings and behaviours comes after every analysis that declares one.
+    declaring = {n for n in names if REGISTRY[n].ranking is not None or REGISTRY[n].behaviour is not None}
+    deps = {name: {d for d in (*REGISTRY[name].after, *REGISTRY[name].after_if_run,
+                               *(declaring if REGISTRY[name].reads_findings else ())) if d in present and d != name}
             for name in names}
     placed: list[str] = []
     left = list(dict.fromkeys(names))

@@ -49,6 +49,7 @@ import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name
 from headscope.analyses.conventions import effective_conventions
+from headscope.analyses.labels.retrieval import LABELS as ATLAS_LABELS
 from headscope.analyses.registry import register
 from headscope.analyses.retrieval_prompts import (
     NEEDLES,
@@ -235,6 +236,7 @@ class RetrievalHeads(Analysis):
 
     name = "retrieval"
     report_order = 16
+    atlas_labels = ATLAS_LABELS
     needs = ("causal",)
     description = "decoder LMs: retrieval heads, which copy a needle from a long context (Wu et al. 2024)"
     Options = RetrievalOptions

@@ -27,7 +27,7 @@ of its attention at every length (the mean over rows, ``span_coverage_<length>``
 
 The causal check: on ``span_check_texts`` held-out windows (after the measured ones) at the longest length, the
 next-token loss with every head whole, with the budget applied (each streaming head's attention masked to the
-sink and its last W keys: :class:`~headscope.engine.forwards.Forward` ``kv_budget``), and with the same budget on
+sink and its last W keys: :class:`~headscope.engine.forwards.Loss` ``kv_budget``), and with the same budget on
 as many heads drawn at random (seeded). ``span_check.csv`` gives each loss and its change from the whole model
 with a 95% bootstrap interval over the held-out windows (the same resamples for both, so the two compare).
 """
@@ -43,6 +43,7 @@ import pandas as pd
 import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame
+from headscope.analyses.labels.span import LABELS as ATLAS_LABELS
 from headscope.analyses.registry import register
 from headscope.analyses.span_masses import (
     BEYOND,
@@ -60,7 +61,7 @@ from headscope.analyses.span_masses import (
 )
 from headscope.analyses.stats import CONFIDENCE, bootstrap_indices, percentile_interval
 from headscope.config import check_minimum, option
-from headscope.engine.forwards import Forward, Pass, TokenRows
+from headscope.engine.forwards import Forward, Loss, Observe, Pass, TokenRows
 from headscope.seeds import Seeds
 
 if TYPE_CHECKING:
@@ -175,6 +176,7 @@ class AttentionSpan(Analysis):
     name = "span"
     costly = "several passes at long context and a causal check"
     report_order = 17
+    atlas_labels = ATLAS_LABELS
     needs = ("causal",)
     description = ("decoder LMs: attention mass by distance at several context lengths, streaming (sink + "
                    "window) vs retrieval heads, a KV budget and its causal check (StreamingLLM, DuoAttention)")
@@ -233,7 +235,7 @@ class AttentionSpan(Analysis):
             if length not in kept:
                 continue
             rows = TokenRows(tuple(w[:length] for w in measured), has_bos, kind="span")
-            yield Pass(f"span: {length} tokens", rows, [Forward(tag=("measure", k), attention="weights")])
+            yield Pass(f"span: {length} tokens", rows, [Observe(tag=("measure", k))])
         if not held_out:
             return
         if ctx.loss_kind is None:
@@ -250,11 +252,9 @@ class AttentionSpan(Analysis):
         random = flat.reshape(streaming.shape)
         self.plan_["random_heads"] = [f"L{la}H{he}" for la, he in zip(*np.nonzero(random), strict=True)]
         window = int(o.span_window)
-        forwards = [Forward(tag="base", loss="objective", per_sequence=True),
-                    Forward(tag="budget", loss="objective", per_sequence=True,
-                            kv_budget=budget_windows(streaming, window)),
-                    Forward(tag="random", loss="objective", per_sequence=True,
-                            kv_budget=budget_windows(random, window))]
+        forwards = [Loss(tag="base", per_sequence=True),
+                    Loss(tag="budget", per_sequence=True, kv_budget=budget_windows(streaming, window)),
+                    Loss(tag="random", per_sequence=True, kv_budget=budget_windows(random, window))]
         yield Pass(f"span: causal check, {kept[-1]} tokens", TokenRows(tuple(held_out), has_bos, kind="span"),
                    forwards)
 

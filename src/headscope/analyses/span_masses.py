@@ -104,7 +104,7 @@ def classify(coverage: np.ndarray, threshold: float) -> np.ndarray:
 
 def budget_windows(streaming: np.ndarray, window: int) -> np.ndarray:
     """Per-head key windows (int64 [layer, head]) of the KV budget: ``window`` for streaming heads, 0 (whole)
-    for the others (:class:`~headscope.engine.forwards.Forward` ``kv_budget``)."""
+    for the others (:class:`~headscope.engine.forwards.Loss` ``kv_budget``)."""
     return np.where(streaming, int(window), 0).astype(np.int64)
 
 

@@ -51,6 +51,8 @@ import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_name
 from headscope.analyses.conventions import as_float16, effective_conventions
+from headscope.analyses.findings import Behaviour, Ranking
+from headscope.analyses.labels.syntax import LABELS as ATLAS_LABELS
 from headscope.analyses.registry import register
 from headscope.analyses.relations import collapse_relation
 from headscope.analyses.splits import split_description, split_of
@@ -317,7 +319,7 @@ def most_attended_words(word_attn: torch.Tensor, is_word: torch.Tensor, self_wei
     return torch.stack(out)
 
 
-@dataclass(frozen=True)
+@dataclass
 class SyntaxOptions:
     """Options of the ``syntax`` analysis."""
 
@@ -353,6 +355,9 @@ class SyntaxHeads(Analysis):
     name = "syntax"
     accepts_rollout = True
     report_order = 30
+    ranking = Ranking("syntax_best_accuracy", order=20, describe="the accuracy of the head's best relation")
+    behaviour = Behaviour(table="syntax_best", order=30)  # a best head of a relation
+    atlas_labels = ATLAS_LABELS
     needs = ("treebank",)
     description = "heads that track dependency relations, vs. fixed-offset baselines (Clark et al. s4)"
     Options = SyntaxOptions
@@ -375,9 +380,9 @@ class SyntaxHeads(Analysis):
         self.n_layers_ = int(ctx.info.n_layers)
         self.n_heads_ = int(ctx.info.n_heads)
         self.device_ = ctx.device
-        self.mode_ = "first" if self.conventions_ == "clark" else ctx.word_attention
-        self.treebanks_ = list(ctx.treebanks)
-        self.seed_ = ctx.seeds.seed
+        self.mode_ = "first" if self.conventions_ == "clark" else ctx.config.word_attention
+        self.treebanks_ = [str(t) for t in ctx.config.treebank]
+        self.seed_ = int(ctx.config.seed)
         # Counts indexed by the relations seen so far, in the order first seen: merged by relation name (merge).
         self.add_state("relations_", [], reduce=None)
         # [direction, split, relation, layer, head]: direction first so correct_[d] is a contiguous view.
