@@ -17,7 +17,7 @@ from headscope.analyses import registry
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame
 from headscope.analyses.stats import mean_or_nan
 from headscope.config import RunConfig
-from headscope.engine.forwards import CorpusRows, Forward, Pass
+from headscope.engine.forwards import CorpusRows, LMLoss, Pass
 from headscope.engine.inputs import Corpus
 from headscope.manifest import Manifest
 from headscope.model.encode import Encoder
@@ -37,7 +37,7 @@ def examples_registered() -> Iterator[None]:
     before = dict(registry.REGISTRY)
     namespace = {"register": registry.register, "Analysis": Analysis, "AnalysisResult": AnalysisResult,
                  "head_frame": head_frame, "mean_or_nan": mean_or_nan, "torch": torch, "np": np, "pd": pd,
-                 "Forward": Forward, "Pass": Pass, "CorpusRows": CorpusRows}
+                 "LMLoss": LMLoss, "Pass": Pass, "CorpusRows": CorpusRows}
     blocks = _blocks()
     assert len(blocks) == 2, "design.md shows one observer and one intervention"
     for code in blocks:

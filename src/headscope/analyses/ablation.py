@@ -32,7 +32,7 @@ import torch
 from headscope.analyses.base import Analysis, AnalysisResult, head_name
 from headscope.analyses.registry import register
 from headscope.config import check_minimum, option
-from headscope.engine.forwards import LM_LOSSES, MASK_RATE, CorpusRows, Forward, Pass
+from headscope.engine.forwards import LM_LOSSES, MASK_RATE, CorpusRows, Forward, LMLoss, Pass
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
@@ -147,7 +147,7 @@ class PatternAblation(Analysis):
     def start(self, ctx: AnalysisContext) -> None:
         check_minimum(self.options, 1, "ablation_sequences")
         check_minimum(self.options, 0, "ablation_top")
-        # The LM loss when the model has one (the engine's Forward(loss="lm")), else the hidden states' drift.
+        # The LM loss when the model has one (the engine's LMLoss forward), else the hidden states' drift.
         self.metric = ctx.loss_kind if ctx.loss_kind in LM_LOSSES else "hidden_drift"
         self.conditions: list[Condition] = []
         self.add_state("tokens_", 0)
@@ -171,7 +171,7 @@ class PatternAblation(Analysis):
         n = min(self.options.ablation_sequences, ctx.examples)
         picked = np.random.default_rng(seed).choice(ctx.examples, size=n, replace=False)
         shape = (ctx.info.n_layers, ctx.info.n_heads)
-        forwards = [Forward(tag=j, gates=gates_closing(c.heads, *shape), loss="lm", hidden=True)
+        forwards = [LMLoss(tag=j, gates=gates_closing(c.heads, *shape))
                     for j, c in enumerate(self.conditions)]
         yield Pass("ablation", CorpusRows(frozenset(int(i) for i in picked)), forwards)
 

@@ -22,8 +22,9 @@ running sums. Attention is never held for every layer at once (:mod:`headscope.e
   ``update_pass(batch, forward, out)`` (and attention blocks in ``update_pass_attention``). It never holds
   the model, the corpus or the manifest;
 - ``merge(other)`` adds another accumulator of the same kind (shards, resumed runs): the result equals one
-  run over both parts. It comes from the declared reductions; an analysis overrides it only for state no
-  reduction describes (and says why);
+  run over both parts. It comes from the declared reductions (arrays indexed by keys met during the run
+  merge key by key: ``Keyed``), as the checkpoint does from the declarations (a state of objects declares
+  its ``Serializer``); no analysis writes its own;
 - ``finalize(ctx, results)`` returns an :class:`AnalysisResult` of tidy DataFrames. ``results`` holds the
   results of the analyses named in ``after`` (and in ``after_if_run``, when they run), which
   finalize first.
@@ -41,14 +42,16 @@ import pandas as pd
 import torch
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
+
+    import numpy as np
 
     from headscope.analyses.findings import AtlasLabels, Behaviour, Ranking
     from headscope.engine.batch import Batch
     from headscope.engine.capture import LayerAttention
     from headscope.engine.context import AnalysisContext
     from headscope.engine.forwards import Forward, ForwardOutput, Generate, Pass
-    from headscope.engine.state import Reduce, StateSpec
+    from headscope.engine.state import Reduce, Serializer, StateSpec
     from headscope.model.encode import Example
 
 
@@ -155,8 +158,12 @@ class Analysis(ABC):
 
     # declared state
 
-    def add_state(self, name: str, default: Any, reduce: Reduce = "sum") -> None:
+    def add_state(self, name: str, default: Any, reduce: Reduce = "sum", serializer: Serializer | None = None
+                  ) -> None:
         """Declare one state attribute and set it to ``default`` (call in :meth:`start`).
+
+        Only declared attributes are state: :meth:`merge`, :meth:`reset`, :meth:`state_dict` and
+        :meth:`load_state_dict` read the declarations and nothing else.
 
         Parameters
         ----------
@@ -166,23 +173,31 @@ class Analysis(ABC):
             Its value at the start (and after :meth:`reset`). A dict is a family of states reduced key by key
             (``{"cls": zeros, "sep": zeros}``, ``{"all": 0, "pair": 0}``); keys one shard has and another has
             not are kept.
-        reduce : {"sum", "max", "min", "cat"}, callable or None
-            How two shards' values combine in :meth:`merge` (:func:`headscope.engine.state.reduce_state`):
+        reduce : {"sum", "max", "min", "cat", "keys"}, Keyed or callable
+            How two shards' values combine in :meth:`merge` (:func:`headscope.engine.state.reduce_states`):
             elementwise sum, max or min; ``cat`` joins along the first dimension (lists: one after the other);
-            a callable ``(mine, theirs) -> merged`` for anything else; None when the analysis's own
-            :meth:`merge` combines it (it must then override :meth:`merge`).
+            ``keys`` joins a list of keys (relation labels met so far); ``Keyed(by, axis)`` sums an array whose
+            ``axis`` is indexed by the keys of the state ``by``, key by key (grow it with :meth:`grow_keys`);
+            a callable ``(mine, theirs) -> merged`` for anything else.
+        serializer : Serializer, optional
+            How a value that is not arrays and plain JSON (objects of the analysis's own) is saved and loaded
+            (:class:`headscope.engine.state.Serializer`).
         """
         # (function-level: the engine package's __init__ imports the run loop, which imports the analyses)
-        from headscope.engine.state import StateError, StateSpec, clone_state
+        from headscope.engine.state import StateSpec, check_spec, clone_state
 
-        if not name.endswith("_") or name.startswith("_"):
-            raise StateError(f"{type(self).__name__}: state {name!r} must end in '_' (and not start with it)")
-        if reduce is None and type(self).merge is Analysis.merge:
-            raise StateError(f"{type(self).__name__}: state {name} has no reduction and merge() is not overridden")
-        if isinstance(reduce, str) and reduce not in ("sum", "max", "min", "cat"):
-            raise StateError(f"{type(self).__name__}: unknown reduction {reduce!r} for {name}")
-        self.__dict__.setdefault("_states", {})[name] = StateSpec(reduce, clone_state(default))
+        spec = StateSpec(reduce, clone_state(default), serializer)
+        check_spec(type(self).__name__, name, spec, self.states)
+        self.__dict__.setdefault("_states", {})[name] = spec
         setattr(self, name, default)
+
+    def grow_keys(self, keys_state: str, keys: Sequence[Any]) -> np.ndarray:
+        """Positions of ``keys`` in the key list ``keys_state`` (declared with ``reduce="keys"``); keys not met
+        before are appended (sorted) and the states keyed by it grow with zeros. Returns int64 of shape
+        (len(keys),)."""
+        from headscope.engine.state import grow_keys
+
+        return grow_keys(self, keys_state, keys)
 
     @property
     def states(self) -> dict[str, StateSpec]:
@@ -236,41 +251,35 @@ class Analysis(ABC):
 
     def update_pass_attention(self, batch: Batch, forward: Forward | Generate,  # noqa: B027 (optional hook)
                               block: LayerAttention) -> None:
-        """Add one attention block of a forward with ``attention="weights"`` (the shape of :meth:`update`'s)."""
+        """Add one attention block of an :class:`~headscope.engine.forwards.Observe` forward (the shape of
+        :meth:`update`'s)."""
 
     def state_dict(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The running state as (numpy arrays by name, JSON-able dict): checkpoints and distributed merges.
+        """The declared states (:meth:`add_state`) as (numpy arrays by name, JSON-able dict): checkpoints and
+        distributed merges (:func:`headscope.engine.state.save_states`)."""
+        from headscope.engine.state import save_states
 
-        The default saves the declared states (:meth:`add_state`; every attribute ending in ``_`` when none is
-        declared) with :func:`headscope.engine.state.generic_state`; override both this and
-        :meth:`load_state_dict` when the state holds other objects.
-        """
-        from headscope.engine.state import generic_state
-
-        return generic_state(self, only=tuple(self.states) if self.states else None)
+        return save_states(self)
 
     def load_state_dict(self, arrays: dict[str, Any], meta: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict` into this analysis, already started on the same model."""
-        from headscope.engine.state import load_generic_state
+        from headscope.engine.state import load_states
 
-        load_generic_state(self, arrays, meta)
+        load_states(self, arrays, meta)
 
     def merge(self: _A, other: Analysis) -> _A:
-        """Add the state of ``other`` (same kind, same model) into this one and return self.
-
-        Every declared state is combined by its reduction; states declared with ``reduce=None`` are left to
-        an override, which calls this for the rest.
-        """
-        from headscope.engine.state import reduce_state
+        """Add the state of ``other`` (same kind, same model) into this one and return self: every declared
+        state combined by its reduction (:func:`headscope.engine.state.reduce_states`)."""
+        from headscope.engine.state import reduce_states
 
         if type(other) is not type(self):
             raise TypeError(f"cannot merge a {type(other).__name__} into a {type(self).__name__}")
         if not self.states:
-            raise NotImplementedError(f"{type(self).__name__} declares no state (add_state) and has no merge()")
-        for name, spec in self.states.items():
-            if spec.reduce is not None:
-                setattr(self, name, reduce_state(spec.reduce, getattr(self, name), getattr(other, name),
-                                                 f"{self.name}.{name}"))
+            raise NotImplementedError(f"{type(self).__name__} declares no state (add_state)")
+        values = reduce_states(self.states, {name: getattr(self, name) for name in self.states},
+                               {name: getattr(other, name) for name in self.states}, self.name)
+        for name, value in values.items():
+            setattr(self, name, value)
         return self
 
     @abstractmethod

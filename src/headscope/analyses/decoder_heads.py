@@ -63,7 +63,7 @@ from headscope.analyses.labels.decoder_heads import LABELS as ATLAS_LABELS
 from headscope.analyses.registry import register
 from headscope.analyses.stats import CONFIDENCE, mean_or_nan, means_or_nan, percentile_intervals, poisson_weights
 from headscope.config import check_minimum, option
-from headscope.engine.forwards import Forward, Pass, TokenRows
+from headscope.engine.forwards import Forward, Observe, Pass, TokenRows
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
@@ -554,7 +554,7 @@ class DecoderHeads(Analysis):
              "seed": [int(ctx.seed), PROBE_STREAM, k]}
             for k, ids in enumerate(sequences)]
         yield Pass("decoder_heads: induction probe", TokenRows(tuple(sequences), has_bos),
-                   [Forward(attention="weights")])
+                   [Observe()])
 
     def update_pass_attention(self, batch: Batch, forward: Forward | Generate, block: LayerAttention) -> None:
         o = self.options

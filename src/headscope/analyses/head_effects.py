@@ -59,7 +59,7 @@ from headscope.analyses.labels.head_effects import LABELS as ATLAS_LABELS
 from headscope.analyses.registry import register
 from headscope.analyses.stats import CONFIDENCE
 from headscope.config import check_choices, check_minimum, option
-from headscope.engine.forwards import MASK_RATE, CorpusRows, Forward, Pass
+from headscope.engine.forwards import MASK_RATE, Ablate, Attribution, CorpusRows, Forward, HeadSums, Pass
 from headscope.engine.progress import Tracker
 
 if TYPE_CHECKING:
@@ -101,11 +101,10 @@ def split_sample(examples: int, sequences: int, mean_sequences: int, seed: int
 def head_forwards(rows: int, replace: np.ndarray | None, replay: bool = True, grad_drop: bool = False
                   ) -> list[Forward]:
     """The forwards of one held-out batch: attribution patching (with AtP*'s GradDrop when asked), then the
-    baseline and every head closed (:attr:`~headscope.engine.forwards.Forward.ablate`: replayed from each
+    baseline and every head closed (:class:`~headscope.engine.forwards.Ablate`: replayed from each
     layer's cached input where exact, ``rows // batch_size`` heads of a layer per forward)."""
-    return [Forward(tag=("atp",), loss="objective", atp=True, replace=replace, grad_drop=grad_drop),
-            Forward(tag=("heads",), loss="objective", per_sequence=True, ablate=True, rows=rows, replace=replace,
-                    replay=replay)]
+    return [Attribution(tag=("atp",), replace=replace, grad_drop=grad_drop),
+            Ablate(tag=("heads",), rows=rows, replace=replace, replay=replay)]
 
 
 def bootstrap_effects(diff: np.ndarray, terms: np.ndarray, resamples: int, seed: int, quiet: bool = True
@@ -345,7 +344,7 @@ class HeadEffects(Analysis):
         keep = held | mean  # one stream of the corpus, cut in two
         if o.head_effects_ablation == "mean":
             yield Pass("head_effects: mean outputs", CorpusRows(keep, only=mean),
-                       [Forward(tag=("mean",), loss="objective", head_sums=True)])
+                       [HeadSums(tag=("mean",), loss="objective")])
         replace = self.replacement()
         rows = o.head_effects_rows or int(ctx.config.batch_size)
 
@@ -355,6 +354,7 @@ class HeadEffects(Analysis):
             yield Pass("head_effects: AtP*", CorpusRows(keep, only=held), [atp])
             self._verify = self.verify_pick(ctx, o.head_effects_verify_top)
             picked = tuple(sorted(self._verify["top"] + self._verify["control"]))
+            assert isinstance(ablate, Ablate)
             yield Pass("head_effects: baseline and verified ablations", CorpusRows(keep, only=held),
                        [dataclasses.replace(ablate, heads=picked)])
             return

@@ -30,12 +30,12 @@ from headscope.analyses.base import Analysis, AnalysisResult, head_frame
 from headscope.analyses.labels.importance import LABELS as ATLAS_LABELS
 from headscope.analyses.registry import register
 from headscope.config import check_choices, check_minimum, option
-from headscope.engine.forwards import CONTRASTIVE_TEMPERATURE, CorpusRows, Forward, Pass
+from headscope.engine.forwards import CONTRASTIVE_TEMPERATURE, CorpusRows, GateGradient, Pass
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
     from headscope.engine.context import AnalysisContext
-    from headscope.engine.forwards import ForwardOutput, Generate
+    from headscope.engine.forwards import Forward, ForwardOutput, Generate
 
 
 def normalize_importance(raw: np.ndarray, layers: bool = True, overall: bool = True) -> np.ndarray:
@@ -126,7 +126,7 @@ class HeadImportance(Analysis):
                        progress=False)
             return
         yield Pass("importance", sample_rows(ctx, self.options.importance_sequences, salt=14),
-                   [Forward(loss="objective", gate_grad=True)])
+                   [GateGradient()])
 
     def update_pass(self, batch: Batch, forward: Forward | Generate, out: ForwardOutput) -> None:
         assert out.gate_grad is not None

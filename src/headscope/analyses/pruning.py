@@ -45,12 +45,12 @@ from headscope.analyses.importance import normalize_importance
 from headscope.analyses.registry import register
 from headscope.analyses.stats import CONFIDENCE, percentile_interval
 from headscope.config import check_minimum, option
-from headscope.engine.forwards import CorpusRows, Forward, Pass
+from headscope.engine.forwards import CorpusRows, GateGradient, Loss, Pass
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
     from headscope.engine.context import AnalysisContext
-    from headscope.engine.forwards import ForwardOutput, Generate
+    from headscope.engine.forwards import Forward, ForwardOutput, Generate
 
 
 def bootstrap_indices(n: int, resamples: int, seed: int) -> np.ndarray:
@@ -254,7 +254,7 @@ class HeadPruning(Analysis):
             if key not in cache:
                 self._sequences = ([], [])
                 yield Pass("pruning: held-out loss", CorpusRows(keep, only=held),
-                           [Forward(gates=g.reshape(n_layers, n_heads), loss="objective", per_sequence=True)],
+                           [Loss(gates=g.reshape(n_layers, n_heads), per_sequence=True)],
                            progress=False)
                 cache[key] = (np.concatenate(self._sequences[0]), np.concatenate(self._sequences[1]))
             losses, terms = cache[key]
@@ -279,7 +279,7 @@ class HeadPruning(Analysis):
             if target > len(pruned):
                 self._grad = 0.0
                 yield Pass("pruning: importance", CorpusRows(keep, only=estimate),
-                           [Forward(gates=gates.copy(), loss="objective", gate_grad=True)], progress=False)
+                           [GateGradient(gates=gates.copy())], progress=False)
                 raw = np.where(gates > 0, self._grad, 0.0)
                 score = normalize_importance(raw, layers=True, overall=False).reshape(-1)
                 alive = [i for i in np.argsort(score, kind="stable") if gates.reshape(-1)[i] > 0]

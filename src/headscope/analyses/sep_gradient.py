@@ -46,13 +46,13 @@ from headscope.analyses.importance import sample_rows
 from headscope.analyses.registry import register
 from headscope.analyses.stats import mean_or_nan
 from headscope.config import check_choices, check_minimum, option
-from headscope.engine.forwards import CONTRASTIVE_TEMPERATURE, Forward, Pass, separator_id
+from headscope.engine.forwards import CONTRASTIVE_TEMPERATURE, AttentionGradients, Pass, separator_id
 
 if TYPE_CHECKING:
 
     from headscope.engine.batch import Batch
     from headscope.engine.context import AnalysisContext
-    from headscope.engine.forwards import ForwardOutput, Generate
+    from headscope.engine.forwards import Forward, ForwardOutput, Generate
 
 
 def sep_statistics(atts: tuple[torch.Tensor, ...], grads: tuple[torch.Tensor, ...], ids: torch.Tensor,
@@ -111,7 +111,8 @@ def with_eos(batch: Batch, eos_id: int, limit: int, bos_id: int | None = None) -
 
 
 def sep_sums(out: ForwardOutput, sep_id: int, causal: bool, examples: int) -> dict[str, np.ndarray]:
-    """The summed :func:`sep_statistics` of one forward with ``attention="gradients"`` over ``examples``."""
+    """The summed :func:`sep_statistics` of one :class:`~headscope.engine.forwards.AttentionGradients` forward
+    over ``examples``."""
     total: dict[str, np.ndarray] = {}
     for atts, grads, ids, mask in out.attention_gradients:
         stats = sep_statistics(atts, grads, ids, mask, sep_id, causal)
@@ -186,7 +187,7 @@ class SepGradient(Analysis):
         """One pass over a seeded sample: eager attention, its weights and ``dL/dA`` (with EOS put first
         when ``append_eos``)."""
         yield Pass("sep_gradient", sample_rows(ctx, self.options.sep_gradient_sequences, salt=19),
-                   [Forward(loss="objective", attention="gradients")], prepare=self.prepare)
+                   [AttentionGradients()], prepare=self.prepare)
 
     def prepare(self, batch: Batch) -> Batch:
         """The batch the model reads: with EOS first when ``append_eos`` (:func:`with_eos`)."""

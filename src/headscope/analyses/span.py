@@ -27,7 +27,7 @@ of its attention at every length (the mean over rows, ``span_coverage_<length>``
 
 The causal check: on ``span_check_texts`` held-out windows (after the measured ones) at the longest length, the
 next-token loss with every head whole, with the budget applied (each streaming head's attention masked to the
-sink and its last W keys: :class:`~headscope.engine.forwards.Forward` ``kv_budget``), and with the same budget on
+sink and its last W keys: :class:`~headscope.engine.forwards.Loss` ``kv_budget``), and with the same budget on
 as many heads drawn at random (seeded). ``span_check.csv`` gives each loss and its change from the whole model
 with a 95% bootstrap interval over the held-out windows (the same resamples for both, so the two compare).
 """
@@ -48,7 +48,7 @@ from headscope.analyses.labels.span import LABELS as ATLAS_LABELS
 from headscope.analyses.registry import register
 from headscope.analyses.stats import CONFIDENCE, bootstrap_indices, percentile_interval
 from headscope.config import check_minimum, option
-from headscope.engine.forwards import Forward, Pass, TokenRows
+from headscope.engine.forwards import Forward, Loss, Observe, Pass, TokenRows
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
@@ -183,7 +183,7 @@ def classify(coverage: np.ndarray, threshold: float) -> np.ndarray:
 
 def budget_windows(streaming: np.ndarray, window: int) -> np.ndarray:
     """Per-head key windows (int64 [layer, head]) of the KV budget: ``window`` for streaming heads, 0 (whole)
-    for the others (:class:`~headscope.engine.forwards.Forward` ``kv_budget``)."""
+    for the others (:class:`~headscope.engine.forwards.Loss` ``kv_budget``)."""
     return np.where(streaming, int(window), 0).astype(np.int64)
 
 
@@ -327,7 +327,7 @@ class AttentionSpan(Analysis):
             if length not in kept:
                 continue
             rows = TokenRows(tuple(w[:length] for w in measured), has_bos, kind="span")
-            yield Pass(f"span: {length} tokens", rows, [Forward(tag=("measure", k), attention="weights")])
+            yield Pass(f"span: {length} tokens", rows, [Observe(tag=("measure", k))])
         if not held_out:
             return
         if ctx.loss_kind is None:
@@ -344,11 +344,9 @@ class AttentionSpan(Analysis):
         random = flat.reshape(streaming.shape)
         self.plan_["random_heads"] = [f"L{la}H{he}" for la, he in zip(*np.nonzero(random), strict=True)]
         window = int(o.span_window)
-        forwards = [Forward(tag="base", loss="objective", per_sequence=True),
-                    Forward(tag="budget", loss="objective", per_sequence=True,
-                            kv_budget=budget_windows(streaming, window)),
-                    Forward(tag="random", loss="objective", per_sequence=True,
-                            kv_budget=budget_windows(random, window))]
+        forwards = [Loss(tag="base", per_sequence=True),
+                    Loss(tag="budget", per_sequence=True, kv_budget=budget_windows(streaming, window)),
+                    Loss(tag="random", per_sequence=True, kv_budget=budget_windows(random, window))]
         yield Pass(f"span: causal check, {kept[-1]} tokens", TokenRows(tuple(held_out), has_bos, kind="span"),
                    forwards)
 
