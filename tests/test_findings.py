@@ -114,3 +114,24 @@ def test_pruning_finalizes_from_its_checkpointed_state_alone(tiny_bert_mlm: Path
     assert table["seed"].dtype == "Int64" and list(table["order"].unique()) == ["importance", "random"]
     assert table.loc[table["order"] == "importance", "seed"].isna().all()  # saved as None, read back as NA
     assert table.loc[table["order"] == "random", "seed"].eq(0).all()
+
+
+def test_the_packaged_analyses_declare_what_pruning_and_the_atlas_read() -> None:
+    """The declarations of the packaged analyses, in their order (what pruning.csv, the seed claim and the atlas
+    list); an analysis whose declaration goes missing drops out of all three silently, so they are named here."""
+    from headscope.analyses.findings import declared_atlas_labels, declared_behaviours, declared_rankings
+
+    assert [name for name, _ in declared_rankings()] == ["roles", "syntax", "coref", "head_effects"]
+    assert [name for name, r in declared_rankings() if r.measured] == ["head_effects"]
+    assert [name for name, _ in declared_behaviours()] == ["roles", "distance", "syntax", "coref"]
+    assert [name for name, _ in declared_atlas_labels()] == [
+        "surface", "decoder_heads", "retrieval", "span", "roles", "syntax", "coref", "distance", "importance",
+        "head_effects"]
+
+
+def test_no_module_is_shadowed_by_a_package_of_its_name() -> None:
+    """``x.py`` beside a package ``x/``: Python imports the package, and the module's code is dead."""
+    src = Path(__file__).resolve().parents[1] / "src" / "headscope"
+    shadowed = sorted(str(p.relative_to(src)) for p in src.rglob("*.py")
+                      if (p.with_suffix("") / "__init__.py").is_file())
+    assert not shadowed, f"modules shadowed by a package of the same name: {shadowed}"

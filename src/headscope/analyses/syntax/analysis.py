@@ -11,6 +11,8 @@ import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult
 from headscope.analyses.conventions import as_float16, effective_conventions
+from headscope.analyses.findings import Behaviour, Ranking
+from headscope.analyses.labels.syntax import LABELS as ATLAS_LABELS
 from headscope.analyses.registry import register
 from headscope.analyses.splits import split_description, split_of
 from headscope.analyses.syntax.arcs import CLARK_OFFSETS, OFFSETS, batch_arcs
@@ -79,6 +81,9 @@ class SyntaxHeads(Analysis):
     name = "syntax"
     accepts_rollout = True
     report_order = 30
+    ranking = Ranking("syntax_best_accuracy", order=20, describe="the accuracy of the head's best relation")
+    behaviour = Behaviour(table="syntax_best", order=30)  # a best head of a relation
+    atlas_labels = ATLAS_LABELS
     needs = ("treebank",)
     description = "heads that track dependency relations, vs. fixed-offset baselines (Clark et al. s4)"
     Options = SyntaxOptions
