@@ -43,7 +43,7 @@ GOALS = {"surface": {1024: 1.3, 2048: 1.5}, "capture": {1024: 1.2, 2048: 1.2}}
 def windows(args: argparse.Namespace, length: int) -> tuple[Any, list[Any]]:
     """A run context at ``--max-length length`` and its first full windows (>= 95% of ``length`` tokens)."""
     from headscope.config import RunConfig
-    from headscope.engine.context import open_context
+    from headscope.runner.context import open_context
 
     config = RunConfig(model=args.model, batch_size=1, out=None, device=args.device, dtype=args.dtype,
                        max_length=length, quiet=True)

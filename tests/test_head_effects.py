@@ -15,11 +15,11 @@ import headscope
 from headscope.analyses.head_effects import HeadEffects, HeadEffectsOptions
 from headscope.config import RunConfig
 from headscope.engine.batch import Batch, collate
-from headscope.engine.context import open_context
 from headscope.engine.forwards import Attribution, HeadSums, Loss, loss_kind, run_forward
 from headscope.engine.results import RunResult
 from headscope.model.gates import HeadGates, find_output_projections
 from headscope.model.load import load_model
+from headscope.runner.context import open_context
 from headscope.runner.intervene import _Batches, run_passes
 
 SENTENCES = ["The dog saw the cat.", "The cat ran to the house.", "She said it was red.", "The king ate a book.",

@@ -73,7 +73,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("run loop", ("headscope.runner", "headscope.runner.feed", "headscope.runner.checkpoint",
                   "headscope.runner.passes", "headscope.runner.intervene", "headscope.runner.ray_engine",
                   "headscope.runner.preflight", "headscope.runner.console", "headscope.runner.usage",
-                  "headscope.runner.plan", "headscope.runner.signature")),
+                  "headscope.runner.plan", "headscope.runner.signature", "headscope.runner.context")),
     ("orchestration", ("headscope.runner.orchestrate",)),
     ("commands", ("headscope.comparison", *(f"headscope.comparison.{name}" for name in (
         "result", "stats", "figures", "page", "save", "command")), "headscope.viewer", "headscope.report.command",

@@ -40,7 +40,6 @@ from headscope.analyses.registry import (
 from headscope.atlas import atlas_summary, build_atlas, parse_thresholds
 from headscope.config import MEMORY, RunConfig
 from headscope.corpus.memory import MemoryCorpus, check_tokenlists, open_dataset, text_source
-from headscope.engine.context import open_context
 from headscope.engine.outdir import prepare as prepare_output
 from headscope.engine.results import RunResult, write_json
 from headscope.errors import UsageError
@@ -50,6 +49,7 @@ from headscope.runner.checkpoint import CheckpointError, Progress, differences, 
 from headscope.runner.checkpoint import read as read_checkpoint
 from headscope.runner.checkpoint import remove as remove_checkpoint
 from headscope.runner.console import with_console_logging
+from headscope.runner.context import open_context
 from headscope.runner.intervene import run_passes
 from headscope.runner.passes import local_pass, ray_pass
 from headscope.runner.plan import announce_plan
