@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                 "headscope.corpus.coref", "headscope.corpus.coref_readers", "headscope.corpus.coref_windows",
                 "headscope.corpus.mentions", "headscope.corpus.memory")),
     ("model", ("headscope.model", "headscope.model.support", "headscope.model.packaged", "headscope.model.gguf_cache",
-               "headscope.model.load", "headscope.model.inmemory", "headscope.model.segments",
+               "headscope.model.load", "headscope.model.inmemory", "headscope.model.segments", "headscope.model.align",
                "headscope.model.encode", "headscope.model.coref_encode", "headscope.model.gates",
                "headscope.model.losses")),
     ("engine", ("headscope.engine", "headscope.engine.batch", "headscope.engine.capture", "headscope.engine.scratch",

@@ -1,5 +1,9 @@
 """Head types of decoder language models, scored over the whole corpus in the one pass (issue 15).
 
+(Over 450 lines on purpose: this docstring is the scores' specification, beside the one accumulator that
+keeps them; their maths is in :mod:`~headscope.analyses.decoder_scores`, the probe's inputs in
+:mod:`~headscope.analyses.induction_probe`.)
+
 Per head, every score is computed per sequence and then averaged over sequences (a sequence where a score is
 undefined is left out of that head's mean), so results depend neither on batching, padding nor on the size
 of the blocks of query rows the engine hands over:
