@@ -3,8 +3,8 @@
 A module has ``section(run, figures) -> ReportSection | None`` (None when the run has no output of that
 analysis) and, when the analysis writes per-head columns, ``MEANINGS``: one line per column for the head
 grid's chooser. :data:`SECTIONS` maps each registered analysis's name to its section, the module of that name
-found here; the page orders them by the analysis's ``report_order``. An analysis itself writes tables and a summary, never HTML: its section
-lives here.
+found here; the page orders them by the analysis's ``report_order``. An analysis itself writes tables and a
+summary, never HTML: its section lives here.
 """
 
 from __future__ import annotations
