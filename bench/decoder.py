@@ -43,7 +43,7 @@ GOALS = {"surface": {1024: 1.3, 2048: 1.5}, "capture": {1024: 1.2, 2048: 1.2}}
 def windows(args: argparse.Namespace, length: int) -> tuple[Any, list[Any]]:
     """A run context at ``--max-length length`` and its first full windows (>= 95% of ``length`` tokens)."""
     from headscope.config import RunConfig
-    from headscope.engine.context import open_context
+    from headscope.runner.context import open_context
 
     config = RunConfig(model=args.model, batch_size=1, out=None, device=args.device, dtype=args.dtype,
                        max_length=length, quiet=True)
@@ -100,11 +100,11 @@ def timers(ctx: Any, batches: list[Any], effects_heads: int = 9) -> dict[str, Ca
     def effects(kind: str) -> Callable[[], None]:
         """``head_effects``' forwards of each window (mean ablation; the means of these windows)."""
         from headscope.analyses.head_effects import head_forwards
-        from headscope.engine.forwards import Forward, run_forward
+        from headscope.engine.forwards import HeadSums, Loss, run_forward
 
         seed = int(ctx.config.seed)
         info = loaded.info
-        sums = [run_forward(loaded, b, Forward(loss="objective", head_sums=True), seed) for b in batches]
+        sums = [run_forward(loaded, b, HeadSums(loss="objective"), seed) for b in batches]
         replace = sum(o.head_sums for o in sums) / sum(o.head_tokens for o in sums)
 
         def run() -> None:
@@ -113,7 +113,7 @@ def timers(ctx: Any, batches: list[Any], effects_heads: int = 9) -> dict[str, Ca
             total = info.n_layers * info.n_heads
             for b in batches:
                 if kind == "base":
-                    forwards = [Forward(tag=("base",), loss="objective", per_sequence=True)]
+                    forwards = [Loss(tag=("base",), per_sequence=True)]
                 elif kind == "atp":
                     forwards = head_forwards(b.size, replace)[:1]
                 else:  # the first effects_heads heads, in one forward (per-row gates) or one per forward
@@ -122,8 +122,8 @@ def timers(ctx: Any, batches: list[Any], effects_heads: int = 9) -> dict[str, Ca
                     for start in range(0, effects_heads, per):
                         gates = np.ones((per, total))
                         gates[np.arange(per), np.arange(start, start + per)] = 0.0
-                        forwards.append(Forward(loss="objective", per_sequence=True, replace=replace,
-                                                gates=gates.reshape(per, info.n_layers, info.n_heads)))
+                        forwards.append(Loss(per_sequence=True, replace=replace,
+                                             gates=gates.reshape(per, info.n_layers, info.n_heads)))
                 for forward in forwards:
                     run_forward(loaded, b, forward, seed)
             sync()
@@ -133,11 +133,11 @@ def timers(ctx: Any, batches: list[Any], effects_heads: int = 9) -> dict[str, Ca
     def span_measure() -> None:
         """``span``'s measuring pass of these windows at their length."""
         from headscope.analyses.span import AttentionSpan, SpanOptions
-        from headscope.engine.forwards import Forward
+        from headscope.engine.forwards import Observe
 
         acc = AttentionSpan(SpanOptions(span_lengths=str(max(int(b.lengths.max()) for b in batches))))
         acc.start(ctx.for_analyses())
-        forward = Forward(tag=("measure", 0), attention="weights")
+        forward = Observe(tag=("measure", 0))
         for b in batches:
             capture(loaded, b, lambda block, b=b: acc.update_pass_attention(b, forward, block), budget)
             acc.update_pass(b, forward, None)  # type: ignore[arg-type]
@@ -147,12 +147,12 @@ def timers(ctx: Any, batches: list[Any], effects_heads: int = 9) -> dict[str, Ca
         """``span``'s causal check of these windows: the loss whole, and twice with a KV budget."""
         import numpy as np
 
-        from headscope.engine.forwards import Forward, run_forward
+        from headscope.engine.forwards import Loss, run_forward
 
         info = loaded.info
         windows = np.full((info.n_layers, info.n_heads), 64, dtype=np.int64)
-        forwards = [Forward(tag="base", loss="objective", per_sequence=True)] + [
-            Forward(tag=tag, loss="objective", per_sequence=True, kv_budget=windows) for tag in ("budget", "random")]
+        forwards = [Loss(tag="base", per_sequence=True)] + [
+            Loss(tag=tag, per_sequence=True, kv_budget=windows) for tag in ("budget", "random")]
         for b in batches:
             for forward in forwards:
                 run_forward(loaded, b, forward, int(ctx.config.seed))

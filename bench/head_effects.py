@@ -63,8 +63,8 @@ def model_path(name: str, directory: Path) -> str:
 def one_length(args: argparse.Namespace, model: str, text: list[str], length: int) -> dict[str, Any]:
     from headscope.analyses.head_effects import HeadEffects, HeadEffectsOptions, split_sample
     from headscope.config import RunConfig
-    from headscope.engine.context import open_context
     from headscope.engine.forwards import CorpusRows, loss_kind, sequence_losses
+    from headscope.runner.context import open_context
     from headscope.runner.intervene import _Batches, run_passes
 
     config = RunConfig(model=model, text=text, max_length=length, batch_size=args.batch_size, out=None,

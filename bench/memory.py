@@ -95,8 +95,7 @@ def truncate_layers(loaded: Any, k: int) -> None:
 
 def child(args: argparse.Namespace) -> None:
     import headscope
-    from headscope.engine import context
-    from headscope.runner import orchestrate
+    from headscope.runner import context, orchestrate
 
     t = time.perf_counter()
     if args.layers_child:
@@ -125,10 +124,10 @@ def child(args: argparse.Namespace) -> None:
         windows = result.run["counts"]["segments"]
     else:
         from headscope.config import RunConfig
-        from headscope.engine.context import RunContext
         from headscope.engine.inputs import Corpus
         from headscope.manifest import Manifest
         from headscope.model.encode import Encoder
+        from headscope.runner.context import RunContext
 
         config = RunConfig(**common)
         loaded = context.load_model(args.model, device=args.device, dtype=args.dtype)

@@ -32,11 +32,11 @@ def timing(args: argparse.Namespace) -> None:
     from headscope.analyses.surface import SurfaceStatistics
     from headscope.config import RunConfig
     from headscope.engine.capture import capture, ensure_route
-    from headscope.engine.context import RunContext
     from headscope.engine.inputs import Corpus
     from headscope.manifest import Manifest
     from headscope.model.encode import Encoder
     from headscope.model.load import load_model
+    from headscope.runner.context import RunContext
     from headscope.runner.feed import feed_batch
 
     config = RunConfig(model=args.model, max_segments=args.segments, batch_size=args.batch_size, out=None,
@@ -93,7 +93,7 @@ def timing(args: argparse.Namespace) -> None:
 def floor_child(segments: int, model: str, batch_size: int, device: str, dtype: str) -> None:
     """A whole process that does what a run must do at least: load, read and batch the corpus, SDPA forward."""
     from headscope.config import RunConfig
-    from headscope.engine.context import open_context
+    from headscope.runner.context import open_context
 
     config = RunConfig(model=model, max_segments=segments, batch_size=batch_size, out=None, device=device,
                        dtype=dtype, quiet=True, analyses=["surface"])

@@ -156,12 +156,12 @@ def sep_gradient_batch(loaded: Any, batch: Any, kind: str, seed: int, append_eos
 def held_out_loss(loaded: Any, batches: list[Any], kind: str, seed: int, gates: np.ndarray) -> float:
     """Mean loss over ``batches`` with the gates ``gates`` (shape (n_layers, n_heads)), through the engine's
     forward as pruning's passes run it."""
-    from headscope.engine.forwards import Forward, loss_kind, run_forward
+    from headscope.engine.forwards import Loss, loss_kind, run_forward
 
     assert kind == loss_kind(loaded), "the engine computes the model's own loss"
     total, terms = 0.0, 0
     for batch in batches:
-        out = run_forward(loaded, batch, Forward(gates=gates, loss="objective"), seed)
+        out = run_forward(loaded, batch, Loss(gates=gates), seed)
         total += out.loss
         terms += out.terms
     return total / max(terms, 1)

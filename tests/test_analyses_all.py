@@ -71,7 +71,7 @@ def test_all_on_a_causal_model_runs_the_decoder_head_types(tiny_llama: Path, tex
 
 def test_compare_a_base_and_a_tuned_decoder_of_the_same_shape(tmp_path: Path, text_file: Path) -> None:
     from conftest import make_tiny_llama
-    from headscope.compare import compare
+    from headscope.comparison import compare
 
     # Two seeds stand for a base model and its instruction-tuned copy: same shape, other weights.
     common = dict(analyses=["decoder_heads"], text=[str(text_file)], quiet=True, max_length=24,

@@ -231,6 +231,6 @@ def test_a_decoders_cls_is_its_first_token_sink_under_the_decoder_minimum() -> N
 
 def test_the_atlas_default_decoder_minimum_is_decoder_heads_own() -> None:
     from headscope.analyses.decoder_heads import MIN_N, DecoderHeadsOptions
-    from headscope.atlas import DECODER_MIN_N
+    from headscope.analyses.labels.decoder_heads import DECODER_MIN_N
 
     assert DECODER_MIN_N == MIN_N == DecoderHeadsOptions().decoder_min_n

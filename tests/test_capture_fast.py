@@ -15,7 +15,8 @@ from headscope.manifest import Manifest
 from headscope.model.encode import Encoder
 from headscope.model.load import load_model
 
-cap = importlib.import_module("headscope.engine.capture")  # the module (the package exports the function)
+cap = importlib.import_module("headscope.engine.capture")  # the package (headscope.engine exports the function)
+maths = importlib.import_module("headscope.engine.capture.blocks")  # the block maths, patched below
 
 
 def _reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float,
@@ -38,8 +39,8 @@ def _emit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor 
           real: torch.Tensor, budget: int, causal: bool = False, softcap: float | None = None,
           bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     blocks: list[torch.Tensor] = []
-    stream = cap._Stream(lambda block: blocks.append(block.weights.clone()), {}, budget, None, real)
-    out = cap._emit_blocks(stream, 0, q, k, mask, scale, softcap, bias, causal, v)
+    stream = maths.Stream(lambda block: blocks.append(block.weights.clone()), {}, budget, None, real)
+    out = maths.emit_blocks(stream, 0, q, k, mask, scale, softcap, bias, causal, v)
     return torch.cat(blocks, dim=2), out, len(blocks)
 
 
@@ -65,7 +66,7 @@ def test_blocks_and_output_equal_the_formula(case: str, rows: int) -> None:
         mask = torch.zeros(b, 1, 1, n).masked_fill(~real[:, None, None, :], torch.finfo(torch.float32).min)
     softcap = 3.0 if case == "softcap" else None
     bias = torch.randn(1, h, n, n) if case == "bias" else None
-    budget = rows * b * h * n * cap.BYTES_PER_WEIGHT
+    budget = rows * b * h * n * maths.BYTES_PER_WEIGHT
     weights, out, n_blocks = _emit(q, k, v, mask, 0.3, real, budget, causal, softcap, bias)
     assert n_blocks == -(-n // min(rows, n))
     ref_mask = tril[None, None] if causal and mask is None else mask
@@ -79,7 +80,7 @@ def test_blocks_and_output_equal_the_formula(case: str, rows: int) -> None:
 @pytest.mark.parametrize("case", ["causal", "causal-none", "sliding", "bidirectional"])
 def test_causal_layers_in_chunks_equal_the_formula(monkeypatch: pytest.MonkeyPatch, rows: int, case: str) -> None:
     """Long causal layers are computed chunk by chunk against the keys up to each chunk's last row."""
-    monkeypatch.setattr(cap, "CAUSAL_CHUNK", 4)
+    monkeypatch.setattr(maths, "CAUSAL_CHUNK", 4)
     torch.manual_seed(1)
     b, h, n, d = 1, 3, 22, 8
     q, k, v = (torch.randn(b, h, n, d) for _ in range(3))
@@ -88,13 +89,13 @@ def test_causal_layers_in_chunks_equal_the_formula(monkeypatch: pytest.MonkeyPat
     mask = {"causal": tril, "causal-none": None, "sliding": tril & ~tril.tril(-5), "bidirectional": None}[case]
     mask = None if mask is None else mask[None, None]
     causal = case != "bidirectional"
-    budget = rows * b * h * n * cap.BYTES_PER_WEIGHT
+    budget = rows * b * h * n * maths.BYTES_PER_WEIGHT
     weights, out, _ = _emit(q, k, v, mask, 0.25, real, budget, causal)
     ref_w, ref_out = _reference(q, k, v, mask if mask is not None or not causal else tril[None, None], 0.25, real)
     torch.testing.assert_close(weights.double(), ref_w, atol=1e-6, rtol=0)
     assert out is not None
     torch.testing.assert_close(out.double(), ref_out.transpose(1, 2), atol=1e-5, rtol=0)
-    stream = cap._Stream(lambda block: None, {}, budget, None, real)
+    stream = maths.Stream(lambda block: None, {}, budget, None, real)
     add, _ = stream.additive_mask(mask, causal, n, n)
     assert (add is not None and stream.lower_triangular(add)) == causal
 
@@ -102,7 +103,7 @@ def test_causal_layers_in_chunks_equal_the_formula(monkeypatch: pytest.MonkeyPat
 def test_the_mask_is_built_once_per_forward_pass() -> None:
     n = 16
     real = torch.ones(1, n, dtype=torch.bool)
-    stream = cap._Stream(lambda block: None, {}, 1 << 30, None, real)
+    stream = maths.Stream(lambda block: None, {}, 1 << 30, None, real)
     mask = torch.ones(n, n, dtype=torch.bool).tril()[None, None]
     first, exact = stream.additive_mask(mask, True, n, n)
     again, _ = stream.additive_mask(mask, True, n, n)

@@ -200,8 +200,8 @@ def test_progress_bar_counts_segments_and_writes_warnings_through_tqdm(
         tiny_bert: Path, text_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import tqdm
 
-    from headscope.engine.context import open_context
     from headscope.runner import passes
+    from headscope.runner.context import open_context
 
     written: list[str] = []
     monkeypatch.setattr(tqdm.tqdm, "write", classmethod(lambda cls, s, *a, **k: written.append(s)))

@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from headscope.cli import main
-from headscope.compare import compare, long_deltas, role_changes
+from headscope.comparison import compare, long_deltas, role_changes
 from headscope.engine.results import RunResult
 
 

@@ -19,6 +19,7 @@ import pytest
 import torch
 from scipy import stats
 
+from contexts import analysis_context
 from headscope.analyses.roles import HeadRoles, RolesOptions, first_occurrences, one_sided_tests
 from headscope.analyses.similarity import HeadSimilarity, SimilarityOptions, clark_js_sum
 from headscope.analyses.surface import SurfaceStatistics
@@ -32,10 +33,11 @@ from headscope.analyses.syntax import (
     most_attended_words,
     word_unit_mask,
 )
-from headscope.compare import MixedConventionsError, compare
+from headscope.comparison import MixedConventionsError, compare
 from headscope.config import RunConfig
 from headscope.corpus.types import Sentence
 from headscope.engine.batch import collate
+from headscope.engine.context import AnalysisContext
 from headscope.engine.results import RunResult
 from headscope.model.encode import Example
 from headscope.runner.feed import feed_attention
@@ -89,9 +91,10 @@ def example(index: int, words: list[str], heads: list[int] | None = None, deprel
                    pieces=strings)
 
 
-def context(conventions: str, n_layers: int = 1, n_heads: int = 1, **config: object) -> SimpleNamespace:
-    return SimpleNamespace(info=SimpleNamespace(n_layers=n_layers, n_heads=n_heads, is_causal=False),
-                           device=torch.device("cpu"), config=RunConfig(conventions=conventions, out=None, **config))
+def context(conventions: str, n_layers: int = 1, n_heads: int = 1, **config: object) -> AnalysisContext:
+    run = RunConfig(conventions=conventions, out=None, **config)
+    return analysis_context(n_layers, n_heads, conventions=conventions, word_attention=run.word_attention,
+                            treebank_input=run.resolved_treebank_input(), seed=run.seed)
 
 
 def stacked(maps: list[np.ndarray]) -> torch.Tensor:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -12,11 +11,13 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from contexts import analysis_context
 from headscope.analyses.coref import BASELINES, TYPES, CorefHeads, CorefOptions, baseline_predictions, best_heads
 from headscope.corpus.coref_windows import nearest_antecedents, plan_windows
 from headscope.corpus.mentions import MENTION_TYPES, Mention
 from headscope.corpus.types import Sentence
 from headscope.engine.batch import collate
+from headscope.engine.context import AnalysisContext
 from headscope.manifest import Manifest
 from headscope.model.coref_encode import WindowExample, WindowMention, iter_coref_examples, window_mentions
 from headscope.model.encode import Encoder
@@ -96,9 +97,8 @@ def tokenizer(tiny_bert: Path):
     return AutoTokenizer.from_pretrained(tiny_bert)
 
 
-def _ctx(n_layers: int, n_heads: int, mode: str = "mean") -> SimpleNamespace:
-    return SimpleNamespace(info=SimpleNamespace(n_layers=n_layers, n_heads=n_heads), device=torch.device("cpu"),
-                           config=SimpleNamespace(word_attention=mode))
+def _ctx(n_layers: int, n_heads: int, mode: str = "mean") -> AnalysisContext:
+    return analysis_context(n_layers, n_heads, word_attention=mode)
 
 
 def _king_and_queen(tokenizer) -> tuple:

@@ -10,16 +10,16 @@ import pytest
 import torch
 
 import headscope
-from headscope.analyses.decoder_heads import (
-    SCORES,
-    DecoderHeads,
-    DecoderHeadsOptions,
-    prefix_matching_sums,
-    probe_candidates,
-    probe_sequences,
-)
+from contexts import analysis_context
+from headscope.analyses.decoder_heads import SCORES, DecoderHeads, DecoderHeadsOptions
+from headscope.analyses.decoder_scores import prefix_matching_sums
+from headscope.analyses.induction_probe import probe_candidates, probe_sequences
+from headscope.analyses.registry import check_model_needs
 from headscope.engine.batch import collate
 from headscope.engine.capture import LayerAttention, capture_stacked
+from headscope.engine.codec import TokenCodec
+from headscope.engine.context import AnalysisContext
+from headscope.errors import UsageError
 from headscope.model.encode import adds_bos, probe_example
 from headscope.runner.feed import feed_attention
 from reference import random_attention
@@ -31,9 +31,8 @@ def _example(index: int, ids: list[int] | np.ndarray, bos: bool = False):
     return probe_example(index, np.asarray(ids, dtype=np.int64), bos, _NAMES)
 
 
-def _ctx(n_layers: int, n_heads: int, causal: bool = True) -> SimpleNamespace:
-    return SimpleNamespace(info=SimpleNamespace(n_layers=n_layers, n_heads=n_heads, is_causal=causal, name="hand"),
-                           device=torch.device("cpu"))
+def _ctx(n_layers: int, n_heads: int, causal: bool = True) -> AnalysisContext:
+    return analysis_context(n_layers, n_heads, causal=causal)
 
 
 def _padded(maps: list[np.ndarray]) -> torch.Tensor:
@@ -288,7 +287,7 @@ def test_planted_induction_head_is_found(llama) -> None:
     # A probe-style sequence (random tokens twice) through the tiny Llama, with one head's map replaced by an
     # induction pattern: each query on the token after the earlier copy of itself, else on position 0.
     tok = llama.tokenizer
-    ids = probe_sequences(probe_candidates(tok), 1, 12, seed=3, bos=int(tok.bos_token_id))[0]
+    ids = probe_sequences(probe_candidates(TokenCodec.of(tok)), 1, 12, seed=3, bos=int(tok.bos_token_id))[0]
     ex = probe_example(0, ids, True, tok)
     batch = collate([ex], int(tok.pad_token_id or 0))
     attn = capture_stacked(llama, batch)  # [batch, layer, head, query, key]
@@ -352,7 +351,7 @@ def test_prefix_matching_of_a_run_equals_a_plain_loop(tiny_llama: Path, llama, t
                            out=None)
     tok = llama.tokenizer
     assert adds_bos(tok)
-    seqs = probe_sequences(probe_candidates(tok, llama.model.config.vocab_size), n_probe, length, 5,
+    seqs = probe_sequences(probe_candidates(TokenCodec.of(tok), llama.model.config.vocab_size), n_probe, length, 5,
                            int(tok.bos_token_id))
     expected = np.zeros((2, 4))
     for ids in seqs:
@@ -394,9 +393,10 @@ def test_encoder_gets_a_clear_error(tiny_bert: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"not a causal language model.*decoder_heads"):
         headscope.run(model=str(tiny_bert), analyses=["decoder_heads"], text=[str(_text(tmp_path))], quiet=True,
                       out=None)
-    analysis = DecoderHeads()
-    with pytest.raises(ValueError, match="hand is not a causal"):
-        analysis.start(_ctx(1, 1, causal=False))
+    # Declared once (needs = ("causal",)) and checked once the model is read, for every analysis that needs it.
+    with pytest.raises(UsageError, match=r"hand is not a causal language model.*the span analysis"):
+        check_model_needs(["syntax", "span"], "hand", is_causal=False)
+    check_model_needs(["decoder_heads", "retrieval", "span"], "hand", is_causal=True)
 
 
 def test_options_are_checked(tiny_llama: Path, tmp_path: Path) -> None:
@@ -442,12 +442,13 @@ def test_copy_scores_on_a_hand_made_trace() -> None:
 
 
 def test_build_prompt_finds_the_needle(llama) -> None:
-    from headscope.analyses.retrieval import build_prompt
+    from headscope.analyses.retrieval_prompts import build_prompt
 
     tok = llama.tokenizer
     sentences = ["the king saw a red house.", "the queen ran to the city.", "a man ate a book."]
     counts = [len(tok(" " + s, add_special_tokens=False)["input_ids"]) for s in sentences]
-    prompt = build_prompt(tok, sentences, counts, "the old dog was big.", "what was the old dog?", 0.5, 0)
+    prompt = build_prompt(TokenCodec.of(tok), sentences, counts, "the old dog was big.", "what was the old dog?",
+                          0.5, 0)
     start, stop = prompt.span
     assert tok.decode(prompt.ids[start:stop].tolist()).strip() == "the old dog was big."
     assert prompt.ids[0] == tok.bos_token_id  # the tokenizer's own special tokens are kept
@@ -458,7 +459,7 @@ def test_build_prompt_finds_the_needle(llama) -> None:
 def test_greedy_with_attention_matches_generate_and_capture(llama) -> None:
     from headscope.engine.forwards import greedy_with_attention
 
-    ids = torch.tensor(probe_sequences(probe_candidates(llama.tokenizer), 1, 10, seed=1, bos=0)[0])
+    ids = torch.tensor(probe_sequences(probe_candidates(TokenCodec.of(llama.tokenizer)), 1, 10, seed=1, bos=0)[0])
     generated, argmax = greedy_with_attention(llama, ids, 6)
     with torch.inference_mode():
         reference = llama.model.generate(ids[None], max_new_tokens=len(generated), do_sample=False,

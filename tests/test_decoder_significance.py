@@ -7,13 +7,15 @@ import pandas as pd
 import pytest
 import torch
 
-from headscope.analyses.decoder_heads import TESTED, DecoderHeads, DecoderHeadsOptions, probe_sequences
-from headscope.analyses.retrieval import Prompt, copy_scores, decoy_spans
+from headscope.analyses.decoder_heads import TESTED, DecoderHeads, DecoderHeadsOptions
+from headscope.analyses.induction_probe import probe_sequences
+from headscope.analyses.retrieval import copy_scores
+from headscope.analyses.retrieval_prompts import Prompt, decoy_spans
 from headscope.analyses.stats import percentile_intervals, poisson_weights
 from headscope.atlas import build_atlas
 from headscope.engine.batch import collate
 from headscope.engine.capture import LayerAttention
-from headscope.engine.forwards import Forward, ForwardOutput
+from headscope.engine.forwards import ForwardOutput, Observe
 from headscope.runner.feed import feed_attention
 from reference import random_attention
 from test_decoder_heads import _ctx, _example, _padded
@@ -41,7 +43,7 @@ def _feed_probe(analysis: DecoderHeads, maps: np.ndarray, sequences: list[np.nda
     """The probe's attention (maps: [batch, layer, head, n, n]) handed over as the engine's probe pass would."""
     batch = collate([_example(k, ids, bos=has_bos) for k, ids in enumerate(sequences)], pad_id=0)
     weights = torch.as_tensor(maps, dtype=torch.float32)
-    forward = Forward(attention="weights")
+    forward = Observe()
     n = weights.shape[-1]
     for layer in range(weights.shape[1]):
         for q0 in range(0, n, block_rows):

@@ -17,12 +17,13 @@ from headscope.analyses import registry
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame
 from headscope.analyses.stats import mean_or_nan
 from headscope.config import RunConfig
-from headscope.engine.forwards import CorpusRows, Forward, Pass
+from headscope.engine.forwards import CorpusRows, LMLoss, Pass
 from headscope.engine.inputs import Corpus
 from headscope.manifest import Manifest
 from headscope.model.encode import Encoder
 from headscope.model.gates import HeadGates
 from headscope.model.load import load_model
+from headscope.seeds import STREAMS
 
 DESIGN = Path(__file__).resolve().parents[1] / "docs" / "design.md"
 
@@ -33,11 +34,12 @@ def _blocks() -> list[str]:
 
 
 @pytest.fixture()
-def examples_registered() -> Iterator[None]:
+def examples_registered(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setitem(STREAMS, "layer_off.sample", 40)  # the line the page says to add to headscope/seeds.py
     before = dict(registry.REGISTRY)
     namespace = {"register": registry.register, "Analysis": Analysis, "AnalysisResult": AnalysisResult,
                  "head_frame": head_frame, "mean_or_nan": mean_or_nan, "torch": torch, "np": np, "pd": pd,
-                 "Forward": Forward, "Pass": Pass, "CorpusRows": CorpusRows}
+                 "LMLoss": LMLoss, "Pass": Pass, "CorpusRows": CorpusRows}
     blocks = _blocks()
     assert len(blocks) == 2, "design.md shows one observer and one intervention"
     for code in blocks:

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from contexts import analysis_context
 from headscope.analyses.distance import (
     BINS,
     FEATURES,
@@ -21,6 +22,7 @@ from headscope.analyses.distance import (
     name_pattern,
     offset_weights,
 )
+from headscope.engine.context import AnalysisContext
 from headscope.runner.feed import feed_attention
 
 
@@ -80,9 +82,8 @@ def _batch(seqs: list[dict[str, np.ndarray]]) -> tuple[SimpleNamespace, torch.Te
     return SimpleNamespace(lengths=lengths, segment=segment, examples=examples, size=len(seqs), **fields), attn
 
 
-def _ctx(n_layers: int, n_heads: int, seed: int = 0) -> SimpleNamespace:
-    return SimpleNamespace(info=SimpleNamespace(n_layers=n_layers, n_heads=n_heads, is_causal=False),
-                           config=SimpleNamespace(seed=seed), device=torch.device("cpu"))
+def _ctx(n_layers: int, n_heads: int, seed: int = 0) -> AnalysisContext:
+    return analysis_context(n_layers, n_heads, seed=seed)
 
 
 def _accumulate(seqs: list[dict[str, np.ndarray]], batch_size: int, options: DistanceOptions | None = None,
@@ -146,8 +147,7 @@ def test_blocks_of_query_rows_equal_whole_layers(causal: bool) -> None:
     results = []
     for block_rows in (None, 1, 3, 4):
         acc = DistancePatterns()
-        acc.start(SimpleNamespace(info=SimpleNamespace(n_layers=2, n_heads=3, is_causal=causal),
-                                  config=SimpleNamespace(seed=0), device=torch.device("cpu")))
+        acc.start(analysis_context(2, 3, causal=causal))
         for start in (0, 2):
             feed_attention([acc], *_batch(seqs[start:start + 2]), block_rows=block_rows)
         results.append(acc)

@@ -15,11 +15,11 @@ import headscope
 from headscope.analyses.head_effects import HeadEffects, HeadEffectsOptions
 from headscope.config import RunConfig
 from headscope.engine.batch import Batch, collate
-from headscope.engine.context import open_context
-from headscope.engine.forwards import Forward, loss_kind, run_forward
+from headscope.engine.forwards import Attribution, HeadSums, Loss, loss_kind, run_forward
 from headscope.engine.results import RunResult
 from headscope.model.gates import HeadGates, find_output_projections
 from headscope.model.load import load_model
+from headscope.runner.context import open_context
 from headscope.runner.intervene import _Batches, run_passes
 
 SENTENCES = ["The dog saw the cat.", "The cat ran to the house.", "She said it was red.", "The king ate a book.",
@@ -84,16 +84,14 @@ def test_per_row_gates_give_the_losses_of_one_head_at_a_time(which: str, request
     for j, (la, he) in enumerate(closed):
         gates[j, la, he] = 0.0
     for rep in (None, replace):
-        together = run_forward(loaded, batch, Forward(loss="objective", per_sequence=True, gates=gates,
-                                                      replace=rep), seed=0)
+        together = run_forward(loaded, batch, Loss(per_sequence=True, gates=gates, replace=rep), seed=0)
         assert together.sequence_loss is not None and together.sequence_loss.shape == (3, 4)
         for j in range(3):
-            alone = run_forward(loaded, batch, Forward(loss="objective", per_sequence=True, gates=gates[j],
-                                                       replace=rep), seed=0)
+            alone = run_forward(loaded, batch, Loss(per_sequence=True, gates=gates[j], replace=rep), seed=0)
             np.testing.assert_allclose(together.sequence_loss[j], alone.sequence_loss, rtol=1e-9, atol=1e-10)
             np.testing.assert_array_equal(together.sequence_terms[j], alone.sequence_terms)
         # and closing a head changes something (the check is not vacuous)
-        plain = run_forward(loaded, batch, Forward(loss="objective", per_sequence=True), seed=0)
+        plain = run_forward(loaded, batch, Loss(per_sequence=True), seed=0)
         assert np.abs(together.sequence_loss - plain.sequence_loss).max() > 1e-6
 
 
@@ -111,7 +109,7 @@ def test_head_sums_equal_a_hook_by_hand(tiny_bert_mlm: Path, documents: Path) ->
     loaded = load_model(str(tiny_bert_mlm), device="cpu")
     loaded.model.double()
     batch = _batch(loaded, _examples(loaded, documents, [0, 4, 8]))
-    out = run_forward(loaded, batch, Forward(loss="none", head_sums=True), seed=0)
+    out = run_forward(loaded, batch, HeadSums(loss="none"), seed=0)
     seen: list[torch.Tensor] = []
     handles = [p.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
                for p in find_output_projections(loaded.model)]
@@ -133,7 +131,7 @@ def test_atp_is_the_replacement_times_the_gradient(tiny_llama: Path, documents: 
     loaded.model.double()
     batch = _batch(loaded, _examples(loaded, documents, [0, 1, 2]))
     replace = np.random.default_rng(1).standard_normal((2, 4, 8))
-    out = run_forward(loaded, batch, Forward(loss="objective", atp=True, replace=replace), seed=0)
+    out = run_forward(loaded, batch, Attribution(replace=replace), seed=0)
     assert out.atp is not None and out.atp.shape == (3, 2, 4)
     # By hand: dL/dx at each projection's input, then sum over tokens of (r - x) . dL/dx per sequence and head.
     seen: list[torch.Tensor] = []
@@ -167,15 +165,15 @@ def test_atp_matches_finite_differences_towards_the_replacement(tiny_bert_mlm: P
     loaded.model.double()
     batch = _batch(loaded, _examples(loaded, documents, [0, 1, 2, 3]))
     replace = np.random.default_rng(2).standard_normal((2, 4, 8))
-    atp = run_forward(loaded, batch, Forward(loss="objective", atp=True, replace=replace), seed=0).atp
+    atp = run_forward(loaded, batch, Attribution(replace=replace), seed=0).atp
     assert atp is not None
     eps = 1e-5
     for la, he in [(0, 0), (0, 3), (1, 1), (1, 2)]:
         # L(xi) with the head's output xi * x + (1 - xi) * r: the estimate is L(0) - L(1) ~ -dL/dxi at 1.
         up, down = np.ones((2, 4)), np.ones((2, 4))
         up[la, he], down[la, he] = 1 + eps, 1 - eps
-        lu = run_forward(loaded, batch, Forward(loss="objective", gates=up, replace=replace), seed=0).loss
-        ld = run_forward(loaded, batch, Forward(loss="objective", gates=down, replace=replace), seed=0).loss
+        lu = run_forward(loaded, batch, Loss(gates=up, replace=replace), seed=0).loss
+        ld = run_forward(loaded, batch, Loss(gates=down, replace=replace), seed=0).loss
         assert atp[:, la, he].sum() == pytest.approx(-(lu - ld) / (2 * eps), rel=1e-5, abs=1e-8)
 
 

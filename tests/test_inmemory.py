@@ -320,7 +320,7 @@ def test_a_session_loads_once_and_runs_many_times(bert_dir: Path, monkeypatch: p
         return real(*args, **kwargs)
 
     monkeypatch.setattr(session_module, "load_model", counting)
-    monkeypatch.setattr("headscope.engine.context.load_model", counting)
+    monkeypatch.setattr("headscope.runner.context.load_model", counting)
     session = headscope.Session(model=str(bert_dir))
     first = session.run(texts=TEXTS, analyses=["surface"], out=None, quiet=True)
     second = session.run(texts=TEXTS[:2], analyses=["surface", "examples"], out=None, quiet=True)

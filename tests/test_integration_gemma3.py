@@ -100,7 +100,8 @@ def test_span_finds_no_mass_beyond_the_window_in_the_sliding_layers(gemma, text:
 def test_kv_budget_and_gates_respect_the_layer_types(gemma) -> None:  # type: ignore[no-untyped-def]
     from test_parity_matrix import _batch, _output
 
-    from headscope.engine.capture import capture_stacked, kv_budget
+    from headscope.engine.capture import capture_stacked
+    from headscope.engine.forwards import kv_budget
     from headscope.model.gates import HeadGates
 
     loaded, ids = gemma

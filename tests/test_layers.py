@@ -20,35 +20,52 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "headscope"
 #: :func:`test_every_module_has_a_layer`, so a new one is placed on purpose.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("settings", ("headscope.version", "headscope.lazy", "headscope.errors", "headscope.config", "headscope.manifest",
-                  "headscope.columns")),
+                  "headscope.columns", "headscope.seeds")),
     ("corpus", ("headscope.corpus", "headscope.corpus.types", "headscope.corpus.text", "headscope.corpus.conllu",
                 "headscope.corpus.wiki", "headscope.corpus.parse", "headscope.corpus.vectors",
                 "headscope.corpus.coref", "headscope.corpus.coref_readers", "headscope.corpus.coref_windows",
                 "headscope.corpus.mentions", "headscope.corpus.memory")),
     ("model", ("headscope.model", "headscope.model.support", "headscope.model.packaged", "headscope.model.gguf_cache",
-               "headscope.model.load", "headscope.model.inmemory", "headscope.model.segments",
+               "headscope.model.load", "headscope.model.inmemory", "headscope.model.segments", "headscope.model.align",
                "headscope.model.encode", "headscope.model.coref_encode", "headscope.model.gates",
                "headscope.model.losses")),
     ("engine", ("headscope.engine", "headscope.engine.batch", "headscope.engine.capture", "headscope.engine.scratch",
                 "headscope.engine.wordlevel", "headscope.engine.norm_weights", "headscope.engine.rollout",
                 "headscope.engine.state", "headscope.engine.results", "headscope.engine.context",
-                "headscope.engine.inputs", "headscope.engine.outdir", "headscope.engine.interrupt",
+                "headscope.engine.codec", "headscope.engine.inputs", "headscope.engine.outdir",
+                "headscope.engine.interrupt",
                 "headscope.engine.progress", "headscope.engine.forwards", "headscope.engine.replay",
+                "headscope.engine.capture.blocks", "headscope.engine.capture.stream",
+                "headscope.engine.capture.attention", "headscope.engine.capture.padding",
+                "headscope.engine.capture.routes", "headscope.engine.forwards.vocabulary",
+                "headscope.engine.forwards.executor", "headscope.engine.forwards.losses",
+                "headscope.engine.forwards.gradients", "headscope.engine.forwards.ablations",
+                "headscope.engine.forwards.kv_budget", "headscope.engine.forwards.generation",
                  "headscope.engine.atp_star")),
     ("report parts", ("headscope.report.section", "headscope.report.figures", "headscope.report.heatmap",
                       "headscope.report.page", "headscope.report.viewpage")),
     ("analyses", ("headscope.analyses", "headscope.analyses.base", "headscope.analyses.registry",
                   "headscope.analyses.splits", "headscope.analyses.stats", "headscope.analyses.conventions",
                   "headscope.analyses.relations", "headscope.analyses.ablation", "headscope.analyses.coref",
-                  "headscope.analyses.decoder_heads", "headscope.analyses.distance", "headscope.analyses.examples",
-                  "headscope.analyses.head_effects", "headscope.analyses.effect_stats",
-                  "headscope.analyses.importance", "headscope.analyses.probe", "headscope.analyses.pruning",
-                  "headscope.analyses.retrieval", "headscope.analyses.roles",
+                  "headscope.analyses.decoder_heads", "headscope.analyses.decoder_scores",
+                  "headscope.analyses.induction_probe", "headscope.analyses.distance", "headscope.analyses.examples",
+                  "headscope.analyses.head_effects",
+                  "headscope.analyses.importance", "headscope.analyses.probe",
+                  "headscope.analyses.pruning", "headscope.analyses.retrieval",
+                  "headscope.analyses.retrieval_prompts", "headscope.analyses.roles",
                   "headscope.analyses.roles.accumulator", "headscope.analyses.roles.arcs",
                   "headscope.analyses.roles.options", "headscope.analyses.roles.scores",
                   "headscope.analyses.roles.tables", "headscope.analyses.roles.targets",
                   "headscope.analyses.sep_gradient", "headscope.analyses.similarity", "headscope.analyses.span",
-                  "headscope.analyses.surface", "headscope.analyses.syntax")),
+                  "headscope.analyses.span_masses", "headscope.analyses.surface", "headscope.analyses.syntax",
+                  "headscope.analyses.syntax.analysis",
+                  "headscope.analyses.syntax.arcs", "headscope.analyses.syntax.predict",
+                  "headscope.analyses.syntax.selection", "headscope.analyses.probe.analysis",
+                  "headscope.analyses.probe.features", "headscope.analyses.probe.store",
+                  "headscope.analyses.probe.training", "headscope.analyses.trees", "headscope.analyses.findings",
+                  "headscope.analyses.labels", *(f"headscope.analyses.labels.{name}" for name in (
+                      "coref", "decoder_heads", "distance", "head_effects", "importance", "retrieval", "roles",
+                      "span", "surface", "syntax")))),
     ("atlas", ("headscope.atlas",)),
     ("report", ("headscope.report", "headscope.report.build", "headscope.report.overview",
                 "headscope.report.sections", *(f"headscope.report.sections.{name}" for name in (
@@ -58,9 +75,11 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("run loop", ("headscope.runner", "headscope.runner.feed", "headscope.runner.checkpoint",
                   "headscope.runner.passes", "headscope.runner.intervene", "headscope.runner.ray_engine",
                   "headscope.runner.preflight", "headscope.runner.console", "headscope.runner.usage",
-                  "headscope.runner.plan", "headscope.runner.signature")),
+                  "headscope.runner.plan", "headscope.runner.signature", "headscope.runner.context")),
     ("orchestration", ("headscope.runner.orchestrate",)),
-    ("commands", ("headscope.compare", "headscope.viewer", "headscope.report.command", "headscope.session")),
+    ("commands", ("headscope.comparison", *(f"headscope.comparison.{name}" for name in (
+        "result", "stats", "figures", "page", "save", "command")), "headscope.viewer", "headscope.report.command",
+        "headscope.session")),
     ("api and cli", ("headscope.cli", "headscope.catalog", "headscope.__main__", "headscope")),
 ]
 
@@ -260,7 +279,7 @@ def test_analyses_import_no_model_or_corpus_at_run_time(path: Path) -> None:
 def test_imports_by_name_are_followed() -> None:
     """Lazy exports, ``from package import module`` and the CLI's subcommand table count as imports."""
     assert "headscope.runner.orchestrate" in GRAPH["headscope"]  # _EXPORTS: headscope.run
-    assert "headscope.compare" in GRAPH["headscope.cli"]  # MODULE_COMMANDS, imported with import_module
+    assert "headscope.comparison.command" in GRAPH["headscope.cli"]  # MODULE_COMMANDS, imported with import_module
     assert "headscope.report.build" in GRAPH["headscope.report"]
     assert "headscope.engine.capture" in GRAPH["headscope.session"]
     assert "headscope.runner.passes" in GRAPH["headscope.runner.orchestrate"]

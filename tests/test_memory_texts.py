@@ -100,7 +100,7 @@ def test_bad_texts_are_refused_in_one_line_before_the_model_loads(tiny_bert: Pat
     def no_load(*args: Any, **kw: Any) -> Any:
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr("headscope.engine.context.load_model", no_load)
+    monkeypatch.setattr("headscope.runner.context.load_model", no_load)
     with pytest.raises(DatasetError, match=message) as info:
         run(tiny_bert, texts=texts, **kwargs)
     assert "\n" not in str(info.value)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from contexts import analysis_context
 from headscope.analyses.probe import (
     AttentionProbe,
     AttnProbe,
@@ -23,7 +23,6 @@ from headscope.analyses.probe import (
     train_probe,
     uas,
 )
-from headscope.config import RunConfig
 from headscope.corpus.types import Sentence
 from headscope.corpus.vectors import WordVectors
 from headscope.engine.batch import collate
@@ -204,7 +203,7 @@ def test_features_do_not_depend_on_batching_or_padding() -> None:
 
     def collect(batch_size: int, part: slice = slice(None)) -> AttentionProbe:
         probe = AttentionProbe(ProbeOptions(probe_eval_fraction=0.0, probe_memory_mb=0))
-        probe.start(SimpleNamespace(info=SimpleNamespace(n_layers=1, n_heads=2), config=RunConfig(out=None)))
+        probe.start(analysis_context(1, 2))
         chosen = examples[part]
         for s in range(0, len(chosen), batch_size):
             exs = chosen[s:s + batch_size]
@@ -243,7 +242,7 @@ def test_features_of_every_layer_whatever_the_blocks_of_query_rows() -> None:
 
     def collect(block_rows: int | None, batch_size: int) -> ProbeSentences:
         probe = AttentionProbe(ProbeOptions(probe_eval_fraction=0.0))
-        probe.start(SimpleNamespace(info=SimpleNamespace(n_layers=2, n_heads=2), config=RunConfig(out=None)))
+        probe.start(analysis_context(2, 2))
         for s in range(0, len(examples), batch_size):
             exs = examples[s:s + batch_size]
             n = max(ex.length for ex in exs)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from headscope.engine.forwards import Forward, run_forward
+from headscope.engine.forwards import Ablate, Attribution, HeadSums, run_forward
 from headscope.engine.replay import ReplayRefusedError, residual_layers
 from headscope.model.load import load_model
 from test_head_effects import _batch, _examples, documents  # noqa: F401 (documents: a fixture)
@@ -38,8 +38,7 @@ def make_tiny_gemma2(directory: Path, llama: Path) -> Path:
 
 def _ablations(loaded: Any, batch: Any, replay: bool, rows: int = 8, replace: np.ndarray | None = None,
                budget: int = BUDGET) -> Any:
-    return run_forward(loaded, batch, Forward(loss="objective", per_sequence=True, ablate=True, rows=rows,
-                                              replace=replace, replay=replay), seed=0, budget_bytes=budget)
+    return run_forward(loaded, batch, Ablate(rows=rows, replace=replace, replay=replay), seed=0, budget_bytes=budget)
 
 
 @pytest.mark.parametrize("which", ["tiny_llama", "tiny_gpt2", "tiny_bert_mlm", "tiny_mistral", "gemma2"])
@@ -52,7 +51,7 @@ def test_replay_equals_full_forwards(which: str, request: pytest.FixtureRequest,
     if which in ("tiny_mistral", "gemma2"):  # the window is shorter than the sequences: it matters
         assert int(batch.lengths.max()) > 4
     n_layers, n_heads = loaded.info.n_layers, loaded.info.n_heads
-    sums = run_forward(loaded, batch, Forward(loss="objective", head_sums=True), seed=0)
+    sums = run_forward(loaded, batch, HeadSums(loss="objective"), seed=0)
     replace = sums.head_sums / sums.head_tokens  # mean ablation over these sequences
     for rep in (None, replace):
         for rows in (4, 8, 12):  # one head per forward, two, three (the last group of a layer shorter)
@@ -184,7 +183,7 @@ def test_grad_drop_equals_a_backward_with_the_layer_cut_by_hand(tiny_llama: Path
     loaded.model.double()
     batch = _batch(loaded, _examples(loaded, documents, [0, 1, 2]))
     replace = np.random.default_rng(2).standard_normal((2, 4, 8))
-    out = run_forward(loaded, batch, Forward(loss="objective", atp=True, grad_drop=True, replace=replace), seed=0)
+    out = run_forward(loaded, batch, Attribution(grad_drop=True, replace=replace), seed=0)
     assert out.atp_dropped is not None and out.atp_dropped.shape == (3, 2, 2, 4)
     for drop in (0, 1):
         np.testing.assert_allclose(out.atp_dropped[:, drop], _grad_drop_by_hand(loaded, batch, replace, drop),

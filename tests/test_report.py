@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
+from contexts import analysis_context
 from headscope.analyses.examples import ExampleMaps, ExampleMapsOptions, decode_float16, encode_float16
 from headscope.cli import main
 from headscope.corpus.text import split_words
@@ -119,12 +120,12 @@ def test_example_maps_keep_longest_short_sequences_whatever_the_batching(tiny_be
     for batch_size, order, block_rows in ((1, examples, None), (3, examples[::-1], None),
                                           (len(examples), examples, None), (3, examples, 1), (2, examples[::-1], 3)):
         acc = ExampleMaps(ExampleMapsOptions(example_maps=2, example_max_tokens=limit))
-        acc.start(None)
+        acc.start(analysis_context())
         feed(acc, order, batch_size, block_rows)
         docs.append(acc.finalize(None, {}).documents["examples"])
     halves = [ExampleMaps(ExampleMapsOptions(example_maps=2, example_max_tokens=limit)) for _ in range(2)]
     for part, acc in zip((examples[:4], examples[4:]), halves, strict=True):
-        acc.start(None)
+        acc.start(analysis_context())
         feed(acc, part, 2)
     docs.append(halves[0].merge(halves[1]).finalize(None, {}).documents["examples"])
 

@@ -17,9 +17,10 @@ from headscope.analyses.retrieval import (
     copy_scores,
     rouge1_recall,
     rouge1_recall_stemmed,
-    wu_needle_span,
     wu_scores,
 )
+from headscope.analyses.retrieval_prompts import wu_needle_span
+from headscope.engine.codec import TokenCodec
 
 #: Prompt positions 0..8; the needle is positions 3..6 (ids 20 21 22 23); id 21 also sits at 8, outside it.
 PROMPT = torch.tensor([10, 11, 12, 20, 21, 22, 23, 13, 21])
@@ -82,7 +83,8 @@ class _Words:
 
 
 def test_their_needle_search_and_its_early_start() -> None:
-    tok = _Words()
+    tok = TokenCodec(bos_id=None, eos_id=None, sep_id=None, special_ids=(), size=100, has_chat_template=False,
+                     _tokenizer=_Words())
     # An answer of 12 distinct ids at positions 3..14. The window starting one token early (position 2) holds
     # 11 of the 12 ids: 11/12 > 0.9, so find_needle_idx returns (2, 14), not (3, 15).
     answer = " ".join(str(i) for i in range(20, 32))

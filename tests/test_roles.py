@@ -11,6 +11,7 @@ import pytest
 import torch
 from scipy import stats
 
+from contexts import analysis_context
 from headscope.analyses.roles import (
     HeadRoles,
     RolesOptions,
@@ -23,6 +24,7 @@ from headscope.analyses.roles import (
 )
 from headscope.corpus.types import Sentence
 from headscope.engine.batch import collate
+from headscope.engine.context import AnalysisContext
 from headscope.manifest import Manifest
 from headscope.model.encode import Encoder
 from headscope.runner.feed import feed_attention
@@ -77,9 +79,8 @@ def padded(maps: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
-def fake_ctx() -> SimpleNamespace:
-    return SimpleNamespace(info=SimpleNamespace(n_layers=LAYERS, n_heads=HEADS), device=torch.device("cpu"),
-                           config=SimpleNamespace(word_attention="mean"))
+def fake_ctx() -> AnalysisContext:
+    return analysis_context(LAYERS, HEADS, word_attention="mean")
 
 
 def accumulate(examples: list, maps: list[torch.Tensor], batch_size: int, block_rows: int | None = None,

@@ -11,6 +11,7 @@ import pytest
 import torch
 from scipy.spatial.distance import jensenshannon
 
+from contexts import analysis_context
 from headscope.analyses.similarity import (
     SMOOTHING,
     HeadSimilarity,
@@ -19,6 +20,7 @@ from headscope.analyses.similarity import (
     pairwise_js_sum,
     smooth_rows,
 )
+from headscope.engine.context import AnalysisContext
 from headscope.runner.feed import feed_attention
 from reference import js_divergence
 
@@ -49,9 +51,8 @@ def _batch(maps: list[np.ndarray], indices: list[int]) -> tuple[SimpleNamespace,
     return batch, attn
 
 
-def _ctx(seed: int = 0) -> SimpleNamespace:
-    return SimpleNamespace(info=SimpleNamespace(n_layers=N_LAYERS, n_heads=N_HEADS), config=SimpleNamespace(seed=seed),
-                           device=torch.device("cpu"))
+def _ctx(seed: int = 0) -> AnalysisContext:
+    return analysis_context(N_LAYERS, N_HEADS, seed=seed)
 
 
 def _run(maps: list[np.ndarray], batch_size: int, sample: float = 1.0, seed: int = 0,

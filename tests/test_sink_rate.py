@@ -7,22 +7,22 @@ Hand-computed numbers on hand-made maps, invariance under blocks, batches and sh
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 import headscope
+from contexts import analysis_context
 from headscope.analyses.decoder_heads import DecoderHeads, DecoderHeadsOptions
 from headscope.engine.batch import collate
+from headscope.engine.context import AnalysisContext
 from headscope.runner.feed import feed_attention
 from test_decoder_heads import _example, _padded
 
 
-def _ctx(n_layers: int, n_heads: int, max_length: int = 8) -> SimpleNamespace:
-    return SimpleNamespace(info=SimpleNamespace(n_layers=n_layers, n_heads=n_heads, is_causal=True, name="hand"),
-                           device=torch.device("cpu"), max_length=max_length)
+def _ctx(n_layers: int, n_heads: int, max_length: int = 8) -> AnalysisContext:
+    return analysis_context(n_layers, n_heads, causal=True, max_length=max_length)
 
 
 def _maps() -> list[np.ndarray]:
@@ -41,6 +41,7 @@ def _maps() -> list[np.ndarray]:
 
 def _run(maps: list[np.ndarray], block_rows: int | None = None, batch_size: int | None = None,
          **options: object) -> DecoderHeads:
+    options.setdefault("induction_length", 4)  # the probe fits the run's 8 tokens
     analysis = DecoderHeads(DecoderHeadsOptions(**options))  # type: ignore[arg-type]
     analysis.start(_ctx(*maps[0].shape[:2]))
     examples = [_example(k, list(range(1, m.shape[-1] + 1))) for k, m in enumerate(maps)]
@@ -96,7 +97,7 @@ def test_shards_merge_to_one_pass() -> None:
     assert merged.summary["sink_rate"] == pytest.approx(whole.summary["sink_rate"])
     np.testing.assert_allclose(merged.tables["sink_curve"]["sink_rate"], whole.tables["sink_curve"]["sink_rate"])
     # The state round-trips through a checkpoint as plain arrays.
-    again = DecoderHeads(DecoderHeadsOptions())
+    again = DecoderHeads(DecoderHeadsOptions(induction_length=4))
     again.start(_ctx(1, 2))
     again.load_state_dict(*first.state_dict())
     np.testing.assert_allclose(again.finalize(_ctx(1, 2), {}).tables["sink_curve"]["sink_rate"], CURVE)

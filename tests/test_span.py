@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import headscope
-from headscope.analyses.span import (
+from headscope.analyses.span import loss_change, parse_lengths
+from headscope.analyses.span_masses import (
     BEYOND,
     BUCKETS,
     FAR,
@@ -23,13 +24,10 @@ from headscope.analyses.span import (
     cumulative_masses,
     fractions,
     histogram_bins,
-    loss_change,
-    parse_lengths,
     span_edges,
 )
 from headscope.engine.batch import collate
-from headscope.engine.capture import _Budget
-from headscope.engine.forwards import Forward, run_forward
+from headscope.engine.forwards import KVBudget, Loss, run_forward
 from headscope.model.encode import probe_example
 from reference import random_attention
 from test_decoder_heads import _NAMES
@@ -109,7 +107,7 @@ def test_loss_change_intervals() -> None:
 
 def test_budget_mask_keeps_the_sink_and_the_window() -> None:
     windows = torch.tensor([[0, 2]])  # one layer: head 0 whole, head 1 the sink and its last 2 keys
-    budget = _Budget(windows, {})
+    budget = KVBudget(windows, {})
     module = torch.nn.Linear(1, 1)
     query = torch.zeros(1, 2, 5, 4)
     causal = torch.ones(5, 5, dtype=torch.bool).tril()[None, None]
@@ -224,7 +222,7 @@ def test_budget_on_the_built_head_changes_nothing_and_on_another_head_it_does(st
     batch = collate(examples, 0)
 
     def losses(windows: np.ndarray | None) -> np.ndarray:
-        out = run_forward(loaded, batch, Forward(loss="objective", per_sequence=True, kv_budget=windows), 0)
+        out = run_forward(loaded, batch, Loss(per_sequence=True, kv_budget=windows), 0)
         assert out.sequence_loss is not None
         return out.sequence_loss
 
@@ -239,7 +237,8 @@ def test_budget_on_the_built_head_changes_nothing_and_on_another_head_it_does(st
     moved = np.abs(losses(other) - base).max()
     assert moved > 5e-4 and moved > 50 * max(still, 1e-6)
     # The weights of a budgeted capture: the built head already had nothing outside its window.
-    from headscope.engine.capture import capture_stacked, kv_budget
+    from headscope.engine.capture import capture_stacked
+    from headscope.engine.forwards import kv_budget
 
     whole = capture_stacked(loaded, batch)
     with kv_budget(loaded, streaming):

@@ -89,7 +89,7 @@ def test_lazy_names_are_the_real_ones(name: str) -> None:
 
     import headscope
 
-    importlib.import_module("headscope.compare")  # binds the submodule as an attribute: the function stays
+    importlib.import_module("headscope.comparison")  # a submodule bound as an attribute: no clash with a name
     value = getattr(headscope, name)
     assert callable(value) and value.__name__ == name
     assert name in dir(headscope)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from contexts import analysis_context
 from headscope.analyses.surface import STATISTICS, SurfaceStatistics, sequence_statistics
 from headscope.engine.capture import LayerAttention
 from headscope.engine.scratch import Scratch
@@ -99,13 +100,6 @@ def test_vectorised_equals_plain_loop(causal: bool, reuse_buffers: bool) -> None
                 assert not bool(valid[k]), key
 
 
-class _Ctx:
-    class info:  # noqa: N801 - stands in for ModelInfo
-        n_layers, n_heads, is_causal = 1, 1, False
-
-    device = torch.device("cpu")
-
-
 class _Batch:
     def __init__(self, attn, lengths, flags):
         self.lengths = lengths
@@ -114,7 +108,7 @@ class _Batch:
 
 def _accumulate(maps, masks, groups, block_rows=None):
     acc = SurfaceStatistics()
-    acc.start(_Ctx())
+    acc.start(analysis_context(1, 1))
     for group in groups:
         attn, lengths, flags = _pad_batch([maps[i] for i in group], [masks[i] for i in group])
         rows = block_rows or attn.shape[-1]

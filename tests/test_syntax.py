@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from contexts import analysis_context
 from headscope.analyses.splits import split_of
 from headscope.analyses.syntax import (
     DIRECTIONS,
@@ -20,9 +20,9 @@ from headscope.analyses.syntax import (
     most_attended_words,
     word_unit_mask,
 )
-from headscope.config import RunConfig
 from headscope.corpus.types import Sentence
 from headscope.engine.batch import collate
+from headscope.engine.context import AnalysisContext
 from headscope.manifest import Manifest
 from headscope.model.encode import Example
 from headscope.runner.feed import feed_attention
@@ -52,10 +52,8 @@ def make_example(index: int, heads: list[int], deprels: list[str], file: str = "
 
 
 def context(n_layers: int = 1, n_heads: int = 2, treebank: list[str] | None = None, seed: int = 0
-            ) -> SimpleNamespace:
-    config = RunConfig(treebank=treebank or [], seed=seed, out=None)
-    return SimpleNamespace(info=SimpleNamespace(n_layers=n_layers, n_heads=n_heads), device=torch.device("cpu"),
-                           config=config)
+            ) -> AnalysisContext:
+    return analysis_context(n_layers, n_heads, treebanks=treebank or [], seed=seed)
 
 
 def piece_attention(example: Example, maps: list[np.ndarray]) -> torch.Tensor:

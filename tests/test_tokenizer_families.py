@@ -382,9 +382,10 @@ STORY = [HARD, SIMPLE, "the cat  and the dog ?! ran , she said .", "wow?! yes?!"
 
 
 def _generated_ctx(tokenizer: Any, adds_bos: bool) -> Any:
-    from types import SimpleNamespace
+    from contexts import analysis_context
+    from headscope.engine.codec import TokenCodec
 
-    return SimpleNamespace(tokenizer=tokenizer, adds_bos=adds_bos, sentences=lambda: iter(STORY * 6))
+    return analysis_context(causal=True, codec=TokenCodec.of(tokenizer), adds_bos=adds_bos, texts=STORY * 6)
 
 
 @pytest.mark.parametrize("name", DECODER_FAMILIES)
@@ -405,7 +406,8 @@ def test_span_windows_read_the_text_as_written(name: str) -> None:
 @pytest.mark.parametrize("name", DECODER_FAMILIES)
 @pytest.mark.parametrize("wu", [False, True])
 def test_retrieval_haystacks_read_the_text_as_written(name: str, wu: bool) -> None:
-    from headscope.analyses.retrieval import build_prompt, build_prompt_wu, haystack_sentences
+    from headscope.analyses.retrieval_prompts import build_prompt, build_prompt_wu, haystack_sentences
+    from headscope.engine.codec import TokenCodec
 
     tokenizer = FAMILIES[name]()
     pool = haystack_sentences(_generated_ctx(tokenizer, adds_bos=True), 60)
@@ -413,8 +415,9 @@ def test_retrieval_haystacks_read_the_text_as_written(name: str, wu: bool) -> No
     assert texts == (STORY * 6)[:len(texts)]  # each sentence as written: double space, tab kept
     counts = [n for _, n in pool]
     needle, question = "The old dog was big and brown.", "What was the old dog?"
-    prompt = (build_prompt_wu(tokenizer, texts, counts, needle, question, "big and brown", 0.5, 0) if wu
-              else build_prompt(tokenizer, texts, counts, needle, question, 0.5, 0))
+    codec = TokenCodec.of(tokenizer)
+    prompt = (build_prompt_wu(codec, texts, counts, needle, question, "big and brown", 0.5, 0) if wu
+              else build_prompt(codec, texts, counts, needle, question, 0.5, 0))
     decoded = tokenizer.decode(prompt.ids.tolist(), skip_special_tokens=True)
     cut = next(k for k in range(len(texts) + 1) if " ".join([*texts[:k], needle, *texts[k:]]) in decoded)
     context = " ".join([*texts[:cut], needle, *texts[cut:]])

@@ -35,18 +35,18 @@ def _plain_norm(loaded, batch) -> list[torch.Tensor]:
     attention = capture_stacked(loaded, batch)
     projections = find_output_projections(loaded.base)
     values: list[torch.Tensor] = []
-    cap = sys.modules["headscope.engine.capture"]
-    original = cap._value_norms
+    cap = sys.modules["headscope.engine.capture.attention"]  # where the attention function looks it up
+    original = cap.head_value_norms
 
     def spy(stream, layer, value):
         values.append(value.clone())
         return original(stream, layer, value)
 
-    cap._value_norms = spy
+    cap.head_value_norms = spy
     try:
         capture_stacked(loaded, batch, weights="norm")
     finally:
-        cap._value_norms = original
+        cap.head_value_norms = original
     out = []
     for layer, (proj, v) in enumerate(zip(projections, values, strict=True)):
         a = attention[:, layer]

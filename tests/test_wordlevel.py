@@ -85,3 +85,39 @@ def test_layer_by_layer_word_attention_from_blocks_equals_the_dense_pooling(tiny
                     done = builder.add(attn[:, layer, :, q0:q0 + rows], q0)
                 assert done is not None
                 torch.testing.assert_close(done, dense[:, layer], atol=1e-6, rtol=0, msg=f"{mode}, {rows} rows")
+
+
+@pytest.mark.parametrize("block_rows", [None, 3])
+def test_float16_word_attention_equals_clarks_get_word_word_attention_bit_for_bit(block_rows: int | None) -> None:
+    """``float16=True`` (syntax under --conventions clark) against bpe_utils.get_word_word_attention run by NumPy on
+    float16 maps: words of 1 to 4 pieces, a padded second row, the layer given in blocks of query rows."""
+    from headscope.engine.wordlevel import WordAttention
+    from test_conventions import clark_word_word_attention
+
+    rng = np.random.default_rng(7)
+    pieces = [[1, 3, 1, 4, 2, 1], [1, 2, 1]]  # per row: pieces of each unit ([CLS] w.. [SEP])
+    seq = sum(pieces[0])
+    unit_of_piece = torch.full((2, seq), -1, dtype=torch.int64)
+    for r, counts in enumerate(pieces):
+        units = np.repeat(np.arange(len(counts)), counts)
+        unit_of_piece[r, :len(units)] = torch.from_numpy(units)
+    heads = 3
+    maps = np.zeros((2, heads, seq, seq), dtype=np.float16)
+    for r, counts in enumerate(pieces):
+        n = sum(counts)
+        raw = rng.dirichlet(np.ones(n) * 0.3, size=(heads, n))  # peaked rows: sums that round in float16
+        maps[r, :, :n, :n] = raw.astype(np.float16)
+    words = WordAttention(unit_of_piece, len(pieces[0]), mode="first", float16=True)
+    weights = torch.from_numpy(maps.astype(np.float32))
+    step = block_rows or seq
+    for start in range(0, seq, step):
+        out = words.add(weights[:, :, start:start + step], start)
+    assert out is not None
+    for r, counts in enumerate(pieces):
+        n, m = sum(counts), len(counts)
+        words_to_tokens = [list(range(sum(counts[:u]), sum(counts[:u + 1]))) for u in range(m)]
+        for h in range(heads):
+            expected = clark_word_word_attention(maps[r, h, :n, :n], words_to_tokens)
+            assert expected.dtype == np.float16
+            assert np.array_equal(out[r, h, :m, :m].numpy(), expected.astype(np.float32)), (r, h)
+        assert not out[r, :, m:].any() and not out[r, :, :, m:].any()  # empty unit slots stay 0

@@ -12,16 +12,14 @@ each analysis's options), and ``inspect.signature(headscope.run)`` has them all.
 
 from __future__ import annotations
 
-import sys
-import types
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from headscope.lazy import lazy_exports
 from headscope.version import __version__
 
 if TYPE_CHECKING:
     from headscope.analyses import REGISTRY, Analysis, AnalysisResult, register
-    from headscope.compare import Comparison, compare
+    from headscope.comparison import Comparison, compare
     from headscope.config import RunConfig
     from headscope.engine import RunResult, word_attention
     from headscope.manifest import Manifest
@@ -34,7 +32,7 @@ if TYPE_CHECKING:
 #: Public name -> the module it is imported from, on first use.
 _EXPORTS = {
     "REGISTRY": "headscope.analyses", "Analysis": "headscope.analyses", "AnalysisResult": "headscope.analyses",
-    "register": "headscope.analyses", "Comparison": "headscope.compare", "compare": "headscope.compare",
+    "register": "headscope.analyses", "Comparison": "headscope.comparison", "compare": "headscope.comparison",
     "RunConfig": "headscope.config", "RunResult": "headscope.engine", "word_attention": "headscope.engine",
     "Manifest": "headscope.manifest", "Encoder": "headscope.model", "Example": "headscope.model",
     "load_model": "headscope.model", "run": "headscope.runner.orchestrate",
@@ -44,19 +42,6 @@ _EXPORTS = {
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
-
-
-class _Package(types.ModuleType):
-    """The package's module type: the first ``import headscope.compare`` binds the submodule as the package's
-    attribute ``compare``, where the public name is the function; this keeps the function there."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == value.__name__:
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 __all__ = ["REGISTRY", "Analysis", "AnalysisResult", "Comparison", "Encoder", "Example", "Manifest",

@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
 #: The subcommands that live with what they drive: name -> (module, its add-arguments and main functions,
 #: help). The CLI sits on top and imports each one when it is chosen; they never import the CLI.
 MODULE_COMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "compare": ("headscope.compare", "add_compare_arguments", "main_compare",
+    "compare": ("headscope.comparison.command", "add_compare_arguments", "main_compare",
                 "set two runs side by side: per-head changes, tested role changes, a report page"),
     "view": ("headscope.viewer", "add_view_arguments", "main_view",
              "write one HTML page showing every head's attention on one input"),

@@ -8,8 +8,10 @@ class AttentionUnavailableError(RuntimeError):
 
 
 class UsageError(ValueError):
-    """A run asked for what it cannot do as given (an unknown analysis name, an analysis without its input):
-    found before the model loads; ``headscope run`` exits with code 2, as for any usage error."""
+    """A run asked for what it cannot do as given (an unknown analysis name, an analysis without its input, an
+    option out of range): found before the model loads, or, when only the loaded model can tell (an analysis
+    for decoder LMs on an encoder, a probe longer than the model's inputs), before any pass; ``headscope run``
+    exits with code 2, as for any usage error."""
 
 
 class MissingDependencyError(ImportError):

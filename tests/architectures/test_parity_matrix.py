@@ -16,7 +16,8 @@ import torch
 from arch_matrix import ARCHITECTURES, VOCAB, Arch
 
 from headscope.engine.batch import Batch
-from headscope.engine.capture import capture_stacked, choose_route, eager_attention, ensure_route, kv_budget
+from headscope.engine.capture import capture_stacked, choose_route, eager_attention, ensure_route
+from headscope.engine.forwards import kv_budget
 from headscope.errors import UnsupportedModelError
 from headscope.model.gates import OUTPUT_PROJECTIONS, HeadGates
 from headscope.model.load import LoadedModel, load_model

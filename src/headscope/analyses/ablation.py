@@ -32,7 +32,7 @@ import torch
 from headscope.analyses.base import Analysis, AnalysisResult, head_name
 from headscope.analyses.registry import register
 from headscope.config import check_minimum, option
-from headscope.engine.forwards import LM_LOSSES, MASK_RATE, CorpusRows, Forward, Pass
+from headscope.engine.forwards import LM_LOSSES, MASK_RATE, CorpusRows, Forward, LMLoss, Pass
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
@@ -117,13 +117,17 @@ def gates_closing(heads: list[tuple[int, int]], n_layers: int, n_heads: int) -> 
     return gates
 
 
-@dataclass
+@dataclass(frozen=True)
 class AblationOptions:
     """Options of the ``ablation`` analysis."""
 
     ablation_sequences: int = option(64, help="Sequences of the corpus (seeded sample) re-run for each "
                                      "ablation.")
     ablation_top: int = option(2, help="Most typical heads of each cluster also switched off one at a time.")
+
+    def __post_init__(self) -> None:
+        check_minimum(self, 1, "ablation_sequences")
+        check_minimum(self, 0, "ablation_top")
 
 
 @register
@@ -145,9 +149,7 @@ class PatternAblation(Analysis):
     intervenes = True
 
     def start(self, ctx: AnalysisContext) -> None:
-        check_minimum(self.options, 1, "ablation_sequences")
-        check_minimum(self.options, 0, "ablation_top")
-        # The LM loss when the model has one (the engine's Forward(loss="lm")), else the hidden states' drift.
+        # The LM loss when the model has one (the engine's LMLoss forward), else the hidden states' drift.
         self.metric = ctx.loss_kind if ctx.loss_kind in LM_LOSSES else "hidden_drift"
         self.conditions: list[Condition] = []
         self.add_state("tokens_", 0)
@@ -160,7 +162,7 @@ class PatternAblation(Analysis):
 
     def passes(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> Iterator[Pass]:
         """One pass over a seeded sample of the corpus: every condition's forward on each batch."""
-        seed = ctx.seed
+        seed = ctx.seeds.seed  # the root draw (headscope.seeds.ROOT["ablation"])
         self.conditions = [Condition("baseline", -1, "", []),
                            *conditions_from_clusters(results["distance"].heads, self.options.ablation_top, seed)]
         k = len(self.conditions)
@@ -169,9 +171,9 @@ class PatternAblation(Analysis):
         self.add_state("loss_tokens_", np.zeros(k))
         self.add_state("drift_", np.zeros(k))
         n = min(self.options.ablation_sequences, ctx.examples)
-        picked = np.random.default_rng(seed).choice(ctx.examples, size=n, replace=False)
+        picked = ctx.seeds.root("ablation").choice(ctx.examples, size=n, replace=False)
         shape = (ctx.info.n_layers, ctx.info.n_heads)
-        forwards = [Forward(tag=j, gates=gates_closing(c.heads, *shape), loss="lm", hidden=True)
+        forwards = [LMLoss(tag=j, gates=gates_closing(c.heads, *shape))
                     for j, c in enumerate(self.conditions)]
         yield Pass("ablation", CorpusRows(frozenset(int(i) for i in picked)), forwards)
 

@@ -22,8 +22,9 @@ running sums. Attention is never held for every layer at once (:mod:`headscope.e
   ``update_pass(batch, forward, out)`` (and attention blocks in ``update_pass_attention``). It never holds
   the model, the corpus or the manifest;
 - ``merge(other)`` adds another accumulator of the same kind (shards, resumed runs): the result equals one
-  run over both parts. It comes from the declared reductions; an analysis overrides it only for state no
-  reduction describes (and says why);
+  run over both parts. It comes from the declared reductions (arrays indexed by keys met during the run
+  merge key by key: ``Keyed``), as the checkpoint does from the declarations (a state of objects declares
+  its ``Serializer``); no analysis writes its own;
 - ``finalize(ctx, results)`` returns an :class:`AnalysisResult` of tidy DataFrames. ``results`` holds the
   results of the analyses named in ``after`` (and in ``after_if_run``, when they run), which
   finalize first.
@@ -41,13 +42,17 @@ import pandas as pd
 import torch
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
+    import numpy as np
+
+    from headscope.analyses.findings import AtlasLabels, Behaviour, Ranking
+    from headscope.config import RunConfig
     from headscope.engine.batch import Batch
     from headscope.engine.capture import LayerAttention
     from headscope.engine.context import AnalysisContext
     from headscope.engine.forwards import Forward, ForwardOutput, Generate, Pass
-    from headscope.engine.state import Reduce, StateSpec
+    from headscope.engine.state import Reduce, Serializer, StateSpec
     from headscope.model.encode import Example
 
 
@@ -106,6 +111,14 @@ class Analysis(ABC):
     needs: ClassVar[tuple[str, ...]] = ()
     """What the run must offer for ``--analyses all`` to include this analysis: ``treebank``,
     ``coreference``, ``causal`` (a decoder LM) or ``encoder``."""
+    ranking: ClassVar[Ranking | None] = None
+    """A per-head score of its results that pruning prunes by, weakest first (:mod:`~headscope.analyses.findings`)."""
+    behaviour: ClassVar[Behaviour | None] = None
+    """The heads in which it identified a behaviour (pruning's seed claim)."""
+    atlas_labels: ClassVar[AtlasLabels | None] = None
+    """The head atlas's labels it gives: groups, thresholds and the rule (:mod:`headscope.analyses.labels`)."""
+    reads_findings: ClassVar[bool] = False
+    """True when it reads the others' declared rankings and behaviours: those that run finalize first."""
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None or self.Options is None else self.Options()
@@ -124,6 +137,15 @@ class Analysis(ABC):
         """Importable top-level modules this analysis needs with its options, beyond headscope's own
         dependencies; the run checks them (``importlib.util.find_spec``) before the model loads."""
         return ()
+
+    def check_run(self, config: RunConfig) -> None:  # noqa: B027 (optional hook)
+        """Refuse (ValueError, one line) options that do not fit the run's settings, before the model loads.
+
+        Options are checked in one place each: a value alone in ``Options.__post_init__`` (minimums, choices,
+        ranges; the options are frozen, so they stay checked), a value against the run's settings here (the
+        other analyses asked for, ``--conventions``), a need of the model in ``needs``
+        (:func:`~headscope.analyses.registry.check_model_needs`). Only what the loaded model alone can tell
+        (its longest input, its tokenizer's special tokens) is checked in :meth:`start`."""
 
     def wants(self, example: Example) -> bool:
         """Whether this analysis uses ``example``; others are masked out of its updates."""
@@ -146,8 +168,12 @@ class Analysis(ABC):
 
     # declared state
 
-    def add_state(self, name: str, default: Any, reduce: Reduce = "sum") -> None:
+    def add_state(self, name: str, default: Any, reduce: Reduce = "sum", serializer: Serializer | None = None
+                  ) -> None:
         """Declare one state attribute and set it to ``default`` (call in :meth:`start`).
+
+        Only declared attributes are state: :meth:`merge`, :meth:`reset`, :meth:`state_dict` and
+        :meth:`load_state_dict` read the declarations and nothing else.
 
         Parameters
         ----------
@@ -157,23 +183,31 @@ class Analysis(ABC):
             Its value at the start (and after :meth:`reset`). A dict is a family of states reduced key by key
             (``{"cls": zeros, "sep": zeros}``, ``{"all": 0, "pair": 0}``); keys one shard has and another has
             not are kept.
-        reduce : {"sum", "max", "min", "cat"}, callable or None
-            How two shards' values combine in :meth:`merge` (:func:`headscope.engine.state.reduce_state`):
+        reduce : {"sum", "max", "min", "cat", "keys"}, Keyed or callable
+            How two shards' values combine in :meth:`merge` (:func:`headscope.engine.state.reduce_states`):
             elementwise sum, max or min; ``cat`` joins along the first dimension (lists: one after the other);
-            a callable ``(mine, theirs) -> merged`` for anything else; None when the analysis's own
-            :meth:`merge` combines it (it must then override :meth:`merge`).
+            ``keys`` joins a list of keys (relation labels met so far); ``Keyed(by, axis)`` sums an array whose
+            ``axis`` is indexed by the keys of the state ``by``, key by key (grow it with :meth:`grow_keys`);
+            a callable ``(mine, theirs) -> merged`` for anything else.
+        serializer : Serializer, optional
+            How a value that is not arrays and plain JSON (objects of the analysis's own) is saved and loaded
+            (:class:`headscope.engine.state.Serializer`).
         """
         # (function-level: the engine package's __init__ imports the run loop, which imports the analyses)
-        from headscope.engine.state import StateError, StateSpec, clone_state
+        from headscope.engine.state import StateSpec, check_spec, clone_state
 
-        if not name.endswith("_") or name.startswith("_"):
-            raise StateError(f"{type(self).__name__}: state {name!r} must end in '_' (and not start with it)")
-        if reduce is None and type(self).merge is Analysis.merge:
-            raise StateError(f"{type(self).__name__}: state {name} has no reduction and merge() is not overridden")
-        if isinstance(reduce, str) and reduce not in ("sum", "max", "min", "cat"):
-            raise StateError(f"{type(self).__name__}: unknown reduction {reduce!r} for {name}")
-        self.__dict__.setdefault("_states", {})[name] = StateSpec(reduce, clone_state(default))
+        spec = StateSpec(reduce, clone_state(default), serializer)
+        check_spec(type(self).__name__, name, spec, self.states)
+        self.__dict__.setdefault("_states", {})[name] = spec
         setattr(self, name, default)
+
+    def grow_keys(self, keys_state: str, keys: Sequence[Any]) -> np.ndarray:
+        """Positions of ``keys`` in the key list ``keys_state`` (declared with ``reduce="keys"``); keys not met
+        before are appended (sorted) and the states keyed by it grow with zeros. Returns int64 of shape
+        (len(keys),)."""
+        from headscope.engine.state import grow_keys
+
+        return grow_keys(self, keys_state, keys)
 
     @property
     def states(self) -> dict[str, StateSpec]:
@@ -227,41 +261,35 @@ class Analysis(ABC):
 
     def update_pass_attention(self, batch: Batch, forward: Forward | Generate,  # noqa: B027 (optional hook)
                               block: LayerAttention) -> None:
-        """Add one attention block of a forward with ``attention="weights"`` (the shape of :meth:`update`'s)."""
+        """Add one attention block of an :class:`~headscope.engine.forwards.Observe` forward (the shape of
+        :meth:`update`'s)."""
 
     def state_dict(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The running state as (numpy arrays by name, JSON-able dict): checkpoints and distributed merges.
+        """The declared states (:meth:`add_state`) as (numpy arrays by name, JSON-able dict): checkpoints and
+        distributed merges (:func:`headscope.engine.state.save_states`)."""
+        from headscope.engine.state import save_states
 
-        The default saves the declared states (:meth:`add_state`; every attribute ending in ``_`` when none is
-        declared) with :func:`headscope.engine.state.generic_state`; override both this and
-        :meth:`load_state_dict` when the state holds other objects.
-        """
-        from headscope.engine.state import generic_state
-
-        return generic_state(self, only=tuple(self.states) if self.states else None)
+        return save_states(self)
 
     def load_state_dict(self, arrays: dict[str, Any], meta: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict` into this analysis, already started on the same model."""
-        from headscope.engine.state import load_generic_state
+        from headscope.engine.state import load_states
 
-        load_generic_state(self, arrays, meta)
+        load_states(self, arrays, meta)
 
     def merge(self: _A, other: Analysis) -> _A:
-        """Add the state of ``other`` (same kind, same model) into this one and return self.
-
-        Every declared state is combined by its reduction; states declared with ``reduce=None`` are left to
-        an override, which calls this for the rest.
-        """
-        from headscope.engine.state import reduce_state
+        """Add the state of ``other`` (same kind, same model) into this one and return self: every declared
+        state combined by its reduction (:func:`headscope.engine.state.reduce_states`)."""
+        from headscope.engine.state import reduce_states
 
         if type(other) is not type(self):
             raise TypeError(f"cannot merge a {type(other).__name__} into a {type(self).__name__}")
         if not self.states:
-            raise NotImplementedError(f"{type(self).__name__} declares no state (add_state) and has no merge()")
-        for name, spec in self.states.items():
-            if spec.reduce is not None:
-                setattr(self, name, reduce_state(spec.reduce, getattr(self, name), getattr(other, name),
-                                                 f"{self.name}.{name}"))
+            raise NotImplementedError(f"{type(self).__name__} declares no state (add_state)")
+        values = reduce_states(self.states, {name: getattr(self, name) for name in self.states},
+                               {name: getattr(other, name) for name in self.states}, self.name)
+        for name, value in values.items():
+            setattr(self, name, value)
         return self
 
     @abstractmethod

@@ -29,5 +29,5 @@ def float16_constant(values: Any, device: torch.device | str) -> torch.Tensor:
 
 def effective_conventions(ctx: AnalysisContext, supported: tuple[str, ...]) -> str:
     """The run's ``--conventions`` if this analysis implements it, else ``headscope`` (its own definitions)."""
-    wanted = getattr(getattr(ctx, "config", None), "conventions", "headscope")
+    wanted = ctx.conventions
     return wanted if wanted in supported else "headscope"

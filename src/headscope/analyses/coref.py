@@ -33,6 +33,8 @@ import pandas as pd
 import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name
+from headscope.analyses.findings import Behaviour, Ranking
+from headscope.analyses.labels.coref import LABELS as ATLAS_LABELS
 from headscope.analyses.registry import register
 from headscope.config import check_choices, option
 
@@ -178,7 +180,7 @@ def mention_queries(batch: Batch, candidates: str = "all") -> MentionQueries | N
                           baseline_correct)
 
 
-@dataclass
+@dataclass(frozen=True)
 class CorefOptions:
     """Options of the ``coref`` analysis."""
 
@@ -207,6 +209,9 @@ class CorefHeads(Analysis):
 
     name = "coref"
     report_order = 40
+    ranking = Ranking("coref_accuracy", order=30, describe="the head's antecedent-selection accuracy")
+    behaviour = Behaviour(table="coref_best", order=40)  # a best head of a mention type
+    atlas_labels = ATLAS_LABELS
     needs = ("coreference",)
     description = "heads whose mention head word attends most to an antecedent's head word (Clark et al. s4.3)"
     Options = CorefOptions

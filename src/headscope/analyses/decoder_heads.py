@@ -1,5 +1,9 @@
 """Head types of decoder language models, scored over the whole corpus in the one pass (issue 15).
 
+(Over 450 lines on purpose: this docstring is the scores' specification, beside the one accumulator that
+keeps them; their maths is in :mod:`~headscope.analyses.decoder_scores`, the probe's inputs in
+:mod:`~headscope.analyses.induction_probe`.)
+
 Per head, every score is computed per sequence and then averaged over sequences (a sequence where a score is
 undefined is left out of that head's mean), so results depend neither on batching, padding nor on the size
 of the blocks of query rows the engine hands over:
@@ -59,10 +63,20 @@ import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name
 from headscope.analyses.conventions import effective_conventions
+from headscope.analyses.decoder_scores import (
+    ROUNDING,
+    pattern_sums,
+    prefix_matching_sums,
+    sink_alphas,
+    uniform_block,
+)
+from headscope.analyses.induction_probe import probe_candidates, probe_sequences
+from headscope.analyses.labels.decoder_heads import LABELS as ATLAS_LABELS
 from headscope.analyses.registry import register
 from headscope.analyses.stats import CONFIDENCE, mean_or_nan, means_or_nan, percentile_intervals, poisson_weights
 from headscope.config import check_minimum, option
-from headscope.engine.forwards import Forward, Pass, TokenRows
+from headscope.engine.forwards import Forward, Observe, Pass, TokenRows
+from headscope.seeds import Seeds
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
@@ -87,13 +101,6 @@ LABELS = {
     "sink_bos": "attention to BOS",
 }
 
-#: Kept attention per row below which a score is undefined: the exclusions subtract float32 sums, so a row with
-#: nothing left keeps a rounding residue of this order rather than an exact 0.
-ROUNDING = 1e-6
-
-#: Mixed into the probe's seed so its draw is independent of the other seeded choices of a run.
-PROBE_STREAM = 15
-
 #: Default of ``--decoder-min-n``: fewest sequences scored for a head to be named among the top heads.
 MIN_N = 20
 
@@ -107,12 +114,6 @@ MARGIN = 0.1
 #: Default of ``--decoder-resamples``: resamples of the bootstrap intervals.
 RESAMPLES = 200
 
-#: Mixed into the bootstrap's seed (main pass; the probe adds 1) so its draws are independent of the others.
-BOOTSTRAP_STREAM = 30
-
-#: Key positions of the sink curve when the context says no sequence length (tests that feed hand-made maps).
-CURVE_POSITIONS = 1024
-
 #: What each ``--conventions`` value means here (``run.json`` and the report).
 CONVENTIONS = {
     "headscope": "headscope's inputs: the run's sequences (raw text packed into windows of --max-length tokens)",
@@ -122,7 +123,7 @@ CONVENTIONS = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class DecoderHeadsOptions:
     """Options of the ``decoder_heads`` analysis."""
 
@@ -147,226 +148,17 @@ class DecoderHeadsOptions:
     decoder_resamples: int = option(RESAMPLES, help="Bootstrap resamples of the decoder scores' intervals over "
                                     "sequences.")
 
-
-# --- the scores of one block of query rows ------------------------------------------------------------------
-
-def kept_row_mass(weights: torch.Tensor, query_start: int, exclude_bos: bool, exclude_current_token: bool
-                  ) -> torch.Tensor:
-    """Each row's attention left once the exclusions have zeroed column 0 and/or the diagonal.
-
-    Parameters
-    ----------
-    weights : Tensor of shape [batch, head, query, key]
-        One block of query rows, the first at position ``query_start``; padding exactly 0.
-    query_start : int
-    exclude_bos, exclude_current_token : bool
-
-    Returns
-    -------
-    Tensor of shape [batch, head, query]
-        float64: the denominator of TransformerLens's ``mul`` score, row by row.
-    """
-    # In float64 (rows are few next to the block): the subtractions then add no rounding of their own.
-    mass = weights.sum(-1).double()
-    if exclude_bos:
-        mass -= weights[..., 0].double()
-    if exclude_current_token:
-        mass -= torch.diagonal(weights, query_start, dim1=-2, dim2=-1).double()
-        if exclude_bos and query_start == 0:
-            mass[..., 0] += weights[..., 0, 0].double()  # A[0, 0] is both column 0 and the diagonal: out once
-    return mass
-
-
-def token_patterns(input_ids: torch.Tensor, query_start: int, query_stop: int, exclude_bos: bool,
-                   exclude_current_token: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The duplicate-token and induction detection patterns of a block of query rows.
-
-    Parameters
-    ----------
-    input_ids : Tensor of shape [batch, seq]
-        int64 ids (right padding; padded positions may hold any id: their weights are 0).
-    query_start, query_stop : int
-        The block's query positions.
-    exclude_bos, exclude_current_token : bool
-        Zero column 0 / the diagonal, as zeroing them in the attention would.
-
-    Returns
-    -------
-    duplicate, induction : Tensor of shape [batch, query, seq], bool
-        ``duplicate[b, r, j]``: ``j < i`` and ``ids[j] == ids[i]`` for ``i = query_start + r``;
-        ``induction[b, r, j]``: ``1 <= j <= i`` and ``ids[j - 1] == ids[i]``.
-    """
-    n = input_ids.shape[1]
-    dev = input_ids.device
-    pos = torch.arange(query_start, query_stop, device=dev)[:, None]
-    keys = torch.arange(n, device=dev)[None, :]
-    query_ids = input_ids[:, query_start:query_stop, None]
-    duplicate = (query_ids == input_ids[:, None, :]) & (keys < pos)
-    # The token just before each key; -1 before key 0 matches no id, so key 0 is never an induction target.
-    before = torch.nn.functional.pad(input_ids[:, :-1], (1, 0), value=-1)
-    induction = (query_ids == before[:, None, :]) & (keys <= pos)
-    if exclude_bos:
-        duplicate[..., 0] = False
-        induction[..., 0] = False
-    if exclude_current_token:  # the duplicate pattern is 0 on its diagonal already
-        induction &= keys != pos
-    return duplicate, induction
-
-
-def pattern_sums(weights: torch.Tensor, input_ids: torch.Tensor, query_start: int, exclude_bos: bool = False,
-                 exclude_current_token: bool = False) -> dict[str, torch.Tensor]:
-    """Numerators and denominator of the main-pass scores for one block of query rows.
-
-    Every quantity is a sum over the block's rows, so a layer's blocks add up to the whole layer.
-
-    Parameters
-    ----------
-    weights : Tensor of shape [batch, head, query, key]
-        One block, first row at ``query_start``; padded rows and columns exactly 0.
-    input_ids : Tensor of shape [batch, seq]
-    query_start : int
-    exclude_bos, exclude_current_token : bool
-
-    Returns
-    -------
-    dict of str to Tensor of shape [batch, head]
-        ``previous_token``, ``duplicate_token``, ``induction``: ``sum(A * P)``; ``mass``: ``sum(A)`` after
-        the exclusions (their common denominator); ``sink_first``: ``sum_i A[i, 0]`` (no exclusions).
-    """
-    q0 = query_start
-    q1 = q0 + weights.shape[-2]
-    # Row r is position q0 + r, so the previous-token entries A[i, i-1] are the block's diagonal q0 - 1.
-    previous = torch.diagonal(weights, q0 - 1, dim1=-2, dim2=-1).sum(-1)
-    if exclude_bos and q0 <= 1 < q1:
-        previous = previous - weights[:, :, 1 - q0, 0]  # A[1, 0] lies in column 0
-    duplicate, induction = token_patterns(input_ids, q0, q1, exclude_bos, exclude_current_token)
-    # einsum contracts query and key in one matrix product: no temporary as large as the block.
-    dtype = weights.dtype
-    return {
-        "previous_token": previous,
-        "duplicate_token": torch.einsum("bhqk,bqk->bh", weights, duplicate.to(dtype)),
-        "induction": torch.einsum("bhqk,bqk->bh", weights, induction.to(dtype)),
-        "mass": kept_row_mass(weights, q0, exclude_bos, exclude_current_token).sum(-1),
-        "sink_first": weights[..., 0].sum(-1),
-    }
-
-
-def prefix_matching_sums(weights: torch.Tensor, query_start: int, length: int, offset: int,
-                         exclude_bos: bool = False, exclude_current_token: bool = False
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Numerator and denominator of the prefix-matching score for one block of an induction-probe sequence.
-
-    The sequence is ``offset`` leading tokens (1 for a BOS, else 0) and then ``length`` random tokens twice;
-    the rows of the second repeat are positions ``offset + length .. offset + 2 * length - 1``, and row ``i``
-    is scored on key ``i - length + 1``, the token after the earlier copy of token ``i``.
-
-    Parameters
-    ----------
-    weights : Tensor of shape [batch, head, query, key]
-        One block of query rows, the first at ``query_start``.
-    query_start, length, offset : int
-    exclude_bos, exclude_current_token : bool
-        Only change the denominator: the scored key is never position 0 nor the query itself (length >= 2).
-
-    Returns
-    -------
-    numerator, denominator : Tensor of shape [batch, head]
-        ``sum_i A[i, i - length + 1]`` and ``sum_i sum_j A[i, j]`` (after exclusions) over the block's rows
-        of the second repeat.
-    """
-    b, h, rows, _ = weights.shape
-    pos = torch.arange(query_start, query_start + rows, device=weights.device)
-    second = ((pos >= offset + length) & (pos < offset + 2 * length)).to(weights.dtype)
-    target = (pos - length + 1).clamp_min(0)
-    picked = weights.gather(-1, target.view(1, 1, rows, 1).expand(b, h, rows, 1)).squeeze(-1)
-    numerator = (picked * second).sum(-1)
-    denominator = (kept_row_mass(weights, query_start, exclude_bos, exclude_current_token) * second.double()).sum(-1)
-    return numerator, denominator
-
-
-def uniform_block(lengths: torch.Tensor, query_start: int, rows: int, keys: int) -> torch.Tensor:
-    """The block a head attending uniformly over its keys would give: the chance level's attention.
-
-    Parameters
-    ----------
-    lengths : Tensor of shape [batch]
-        Real tokens of each sequence (right-aligned, as the capture hands blocks over).
-    query_start, rows, keys : int
-        The block's first query position, its rows and the keys of the batch.
-
-    Returns
-    -------
-    Tensor of shape [batch, 1, rows, keys]
-        float32: ``1/(i+1)`` on keys ``0..i`` of each real row ``i``; padded rows and keys 0.
-    """
-    dev = lengths.device
-    pos = torch.arange(query_start, query_start + rows, device=dev)[:, None]
-    key = torch.arange(keys, device=dev)[None, :]
-    seen = (key <= pos)[None] & (pos[None] < lengths[:, None, None])
-    return (seen.to(torch.float32) / (pos + 1).to(torch.float32))[:, None]
-
-
-def sink_alphas(column_sums: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gu et al.'s ``alpha_k`` of each sequence and head: the mean attention to key ``k`` over the rows that see it.
-
-    ``alpha_k = sum_{i >= k} A[i, k] / (n - k)``, as ``compute_attention_sink`` of their released
-    ``eval_sink_open_source.py`` (``(A / ratios).sum(dim=-2)`` with ``ratios[..., i, k] = T - k``; a causal
-    ``A[i, k]`` is 0 for ``i < k``).
-
-    Parameters
-    ----------
-    column_sums : Tensor of shape [batch, layer, head, key]
-        ``sum_i A[i, k]`` over every real row of each sequence (padding exactly 0).
-    lengths : Tensor of shape [batch]
-        Real tokens ``n`` of each sequence (positions ``0 .. n - 1``).
-
-    Returns
-    -------
-    alpha : Tensor of shape [batch, layer, head, key]
-        float64, 0 at ``k >= n``.
-    defined : Tensor of shape [batch, 1, 1, key]
-        bool: ``k < n``.
-    """
-    keys = column_sums.shape[-1]
-    k = torch.arange(keys, device=column_sums.device, dtype=torch.float64)
-    n = lengths.to(column_sums.device, torch.float64)[:, None, None, None]
-    defined = k < n
-    alpha = torch.where(defined, column_sums.double() / (n - k).clamp_min(1.0), 0.0)
-    return alpha, defined
-
-
-# --- the induction probe -------------------------------------------------------------------------------------
-
-def probe_candidates(tokenizer: Any, vocab_size: int | None = None) -> np.ndarray:
-    """int64 ids a probe token may be drawn from: the vocabulary (capped by the model's) without special tokens."""
-    size = len(tokenizer) if vocab_size is None else min(len(tokenizer), int(vocab_size))
-    keep = np.ones(size, dtype=bool)
-    special = np.asarray([i for i in tokenizer.all_special_ids if 0 <= i < size], dtype=np.int64)
-    keep[special] = False
-    return np.flatnonzero(keep).astype(np.int64)
-
-
-def probe_sequences(candidates: np.ndarray, n: int, length: int, seed: int, bos: int | None = None
-                    ) -> list[np.ndarray]:
-    """``n`` sequences of ``length`` distinct random tokens repeated twice, BOS first when ``bos`` is given.
-
-    Sequence ``k`` depends only on ``seed`` and ``k``. Tokens are distinct within a repeat so that each query
-    of the second repeat has exactly one earlier copy (and so one prefix-matching target).
-
-    Returns
-    -------
-    list of ndarray of shape (offset + 2 * length,)
-        int64 ids, ``offset`` = 1 with a BOS, else 0.
-    """
-    if length > len(candidates):
-        raise ValueError(f"induction_length {length} is more than the {len(candidates)} ordinary tokens of the "
-                         "vocabulary")
-    head = np.asarray([] if bos is None else [bos], dtype=np.int64)
-    out = []
-    for k in range(n):
-        tokens = np.random.default_rng([seed, PROBE_STREAM, k]).choice(candidates, size=length, replace=False)
-        out.append(np.concatenate([head, tokens, tokens]).astype(np.int64))
-    return out
+    def __post_init__(self) -> None:
+        o = self
+        check_minimum(o, 1, "induction_probe")
+        check_minimum(o, 2, "induction_length")
+        if not 0 <= o.sink_epsilon <= 1:
+            raise ValueError(f"sink_epsilon must be between 0 and 1, got {o.sink_epsilon}")
+        check_minimum(o, 1, "decoder_min_n")
+        if not 0 <= o.decoder_margin < 1:
+            raise ValueError(f"decoder_margin must be in [0, 1), got {o.decoder_margin}")
+        if o.decoder_resamples < 10:
+            raise ValueError(f"decoder_resamples must be at least 10, got {o.decoder_resamples}")
 
 
 # --- the analysis --------------------------------------------------------------------------------------------
@@ -390,6 +182,7 @@ class DecoderHeads(Analysis):
     name = "decoder_heads"
     option_prefix = "decoder"
     report_order = 15
+    atlas_labels = ATLAS_LABELS
     reads_pieces = True
     needs = ("causal",)
     description = ("decoder LMs: previous-token, duplicate-token, induction, prefix-matching and attention-sink "
@@ -399,21 +192,6 @@ class DecoderHeads(Analysis):
 
     def start(self, ctx: AnalysisContext) -> None:
         o = self.options
-        if not ctx.info.is_causal:
-            raise ValueError(
-                f"{ctx.info.name} is not a causal language model (its attention is bidirectional): the "
-                f"{self.name} analysis scores heads of decoder LMs (previous-token, induction, attention sinks) "
-                "and its numbers would mean nothing here; run it on a decoder LM, or use surface/distance for "
-                "an encoder")
-        check_minimum(o, 1, "induction_probe")
-        check_minimum(o, 2, "induction_length")
-        if not 0 <= o.sink_epsilon <= 1:
-            raise ValueError(f"sink_epsilon must be between 0 and 1, got {o.sink_epsilon}")
-        check_minimum(o, 1, "decoder_min_n")
-        if not 0 <= o.decoder_margin < 1:
-            raise ValueError(f"decoder_margin must be in [0, 1), got {o.decoder_margin}")
-        if o.decoder_resamples < 10:
-            raise ValueError(f"decoder_resamples must be at least 10, got {o.decoder_resamples}")
         shape = (ctx.info.n_layers, ctx.info.n_heads)
         self.n_layers_, self.n_heads_ = shape
         self.add_state("sums_", {k: torch.zeros(shape, dtype=torch.float64, device=ctx.device) for k in SCORES})
@@ -429,25 +207,22 @@ class DecoderHeads(Analysis):
         self.add_state("probe_sequences_", 0)
         # Gu et al.'s sink rate: per head, the sequences in which alpha_0 > epsilon; per key position k, that
         # indicator summed over sequences, layers and heads, and the sequences long enough to have a k.
-        positions = int(getattr(ctx, "max_length", 0) or 0) or CURVE_POSITIONS
+        positions = int(ctx.max_length)
         self.add_state("sink_hits_", torch.zeros(shape, dtype=torch.float64, device=ctx.device))
         self.add_state("curve_hits_", torch.zeros(positions, dtype=torch.float64, device=ctx.device))
         self.add_state("curve_seen_", torch.zeros(positions, dtype=torch.float64, device=ctx.device))
         self.conventions_ = effective_conventions(ctx, tuple(CONVENTIONS))
-        config = getattr(ctx, "config", None)  # (tests that feed hand-made maps have none: seed 0)
-        self.seed_ = int(getattr(config, "seed", 0) or 0)
+        self.seed_ = ctx.seeds.seed
         self._chance_probe: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.adds_bos_: bool | None = None
         self._probe: tuple[torch.Tensor, torch.Tensor] | None = None
-        if getattr(ctx, "tokenizer", None) is not None:  # (tests that feed hand-made maps have no model)
-            self.adds_bos_ = ctx.adds_bos  # the tokenizer's choice, or --bos
-            longest = 2 * o.induction_length + int(self.adds_bos_)
-            # Under gu, --max-length is the paper's T for the corpus's documents, not a limit on the probe.
-            limit = int(ctx.info.max_length) if self.conventions_ == "gu" else int(ctx.max_length)
-            if longest > limit:
-                raise ValueError(f"an induction-probe sequence takes {longest} tokens (2 x --decoder-induction-length "
-                                 f"{o.induction_length}{' + BOS' if self.adds_bos_ else ''}), more than the "
-                                 f"{limit} allowed here; lower --decoder-induction-length")
+        self.adds_bos_ = ctx.adds_bos  # the tokenizer's choice, or --bos
+        longest = 2 * o.induction_length + int(self.adds_bos_)
+        # Under gu, --max-length is the paper's T for the corpus's documents, not a limit on the probe.
+        limit = int(ctx.info.max_length) if self.conventions_ == "gu" else int(ctx.max_length)
+        if longest > limit:
+            raise ValueError(f"an induction-probe sequence takes {longest} tokens (2 x --decoder-induction-length "
+                             f"{o.induction_length}{' + BOS' if self.adds_bos_ else ''}), more than the "
+                             f"{limit} allowed here; lower --decoder-induction-length")
         self._batch: dict[str, torch.Tensor] = {}
 
     # main pass: per-sequence sums of the current batch, turned into per-sequence scores at its end
@@ -490,7 +265,7 @@ class DecoderHeads(Analysis):
         mass = acc["mass"]
         # TransformerLens asserts a sequence longer than 1; with every weight excluded its score is 0/0.
         defined = multi & (mass > ROUNDING * lengths)
-        weights = self._weights(batch, BOOTSTRAP_STREAM)
+        weights = self._weights(batch, "decoder_heads.bootstrap")
         chance_mass = acc["chance_mass"].clamp_min(1e-300)
         for key in PATTERN_SCORES:
             self._add(key, acc[key] / mass.clamp_min(1e-300), defined, acc[f"chance_{key}"] / chance_mass, weights)
@@ -507,10 +282,10 @@ class DecoderHeads(Analysis):
         self.sequences_ += batch.size
         self._batch = {}
 
-    def _weights(self, batch: Batch, stream: int) -> torch.Tensor:
+    def _weights(self, batch: Batch, stream: str) -> torch.Tensor:
         """Poisson bootstrap weights [resample, batch] of the batch's sequences (by their stream position)."""
-        keys = [int(ex.index) for ex in batch.examples] if batch.examples else list(range(batch.size))
-        w = poisson_weights(keys, int(self.options.decoder_resamples), [self.seed_, stream])
+        keys = [int(ex.index) for ex in batch.examples]
+        w = poisson_weights(keys, int(self.options.decoder_resamples), Seeds(self.seed_).key(stream))
         return torch.as_tensor(w, dtype=torch.float64, device=next(iter(self.boot_sums_.values())).device)
 
     def _add(self, key: str, values: torch.Tensor, valid: torch.Tensor, chance: torch.Tensor | None = None,
@@ -536,23 +311,23 @@ class DecoderHeads(Analysis):
     def passes(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> Iterator[Pass]:
         """The induction probe: random tokens repeated twice, their attention captured as in the main pass."""
         o = self.options
-        tokenizer = ctx.tokenizer
-        has_bos = ctx.adds_bos if self.adds_bos_ is None else self.adds_bos_
-        bos = int(tokenizer.bos_token_id) if has_bos else None
-        candidates = probe_candidates(tokenizer, ctx.vocab_size)
-        sequences = probe_sequences(candidates, o.induction_probe, o.induction_length, ctx.seed, bos)
+        codec = ctx.require_codec()
+        has_bos = self.adds_bos_
+        bos = codec.require_bos() if has_bos else None
+        candidates = probe_candidates(codec, ctx.vocab_size)
+        sequences = probe_sequences(candidates, o.induction_probe, o.induction_length, ctx.seeds.seed, bos)
         offset = int(has_bos)
         length = int(o.induction_length)
         # Written out (probes/decoder_heads.jsonl): each sequence, its repeats and the seed that drew it.
         self._probe_records = [
-            {"kind": "induction_probe", "index": k, "ids": ids.tolist(), "text": tokenizer.decode(ids.tolist()),
+            {"kind": "induction_probe", "index": k, "ids": ids.tolist(), "text": codec.decode(ids.tolist()),
              "bos": bool(has_bos), "length": length, "first_repeat": [offset, offset + length],
              "second_repeat": [offset + length, offset + 2 * length],
              "scored_rows": [offset + length, offset + 2 * length], "target": "key i - length + 1 of row i",
-             "seed": [int(ctx.seed), PROBE_STREAM, k]}
+             "seed": ctx.seeds.key("decoder_heads.probe", k)}
             for k, ids in enumerate(sequences)]
         yield Pass("decoder_heads: induction probe", TokenRows(tuple(sequences), has_bos),
-                   [Forward(attention="weights")])
+                   [Observe()])
 
     def update_pass_attention(self, batch: Batch, forward: Forward | Generate, block: LayerAttention) -> None:
         o = self.options
@@ -588,7 +363,7 @@ class DecoderHeads(Analysis):
         self._chance_probe = None
         length = self.options.induction_length
         self._add("prefix_matching", numerator / denominator.clamp_min(1e-300), denominator > ROUNDING * length,
-                  chance_num / chance_den.clamp_min(1e-300), self._weights(batch, BOOTSTRAP_STREAM + 1))
+                  chance_num / chance_den.clamp_min(1e-300), self._weights(batch, "decoder_heads.chance"))
         self.probe_sequences_ += batch.size
 
     def means(self) -> dict[str, torch.Tensor]:

@@ -31,6 +31,8 @@ import pandas as pd
 import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name
+from headscope.analyses.findings import Behaviour
+from headscope.analyses.labels.distance import LABELS as ATLAS_LABELS
 from headscope.analyses.registry import register
 from headscope.analyses.stats import mean_or_nan
 from headscope.config import check_choices, option
@@ -354,7 +356,7 @@ def cluster_table(heads: pd.DataFrame, fit: ClusterFit) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DistanceOptions:
     """Options of the ``distance`` analysis."""
 
@@ -378,13 +380,14 @@ class DistancePatterns(Analysis):
     name = "distance"
     accepts_rollout = True
     report_order = 62
+    behaviour = Behaviour(where=lambda heads: heads["pattern"] != "mixed", order=20)  # a named pattern
+    atlas_labels = ATLAS_LABELS
     reads_pieces = True
     description = "how far each head looks (signed-distance histogram, spread, entropy ...), clustered into " \
                   "named patterns (after Guan et al. 2020)"
     Options = DistanceOptions
 
     def start(self, ctx: AnalysisContext) -> None:
-        check_choices(self.options)  # again: the options may have been changed since
         shape = (ctx.info.n_layers, ctx.info.n_heads)
         self.causal_ = bool(ctx.info.is_causal)
         self.add_state("sums_", {k: torch.zeros(shape, dtype=torch.float64, device=ctx.device) for k in _SUMS})
@@ -419,7 +422,7 @@ class DistancePatterns(Analysis):
         heads = head_frame(means, n_layers, n_heads)
         opts = self.options
         fit = cluster_heads(heads[list(FEATURES)], k=opts.clusters, method=opts.cluster_method,
-                            seed=int(ctx.config.seed), max_clusters=opts.max_clusters)
+                            seed=ctx.seeds.seed, max_clusters=opts.max_clusters)
         clusters = cluster_table(heads, fit)
         heads["cluster"] = fit.labels
         heads["pattern"] = clusters["pattern"].to_numpy()[fit.labels]

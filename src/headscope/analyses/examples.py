@@ -32,6 +32,7 @@ import torch
 from headscope.analyses.base import Analysis, AnalysisResult
 from headscope.analyses.registry import register
 from headscope.config import option
+from headscope.engine.state import Serializer
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     from headscope.model.encode import Example
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExampleMapsOptions:
     """Options of :class:`ExampleMaps`."""
 
@@ -52,6 +53,10 @@ class ExampleMapsOptions:
                                      "longer sequences give their first this-many tokens, exact for a causal "
                                      "model).")
     """Upper bound on a kept sequence's length, so ``examples.json`` stays small."""
+
+    def __post_init__(self) -> None:
+        if self.example_maps < 0 or self.example_max_tokens < 1:
+            raise ValueError("example_maps must be >= 0 and example_max_tokens >= 1")
 
 
 @dataclass
@@ -132,6 +137,20 @@ def example_document(kept: KeptMap) -> dict[str, Any]:
             "attention": encode_float16(kept.attention.numpy())}
 
 
+def save_kept(kept: list[KeptMap]) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+    """The serializer's save of ``kept_``: each map as the array ``attention.{k}`` (float16 of shape [layer,
+    head, query, key]), the rest as JSON."""
+    return ({f"attention.{k}": entry.attention.numpy() for k, entry in enumerate(kept)},
+            [{"index": entry.index, "length": entry.length, "source": entry.source} for entry in kept])
+
+
+def load_kept(arrays: dict[str, np.ndarray], meta: list[dict[str, Any]], current: list[KeptMap]) -> list[KeptMap]:
+    """The inverse of :func:`save_kept` (``current``, the started analysis's empty list, is replaced)."""
+    return [KeptMap(int(entry["index"]), int(entry["length"]), dict(entry["source"]),
+                    torch.from_numpy(np.array(arrays[f"attention.{k}"], dtype=np.float16)))
+            for k, entry in enumerate(meta)]
+
+
 @register
 class ExampleMaps(Analysis):
     """Keeps the attention maps of a few sequences for the report (see the module docstring)."""
@@ -147,13 +166,11 @@ class ExampleMaps(Analysis):
     Options = ExampleMapsOptions
 
     def start(self, ctx: AnalysisContext) -> None:
-        if self.options.example_maps < 0 or self.options.example_max_tokens < 1:
-            raise ValueError("example_maps must be >= 0 and example_max_tokens >= 1")
         # A causal model's prefix is exact (see the module docstring); an encoder's is not, so it keeps only
         # sequences that fit whole.
-        self._causal = bool(ctx.info.is_causal) if ctx is not None else False
-        self._forms = ctx.config.resolved_treebank_input() == "forms" if ctx is not None else False
-        self.add_state("kept_", [], reduce=self._best)
+        self._causal = bool(ctx.info.is_causal)
+        self._forms = ctx.treebank_input == "forms"
+        self.add_state("kept_", [], reduce=self._best, serializer=Serializer(save_kept, load_kept))
         self._rows: list[int] = []
         self._layers: list[torch.Tensor] = []
 
@@ -206,15 +223,6 @@ class ExampleMaps(Analysis):
                 candidates.append(KeptMap(ex.index, n, describe(ex, self._forms, n), maps))
             self._keep(candidates)
         self._rows, self._layers = [], []
-
-    def state_dict(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        arrays = {f"attention.{k}": kept.attention.numpy() for k, kept in enumerate(self.kept_)}
-        return arrays, {"kept": [{"index": k.index, "length": k.length, "source": k.source} for k in self.kept_]}
-
-    def load_state_dict(self, arrays: dict[str, Any], meta: dict[str, Any]) -> None:
-        self.kept_ = [KeptMap(int(entry["index"]), int(entry["length"]), dict(entry["source"]),
-                              torch.from_numpy(np.array(arrays[f"attention.{k}"], dtype=np.float16)))
-                      for k, entry in enumerate(meta["kept"])]
 
     def finalize(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
         kept = sorted(self.kept_, key=lambda k: k.index)

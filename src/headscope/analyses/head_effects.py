@@ -35,12 +35,11 @@ gives the Spearman correlation of the two over heads and AtP's blind spot: the h
 heads, which a linear estimate misses).
 
 **AtP*** (``head_effects_atp_star``; Kramar et al. 2024): GradDrop's estimate of each effect's magnitude,
-``1/(L-1) sum_l |AtP_{-l}|`` (:func:`~headscope.analyses.effect_stats.grad_drop_estimate`). Its QK fix is 0
-for this node: a head's output replaced by r is its values replaced by r at every key (each row of its attention
-sums to 1), its queries and keys untouched, so the QK-fixed query and key terms
-(:mod:`headscope.engine.atp_star`) vanish (docs/head_effects.md). ``head_effects_verify_top K``: AtP* for
-every head, exact effects for its top K and K random heads
-(:func:`~headscope.analyses.effect_stats.verify_summary`).
+``1/(L-1) sum_l |AtP_{-l}|`` (:func:`grad_drop_estimate`). Its QK fix is 0 for this node: a head's output
+replaced by r is its values replaced by r at every key (each row of its attention sums to 1), its queries and
+keys untouched, so the QK-fixed query and key terms (:mod:`headscope.engine.atp_star`) vanish
+(docs/head_effects.md). ``head_effects_verify_top K``: AtP* for every head, exact effects for its top K and K
+random heads (:func:`verify_summary`).
 
 Writes the heads columns ``effect``, ``effect_low``, ``effect_high``, ``effect_atp`` (``effect_atp_star``) and
 ``head_effects.csv``.
@@ -55,42 +54,171 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from headscope.analyses import stats
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name
-from headscope.analyses.effect_stats import (
-    SALT,
-    bootstrap_effects,
-    grad_drop_estimate,
-    ranks,
-    recall_at,
-    spearman,
-    split_sample,
-    verify_summary,
-)
+from headscope.analyses.findings import Ranking
+from headscope.analyses.labels.head_effects import LABELS as ATLAS_LABELS
 from headscope.analyses.registry import register
 from headscope.analyses.stats import CONFIDENCE
 from headscope.config import check_choices, check_minimum, option
-from headscope.engine.forwards import MASK_RATE, CorpusRows, Forward, Pass
+from headscope.engine.forwards import MASK_RATE, Ablate, Attribution, CorpusRows, Forward, HeadSums, Pass
+from headscope.engine.progress import Tracker
+from headscope.seeds import Seeds
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
     from headscope.engine.context import AnalysisContext
     from headscope.engine.forwards import ForwardOutput, Generate
 
+
+#: Bootstrap resamples per step of its progress.
+BOOTSTRAP_BLOCK = 250
+
 #: Fewer held-out sequences than this: the summary says the interval is rough.
 MIN_SEQUENCES = 10
+
+
+def split_sample(examples: int, sequences: int, mean_sequences: int, seed: int
+                 ) -> tuple[frozenset[int], frozenset[int], bool]:
+    """The held-out sequences and the mean sample, disjoint when the corpus allows.
+
+    The held-out sample takes at most half the corpus (at least one sequence); the mean sample the next
+    ``mean_sequences`` of a seeded permutation. With nothing left for it (or ``mean_sequences`` 0), the mean
+    sample is the held-out one.
+
+    Returns
+    -------
+    held, mean : frozenset of int
+        Positions in the corpus's example stream.
+    disjoint : bool
+    """
+    order = Seeds(seed).rng("head_effects.split").permutation(examples)
+    n = min(sequences, examples // 2) or min(sequences, examples)
+    held = frozenset(int(i) for i in order[:n])
+    mean = frozenset(int(i) for i in order[n:n + mean_sequences])
+    return held, (mean or held), bool(mean)
 
 
 def head_forwards(rows: int, replace: np.ndarray | None, replay: bool = True, grad_drop: bool = False
                   ) -> list[Forward]:
     """The forwards of one held-out batch: attribution patching (with AtP*'s GradDrop when asked), then the
-    baseline and every head closed (:attr:`~headscope.engine.forwards.Forward.ablate`: replayed from each
+    baseline and every head closed (:class:`~headscope.engine.forwards.Ablate`: replayed from each
     layer's cached input where exact, ``rows // batch_size`` heads of a layer per forward)."""
-    return [Forward(tag=("atp",), loss="objective", atp=True, replace=replace, grad_drop=grad_drop),
-            Forward(tag=("heads",), loss="objective", per_sequence=True, ablate=True, rows=rows, replace=replace,
-                    replay=replay)]
+    return [Attribution(tag=("atp",), replace=replace, grad_drop=grad_drop),
+            Ablate(tag=("heads",), rows=rows, replace=replace, replay=replay)]
 
 
-@dataclass
+def bootstrap_effects(diff: np.ndarray, terms: np.ndarray, resamples: int, seed: int, quiet: bool = True
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap intervals of ``sum(diff[:, h]) / sum(terms)`` over sequences, for every column.
+
+    Parameters
+    ----------
+    diff : ndarray of shape (sequences, heads)
+        Each sequence's ablated minus baseline summed loss (paired: a resample takes both).
+    terms : ndarray of shape (sequences,)
+    resamples, seed : int
+    quiet : bool
+        No progress (the resamples, in blocks of :data:`BOOTSTRAP_BLOCK`).
+
+    Returns
+    -------
+    low, high : ndarray of shape (heads,)
+    """
+    n = diff.shape[0]
+    index = stats.bootstrap_indices(n, resamples, Seeds(seed).key("head_effects.bootstrap"))
+    values = np.empty((resamples, diff.shape[1]))
+    with Tracker("head_effects: bootstrap", "resamples", resamples, quiet) as tracker:
+        for start in range(0, resamples, BOOTSTRAP_BLOCK):
+            stop = min(resamples, start + BOOTSTRAP_BLOCK)
+            counts = np.zeros((stop - start, n))
+            np.add.at(counts, (np.arange(stop - start)[:, None], index[start:stop]), 1.0)
+            values[start:stop] = (counts @ diff) / np.maximum(counts @ terms, 1.0)[:, None]
+            tracker.update(stop - start)
+    return stats.percentile_intervals(values, CONFIDENCE)
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Spearman's rank correlation (scipy's) over the pairs where both are defined, None when undefined (fewer
+    than 2 values, or a constant one)."""
+    from scipy.stats import spearmanr
+
+    keep = np.isfinite(a) & np.isfinite(b)
+    a, b = a[keep], b[keep]
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return None
+    value = float(spearmanr(a, b).statistic)
+    return value if np.isfinite(value) else None
+
+
+def grad_drop_estimate(dropped: np.ndarray, terms: float) -> np.ndarray:
+    """AtP*'s GradDrop estimate (Kramar et al. 2024, section 3.1.2) of every head's effect magnitude:
+    ``1 / (L - 1) * sum over layers l of |AtP_{-l}|``, each ``AtP_{-l}`` (the estimate with layer ``l``'s
+    gradient dropped) summed over sequences and normalised as the effect; a head's own layer gives 0 (hence
+    ``L - 1``).
+
+    Parameters
+    ----------
+    dropped : ndarray of shape (sequences, n_layers, heads)
+        Each sequence's ``AtP_{-l}`` per dropped layer ``l`` and head (flattened ``layer * n_heads + head``).
+    terms : float
+        The loss terms of the sequences.
+
+    Returns
+    -------
+    ndarray of shape (heads,)
+    """
+    n_layers = dropped.shape[1]
+    return np.abs(dropped.sum(0) / max(terms, 1.0)).sum(0) / max(n_layers - 1, 1)
+
+
+def recall_at(estimate: np.ndarray, exact: np.ndarray, k: int) -> float | None:
+    """The share of the ``k`` largest ``exact`` values that are among the ``k`` largest of ``estimate``."""
+    if k < 1:
+        return None
+    top = set(np.argsort(-exact, kind="stable")[:k].tolist())
+    return len(top & set(np.argsort(-estimate, kind="stable")[:k].tolist())) / k
+
+
+def ranks(values: np.ndarray) -> np.ndarray:
+    """1 for the largest value, ties in head order; NaN values (heads not measured) get no rank (NaN, the
+    array then float)."""
+    finite = np.isfinite(values)
+    out = np.empty(len(values), dtype=np.int64 if finite.all() else np.float64)
+    if not finite.all():
+        out[~finite] = np.nan
+    where = np.flatnonzero(finite)
+    out[where[np.argsort(-values[where], kind="stable")]] = np.arange(1, len(where) + 1)
+    return out
+
+
+def verify_summary(effect: np.ndarray, star: np.ndarray, top: list[int], control: list[int]) -> dict[str, Any]:
+    """How well AtP*'s top K found the heads of largest exact effect magnitude, from the K heads it picked and
+    K random others (the control).
+
+    ``threshold`` is the K-th largest ``|effect|`` among the 2K verified heads. ``recall_verified``: the share
+    of the verified heads at or above it that AtP* picked. The control estimates how many unpicked heads reach
+    the threshold: ``control_above / K * (heads - K)``; ``recall_estimated`` = picked above / (picked above +
+    that estimate), an estimate of the recall of the model's exact top K.
+    """
+    k = len(top)
+    magnitude = np.abs(effect)
+    verified = np.asarray(top + control)
+    threshold = float(np.sort(magnitude[verified])[::-1][k - 1])
+    picked_above = int((magnitude[top] >= threshold).sum())
+    control_above = int((magnitude[control] >= threshold).sum())
+    unpicked = len(effect) - k
+    missed = control_above / k * unpicked
+    return {"k": k, "threshold": threshold, "top": top, "control": control,
+            "picked_above": picked_above, "control_above": control_above,
+            "recall_verified": picked_above / max(picked_above + control_above, 1),
+            "estimated_missed": missed, "recall_estimated": picked_above / max(picked_above + missed, 1e-12),
+            "spearman_verified": spearman(star[verified], magnitude[verified]),
+            "rule": "threshold: the K-th largest |effect| among the 2K verified heads; recall_estimated: picked "
+                    "heads above it over those plus control_above / K x (heads - K)"}
+
+
+@dataclass(frozen=True)
 class HeadEffectsOptions:
     """Options of the ``head_effects`` analysis."""
 
@@ -123,6 +251,11 @@ class HeadEffectsOptions:
 
     def __post_init__(self) -> None:
         check_choices(self)
+        check_minimum(self, 1, "head_effects_sequences", "head_effects_bootstrap")
+        check_minimum(self, 0, "head_effects_mean_sequences", "head_effects_rows", "head_effects_top",
+                      "head_effects_verify_top")
+        if self.head_effects_ablation == "mean" and self.head_effects_mean_sequences < 1:
+            raise ValueError("mean ablation needs head_effects_mean_sequences >= 1")
 
 
 @register
@@ -144,6 +277,8 @@ class HeadEffects(Analysis):
     name = "head_effects"
     costly = "about half a forward per head per batch of its sample (replayed from the layer inputs)"
     report_order = 68
+    ranking = Ranking("effect", measured=True, order=40, describe="the head's exact ablation effect on the loss")
+    atlas_labels = ATLAS_LABELS
     description = ("each head's mean-ablation effect on the loss, bootstrap interval, and attribution patching "
                    "(AtP) beside it")
     Options = HeadEffectsOptions
@@ -151,12 +286,6 @@ class HeadEffects(Analysis):
 
     def start(self, ctx: AnalysisContext) -> None:
         o = self.options
-        check_choices(o)  # again: the options may have been changed since
-        check_minimum(o, 1, "head_effects_sequences", "head_effects_bootstrap")
-        check_minimum(o, 0, "head_effects_mean_sequences", "head_effects_rows", "head_effects_top",
-                      "head_effects_verify_top")
-        if o.head_effects_ablation == "mean" and o.head_effects_mean_sequences < 1:
-            raise ValueError("mean ablation needs head_effects_mean_sequences >= 1")
         self.kind = ctx.require_loss()
         total = ctx.info.n_layers * ctx.info.n_heads
         # The mean's sums (one array, [layer, head, head_dim], once the first forward gives head_dim).
@@ -211,13 +340,13 @@ class HeadEffects(Analysis):
         the baseline, attribution patching and every head ablated."""
         o = self.options
         mean_n = o.head_effects_mean_sequences if o.head_effects_ablation == "mean" else 0
-        held, mean, self._disjoint = split_sample(ctx.examples, o.head_effects_sequences, mean_n, ctx.seed)
+        held, mean, self._disjoint = split_sample(ctx.examples, o.head_effects_sequences, mean_n, ctx.seeds.seed)
         keep = held | mean  # one stream of the corpus, cut in two
         if o.head_effects_ablation == "mean":
             yield Pass("head_effects: mean outputs", CorpusRows(keep, only=mean),
-                       [Forward(tag=("mean",), loss="objective", head_sums=True)])
+                       [HeadSums(tag=("mean",), loss="objective")])
         replace = self.replacement()
-        rows = o.head_effects_rows or int(ctx.config.batch_size)
+        rows = o.head_effects_rows or ctx.batch_size
 
         replay = o.head_effects_replay == "auto"
         if o.head_effects_verify_top:
@@ -225,6 +354,7 @@ class HeadEffects(Analysis):
             yield Pass("head_effects: AtP*", CorpusRows(keep, only=held), [atp])
             self._verify = self.verify_pick(ctx, o.head_effects_verify_top)
             picked = tuple(sorted(self._verify["top"] + self._verify["control"]))
+            assert isinstance(ablate, Ablate)
             yield Pass("head_effects: baseline and verified ablations", CorpusRows(keep, only=held),
                        [dataclasses.replace(ablate, heads=picked)])
             return
@@ -243,7 +373,7 @@ class HeadEffects(Analysis):
         star = grad_drop_estimate(dropped, terms)
         top = [int(i) for i in np.argsort(-star, kind="stable")[:k]]
         rest = np.setdiff1d(np.arange(self._total), top)
-        control = np.random.default_rng([ctx.seed, SALT, 1]).choice(rest, size=k, replace=False)
+        control = ctx.seeds.rng("head_effects.control").choice(rest, size=k, replace=False)
         return {"top": top, "control": sorted(int(i) for i in control)}
 
     def update_pass(self, batch: Batch, forward: Forward | Generate, out: ForwardOutput) -> None:
@@ -306,7 +436,7 @@ class HeadEffects(Analysis):
         total_terms = float(terms.sum())
         effect = diff.sum(0) / max(total_terms, 1.0)
         atp = self.atp_[order].sum(0) / max(total_terms, 1.0)
-        low, high = bootstrap_effects(diff, terms, o.head_effects_bootstrap, ctx.seed, bool(ctx.config.quiet))
+        low, high = bootstrap_effects(diff, terms, o.head_effects_bootstrap, ctx.seeds.seed, ctx.quiet)
         effect_rank, atp_rank = ranks(effect), ranks(atp)
         total = n_layers * n_heads
         top = min(o.head_effects_top, total)

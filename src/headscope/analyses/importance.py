@@ -27,14 +27,16 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame
+from headscope.analyses.labels.importance import LABELS as ATLAS_LABELS
 from headscope.analyses.registry import register
 from headscope.config import check_choices, check_minimum, option
-from headscope.engine.forwards import CONTRASTIVE_TEMPERATURE, CorpusRows, Forward, Pass
+from headscope.engine.forwards import CONTRASTIVE_TEMPERATURE, CorpusRows, GateGradient, Pass
 
 if TYPE_CHECKING:
+    from headscope.config import RunConfig
     from headscope.engine.batch import Batch
     from headscope.engine.context import AnalysisContext
-    from headscope.engine.forwards import ForwardOutput, Generate
+    from headscope.engine.forwards import Forward, ForwardOutput, Generate
 
 
 def normalize_importance(raw: np.ndarray, layers: bool = True, overall: bool = True) -> np.ndarray:
@@ -53,14 +55,14 @@ def normalize_importance(raw: np.ndarray, layers: bool = True, overall: bool = T
     return out
 
 
-def sample_rows(ctx: AnalysisContext, n: int, salt: int) -> CorpusRows:
-    """A seeded sample of ``n`` of the corpus's examples (``salt`` separates samples)."""
+def sample_rows(ctx: AnalysisContext, n: int, stream: str) -> CorpusRows:
+    """A seeded sample of ``n`` of the corpus's examples, drawn from ``stream`` (:mod:`headscope.seeds`)."""
     n = min(n, ctx.examples)
-    picked = np.random.default_rng([ctx.seed, salt]).choice(ctx.examples, size=n, replace=False)
+    picked = ctx.seeds.rng(stream).choice(ctx.examples, size=n, replace=False)
     return CorpusRows(frozenset(int(i) for i in picked))
 
 
-@dataclass
+@dataclass(frozen=True)
 class ImportanceOptions:
     """Options of the ``importance`` analysis."""
 
@@ -76,6 +78,7 @@ class ImportanceOptions:
 
     def __post_init__(self) -> None:
         check_choices(self)
+        check_minimum(self, 1, "importance_sequences")
 
 
 @register
@@ -90,17 +93,18 @@ class HeadImportance(Analysis):
 
     name = "importance"
     report_order = 65
+    atlas_labels = ATLAS_LABELS
     description = "head importance E|dL/dxi| (Michel et al. 2019): MLM, next-token or contrastive loss"
     Options = ImportanceOptions
     intervenes = True
     after_if_run = ("head_effects",)
 
-    def start(self, ctx: AnalysisContext) -> None:
-        check_choices(self.options)
-        check_minimum(self.options, 1, "importance_sequences")
-        if self.options.importance_ranking == "effects" and "head_effects" not in ctx.config.analyses:
+    def check_run(self, config: RunConfig) -> None:
+        if self.options.importance_ranking == "effects" and "head_effects" not in config.analyses:
             raise ValueError("importance_ranking effects reads head_effects' exact effects: add head_effects to "
                              "--analyses")
+
+    def start(self, ctx: AnalysisContext) -> None:
         self.kind = ctx.require_loss()
         info = ctx.info
         self.add_state("grad_abs_", np.zeros((info.n_layers, info.n_heads)))
@@ -123,8 +127,8 @@ class HeadImportance(Analysis):
             yield Pass("importance: head_effects' held-out sequences", CorpusRows(frozenset(held)), [],
                        progress=False)
             return
-        yield Pass("importance", sample_rows(ctx, self.options.importance_sequences, salt=14),
-                   [Forward(loss="objective", gate_grad=True)])
+        yield Pass("importance", sample_rows(ctx, self.options.importance_sequences, "importance.sample"),
+                   [GateGradient()])
 
     def update_pass(self, batch: Batch, forward: Forward | Generate, out: ForwardOutput) -> None:
         assert out.gate_grad is not None

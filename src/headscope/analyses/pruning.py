@@ -7,11 +7,12 @@ which the loss is measured, and as many on which importance is estimated. Orders
   normalisation) is re-estimated with the heads pruned so far closed, and the least important remaining
   heads are pruned next (Michel et al.'s iterative pruning);
 - ``random``: a seeded random order, one per seed of ``pruning_seeds``;
-- ``roles``, ``syntax``, ``coref``: each analysis's own ranking, weakest first, for the analyses that ran
-  (:func:`analysis_rankings`): does pruning what an analysis finds least remarkable hurt as little as
-  pruning the least important? Pruning finalizes after each of them that runs (``after_if_run``), whatever
-  the order given, and the summary names the rankings used and those absent;
-- ``head_effects``: when that analysis ran, its measured ablation effects, smallest first (not named as
+- each analysis's own ranking, weakest first, for the analyses that declare one (``ranking``,
+  :class:`~headscope.analyses.findings.Ranking`: roles, syntax, coref) and ran (:func:`analysis_rankings`):
+  does pruning what an analysis finds least remarkable hurt as little as pruning the least important?
+  Pruning finalizes after each of them that runs (``reads_findings``), whatever the order given, and the
+  summary names the rankings used and those absent;
+- a measured ranking (head_effects' ablation effects), smallest first, when that analysis ran (not named as
   absent when it did not: it is a measurement of its own, not a behaviour).
 
 Every point carries a seeded 95% percentile bootstrap interval over the held-out sequences (``loss_low``,
@@ -20,14 +21,16 @@ Every point carries a seeded 95% percentile bootstrap interval over the held-out
 measuring the model's quality and the summary and report say so, with the loss to use instead.
 
 The seed claim: among the heads that survive to 50% (importance order), the share with an identified
-behaviour (a held role in roles, a distance pattern other than ``mixed``, a best head of a syntax relation or
-of coreference), against the pruned half, by Fisher's exact test. Only the analyses that ran are used, and
-the summary names them; the same test is also made for each analysis alone, since the union can cover every
-head on a large corpus (every head then "has a behaviour" and the union test says nothing).
+behaviour (what each analysis declares as its ``behaviour``: a held role in roles, a distance pattern other
+than ``mixed``, a best head of a syntax relation or of coreference), against the pruned half, by Fisher's
+exact test. Only the analyses that ran are used, and the summary names them; the same test is also made for
+each analysis alone, since the union can cover every head on a large corpus (every head then "has a
+behaviour" and the union test says nothing).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -37,23 +40,25 @@ import pandas as pd
 
 from headscope.analyses import stats
 from headscope.analyses.base import Analysis, AnalysisResult
+from headscope.analyses.findings import declared_behaviours, declared_rankings
 from headscope.analyses.importance import normalize_importance
 from headscope.analyses.registry import register
 from headscope.analyses.stats import CONFIDENCE, percentile_interval
 from headscope.config import check_minimum, option
-from headscope.engine.forwards import CorpusRows, Forward, Pass
+from headscope.engine.forwards import CorpusRows, GateGradient, Loss, Pass
+from headscope.seeds import Seeds
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
     from headscope.engine.context import AnalysisContext
-    from headscope.engine.forwards import ForwardOutput, Generate
+    from headscope.engine.forwards import Forward, ForwardOutput, Generate
 
 
 def bootstrap_indices(n: int, resamples: int, seed: int) -> np.ndarray:
     """Seeded resamples (with replacement) of ``n`` held-out sequences: int array of shape (resamples, n).
 
     The same resamples serve every point of every order, so intervals of differences are paired."""
-    return stats.bootstrap_indices(n, resamples, [seed, 18])
+    return stats.bootstrap_indices(n, resamples, Seeds(seed).key("pruning.bootstrap"))
 
 
 def pooled_loss(losses: np.ndarray, terms: np.ndarray, index: np.ndarray | None = None) -> np.ndarray | float:
@@ -70,32 +75,20 @@ def fractions(step: float) -> list[float]:
 
 
 def behaviour_by_analysis(results: dict[str, AnalysisResult]) -> dict[str, set[tuple[int, int]]]:
-    """For each behaviour analysis that ran, the heads (layer, head) in which it identified a behaviour."""
+    """For each analysis that declares a behaviour and ran, the heads (layer, head) in which it identified it."""
     found: dict[str, set[tuple[int, int]]] = {}
-
-    def heads_of(frame: pd.DataFrame) -> set[tuple[int, int]]:
-        frame = frame.dropna(subset=["layer", "head"])
-        return {(int(la), int(he)) for la, he in zip(frame["layer"], frame["head"], strict=True)}
-
-    if "roles" in results and "roles" in results["roles"].tables:
-        roles = results["roles"].tables["roles"]
-        found["roles"] = heads_of(roles[roles["has_role"].astype(bool)])
-    if "distance" in results and results["distance"].heads is not None:
-        heads = results["distance"].heads
-        found["distance"] = heads_of(heads[heads["pattern"] != "mixed"])
-    for name, key in (("syntax", "syntax_best"), ("coref", "coref_best")):
-        if name in results and key in results[name].tables:
-            found[name] = heads_of(results[name].tables[key])
+    for name, behaviour in declared_behaviours():
+        heads = behaviour.heads(results[name]) if name in results else None
+        if heads is not None:
+            found[name] = heads
     return found
 
 
 def analysis_rankings(results: dict[str, AnalysisResult], n_layers: int, n_heads: int) -> dict[str, np.ndarray]:
-    """Each analysis's own per-head ranking score (higher: a stronger behaviour), where one exists.
-
-    - ``roles``: the largest t statistic over the head's roles (how clearly it holds its strongest role);
-    - ``syntax``: the accuracy of the head's best relation;
-    - ``coref``: the head's antecedent-selection accuracy;
-    - ``head_effects``: the head's exact ablation effect on the loss (``effect``).
+    """Each analysis's own per-head ranking score (higher: a stronger behaviour), for the analyses that declare
+    one (:class:`~headscope.analyses.findings.Ranking`) and ran, in the declarations' order: roles' largest t
+    over the head's roles, syntax's best relation's accuracy, coref's antecedent-selection accuracy,
+    head_effects' exact ablation effect.
 
     Returns
     -------
@@ -103,29 +96,17 @@ def analysis_rankings(results: dict[str, AnalysisResult], n_layers: int, n_heads
         Heads without a score rank lowest (``-inf``).
     """
     rankings: dict[str, np.ndarray] = {}
-
-    def scores(frame: pd.DataFrame, column: str) -> np.ndarray:
-        out = np.full(n_layers * n_heads, -np.inf)
-        frame = frame.dropna(subset=[column])
-        out[frame["layer"].to_numpy(int) * n_heads + frame["head"].to_numpy(int)] = frame[column].to_numpy(float)
-        return out
-
-    if "roles" in results and "roles" in results["roles"].tables:
-        roles = results["roles"].tables["roles"]
-        rankings["roles"] = scores(roles.groupby(["layer", "head"], as_index=False)["t"].max(), "t")
-    for name, column in (("syntax", "syntax_best_accuracy"), ("coref", "coref_accuracy"), ("head_effects", "effect")):
-        heads = results[name].heads if name in results else None
-        if heads is not None and column in heads:
-            rankings[name] = scores(heads, column)
+    for name, ranking in declared_rankings():
+        scores = ranking.scores(results[name], n_layers, n_heads) if name in results else None
+        if scores is not None:
+            rankings[name] = scores
     return rankings
 
 
-#: The analyses whose per-head ranking gives a pruning order (:func:`analysis_rankings`).
-RANKING_ANALYSES = ("roles", "syntax", "coref")
-#: Measured effects that give a pruning order too when they ran (never listed as absent).
-MEASURED_RANKINGS = ("head_effects",)
-#: The analyses whose identified behaviours the seed claim tests (:func:`behaviour_by_analysis`).
-BEHAVIOUR_ANALYSES = ("roles", "distance", "syntax", "coref")
+def curve_key(order: str, seed: int | None, fraction: float) -> str:
+    """The key of a point of the curve in the state ``curves_`` (JSON, as a checkpoint holds it)."""
+    return json.dumps([order, seed, fraction])
+
 
 #: What to use instead when the loss does not rise with pruning, by loss.
 BETTER_LOSS = {
@@ -177,7 +158,7 @@ def importance_vs_random(curves: dict[tuple[str, int | None, float], np.ndarray]
     return {"fractions": inner, "difference_low": low, "difference_high": high, "better": bool(high < 0)}
 
 
-@dataclass
+@dataclass(frozen=True)
 class PruningOptions:
     """Options of the ``pruning`` analysis."""
 
@@ -187,6 +168,12 @@ class PruningOptions:
                                     "many others estimate importance (default 64).")
     pruning_bootstrap: int = option(1000, help="Bootstrap resamples of the held-out sequences (seeded) for the 95 "
                                     "percent interval of every point of the pruning curve (default 1000).")
+
+    def __post_init__(self) -> None:
+        if not 0 < self.pruning_step <= 1:
+            raise ValueError(f"pruning_step must be in (0, 1], got {self.pruning_step}")
+        check_minimum(self, 0, "pruning_seeds")
+        check_minimum(self, 1, "pruning_sequences", "pruning_bootstrap")
 
 
 @register
@@ -201,20 +188,32 @@ class HeadPruning(Analysis):
     # check then calls the curves uninformative): ``all`` leaves pruning out for such a model.
     needs = ("trained_loss",)
     intervenes = True
-    # Every ranking and behaviour of the run, whatever order the analyses were given in.
-    after_if_run = tuple(dict.fromkeys((*RANKING_ANALYSES, *MEASURED_RANKINGS, *BEHAVIOUR_ANALYSES)))
+    # Every declared ranking and behaviour of the run, whatever order the analyses were given in.
+    reads_findings = True
+
+    # declared state (add_state in start): what the passes measured, which finalize reads
+    rows_: list[dict[str, Any]]
+    curves_: dict[str, np.ndarray]
+    pruned_: list[int]
+    survivors_: list[int]
+    rankings_: list[str]
+    counts_: dict[str, int]
 
     def start(self, ctx: AnalysisContext) -> None:
-        o = self.options
-        if not 0 < o.pruning_step <= 1:
-            raise ValueError(f"pruning_step must be in (0, 1], got {o.pruning_step}")
-        check_minimum(o, 0, "pruning_seeds")
-        check_minimum(o, 1, "pruning_sequences", "pruning_bootstrap")
         self.kind = ctx.require_loss()
-        # No state of the main pass: pruning's measurements are its own passes' (a curve, not sums to merge).
+        # Pruning's measurements are its own passes': a curve (its points, in the order measured, and the
+        # bootstrap losses of each, by curve_key), the importance order's heads as pruned, the survivors at
+        # 50%, the analyses' rankings used and the sample's sizes. One run measures them all: two shards'
+        # lists and curves are joined, their counts added.
+        self.add_state("rows_", [], reduce="cat")
+        self.add_state("curves_", {}, reduce="cat")
+        self.add_state("pruned_", [], reduce="cat")
+        self.add_state("survivors_", [], reduce="cat")
+        self.add_state("rankings_", [], reduce="cat")
+        self.add_state("counts_", {"held_sequences": 0, "held_batches": 0, "estimate_sequences": 0})
+        # Per-pass buffers, read by the generator between two yields (never state).
         self._sequences: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
         self._grad: np.ndarray | float = 0.0
-        self._rows: list[dict[str, Any]] = []
 
     def update_pass(self, batch: Batch, forward: Forward | Generate, out: ForwardOutput) -> None:
         if out.gate_grad is not None:
@@ -228,19 +227,19 @@ class HeadPruning(Analysis):
         o = self.options
         n = min(o.pruning_sequences, sequences // 2) or sequences
         steps = len(fractions(o.pruning_step))
-        # Held-out losses: every step of the importance order, of each random order and of up to three
-        # analyses' rankings (0% and 100% are shared); importance re-estimated before each step (with backward).
-        orders = 1 + o.pruning_seeds + 3
+        # Held-out losses: every step of the importance order, of each random order and of the analyses'
+        # declared rankings (0% and 100% are shared); importance re-estimated before each step (with backward).
+        orders = 1 + o.pruning_seeds + sum(not ranking.measured for _, ranking in declared_rankings())
         return n * (orders * (steps - 2) + 2) + 3 * n * (steps - 1)
 
     def passes(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> Iterator[Pass]:
         """Two seeded halves of a sample: importance re-estimated on one after each step (a pass of
         gradients), the loss of every order's gates measured on the other (a pass per set of open heads)."""
-        seed, o = ctx.seed, self.options
+        seed, o = ctx.seeds.seed, self.options
         n_layers, n_heads = ctx.info.n_layers, ctx.info.n_heads
         total = n_layers * n_heads
         n = min(o.pruning_sequences, ctx.examples // 2) or ctx.examples
-        order = np.random.default_rng([seed, 16]).permutation(ctx.examples)
+        order = Seeds(seed).rng("pruning.order").permutation(ctx.examples)
         held = frozenset(int(i) for i in order[:n])
         keep = held | (frozenset(int(i) for i in order[n:2 * n]) or held)
         # Both halves are cut from the same batches of the sample; importance is estimated on the held-out
@@ -250,9 +249,6 @@ class HeadPruning(Analysis):
         index: np.ndarray | None = None
         # Per-sequence losses by set of open heads: every order starts (0%) and ends (100%) with the same gates.
         cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
-        curves: dict[tuple[str, int | None, float], np.ndarray] = {}  # bootstrap losses of each point
-        self._curves, self._steps = curves, steps
-        self._held_sequences = self._held_batches = self._estimate_sequences = 0
 
         def point(order: str, s: int | None, f: float, k: int, g: np.ndarray) -> Iterator[Pass]:
             nonlocal index
@@ -260,17 +256,17 @@ class HeadPruning(Analysis):
             if key not in cache:
                 self._sequences = ([], [])
                 yield Pass("pruning: held-out loss", CorpusRows(keep, only=held),
-                           [Forward(gates=g.reshape(n_layers, n_heads), loss="objective", per_sequence=True)],
+                           [Loss(gates=g.reshape(n_layers, n_heads), per_sequence=True)],
                            progress=False)
                 cache[key] = (np.concatenate(self._sequences[0]), np.concatenate(self._sequences[1]))
             losses, terms = cache[key]
             if index is None:
-                self._held_sequences, self._held_batches = len(losses), len(self._sequences[0])
+                self.counts_["held_sequences"], self.counts_["held_batches"] = len(losses), len(self._sequences[0])
                 index = bootstrap_indices(len(losses), o.pruning_bootstrap, seed)
             boot = np.asarray(pooled_loss(losses, terms, index))
-            curves[order, s, f] = boot
+            self.curves_[curve_key(order, s, f)] = boot
             low, high = percentile_interval(boot)
-            self._rows.append({"fraction": f, "order": order, "seed": pd.NA if s is None else s, "n_pruned": k,
+            self.rows_.append({"fraction": f, "order": order, "seed": s, "n_pruned": k,
                                "loss": pooled_loss(losses, terms), "loss_low": low, "loss_high": high})
 
         # Importance order, re-estimated after each step with the pruned heads closed.
@@ -279,13 +275,13 @@ class HeadPruning(Analysis):
         survivors: list[int] | None = None
         from headscope.engine.progress import track
 
-        quiet = ctx.config.quiet
+        quiet = ctx.quiet
         for f in track(steps, "pruning: importance order", "steps", quiet=quiet):
             target = round(f * total)
             if target > len(pruned):
                 self._grad = 0.0
                 yield Pass("pruning: importance", CorpusRows(keep, only=estimate),
-                           [Forward(gates=gates.copy(), loss="objective", gate_grad=True)], progress=False)
+                           [GateGradient(gates=gates.copy())], progress=False)
                 raw = np.where(gates > 0, self._grad, 0.0)
                 score = normalize_importance(raw, layers=True, overall=False).reshape(-1)
                 alive = [i for i in np.argsort(score, kind="stable") if gates.reshape(-1)[i] > 0]
@@ -296,7 +292,7 @@ class HeadPruning(Analysis):
             if survivors is None and f >= 0.5:
                 survivors = [i for i in range(total) if gates.reshape(-1)[i] > 0]
         for s in track(range(o.pruning_seeds), "pruning: random orders", "orders", quiet=quiet):
-            perm = np.random.default_rng([seed, 17, s]).permutation(total)
+            perm = Seeds(seed).rng("pruning.shuffle", s).permutation(total)
             for f in steps:
                 g = np.ones(total)
                 k = round(f * total)
@@ -310,32 +306,35 @@ class HeadPruning(Analysis):
                 k = round(f * total)
                 g[ranked[:k]] = 0.0
                 yield from point(name, None, f, k, g)
-        self._rankings, self._pruned, self._survivors = rankings, pruned, survivors or []
-        self._estimate_sequences = len(estimate)
+        self.rankings_.extend(rankings)
+        self.pruned_.extend(pruned)
+        self.survivors_.extend(survivors or [])
+        self.counts_["estimate_sequences"] = len(estimate)
 
     def finalize(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> AnalysisResult:
-        if not self._rows:
+        if not self.rows_:
             raise RuntimeError("the pruning passes did not run (the engine runs them before finalize)")
         n_layers, n_heads = ctx.info.n_layers, ctx.info.n_heads
         total = n_layers * n_heads
-        curves, steps, rankings, pruned = self._curves, self._steps, self._rankings, self._pruned
-        rows = self._rows
-        table = pd.DataFrame(rows).astype({"seed": "Int64"})
+        curves = {tuple(json.loads(key)): boot for key, boot in self.curves_.items()}
+        steps, rankings, pruned = fractions(self.options.pruning_step), self.rankings_, self.pruned_
+        table = pd.DataFrame(self.rows_).astype({"seed": "Int64"})  # None: the orders without a seed
         table["loss_kind"] = self.kind
-        summary: dict[str, Any] = {"loss": self.kind, "held_out_batches": self._held_batches,
-                                   "held_out_sequences": self._held_sequences,
-                                   "estimate_sequences": self._estimate_sequences,
+        counts = self.counts_
+        summary: dict[str, Any] = {"loss": self.kind, "held_out_batches": counts["held_batches"],
+                                   "held_out_sequences": counts["held_sequences"],
+                                   "estimate_sequences": counts["estimate_sequences"],
                                    "bootstrap": {"resamples": self.options.pruning_bootstrap,
                                                  "confidence": CONFIDENCE, "over": "held-out sequences",
                                                  "interval": "percentile"},
                                    "pruned_order": [f"L{i // n_heads}H{i % n_heads}" for i in pruned]}
         summary["rankings"] = {"used": list(rankings), "absent": {
             name: ("ran but gave no per-head score" if name in results else "did not run")
-            for name in RANKING_ANALYSES if name not in rankings}}
+            for name, ranking in declared_rankings() if not ranking.measured and name not in rankings}}
         summary["loss_check"] = loss_check(curves, steps, self.kind)
         if self.options.pruning_seeds:
             summary["importance_vs_random"] = importance_vs_random(curves, steps, self.options.pruning_seeds)
-        claim = self._claim(results, self._survivors, n_heads, total)
+        claim = self._claim(results, self.survivors_, n_heads, total)
         summary["seed_claim"] = claim
         return AnalysisResult(name=self.name, tables={"pruning": table}, summary=summary)
 
@@ -343,13 +342,14 @@ class HeadPruning(Analysis):
     def _claim(results: dict[str, AnalysisResult], survivors: list[int], n_heads: int, total: int
                ) -> dict[str, Any]:
         by_analysis = behaviour_by_analysis(results)
+        declared = [name for name, _ in declared_behaviours()]
         if not by_analysis:
-            return {"analyses": [], "note": "no behaviour analysis (roles, distance, syntax, coref) ran"}
+            return {"analyses": [], "note": f"no behaviour analysis ({', '.join(declared)}) ran"}
         alive = np.zeros(total, bool)
         alive[survivors] = True
         union = set().union(*by_analysis.values())
         claim: dict[str, Any] = {"analyses": list(by_analysis), **seed_claim_test(union, alive, n_heads)}
-        claim["absent"] = [name for name in BEHAVIOUR_ANALYSES if name not in by_analysis]
+        claim["absent"] = [name for name in declared if name not in by_analysis]
         claim["by_analysis"] = {name: seed_claim_test(found, alive, n_heads) for name, found in by_analysis.items()}
         if claim["share_all"] in (0.0, 1.0):
             claim["note"] = ("every head" if claim["share_all"] else "no head") + (

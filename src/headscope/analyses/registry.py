@@ -209,10 +209,38 @@ def check_inputs(config: RunConfig, names: list[str]) -> None:
                          "applies)")
 
 
+def check_options(config: RunConfig, analyses: list[Analysis]) -> None:
+    """Each analysis's options against the run's settings (:meth:`Analysis.check_run`), before the model loads."""
+    for analysis in analyses:
+        analysis.check_run(config)
+
+
+def check_model_needs(names: list[str], model: str, is_causal: bool) -> None:
+    """Refuse an analysis asked for by name whose ``needs`` the loaded model does not meet (``causal``,
+    ``encoder``): once the model's config is read, before any pass. ``all`` leaves such analyses out instead.
+
+    Raises
+    ------
+    UsageError
+        Naming the model, what it is, the analysis and what it needs.
+    """
+    for name in names:
+        cls = REGISTRY.get(name)
+        if cls is None:
+            continue
+        if "causal" in cls.needs and not is_causal:
+            raise UsageError(f"{model} is not a causal language model (its attention is bidirectional): the {name} "
+                             f"analysis ({cls.description}) needs a decoder LM; run it on a decoder LM")
+        if "encoder" in cls.needs and is_causal:
+            raise UsageError(f"{model} is a causal language model: the {name} analysis ({cls.description}) needs "
+                             "an encoder model (bidirectional attention)")
+
+
 def finalize_order(names: list[str]) -> list[str]:
-    """``names`` reordered so that every analysis comes after those of its ``after`` and ``after_if_run`` that
-    are among ``names``: a stable topological order (each step takes the first name, in the given order, whose
-    dependencies are all placed), so analyses without dependencies keep the order given.
+    """``names`` reordered so that every analysis comes after those of its ``after`` and ``after_if_run`` (and,
+    when it ``reads_findings``, those declaring a ranking or a behaviour) that are among ``names``: a stable
+    topological order (each step takes the first name, in the given order, whose dependencies are all placed),
+    so analyses without dependencies keep the order given.
 
     Raises
     ------
@@ -220,7 +248,10 @@ def finalize_order(names: list[str]) -> list[str]:
         On a cycle.
     """
     present = set(names)
-    deps = {name: {d for d in (*REGISTRY[name].after, *REGISTRY[name].after_if_run) if d in present and d != name}
+    # An analysis that reads the declared rankings and behaviours comes after every analysis that declares one.
+    declaring = {n for n in names if REGISTRY[n].ranking is not None or REGISTRY[n].behaviour is not None}
+    deps = {name: {d for d in (*REGISTRY[name].after, *REGISTRY[name].after_if_run,
+                               *(declaring if REGISTRY[name].reads_findings else ())) if d in present and d != name}
             for name in names}
     placed: list[str] = []
     left = list(dict.fromkeys(names))

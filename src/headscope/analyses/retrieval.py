@@ -49,30 +49,28 @@ import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame, head_name
 from headscope.analyses.conventions import effective_conventions
+from headscope.analyses.labels.retrieval import LABELS as ATLAS_LABELS
 from headscope.analyses.registry import register
+from headscope.analyses.retrieval_prompts import (
+    NEEDLES,
+    Prompt,
+    build_prompt,
+    build_prompt_wu,
+    decoy_spans,
+    haystack_sentences,
+)
 from headscope.analyses.stats import bootstrap_indices, mean_or_nan, percentile_intervals
 from headscope.config import check_minimum, option
 from headscope.engine.forwards import Generate, Pass, TokenRows
+from headscope.seeds import Seeds
 
 if TYPE_CHECKING:
+    from headscope.config import RunConfig
     from headscope.engine.batch import Batch
+    from headscope.engine.codec import TokenCodec
     from headscope.engine.context import AnalysisContext
     from headscope.engine.forwards import Forward, ForwardOutput
 
-#: The needles, their questions and the part of each needle that answers it: made-up facts that no haystack
-#: holds, so the answer must come from the prompt. (Wu et al. use their own set of needles, each with its
-#: ``real_needle``, the answer; these are headscope's.)
-NEEDLES = (
-    ("The secret ingredient of the famous harbour soup is a spoonful of orange peel and smoked paprika.",
-     "What is the secret ingredient of the famous harbour soup?",
-     "a spoonful of orange peel and smoked paprika"),
-    ("The best way to cross the northern mountains is to take the old railway from the valley at sunrise.",
-     "What is the best way to cross the northern mountains?",
-     "take the old railway from the valley at sunrise"),
-    ("The lighthouse keeper kept a small green atlas of the islands under his pillow every night.",
-     "What did the lighthouse keeper keep under his pillow every night?",
-     "a small green atlas of the islands"),
-)
 
 #: What each ``--conventions`` value means here (``run.json`` and the report).
 CONVENTIONS = {
@@ -83,15 +81,8 @@ CONVENTIONS = {
            "the answer, their prompt format and depth grid"),
 }
 
-#: Mixed into the seed of the depth draw so it is independent of the other seeded choices of a run.
-DEPTH_STREAM = 24
 
-#: Mixed into the seeds of the decoy spans and of the bootstrap over prompts.
-DECOY_STREAM = 31
-BOOTSTRAP_STREAM = 32
-
-
-@dataclass
+@dataclass(frozen=True)
 class RetrievalOptions:
     """Options of the ``retrieval`` analysis."""
 
@@ -117,6 +108,23 @@ class RetrievalOptions:
                                    "haystack away from the needle: the chance level.")
     retrieval_resamples: int = option(1000, help="Bootstrap resamples of the retrieval scores' intervals over "
                                       "prompts.")
+
+    def __post_init__(self) -> None:
+        o = self
+        check_minimum(o, 1, "retrieval_prompts")
+        if o.haystack_tokens < 1 or o.retrieval_new_tokens < 1:
+            raise ValueError("haystack_tokens and retrieval_new_tokens must be at least 1")
+        if bool(o.retrieval_needle) != bool(o.retrieval_question):
+            raise ValueError("retrieval_needle and retrieval_question go together: give both or neither")
+        if o.retrieval_answer and not o.retrieval_needle:
+            raise ValueError("retrieval_answer is the answer part of --retrieval-needle: give the needle too")
+        if o.retrieval_answer and o.retrieval_answer not in o.retrieval_needle:
+            raise ValueError(f"retrieval_answer {o.retrieval_answer!r} is not part of the needle "
+                             f"{o.retrieval_needle!r}")
+        if not 0 <= o.retrieval_margin < 1 or o.retrieval_min_n < 1 or o.retrieval_decoys < 1 \
+                or o.retrieval_resamples < 10:
+            raise ValueError("retrieval_margin must be in [0, 1), retrieval_min_n and retrieval_decoys at least 1, "
+                             "retrieval_resamples at least 10")
 
 
 # --- scoring -------------------------------------------------------------------------------------------------
@@ -200,27 +208,6 @@ def wu_scores(argmax: torch.Tensor, generated: torch.Tensor, prompt_ids: torch.T
     return hit.sum(0).to(torch.float64) / (stop - start)
 
 
-def wu_needle_span(tokenizer: Any, prompt_ids: np.ndarray, answer: str) -> tuple[int, int]:
-    """Where Wu et al.'s ``find_needle_idx`` puts the needle: the answer tokenized alone (no special tokens),
-    and the first window of the prompt of that many tokens whose distinct ids cover more than 90% of the
-    answer's distinct ids; ``(-1, -1)`` when none does.
-
-    With more than 10 distinct ids in the answer, a window starting a token or two before the answer already
-    covers 90%, so the span found often starts early and ends early; this is their code's span, kept as it is.
-    """
-    needle_ids = list(tokenizer(answer, add_special_tokens=False)["input_ids"])
-    wanted = set(needle_ids)
-    size = len(needle_ids)
-    if not wanted:
-        return -1, -1
-    ids = np.asarray(prompt_ids).tolist()
-    for i in range(len(ids)):
-        overlap = len(set(ids[i:i + size]) & wanted) / len(wanted)
-        if overlap > 0.9:
-            return i, i + size
-    return -1, -1
-
-
 def rouge1_recall_stemmed(reference: str, candidate: str) -> float:
     """ROUGE-1 recall as Wu et al.'s code measures it: ``rouge_score``'s scorer with the Porter stemmer."""
     try:
@@ -229,107 +216,6 @@ def rouge1_recall_stemmed(reference: str, candidate: str) -> float:
         raise ImportError("ROUGE under --conventions wu needs rouge-score: pip install 'headscope[papers]'") from e
     scorer = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
     return float(scorer.score(reference, candidate)["rouge1"].recall)
-
-
-# --- prompts -------------------------------------------------------------------------------------------------
-
-@dataclass
-class Prompt:
-    """One needle-in-a-haystack prompt and, after generation, what the model answered."""
-
-    index: int
-    needle: str
-    question: str
-    depth: float
-    """Requested depth of the needle in the haystack, 0 (start) to 1 (end)."""
-    ids: np.ndarray
-    """int64 prompt ids."""
-    span: tuple[int, int]
-    """Token positions of the needle in ``ids``."""
-    context: tuple[int, int] = (0, 0)
-    """Token positions of the haystack with its needle (the decoy spans are drawn from them)."""
-    answer: str = ""
-    rouge1_recall: float = float("nan")
-    generated_tokens: int = 0
-    reference: str = ""
-    """What the answer's ROUGE-1 recall is measured against: the needle (headscope) or its answer part (wu)."""
-    generated_ids: tuple[int, ...] = ()
-    """The tokens the model generated (greedy)."""
-
-
-def haystack_sentences(ctx: AnalysisContext, tokens: int) -> list[tuple[str, int]]:
-    """Sentences of the corpus's raw text as written, in order, with their token counts, until ``tokens`` are
-    collected."""
-    out: list[tuple[str, int]] = []
-    total = 0
-    tokenizer = ctx.tokenizer
-    for text in ctx.sentences():  # read (and reported) by the main pass
-        n = len(tokenizer(" " + text, add_special_tokens=False)["input_ids"])
-        out.append((text, n))
-        total += n
-        if total >= tokens:
-            return out
-    return out
-
-
-def build_prompt(tokenizer: Any, sentences: list[str], counts: list[int], needle: str, question: str,
-                 depth: float, index: int) -> Prompt:
-    """The prompt text around ``sentences`` with ``needle`` at the sentence boundary nearest ``depth``.
-
-    With a chat template the context and question are the user's turn; otherwise the plain format of Wu et
-    al.'s code, ``{context}\\nBased on the content of the text, Question: {question}\\nAnswer:``.
-    """
-    cumulative = np.concatenate([[0], np.cumsum(counts)])
-    cut = int(np.argmin(np.abs(cumulative - depth * cumulative[-1])))
-    context = " ".join([*sentences[:cut], needle, *sentences[cut:]])
-    ask = f"{context}\nBased on the content of the text, Question: {question}\nAnswer:"
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": ask}], tokenize=False,
-                                             add_generation_prompt=True)
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    else:
-        text = ask
-        enc = tokenizer(text, return_offsets_mapping=True)
-    first = text.find(needle)
-    last = first + len(needle)
-    inside = [k for k, (s, e) in enumerate(enc["offset_mapping"]) if e > s and s < last and e > first]
-    begin = text.find(context)
-    around = [k for k, (s, e) in enumerate(enc["offset_mapping"]) if e > s and s < begin + len(context) and e > begin]
-    return Prompt(index=index, needle=needle, question=question, depth=float(depth),
-                  ids=np.asarray(enc["input_ids"], dtype=np.int64), span=(inside[0], inside[-1] + 1),
-                  context=(around[0], around[-1] + 1), reference=needle)
-
-
-def build_prompt_wu(tokenizer: Any, sentences: list[str], counts: list[int], needle: str, question: str,
-                    answer: str, depth: float, index: int) -> Prompt:
-    """The prompt as Wu et al.'s ``evaluate_and_log`` builds it (no chat template): ``{context}Based on the content
-    of the book, Question: {question}\\nAnswer:``, tokenized with the tokenizer's special tokens; the needle
-    after the last sentence that ends at or before ``depth`` of the haystack's tokens (their ``insert_needle``
-    backs up to a period); the span found by :func:`wu_needle_span` on ``answer``."""
-    cumulative = np.concatenate([[0], np.cumsum(counts)])
-    cut = int(np.searchsorted(cumulative, depth * cumulative[-1], side="right")) - 1
-    context = " ".join([*sentences[:cut], needle, *sentences[cut:]])
-    text = f"{context}Based on the content of the book, Question: {question}\nAnswer:"
-    enc = tokenizer(text, return_offsets_mapping=True)
-    ids = np.asarray(enc["input_ids"], dtype=np.int64)
-    around = [k for k, (s, e) in enumerate(enc["offset_mapping"]) if e > s and s < len(context)]
-    return Prompt(index=index, needle=needle, question=question, depth=float(depth), ids=ids,
-                  span=wu_needle_span(tokenizer, ids, answer), context=(around[0], around[-1] + 1), reference=answer)
-
-
-def decoy_spans(prompt: Prompt, count: int, seed: int) -> list[tuple[int, int]]:
-    """``count`` spans of the needle's length in the prompt's haystack that do not overlap the needle, at seeded
-    places (``[seed, DECOY_STREAM, prompt.index]``); fewer (none) when the haystack has no room."""
-    start, stop = prompt.span
-    size = stop - start
-    first, last = prompt.context
-    starts = np.arange(first, last - size + 1)
-    starts = starts[(starts + size <= start) | (starts >= stop)]
-    if len(starts) == 0 or count < 1 or size < 1:
-        return []
-    picked = np.random.default_rng([seed, DECOY_STREAM, prompt.index]).choice(starts, size=min(count, len(starts)),
-                                                                              replace=False)
-    return [(int(s), int(s) + size) for s in picked]
 
 
 # --- generation with attention at each step ------------------------------------------------------------------
@@ -350,35 +236,24 @@ class RetrievalHeads(Analysis):
 
     name = "retrieval"
     report_order = 16
+    atlas_labels = ATLAS_LABELS
     needs = ("causal",)
     description = "decoder LMs: retrieval heads, which copy a needle from a long context (Wu et al. 2024)"
     Options = RetrievalOptions
     intervenes = True
 
-    def start(self, ctx: AnalysisContext) -> None:
-        o = self.options
-        if not ctx.info.is_causal or not ctx.info.has_lm_head:
-            raise ValueError(
-                f"{ctx.info.name} is not a causal language model with its LM head: the {self.name} analysis "
-                "generates answers to needle-in-a-haystack questions, which only a decoder LM can do")
-        check_minimum(o, 1, "retrieval_prompts")
-        if o.haystack_tokens < 1 or o.retrieval_new_tokens < 1:
-            raise ValueError("haystack_tokens and retrieval_new_tokens must be at least 1")
-        if bool(o.retrieval_needle) != bool(o.retrieval_question):
-            raise ValueError("retrieval_needle and retrieval_question go together: give both or neither")
-        if o.retrieval_answer and not o.retrieval_needle:
-            raise ValueError("retrieval_answer is the answer part of --retrieval-needle: give the needle too")
-        if o.retrieval_answer and o.retrieval_answer not in o.retrieval_needle:
-            raise ValueError(f"retrieval_answer {o.retrieval_answer!r} is not part of the needle "
-                             f"{o.retrieval_needle!r}")
-        self.conventions_ = effective_conventions(ctx, tuple(CONVENTIONS))
-        if self.conventions_ == "wu" and importlib.util.find_spec("rouge_score") is None:
+    def check_run(self, config: RunConfig) -> None:
+        if config.conventions == "wu" and "wu" in CONVENTIONS and importlib.util.find_spec("rouge_score") is None:
             raise ValueError("--conventions wu measures ROUGE-1 with rouge-score's stemmer, as Wu et al.'s code: "
                              "pip install 'headscope[papers]' (or rouge-score)")
-        if not 0 <= o.retrieval_margin < 1 or o.retrieval_min_n < 1 or o.retrieval_decoys < 1 \
-                or o.retrieval_resamples < 10:
-            raise ValueError("retrieval_margin must be in [0, 1), retrieval_min_n and retrieval_decoys at least 1, "
-                             "retrieval_resamples at least 10")
+
+    def start(self, ctx: AnalysisContext) -> None:
+        o = self.options
+        if not ctx.info.has_lm_head:  # (that it is causal: its needs, checked once the model is read)
+            raise ValueError(
+                f"{ctx.info.name} has no LM head: the {self.name} analysis generates answers to "
+                "needle-in-a-haystack questions, which only a decoder LM with its LM head can do")
+        self.conventions_ = effective_conventions(ctx, tuple(CONVENTIONS))
         limit = int(ctx.info.max_length)
         if o.haystack_tokens + o.retrieval_new_tokens >= limit:
             raise ValueError(f"--retrieval-haystack-tokens {o.haystack_tokens} plus the answer's "
@@ -396,7 +271,7 @@ class RetrievalHeads(Analysis):
         self.add_state("prompt_chance_", np.zeros((0, *shape)), reduce="cat")
         self.add_state("prompt_index_", np.zeros(0, dtype=np.int64), reduce="cat")
         self._prompts: dict[int, Prompt] = {}
-        self._seed = int(ctx.config.seed)
+        self._seed = ctx.seeds.seed
 
     def planned_forwards(self, ctx: AnalysisContext, sequences: int) -> int:
         # Each prompt is read once (a haystack of --retrieval-haystack-tokens, in units of the run's sequences)
@@ -407,8 +282,8 @@ class RetrievalHeads(Analysis):
     def passes(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> Iterator[Pass]:
         """One pass of greedy generation over prompts built from the corpus's raw text, a needle in each."""
         o = self.options
-        tokenizer = ctx.tokenizer
-        self._tokenizer = tokenizer
+        codec = ctx.require_codec()
+        self._codec = codec
         pool = haystack_sentences(ctx, o.retrieval_prompts * o.haystack_tokens)
         if not pool:
             raise ValueError("the retrieval analysis builds its haystacks from raw text (--text, or the packaged "
@@ -416,7 +291,7 @@ class RetrievalHeads(Analysis):
         if self.conventions_ == "wu":  # their grid: np.round(np.linspace(0, 100, intervals)) percent
             depths = np.round(np.linspace(0, 100, o.retrieval_prompts)) / 100
         else:
-            depths = np.random.default_rng([int(ctx.config.seed), DEPTH_STREAM]).random(o.retrieval_prompts)
+            depths = ctx.seeds.rng("retrieval.depths").random(o.retrieval_prompts)
         at = 0
         for k in range(o.retrieval_prompts):
             # Consecutive haystacks take the next sentences of the corpus, from the start again when it runs out.
@@ -431,9 +306,9 @@ class RetrievalHeads(Analysis):
                        if o.retrieval_needle else NEEDLES)
             needle, question, answer = needles[k % len(needles)]
             if self.conventions_ == "wu":
-                prompt = build_prompt_wu(tokenizer, texts, counts, needle, question, answer, float(depths[k]), k)
+                prompt = build_prompt_wu(codec, texts, counts, needle, question, answer, float(depths[k]), k)
             else:
-                prompt = build_prompt(tokenizer, texts, counts, needle, question, float(depths[k]), k)
+                prompt = build_prompt(codec, texts, counts, needle, question, float(depths[k]), k)
             longest = len(prompt.ids) + o.retrieval_new_tokens
             if longest > ctx.info.max_length:
                 raise ValueError(f"a retrieval prompt takes {len(prompt.ids)} tokens and its answer up to "
@@ -449,8 +324,7 @@ class RetrievalHeads(Analysis):
         o = self.options
         for example, generated, argmax in zip(batch.examples, out.generated, out.argmax, strict=True):
             prompt = self._prompts[example.index]
-            answer = self._tokenizer.decode(generated.tolist(), skip_special_tokens=True)
-            assert isinstance(answer, str)  # one sequence of ids decodes to one string
+            answer = self._codec.decode(generated.tolist(), skip_special=True)
             prompt.answer = answer
             prompt.generated_tokens = int(generated.shape[0])
             prompt.generated_ids = tuple(int(t) for t in generated.tolist())
@@ -488,7 +362,7 @@ class RetrievalHeads(Analysis):
         scores_, chance_ = self.prompt_scores_[order], self.prompt_chance_[order]
         n_used = len(order)
         if n_used:
-            picks = bootstrap_indices(n_used, int(o.retrieval_resamples), [self._seed, BOOTSTRAP_STREAM])
+            picks = bootstrap_indices(n_used, int(o.retrieval_resamples), Seeds(self._seed).key("retrieval.bootstrap"))
             low, high = percentile_intervals(scores_[picks].mean(1))
             with np.errstate(invalid="ignore"):  # a prompt without room for decoys has NaN chance
                 chance = np.nanmean(chance_, axis=0) if np.isfinite(chance_).any() else np.full(scores.shape, np.nan)
@@ -523,19 +397,20 @@ class RetrievalHeads(Analysis):
     def probe_records(self) -> list[dict[str, Any]]:
         """Each prompt as written out (``probes/retrieval.jsonl``): its ids and text, the needle's span and the
         decoys' spans (token positions ``[start, stop)``), the depth and the seed, and what the model answered."""
-        tokenizer = getattr(self, "_tokenizer", None)
+        codec: TokenCodec | None = getattr(self, "_codec", None)  # None until passes ran
+        seeds = Seeds(self._seed)
         out = []
         for k in sorted(self._prompts):
             p = self._prompts[k]
             ids = p.ids.tolist()
             out.append({
                 "kind": "needle_haystack", "index": p.index, "conventions": self.conventions_, "ids": ids,
-                "text": tokenizer.decode(ids) if tokenizer is not None else None,
+                "text": codec.decode(ids) if codec is not None else None,
                 "needle": p.needle, "question": p.question, "reference": p.reference,
                 "needle_span": list(p.span), "context_span": list(p.context), "depth": p.depth,
                 "decoy_spans": [list(s) for s in decoy_spans(p, self.options.retrieval_decoys, self._seed)],
-                "seed": {"depths": [self._seed, DEPTH_STREAM] if self.conventions_ != "wu" else None,
-                         "decoys": [self._seed, DECOY_STREAM, p.index]},
+                "seed": {"depths": seeds.key("retrieval.depths") if self.conventions_ != "wu" else None,
+                         "decoys": seeds.key("retrieval.decoys", p.index)},
                 "answer": p.answer, "generated_ids": list(p.generated_ids), "rouge1_recall": p.rouge1_recall,
                 "used": bool(p.rouge1_recall > self.options.retrieval_rouge)})
         return out

@@ -46,13 +46,13 @@ from headscope.analyses.importance import sample_rows
 from headscope.analyses.registry import register
 from headscope.analyses.stats import mean_or_nan
 from headscope.config import check_choices, check_minimum, option
-from headscope.engine.forwards import CONTRASTIVE_TEMPERATURE, Forward, Pass, separator_id
+from headscope.engine.forwards import CONTRASTIVE_TEMPERATURE, AttentionGradients, Pass
 
 if TYPE_CHECKING:
 
     from headscope.engine.batch import Batch
     from headscope.engine.context import AnalysisContext
-    from headscope.engine.forwards import ForwardOutput, Generate
+    from headscope.engine.forwards import Forward, ForwardOutput, Generate
 
 
 def sep_statistics(atts: tuple[torch.Tensor, ...], grads: tuple[torch.Tensor, ...], ids: torch.Tensor,
@@ -111,7 +111,8 @@ def with_eos(batch: Batch, eos_id: int, limit: int, bos_id: int | None = None) -
 
 
 def sep_sums(out: ForwardOutput, sep_id: int, causal: bool, examples: int) -> dict[str, np.ndarray]:
-    """The summed :func:`sep_statistics` of one forward with ``attention="gradients"`` over ``examples``."""
+    """The summed :func:`sep_statistics` of one :class:`~headscope.engine.forwards.AttentionGradients` forward
+    over ``examples``."""
     total: dict[str, np.ndarray] = {}
     for atts, grads, ids, mask in out.attention_gradients:
         stats = sep_statistics(atts, grads, ids, mask, sep_id, causal)
@@ -121,7 +122,7 @@ def sep_sums(out: ForwardOutput, sep_id: int, causal: bool, examples: int) -> di
     return total
 
 
-@dataclass
+@dataclass(frozen=True)
 class SepGradientOptions:
     """Options of the ``sep_gradient`` analysis."""
 
@@ -133,6 +134,7 @@ class SepGradientOptions:
 
     def __post_init__(self) -> None:
         check_choices(self)
+        check_minimum(self, 1, "sep_gradient_sequences")
 
 
 @register
@@ -159,20 +161,18 @@ class SepGradient(Analysis):
     intervenes = True
 
     def start(self, ctx: AnalysisContext) -> None:
-        check_minimum(self.options, 1, "sep_gradient_sequences")
-        check_choices(self.options)  # again: the options may have been changed since
         self.kind = ctx.require_loss()
         self.append_eos = (self.options.sep_gradient_append_eos == "yes"
                            or (self.options.sep_gradient_append_eos == "auto" and ctx.info.is_causal))
-        tok = ctx.tokenizer
-        if self.append_eos and tok.eos_token_id is None:
+        codec = ctx.require_codec()
+        if self.append_eos and codec.eos_id is None:
             raise ValueError(f"{ctx.info.name}: sep_gradient_append_eos needs an EOS token and the tokenizer has none")
-        sep_id = separator_id(tok)
+        sep_id = codec.sep_id
         if sep_id is None:
             raise ValueError(f"{ctx.info.name}: sep_gradient needs a SEP or EOS token and the tokenizer has none")
         self.sep_id = int(sep_id)
         self.causal = bool(ctx.info.is_causal) and self.kind != "contrastive_loss"
-        self._limit, self._bos_id = int(ctx.info.max_length), tok.bos_token_id
+        self._limit, self._bos_id = int(ctx.info.max_length), codec.bos_id
         info = ctx.info
         self.add_state("attention_", np.zeros((info.n_layers, info.n_heads)))
         self.add_state("gradient_", np.zeros((info.n_layers, info.n_heads)))
@@ -185,8 +185,8 @@ class SepGradient(Analysis):
     def passes(self, ctx: AnalysisContext, results: dict[str, AnalysisResult]) -> Iterator[Pass]:
         """One pass over a seeded sample: eager attention, its weights and ``dL/dA`` (with EOS put first
         when ``append_eos``)."""
-        yield Pass("sep_gradient", sample_rows(ctx, self.options.sep_gradient_sequences, salt=19),
-                   [Forward(loss="objective", attention="gradients")], prepare=self.prepare)
+        yield Pass("sep_gradient", sample_rows(ctx, self.options.sep_gradient_sequences, "sep_gradient.sample"),
+                   [AttentionGradients()], prepare=self.prepare)
 
     def prepare(self, batch: Batch) -> Batch:
         """The batch the model reads: with EOS first when ``append_eos`` (:func:`with_eos`)."""
@@ -221,14 +221,14 @@ class SepGradient(Analysis):
         table["rows"] = int(self.rows_[0])
         table["pairs"] = int(self.pairs_[0])
         table["loss"] = self.kind
-        tok = ctx.tokenizer
+        codec = ctx.require_codec()
         sep_id = self.sep_id
         summary = {"loss": self.kind, "mean_loss": float(self.loss_[0] / max(self.terms_[0], 1)),
                    "batches": int(self.batches_[0]), "terms": int(self.terms_[0]),
                    "sequences": int(self.examples_[0]),
                    "encoded_with_separator": int(self.sequences_[0]), "skipped_sequences": int(self.skipped_[0]),
                    "rows": int(self.rows_[0]), "pairs": int(self.pairs_[0]), "appended_eos": self.append_eos,
-                   "separator_token": tok.convert_ids_to_tokens(int(sep_id)), "separator_id": int(sep_id),
+                   "separator_token": codec.token(sep_id), "separator_id": int(sep_id),
                    "sep_attention": "mean over real query rows of the summed attention to the separator columns",
                    "sep_gradient": "mean over (query row, separator) pairs of |dL/dA[i, sep]|; L the mean loss "
                                    "of each sequence (contrastive: the batch's mean)"}

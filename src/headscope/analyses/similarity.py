@@ -35,6 +35,7 @@ from headscope.analyses.conventions import as_float16, effective_conventions, fl
 from headscope.analyses.registry import register
 from headscope.config import option
 from headscope.engine.scratch import Scratch
+from headscope.seeds import Seeds
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
@@ -210,7 +211,7 @@ def sample_queries(batch: Batch, rate: float, seed: int) -> torch.Tensor:
     keep = np.zeros((b, n), dtype=bool)
     for row, ex in enumerate(batch.examples):
         length = int(batch.lengths[row])
-        keep[row, :length] = np.random.default_rng([seed, ex.index]).random(length) < rate
+        keep[row, :length] = Seeds(seed).per_example("similarity.queries", ex.index).random(length) < rate
     return torch.from_numpy(keep).to(batch.input_ids.device)
 
 
@@ -226,12 +227,16 @@ def mds_coordinates(distance: np.ndarray, seed: int) -> np.ndarray:
     return mds.fit_transform(distance)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SimilarityOptions:
     """Options of the ``similarity`` analysis."""
 
     similarity_sample: float = option(0.1, help="Share of query tokens used for the head x head JS distance "
                                       "(seeded per sequence; 1 = every token, as in Clark et al.).")
+
+    def __post_init__(self) -> None:
+        if not 0 < self.similarity_sample <= 1:
+            raise ValueError(f"similarity_sample must be in (0, 1], got {self.similarity_sample}")
 
 
 @register
@@ -250,11 +255,9 @@ class HeadSimilarity(Analysis):
     Options = SimilarityOptions
 
     def start(self, ctx: AnalysisContext) -> None:
-        if not 0.0 < self.options.similarity_sample <= 1.0:
-            raise ValueError(f"similarity_sample must be in (0, 1], got {self.options.similarity_sample}")
         k = ctx.info.n_layers * ctx.info.n_heads
         self.shape_ = (ctx.info.n_layers, ctx.info.n_heads)
-        self.seed_ = int(ctx.config.seed)
+        self.seed_ = ctx.seeds.seed
         self.conventions_ = effective_conventions(ctx, tuple(CONVENTIONS))
         # Clark et al. sum over every token.
         self.sample_ = 1.0 if self.conventions_ == "clark" else float(self.options.similarity_sample)

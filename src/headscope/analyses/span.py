@@ -27,14 +27,13 @@ of its attention at every length (the mean over rows, ``span_coverage_<length>``
 
 The causal check: on ``span_check_texts`` held-out windows (after the measured ones) at the longest length, the
 next-token loss with every head whole, with the budget applied (each streaming head's attention masked to the
-sink and its last W keys: :class:`~headscope.engine.forwards.Forward` ``kv_budget``), and with the same budget on
+sink and its last W keys: :class:`~headscope.engine.forwards.Loss` ``kv_budget``), and with the same budget on
 as many heads drawn at random (seeded). ``span_check.csv`` gives each loss and its change from the whole model
 with a 95% bootstrap interval over the held-out windows (the same resamples for both, so the two compare).
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -44,10 +43,26 @@ import pandas as pd
 import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame
+from headscope.analyses.labels.span import LABELS as ATLAS_LABELS
 from headscope.analyses.registry import register
+from headscope.analyses.span_masses import (
+    BEYOND,
+    BUCKETS,
+    FAR,
+    LOCAL,
+    bin_name,
+    budget_document,
+    budget_windows,
+    classify,
+    cumulative_masses,
+    fractions,
+    histogram_bins,
+    span_edges,
+)
 from headscope.analyses.stats import CONFIDENCE, bootstrap_indices, percentile_interval
 from headscope.config import check_minimum, option
-from headscope.engine.forwards import Forward, Pass, TokenRows
+from headscope.engine.forwards import Forward, Loss, Observe, Pass, TokenRows
+from headscope.seeds import Seeds
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
@@ -55,21 +70,11 @@ if TYPE_CHECKING:
     from headscope.engine.context import AnalysisContext
     from headscope.engine.forwards import ForwardOutput, Generate
 
-#: The fixed buckets' edges: the last LOCAL tokens are local, beyond FAR far.
-LOCAL = 64
-FAR = 512
-#: The buckets of ``span.csv``, in order.
-BUCKETS = ("sink", "local", "mid", "far")
 #: The check's forwards: every head whole, the budget, the budget on random heads.
 CHECKS = ("base", "budget", "random")
-#: Mixed into the seeds of the random control's heads and of the check's bootstrap.
-RANDOM_STREAM = 33
-BOOTSTRAP_STREAM = 34
-#: An edge past every position (the sink's: ``max(i - e, 0) = 0``).
-BEYOND = 1 << 40
 
 
-@dataclass
+@dataclass(frozen=True)
 class SpanOptions:
     """Options of the ``span`` analysis."""
 
@@ -85,6 +90,17 @@ class SpanOptions:
                                    "against the same budget on random heads) at the longest length; 0 skips it.")
     span_resamples: int = option(1000, help="Bootstrap resamples of the causal check's intervals.")
 
+    def __post_init__(self) -> None:
+        o = self
+        parse_lengths(o.span_lengths)
+        check_minimum(o, 1, "span_window")
+        if not 0 < o.span_coverage <= 1:
+            raise ValueError(f"span_coverage must be in (0, 1], got {o.span_coverage}")
+        if o.span_texts < 1 or o.span_check_texts < 0:
+            raise ValueError("span_texts must be at least 1 and span_check_texts at least 0")
+        if o.span_resamples < 10:
+            raise ValueError(f"span_resamples must be at least 10, got {o.span_resamples}")
+
 
 def parse_lengths(text: str) -> list[int]:
     """``"256,1024"`` as sorted distinct lengths; ValueError for anything but positive integers."""
@@ -97,107 +113,11 @@ def parse_lengths(text: str) -> list[int]:
     return values
 
 
-def span_edges(longest: int, window: int) -> np.ndarray:
-    """The distance edges at which cumulative masses are read: 0, powers of two up to ``longest``, the window,
-    :data:`LOCAL`, :data:`FAR` and :data:`BEYOND` (the sink), sorted and distinct (int64)."""
-    powers = [1 << k for k in range(max(int(longest - 1).bit_length(), 1))]
-    return np.asarray(sorted({0, *powers, window, LOCAL, FAR, BEYOND}), dtype=np.int64)
-
-
-def histogram_bins(edges: np.ndarray, longest: int) -> list[tuple[int, int]]:
-    """The log-spaced distance bins ``[lo, hi)``: ``[0, 1)``, ``[1, 2)``, ``[2, 4)``, ..., the last open
-    (``hi`` = :data:`BEYOND`) from the largest power of two below ``longest``."""
-    powers = [0] + [1 << k for k in range(max(int(longest - 1).bit_length(), 1))]
-    bins = [*itertools.pairwise(powers), (powers[-1], BEYOND)]
-    assert all(lo in edges and hi in edges for lo, hi in bins)
-    return bins
-
-
-def bin_name(lo: int, hi: int) -> str:
-    """``"0"``, ``"1"``, ``"2-3"``, ``"512+"``."""
-    if hi >= BEYOND:
-        return f"{lo}+"
-    return str(lo) if hi == lo + 1 else f"{lo}-{hi - 1}"
-
-
-def cumulative_masses(weights: torch.Tensor, query_start: int, edges: torch.Tensor) -> torch.Tensor:
-    """Per head, the sums over a block's rows of ``S_i(max(i - e, 0))`` for each edge ``e``.
-
-    ``S_i(k)`` is row ``i``'s attention on keys ``0..k``, so ``S_i(i) - S_i(max(i - e, 0))`` is its attention on
-    the keys at distance below ``e`` other than position 0, and ``S_i(0)`` its attention on the sink: every
-    bucket is a difference of two of these sums.
-
-    Parameters
-    ----------
-    weights : Tensor of shape [batch, head, query, key]
-        One block of query rows, the first at ``query_start``; padding exactly 0.
-    query_start : int
-    edges : Tensor of shape [edge]
-        int64 distances, on the weights' device.
-
-    Returns
-    -------
-    Tensor of shape [head, edge]
-        float64.
-    """
-    b, h, r, m = weights.shape
-    cumulative = weights.cumsum(-1)
-    pos = torch.arange(query_start, query_start + r, device=weights.device)
-    index = (pos[:, None] - edges[None, :]).clamp(0, m - 1)  # [query, edge]
-    picked = cumulative.gather(-1, index[None, None].expand(b, h, r, len(edges)))
-    return picked.sum((0, 2), dtype=torch.float64)
-
-
-def fractions(masses: np.ndarray, edges: np.ndarray, window: int, bins: list[tuple[int, int]]
-              ) -> dict[str, np.ndarray]:
-    """Buckets, histogram bins and window coverage from summed cumulative masses ``[..., edge]``.
-
-    Returns a dict of arrays of the leading shape: ``sink``, ``local``, ``mid``, ``far`` (summing to 1),
-    ``bin:<lo>`` for each histogram bin (with ``sink``, summing to 1), ``coverage`` (the sink and the last
-    ``window`` tokens) and ``total`` (the attention summed over rows). NaN where ``total`` is 0.
-    """
-    at = {int(e): k for k, e in enumerate(edges)}
-    total = masses[..., at[0]]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        def share(lo: int, hi: int) -> np.ndarray:
-            return (masses[..., at[lo]] - masses[..., at[hi]]) / total
-
-        out = {"sink": masses[..., at[BEYOND]] / total, "local": share(0, LOCAL), "mid": share(LOCAL, FAR),
-               "far": share(FAR, BEYOND)}
-        for lo, hi in bins:
-            out[f"bin:{lo}"] = share(lo, hi)
-        out["coverage"] = out["sink"] + share(0, window)
-    out["total"] = total
-    return out
-
-
-def classify(coverage: np.ndarray, threshold: float) -> np.ndarray:
-    """``coverage`` [length, layer, head] -> bool [layer, head]: streaming when at least ``threshold`` at every
-    measured length (lengths never measured, all NaN, are left out)."""
-    measured = ~np.isnan(coverage).all(axis=(1, 2))
-    if not measured.any():
-        return np.zeros(coverage.shape[1:], dtype=bool)
-    return (coverage[measured] >= threshold).all(0)
-
-
-def budget_windows(streaming: np.ndarray, window: int) -> np.ndarray:
-    """Per-head key windows (int64 [layer, head]) of the KV budget: ``window`` for streaming heads, 0 (whole)
-    for the others (:class:`~headscope.engine.forwards.Forward` ``kv_budget``)."""
-    return np.where(streaming, int(window), 0).astype(np.int64)
-
-
-def budget_document(streaming: np.ndarray, window: int, **about: Any) -> dict[str, Any]:
-    """``kv_budget.json``: per layer, per head, ``"full"`` or ``{"sink": 1, "window": W}``."""
-    layers = [["full" if not s else {"sink": 1, "window": int(window)} for s in row] for row in streaming]
-    return {**about, "window": int(window), "sink": 1,
-            "streaming_heads": int(streaming.sum()), "heads": int(streaming.size), "layers": layers}
-
-
 def text_windows(ctx: AnalysisContext, count: int, length: int) -> list[np.ndarray]:
     """Up to ``count`` consecutive windows of ``length`` ids of the corpus's raw text (BOS first when the run
     adds one), fewer when the text runs out."""
-    tokenizer = ctx.tokenizer
-    bos = [int(tokenizer.bos_token_id)] if ctx.adds_bos else []
+    codec = ctx.require_codec()
+    bos = [codec.require_bos()] if ctx.adds_bos else []
     body = length - len(bos)
     need = count * body
     ids: list[int] = []
@@ -205,11 +125,11 @@ def text_windows(ctx: AnalysisContext, count: int, length: int) -> list[np.ndarr
 
     def flush() -> None:
         if pending:
-            for row in tokenizer(pending, add_special_tokens=False)["input_ids"]:
+            for row in codec.encode_many(pending):
                 ids.extend(row)
             pending.clear()
 
-    for text in ctx.sentences():  # each sentence as written
+    for text in ctx.texts:  # each sentence as written
         pending.append(" " + text)
         if len(pending) >= 64:
             flush()
@@ -224,7 +144,7 @@ def loss_change(losses: dict[str, np.ndarray], terms: np.ndarray, resamples: int
     """Mean loss per token of each forward and its change from ``base``, with paired bootstrap intervals over
     sequences (the same resamples for every forward), and ``budget`` against ``random``."""
     n = len(terms)
-    picks = bootstrap_indices(n, resamples, [seed, BOOTSTRAP_STREAM])
+    picks = bootstrap_indices(n, resamples, Seeds(seed).key("span.bootstrap"))
     sample_terms = terms[picks].sum(1)
     out: dict[str, dict[str, float]] = {}
     for tag, values in losses.items():
@@ -256,6 +176,7 @@ class AttentionSpan(Analysis):
     name = "span"
     costly = "several passes at long context and a causal check"
     report_order = 17
+    atlas_labels = ATLAS_LABELS
     needs = ("causal",)
     description = ("decoder LMs: attention mass by distance at several context lengths, streaming (sink + "
                    "window) vs retrieval heads, a KV budget and its causal check (StreamingLLM, DuoAttention)")
@@ -264,21 +185,10 @@ class AttentionSpan(Analysis):
 
     def start(self, ctx: AnalysisContext) -> None:
         o = self.options
-        if not ctx.info.is_causal:
-            raise ValueError(
-                f"{ctx.info.name} is not a causal language model (its attention is bidirectional): the {self.name} "
-                "analysis measures how far back each head of a decoder LM looks; run it on a decoder LM")
         requested = parse_lengths(o.span_lengths)
         limit = int(ctx.info.max_length)
         self.lengths_ = sorted({min(length, limit) for length in requested})
         self.requested_ = requested
-        check_minimum(o, 1, "span_window")
-        if not 0 < o.span_coverage <= 1:
-            raise ValueError(f"span_coverage must be in (0, 1], got {o.span_coverage}")
-        if o.span_texts < 1 or o.span_check_texts < 0:
-            raise ValueError("span_texts must be at least 1 and span_check_texts at least 0")
-        if o.span_resamples < 10:
-            raise ValueError(f"span_resamples must be at least 10, got {o.span_resamples}")
         shape = (ctx.info.n_layers, ctx.info.n_heads)
         self.n_layers_, self.n_heads_ = shape
         self.edges_ = span_edges(self.lengths_[-1], o.span_window)
@@ -289,7 +199,7 @@ class AttentionSpan(Analysis):
         self.add_state("windows_", torch.zeros(n, dtype=torch.float64))
         # The check's per-sequence losses, as records (sequence, forward, loss, terms).
         self.add_state("check_", [], reduce="cat")
-        self.seed_ = int(getattr(getattr(ctx, "config", None), "seed", 0) or 0)
+        self.seed_ = ctx.seeds.seed
         self.plan_: dict[str, Any] = {}
 
     # the passes: one capture per length, then the check
@@ -312,9 +222,9 @@ class AttentionSpan(Analysis):
         measured = windows[:min(o.span_texts, len(windows) - held)]
         held_out = windows[len(measured):len(measured) + held]
         # Written out (probes/span.jsonl): every window at its longest length (each length reads its first tokens).
-        tokenizer = ctx.tokenizer
+        codec = ctx.require_codec()
         self._probe_records = [
-            {"kind": "span_window", "index": k, "role": role, "ids": w.tolist(), "text": tokenizer.decode(w.tolist()),
+            {"kind": "span_window", "index": k, "role": role, "ids": w.tolist(), "text": codec.decode(w.tolist()),
              "bos": bool(ctx.adds_bos), "lengths": [x for x in kept if x <= len(w)] if role == "measured" else [len(w)],
              "seed": int(self.seed_)}
             for k, (role, w) in enumerate([*(("measured", w) for w in measured), *(("held_out", w) for w in held_out)])]
@@ -325,7 +235,7 @@ class AttentionSpan(Analysis):
             if length not in kept:
                 continue
             rows = TokenRows(tuple(w[:length] for w in measured), has_bos, kind="span")
-            yield Pass(f"span: {length} tokens", rows, [Forward(tag=("measure", k), attention="weights")])
+            yield Pass(f"span: {length} tokens", rows, [Observe(tag=("measure", k))])
         if not held_out:
             return
         if ctx.loss_kind is None:
@@ -336,17 +246,15 @@ class AttentionSpan(Analysis):
         if count == 0:
             self.plan_["check_skipped"] = "no streaming head: the budget changes nothing"
             return
-        rng = np.random.default_rng([self.seed_, RANDOM_STREAM])
+        rng = Seeds(self.seed_).rng("span.random_heads")
         flat = np.zeros(streaming.size, dtype=bool)
         flat[rng.choice(streaming.size, size=count, replace=False)] = True
         random = flat.reshape(streaming.shape)
         self.plan_["random_heads"] = [f"L{la}H{he}" for la, he in zip(*np.nonzero(random), strict=True)]
         window = int(o.span_window)
-        forwards = [Forward(tag="base", loss="objective", per_sequence=True),
-                    Forward(tag="budget", loss="objective", per_sequence=True,
-                            kv_budget=budget_windows(streaming, window)),
-                    Forward(tag="random", loss="objective", per_sequence=True,
-                            kv_budget=budget_windows(random, window))]
+        forwards = [Loss(tag="base", per_sequence=True),
+                    Loss(tag="budget", per_sequence=True, kv_budget=budget_windows(streaming, window)),
+                    Loss(tag="random", per_sequence=True, kv_budget=budget_windows(random, window))]
         yield Pass(f"span: causal check, {kept[-1]} tokens", TokenRows(tuple(held_out), has_bos, kind="span"),
                    forwards)
 

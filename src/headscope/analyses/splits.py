@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
+from headscope.seeds import Seeds
 
 if TYPE_CHECKING:
     from headscope.model.encode import Example
@@ -25,7 +25,7 @@ def split_of(example: Example, treebanks: list[str], seed: int, held_out_fractio
         files = [str(t) for t in treebanks]
         if example.file in files:
             return int(files.index(example.file) == len(files) - 1)
-    return int(np.random.default_rng([seed, example.index]).random() < held_out_fraction)
+    return int(Seeds(seed).per_example("splits.held_out", example.index).random() < held_out_fraction)
 
 
 def split_description(treebanks: list[str], held_out_fraction: float, what: tuple[str, str]) -> str:

@@ -29,6 +29,7 @@ import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult, head_frame
 from headscope.analyses.conventions import as_float16, effective_conventions, float16_constant
+from headscope.analyses.labels.surface import LABELS as ATLAS_LABELS
 from headscope.analyses.registry import register
 from headscope.analyses.stats import means_or_nan
 from headscope.engine.scratch import Scratch
@@ -232,6 +233,7 @@ class SurfaceStatistics(Analysis):
     name = "surface"
     accepts_rollout = True
     report_order = 10
+    atlas_labels = ATLAS_LABELS
     reads_pieces = True
     description = "attention to [CLS]/[SEP]/punctuation, self/previous/next token, entropy (Clark et al. s3)"
 

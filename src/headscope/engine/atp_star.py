@@ -129,7 +129,7 @@ def recorded_attention(loaded: LoadedModel, value_patch: Callable[[int, torch.Te
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
-    from headscope.engine.capture import _explicit_mask
+    from headscope.engine.capture.attention import _explicit_mask
 
     model = loaded.model
     if loaded.route == "hooks" or not hasattr(model, "set_attn_implementation"):

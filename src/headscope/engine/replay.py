@@ -13,7 +13,7 @@ model's last hidden state (checked numerically on the first batch: a final logit
 fails the check and the model's own forward computes the logits).
 
 Replay is refused, with the reason, and every ablation is then a full forward
-(:func:`~headscope.engine.forwards.full_ablations`), when the layers cannot be located as one list of
+(:func:`~headscope.engine.forwards.ablations.full_ablations`), when the layers cannot be located as one list of
 ``n_layers`` blocks each holding one attention output projection, when a layer returns more than its hidden
 states (T5's position bias), for the contrastive loss, when the cache of every layer's output for one
 sequence exceeds the memory budget (a batch whose cache does not fit is replayed in parts), or when a replay
@@ -195,7 +195,7 @@ def _gates(loaded: LoadedModel, values: np.ndarray, replace: np.ndarray | None) 
 
 def head_losses(loaded: LoadedModel, head: torch.nn.Module | None, inputs: dict[str, torch.Tensor],
                 labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row's summed LM loss and its terms (as :func:`~headscope.engine.forwards.sequence_losses`).
+    """Each row's summed LM loss and its terms (as :func:`~headscope.engine.forwards.losses.sequence_losses`).
 
     With ``head``: the base model's last hidden state, and the head and cross-entropy only at the tokens with a
     label, :data:`HEAD_CHUNK` tokens at a time; without: the model's own logits.

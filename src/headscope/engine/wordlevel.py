@@ -3,6 +3,10 @@
 Clark et al.: attention *to* a split word is the sum over its pieces; attention *from* a split word is the
 mean over its pieces' rows (``mode="mean"``, rows still sum to 1) or, as their released code did, the first
 piece's row (``mode="first"``). Special tokens are units of their own.
+
+Clark et al.'s released code (``bpe_utils.get_word_word_attention``) sums a split word's columns in float16
+NumPy arithmetic; :class:`WordAttention` with ``float16=True`` does the same sums (``syntax`` under
+``--conventions clark``).
 """
 
 from __future__ import annotations
@@ -85,12 +89,22 @@ class WordAttention:
     n_units : int
         Unit slots (at least the largest unit count in the batch).
     mode : {"mean", "first"}
+    float16 : bool
+        Attention to a split word summed as Clark et al.'s NumPy code sums it from float16 maps: one float16
+        addition per piece, from the first, each result rounded to float16 (their ``attn[:, word].sum(-1)``
+        on a float16 array that the fancy index lays out column-major). The weights given to :meth:`add`
+        should then hold float16 values. Only with ``mode="first"`` (their rows), where a unit's row is one
+        piece's row, so the result is the float16 column sums exactly.
     """
 
-    def __init__(self, unit_of_piece: torch.Tensor, n_units: int, mode: WordMode = "mean") -> None:
+    def __init__(self, unit_of_piece: torch.Tensor, n_units: int, mode: WordMode = "mean",
+                 float16: bool = False) -> None:
         if mode not in typing.get_args(WordMode):
             raise ValueError(f"mode must be 'mean' or 'first', got {mode!r}")
+        if float16 and mode != "first":
+            raise ValueError("float16 column sums are Clark et al.'s, with mode='first' only")
         self.n_units = n_units
+        self.float16 = float16
         valid = unit_of_piece >= 0
         self.unit = unit_of_piece.clamp_min(0)  # padding columns are 0, so slot 0 gets nothing from them
         counts = torch.zeros(unit_of_piece.shape[0], n_units, device=unit_of_piece.device)
@@ -101,6 +115,13 @@ class WordAttention:
             previous = torch.cat([torch.full_like(self.unit[:, :1], -1), self.unit[:, :-1]], dim=1)
             self.from_weight = (valid & (self.unit != previous)).float()
         self._sum: torch.Tensor | None = None
+        if float16:
+            # A unit's first piece (n for an empty slot) and its number of pieces: the float16 sums run over them.
+            b, n = unit_of_piece.shape
+            positions = torch.arange(n, device=unit_of_piece.device).expand(b, n)
+            self.first = torch.full((b, n_units), n, dtype=torch.int64, device=unit_of_piece.device)
+            self.first.scatter_reduce_(1, self.unit, torch.where(valid, positions, n), reduce="amin")
+            self.count = counts.long()
 
     def add(self, weights: torch.Tensor, query_start: int) -> torch.Tensor | None:
         """Add a block of rows of one layer; returns the layer's word map after its last block, else None.
@@ -119,9 +140,36 @@ class WordAttention:
         q1 = query_start + q
         if query_start == 0 or self._sum is None:
             self._sum = weights.new_zeros(b, h, self.n_units, self.n_units)
-        to_units = weights.new_zeros(b, h, q, self.n_units)
-        to_units.scatter_add_(3, self.unit[:, None, None, :].expand(b, h, q, n), weights)
+        if self.float16:
+            to_units = self._float16_columns(weights)
+        else:
+            to_units = weights.new_zeros(b, h, q, self.n_units)
+            to_units.scatter_add_(3, self.unit[:, None, None, :].expand(b, h, q, n), weights)
         to_units.mul_(self.from_weight[:, None, query_start:q1, None])
         rows = self.unit[:, None, query_start:q1, None].expand(b, h, q, self.n_units)
         self._sum.scatter_add_(2, rows, to_units)
         return self._sum if q1 >= n else None
+
+    def _float16_columns(self, weights: torch.Tensor) -> torch.Tensor:
+        """Attention of each query row to each unit, summed over the unit's pieces in float16 steps.
+
+        Parameters
+        ----------
+        weights : Tensor of shape [batch, head, query, key]
+            float16 values (in any floating dtype).
+
+        Returns
+        -------
+        Tensor of shape [batch, head, query, unit]
+            0 in empty unit slots.
+        """
+        b, h, q, n = weights.shape
+        columns = weights.new_zeros(b, h, q, self.n_units)
+        for k in range(int(self.count.max()) if self.count.numel() else 0):
+            has = (self.count > k)[:, None, None, :]  # [batch, 1, 1, unit]: the unit has a k-th piece
+            at = (self.first + k).clamp(max=n - 1)[:, None, None, :].expand(b, h, q, self.n_units)
+            piece = weights.gather(3, at)
+            # One float16 addition, rounded (ties to even) as NumPy's float16 arithmetic rounds it.
+            columns = torch.where(has, piece if k == 0 else (columns + piece).to(torch.float16).to(columns.dtype),
+                                  columns)
+        return columns

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import torch
 
+from headscope.seeds import Seeds
+
 if TYPE_CHECKING:
     from headscope.model.encode import Example
     from headscope.model.load import LoadedModel
@@ -58,7 +60,7 @@ def mask_for_mlm(batch: LossBatch, mask_id: int, seed: int) -> tuple[dict[str, t
         where = np.flatnonzero(candidates[row])
         if where.size == 0:
             continue
-        rng = np.random.default_rng([seed, ex.index, 1])
+        rng = Seeds(seed).per_example("losses.mask", ex.index)
         chosen = where[rng.random(where.size) < MASK_RATE]
         if chosen.size == 0:
             chosen = where[rng.integers(where.size, size=1)]

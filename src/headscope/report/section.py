@@ -9,9 +9,10 @@ values it shows (``data-min``, ``data-max``), so a test can check that none is e
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -178,3 +179,72 @@ class ReportSection:
     """Names of the figures written under ``DIR/figures/`` (without extension)."""
     order: int = 50
     """Position on the page, smaller first."""
+
+
+@dataclass
+class SectionStart:
+    """What every analysis's section starts from (:func:`opens`)."""
+
+    key: str
+    """The analysis's name: the section's anchor."""
+    run: RunResult
+    """The run (its other tables, ``heads.csv``, ``run.json``)."""
+    table: pd.DataFrame
+    """The analysis's table (``DIR/{table}.csv``)."""
+    summary: dict[str, Any]
+    """The analysis's summary in ``run.json`` (``analyses.<name>``; empty when absent)."""
+    options: dict[str, Any]
+    """The analysis's options in ``run.json`` (``analysis_options.<name>``; empty when absent)."""
+    figs: SectionFigures
+    """The section's figures."""
+
+    def first(self, column: str) -> str:
+        """The table's first value of ``column`` as text, "?" when the table is empty (a column whose value is
+        the same in every row, such as the loss a pass used)."""
+        return str(self.table[column].iloc[0]) if len(self.table) else "?"
+
+    def section(self, title: str, body: str) -> ReportSection:
+        """The section: ``body`` under ``title``, with the figures drawn so far."""
+        return ReportSection(key=self.key, title=title, html=body, figures=self.figs.names)
+
+
+def start_section(run: RunResult, figures: Path, name: str, table: str | None = None, rows: bool = False
+                  ) -> SectionStart | None:
+    """The opening of analysis ``name``'s section, or None when the run has no output of it (see :func:`opens`)."""
+    frame = run.tables.get(table or name)
+    if frame is None or (rows and frame.empty):
+        return None
+    return SectionStart(name, run, frame, run.run.get("analyses", {}).get(name, {}),
+                        run.run.get("analysis_options", {}).get(name, {}), SectionFigures(figures))
+
+
+def opens(name: str, table: str | None = None, rows: bool = False
+          ) -> Callable[[Callable[[SectionStart], ReportSection | None]],
+                        Callable[[RunResult, Path], ReportSection | None]]:
+    """Decorator of an analysis's section: ``build(start)`` becomes ``section(run, figures)``, which gives None
+    when the run has no output of the analysis and otherwise builds the section from its :class:`SectionStart`.
+
+    >>> @opens("importance")                                           # doctest: +SKIP
+    ... def section(start: SectionStart) -> ReportSection:
+    ...     return start.section("Head importance", start.figs.head_map(...))
+
+    Parameters
+    ----------
+    name : str
+        The analysis (its summary and options in ``run.json``; the section's key).
+    table : str, optional
+        The table the section needs (default: ``name``); the run has no output of the analysis without it.
+    rows : bool
+        An empty table counts as none.
+    """
+
+    def wrap(build: Callable[[SectionStart], ReportSection | None]
+             ) -> Callable[[RunResult, Path], ReportSection | None]:
+        @functools.wraps(build)
+        def section(run: RunResult, figures: Path) -> ReportSection | None:
+            start = start_section(run, figures, name, table, rows)
+            return None if start is None else build(start)
+
+        return section
+
+    return wrap

@@ -11,8 +11,8 @@ from headscope.analyses.base import Analysis
 from headscope.config import WordMode
 from headscope.engine.batch import Batch
 from headscope.engine.capture import Consumer, LayerAttention, capture
-from headscope.engine.context import RunContext
 from headscope.engine.wordlevel import WordAttention
+from headscope.runner.context import RunContext
 
 
 @dataclass

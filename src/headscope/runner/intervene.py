@@ -23,7 +23,8 @@ from headscope.model.encode import probe_example
 if TYPE_CHECKING:
     from headscope.analyses.base import Analysis, AnalysisResult
     from headscope.engine.capture import LayerAttention
-    from headscope.engine.context import AnalysisContext, RunContext
+    from headscope.engine.context import AnalysisContext
+    from headscope.runner.context import RunContext
 
 logger = logging.getLogger("headscope")
 

@@ -30,6 +30,8 @@ from headscope.analyses.registry import (
     NEED_HINTS,
     TRAINED_LOSSES,
     check_inputs,
+    check_model_needs,
+    check_options,
     check_weights,
     expand_all,
     resolve_analyses,
@@ -38,7 +40,6 @@ from headscope.analyses.registry import (
 from headscope.atlas import atlas_summary, build_atlas, parse_thresholds
 from headscope.config import MEMORY, RunConfig
 from headscope.corpus.memory import MemoryCorpus, check_tokenlists, open_dataset, text_source
-from headscope.engine.context import open_context
 from headscope.engine.outdir import prepare as prepare_output
 from headscope.engine.results import RunResult, write_json
 from headscope.errors import UsageError
@@ -48,6 +49,7 @@ from headscope.runner.checkpoint import CheckpointError, Progress, differences, 
 from headscope.runner.checkpoint import read as read_checkpoint
 from headscope.runner.checkpoint import remove as remove_checkpoint
 from headscope.runner.console import with_console_logging
+from headscope.runner.context import open_context
 from headscope.runner.intervene import run_passes
 from headscope.runner.passes import local_pass, ray_pass
 from headscope.runner.plan import announce_plan
@@ -146,6 +148,7 @@ def _run(config: RunConfig, analysis_kwargs: dict[str, dict[str, Any]], checkpoi
         # Check the names now (before the model loads); ``all`` is expanded once the model is known.
         analyses = resolve_analyses([name for name in config.analyses if name != ALL], analysis_kwargs)
         check_weights(config)
+        check_options(config, analyses)  # each analysis's options against the run's settings
         parse_thresholds(config.atlas_thresholds)  # an unknown atlas threshold: refused before the model loads
         check_inputs(config, config.analyses)  # an analysis named without its data: refused now, not after the pass
         check_dependencies(config, analyses)  # optional packages, found without importing them
@@ -161,18 +164,23 @@ def _run(config: RunConfig, analysis_kwargs: dict[str, dict[str, Any]], checkpoi
     ctx = open_context(config, loaded, memory)
     timings["load_model"] = time.perf_counter() - t0
     info, manifest = ctx.info, ctx.manifest
+    with usage_errors():  # the analyses' declared needs of the model (causal, encoder), now that it is read
+        check_model_needs(config.analyses, info.name, info.is_causal)
     loss_kind = ctx.for_analyses().loss_kind
     asked_all = ALL in config.analyses
     if asked_all:
         config, skipped = expand_all(config, info.is_causal, loss_kind)
         ctx = dataclasses.replace(ctx, config=config)  # the resolved config; nothing changes it from here
         analyses = resolve_analyses(config.analyses, analysis_kwargs)
+        with usage_errors():
+            check_options(config, analyses)
         manifest.notes["analyses_all"] = {"ran": list(config.analyses), "skipped": skipped}
     else:
         skipped = {}
     actx = ctx.for_analyses()
-    for analysis in analyses:
-        analysis.start(actx)
+    with usage_errors():  # what start refuses is an option the loaded model cannot take (before any pass)
+        for analysis in analyses:
+            analysis.start(actx)
     for analysis in analyses:
         unmet = [n for n in analysis.needs if n == "trained_loss" and loss_kind not in TRAINED_LOSSES]
         if unmet:  # named: it runs, but the user hears now what the run would say only at its end

@@ -16,11 +16,11 @@ from typing import Any
 
 from headscope.analyses.base import Analysis
 from headscope.engine.batch import Batch
-from headscope.engine.context import RunContext
 from headscope.engine.interrupt import RunInterrupted, StopOnSignal
 from headscope.engine.progress import Tracker
 from headscope.runner.checkpoint import Progress
 from headscope.runner.checkpoint import save as save_checkpoint
+from headscope.runner.context import RunContext
 from headscope.runner.feed import feed_batch
 
 logger = logging.getLogger("headscope")

@@ -25,11 +25,11 @@ import numpy as np
 
 from headscope.analyses.base import Analysis
 from headscope.config import RunConfig
-from headscope.engine.context import RunContext
 from headscope.engine.interrupt import RunInterrupted
 from headscope.engine.progress import Tracker
 from headscope.engine.state import pack, unpack
 from headscope.runner.checkpoint import Progress
+from headscope.runner.context import RunContext
 
 logger = logging.getLogger("headscope")
 
@@ -47,7 +47,7 @@ class BatchWorker:
         import torch
 
         from headscope.analyses.registry import resolve_analyses
-        from headscope.engine.context import open_context
+        from headscope.runner.context import open_context
 
         cpus = max(1, int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
         torch.set_num_threads(cpus)

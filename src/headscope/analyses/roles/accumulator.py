@@ -11,6 +11,8 @@ import torch
 
 from headscope.analyses.base import Analysis, AnalysisResult
 from headscope.analyses.conventions import effective_conventions
+from headscope.analyses.findings import Behaviour, Ranking
+from headscope.analyses.labels.roles import LABELS as ATLAS_LABELS
 from headscope.analyses.registry import register
 from headscope.analyses.roles.arcs import (
     DependentSlots,
@@ -118,6 +120,10 @@ class HeadRoles(Analysis):
 
     name = "roles"
     report_order = 60
+    ranking = Ranking("t", table="roles", per_head="max", order=10,
+                      describe="the largest t over the head's roles (how clearly it holds its strongest role)")
+    behaviour = Behaviour(table="roles", where=lambda roles: roles["has_role"].astype(bool), order=10)  # a held role
+    atlas_labels = ATLAS_LABELS
     reads_pieces = True
     description = "heads hypothesis: local/delimiter/block/syntactic roles with t-tests (Pande et al. 2021)"
     Options = RolesOptions

@@ -14,6 +14,7 @@ from headscope.analyses.roles.options import (
     DEFAULT_RELATIONS,
 )
 from headscope.analyses.roles.scores import sieve_norms
+from headscope.analyses.trees import tree_sentences
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
@@ -46,18 +47,15 @@ def syntactic_arcs(examples: list[Any], relations: list[str], exact: bool = Fals
         Arcs whose dependent or head word got no piece (or was cut) are left out; the root is never a head.
     """
     arcs = []
-    for row, ex in enumerate(examples):
-        for k, sentence in enumerate(ex.sentences):
-            if not sentence.has_tree:
-                continue
-            units = ex.sentence_units(k)
-            for d, (h, deprel) in enumerate(zip(sentence.heads, sentence.deprels, strict=True)):
-                # An arc inside one unit (a multiword token read from its text) has no attention to score.
-                if h == 0 or units[d] < 0 or units[h - 1] < 0 or units[d] == units[h - 1]:
-                    continue
-                for r, relation in enumerate(relations):
-                    if relation_matches(relation, deprel, exact):
-                        arcs.append((row, r, int(units[d]), int(units[h - 1]), k))
+    for tree in tree_sentences(examples):
+        deprels = tree.sentence.deprels
+        assert deprels is not None  # a sentence with a tree
+        head_units = tree.head_units
+        # Only arcs with attention to score (not an arc inside one unit, a multiword token read from its text).
+        for d in np.flatnonzero(tree.scorable):
+            for r, relation in enumerate(relations):
+                if relation_matches(relation, deprels[d], exact):
+                    arcs.append((tree.row, r, int(tree.units[d]), int(head_units[d]), tree.number))
     return arcs
 
 

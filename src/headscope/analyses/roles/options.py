@@ -35,7 +35,7 @@ ABBREVIATIONS = {"local": "L", "delimiter": "D", "delimiter_cls": "C", "delimite
 
 
 
-@dataclass
+@dataclass(frozen=True)
 class RolesOptions:
     """Options of the ``roles`` analysis."""
 
@@ -66,6 +66,6 @@ class RolesOptions:
         # A t-test needs two scores for a variance; fewer would test nothing while claiming to.
         if self.roles_min_n < 2:
             raise ValueError(f"roles_min_n must be at least 2, got {self.roles_min_n}")
-        if isinstance(self.relations, str):
-            self.relations = [self.relations]
-        self.relations = [r.strip() for item in self.relations for r in item.split(",") if r.strip()]
+        given = [self.relations] if isinstance(self.relations, str) else self.relations
+        # Normalised once, here (the options are frozen afterwards): "det,nmod:poss" and repeats alike.
+        object.__setattr__(self, "relations", [r.strip() for item in given for r in item.split(",") if r.strip()])

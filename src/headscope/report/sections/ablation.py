@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 import html
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from headscope.engine.results import RunResult
 from headscope.report.figures import COLUMN_WIDTH
-from headscope.report.section import ReportSection, SectionFigures, numbers
+from headscope.report.section import ReportSection, SectionStart, numbers, opens
 
 
-def section(run: RunResult, figures: Path) -> ReportSection | None:
-    if "ablation" not in run.tables:
-        return None
-    table = run.tables["ablation"]
-    metric = run.run.get("analyses", {}).get("ablation", {}).get("metric", "?")
+@opens("ablation")
+def section(start: SectionStart) -> ReportSection:
+    table, figs = start.table, start.figs
+    metric = start.summary.get("metric", "?")
     clusters = table[table["kind"] == "cluster"]
     random = table[table["kind"] == "random"]
-    figs = SectionFigures(figures)
     rows = "".join(f"<tr><td>{int(r.cluster)}</td><td>{html.escape(str(r.pattern))}</td><td>{int(r.n_heads)}"
                    f"</td><td>{r.effect:.4g}</td></tr>" for r in clusters.itertuples())
     what = ("increase of the LM loss" if "loss" in metric
@@ -33,7 +29,7 @@ def section(run: RunResult, figures: Path) -> ReportSection | None:
             + figs.plot(lambda: ablation_figure(table, metric), "ablation_clusters", "Ablation effect per cluster",
                         numbers(clusters["effect"], random["effect"]),
                         "Ablation: every cluster and every random set has the same effect."))
-    return ReportSection(key="ablation", title="Ablation of head clusters", html=body, figures=figs.names)
+    return start.section("Ablation of head clusters", body)
 
 
 def ablation_figure(table: pd.DataFrame, metric: str) -> Any:

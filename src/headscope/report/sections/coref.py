@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 import html
-from pathlib import Path
 
 from headscope.analyses.base import head_name
 from headscope.analyses.coref import BASELINES, MIN_N, best_heads
-from headscope.engine.results import RunResult
 from headscope.report.figures import head_grid
-from headscope.report.section import ReportSection, SectionFigures, percent
+from headscope.report.section import ReportSection, SectionStart, opens, percent
 
 #: What each per-head column means, for the head grid's chooser.
 MEANINGS = {"coref_accuracy": "share of mentions whose head word attends most to an antecedent's head word"}
 
 
-def section(run: RunResult, figures: Path) -> ReportSection | None:
-    table = run.tables.get("coref")
-    if table is None or table.empty:
-        return None
-    summary = run.run.get("analyses", {}).get("coref", {})
-    min_n = int(summary.get("min_n", run.run.get("analysis_options", {}).get("coref", {}).get(
-        "coref_min_n", MIN_N)))
+@opens("coref", rows=True)
+def section(start: SectionStart) -> ReportSection:
+    table, summary, figs = start.table, start.summary, start.figs
+    min_n = int(summary.get("min_n", start.options.get("coref_min_n", MIN_N)))
     best = best_heads(table, min_n)
     heads = table[(table["method"] == "head") & (table["mention_type"] == "all")]
     header = "".join(f"<th>{h}</th>" for h in ("mention type", "n", "best head", "accuracy", *BASELINES))
@@ -37,7 +32,6 @@ def section(run: RunResult, figures: Path) -> ReportSection | None:
             f"{head_name(r.layer, r.head)} {percent(r.accuracy)}" for r in top.itertuples()) + "."
     else:
         top_list = f"No top heads: {n_all} mentions in all, fewer than coref_min_n = {min_n}."
-    figs = SectionFigures(figures)
     text = (f"<p>Share of mentions whose head word attends most to the head word of an earlier mention of "
             f"the same entity (Clark et al. 2019, section 4.3), in %. The best head is chosen on the same "
             f"data it is scored on, as in the paper, and named only for mention types with at least "
@@ -45,4 +39,4 @@ def section(run: RunResult, figures: Path) -> ReportSection | None:
             f"</p><div class='wide'><table><tr>{header}</tr>{body}</table></div>"
             + figs.head_map(head_grid(heads, "accuracy"), "coref_accuracy", "antecedent accuracy, all mentions",
                             "Antecedent-selection accuracy per head, all mention types", label="accuracy", vmin=0))
-    return ReportSection(key="coref", title="Coreference heads", html=text, figures=figs.names)
+    return start.section("Coreference heads", text)

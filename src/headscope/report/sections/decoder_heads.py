@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import html
-from pathlib import Path
 
 from headscope.analyses.decoder_heads import LABELS, DecoderHeadsOptions, top_heads
-from headscope.engine.results import RunResult
 from headscope.report.figures import head_grid
-from headscope.report.section import ReportSection, SectionFigures
+from headscope.report.section import ReportSection, SectionStart, opens
 
 #: What each per-head column means, for the head grid's chooser.
 MEANINGS = {
@@ -26,18 +24,14 @@ MEANINGS = {
 SHOWN = ("previous_token", "duplicate_token", "induction", "prefix_matching", "sink_first")
 
 
-def section(run: RunResult, figures: Path) -> ReportSection | None:
-    table = run.tables.get("decoder_heads")
-    if table is None or table.empty:
-        return None
-    options = run.run.get("analysis_options", {}).get("decoder_heads", {})
-    epsilon = float(options.get("sink_epsilon", DecoderHeadsOptions.sink_epsilon))
+@opens("decoder_heads", rows=True)
+def section(start: SectionStart) -> ReportSection:
+    table, summary, figs = start.table, start.summary, start.figs
+    epsilon = float(start.options.get("sink_epsilon", DecoderHeadsOptions.sink_epsilon))
     shown = [c for c in SHOWN if c in table.columns and table[c].notna().any()]
-    figs = SectionFigures(figures)
     # One colour scale for every score (all are shares of attention), so the maps compare at a glance.
     maps = "".join(figs.head_map(head_grid(table, column), f"decoder_heads_{column}", LABELS[column], LABELS[column],
                                  label=column, vmin=0.0, vmax=1.0) for column in shown)
-    summary = run.run.get("analyses", {}).get("decoder_heads", {})
     # Gu et al.'s sink rate (per sequence) is in the summary; the threshold of the per-head means is not theirs.
     of_means = float((table["sink_first"] > epsilon).mean()) if "sink_first" in table.columns else float("nan")
     # (before 0.3 the summary's sink_rate was the threshold of the means, and sink_rate_of_means did not exist)
@@ -58,7 +52,7 @@ def section(run: RunResult, figures: Path) -> ReportSection | None:
     body = (f"<p>Per head, averaged over the corpus's sequences (prefix matching: over sequences of random "
             f"tokens repeated twice). {sink_line(sink_rate, of_means, epsilon)}{rule}</p>"
             f"<table><tr><th>score</th><th>top 5 heads</th></tr>{rows}</table>" + maps)
-    return ReportSection(key="decoder_heads", title="Decoder-LM heads", html=body, figures=figs.names)
+    return start.section("Decoder-LM heads", body)
 
 
 def sink_line(sink_rate: float, of_means: float, epsilon: float) -> str:

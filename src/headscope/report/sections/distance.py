@@ -4,17 +4,15 @@ look like."""
 from __future__ import annotations
 
 import html
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from headscope.analyses.distance import FEATURES, LABELS, PATTERNS
-from headscope.engine.results import RunResult
 from headscope.report.figures import COLUMN_WIDTH, head_grid
 from headscope.report.heatmap import MARGINS, heatmap_size, label_step
-from headscope.report.section import ReportSection, SectionFigures, no_figure_html
+from headscope.report.section import ReportSection, SectionStart, no_figure_html, opens
 
 #: What each per-head column means, for the head grid's chooser.
 MEANINGS = {**LABELS, "cluster_distance": "distance of the head from its cluster's centre (standardised features)"}
@@ -27,12 +25,12 @@ def pattern_colour(pattern: str) -> tuple[float, float, float, float]:
     return plt.get_cmap("tab10")(PATTERNS.index(pattern)) if pattern in PATTERNS else (0.6, 0.6, 0.6, 1.0)
 
 
-def section(run: RunResult, figures: Path) -> ReportSection | None:
-    if "clusters" not in run.tables or "pattern" not in run.heads.columns:
+@opens("distance", table="clusters")
+def section(start: SectionStart) -> ReportSection | None:
+    run = start.run
+    if "pattern" not in run.heads.columns:
         return None
-    heads = run.heads
-    figs = SectionFigures(figures)
-    clusters = run.tables["clusters"]
+    heads, clusters, figs = run.heads, start.table, start.figs
     rows = "".join(
         f"<tr><td>{int(r.cluster)}</td><td>{html.escape(str(r.pattern))}</td><td>{int(r.n_heads)}</td>"
         f"<td>{r.special_share:.2f}</td><td>{r.rel_m1:.2f}</td><td>{r.rel_0:.2f}</td><td>{r.rel_p1:.2f}</td>"
@@ -55,7 +53,7 @@ def section(run: RunResult, figures: Path) -> ReportSection | None:
             + figs.plot(lambda: profile_figure(profile, heads, cols), "distance_profile",
                         "feature profile of each cluster (standardised centroid)", profile.to_numpy(),
                         "Cluster profiles: every cluster has the same standardised features."))
-    return ReportSection(key="distance", title="Distance-based patterns", html=body, figures=figs.names)
+    return start.section("Distance-based patterns", body)
 
 
 def pattern_figure(heads: pd.DataFrame) -> Any:

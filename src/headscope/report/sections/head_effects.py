@@ -4,12 +4,10 @@ attribution patching's estimate of it."""
 from __future__ import annotations
 
 import html
-from pathlib import Path
 from typing import Any
 
-from headscope.engine.results import RunResult
 from headscope.report.figures import head_grid
-from headscope.report.section import ReportSection, SectionFigures
+from headscope.report.section import ReportSection, SectionStart, opens
 
 #: What each per-head column means, for the head grid's chooser.
 MEANINGS = {
@@ -26,11 +24,9 @@ def _row(d: dict[str, Any]) -> str:
             f"<td>{d['effect_rank']}</td><td>{d['atp_rank']}</td></tr>")
 
 
-def section(run: RunResult, figures: Path) -> ReportSection | None:
-    if "head_effects" not in run.tables:
-        return None
-    table = run.tables["head_effects"]
-    summary = run.run.get("analyses", {}).get("head_effects", {})
+@opens("head_effects")
+def section(start: SectionStart) -> ReportSection:
+    table, summary, figs = start.table, start.summary, start.figs
     boot = summary.get("bootstrap", {})
     atp = summary.get("atp", {})
     rho = atp.get("spearman")
@@ -49,12 +45,10 @@ def section(run: RunResult, figures: Path) -> ReportSection | None:
     agreement = ("Attribution patching (AtP) against the exact effects: Spearman "
                  f"{'undefined' if rho is None else f'{rho:.3f}'} over {atp.get('over', '')}. "
                  f"Blind spot ({atp.get('blind_spot_rule', '')}): {len(blind)} head{'' if len(blind) == 1 else 's'}.")
-    figs = SectionFigures(figures)
     parts = [f"<p>{html.escape(intro)}</p>", f"<table>{header}{''.join(_row(d) for d in summary.get('top', []))}"
              "</table>", f"<p>{html.escape(agreement)}</p>"]
     if blind:
         parts.append(f"<table>{header}{''.join(_row(d) for d in blind)}</table>")
     parts.append(figs.head_map(head_grid(table, "effect"), "head_effects_heads", "Ablation effect on the loss",
                                "Ablation effect of each head", label="loss change"))
-    return ReportSection(key="head_effects", title="Head effects (ablation and AtP)", html="".join(parts),
-                         figures=figs.names)
+    return start.section("Head effects (ablation and AtP)", "".join(parts))

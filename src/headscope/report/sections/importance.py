@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import html
-from pathlib import Path
 
-from headscope.engine.results import RunResult
 from headscope.report.figures import head_grid
-from headscope.report.section import ReportSection, SectionFigures
+from headscope.report.section import ReportSection, SectionStart, opens
 
 #: What each per-head column means, for the head grid's chooser.
 MEANINGS = {
@@ -16,18 +14,15 @@ MEANINGS = {
 }
 
 
-def section(run: RunResult, figures: Path) -> ReportSection | None:
-    if "importance" not in run.tables:
-        return None
-    table = run.tables["importance"]
-    loss = str(table["loss"].iloc[0]) if len(table) else "?"
+@opens("importance")
+def section(start: SectionStart) -> ReportSection:
+    table, figs, loss = start.table, start.figs, start.first("loss")
     top = table.sort_values("importance", ascending=False).head(10)
     rows = "".join(f"<tr><td>L{int(r.layer)}H{int(r.head)}</td><td>{r.importance:.3g}</td>"
                    f"<td>{r.importance_raw:.3g}</td></tr>" for r in top.itertuples())
-    figs = SectionFigures(figures)
     body = (f"<p>Head importance E|dL/d&xi;<sub>h</sub>| (Michel et al. 2019), loss {html.escape(loss)}, "
             "normalised as transformers' bertology script.</p>"
             f"<table><tr><th>head</th><th>importance</th><th>raw</th></tr>{rows}</table>"
             + figs.head_map(head_grid(table, "importance"), "importance_heads", "Head importance",
                             "Head importance", label="importance"))
-    return ReportSection(key="importance", title="Head importance (gradients)", html=body, figures=figs.names)
+    return start.section("Head importance (gradients)", body)

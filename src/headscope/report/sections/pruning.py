@@ -4,22 +4,18 @@ whether the surviving heads are those with an identified behaviour."""
 from __future__ import annotations
 
 import html
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from headscope.analyses.stats import CONFIDENCE
-from headscope.engine.results import RunResult
 from headscope.report.figures import COLUMN_WIDTH
-from headscope.report.section import ReportSection, SectionFigures, numbers
+from headscope.report.section import ReportSection, SectionStart, numbers, opens
 
 
-def section(run: RunResult, figures: Path) -> ReportSection | None:
-    if "pruning" not in run.tables:
-        return None
-    table = run.tables["pruning"]
-    summary = run.run.get("analyses", {}).get("pruning", {})
+@opens("pruning")
+def section(start: SectionStart) -> ReportSection:
+    table, summary, figs = start.table, start.summary, start.figs
     claim = summary.get("seed_claim", {})
     if claim.get("analyses"):
         sentence = (f"Of the heads surviving to 50%, {claim['share_survivors']:.0%} have an identified "
@@ -54,13 +50,12 @@ def section(run: RunResult, figures: Path) -> ReportSection | None:
         warning += (f"<p>Averaged over the fractions between 0 and 1, the importance order's loss is {verdict} "
                     f"the random orders' (difference, {CONFIDENCE:.0%} interval "
                     f"[{versus['difference_low']:.3g}, {versus['difference_high']:.3g}]).</p>")
-    figs = SectionFigures(figures)
     body = (warning + "<p>Heads pruned step by step by importance re-estimated after each step (Michel et al. "
             f"2019) and, as controls, in {html.escape(controls)}; loss on held-out sequences."
             f"{html.escape(bands)}</p>" + extra
             + figs.plot(lambda: pruning_figure(table), "pruning_curve", "Loss against the fraction of heads pruned",
                         numbers(table["loss"]), "Pruning: the held-out loss is the same at every fraction."))
-    return ReportSection(key="pruning", title="Pruning heads", html=body, figures=figs.names)
+    return start.section("Pruning heads", body)
 
 
 def pruning_figure(table: pd.DataFrame) -> Any:

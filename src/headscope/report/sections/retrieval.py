@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import html
-from pathlib import Path
 
 from headscope.analyses.base import head_name
-from headscope.engine.results import RunResult
 from headscope.report.figures import head_grid
-from headscope.report.section import ReportSection, SectionFigures
+from headscope.report.section import ReportSection, SectionStart, opens
 
 #: What each per-head column means, for the head grid's chooser.
 MEANINGS = {
@@ -17,11 +15,10 @@ MEANINGS = {
 }
 
 
-def section(run: RunResult, figures: Path) -> ReportSection | None:
-    table = run.tables.get("retrieval")
-    if table is None or table.empty:
-        return None
-    summary = run.run.get("analyses", {}).get("retrieval", {})
+@opens("retrieval", rows=True)
+def section(start: SectionStart) -> ReportSection:
+    run = start.run
+    table, summary, figs = start.table, start.summary, start.figs
     prompts = run.tables.get("retrieval_prompts")
     used = int(summary.get("used", 0))
     total = int(summary.get("prompts", 0 if prompts is None else len(prompts)))
@@ -30,7 +27,6 @@ def section(run: RunResult, figures: Path) -> ReportSection | None:
             f"{float(summary.get('rouge1_recall_min', 0.5)):g}) and are scored, {total - used} are left out. "
             f"Retrieval heads (score above {float(summary.get('threshold', 0.1)):g}): "
             f"<b>{int(table['retrieval_head'].astype(str).str.lower().eq('true').sum())}</b>.</p>")
-    figs = SectionFigures(figures)
     if table["retrieval_score"].notna().any():
         best = table.dropna(subset=["retrieval_score"]).sort_values("retrieval_score", ascending=False).head(5)
         body += "<p>Top heads: " + ", ".join(
@@ -38,4 +34,4 @@ def section(run: RunResult, figures: Path) -> ReportSection | None:
         ) + "</p>"
     body += figs.head_map(head_grid(table, "retrieval_score"), "retrieval_score", "retrieval score",
                           "Retrieval score per head (Wu et al. 2024)", label="retrieval_score", vmin=0.0, vmax=1.0)
-    return ReportSection(key="retrieval", title="Retrieval heads", html=body, figures=figs.names)
+    return start.section("Retrieval heads", body)

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import html
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from headscope.analyses.roles import ABBREVIATIONS, CONVENTIONS, colocation, per_layer_counts
-from headscope.engine.results import RunResult
 from headscope.report.figures import COLUMN_WIDTH
 from headscope.report.heatmap import CHAR, FONT, MARGINS
-from headscope.report.section import ReportSection, SectionFigures, conventions_html, numbers, silver_note
+from headscope.report.section import ReportSection, SectionStart, conventions_html, numbers, opens, silver_note
 
 #: What each per-head column means, for the head grid's chooser (``role_<role>``, see :func:`meaning`).
 MEANINGS: dict[str, str] = {}
@@ -25,13 +23,11 @@ def meaning(column: str) -> str | None:
     return None
 
 
-def section(run: RunResult, figures: Path) -> ReportSection | None:
-    if "roles" not in run.tables:
-        return None
-    table = run.tables["roles"]
-    opts = {**run.run.get("analysis_options", {}).get("roles", {}),
-            **{k: v for k, v in run.run.get("analyses", {}).get("roles", {}).items() if k == "correction"}}
-    summary = run.run.get("analyses", {}).get("roles", {})
+@opens("roles")
+def section(start: SectionStart) -> ReportSection:
+    run = start.run
+    table, summary, figs = start.table, start.summary, start.figs
+    opts = {**start.options, **{k: v for k, v in summary.items() if k == "correction"}}
     # Runs from before roles_min_n have no tested column: they tested from two scores on.
     tested = table["tested"].astype(bool) if "tested" in table.columns else table["n"] >= 2
     untested = [r for r, ok in tested.groupby(table["role"], sort=False).any().items() if not ok]
@@ -50,8 +46,7 @@ def section(run: RunResult, figures: Path) -> ReportSection | None:
                  f"{int(summary['silver_sentences'])} sentences rest on these trees.</p>")
     roles = table[~table["role"].isin(untested)]
     if roles.empty:
-        return ReportSection(key="roles", title="Heads hypothesis: roles", html=unit + not_tested, figures=[])
-    figs = SectionFigures(figures)
+        return start.section("Heads hypothesis: roles", unit + not_tested)
     correction = {"bh": "Benjamini-Hochberg over all head x role tests",
                   "none": "none (as Pande et al.)"}.get(opts.get("correction", "?"), "?")
     rule = "significant t-test" if opts.get("role_rule", "ttest") == "ttest" else "mean score above tau"
@@ -81,7 +76,7 @@ def section(run: RunResult, figures: Path) -> ReportSection | None:
         + "<h3>Heads per layer holding each role</h3><div class='wide'>" + counts.to_html(border=0) + "</div>"
         + "<h3>Co-location</h3><div class='wide'>" + matrix.to_html(border=0) + "</div>"
     )
-    return ReportSection(key="roles", title="Heads hypothesis: roles", html=body, figures=figs.names)
+    return start.section("Heads hypothesis: roles", body)
 
 
 def held_grid(roles: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import html
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from headscope.engine.results import RunResult
 from headscope.report.figures import COLUMN_WIDTH
-from headscope.report.section import ReportSection, SectionFigures, numbers
+from headscope.report.section import ReportSection, SectionStart, numbers, opens
 
 #: What each per-head column means, for the head grid's chooser.
 MEANINGS = {
@@ -19,15 +17,12 @@ MEANINGS = {
 }
 
 
-def section(run: RunResult, figures: Path) -> ReportSection | None:
-    if "sep_gradient" not in run.tables:
-        return None
-    table = run.tables["sep_gradient"]
-    loss = str(table["loss"].iloc[0]) if len(table) else "?"
+@opens("sep_gradient")
+def section(start: SectionStart) -> ReportSection:
+    table, figs, loss = start.table, start.figs, start.first("loss")
     per_layer = table.groupby("layer")[["sep_attention", "sep_gradient"]].mean()
     rows = "".join(f"<tr><td>{int(layer)}</td><td>{r.sep_attention:.3g}</td><td>{r.sep_gradient:.3g}</td></tr>"
                    for layer, r in per_layer.iterrows())
-    figs = SectionFigures(figures)
     body = ("<p>Per layer, the mean attention to [SEP] (the separator, or EOS) and the mean gradient magnitude "
             f"|dL/dA| of the loss ({html.escape(loss)}) with respect to that attention, as Clark et al. "
             "(2019) Figure 3. Averaged over the layer's heads.</p>"
@@ -36,8 +31,7 @@ def section(run: RunResult, figures: Path) -> ReportSection | None:
                         "Attention to [SEP] and its gradient, per layer",
                         numbers(table["sep_attention"], table["sep_gradient"]),
                         "Attention to [SEP] and its gradient: the same value for every head."))
-    return ReportSection(key="sep_gradient", title="Attention to [SEP] and its gradient", html=body,
-                         figures=figs.names)
+    return start.section("Attention to [SEP] and its gradient", body)
 
 
 def sep_gradient_figure(table: pd.DataFrame) -> Any:

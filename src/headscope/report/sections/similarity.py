@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,17 +11,15 @@ import pandas as pd
 from headscope.analyses.base import head_name
 from headscope.analyses.distance import PATTERNS
 from headscope.analyses.similarity import CONVENTIONS
-from headscope.engine.results import RunResult
 from headscope.report.figures import COLUMN_WIDTH, MIN_FONT
-from headscope.report.section import ReportSection, SectionFigures, conventions_html
+from headscope.report.section import ReportSection, SectionStart, conventions_html, opens
 from headscope.report.sections.distance import pattern_colour
 
 
-def section(run: RunResult, figures: Path) -> ReportSection | None:
-    if "mds" not in run.tables:
-        return None
-    mds = run.tables["mds"]
-    figs = SectionFigures(figures)
+@opens("similarity", table="mds")
+def section(start: SectionStart) -> ReportSection:
+    run = start.run
+    mds, figs = start.table, start.figs
     xy = mds[["x", "y"]].to_numpy(float)
     layer = mds["layer"].to_numpy(int)
     empty = "MDS: every head sits at the same point (no distances to place them by)."
@@ -34,13 +31,13 @@ def section(run: RunResult, figures: Path) -> ReportSection | None:
             labels = colour.fillna("?").to_numpy(str)
             pictures.append(figs.plot(lambda labels=labels, what=what: mds_figure(mds, labels, what),
                                       f"similarity_mds_{column}", f"MDS of the heads, coloured by {what}", xy, empty))
-    used = run.run.get("analyses", {}).get("similarity", {})
+    used = start.summary
     body = (f"<p>Heads placed by 2-D metric MDS of the mean Jensen-Shannon divergence between their attention "
             f"rows (Clark et al. 2019, section 6), over {html.escape(str(used.get('tokens_used', '?')))} query "
             f"tokens of {html.escape(str(used.get('tokens_seen', '?')))} (seeded sample). Heads are named where "
             "their label does not cover another's.</p>"
             + conventions_html(run, "similarity", CONVENTIONS) + "".join(pictures))
-    return ReportSection(key="similarity", title="Head similarity", html=body, figures=figs.names)
+    return start.section("Head similarity", body)
 
 
 def label_points(ax: Any, x: np.ndarray, y: np.ndarray, names: list[str], size: float) -> int:

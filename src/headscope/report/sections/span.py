@@ -4,14 +4,12 @@ length, which heads are streaming, and what the KV budget built from that costs 
 from __future__ import annotations
 
 import html
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from headscope.engine.results import RunResult
 from headscope.report.figures import head_grid
-from headscope.report.section import ReportSection, SectionFigures
+from headscope.report.section import ReportSection, SectionStart, opens
 
 #: What each per-head column means, for the head grid's chooser.
 MEANINGS = {
@@ -35,11 +33,10 @@ def _check(table: pd.DataFrame) -> str:
             + "".join(rows) + "</table>")
 
 
-def section(run: RunResult, figures: Path) -> ReportSection | None:
-    if "span" not in run.tables:
-        return None
-    summary = run.run.get("analyses", {}).get("span", {})
-    span = run.tables["span"]
+@opens("span")
+def section(start: SectionStart) -> ReportSection:
+    run = start.run
+    span, summary, figs = start.table, start.summary, start.figs
     lengths = [int(x) for x in summary.get("lengths", sorted(span["length"].unique()))]
     parts = [f"<p>{html.escape(str(summary.get('rule', '')))}. {int(summary.get('streaming_heads', 0))} of "
              f"{int(summary.get('streaming_heads', 0)) + int(summary.get('retrieval_heads', 0))} heads are "
@@ -59,7 +56,6 @@ def section(run: RunResult, figures: Path) -> ReportSection | None:
                      + _check(run.tables["span_check"]))
     elif summary.get("check_skipped"):
         parts.append(f"<p>No causal check: {html.escape(str(summary['check_skipped']))}.</p>")
-    figs = SectionFigures(figures)
     heads = run.heads
     if "span_coverage_min" in heads.columns:
         parts.append(figs.head_map(head_grid(heads, "span_coverage_min"), "span_coverage",
@@ -71,4 +67,4 @@ def section(run: RunResult, figures: Path) -> ReportSection | None:
         parts.append(figs.head_map(head_grid(heads, far), "span_far", f"Attention beyond 512 at {lengths[-1]}",
                                    f"Share of each head's attention more than 512 tokens back, at {lengths[-1]} "
                                    "tokens", label="share"))
-    return ReportSection(key="span", title="Attention span and KV budget", html="".join(parts), figures=figs.names)
+    return start.section("Attention span and KV budget", "".join(parts))

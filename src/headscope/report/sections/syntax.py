@@ -4,15 +4,13 @@ fixed offset, and one layer x head map per frequent relation."""
 from __future__ import annotations
 
 import html
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from headscope.analyses.syntax import CONVENTIONS
-from headscope.engine.results import RunResult
 from headscope.report.figures import head_grid
-from headscope.report.section import ReportSection, SectionFigures, conventions_html, percent, silver_note
+from headscope.report.section import ReportSection, SectionStart, conventions_html, opens, percent, silver_note
 
 #: Relations with at least this many held-out dependents get a heat map.
 MIN_DEPENDENTS = 100
@@ -26,12 +24,13 @@ MEANINGS = {
 }
 
 
-def section(run: RunResult, figures: Path) -> ReportSection | None:
-    if "syntax_best" not in run.tables or "syntax" not in run.tables:
+@opens("syntax")
+def section(start: SectionStart) -> ReportSection | None:
+    run = start.run
+    if "syntax_best" not in run.tables:
         return None
     best = run.tables["syntax_best"]
-    table = run.tables["syntax"]
-    summary = run.run.get("analyses", {}).get("syntax", {})
+    table, summary, figs = start.table, start.summary, start.figs
     ordered = best.sort_values("n_held_out", ascending=False)
     ordered = pd.concat([ordered[ordered.relation == "all"], ordered[ordered.relation != "all"]])
 
@@ -92,7 +91,6 @@ def section(run: RunResult, figures: Path) -> ReportSection | None:
         "<th>offset</th><th>baseline</th><th>same-data head</th><th>same-data accuracy</th></tr>"
         f"{rows}</table></div>{folded}")
     held = table[table["split"] == "held_out"]
-    figs = SectionFigures(figures)
     maps = []
     for b in ordered.itertuples():
         if b.n_held_out < MIN_DEPENDENTS or pd.isna(b.direction):
@@ -105,4 +103,4 @@ def section(run: RunResult, figures: Path) -> ReportSection | None:
                                   label="held-out accuracy", vmin=0.0, vmax=1.0))
     body += (f"<p>Held-out accuracy of every head, for relations with at least {MIN_DEPENDENTS} held-out "
              "dependents, in the direction of the best head.</p>" + "".join(maps))
-    return ReportSection(key="syntax", title="Syntax heads", html=body, figures=figs.names)
+    return start.section("Syntax heads", body)
