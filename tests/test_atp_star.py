@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from headscope.engine.atp_star import qk_attribution, recorded_attention
-from headscope.engine.forwards import Forward, loss_kind, run_forward, sequence_losses
+from headscope.engine.forwards import Loss, loss_kind, run_forward, sequence_losses
 from headscope.model.load import load_model
 from test_head_effects import _batch, _examples, documents  # noqa: F401 (documents: a fixture)
 
@@ -154,8 +154,7 @@ def test_a_head_output_replaced_is_its_values_replaced(tiny_llama: Path, documen
     for layer, head in ((0, 1), (1, 3)):
         gates = np.ones((2, 4))
         gates[layer, head] = 0.0
-        gated = run_forward(loaded, batch, Forward(loss="objective", per_sequence=True, gates=gates,
-                                                   replace=replace), seed=0)
+        gated = run_forward(loaded, batch, Loss(per_sequence=True, gates=gates, replace=replace), seed=0)
 
         def values(at: int, value: torch.Tensor, layer: int = layer, head: int = head) -> torch.Tensor:
             if at != layer:
