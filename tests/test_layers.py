@@ -49,7 +49,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                   "headscope.analyses.relations", "headscope.analyses.ablation", "headscope.analyses.coref",
                   "headscope.analyses.decoder_heads", "headscope.analyses.decoder_scores",
                   "headscope.analyses.induction_probe", "headscope.analyses.distance", "headscope.analyses.examples",
-                  "headscope.analyses.head_effects",
+                  "headscope.analyses.head_effects", "headscope.analyses.effect_stats",
                   "headscope.analyses.importance", "headscope.analyses.probe",
                   "headscope.analyses.pruning", "headscope.analyses.retrieval",
                   "headscope.analyses.retrieval_prompts", "headscope.analyses.roles",
