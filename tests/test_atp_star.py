@@ -105,7 +105,7 @@ def _by_hand(loaded: Any, batch: Any, size: float) -> tuple[np.ndarray, np.ndarr
                     s_k[:, key] = (q[row, head] @ k2[row, head, key]) * scale
                     a_k = torch.softmax(s_k.masked_fill(~visible, -torch.inf), -1)
                     key_part[row, layer, head] += float(((a_k - a) * g)[:n].sum())
-    return query_part, key_part, float(loss)
+    return query_part, key_part, float(loss.detach())
 
 
 @pytest.mark.parametrize("which", ["tiny_llama", "tiny_gpt2"])
