@@ -108,7 +108,8 @@ def one_length(args: argparse.Namespace, model: str, text: list[str], length: in
     if args.dump:
         import json
 
-        stem = Path(args.dump) / f"head_effects-{length}-{args.replay}-{args.sequences}"
+        star = "-star" if args.atp_star else ""
+        stem = Path(args.dump) / f"head_effects-{length}-{args.replay}-{args.sequences}{star}"
         stem.parent.mkdir(parents=True, exist_ok=True)
         result.tables["head_effects"].to_csv(f"{stem}.csv", index=False)
         Path(f"{stem}.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
