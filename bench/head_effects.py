@@ -18,7 +18,7 @@ SmolLM2-135M (30 x 9).
                                  [--replay auto|off|auto,off] [--atp-star] [--dump DIR]
 
 ``--dump DIR`` writes each run's ``head_effects.csv``, its summary and the per-sequence losses and estimates
-(``head_effects-<length>-<replay>-<sequences>.csv``, ``.json``, ``.npz``), from which the noise of the exact
+(``head_effects-<length>-<replay>-<sequences>[-star].csv``, ``.json``, ``.npz``), from which the noise of the exact
 effects is read (how many intervals contain 0, the agreement of two halves of the sequences).
 """
 
