@@ -15,7 +15,7 @@ SmolLM2-135M (30 x 9).
 
     python bench/head_effects.py [--model tiny|smollm2|<dir>] [--lengths 64,256] [--sequences 4]
                                  [--mean-sequences 4] [--batch-size 4] [--bootstrap 1000] [--repeats 3]
-                                 [--replay auto|off|auto,off] [--atp-star] [--dump DIR]
+                                 [--replay auto|off|auto,off] [--atp-star] [--rows N] [--dump DIR]
 
 ``--dump DIR`` writes each run's ``head_effects.csv``, its summary and the per-sequence losses and estimates
 (``head_effects-<length>-<replay>-<sequences>[-star].csv``, ``.json``, ``.npz``), from which the noise of the exact
@@ -74,7 +74,7 @@ def one_length(args: argparse.Namespace, model: str, text: list[str], length: in
     actx = ctx.for_analyses(examples=sum(1 for _ in ctx.corpus.examples()))
     wanted = {"head_effects_sequences": args.sequences, "head_effects_mean_sequences": args.mean_sequences,
               "head_effects_bootstrap": args.bootstrap, "head_effects_replay": args.replay,
-              "head_effects_atp_star": args.atp_star}
+              "head_effects_atp_star": args.atp_star, "head_effects_rows": args.rows}
     known = {f.name for f in dataclasses.fields(HeadEffectsOptions)}  # the bench also runs on older trees
     options = HeadEffectsOptions(**{k: v for k, v in wanted.items() if k in known})
     held, mean, _ = split_sample(actx.examples, args.sequences, args.mean_sequences, int(config.seed))
@@ -136,6 +136,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--replay", default="auto", help="auto, off, or both (auto,off): each in turn, same floor")
     parser.add_argument("--atp-star", action="store_true")
+    parser.add_argument("--rows", type=int, default=0, help="rows per ablation forward (0: the batch size)")
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--dump", default="", help="a directory for each run's head_effects.csv and summary")
     args = parser.parse_args()
