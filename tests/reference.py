@@ -149,7 +149,7 @@ def sep_gradient_batch(loaded: Any, batch: Any, kind: str, seed: int, append_eos
                              loaded.tokenizer.bos_token_id)
     seen, loss, terms = attention_gradients(loaded, batch, kind, seed)
     causal = bool(loaded.info.is_causal) and kind != "contrastive_loss"
-    out = ForwardOutput(loss=loss, terms=terms, has_loss=True, attention_gradients=seen)
+    out = ForwardOutput(loss=loss, terms=terms, attention_gradients=seen)
     return sep_sums(out, int(sep_id), causal, batch.size), loss, terms
 
 

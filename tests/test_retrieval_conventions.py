@@ -21,6 +21,7 @@ from headscope.analyses.retrieval import (
 )
 from headscope.analyses.retrieval_prompts import wu_needle_span
 from headscope.engine.codec import TokenCodec
+from test_decoder_heads import _text
 
 #: Prompt positions 0..8; the needle is positions 3..6 (ids 20 21 22 23); id 21 also sits at 8, outside it.
 PROMPT = torch.tensor([10, 11, 12, 20, 21, 22, 23, 13, 21])
@@ -102,14 +103,6 @@ def test_rouge_with_and_without_the_stemmer() -> None:
     # parks -> park match too: walk, in, park = 3/6. Without stemming only "in": 1/6.
     assert rouge1_recall_stemmed("take a walk in the park", "walking in parks") == pytest.approx(3 / 6)
     assert rouge1_recall("take a walk in the park", "walking in parks") == pytest.approx(1 / 6)
-
-
-def _text(tmp_path: Path) -> Path:
-    path = tmp_path / "corpus.txt"
-    path.write_text("The dog saw the cat. The cat saw the dog.\nThe dog ran to the house and the cat ran too.\n"
-                    "She said it was red.\n\nA man and a woman saw the river.\nThe city was big and old.\n"
-                    "He ran, she ran, they ran.\n", encoding="utf-8")
-    return path
 
 
 def test_conventions_wu_end_to_end(tiny_llama: Path, tmp_path: Path) -> None:

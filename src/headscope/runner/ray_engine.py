@@ -25,6 +25,7 @@ import numpy as np
 
 from headscope.analyses.base import Analysis
 from headscope.config import RunConfig
+from headscope.engine.context import AnalysisContext
 from headscope.engine.interrupt import RunInterrupted
 from headscope.engine.progress import Tracker
 from headscope.engine.state import pack, unpack
@@ -33,10 +34,11 @@ from headscope.runner.context import RunContext
 
 logger = logging.getLogger("headscope")
 
-def _fresh(analyses: list[Analysis], ctx: RunContext) -> list[Analysis]:
-    fresh = [type(a)(a.options) for a in analyses]
-    for analysis in fresh:
-        analysis.start(ctx.for_analyses())
+
+def _fresh(analysis: Analysis, actx: AnalysisContext) -> Analysis:
+    """A started analysis of ``analysis``'s kind and options, with its declared defaults (a shard to load)."""
+    fresh = type(analysis)(analysis.options)
+    fresh.start(actx)
     return fresh
 
 
@@ -54,8 +56,9 @@ class BatchWorker:
         run_config = RunConfig(**{**config, "engine": "local", "out": None, "quiet": True, "resume": None})
         self.ctx = open_context(run_config)
         self.analyses = resolve_analyses(run_config.analyses, {k: v for k, v in options.items() if v is not None})
+        actx = self.ctx.for_analyses()
         for analysis in self.analyses:
-            analysis.start(self.ctx.for_analyses())
+            analysis.start(actx)
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from headscope.runner.feed import feed_batch
@@ -136,6 +139,7 @@ def run_on_ray(ctx: RunContext, analyses: list[Analysis], progress: Progress, on
                 items.append({"id": k, "examples": pickle.dumps(group, protocol=pickle.HIGHEST_PROTOCOL)})
         if not items:
             return n_examples, n_tokens
+        actx = ctx.for_analyses()  # each shard's state is loaded into a started analysis of this context
         options = {a.name: dataclasses.asdict(a.options) if a.options is not None else None for a in analyses}
         worker_config = {**config.to_dict(), "device": "auto" if config.gpus_per_worker else "cpu"}
         dataset = ray.data.from_items(items, override_num_blocks=len(items))
@@ -151,7 +155,7 @@ def run_on_ray(ctx: RunContext, analyses: list[Analysis], progress: Progress, on
                 tracker.update(1)
                 states, extra = unpack(row["state"])
                 for mine in analyses:
-                    part = _fresh([mine], ctx)[0]
+                    part = _fresh(mine, actx)
                     part.load_state_dict(*states[mine.name])
                     mine.merge(part)
                 for name, rows in extra["used"].items():

@@ -66,7 +66,7 @@ def variant_losses(loaded: LoadedModel, batch: Batch, kind: str, seed: int, gate
     with gated(loaded, np.repeat(np.asarray(gates), b, axis=0), replace), torch.inference_mode():
         losses, terms = sequence_losses(loaded, tiled, kind, seed, variants=k)
     losses, terms = losses.reshape(k, b), terms.reshape(k, b)
-    return ForwardOutput(loss=float(losses.sum()), terms=int(terms.sum()), has_loss=True, sequence_loss=losses,
+    return ForwardOutput(loss=float(losses.sum()), terms=int(terms.sum()), sequence_loss=losses,
                          sequence_terms=terms)
 
 
@@ -86,13 +86,13 @@ def ablations(loaded: LoadedModel, batch: Batch, kind: str, seed: int, forward: 
         try:
             base, terms, ablated, how = replay_ablations(loaded, batch, seed, rows, forward.replace, budget_bytes,
                                                          quiet, heads=forward.heads)
-            return ForwardOutput(loss=float(base.sum()), terms=int(terms.sum()), has_loss=True, sequence_loss=base,
+            return ForwardOutput(loss=float(base.sum()), terms=int(terms.sum()), sequence_loss=base,
                                  sequence_terms=terms, ablated=ablated, replay=how)
         except ReplayRefusedError as exc:
             how = {"mode": "full forwards", "why": str(exc)}
     base, terms, ablated = full_ablations(loaded, batch, kind, seed, rows, forward.replace, quiet,
                                           heads=forward.heads)
-    return ForwardOutput(loss=float(base.sum()), terms=int(terms.sum()), has_loss=True, sequence_loss=base,
+    return ForwardOutput(loss=float(base.sum()), terms=int(terms.sum()), sequence_loss=base,
                          sequence_terms=terms, ablated=ablated, replay=how)
 
 

@@ -97,10 +97,10 @@ def _loss(loaded: LoadedModel, batch: Batch, forward: Loss, how: Setting) -> For
         with gated(loaded, forward.gates, forward.replace), torch.inference_mode():
             if forward.per_sequence:
                 losses, terms = sequence_losses(loaded, batch, kind, how.seed)
-                return ForwardOutput(loss=float(losses.sum()), terms=int(terms.sum()), has_loss=True,
+                return ForwardOutput(loss=float(losses.sum()), terms=int(terms.sum()),
                                      sequence_loss=losses, sequence_terms=terms)
             summed, n = batch_loss(loaded, batch, kind, how.seed)
-            return ForwardOutput(loss=float(summed), terms=n, has_loss=True)
+            return ForwardOutput(loss=float(summed), terms=n)
 
 
 def _lm_loss(loaded: LoadedModel, batch: Batch, forward: LMLoss, how: Setting) -> ForwardOutput:
@@ -110,8 +110,7 @@ def _lm_loss(loaded: LoadedModel, batch: Batch, forward: LMLoss, how: Setting) -
         if has_lm_loss(loaded):
             inputs, labels = lm_labels(loaded, batch, how.seed)
         last, loss, n = lm_forward(loaded, inputs, labels, loaded.info.is_causal)
-    return ForwardOutput(loss=0.0 if loss is None else float(loss), terms=n, has_loss=loss is not None,
-                         hidden=last)
+    return ForwardOutput(loss=0.0 if loss is None else float(loss), terms=n, hidden=last)
 
 
 def _head_sums(loaded: LoadedModel, batch: Batch, forward: HeadSums, how: Setting) -> ForwardOutput:
@@ -119,7 +118,7 @@ def _head_sums(loaded: LoadedModel, batch: Batch, forward: HeadSums, how: Settin
     with SumHook(loaded.model, info.n_layers, info.n_heads) as sums, torch.inference_mode():
         if forward.loss == "objective":
             summed, n = batch_loss(loaded, batch, loss_kind(loaded), how.seed)
-            out = ForwardOutput(loss=float(summed), terms=n, has_loss=True)
+            out = ForwardOutput(loss=float(summed), terms=n)
         else:
             lm_forward(loaded, batch.model_inputs(), None, info.is_causal)
             out = ForwardOutput()
@@ -131,13 +130,13 @@ def _head_sums(loaded: LoadedModel, batch: Batch, forward: HeadSums, how: Settin
 def _gate_gradient(loaded: LoadedModel, batch: Batch, forward: GateGradient, how: Setting) -> ForwardOutput:
     values = None if forward.gates is None else torch.as_tensor(forward.gates)
     grad, loss, n = gate_gradient(loaded, batch, loss_kind(loaded), how.seed, values)
-    return ForwardOutput(loss=loss, terms=n, has_loss=True, gate_grad=grad)
+    return ForwardOutput(loss=loss, terms=n, gate_grad=grad)
 
 
 def _attribution(loaded: LoadedModel, batch: Batch, forward: Attribution, how: Setting) -> ForwardOutput:
     estimate, loss, n, dropped = head_attribution(loaded, batch, loss_kind(loaded), how.seed, forward.replace,
                                                   forward.grad_drop)
-    return ForwardOutput(loss=loss, terms=n, has_loss=True, atp=estimate, atp_dropped=dropped)
+    return ForwardOutput(loss=loss, terms=n, atp=estimate, atp_dropped=dropped)
 
 
 def _ablate(loaded: LoadedModel, batch: Batch, forward: Ablate, how: Setting) -> ForwardOutput:
@@ -147,7 +146,7 @@ def _ablate(loaded: LoadedModel, batch: Batch, forward: Ablate, how: Setting) ->
 def _attention_gradients(loaded: LoadedModel, batch: Batch, forward: AttentionGradients, how: Setting
                          ) -> ForwardOutput:
     seen, loss, n = attention_gradients(loaded, batch, loss_kind(loaded), how.seed)
-    return ForwardOutput(loss=loss, terms=n, has_loss=True, attention_gradients=seen)
+    return ForwardOutput(loss=loss, terms=n, attention_gradients=seen)
 
 
 def _generate(loaded: LoadedModel, batch: Batch, forward: Generate, how: Setting) -> ForwardOutput:

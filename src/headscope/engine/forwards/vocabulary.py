@@ -228,9 +228,8 @@ class ForwardOutput:
     loss: float = 0.0
     """The summed loss (0 without one)."""
     terms: int = 0
-    """Tokens (LM losses) or pairs (contrastive) in ``loss``."""
-    has_loss: bool = False
-    """Whether a loss was computed (:class:`LMLoss` on a model without LM head computes none)."""
+    """Tokens (LM losses) or pairs (contrastive) in ``loss``; 0 when no loss was computed (:class:`LMLoss` on
+    a model without LM head)."""
     sequence_loss: np.ndarray | None = None
     """float64 of shape (batch,): each sequence's summed loss (:attr:`Loss.per_sequence`, :class:`Ablate`)."""
     sequence_terms: np.ndarray | None = None
