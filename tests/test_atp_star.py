@@ -169,3 +169,24 @@ def test_a_head_output_replaced_is_its_values_replaced(tiny_llama: Path, documen
             plain, _ = sequence_losses(loaded, batch, kind, 0)
         assert np.abs(patched - plain).max() > 1e-3  # the patch matters
         np.testing.assert_allclose(patched, gated.sequence_loss, rtol=1e-6)  # the losses in float32 (sequence_losses)
+
+
+def test_the_recorded_attention_is_the_models_own_on_a_batch_without_padding(tiny_llama: Path,
+                                                                              documents: Path) -> None:  # noqa: F811
+    """One sequence (no padding: a mask SDPA would skip for ``is_causal``): the recording still gets the causal
+    mask written out, and its forward gives the model's own eager losses."""
+    loaded = load_model(str(tiny_llama), device="cpu")
+    batch = _batch(loaded, _examples(loaded, documents, [8]))
+    assert bool(batch.mask.all())
+    kind = loss_kind(loaded)
+    with recorded_attention(loaded) as records, torch.no_grad():
+        mine, _ = sequence_losses(loaded, batch, kind, 0)
+    current = loaded.model.config._attn_implementation
+    loaded.model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            own, _ = sequence_losses(loaded, batch, kind, 0)
+    finally:
+        loaded.model.set_attn_implementation(current)
+    assert records and all(r.mask is not None for r in records)
+    np.testing.assert_allclose(mine, own, rtol=1e-6)

@@ -157,3 +157,43 @@ def test_blocks_share_one_buffer_so_a_kept_block_must_be_copied(tiny_llama: Path
     assert len(pointers) == 1  # every layer in the same memory: no allocation per layer
     stacked = cap.capture_stacked(loaded, batch)
     assert not torch.equal(stacked[:, 0], stacked[:, 1])  # each layer kept its own weights
+
+
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2", "tiny_bert", "tiny_mistral", "gemma2"])
+def test_outside_a_capture_the_model_runs_sdpas_own_mask_and_equals_its_eager_attention(
+        request: pytest.FixtureRequest, name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a capture (the ablations of head_effects, the losses) the mask is SDPA's own choice: skipped for
+    ``is_causal`` on a batch without padding; the output is still the model's eager attention's, with padding
+    and without, for a soft-capping Gemma-2 too (whose eager branch then builds the causal mask itself)."""
+    import transformers.masking_utils as masking
+
+    from headscope.corpus.types import Sentence
+    from headscope.engine.capture.attention import IMPLEMENTATION
+    from test_replay import make_tiny_gemma2
+
+    path = make_tiny_gemma2(tmp_path / "gemma2", request.getfixturevalue("tiny_llama")) if name == "gemma2" \
+        else request.getfixturevalue(name)
+    loaded = load_model(str(path), device="cpu")
+    cap.ensure_route(loaded)
+    assert loaded.model.config._attn_implementation == IMPLEMENTATION
+    masks: list[torch.Tensor | None] = []
+    own = masking.sdpa_mask
+    monkeypatch.setattr(masking, "sdpa_mask", lambda *a, **k: masks.append(own(*a, **k)) or masks[-1])
+    encoder = Encoder(loaded.tokenizer, 64)
+    texts = ["a man and a woman saw the river , she said", "the dog saw the cat and ran .", "he ran"]
+    examples = [encoder.encode(i, "sentence", [Sentence(t.split(), "t.txt", i + 1)], None, Manifest(), False)
+                for i, t in enumerate(texts)]
+    for chosen in ([0], [0, 1, 2]):  # one sequence (no padding: the mask skipped), then padded rows
+        batch = collate([examples[i] for i in chosen], int(loaded.tokenizer.pad_token_id))
+        masks.clear()
+        with torch.inference_mode():
+            mine = loaded.base(**batch.model_inputs()).last_hidden_state
+            loaded.model.set_attn_implementation("eager")
+            try:
+                eager = loaded.base(**batch.model_inputs()).last_hidden_state
+            finally:
+                loaded.model.set_attn_implementation(IMPLEMENTATION)
+        real = batch.mask[:, :, None]
+        torch.testing.assert_close(mine * real, eager * real, atol=1e-5, rtol=1e-5)
+        if len(chosen) == 1 and name not in ("tiny_bert", "tiny_mistral"):  # (Mistral: every layer's window is
+            assert masks and any(m is None for m in masks)  # shorter) SDPA's causal path, in a global layer at least

@@ -265,7 +265,8 @@ def _drive(ctx: Any, analysis: HeadEffects, spec: Any, batches: list[Batch]) -> 
     for batch in batches:
         forwards = spec.forwards(batch) if callable(spec.forwards) else spec.forwards
         for forward in forwards:
-            analysis.update_pass(batch, forward, run_forward(ctx.loaded, batch, forward, int(ctx.config.seed)))
+            analysis.update_pass(batch, forward, run_forward(ctx.loaded, batch, forward, int(ctx.config.seed),
+                                                             budget_bytes=ctx.config.attention_bytes()))
 
 
 def test_means_and_effects_merge_across_shards(tiny_llama: Path, documents: Path) -> None:
@@ -294,6 +295,7 @@ def test_means_and_effects_merge_across_shards(tiny_llama: Path, documents: Path
     batches = _Batches(ctx).of(ablations.rows)
     _drive(ctx, one, ablations, batches[:1])
     _drive(ctx, three, ablations, batches[1:])
+    assert set(one._replay) == set(three._replay) == set(whole._replay) == {"replay"}  # each as the run ran it
     one.merge(three)
     got, want = one.finalize(actx, {}), whole.finalize(actx, {})
     for column in ("effect", "effect_low", "effect_high", "effect_atp"):

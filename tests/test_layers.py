@@ -35,6 +35,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                 "headscope.engine.codec", "headscope.engine.inputs", "headscope.engine.outdir",
                 "headscope.engine.interrupt",
                 "headscope.engine.progress", "headscope.engine.forwards", "headscope.engine.replay",
+                "headscope.engine.chunked_loss",
                 "headscope.engine.capture.blocks", "headscope.engine.capture.stream",
                 "headscope.engine.capture.attention", "headscope.engine.capture.padding",
                 "headscope.engine.capture.routes", "headscope.engine.forwards.vocabulary",

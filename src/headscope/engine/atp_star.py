@@ -129,14 +129,14 @@ def recorded_attention(loaded: LoadedModel, value_patch: Callable[[int, torch.Te
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
-    from headscope.engine.capture.attention import _explicit_mask
+    from headscope.engine.capture.attention import written_mask
 
     model = loaded.model
     if loaded.route == "hooks" or not hasattr(model, "set_attn_implementation"):
         raise ValueError("the QK fix needs a model whose attention goes through transformers' attention interface "
                          f"(route {loaded.route!r})")
     AttentionInterface.register(IMPLEMENTATION, recording_attention)
-    AttentionMaskInterface.register(IMPLEMENTATION, _explicit_mask)
+    AttentionMaskInterface.register(IMPLEMENTATION, written_mask)
     current = model.config._attn_implementation
     model.set_attn_implementation(IMPLEMENTATION)
     _local.records, _local.value_patch = [], value_patch

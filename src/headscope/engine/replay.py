@@ -7,10 +7,14 @@ of layer ``l``'s heads run only layers ``l .. L-1`` and the loss: the model's ow
 are still computed by the model, so sliding windows, rotary positions and token types are its own). On
 average a head costs about half a forward plus the LM head and loss.
 
-The LM head and the cross-entropy run on the final hidden states in chunks of tokens (only the tokens that
-have a label: the masked ones of a masked LM), when the model's logits are that head applied to the base
-model's last hidden state (checked numerically on the first batch: a final logit soft-capping or scaling
-fails the check and the model's own forward computes the logits).
+The LM head and the cross-entropy run on the final hidden states of the tokens that have a label only (the
+masked ones of a masked LM), when the model's logits are that head applied to the base model's last hidden
+state (checked numerically on the first batch: a final logit soft-capping or scaling fails the check and the
+model's own forward computes the logits). A head that is the output embeddings alone (a ``Linear``: Llama,
+GPT-2, Gemma) never materialises the logits: blocks of tokens x vocabulary with a running logsumexp
+(:func:`~headscope.engine.chunked_loss.linear_cross_entropy`), which makes the LM head and loss of every
+ablation cheaper than the model's own; another head (BERT's transform and decoder) runs in chunks of
+:data:`HEAD_CHUNK` tokens.
 
 Replay is refused, with the reason, and every ablation is then a full forward
 (:func:`~headscope.engine.forwards.ablations.full_ablations`), when the layers cannot be located as one list of
@@ -32,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from headscope.engine.chunked_loss import linear_cross_entropy
 from headscope.engine.progress import Tracker
 from headscope.model.gates import HeadGates, find_output_projections
 from headscope.model.losses import lm_labels
@@ -198,7 +203,8 @@ def head_losses(loaded: LoadedModel, head: torch.nn.Module | None, inputs: dict[
     """Each row's summed LM loss and its terms (as :func:`~headscope.engine.forwards.losses.sequence_losses`).
 
     With ``head``: the base model's last hidden state, and the head and cross-entropy only at the tokens with a
-    label, :data:`HEAD_CHUNK` tokens at a time; without: the model's own logits.
+    label (in blocks of tokens x vocabulary for a ``Linear`` head, else :data:`HEAD_CHUNK` tokens at a time);
+    without: the model's own logits.
 
     Returns
     -------
@@ -222,11 +228,14 @@ def head_losses(loaded: LoadedModel, head: torch.nn.Module | None, inputs: dict[
     where = labels != -100
     rows = torch.nonzero(where)[:, 0]
     picked, targets = hidden[where], labels[where]
-    per = torch.empty(targets.shape[0], dtype=torch.float32, device=hidden.device)
-    for start in range(0, targets.shape[0], HEAD_CHUNK):
-        stop = start + HEAD_CHUNK
-        logits = head(picked[start:stop]).float()
-        per[start:stop] = F.cross_entropy(logits, targets[start:stop], reduction="none")
+    if isinstance(head, torch.nn.Linear):  # the head is the output embeddings: no logits materialised
+        per = linear_cross_entropy(picked, head.weight, head.bias, targets)
+    else:
+        per = torch.empty(targets.shape[0], dtype=torch.float32, device=hidden.device)
+        for start in range(0, targets.shape[0], HEAD_CHUNK):
+            stop = start + HEAD_CHUNK
+            logits = head(picked[start:stop]).float()
+            per[start:stop] = F.cross_entropy(logits, targets[start:stop], reduction="none")
     loss = torch.zeros(labels.shape[0], dtype=torch.float64, device=hidden.device)
     loss.index_add_(0, rows, per.double())
     return loss, where.sum(-1)

@@ -118,6 +118,10 @@ def headscope_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
     else:  # SDPA has no soft-capping: the eager formula, in the model's dtype
         scores = torch.matmul(query, repeat_kv(key, n_rep).transpose(2, 3)) * scale
         scores = torch.tanh(scores / softcap) * softcap
+        if attention_mask is None and kwargs.get("is_causal", getattr(module, "is_causal", True)) \
+                and scores.shape[-2] > 1:  # the mask was skipped for SDPA's is_causal (:func:`headscope_mask`)
+            q, k = int(scores.shape[-2]), int(scores.shape[-1])
+            attention_mask = torch.ones(q, k, dtype=torch.bool, device=scores.device).tril(k - q)
         if attention_mask is not None:
             # The dtype's minimum, as transformers' eager attention: a row with every key masked (a left-padded
             # position) is then finite, where -inf would give NaN that the next layer's keys carry into real rows.
@@ -134,11 +138,12 @@ def register() -> None:
     from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(IMPLEMENTATION, headscope_attention)
-    AttentionMaskInterface.register(IMPLEMENTATION, _explicit_mask)
+    AttentionMaskInterface.register(IMPLEMENTATION, headscope_mask)
 
 
-def _explicit_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
-    """SDPA's boolean mask, never skipped in favour of ``is_causal``: the weights need it written out.
+def written_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
+    """SDPA's boolean mask, never skipped in favour of ``is_causal``: for attention functions that compute the
+    weights themselves (a capture, AtP*'s recording).
 
     (The mask functions are called with their skip flags set, so a ``functools.partial`` would not hold.)
     """
@@ -148,3 +153,15 @@ def _explicit_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
     kwargs["allow_is_bidirectional_skip"] = False
     return sdpa_mask(*args, **kwargs)
 
+
+def headscope_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
+    """headscope's mask: written out (:func:`written_mask`) while a capture or a key mask is in force on this
+    thread, as the weights and the KV budget read it; otherwise SDPA's own choice, which skips it for
+    ``is_causal`` where the mask is plain causal or full. A forward that reads no weights (each ablation of
+    ``head_effects``, the losses) then runs SDPA's causal kernel, as the model's own ``sdpa`` does, skipping
+    the blocks above the diagonal."""
+    from transformers.masking_utils import sdpa_mask
+
+    if _channel.stream is not None or _channel.keys is not None:
+        return written_mask(*args, **kwargs)
+    return sdpa_mask(*args, **kwargs)
