@@ -203,26 +203,34 @@ def head_losses(loaded: LoadedModel, head: torch.nn.Module | None, inputs: dict[
     """Each row's summed LM loss and its terms (as :func:`~headscope.engine.forwards.losses.sequence_losses`).
 
     With ``head``: the base model's last hidden state, and the head and cross-entropy only at the tokens with a
-    label (in blocks of tokens x vocabulary for a ``Linear`` head, else :data:`HEAD_CHUNK` tokens at a time);
-    without: the model's own logits.
+    label (:func:`hidden_losses`); without: the model's own logits (:func:`logit_losses`).
 
     Returns
     -------
     loss : Tensor of shape [rows], float64
     terms : Tensor of shape [rows], int64
     """
-    F = torch.nn.functional
-    causal = loaded.info.is_causal
+    kwargs: dict[str, Any] = {"use_cache": False} if loaded.info.is_causal else {}
     if head is None:
-        logits = loaded.model(**inputs, use_cache=False).logits.float() if causal else \
-            loaded.model(**inputs).logits.float()
-        if causal:
-            logits, labels = logits[:, :-1], labels[:, 1:]
-        per = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
-                              reduction="none").view(labels.shape)
-        return per.double().sum(-1), (labels != -100).sum(-1)
-    kwargs: dict[str, Any] = {"use_cache": False} if causal else {}
-    hidden = loaded.base(**inputs, **kwargs).last_hidden_state
+        return logit_losses(loaded.model(**inputs, **kwargs).logits, labels, loaded.info.is_causal)
+    return hidden_losses(loaded.base(**inputs, **kwargs).last_hidden_state, head, labels, loaded.info.is_causal)
+
+
+def logit_losses(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`head_losses` from the model's logits [rows, seq, vocabulary] (next-token labels when ``causal``)."""
+    logits = logits.float()
+    if causal:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    per = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                            ignore_index=-100, reduction="none").view(labels.shape)
+    return per.double().sum(-1), (labels != -100).sum(-1)
+
+
+def hidden_losses(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor, causal: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`head_losses` from the base model's last hidden state [rows, seq, hidden]: ``head`` and the
+    cross-entropy at the labelled tokens only, in blocks of tokens x vocabulary for a ``Linear`` head
+    (:func:`~headscope.engine.chunked_loss.linear_cross_entropy`), else :data:`HEAD_CHUNK` tokens at a time."""
     if causal:
         hidden, labels = hidden[:, :-1], labels[:, 1:]
     where = labels != -100
@@ -235,10 +243,35 @@ def head_losses(loaded: LoadedModel, head: torch.nn.Module | None, inputs: dict[
         for start in range(0, targets.shape[0], HEAD_CHUNK):
             stop = start + HEAD_CHUNK
             logits = head(picked[start:stop]).float()
-            per[start:stop] = F.cross_entropy(logits, targets[start:stop], reduction="none")
+            per[start:stop] = torch.nn.functional.cross_entropy(logits, targets[start:stop], reduction="none")
     loss = torch.zeros(labels.shape[0], dtype=torch.float64, device=hidden.device)
     loss.index_add_(0, rows, per.double())
     return loss, where.sum(-1)
+
+
+def _checked_baseline(loaded: LoadedModel, plan: _ModelPlan, inputs: dict[str, torch.Tensor],
+                      labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The baseline losses from one forward of the whole model, which also checks that ``plan.head`` applied to
+    the base model's last hidden state gives the model's logits (else ``plan.head`` becomes None and the
+    losses are the logits')."""
+    kept: list[torch.Tensor] = []
+
+    def keep(module: torch.nn.Module, args: Any, output: Any) -> None:
+        kept.append(output.last_hidden_state)
+
+    handle = loaded.base.register_forward_hook(keep)
+    try:
+        kwargs: dict[str, Any] = {"use_cache": False} if loaded.info.is_causal else {}
+        logits = loaded.model(**inputs, **kwargs).logits
+    finally:
+        handle.remove()
+    assert plan.head is not None
+    mine = plan.head(kept[0]) if len(kept) == 1 else None
+    if mine is None or mine.shape != logits.shape or not torch.allclose(
+            mine, logits, rtol=CHECK_RTOL, atol=CHECK_RTOL * float(logits.abs().max())):
+        plan.head = None
+        return logit_losses(logits, labels, loaded.info.is_causal)
+    return hidden_losses(kept[0], plan.head, labels, loaded.info.is_causal)
 
 
 def replay_ablations(loaded: LoadedModel, batch: Batch, seed: int, rows: int, replace: np.ndarray | None,
@@ -300,15 +333,11 @@ def replay_ablations(loaded: LoadedModel, batch: Batch, seed: int, rows: int, re
                 np.concatenate([p[2] for p in parts], axis=1), how)
     inputs, labels = lm_labels(loaded, batch, seed)
     with torch.inference_mode():
-        if not plan.checked and plan.head is not None:  # the chunked head gives the model's logits?
-            kwargs: dict[str, Any] = {"use_cache": False} if info.is_causal else {}
-            logits = loaded.model(**inputs, **kwargs).logits
-            mine = plan.head(loaded.base(**inputs, **kwargs).last_hidden_state)
-            if mine.shape != logits.shape or not torch.allclose(mine, logits, rtol=CHECK_RTOL,
-                                                                atol=CHECK_RTOL * float(logits.abs().max())):
-                plan.head = None
         with recording(layers) as kept:
-            base, terms = head_losses(loaded, plan.head, inputs, labels)
+            if not plan.checked and plan.head is not None:  # the chunked head gives the model's logits?
+                base, terms = _checked_baseline(loaded, plan, inputs, labels)
+            else:
+                base, terms = head_losses(loaded, plan.head, inputs, labels)
         for output in kept:
             reason = _check_output(output, b)
             if reason is not None:
