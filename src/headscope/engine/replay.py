@@ -11,8 +11,8 @@ The LM head and the cross-entropy run on the final hidden states of the tokens t
 masked ones of a masked LM), when the model's logits are that head applied to the base model's last hidden
 state (checked numerically on the first batch: a final logit soft-capping or scaling fails the check and the
 model's own forward computes the logits). A head that is the output embeddings alone (a ``Linear``: Llama,
-GPT-2, Gemma) never materialises the logits: blocks of tokens x vocabulary with a running logsumexp
-(:func:`~headscope.engine.chunked_loss.linear_cross_entropy`), which makes the LM head and loss of every
+GPT-2, Gemma) never materialises the logits: blocks of tokens x vocabulary with a running maximum and sum of
+exponentials (:func:`~headscope.engine.chunked_loss.linear_cross_entropy`), which makes the LM head and loss of every
 ablation cheaper than the model's own; another head (BERT's transform and decoder) runs in chunks of
 :data:`HEAD_CHUNK` tokens.
 
@@ -39,7 +39,7 @@ import torch
 from headscope.engine.chunked_loss import linear_cross_entropy
 from headscope.engine.progress import Tracker
 from headscope.model.gates import HeadGates, find_output_projections
-from headscope.model.losses import lm_labels
+from headscope.model.losses import lm_labels, token_losses
 
 if TYPE_CHECKING:
     from headscope.engine.batch import Batch
@@ -210,19 +210,21 @@ def head_losses(loaded: LoadedModel, head: torch.nn.Module | None, inputs: dict[
     loss : Tensor of shape [rows], float64
     terms : Tensor of shape [rows], int64
     """
-    kwargs: dict[str, Any] = {"use_cache": False} if loaded.info.is_causal else {}
+    kwargs = _no_cache(loaded)
     if head is None:
         return logit_losses(loaded.model(**inputs, **kwargs).logits, labels, loaded.info.is_causal)
     return hidden_losses(loaded.base(**inputs, **kwargs).last_hidden_state, head, labels, loaded.info.is_causal)
 
 
+def _no_cache(loaded: LoadedModel) -> dict[str, Any]:
+    """A decoder's forward keyword that keeps it from building a KV cache nobody reads."""
+    return {"use_cache": False} if loaded.info.is_causal else {}
+
+
 def logit_losses(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`head_losses` from the model's logits [rows, seq, vocabulary] (next-token labels when ``causal``)."""
-    logits = logits.float()
-    if causal:
-        logits, labels = logits[:, :-1], labels[:, 1:]
-    per = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                            ignore_index=-100, reduction="none").view(labels.shape)
+    """:func:`head_losses` from the model's logits [rows, seq, vocabulary] (next-token labels when ``causal``),
+    as :func:`~headscope.engine.forwards.losses.sequence_losses` sums them."""
+    per, labels = token_losses(logits.float(), labels, causal)
     return per.double().sum(-1), (labels != -100).sum(-1)
 
 
@@ -261,8 +263,7 @@ def _checked_baseline(loaded: LoadedModel, plan: _ModelPlan, inputs: dict[str, t
 
     handle = loaded.base.register_forward_hook(keep)
     try:
-        kwargs: dict[str, Any] = {"use_cache": False} if loaded.info.is_causal else {}
-        logits = loaded.model(**inputs, **kwargs).logits
+        logits = loaded.model(**inputs, **_no_cache(loaded)).logits
     finally:
         handle.remove()
     assert plan.head is not None

@@ -90,6 +90,20 @@ def lm_labels(loaded: LoadedModel, batch: LossBatch, seed: int) -> tuple[dict[st
     return mask_for_mlm(batch, int(loaded.tokenizer.mask_token_id), seed)
 
 
+def token_losses(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each token's LM loss [batch, seq'] (0 where the label is -100) and the labels it was computed against.
+
+    ``logits`` [batch, seq, vocabulary], ``labels`` [batch, seq] (-100: no loss); ``causal``: next-token (the
+    last position predicts nothing), else masked-LM (``seq' = seq``).
+    """
+    if causal:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    # [token, vocabulary], the classes contiguous: ~3x faster on CPU than the transposed [batch, vocabulary, seq]
+    per_token = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                                  ignore_index=-100, reduction="none").view(labels.shape)
+    return per_token, labels
+
+
 def lm_forward(loaded: LoadedModel, inputs: dict[str, torch.Tensor], labels: torch.Tensor | None, causal: bool
                ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """Final hidden states [batch, seq, hidden], the summed token loss (a 0-d tensor, None without labels)
